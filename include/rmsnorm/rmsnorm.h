@@ -1,0 +1,180 @@
+// rmsnorm: fused RMSNorm for large language models, on CUDA GPUs and on the CPU.
+//
+//   rstd = 1 / sqrt(mean(x_j^2) + eps)        (fp32 accumulation; fp64 for f64 input)
+//   y_j  = x_j * rstd * (w_j + weight_offset)
+//
+// This header is the whole public C++ API. It includes no CUDA or framework header:
+// device memory is a plain pointer plus a Device tag, and a CUDA stream is passed as a
+// `void*` (a cudaStream_t converts to it). Calls on CUDA views are stream-ordered and
+// allocation-free; calls on CPU views run synchronously on the calling thread(s).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "rmsnorm/dtype.h"
+
+namespace rmsnorm {
+
+// ---------------------------------------------------------------------------------------
+// Views
+// ---------------------------------------------------------------------------------------
+
+enum class DeviceKind : int { cpu = 0, cuda = 1 };
+
+struct Device {
+  DeviceKind kind = DeviceKind::cpu;
+  int index = 0;  // CUDA ordinal; ignored for the CPU
+  static Device cpu() noexcept { return {DeviceKind::cpu, 0}; }
+  static Device cuda(int ordinal = 0) noexcept { return {DeviceKind::cuda, ordinal}; }
+};
+
+// A strided view of `batch * rows` rows of `cols` contiguous elements each. Element (b, r, c)
+// lives at data + b * batch_stride + r * row_stride + c (strides in elements, not bytes).
+// A matrix is the batch == 1 case. A slice of a fused QKV buffer viewed as
+// (tokens, heads, head_dim) is a batched view with batch_stride = the token stride.
+struct TensorView {
+  void* data = nullptr;
+  DType dtype = DType::f32;
+  Device device{};
+  std::int64_t batch = 1;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  std::int64_t batch_stride = 0;  // elements between batches (ignored when batch == 1)
+  std::int64_t row_stride = 0;    // elements between rows, >= cols
+
+  // (rows, cols) with row_stride (default: cols, i.e. contiguous).
+  static TensorView matrix(void* data, DType dtype, Device device, std::int64_t rows,
+                           std::int64_t cols, std::int64_t row_stride = -1) noexcept;
+  // (batch, rows, cols) with two strides.
+  static TensorView batched(void* data, DType dtype, Device device, std::int64_t batch,
+                            std::int64_t rows, std::int64_t cols, std::int64_t batch_stride,
+                            std::int64_t row_stride) noexcept;
+  // A contiguous vector of n elements (a weight, or the per-row rstd).
+  static TensorView vector(void* data, DType dtype, Device device, std::int64_t n) noexcept;
+
+  std::int64_t total_rows() const noexcept { return batch * rows; }
+};
+
+// ---------------------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------------------
+
+// How the output is rounded.
+enum class Cast : int {
+  // All math in fp32 (fp64 for f64), one rounding at the store. Also Gemma's semantics.
+  fp32 = 0,
+  // Hugging Face LlamaRMSNorm: x * rstd is rounded to x's dtype, then multiplied by the
+  // weight in the promoted dtype of (x, weight), then stored. Bit-identical to it except
+  // where the fp32 sum of squares rounds differently.
+  llama = 1,
+};
+
+// Parallel strategy of the CUDA backend (the CPU backend has one). `automatic` picks from
+// (cols, dtype, vector width) only, never from the row count, so a row gives the same bits
+// whether it is normalised alone (decode) or inside a batch (prefill).
+enum class Strategy : int {
+  automatic = 0,
+  warp_rows = 1,  // a row per group of 1..32 lanes, several rows per block, row in registers
+  block_row = 2,  // a row per block, held in registers
+  long_row = 3,   // a row per block, streamed twice (sum of squares, then scale): any length
+};
+const char* strategy_name(Strategy s) noexcept;
+Strategy parse_strategy(const std::string& name);  // "auto", "warp_rows", "block_row", "long_row"
+
+struct Params {
+  double eps = 1e-6;            // finite, >= 0
+  double weight_offset = 0.0;   // 0: Llama/Mistral/Qwen; 1: Gemma's (1 + w)
+  Cast cast = Cast::fp32;
+  Strategy strategy = Strategy::automatic;
+  // Check with the CUDA runtime that every pointer is memory of the view's device. Costs
+  // about a microsecond per call; a framework binding that already knows may turn it off.
+  bool check_pointers = true;
+};
+
+// A CUDA stream as an opaque handle (cudaStream_t). nullptr is the legacy default stream.
+using Stream = void*;
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+enum class Code : int {
+  ok = 0,
+  invalid_argument = 1,  // a bad argument; the message names it and says what was expected
+  unsupported = 2,       // a valid request this build or device cannot serve
+  cuda_error = 3,        // the CUDA runtime reported an error (message has the kernel's name)
+  internal = 4,
+};
+const char* code_name(Code c) noexcept;
+
+class Error : public std::runtime_error {
+ public:
+  Error(Code code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  Code code() const noexcept { return code_; }
+
+ private:
+  Code code_;
+};
+
+// Result of the non-throwing entry points.
+struct Status {
+  Code code = Code::ok;
+  std::string message;
+  bool ok() const noexcept { return code == Code::ok; }
+};
+
+// ---------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------
+
+// y = rmsnorm(x) * (weight + offset), row by row.
+//
+//  x       (batch, rows, cols) view, f32 / f16 / bf16 (f64 on the CPU)
+//  weight  `cols` contiguous elements of x's dtype or f32 (f64 with f64 x), or none (w = 1)
+//  y       same shape as x; x's dtype, or f32 when x is f16/bf16 and the weight is f32
+//          (the dtype Hugging Face returns in that case under Cast::llama). May be exactly
+//          x (same pointer and strides) for an in-place update; any other overlap is refused.
+//  rstd    optional: batch*rows contiguous f32 (f64 for f64 x), 1/sqrt(mean(x^2)+eps) per row
+//  stream  CUDA stream for CUDA views; ignored for CPU views
+//
+// Zero rows is a no-op. Arguments are all checked before anything is written; on a bad
+// argument this throws rmsnorm::Error (Code::invalid_argument) and writes nothing.
+void forward(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
+             const Params& params = {}, const std::optional<TensorView>& rstd = std::nullopt,
+             Stream stream = nullptr);
+
+// The same, reporting errors as a Status instead of throwing.
+Status forward_status(const TensorView& x, const std::optional<TensorView>& weight,
+                      const TensorView& y, const Params& params = {},
+                      const std::optional<TensorView>& rstd = std::nullopt,
+                      Stream stream = nullptr) noexcept;
+
+// ---------------------------------------------------------------------------------------
+// Introspection
+// ---------------------------------------------------------------------------------------
+
+// What the CUDA backend would launch for a view (also available in CPU-only builds, so
+// the choice is testable anywhere).
+struct Plan {
+  Strategy strategy = Strategy::automatic;
+  int vector_width = 1;       // elements per vector access (16 bytes / element size, or less)
+  int threads_per_row = 0;    // lanes cooperating on one row
+  int items_per_thread = 0;   // vectors each lane holds in registers (0: streamed)
+  int threads_per_block = 0;
+};
+// `requested` is Params::strategy; a forced strategy that cannot serve `cols` at the
+// available vector width throws Error(Code::unsupported) naming the limit.
+Plan plan_forward(const TensorView& x, const TensorView& y, Strategy requested = Strategy::automatic);
+
+// Whether this build has the CUDA backend, and how many CUDA devices it sees (0 when none).
+bool built_with_cuda() noexcept;
+int cuda_device_count() noexcept;
+// A one-line description of the device for reports, e.g. "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)".
+std::string describe_device(Device device);
+
+const char* version() noexcept;
+
+}  // namespace rmsnorm

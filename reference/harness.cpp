@@ -1,0 +1,130 @@
+#include "harness.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+
+namespace rmsnorm::reference {
+
+std::int64_t span_elements(const TensorView& v) {
+  if (v.total_rows() == 0 || v.cols == 0) return 0;
+  return (v.batch - 1) * v.batch_stride + (v.rows - 1) * v.row_stride + v.cols;
+}
+
+HostTensor make_host(DType dtype, std::int64_t batch, std::int64_t rows, std::int64_t cols,
+                     std::int64_t batch_stride, std::int64_t row_stride) {
+  HostTensor t;
+  if (row_stride < 0) row_stride = cols;
+  if (batch_stride < 0) batch_stride = rows * row_stride;
+  t.view = TensorView::batched(nullptr, dtype, Device::cpu(), batch, rows, cols, batch_stride,
+                               row_stride);
+  const std::int64_t n = std::max<std::int64_t>(span_elements(t.view), 1);
+  t.bytes.assign(static_cast<std::size_t>(n) * dtype_size(dtype), kPoisonByte);
+  t.view.data = t.bytes.data();
+  return t;
+}
+
+HostTensor make_host_vector(DType dtype, std::int64_t n) {
+  HostTensor t;
+  t.bytes.assign(static_cast<std::size_t>(std::max<std::int64_t>(n, 1)) * dtype_size(dtype),
+                 kPoisonByte);
+  t.view = TensorView::vector(t.bytes.data(), dtype, Device::cpu(), n);
+  return t;
+}
+
+namespace {
+template <class F>
+void for_each_offset(const TensorView& v, F f) {
+  for (std::int64_t b = 0; b < v.batch; ++b)
+    for (std::int64_t r = 0; r < v.rows; ++r)
+      for (std::int64_t c = 0; c < v.cols; ++c) f(b * v.batch_stride + r * v.row_stride + c);
+}
+}  // namespace
+
+void fill_normal(const TensorView& v, std::uint64_t seed, double mean, double stddev) {
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<double> dist(mean, stddev);
+  for_each_offset(v, [&](std::int64_t off) {
+    double s = dist(gen);
+    store_from_double(v.data, v.dtype, off, s);
+    if (load_as_double(v.data, v.dtype, off) == 0.0) store_from_double(v.data, v.dtype, off, mean + stddev);
+  });
+}
+
+void poison(const TensorView& v) {
+  const std::int64_t n = span_elements(v);
+  if (n > 0) std::memset(v.data, kPoisonByte, static_cast<std::size_t>(n) * dtype_size(v.dtype));
+}
+
+std::string Comparison::describe() const {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "worst %.3g of tolerance (abs %.3g at %lld)%s", worst_ratio,
+                worst_abs, static_cast<long long>(worst_index),
+                failures ? (", " + std::to_string(failures) + " bad").c_str() : "");
+  return buf;
+}
+
+namespace {
+void check_one(Comparison& c, double got, double ref, Tolerance tol, std::int64_t index) {
+  ++c.checked;
+  const double err = std::fabs(got - ref);
+  double ratio = err / (tol.atol + tol.rtol * std::fabs(ref));
+  if (std::isnan(got) != std::isnan(ref) || std::isnan(ratio)) ratio = INFINITY;
+  if (ratio > 1.0) ++c.failures;
+  if (ratio > c.worst_ratio || c.worst_index < 0) {
+    c.worst_ratio = ratio;
+    c.worst_abs = err;
+    c.worst_index = index;
+  }
+}
+}  // namespace
+
+Comparison compare(const TensorView& got, const std::vector<double>& ref, Tolerance tol) {
+  Comparison c;
+  std::int64_t i = 0;
+  for_each_offset(got, [&](std::int64_t off) {
+    check_one(c, load_as_double(got.data, got.dtype, off), ref[static_cast<std::size_t>(i)], tol, i);
+    ++i;
+  });
+  return c;
+}
+
+Comparison compare_vector(const void* got, DType dtype, const std::vector<double>& ref,
+                          Tolerance tol) {
+  Comparison c;
+  for (std::size_t i = 0; i < ref.size(); ++i)
+    check_one(c, load_as_double(got, dtype, static_cast<std::int64_t>(i)), ref[i], tol,
+              static_cast<std::int64_t>(i));
+  return c;
+}
+
+std::int64_t count_stray_writes(const std::vector<unsigned char>& buffer, const TensorView& v) {
+  std::vector<char> inside(buffer.size(), 0);
+  const std::size_t es = dtype_size(v.dtype);
+  const auto* base = static_cast<const unsigned char*>(v.data);
+  const std::ptrdiff_t shift = base - buffer.data();
+  for_each_offset(v, [&](std::int64_t off) {
+    const std::ptrdiff_t at = shift + static_cast<std::ptrdiff_t>(off * static_cast<std::int64_t>(es));
+    for (std::size_t k = 0; k < es; ++k)
+      if (at + static_cast<std::ptrdiff_t>(k) >= 0 && at + static_cast<std::ptrdiff_t>(k) < static_cast<std::ptrdiff_t>(buffer.size()))
+        inside[static_cast<std::size_t>(at) + k] = 1;
+  });
+  std::int64_t stray = 0;
+  for (std::size_t i = 0; i < buffer.size(); ++i)
+    if (!inside[i] && buffer[i] != kPoisonByte) ++stray;
+  return stray;
+}
+
+void merge(Comparison& into, const Comparison& o) {
+  if (o.worst_ratio > into.worst_ratio || into.worst_index < 0) {
+    into.worst_ratio = o.worst_ratio;
+    into.worst_abs = o.worst_abs;
+    into.worst_index = o.worst_index;
+  }
+  into.checked += o.checked;
+  into.failures += o.failures;
+}
+
+}  // namespace rmsnorm::reference

@@ -1,0 +1,75 @@
+#include "oracle.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace rmsnorm::reference {
+
+// Rounds straight from double to the target format (nearest, ties to even), without the
+// float detour that could round twice.
+double round_to(DType t, double v) {
+  if (t == DType::f64 || !std::isfinite(v) || v == 0.0) return v;
+  if (t == DType::f32) return static_cast<double>(static_cast<float>(v));
+  const int precision = t == DType::f16 ? 11 : 8;  // significand bits, implicit one included
+  const int min_exp = t == DType::f16 ? -14 : -126;
+  const double max_finite = t == DType::f16 ? 65504.0 : std::ldexp(255.0 / 128.0, 127);
+  int e = 0;
+  std::frexp(v, &e);  // v = m * 2^e with 0.5 <= |m| < 1: the leading bit is 2^(e-1)
+  const int lead = std::max(e - 1, min_exp);  // subnormals keep the minimum exponent's spacing
+  const double spacing = std::ldexp(1.0, lead - (precision - 1));
+  const double r = std::nearbyint(v / spacing) * spacing;
+  if (std::fabs(r) > max_finite) return std::copysign(INFINITY, v);
+  return r;
+}
+
+namespace {
+std::int64_t offset_of(const TensorView& v, std::int64_t row, std::int64_t col) {
+  const std::int64_t b = row / v.rows, r = row % v.rows;
+  return b * v.batch_stride + r * v.row_stride + col;
+}
+// The dtype Python/PyTorch promotion gives for a product of two tensors.
+DType promote(DType a, DType b) {
+  if (a == b) return a;
+  if (a == DType::f64 || b == DType::f64) return DType::f64;
+  return DType::f32;  // f16 x bf16 and 16-bit x f32 both promote to f32
+}
+}  // namespace
+
+ForwardResult forward(const TensorView& x, const std::optional<TensorView>& weight,
+                      DType y_dtype, const Params& p) {
+  (void)y_dtype;
+  const std::int64_t m = x.total_rows(), n = x.cols;
+  ForwardResult out;
+  out.y.resize(static_cast<std::size_t>(m * n));
+  out.rstd.resize(static_cast<std::size_t>(m));
+  for (std::int64_t row = 0; row < m; ++row) {
+    double ss = 0.0;
+    for (std::int64_t j = 0; j < n; ++j) {
+      const double v = load_as_double(x.data, x.dtype, offset_of(x, row, j));
+      ss += v * v;
+    }
+    const double rstd = 1.0 / std::sqrt(ss / static_cast<double>(n) + p.eps);
+    out.rstd[static_cast<std::size_t>(row)] = rstd;
+    for (std::int64_t j = 0; j < n; ++j) {
+      const double v = load_as_double(x.data, x.dtype, offset_of(x, row, j));
+      double w = 1.0;
+      if (weight) w = load_as_double(weight->data, weight->dtype, j) + p.weight_offset;
+      double y;
+      if (p.cast == Cast::llama) {
+        const double h = round_to(x.dtype, v * rstd);
+        if (weight) {
+          w = round_to(weight->dtype, w);
+          y = round_to(promote(x.dtype, weight->dtype), h * w);
+        } else {
+          y = h;
+        }
+      } else {
+        y = v * rstd * w;
+      }
+      out.y[static_cast<std::size_t>(row * n + j)] = y;
+    }
+  }
+  return out;
+}
+
+}  // namespace rmsnorm::reference

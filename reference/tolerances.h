@@ -1,0 +1,68 @@
+// The one table of tolerances used by the tests and by `rmsnorm check`.
+//
+// An element passes when |got - ref| <= atol + rtol * |ref|, with ref from the fp64 oracle.
+// Each term has its reason next to it. u(t) is the unit roundoff of dtype t (half an ulp,
+// relative): f32 2^-24, f16 2^-11, bf16 2^-8, f64 2^-53.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "rmsnorm/rmsnorm.h"
+
+namespace rmsnorm::reference {
+
+struct Tolerance {
+  double rtol = 0;
+  double atol = 0;
+};
+
+inline double unit_roundoff(DType t) {
+  switch (t) {
+    case DType::f32: return std::ldexp(1.0, -24);
+    case DType::f16: return std::ldexp(1.0, -11);
+    case DType::bf16: return std::ldexp(1.0, -8);
+    case DType::f64: return std::ldexp(1.0, -53);
+  }
+  return 1.0;
+}
+
+// Relative error of rstd computed with an accumulator of dtype `acc` over n squares.
+// The backends sum in fp32 (fp64 for f64) in blocked/tree order; for random data the
+// rounding errors of such a sum grow like sqrt(n) (a random walk), and a bound of
+// 4 * sqrt(n) * u has never been approached in the sweeps. rstd = (ss/n + eps)^-1/2 halves
+// the relative error of ss, and the mean, sqrt and division add a few roundings: 8 u.
+inline double rstd_rtol(DType acc, std::int64_t n) {
+  const double u = unit_roundoff(acc);
+  return u * (8.0 + 4.0 * std::sqrt(static_cast<double>(n)));
+}
+
+// Tolerance for y.
+//  - fp32 cast: the result is rounded once to y's dtype (u(y)); before that, fp32 math
+//    carries the rstd error plus two products (rstd_rtol + 2 u(acc)).
+//  - llama cast: x * rstd is rounded to x's dtype, and the backend's fp32 rstd may differ
+//    from the oracle's fp64 one by rstd_rtol, so that rounding can land one ulp apart
+//    (2 u(x)); the weight product is then rounded to y's dtype (one more ulp: 2 u(y)).
+//  - atol covers outputs in f16's subnormal range, whose spacing is absolute (2^-24):
+//    two roundings there can differ by one spacing. bf16 and f32 share float's exponent
+//    range, so their subnormals never occur with these inputs: a negligible atol.
+inline Tolerance forward_tolerance(DType x, DType y, Cast cast, std::int64_t cols) {
+  const DType acc = x == DType::f64 ? DType::f64 : DType::f32;
+  Tolerance t;
+  const double fp = rstd_rtol(acc, cols) + 2.0 * unit_roundoff(acc);
+  if (cast == Cast::llama && x != DType::f32 && x != DType::f64) {
+    t.rtol = fp + 2.0 * unit_roundoff(x) + 2.0 * unit_roundoff(y);
+  } else {
+    t.rtol = fp + unit_roundoff(y);
+  }
+  t.atol = (y == DType::f16 || x == DType::f16) ? std::ldexp(1.0, -23) : 1e-300;
+  return t;
+}
+
+// Tolerance for the rstd output (stored in fp32, or fp64 for f64).
+inline Tolerance rstd_tolerance(DType x, std::int64_t cols) {
+  const DType acc = x == DType::f64 ? DType::f64 : DType::f32;
+  return {rstd_rtol(acc, cols) + unit_roundoff(acc), 1e-300};
+}
+
+}  // namespace rmsnorm::reference

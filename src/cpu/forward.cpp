@@ -1,0 +1,94 @@
+// CPU backend of the forward pass: rows in parallel (OpenMP), fp32 accumulation (fp64 for
+// f64) in a fixed order, so results are deterministic and independent of the thread count.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/numeric.h"
+#include "problem.h"
+
+namespace rmsnorm::detail {
+namespace {
+
+// Sixteen independent partial sums: the compiler can keep them in vector registers (a plain
+// running sum is a serial dependency chain it may not reorder), and their combination order
+// is fixed, so the result does not depend on how the loop is vectorised.
+constexpr int kLanes = 16;
+
+template <class TX, class Acc>
+Acc sum_of_squares(const TX* x, std::int64_t n) {
+  Acc lanes[kLanes] = {};
+  std::int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) {
+      const Acc v = cpu::to_acc<Acc>(x[j + k]);
+      lanes[k] += v * v;
+    }
+  for (int k = 0; j < n; ++j, ++k) {
+    const Acc v = cpu::to_acc<Acc>(x[j]);
+    lanes[k] += v * v;
+  }
+  for (int width = kLanes / 2; width > 0; width /= 2)
+    for (int k = 0; k < width; ++k) lanes[k] += lanes[k + width];
+  return lanes[0];
+}
+
+template <class TX, class TW, class TY, class Acc>
+void forward_rows(const ForwardProblem& p) {
+  const std::int64_t m = p.total_rows(), n = p.cols;
+  const Acc inv_n = static_cast<Acc>(1.0 / static_cast<double>(n));
+  const Acc eps = static_cast<Acc>(p.eps);
+  const Acc offset = static_cast<Acc>(p.weight_offset);
+  const TW* w = static_cast<const TW*>(p.weight);
+  const bool llama = p.cast == Cast::llama;
+
+#pragma omp parallel for schedule(static) if (m * n > 65536)
+  for (std::int64_t row = 0; row < m; ++row) {
+    const std::int64_t b = row / p.rows, r = row % p.rows;
+    const TX* x = static_cast<const TX*>(p.x) + b * p.x_batch_stride + r * p.x_row_stride;
+    TY* y = static_cast<TY*>(p.y) + b * p.y_batch_stride + r * p.y_row_stride;
+    const Acc rstd = Acc(1) / std::sqrt(sum_of_squares<TX, Acc>(x, n) * inv_n + eps);
+    if (p.rstd) static_cast<Acc*>(p.rstd)[row] = rstd;
+    // y may be x: each element is read before it is written, by the same iteration.
+    if (!llama) {
+      for (std::int64_t j = 0; j < n; ++j) {
+        Acc v = cpu::to_acc<Acc>(x[j]) * rstd;
+        if (w) v *= cpu::to_acc<Acc>(w[j]) + offset;
+        y[j] = cpu::from_acc<TY>(v);
+      }
+    } else {
+      // Hugging Face's steps: round x*rstd to x's dtype, multiply by the weight (offset
+      // applied in the weight's dtype) in the promoted dtype, then store.
+      for (std::int64_t j = 0; j < n; ++j) {
+        const Acc h = cpu::round_as<TX>(cpu::to_acc<Acc>(x[j]) * rstd);
+        Acc v = h;
+        if (w) {
+          const Acc wj = cpu::round_as<TW>(cpu::to_acc<Acc>(w[j]) + offset);
+          v = cpu::round_as<cpu::Promoted<TX, TW>>(h * wj);
+        }
+        y[j] = cpu::from_acc<TY>(v);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void cpu_forward(const ForwardProblem& p) {
+  using cpu::BF16;
+  using cpu::F16;
+  const DType x = p.x_dtype, w = p.w_dtype, y = p.y_dtype;
+  // The supported combinations (validate_forward refused the rest).
+  if (x == DType::f32) return forward_rows<float, float, float, float>(p);
+  if (x == DType::f64) return forward_rows<double, double, double, double>(p);
+  if (x == DType::f16) {
+    if (w == DType::f16) return forward_rows<F16, F16, F16, float>(p);
+    if (y == DType::f16) return forward_rows<F16, float, F16, float>(p);
+    return forward_rows<F16, float, float, float>(p);
+  }
+  if (w == DType::bf16) return forward_rows<BF16, BF16, BF16, float>(p);
+  if (y == DType::bf16) return forward_rows<BF16, float, BF16, float>(p);
+  return forward_rows<BF16, float, float, float>(p);
+}
+
+}  // namespace rmsnorm::detail

@@ -1,0 +1,47 @@
+// The validated forward problem handed from the API layer to a backend: plain data only,
+// so that the CUDA kernels can take it by value.
+#pragma once
+
+#include <cstdint>
+
+#include "rmsnorm/rmsnorm.h"
+
+namespace rmsnorm::detail {
+
+struct ForwardProblem {
+  const void* x = nullptr;
+  void* y = nullptr;
+  const void* weight = nullptr;  // nullptr: no weight
+  void* rstd = nullptr;          // nullptr: not requested
+  DType x_dtype = DType::f32;
+  DType y_dtype = DType::f32;
+  DType w_dtype = DType::f32;  // meaningful only with a weight
+  std::int64_t batch = 1, rows = 0, cols = 0;
+  std::int64_t x_batch_stride = 0, x_row_stride = 0;
+  std::int64_t y_batch_stride = 0, y_row_stride = 0;
+  double eps = 1e-6;
+  double weight_offset = 0.0;
+  Cast cast = Cast::fp32;
+  std::int64_t total_rows() const { return batch * rows; }
+};
+
+// Throws rmsnorm::Error naming the first bad argument. Also checks pointer residency when
+// params.check_pointers is set (CUDA builds only).
+ForwardProblem validate_forward(const TensorView& x, const std::optional<TensorView>& weight,
+                                const TensorView& y, const Params& params,
+                                const std::optional<TensorView>& rstd);
+
+// Backends.
+void cpu_forward(const ForwardProblem& p);
+#if defined(RMSNORM_HAVE_CUDA)
+void cuda_forward(const ForwardProblem& p, const Plan& plan, Stream stream);
+// Throws Error(invalid_argument) unless `ptr` is memory of `device` (a CUDA ordinal, or the
+// host when device.kind is cpu). `what` names the argument.
+void check_pointer_residency(const void* ptr, Device device, const char* what);
+int cuda_sm_count(int device_ordinal);
+#endif
+
+// Plan of a validated problem (shared by plan_forward and the CUDA dispatch).
+Plan plan_problem(const ForwardProblem& p, Strategy requested);
+
+}  // namespace rmsnorm::detail

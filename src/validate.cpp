@@ -1,0 +1,238 @@
+// Argument checking for every entry point: all of it happens before anything is written.
+#include <cmath>
+#include <sstream>
+#include <string>
+
+#include "problem.h"
+
+namespace rmsnorm::detail {
+namespace {
+
+[[noreturn]] void fail(const std::string& msg) { throw Error(Code::invalid_argument, msg); }
+[[noreturn]] void unsupported(const std::string& msg) { throw Error(Code::unsupported, msg); }
+
+std::string shape_of(const TensorView& v) {
+  std::ostringstream s;
+  s << "(" << v.batch << ", " << v.rows << ", " << v.cols << ") strides (" << v.batch_stride
+    << ", " << v.row_stride << ", 1)";
+  return s.str();
+}
+
+void check_layout(const TensorView& v, const char* name) {
+  if (v.batch < 0 || v.rows < 0) fail(std::string(name) + ": batch and rows must be >= 0, got " + shape_of(v));
+  if (v.cols < 1) fail(std::string(name) + ": cols must be >= 1, got " + std::to_string(v.cols));
+  if (v.rows > 1 && v.row_stride < v.cols)
+    fail(std::string(name) + ": row_stride must be >= cols (" + std::to_string(v.cols) + "), got " +
+         std::to_string(v.row_stride));
+  if (v.batch > 1 && v.batch_stride < 0)
+    fail(std::string(name) + ": batch_stride must be >= 0, got " + std::to_string(v.batch_stride));
+  if (v.total_rows() > 0 && v.data == nullptr) fail(std::string(name) + ": data is null");
+}
+
+// Byte range [lo, hi) covered by a view.
+struct Extent {
+  std::uintptr_t lo = 0, hi = 0;
+};
+Extent extent_of(const TensorView& v) {
+  const std::int64_t es = static_cast<std::int64_t>(dtype_size(v.dtype));
+  const std::int64_t last = (v.batch > 0 ? (v.batch - 1) * v.batch_stride : 0) +
+                            (v.rows > 0 ? (v.rows - 1) * v.row_stride : 0) + v.cols;
+  const auto lo = reinterpret_cast<std::uintptr_t>(v.data);
+  return {lo, lo + static_cast<std::uintptr_t>(last * es)};
+}
+
+bool extents_intersect(const TensorView& a, const TensorView& b) {
+  if (a.total_rows() == 0 || b.total_rows() == 0) return false;
+  const Extent ea = extent_of(a), eb = extent_of(b);
+  return ea.lo < eb.hi && eb.lo < ea.hi;
+}
+
+// Whether two 2-D views with the same row pitch S (bytes) share a byte: rows of `a` cover
+// [i*S, i*S + La), rows of `b` cover [d + j*S, d + j*S + Lb), d = b - a. They meet iff some
+// k = j - i in [-(Ra-1), Rb-1] has -Lb < d + k*S < La; k*S grows with k, so only the largest
+// k below the upper bound needs checking.
+bool same_pitch_rows_overlap(std::int64_t d, std::int64_t S, std::int64_t La, std::int64_t Lb,
+                             std::int64_t Ra, std::int64_t Rb) {
+  auto floor_div = [](std::int64_t a, std::int64_t b) {
+    std::int64_t q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+  };
+  std::int64_t k = floor_div(La - 1 - d, S);
+  if (k > Rb - 1) k = Rb - 1;
+  if (k < -(Ra - 1)) return false;
+  return d + k * S > -Lb;
+}
+
+// Collapses a view to `count` rows a fixed `pitch` (elements) apart, when it is one.
+bool as_uniform_rows(const TensorView& v, std::int64_t& count, std::int64_t& pitch) {
+  count = v.total_rows();
+  if (count == 1) pitch = 0;
+  else if (v.batch == 1) pitch = v.row_stride;
+  else if (v.rows == 1) pitch = v.batch_stride;
+  else if (v.batch_stride == v.rows * v.row_stride) pitch = v.row_stride;
+  else return false;
+  return count == 1 || pitch > 0;
+}
+
+bool views_overlap(const TensorView& a, const TensorView& b) {
+  if (!extents_intersect(a, b)) return false;
+  std::int64_t ra, pa, rb, pb;
+  if (!as_uniform_rows(a, ra, pa) || !as_uniform_rows(b, rb, pb)) return true;  // conservative
+  const std::int64_t la = a.cols * static_cast<std::int64_t>(dtype_size(a.dtype));
+  const std::int64_t lb = b.cols * static_cast<std::int64_t>(dtype_size(b.dtype));
+  pa *= static_cast<std::int64_t>(dtype_size(a.dtype));
+  pb *= static_cast<std::int64_t>(dtype_size(b.dtype));
+  std::int64_t pitch;
+  if (ra == 1 && rb == 1) pitch = la + lb;  // any pitch longer than both rows
+  else if (ra == 1) pitch = pb;
+  else if (rb == 1 || pa == pb) pitch = pa;
+  else return true;  // different pitches: conservative
+  const std::int64_t d = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(b.data) -
+                                                   reinterpret_cast<std::uintptr_t>(a.data));
+  return same_pitch_rows_overlap(d, pitch, la, lb, ra, rb);
+}
+
+bool same_view(const TensorView& a, const TensorView& b) {
+  return a.data == b.data && a.dtype == b.dtype && a.batch == b.batch && a.rows == b.rows &&
+         a.cols == b.cols && (a.rows <= 1 || a.row_stride == b.row_stride) &&
+         (a.batch <= 1 || a.batch_stride == b.batch_stride);
+}
+
+// An output written by many threads must not have two rows on the same memory.
+void check_rows_disjoint(const TensorView& v, const char* name) {
+  if (v.batch <= 1 || v.rows == 0) return;
+  // Rows are disjoint when the smaller of the two strides steps over a whole row and the
+  // larger one steps over everything the smaller spans.
+  std::int64_t s_small = v.row_stride, n_small = v.rows, s_large = v.batch_stride;
+  if (v.rows == 1) return;  // batch rows only: batch_stride >= cols checked below
+  if (s_large < s_small) {
+    std::swap(s_small, s_large);
+    n_small = v.batch;
+  }
+  if (s_small < v.cols || s_large < (n_small - 1) * s_small + v.cols)
+    fail(std::string(name) + ": rows overlap each other in " + shape_of(v) +
+         " (an output needs disjoint rows)");
+}
+
+std::string combo(DType x, const std::optional<TensorView>& w, DType y) {
+  return std::string("x ") + dtype_name(x) + ", weight " + (w ? dtype_name(w->dtype) : "none") +
+         ", y " + dtype_name(y);
+}
+
+}  // namespace
+
+ForwardProblem validate_forward(const TensorView& x, const std::optional<TensorView>& weight,
+                                const TensorView& y, const Params& params,
+                                const std::optional<TensorView>& rstd) {
+  check_layout(x, "x");
+  check_layout(y, "y");
+  if (y.batch != x.batch || y.rows != x.rows || y.cols != x.cols)
+    fail("y: shape must match x " + shape_of(x) + ", got " + shape_of(y));
+  check_rows_disjoint(y, "y");
+  if (y.device.kind != x.device.kind || y.device.index != x.device.index)
+    fail("y: must be on the same device as x");
+
+  // dtypes
+  const DType xt = x.dtype;
+  if (xt != DType::f32 && xt != DType::f16 && xt != DType::bf16 && xt != DType::f64)
+    fail("x: unknown dtype");
+  if (xt == DType::f64 && x.device.kind == DeviceKind::cuda)
+    unsupported("x: f64 is supported on the CPU only (got a CUDA view)");
+  if (weight) {
+    const DType wt = weight->dtype;
+    const bool ok = wt == xt || (wt == DType::f32 && (xt == DType::f16 || xt == DType::bf16));
+    if (!ok)
+      unsupported("weight: dtype " + std::string(dtype_name(wt)) + " is not supported with x " +
+                  dtype_name(xt) + " (expected x's dtype, or f32 with f16/bf16 x)");
+  }
+  {
+    const bool y_ok = y.dtype == xt || (y.dtype == DType::f32 && weight && weight->dtype == DType::f32 &&
+                                        (xt == DType::f16 || xt == DType::bf16));
+    if (!y_ok)
+      unsupported("y: dtype combination not supported (" + combo(xt, weight, y.dtype) +
+                  "); y must have x's dtype, or be f32 when x is f16/bf16 and the weight is f32");
+  }
+
+  // weight
+  if (weight) {
+    const TensorView& w = *weight;
+    if (w.total_rows() != 1 || w.cols != x.cols)
+      fail("weight: expected a contiguous vector of cols = " + std::to_string(x.cols) +
+           " elements, got " + shape_of(w));
+    if (w.data == nullptr) fail("weight: data is null");
+    if (w.device.kind != x.device.kind || w.device.index != x.device.index)
+      fail("weight: must be on the same device as x");
+  } else if (params.weight_offset != 0.0) {
+    fail("weight_offset: must be 0 without a weight (got " + std::to_string(params.weight_offset) + ")");
+  }
+
+  // rstd
+  if (rstd) {
+    const TensorView& r = *rstd;
+    const DType want = xt == DType::f64 ? DType::f64 : DType::f32;
+    if (r.dtype != want)
+      fail(std::string("rstd: dtype must be ") + dtype_name(want) + ", got " + dtype_name(r.dtype));
+    const std::int64_t n = r.batch * r.rows * (r.rows > 0 && r.batch > 0 ? r.cols : 0);
+    const bool contiguous = r.total_rows() <= 1 || (r.row_stride == r.cols && (r.batch <= 1 || r.batch_stride == r.rows * r.cols));
+    if (!contiguous || n != x.total_rows())
+      fail("rstd: expected a contiguous vector of batch*rows = " + std::to_string(x.total_rows()) +
+           " elements, got " + shape_of(r));
+    if (r.data == nullptr && n > 0) fail("rstd: data is null");
+    if (r.device.kind != x.device.kind || r.device.index != x.device.index)
+      fail("rstd: must be on the same device as x");
+  }
+
+  // parameters
+  if (!std::isfinite(params.eps) || params.eps < 0.0)
+    fail("eps: must be finite and >= 0, got " + std::to_string(params.eps));
+  if (!std::isfinite(params.weight_offset))
+    fail("weight_offset: must be finite, got " + std::to_string(params.weight_offset));
+  if (params.cast != Cast::fp32 && params.cast != Cast::llama) fail("cast: unknown value");
+
+  // aliasing: y may be exactly x; nothing else may share memory with an output
+  if (!same_view(x, y) && views_overlap(x, y))
+    fail("y: overlaps x partially (y may alias x only exactly: same data, strides and dtype)");
+  if (rstd && x.total_rows() > 0) {
+    const TensorView& r = *rstd;
+    const TensorView rv = TensorView::vector(r.data, r.dtype, r.device, x.total_rows());
+    if (views_overlap(rv, x)) fail("rstd: overlaps x");
+    if (views_overlap(rv, y)) fail("rstd: overlaps y");
+    if (weight && views_overlap(rv, *weight)) fail("rstd: overlaps weight");
+  }
+  if (weight && x.total_rows() > 0 && views_overlap(*weight, y)) fail("weight: overlaps y");
+
+#if defined(RMSNORM_HAVE_CUDA)
+  if (params.check_pointers && x.total_rows() > 0) {
+    check_pointer_residency(x.data, x.device, "x");
+    check_pointer_residency(y.data, y.device, "y");
+    if (weight) check_pointer_residency(weight->data, weight->device, "weight");
+    if (rstd) check_pointer_residency(rstd->data, rstd->device, "rstd");
+  }
+#else
+  if (x.device.kind == DeviceKind::cuda)
+    unsupported("x: a CUDA view, but this build of rmsnorm has no CUDA backend");
+#endif
+
+  ForwardProblem p;
+  p.x = x.data;
+  p.y = y.data;
+  p.weight = weight ? weight->data : nullptr;
+  p.rstd = rstd ? rstd->data : nullptr;
+  p.x_dtype = xt;
+  p.y_dtype = y.dtype;
+  p.w_dtype = weight ? weight->dtype : xt;
+  p.batch = x.batch;
+  p.rows = x.rows;
+  p.cols = x.cols;
+  // Normalise strides of size-1 dimensions so that backends may use them blindly.
+  p.x_row_stride = x.rows > 1 ? x.row_stride : x.cols;
+  p.y_row_stride = y.rows > 1 ? y.row_stride : y.cols;
+  p.x_batch_stride = x.batch > 1 ? x.batch_stride : x.rows * p.x_row_stride;
+  p.y_batch_stride = y.batch > 1 ? y.batch_stride : y.rows * p.y_row_stride;
+  p.eps = params.eps;
+  p.weight_offset = params.weight_offset;
+  p.cast = params.cast;
+  return p;
+}
+
+}  // namespace rmsnorm::detail
