@@ -65,7 +65,7 @@ void forward(const TensorView& x, const std::optional<TensorView>& weight, const
     return;
   }
 #if defined(RMSNORM_HAVE_CUDA)
-  detail::cuda_forward(p, detail::plan_problem(p, params.strategy), stream);
+  detail::cuda_forward(p, detail::plan_problem(p, params.strategy), x.device.index, stream);
 #else
   (void)stream;
 #endif

@@ -34,11 +34,10 @@ ForwardProblem validate_forward(const TensorView& x, const std::optional<TensorV
 // Backends.
 void cpu_forward(const ForwardProblem& p);
 #if defined(RMSNORM_HAVE_CUDA)
-void cuda_forward(const ForwardProblem& p, const Plan& plan, Stream stream);
+void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream);
 // Throws Error(invalid_argument) unless `ptr` is memory of `device` (a CUDA ordinal, or the
 // host when device.kind is cpu). `what` names the argument.
 void check_pointer_residency(const void* ptr, Device device, const char* what);
-int cuda_sm_count(int device_ordinal);
 #endif
 
 // Plan of a validated problem (shared by plan_forward and the CUDA dispatch).

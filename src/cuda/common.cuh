@@ -1,0 +1,101 @@
+// Small device helpers shared by the CUDA kernels: the packed vector type, conversions
+// between storage types and fp32, and row addressing. No kernel lives here.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace rmsnorm::detail::cuda {
+
+// N elements moved as one access: 16 bytes (one LDG.128/STG.128) or, for a wider
+// element type at the same element count (an f32 output of 8 bf16 inputs), two of them.
+template <class T, int N>
+struct alignas(sizeof(T) * N >= 16 ? 16 : sizeof(T) * N) Vec {
+  T v[N];
+};
+
+template <class T, int N>
+__device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
+  return *reinterpret_cast<const Vec<T, N>*>(p);
+}
+template <class T, int N>
+__device__ __forceinline__ void store_vec(T* p, const Vec<T, N>& v) {
+  *reinterpret_cast<Vec<T, N>*>(p) = v;
+}
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <class T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Rounds to T's precision and back.
+template <class T>
+__device__ __forceinline__ float round_as(float v) {
+  return to_float(from_float<T>(v));
+}
+
+// Everything a forward kernel needs, passed by value (kernel parameter space).
+struct ForwardArgs {
+  const void* x;
+  void* y;
+  const void* weight;  // nullptr: no weight
+  float* rstd;         // nullptr: not requested
+  std::int64_t rows;   // rows per batch
+  std::int64_t total_rows;
+  std::int64_t cols;
+  std::int64_t x_batch_stride, x_row_stride;
+  std::int64_t y_batch_stride, y_row_stride;
+  float eps;
+  float inv_cols;  // 1/cols rounded to fp32: the mean is sum * (1/cols), as PyTorch computes it
+  float weight_offset;
+  bool llama;
+};
+
+// Element offset of a row's first element in a (batch, rows, cols) view.
+__device__ __forceinline__ std::int64_t row_offset(std::int64_t row, std::int64_t rows,
+                                                   std::int64_t batch_stride,
+                                                   std::int64_t row_stride) {
+  const std::int64_t b = row / rows;
+  return b * batch_stride + (row - b * rows) * row_stride;
+}
+
+// rstd from a row's sum of squares. The explicit _rn operations stop the compiler from
+// fusing the mean and the eps into one FMA, matching PyTorch's `mean(x^2) + eps` step by
+// step; rsqrtf is what PyTorch's CUDA rsqrt uses.
+__device__ __forceinline__ float rstd_from_sum(float ss, const ForwardArgs& a) {
+  return rsqrtf(__fadd_rn(__fmul_rn(ss, a.inv_cols), a.eps));
+}
+
+// The output of one element: the computation step shared by all strategies.
+//  fp32 cast: x * rstd * (w + offset) in fp32, rounded once by the store.
+//  llama cast: x * rstd rounded to TX, times (w + offset) rounded to TW, the product
+//  rounded to the promoted type of (TX, TW) (TX when equal, fp32 otherwise).
+// `w` is the weight element already in fp32; has_w false means no weight (factor 1).
+template <class TX, class TW>
+__device__ __forceinline__ float normalise(float xv, float rstd, bool has_w, float w,
+                                           const ForwardArgs& a) {
+  if (!a.llama) {
+    const float o = xv * rstd;
+    return has_w ? o * (w + a.weight_offset) : o;
+  }
+  const float h = round_as<TX>(xv * rstd);
+  if (!has_w) return h;
+  const float prod = h * round_as<TW>(w + a.weight_offset);
+  return std::is_same<TX, TW>::value ? round_as<TX>(prod) : prod;
+}
+
+}  // namespace rmsnorm::detail::cuda

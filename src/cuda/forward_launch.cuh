@@ -1,0 +1,100 @@
+// Launchers: turn a validated problem and its plan into one kernel launch. Included by one
+// translation unit per input dtype (forward_f32.cu, forward_f16.cu, forward_bf16.cu), so the
+// instantiations compile in parallel.
+#pragma once
+
+#include <string>
+
+#include "cuda/forward_kernels.cuh"
+#include "cuda/launch_check.h"
+#include "forward_configs.h"
+#include "problem.h"
+
+namespace rmsnorm::detail::cuda {
+
+template <class T> struct StorageOf;
+template <> struct StorageOf<float> { static constexpr DType value = DType::f32; };
+template <> struct StorageOf<__half> { static constexpr DType value = DType::f16; };
+template <> struct StorageOf<__nv_bfloat16> { static constexpr DType value = DType::bf16; };
+
+inline ForwardArgs make_args(const ForwardProblem& p) {
+  ForwardArgs a{};
+  a.x = p.x;
+  a.y = p.y;
+  a.weight = p.weight;
+  a.rstd = static_cast<float*>(p.rstd);
+  a.rows = p.rows;
+  a.total_rows = p.total_rows();
+  a.cols = p.cols;
+  a.x_batch_stride = p.x_batch_stride;
+  a.x_row_stride = p.x_row_stride;
+  a.y_batch_stride = p.y_batch_stride;
+  a.y_row_stride = p.y_row_stride;
+  a.eps = static_cast<float>(p.eps);
+  a.inv_cols = static_cast<float>(1.0 / static_cast<double>(p.cols));
+  a.weight_offset = static_cast<float>(p.weight_offset);
+  a.llama = p.cast == Cast::llama;
+  return a;
+}
+
+// Grids stay within the hardware's limit; the kernels loop over any remaining rows.
+inline unsigned grid_for(std::int64_t work_items) {
+  constexpr std::int64_t kMaxGrid = 0x7fffffff;
+  return static_cast<unsigned>(work_items < kMaxGrid ? work_items : kMaxGrid);
+}
+
+// Finds the register configuration the plan names among the compile-time tables and
+// launches its instantiation.
+template <class TX, class TW, class TY, int VEC, const RegisterConfig* TABLE, int N, int I = 0>
+void launch_register_rows(const ForwardArgs& a, const Plan& plan, cudaStream_t stream) {
+  if constexpr (I < N) {
+    constexpr RegisterConfig c = TABLE[I];
+    if (plan.threads_per_row == c.threads_per_row && plan.items_per_thread == c.items) {
+      constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
+      const std::int64_t blocks = (a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock;
+      RegisterRowsImpl<TX, TW, TY, VEC, c.threads_per_row, c.items, c.threads_per_block>
+          <<<grid_for(blocks), c.threads_per_block, 0, stream>>>(a);
+      check_launch(strategy_name(plan.strategy), "RegisterRowsImpl", plan);
+      return;
+    }
+    launch_register_rows<TX, TW, TY, VEC, TABLE, N, I + 1>(a, plan, stream);
+  } else {
+    throw Error(Code::internal, "no register configuration matches the plan");
+  }
+}
+
+template <class TX, class TW, class TY>
+void launch_typed(const ForwardProblem& p, const Plan& plan, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(TX);
+  const ForwardArgs a = make_args(p);
+  switch (plan.strategy) {
+    case Strategy::warp_rows:
+      return launch_register_rows<TX, TW, TY, kVec, kWarpRowsConfigs, kNumWarpRowsConfigs>(a, plan, stream);
+    case Strategy::block_row:
+      return launch_register_rows<TX, TW, TY, kVec, kBlockRowConfigs, kNumBlockRowConfigs>(a, plan, stream);
+    case Strategy::long_row:
+      if (plan.vector_width == kVec)
+        LongRowImpl<TX, TW, TY, kVec, kLongRowThreads><<<grid_for(a.total_rows), kLongRowThreads, 0, stream>>>(a);
+      else
+        LongRowImpl<TX, TW, TY, 1, kLongRowThreads><<<grid_for(a.total_rows), kLongRowThreads, 0, stream>>>(a);
+      check_launch(strategy_name(plan.strategy), "LongRowImpl", plan);
+      return;
+    case Strategy::automatic:
+      break;
+  }
+  throw Error(Code::internal, "plan without a strategy");
+}
+
+// Chooses the (weight, output) types for input type TX among the supported combinations.
+template <class TX>
+void launch_forward(const ForwardProblem& p, const Plan& plan, cudaStream_t stream) {
+  if constexpr (std::is_same<TX, float>::value) {
+    launch_typed<float, float, float>(p, plan, stream);
+  } else {
+    if (!p.weight || p.w_dtype == StorageOf<TX>::value) return launch_typed<TX, TX, TX>(p, plan, stream);
+    if (p.y_dtype == StorageOf<TX>::value) return launch_typed<TX, float, TX>(p, plan, stream);
+    launch_typed<TX, float, float>(p, plan, stream);
+  }
+}
+
+}  // namespace rmsnorm::detail::cuda
