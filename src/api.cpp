@@ -9,6 +9,22 @@
 #endif
 
 namespace rmsnorm {
+namespace detail {
+// Runs f, turning any exception into a Status.
+template <class F>
+Status to_status(F&& f) noexcept {
+  try {
+    f();
+    return {};
+  } catch (const Error& e) {
+    return {e.code(), e.what()};
+  } catch (const std::exception& e) {
+    return {Code::internal, e.what()};
+  } catch (...) {
+    return {Code::internal, "unknown exception"};
+  }
+}
+}  // namespace detail
 
 TensorView TensorView::matrix(void* data, DType dtype, Device device, std::int64_t rows,
                               std::int64_t cols, std::int64_t row_stride) noexcept {
@@ -74,16 +90,50 @@ void forward(const TensorView& x, const std::optional<TensorView>& weight, const
 Status forward_status(const TensorView& x, const std::optional<TensorView>& weight,
                       const TensorView& y, const Params& params,
                       const std::optional<TensorView>& rstd, Stream stream) noexcept {
-  try {
-    forward(x, weight, y, params, rstd, stream);
-    return {};
-  } catch (const Error& e) {
-    return {e.code(), e.what()};
-  } catch (const std::exception& e) {
-    return {Code::internal, e.what()};
-  } catch (...) {
-    return {Code::internal, "unknown exception"};
+  return detail::to_status([&] { forward(x, weight, y, params, rstd, stream); });
+}
+
+std::size_t backward_workspace_size(const TensorView& x, const std::optional<TensorView>& dw,
+                                    const Params& params) {
+  (void)params;
+  if (!dw || x.total_rows() <= 0 || x.cols <= 0) return 0;
+  if (x.device.kind == DeviceKind::cpu) return detail::cpu_backward_workspace(x.total_rows(), x.cols, true, x.dtype);
+#if defined(RMSNORM_HAVE_CUDA)
+  return detail::cuda_backward_workspace(x.total_rows(), x.cols, x.device.index);
+#else
+  throw Error(Code::unsupported, "x: a CUDA view, but this build of rmsnorm has no CUDA backend");
+#endif
+}
+
+void backward(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
+              const std::optional<TensorView>& rstd, const TensorView& dx,
+              const std::optional<TensorView>& dw, const Params& params, void* workspace,
+              std::size_t workspace_bytes, Stream stream) {
+  detail::BackwardProblem p = detail::validate_backward(dy, x, weight, rstd, dx, dw, params);
+  const std::size_t required = backward_workspace_size(x, dw, params);
+  if (workspace_bytes < required)
+    throw Error(Code::invalid_argument, "workspace: needs " + std::to_string(required) + " bytes (see "
+                                        "backward_workspace_size), got " + std::to_string(workspace_bytes));
+  if (required > 0 && workspace == nullptr) throw Error(Code::invalid_argument, "workspace: data is null");
+  p.workspace = workspace;
+  p.workspace_bytes = workspace_bytes;
+  // Zero rows still define dw (a sum over nothing: zeros), so the backends run.
+  if (x.device.kind == DeviceKind::cpu) {
+    detail::cpu_backward(p);
+    return;
   }
+#if defined(RMSNORM_HAVE_CUDA)
+  detail::cuda_backward(p, detail::plan_backward(p, params.strategy), x.device.index, stream);
+#else
+  (void)stream;
+#endif
+}
+
+Status backward_status(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
+                       const std::optional<TensorView>& rstd, const TensorView& dx,
+                       const std::optional<TensorView>& dw, const Params& params, void* workspace,
+                       std::size_t workspace_bytes, Stream stream) noexcept {
+  return detail::to_status([&] { backward(dy, x, weight, rstd, dx, dw, params, workspace, workspace_bytes, stream); });
 }
 
 Plan plan_forward(const TensorView& x, const TensorView& y, Strategy requested) {

@@ -1,5 +1,7 @@
 // Argument checking for every entry point: all of it happens before anything is written.
 #include <cmath>
+#include <initializer_list>
+#include <utility>
 #include <sstream>
 #include <string>
 
@@ -119,6 +121,84 @@ std::string combo(DType x, const std::optional<TensorView>& w, DType y) {
          ", y " + dtype_name(y);
 }
 
+void same_device(const TensorView& v, const TensorView& x, const char* name) {
+  if (v.device.kind != x.device.kind || v.device.index != x.device.index)
+    fail(std::string(name) + ": must be on the same device as x");
+}
+
+void check_weight(const std::optional<TensorView>& weight, const TensorView& x, const Params& params) {
+  if (weight) {
+    const TensorView& w = *weight;
+    if (w.total_rows() != 1 || w.cols != x.cols)
+      fail("weight: expected a contiguous vector of cols = " + std::to_string(x.cols) +
+           " elements, got " + shape_of(w));
+    if (w.data == nullptr) fail("weight: data is null");
+    same_device(w, x, "weight");
+  } else if (params.weight_offset != 0.0) {
+    fail("weight_offset: must be 0 without a weight (got " + std::to_string(params.weight_offset) + ")");
+  }
+}
+
+void check_rstd(const std::optional<TensorView>& rstd, const TensorView& x) {
+  if (!rstd) return;
+  const TensorView& r = *rstd;
+  const DType want = x.dtype == DType::f64 ? DType::f64 : DType::f32;
+  if (r.dtype != want)
+    fail(std::string("rstd: dtype must be ") + dtype_name(want) + ", got " + dtype_name(r.dtype));
+  const std::int64_t n = r.batch * r.rows * (r.rows > 0 && r.batch > 0 ? r.cols : 0);
+  const bool contiguous = r.total_rows() <= 1 || (r.row_stride == r.cols && (r.batch <= 1 || r.batch_stride == r.rows * r.cols));
+  if (!contiguous || n != x.total_rows())
+    fail("rstd: expected a contiguous vector of batch*rows = " + std::to_string(x.total_rows()) +
+         " elements, got " + shape_of(r));
+  if (r.data == nullptr && n > 0) fail("rstd: data is null");
+  same_device(r, x, "rstd");
+}
+
+void check_params(const Params& params) {
+  if (!std::isfinite(params.eps) || params.eps < 0.0)
+    fail("eps: must be finite and >= 0, got " + std::to_string(params.eps));
+  if (!std::isfinite(params.weight_offset))
+    fail("weight_offset: must be finite, got " + std::to_string(params.weight_offset));
+  if (params.cast != Cast::fp32 && params.cast != Cast::llama) fail("cast: unknown value");
+}
+
+void check_x_dtype(const TensorView& x) {
+  const DType xt = x.dtype;
+  if (xt != DType::f32 && xt != DType::f16 && xt != DType::bf16 && xt != DType::f64)
+    fail("x: unknown dtype");
+  if (xt == DType::f64 && x.device.kind == DeviceKind::cuda)
+    unsupported("x: f64 is supported on the CPU only (got a CUDA view)");
+}
+
+void check_weight_dtype(const std::optional<TensorView>& weight, DType xt) {
+  if (!weight) return;
+  const DType wt = weight->dtype;
+  const bool ok = wt == xt || (wt == DType::f32 && (xt == DType::f16 || xt == DType::bf16));
+  if (!ok)
+    unsupported("weight: dtype " + std::string(dtype_name(wt)) + " is not supported with x " +
+                dtype_name(xt) + " (expected x's dtype, or f32 with f16/bf16 x)");
+}
+
+// A view as rstd-like contiguous vector of n elements, for overlap checks.
+TensorView as_vector(const TensorView& v, std::int64_t n) { return TensorView::vector(v.data, v.dtype, v.device, n); }
+
+void check_residency(const Params& params, std::int64_t total_rows,
+                     std::initializer_list<std::pair<const TensorView*, const char*>> views) {
+#if defined(RMSNORM_HAVE_CUDA)
+  if (!params.check_pointers || total_rows == 0) return;
+  for (const auto& [v, name] : views)
+    if (v) check_pointer_residency(v->data, v->device, name);
+#else
+  (void)params;
+  (void)total_rows;
+  for (const auto& [v, name] : views)
+    if (v && v->device.kind == DeviceKind::cuda)
+      unsupported(std::string(name) + ": a CUDA view, but this build of rmsnorm has no CUDA backend");
+#endif
+}
+
+const TensorView* ptr(const std::optional<TensorView>& v) { return v ? &*v : nullptr; }
+
 }  // namespace
 
 ForwardProblem validate_forward(const TensorView& x, const std::optional<TensorView>& weight,
@@ -129,22 +209,12 @@ ForwardProblem validate_forward(const TensorView& x, const std::optional<TensorV
   if (y.batch != x.batch || y.rows != x.rows || y.cols != x.cols)
     fail("y: shape must match x " + shape_of(x) + ", got " + shape_of(y));
   check_rows_disjoint(y, "y");
-  if (y.device.kind != x.device.kind || y.device.index != x.device.index)
-    fail("y: must be on the same device as x");
+  same_device(y, x, "y");
 
   // dtypes
   const DType xt = x.dtype;
-  if (xt != DType::f32 && xt != DType::f16 && xt != DType::bf16 && xt != DType::f64)
-    fail("x: unknown dtype");
-  if (xt == DType::f64 && x.device.kind == DeviceKind::cuda)
-    unsupported("x: f64 is supported on the CPU only (got a CUDA view)");
-  if (weight) {
-    const DType wt = weight->dtype;
-    const bool ok = wt == xt || (wt == DType::f32 && (xt == DType::f16 || xt == DType::bf16));
-    if (!ok)
-      unsupported("weight: dtype " + std::string(dtype_name(wt)) + " is not supported with x " +
-                  dtype_name(xt) + " (expected x's dtype, or f32 with f16/bf16 x)");
-  }
+  check_x_dtype(x);
+  check_weight_dtype(weight, xt);
   {
     const bool y_ok = y.dtype == xt || (y.dtype == DType::f32 && weight && weight->dtype == DType::f32 &&
                                         (xt == DType::f16 || xt == DType::bf16));
@@ -153,65 +223,24 @@ ForwardProblem validate_forward(const TensorView& x, const std::optional<TensorV
                   "); y must have x's dtype, or be f32 when x is f16/bf16 and the weight is f32");
   }
 
-  // weight
-  if (weight) {
-    const TensorView& w = *weight;
-    if (w.total_rows() != 1 || w.cols != x.cols)
-      fail("weight: expected a contiguous vector of cols = " + std::to_string(x.cols) +
-           " elements, got " + shape_of(w));
-    if (w.data == nullptr) fail("weight: data is null");
-    if (w.device.kind != x.device.kind || w.device.index != x.device.index)
-      fail("weight: must be on the same device as x");
-  } else if (params.weight_offset != 0.0) {
-    fail("weight_offset: must be 0 without a weight (got " + std::to_string(params.weight_offset) + ")");
-  }
-
-  // rstd
-  if (rstd) {
-    const TensorView& r = *rstd;
-    const DType want = xt == DType::f64 ? DType::f64 : DType::f32;
-    if (r.dtype != want)
-      fail(std::string("rstd: dtype must be ") + dtype_name(want) + ", got " + dtype_name(r.dtype));
-    const std::int64_t n = r.batch * r.rows * (r.rows > 0 && r.batch > 0 ? r.cols : 0);
-    const bool contiguous = r.total_rows() <= 1 || (r.row_stride == r.cols && (r.batch <= 1 || r.batch_stride == r.rows * r.cols));
-    if (!contiguous || n != x.total_rows())
-      fail("rstd: expected a contiguous vector of batch*rows = " + std::to_string(x.total_rows()) +
-           " elements, got " + shape_of(r));
-    if (r.data == nullptr && n > 0) fail("rstd: data is null");
-    if (r.device.kind != x.device.kind || r.device.index != x.device.index)
-      fail("rstd: must be on the same device as x");
-  }
-
-  // parameters
-  if (!std::isfinite(params.eps) || params.eps < 0.0)
-    fail("eps: must be finite and >= 0, got " + std::to_string(params.eps));
-  if (!std::isfinite(params.weight_offset))
-    fail("weight_offset: must be finite, got " + std::to_string(params.weight_offset));
-  if (params.cast != Cast::fp32 && params.cast != Cast::llama) fail("cast: unknown value");
+  check_weight(weight, x, params);
+  check_rstd(rstd, x);
+  check_params(params);
 
   // aliasing: y may be exactly x; nothing else may share memory with an output
   if (!same_view(x, y) && views_overlap(x, y))
     fail("y: overlaps x partially (y may alias x only exactly: same data, strides and dtype)");
   if (rstd && x.total_rows() > 0) {
     const TensorView& r = *rstd;
-    const TensorView rv = TensorView::vector(r.data, r.dtype, r.device, x.total_rows());
+    const TensorView rv = as_vector(r, x.total_rows());
     if (views_overlap(rv, x)) fail("rstd: overlaps x");
     if (views_overlap(rv, y)) fail("rstd: overlaps y");
     if (weight && views_overlap(rv, *weight)) fail("rstd: overlaps weight");
   }
   if (weight && x.total_rows() > 0 && views_overlap(*weight, y)) fail("weight: overlaps y");
 
-#if defined(RMSNORM_HAVE_CUDA)
-  if (params.check_pointers && x.total_rows() > 0) {
-    check_pointer_residency(x.data, x.device, "x");
-    check_pointer_residency(y.data, y.device, "y");
-    if (weight) check_pointer_residency(weight->data, weight->device, "weight");
-    if (rstd) check_pointer_residency(rstd->data, rstd->device, "rstd");
-  }
-#else
-  if (x.device.kind == DeviceKind::cuda)
-    unsupported("x: a CUDA view, but this build of rmsnorm has no CUDA backend");
-#endif
+  check_residency(params, x.total_rows(),
+                  {{&x, "x"}, {&y, "y"}, {ptr(weight), "weight"}, {ptr(rstd), "rstd"}});
 
   ForwardProblem p;
   p.x = x.data;
@@ -232,6 +261,80 @@ ForwardProblem validate_forward(const TensorView& x, const std::optional<TensorV
   p.eps = params.eps;
   p.weight_offset = params.weight_offset;
   p.cast = params.cast;
+  return p;
+}
+
+BackwardProblem validate_backward(const TensorView& dy, const TensorView& x,
+                                  const std::optional<TensorView>& weight,
+                                  const std::optional<TensorView>& rstd, const TensorView& dx,
+                                  const std::optional<TensorView>& dw, const Params& params) {
+  check_layout(x, "x");
+  check_layout(dy, "dy");
+  check_layout(dx, "dx");
+  for (const auto& [v, name] : {std::pair<const TensorView*, const char*>{&dy, "dy"}, {&dx, "dx"}}) {
+    if (v->batch != x.batch || v->rows != x.rows || v->cols != x.cols)
+      fail(std::string(name) + ": shape must match x " + shape_of(x) + ", got " + shape_of(*v));
+    same_device(*v, x, name);
+    if (v->dtype != x.dtype)
+      unsupported(std::string(name) + ": dtype must be x's (" + dtype_name(x.dtype) + "), got " + dtype_name(v->dtype));
+  }
+  check_rows_disjoint(dx, "dx");
+  check_x_dtype(x);
+  check_weight_dtype(weight, x.dtype);
+  check_weight(weight, x, params);
+  check_rstd(rstd, x);
+  check_params(params);
+  if (dw) {
+    if (!weight) fail("dw: requested without a weight (there is no weight gradient without a weight)");
+    const TensorView& g = *dw;
+    if (g.total_rows() != 1 || g.cols != x.cols)
+      fail("dw: expected a contiguous vector of cols = " + std::to_string(x.cols) + " elements, got " + shape_of(g));
+    if (g.data == nullptr) fail("dw: data is null");
+    same_device(g, x, "dw");
+    if (g.dtype != weight->dtype && g.dtype != DType::f32)
+      unsupported(std::string("dw: dtype must be the weight's (") + dtype_name(weight->dtype) + ") or f32, got " +
+                  dtype_name(g.dtype));
+  }
+
+  // aliasing: dx may be exactly dy; outputs share memory with nothing else
+  if (!same_view(dy, dx) && views_overlap(dy, dx))
+    fail("dx: overlaps dy partially (dx may alias dy only exactly: same data, strides and dtype)");
+  if (x.total_rows() > 0) {
+    if (views_overlap(x, dx)) fail("dx: overlaps x");
+    if (weight && views_overlap(*weight, dx)) fail("dx: overlaps weight");
+    if (rstd && views_overlap(as_vector(*rstd, x.total_rows()), dx)) fail("dx: overlaps rstd");
+  }
+  if (dw) {
+    const TensorView& g = *dw;
+    if (views_overlap(g, dx) || views_overlap(g, dy) || views_overlap(g, x) ||
+        views_overlap(g, *weight) || (rstd && views_overlap(g, as_vector(*rstd, x.total_rows()))))
+      fail("dw: overlaps another argument");
+  }
+  check_residency(params, x.total_rows(),
+                  {{&dy, "dy"}, {&x, "x"}, {&dx, "dx"}, {ptr(weight), "weight"}, {ptr(rstd), "rstd"}, {ptr(dw), "dw"}});
+
+  BackwardProblem p;
+  p.dy = dy.data;
+  p.x = x.data;
+  p.weight = weight ? weight->data : nullptr;
+  p.rstd = rstd ? rstd->data : nullptr;
+  p.dx = dx.data;
+  p.dw = dw ? dw->data : nullptr;
+  p.x_dtype = x.dtype;
+  p.w_dtype = weight ? weight->dtype : x.dtype;
+  p.dw_dtype = dw ? dw->dtype : p.w_dtype;
+  p.batch = x.batch;
+  p.rows = x.rows;
+  p.cols = x.cols;
+  const auto strides = [](const TensorView& v, std::int64_t& bs, std::int64_t& rs) {
+    rs = v.rows > 1 ? v.row_stride : v.cols;
+    bs = v.batch > 1 ? v.batch_stride : v.rows * rs;
+  };
+  strides(dy, p.dy_batch_stride, p.dy_row_stride);
+  strides(x, p.x_batch_stride, p.x_row_stride);
+  strides(dx, p.dx_batch_stride, p.dx_row_stride);
+  p.eps = params.eps;
+  p.weight_offset = params.weight_offset;
   return p;
 }
 

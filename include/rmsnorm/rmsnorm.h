@@ -9,6 +9,7 @@
 // allocation-free; calls on CPU views run synchronously on the calling thread(s).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -151,6 +152,39 @@ Status forward_status(const TensorView& x, const std::optional<TensorView>& weig
                       const TensorView& y, const Params& params = {},
                       const std::optional<TensorView>& rstd = std::nullopt,
                       Stream stream = nullptr) noexcept;
+
+// ---------------------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------------------
+
+// Gradients of forward (treating the rounding steps of Cast::llama as identities):
+//   g_j  = dy_j * (w_j + offset)                 (dy_j when there is no weight)
+//   dx_j = rstd * g_j - rstd^3 / cols * x_j * sum_k(g_k * x_k)
+//   dw_j = sum over all rows of dy_j * x_j * rstd
+//
+//  dy, x   same shape (views as in forward); x's dtype for both
+//  weight  as in forward (none: no dw)
+//  rstd    optional: the forward's rstd output; recomputed from x when absent
+//  dx      same shape, x's dtype; may be exactly dy (in place)
+//  dw      optional (only with a weight): cols contiguous elements of the weight's dtype or f32
+//  workspace, workspace_bytes: scratch memory on x's device of at least
+//          backward_workspace_size(...) bytes (may be null when that size is 0)
+//
+// dw is accumulated in fp32 in per-block partial sums which a second pass adds up in a
+// fixed order: two runs on the same device give bit-identical dw.
+std::size_t backward_workspace_size(const TensorView& x, const std::optional<TensorView>& dw,
+                                    const Params& params = {});
+
+void backward(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
+              const std::optional<TensorView>& rstd, const TensorView& dx,
+              const std::optional<TensorView>& dw, const Params& params, void* workspace,
+              std::size_t workspace_bytes, Stream stream = nullptr);
+
+Status backward_status(const TensorView& dy, const TensorView& x,
+                       const std::optional<TensorView>& weight,
+                       const std::optional<TensorView>& rstd, const TensorView& dx,
+                       const std::optional<TensorView>& dw, const Params& params, void* workspace,
+                       std::size_t workspace_bytes, Stream stream = nullptr) noexcept;
 
 // ---------------------------------------------------------------------------------------
 // Introspection

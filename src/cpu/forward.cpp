@@ -10,29 +10,6 @@
 namespace rmsnorm::detail {
 namespace {
 
-// Sixteen independent partial sums: the compiler can keep them in vector registers (a plain
-// running sum is a serial dependency chain it may not reorder), and their combination order
-// is fixed, so the result does not depend on how the loop is vectorised.
-constexpr int kLanes = 16;
-
-template <class TX, class Acc>
-Acc sum_of_squares(const TX* x, std::int64_t n) {
-  Acc lanes[kLanes] = {};
-  std::int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) {
-      const Acc v = cpu::to_acc<Acc>(x[j + k]);
-      lanes[k] += v * v;
-    }
-  for (int k = 0; j < n; ++j, ++k) {
-    const Acc v = cpu::to_acc<Acc>(x[j]);
-    lanes[k] += v * v;
-  }
-  for (int width = kLanes / 2; width > 0; width /= 2)
-    for (int k = 0; k < width; ++k) lanes[k] += lanes[k + width];
-  return lanes[0];
-}
-
 template <class TX, class TW, class TY, class Acc>
 void forward_rows(const ForwardProblem& p) {
   const std::int64_t m = p.total_rows(), n = p.cols;
@@ -47,7 +24,7 @@ void forward_rows(const ForwardProblem& p) {
     const std::int64_t b = row / p.rows, r = row % p.rows;
     const TX* x = static_cast<const TX*>(p.x) + b * p.x_batch_stride + r * p.x_row_stride;
     TY* y = static_cast<TY*>(p.y) + b * p.y_batch_stride + r * p.y_row_stride;
-    const Acc rstd = Acc(1) / std::sqrt(sum_of_squares<TX, Acc>(x, n) * inv_n + eps);
+    const Acc rstd = Acc(1) / std::sqrt(cpu::lane_sum<Acc>(n, [&](std::int64_t j) { const Acc v = cpu::to_acc<Acc>(x[j]); return v * v; }) * inv_n + eps);
     if (p.rstd) static_cast<Acc*>(p.rstd)[row] = rstd;
     // y may be x: each element is read before it is written, by the same iteration.
     if (!llama) {

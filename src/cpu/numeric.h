@@ -42,6 +42,22 @@ inline double from_acc<double>(double v) { return v; }
 template <class T, class Acc>
 inline Acc round_as(Acc v) { return to_acc<Acc>(from_acc<T>(v)); }
 
+// Sum of f(j) for j < n in a fixed order: sixteen independent partial sums (which the
+// compiler can keep in vector registers, where one running sum would be a serial chain it
+// may not reorder), combined pairwise. The order never depends on threads or vector width.
+template <class Acc, class F>
+inline Acc lane_sum(std::int64_t n, F f) {
+  constexpr int kLanes = 16;
+  Acc lanes[kLanes] = {};
+  std::int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) lanes[k] += f(j + k);
+  for (int k = 0; j < n; ++j, ++k) lanes[k] += f(j);
+  for (int width = kLanes / 2; width > 0; width /= 2)
+    for (int k = 0; k < width; ++k) lanes[k] += lanes[k + width];
+  return lanes[0];
+}
+
 // PyTorch's type promotion for a product: equal types stay, anything with f32 is f32.
 template <class A, class B>
 using Promoted = std::conditional_t<std::is_same_v<A, B>, A, float>;

@@ -1,11 +1,17 @@
 // The CUDA backend's entry: route a validated problem to the launcher of its input dtype.
+#include <algorithm>
+#include <string>
+
 #include "cuda/common.cuh"
+#include "kernel_configs.h"
 #include "problem.h"
 
 namespace rmsnorm::detail {
 namespace cuda {
 template <class TX>
 void launch_forward(const ForwardProblem& p, const Plan& plan, cudaStream_t stream);
+template <class TX>
+void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream);
 }  // namespace cuda
 
 namespace {
@@ -27,7 +33,44 @@ class DeviceGuard {
   int previous_ = 0;
   bool switched_ = false;
 };
+int sm_count(int device) {
+  int n = 0;
+  const cudaError_t err = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(Code::cuda_error, std::string("cannot read the SM count of CUDA device ") + std::to_string(device) +
+                                      ": " + cudaGetErrorString(err));
+  }
+  return n;
+}
 }  // namespace
+
+std::size_t cuda_backward_workspace(std::int64_t total_rows, std::int64_t cols, int device) {
+  // One fp32 partial dw row per backward block; the most blocks any plan launches is a full
+  // grid of the smallest blocks, and never more than the rows.
+  const std::int64_t most = static_cast<std::int64_t>(sm_count(device)) * (kMaxThreadsPerSm / kMinBlockThreads);
+  return static_cast<std::size_t>(std::min(total_rows, most) * cols) * sizeof(float);
+}
+
+void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Stream stream) {
+  DeviceGuard guard(device);
+  auto* s = static_cast<cudaStream_t>(stream);
+  if (p.total_rows() == 0) {
+    if (p.dw) {
+      const cudaError_t err = cudaMemsetAsync(p.dw, 0, static_cast<std::size_t>(p.cols) * dtype_size(p.dw_dtype), s);
+      if (err != cudaSuccess) throw Error(Code::cuda_error, std::string("dw: zero fill failed: ") + cudaGetErrorString(err));
+    }
+    return;
+  }
+  const int sms = sm_count(device);
+  switch (p.x_dtype) {
+    case DType::f32: return cuda::launch_backward<float>(p, plan, sms, s);
+    case DType::f16: return cuda::launch_backward<__half>(p, plan, sms, s);
+    case DType::bf16: return cuda::launch_backward<__nv_bfloat16>(p, plan, sms, s);
+    case DType::f64: break;
+  }
+  throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
+}
 
 void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream) {
   DeviceGuard guard(device);

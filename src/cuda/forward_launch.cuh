@@ -7,7 +7,7 @@
 
 #include "cuda/forward_kernels.cuh"
 #include "cuda/launch_check.h"
-#include "forward_configs.h"
+#include "kernel_configs.h"
 #include "problem.h"
 
 namespace rmsnorm::detail::cuda {

@@ -1,4 +1,4 @@
-// Launch configurations of the register-resident forward kernel, shared by the planner
+// Launch configurations of the register-resident kernels, shared by the planner
 // (plain C++, testable without a GPU) and the CUDA dispatch that instantiates them.
 //
 // Capacity in 16-byte vectors per row = threads_per_row * items. The planner picks the
@@ -32,6 +32,26 @@ inline constexpr RegisterConfig kBlockRowConfigs[] = {
 };
 inline constexpr int kNumWarpRowsConfigs = sizeof(kWarpRowsConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumBlockRowConfigs = sizeof(kBlockRowConfigs) / sizeof(RegisterConfig);
+
+// The backward holds two rows (x and dy) and a dw accumulator per element, about three
+// times the forward's registers per vector: half the items per lane, and rows of up to
+// 1024 vectors (8192 16-bit elements) in registers; longer rows stream. (A 1024-thread
+// block, capped at 64 registers a thread, spilled 124 bytes a thread in bf16 with two
+// vectors a lane, so it is not offered.)
+inline constexpr RegisterConfig kBackwardWarpRowsConfigs[] = {
+    {4, 1, 128}, {8, 1, 128}, {16, 1, 128}, {32, 1, 128}, {32, 2, 128}, {32, 4, 128},
+};
+inline constexpr RegisterConfig kBackwardBlockRowConfigs[] = {
+    {128, 2, 128}, {256, 2, 256}, {512, 2, 512},
+};
+inline constexpr int kNumBackwardWarpRowsConfigs = sizeof(kBackwardWarpRowsConfigs) / sizeof(RegisterConfig);
+inline constexpr int kNumBackwardBlockRowConfigs = sizeof(kBackwardBlockRowConfigs) / sizeof(RegisterConfig);
+
+// Blocks per SM the backward grid is sized for (a full SM of 2048 threads in blocks of
+// threads_per_block): each block writes one partial dw row, so the workspace holds at
+// most sm_count * 2048 / 128 of them.
+inline constexpr int kMaxThreadsPerSm = 2048;
+inline constexpr int kMinBlockThreads = 128;
 
 // The streaming kernel: a row per block of this many threads (512 leaves 128 registers
 // per thread for four unrolled 16-byte loads in flight; at 1024 threads it spilled).

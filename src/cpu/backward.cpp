@@ -1,0 +1,90 @@
+// CPU backend of the backward pass. dx row by row in parallel; dw accumulated per chunk of
+// rows into the caller's workspace, then the chunks are added in order. The chunking is a
+// fixed function of the row count, so dw is bit-identical whatever the thread count.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "cpu/numeric.h"
+#include "problem.h"
+
+namespace rmsnorm::detail {
+namespace {
+
+constexpr std::int64_t kMaxChunks = 64;
+
+std::int64_t chunk_count(std::int64_t total_rows) { return std::min(total_rows, kMaxChunks); }
+
+template <class TX, class TW, class TDW, class Acc>
+void backward_rows(const BackwardProblem& p) {
+  const std::int64_t m = p.total_rows(), n = p.cols;
+  const Acc inv_n = static_cast<Acc>(1.0 / static_cast<double>(n));
+  const Acc eps = static_cast<Acc>(p.eps);
+  const Acc offset = static_cast<Acc>(p.weight_offset);
+  const TW* w = static_cast<const TW*>(p.weight);
+  const Acc* rstd_in = static_cast<const Acc*>(p.rstd);
+  const std::int64_t chunks = chunk_count(m);
+  Acc* partial = static_cast<Acc*>(p.workspace);  // chunks x n, when dw is wanted
+  const auto weight = [&](std::int64_t j) { return w ? cpu::to_acc<Acc>(w[j]) + offset : Acc(1); };
+
+#pragma omp parallel for schedule(static) if (m * n > 65536)
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    Acc* acc = p.dw ? partial + c * n : nullptr;
+    if (acc) std::fill(acc, acc + n, Acc(0));
+    for (std::int64_t row = c * m / chunks; row < (c + 1) * m / chunks; ++row) {
+      const std::int64_t b = row / p.rows, r = row % p.rows;
+      const TX* x = static_cast<const TX*>(p.x) + b * p.x_batch_stride + r * p.x_row_stride;
+      const TX* dy = static_cast<const TX*>(p.dy) + b * p.dy_batch_stride + r * p.dy_row_stride;
+      TX* dx = static_cast<TX*>(p.dx) + b * p.dx_batch_stride + r * p.dx_row_stride;
+      const Acc rstd = rstd_in ? rstd_in[row]
+                               : Acc(1) / std::sqrt(cpu::lane_sum<Acc>(n, [&](std::int64_t j) {
+                                                      const Acc v = cpu::to_acc<Acc>(x[j]);
+                                                      return v * v;
+                                                    }) * inv_n + eps);
+      const Acc gx = cpu::lane_sum<Acc>(
+          n, [&](std::int64_t j) { return cpu::to_acc<Acc>(dy[j]) * weight(j) * cpu::to_acc<Acc>(x[j]); });
+      const Acc coef = rstd * rstd * rstd * gx * inv_n;
+      // dx may be dy: each element is read before it is written, by the same iteration.
+      for (std::int64_t j = 0; j < n; ++j) {
+        const Acc xv = cpu::to_acc<Acc>(x[j]);
+        const Acc dyv = cpu::to_acc<Acc>(dy[j]);
+        if (acc) acc[j] += dyv * xv * rstd;
+        dx[j] = cpu::from_acc<TX>(rstd * dyv * weight(j) - coef * xv);
+      }
+    }
+  }
+  if (!p.dw) return;
+  TDW* dw = static_cast<TDW*>(p.dw);
+#pragma omp parallel for schedule(static) if (chunks * n > 65536)
+  for (std::int64_t j = 0; j < n; ++j) {
+    Acc s = 0;
+    for (std::int64_t c = 0; c < chunks; ++c) s += partial[c * n + j];
+    dw[j] = cpu::from_acc<TDW>(s);
+  }
+}
+
+}  // namespace
+
+std::size_t cpu_backward_workspace(std::int64_t total_rows, std::int64_t cols, bool want_dw, DType x_dtype) {
+  if (!want_dw || total_rows == 0) return 0;
+  const std::size_t acc = x_dtype == DType::f64 ? sizeof(double) : sizeof(float);
+  return static_cast<std::size_t>(chunk_count(total_rows) * cols) * acc;
+}
+
+void cpu_backward(const BackwardProblem& p) {
+  using cpu::BF16;
+  using cpu::F16;
+  const DType x = p.x_dtype, w = p.w_dtype, dw = p.dw_dtype;
+  if (x == DType::f32) return backward_rows<float, float, float, float>(p);
+  if (x == DType::f64) return backward_rows<double, double, double, double>(p);
+  if (x == DType::f16) {
+    if (w != DType::f16) return backward_rows<F16, float, float, float>(p);
+    if (dw == DType::f16) return backward_rows<F16, F16, F16, float>(p);
+    return backward_rows<F16, F16, float, float>(p);
+  }
+  if (w != DType::bf16) return backward_rows<BF16, float, float, float>(p);
+  if (dw == DType::bf16) return backward_rows<BF16, BF16, BF16, float>(p);
+  return backward_rows<BF16, BF16, float, float>(p);
+}
+
+}  // namespace rmsnorm::detail

@@ -1,0 +1,230 @@
+// The backward kernels, one template per parallel strategy, and the dw finalisation.
+//
+//   g = dy * (w + offset),  s = sum_j g_j x_j,  dx = rstd * g - rstd^3 * s / cols * x,
+//   dw partial += dy * x * rstd   (per lane, for the columns the lane owns)
+//
+// Memory-bound like the forward: x and dy are read once, dx written once; the dw partial
+// sums stay in registers across all the rows a block processes and leave as one row per
+// block. A second kernel adds those rows in a fixed order, so dw is deterministic.
+#pragma once
+
+#include "cuda/forward_kernels.cuh"
+
+namespace rmsnorm::detail::cuda {
+
+struct BackwardArgs {
+  const void* dy;
+  const void* x;
+  const void* weight;  // nullptr: no weight
+  const float* rstd;   // nullptr: recompute
+  void* dx;
+  float* partial;      // one row of cols floats per block, or nullptr when dw is not wanted
+  std::int64_t rows, total_rows, cols;
+  std::int64_t dy_batch_stride, dy_row_stride;
+  std::int64_t x_batch_stride, x_row_stride;
+  std::int64_t dx_batch_stride, dx_row_stride;
+  float eps, inv_cols, weight_offset;
+};
+
+__device__ __forceinline__ float backward_rstd(float ss, const BackwardArgs& a) {
+  return rsqrtf(__fadd_rn(__fmul_rn(ss, a.inv_cols), a.eps));
+}
+
+// ---------------------------------------------------------------------------------------
+// warp_rows and block_row: x and dy of a row in registers (see RegisterRowsImpl).
+// ---------------------------------------------------------------------------------------
+template <class TX, class TW, int VEC, int TPR, int ITEMS, int BLOCK>
+__global__ void __launch_bounds__(BLOCK) BackwardRowsImpl(const BackwardArgs a) {
+  constexpr int kRowsPerBlock = BLOCK / TPR;
+  constexpr int kRowCapacity = TPR * ITEMS * VEC;
+  using Sum = RowSum<TPR, BLOCK>;
+  __shared__ typename Sum::TempStorage temp;
+
+  const int lane = threadIdx.x % TPR;
+  const int slot = threadIdx.x / TPR;
+  const std::int64_t vectors = a.cols / VEC;
+  const TW* w = static_cast<const TW*>(a.weight);
+
+  float dw_acc[ITEMS][VEC];
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i)
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) dw_acc[i][k] = 0.f;
+
+  for (std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock;
+       first < a.total_rows; first += static_cast<std::int64_t>(gridDim.x) * kRowsPerBlock) {
+    const std::int64_t row = first + slot;
+    const bool valid = row < a.total_rows;
+    const TX* x = static_cast<const TX*>(a.x) + (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
+    const TX* dy = static_cast<const TX*>(a.dy) + (valid ? row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride) : 0);
+
+    Vec<TX, VEC> xv[ITEMS], gv[ITEMS];
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int idx = i * TPR + lane;
+      if (valid && idx < vectors) {
+        xv[i] = load_vec<TX, VEC>(x + static_cast<std::int64_t>(idx) * VEC);
+        gv[i] = load_vec<TX, VEC>(dy + static_cast<std::int64_t>(idx) * VEC);
+      } else {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) xv[i].v[k] = gv[i].v[k] = from_float<TX>(0.f);
+      }
+    }
+    float rstd;
+    if (a.rstd) {
+      rstd = valid ? a.rstd[row] : 0.f;
+    } else {
+      float ss = 0.f;
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i)
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const float f = to_float(xv[i].v[k]);
+          ss += f * f;
+        }
+      rstd = backward_rstd(Sum::sum(temp, ss), a);
+    }
+    float gx = 0.f;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int idx = i * TPR + lane;
+      Vec<TW, VEC> wv;
+      if (w && idx < vectors) wv = load_vec<TW, VEC>(w + static_cast<std::int64_t>(idx) * VEC);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float wk = (w && idx < vectors) ? to_float(wv.v[k]) + a.weight_offset : 1.f;
+        gx += to_float(gv[i].v[k]) * wk * to_float(xv[i].v[k]);
+      }
+    }
+    gx = Sum::sum(temp, gx);
+    if (!valid) continue;
+    const float coef = rstd * rstd * rstd * gx * a.inv_cols;
+
+    TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int idx = i * TPR + lane;
+      if (idx >= vectors) continue;
+      Vec<TW, VEC> wv;
+      if (w) wv = load_vec<TW, VEC>(w + static_cast<std::int64_t>(idx) * VEC);
+      Vec<TX, VEC> out;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float xk = to_float(xv[i].v[k]);
+        const float dyk = to_float(gv[i].v[k]);
+        const float wk = w ? to_float(wv.v[k]) + a.weight_offset : 1.f;
+        out.v[k] = from_float<TX>(rstd * dyk * wk - coef * xk);
+        dw_acc[i][k] += dyk * xk * rstd;
+      }
+      store_vec<TX, VEC>(dx + static_cast<std::int64_t>(idx) * VEC, out);
+    }
+  }
+
+  if (!a.partial) return;
+  float* out = a.partial + static_cast<std::int64_t>(blockIdx.x) * a.cols;
+  if constexpr (kRowsPerBlock == 1) {
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int idx = i * TPR + lane;
+      if (idx < vectors)
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) out[static_cast<std::int64_t>(idx) * VEC + k] = dw_acc[i][k];
+    }
+  } else {
+    // Several row groups in the block: add their partial rows in slot order.
+    __shared__ float stage[kRowsPerBlock][kRowCapacity];
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i)
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) stage[slot][(i * TPR + lane) * VEC + k] = dw_acc[i][k];
+    __syncthreads();
+    for (int c = threadIdx.x; c < a.cols; c += BLOCK) {
+      float s = 0.f;
+      for (int r = 0; r < kRowsPerBlock; ++r) s += stage[r][c];
+      out[c] = s;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// long_row: any length and alignment; the row is streamed twice (sums, then dx). The
+// block's partial dw row lives in the workspace and is updated in place: each column is
+// owned by one thread of the block for every row, so there is no race and no atomic.
+// ---------------------------------------------------------------------------------------
+template <class TX, class TW, int VEC, int BLOCK>
+__global__ void __launch_bounds__(BLOCK) LongRowBackwardImpl(const BackwardArgs a) {
+  using Sum = RowSum<BLOCK, BLOCK>;
+  __shared__ typename Sum::TempStorage temp;
+  const std::int64_t vectors = a.cols / VEC;
+  const TW* w = static_cast<const TW*>(a.weight);
+  float* part = a.partial ? a.partial + static_cast<std::int64_t>(blockIdx.x) * a.cols : nullptr;
+  bool first_row = true;
+
+  for (std::int64_t row = blockIdx.x; row < a.total_rows; row += gridDim.x) {
+    const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
+    const TX* dy = static_cast<const TX*>(a.dy) + row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride);
+    TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
+    float ss = 0.f, gx = 0.f;
+#pragma unroll 2
+    for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
+      const Vec<TX, VEC> xv = load_vec<TX, VEC>(x + idx * VEC);
+      const Vec<TX, VEC> gv = load_vec<TX, VEC>(dy + idx * VEC);
+      Vec<TW, VEC> wv;
+      if (w) wv = load_vec<TW, VEC>(w + idx * VEC);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float f = to_float(xv.v[k]);
+        ss += f * f;
+        gx += to_float(gv.v[k]) * (w ? to_float(wv.v[k]) + a.weight_offset : 1.f) * f;
+      }
+    }
+    const float rstd = a.rstd ? a.rstd[row] : backward_rstd(Sum::sum(temp, ss), a);
+    gx = Sum::sum(temp, gx);
+    const float coef = rstd * rstd * rstd * gx * a.inv_cols;
+#pragma unroll 2
+    for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
+      const Vec<TX, VEC> xv = load_vec<TX, VEC>(x + idx * VEC);
+      const Vec<TX, VEC> gv = load_vec<TX, VEC>(dy + idx * VEC);
+      Vec<TW, VEC> wv;
+      if (w) wv = load_vec<TW, VEC>(w + idx * VEC);
+      Vec<TX, VEC> out;
+      float contrib[VEC];
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float xk = to_float(xv.v[k]);
+        const float dyk = to_float(gv.v[k]);
+        const float wk = w ? to_float(wv.v[k]) + a.weight_offset : 1.f;
+        out.v[k] = from_float<TX>(rstd * dyk * wk - coef * xk);
+        contrib[k] = dyk * xk * rstd;
+      }
+      store_vec<TX, VEC>(dx + idx * VEC, out);
+      if (part)
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) part[idx * VEC + k] = (first_row ? 0.f : part[idx * VEC + k]) + contrib[k];
+    }
+    first_row = false;
+  }
+}
+
+// dw[c] = sum over partial rows p of partial[p][c], in a fixed order: a block takes 32
+// columns; its 32 thread rows each add every 32nd partial row, then one thread per column
+// adds the 32 results in order. Coalesced: a warp reads 32 consecutive columns.
+template <class TDW>
+__global__ void __launch_bounds__(1024) DwFinalizeImpl(const float* partial, std::int64_t partials,
+                                                       std::int64_t cols, TDW* dw) {
+  __shared__ float stage[32][33];  // +1 column: no bank conflicts on the transposed read
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  float s = 0.f;
+  if (c < cols)
+    for (std::int64_t p = threadIdx.y; p < partials; p += 32) s += partial[p * cols + c];
+  stage[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float t = 0.f;
+#pragma unroll
+    for (int r = 0; r < 32; ++r) t += stage[r][threadIdx.x];
+    dw[c] = from_float<TDW>(t);
+  }
+}
+
+}  // namespace rmsnorm::detail::cuda

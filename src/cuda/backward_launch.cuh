@@ -1,0 +1,113 @@
+// Launchers of the backward: the main kernel of the plan's strategy, then the dw
+// finalisation. Included by one translation unit per input dtype.
+#pragma once
+
+#include <algorithm>
+
+#include "cuda/backward_kernels.cuh"
+#include "cuda/forward_launch.cuh"
+
+namespace rmsnorm::detail::cuda {
+
+// Blocks of the backward grid: enough to fill every SM, never more than there are row
+// groups. Each block leaves one partial dw row, so this also bounds the workspace
+// (cuda_backward_workspace sizes it for the smallest blocks).
+inline std::int64_t backward_blocks(std::int64_t row_groups, int threads_per_block, int sm_count) {
+  return std::min<std::int64_t>(row_groups, static_cast<std::int64_t>(sm_count) * (kMaxThreadsPerSm / threads_per_block));
+}
+
+inline BackwardArgs make_backward_args(const BackwardProblem& p) {
+  BackwardArgs a{};
+  a.dy = p.dy;
+  a.x = p.x;
+  a.weight = p.weight;
+  a.rstd = static_cast<const float*>(p.rstd);
+  a.dx = p.dx;
+  a.partial = p.dw ? static_cast<float*>(p.workspace) : nullptr;
+  a.rows = p.rows;
+  a.total_rows = p.total_rows();
+  a.cols = p.cols;
+  a.dy_batch_stride = p.dy_batch_stride;
+  a.dy_row_stride = p.dy_row_stride;
+  a.x_batch_stride = p.x_batch_stride;
+  a.x_row_stride = p.x_row_stride;
+  a.dx_batch_stride = p.dx_batch_stride;
+  a.dx_row_stride = p.dx_row_stride;
+  a.eps = static_cast<float>(p.eps);
+  a.inv_cols = static_cast<float>(1.0 / static_cast<double>(p.cols));
+  a.weight_offset = static_cast<float>(p.weight_offset);
+  return a;
+}
+
+template <class TX, class TW, int VEC, const RegisterConfig* TABLE, int N, int I = 0>
+std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int sm_count, cudaStream_t stream) {
+  if constexpr (I < N) {
+    constexpr RegisterConfig c = TABLE[I];
+    if (plan.threads_per_row == c.threads_per_row && plan.items_per_thread == c.items) {
+      constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
+      const std::int64_t blocks =
+          backward_blocks((a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock, c.threads_per_block, sm_count);
+      BackwardRowsImpl<TX, TW, VEC, c.threads_per_row, c.items, c.threads_per_block>
+          <<<grid_for(blocks), c.threads_per_block, 0, stream>>>(a);
+      check_launch(strategy_name(plan.strategy), "BackwardRowsImpl", plan);
+      return blocks;
+    }
+    return launch_backward_rows<TX, TW, VEC, TABLE, N, I + 1>(a, plan, sm_count, stream);
+  } else {
+    throw Error(Code::internal, "no backward register configuration matches the plan");
+  }
+}
+
+template <class TDW>
+void launch_dw_finalize(const float* partial, std::int64_t partials, std::int64_t cols, void* dw,
+                        cudaStream_t stream) {
+  DwFinalizeImpl<TDW><<<grid_for((cols + 31) / 32), dim3(32, 32), 0, stream>>>(partial, partials, cols,
+                                                                               static_cast<TDW*>(dw));
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    throw Error(Code::cuda_error, std::string("DwFinalizeImpl failed to launch: ") + cudaGetErrorString(err));
+}
+
+template <class TX, class TW>
+void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(TX);
+  const BackwardArgs a = make_backward_args(p);
+  std::int64_t blocks = 0;
+  switch (plan.strategy) {
+    case Strategy::warp_rows:
+      blocks = launch_backward_rows<TX, TW, kVec, kBackwardWarpRowsConfigs, kNumBackwardWarpRowsConfigs>(
+          a, plan, sm_count, stream);
+      break;
+    case Strategy::block_row:
+      blocks = launch_backward_rows<TX, TW, kVec, kBackwardBlockRowConfigs, kNumBackwardBlockRowConfigs>(
+          a, plan, sm_count, stream);
+      break;
+    case Strategy::long_row:
+      blocks = backward_blocks(a.total_rows, kLongRowThreads, sm_count);
+      if (plan.vector_width == kVec)
+        LongRowBackwardImpl<TX, TW, kVec, kLongRowThreads><<<grid_for(blocks), kLongRowThreads, 0, stream>>>(a);
+      else
+        LongRowBackwardImpl<TX, TW, 1, kLongRowThreads><<<grid_for(blocks), kLongRowThreads, 0, stream>>>(a);
+      check_launch(strategy_name(plan.strategy), "LongRowBackwardImpl", plan);
+      break;
+    case Strategy::automatic:
+      throw Error(Code::internal, "plan without a strategy");
+  }
+  if (!p.dw) return;
+  if (p.dw_dtype == DType::f32)
+    launch_dw_finalize<float>(a.partial, blocks, p.cols, p.dw, stream);
+  else
+    launch_dw_finalize<TW>(a.partial, blocks, p.cols, p.dw, stream);
+}
+
+template <class TX>
+void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream) {
+  if constexpr (std::is_same<TX, float>::value) {
+    launch_backward_typed<float, float>(p, plan, sm_count, stream);
+  } else {
+    if (!p.weight || p.w_dtype == StorageOf<TX>::value) return launch_backward_typed<TX, TX>(p, plan, sm_count, stream);
+    launch_backward_typed<TX, float>(p, plan, sm_count, stream);
+  }
+}
+
+}  // namespace rmsnorm::detail::cuda
