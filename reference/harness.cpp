@@ -100,6 +100,27 @@ Comparison compare_vector(const void* got, DType dtype, const std::vector<double
   return c;
 }
 
+Comparison compare_scaled(const TensorView& got, const std::vector<double>& ref,
+                          const std::vector<double>& scale, Tolerance tol) {
+  Comparison c;
+  std::int64_t i = 0;
+  for_each_offset(got, [&](std::int64_t off) {
+    const std::size_t k = static_cast<std::size_t>(i);
+    check_one(c, load_as_double(got.data, got.dtype, off), ref[k], {tol.rtol, tol.atol * scale[k] + 1e-300}, i);
+    ++i;
+  });
+  return c;
+}
+
+Comparison compare_vector_scaled(const void* got, DType dtype, const std::vector<double>& ref,
+                                 const std::vector<double>& scale, Tolerance tol) {
+  Comparison c;
+  for (std::size_t i = 0; i < ref.size(); ++i)
+    check_one(c, load_as_double(got, dtype, static_cast<std::int64_t>(i)), ref[i],
+              {tol.rtol, tol.atol * scale[i] + 1e-300}, static_cast<std::int64_t>(i));
+  return c;
+}
+
 std::int64_t count_stray_writes(const std::vector<unsigned char>& buffer, const TensorView& v) {
   std::vector<char> inside(buffer.size(), 0);
   const std::size_t es = dtype_size(v.dtype);

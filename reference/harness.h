@@ -53,6 +53,13 @@ Comparison compare(const TensorView& got, const std::vector<double>& ref, Tolera
 Comparison compare_vector(const void* got, DType dtype, const std::vector<double>& ref,
                           Tolerance tol);
 
+// Element-wise tolerance: |got - ref| <= tol.rtol * |ref| + tol.atol * scale[i], for the
+// backward's outputs whose error bound depends on the size of the terms that were summed.
+Comparison compare_scaled(const TensorView& got, const std::vector<double>& ref,
+                          const std::vector<double>& scale, Tolerance tol);
+Comparison compare_vector_scaled(const void* got, DType dtype, const std::vector<double>& ref,
+                                 const std::vector<double>& scale, Tolerance tol);
+
 // Counts bytes of `buffer` outside the elements of `v` that are no longer kPoisonByte.
 std::int64_t count_stray_writes(const std::vector<unsigned char>& buffer, const TensorView& v);
 

@@ -72,4 +72,44 @@ ForwardResult forward(const TensorView& x, const std::optional<TensorView>& weig
   return out;
 }
 
+BackwardResult backward(const TensorView& dy, const TensorView& x,
+                        const std::optional<TensorView>& weight, const Params& p) {
+  const std::int64_t m = x.total_rows(), n = x.cols;
+  BackwardResult out;
+  out.dx.resize(static_cast<std::size_t>(m * n));
+  out.dx_scale.resize(out.dx.size());
+  out.rstd.resize(static_cast<std::size_t>(m));
+  if (weight) {
+    out.dw.assign(static_cast<std::size_t>(n), 0.0);
+    out.dw_scale.assign(static_cast<std::size_t>(n), 0.0);
+  }
+  const auto w_at = [&](std::int64_t j) {
+    return weight ? load_as_double(weight->data, weight->dtype, j) + p.weight_offset : 1.0;
+  };
+  for (std::int64_t row = 0; row < m; ++row) {
+    double ss = 0.0, gx = 0.0;
+    for (std::int64_t j = 0; j < n; ++j) {
+      const double xv = load_as_double(x.data, x.dtype, offset_of(x, row, j));
+      const double g = load_as_double(dy.data, dy.dtype, offset_of(dy, row, j)) * w_at(j);
+      ss += xv * xv;
+      gx += g * xv;
+    }
+    const double rstd = 1.0 / std::sqrt(ss / static_cast<double>(n) + p.eps);
+    out.rstd[static_cast<std::size_t>(row)] = rstd;
+    const double coef = rstd * rstd * rstd * gx / static_cast<double>(n);
+    for (std::int64_t j = 0; j < n; ++j) {
+      const double xv = load_as_double(x.data, x.dtype, offset_of(x, row, j));
+      const double dyv = load_as_double(dy.data, dy.dtype, offset_of(dy, row, j));
+      const std::size_t at = static_cast<std::size_t>(row * n + j);
+      out.dx[at] = rstd * dyv * w_at(j) - coef * xv;
+      out.dx_scale[at] = std::fabs(rstd * dyv * w_at(j)) + std::fabs(coef * xv);
+      if (weight) {
+        out.dw[static_cast<std::size_t>(j)] += dyv * xv * rstd;
+        out.dw_scale[static_cast<std::size_t>(j)] += std::fabs(dyv * xv * rstd);
+      }
+    }
+  }
+  return out;
+}
+
 }  // namespace rmsnorm::reference

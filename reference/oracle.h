@@ -22,6 +22,20 @@ struct ForwardResult {
 ForwardResult forward(const TensorView& x, const std::optional<TensorView>& weight,
                       DType y_dtype, const Params& params);
 
+struct BackwardResult {
+  std::vector<double> dx;        // total_rows * cols
+  std::vector<double> dx_scale;  // |rstd * g| + |rstd^3 s / cols * x| per element: the size of
+                                 // the two terms whose difference dx is (for the tolerance)
+  std::vector<double> dw;        // cols (empty without a weight)
+  std::vector<double> dw_scale;  // sum over rows of |dy * x * rstd| per column
+  std::vector<double> rstd;      // total_rows
+};
+
+// Gradients of forward with respect to x and the weight, in fp64, treating the rounding
+// steps of Cast::llama as identities (as the library documents).
+BackwardResult backward(const TensorView& dy, const TensorView& x,
+                        const std::optional<TensorView>& weight, const Params& params);
+
 // Rounds v to dtype t and back (identity for f64).
 double round_to(DType t, double v);
 

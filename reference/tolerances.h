@@ -65,4 +65,27 @@ inline Tolerance rstd_tolerance(DType x, std::int64_t cols) {
   return {rstd_rtol(acc, cols) + unit_roundoff(acc), 1e-300};
 }
 
+// Backward tolerances are per element: atol = scale * srtol, with `scale` from the oracle
+// (the magnitudes of the terms that were added), plus rtol * |ref| for the final rounding.
+
+// dx = rstd*g - coef*x: each term carries fp32 errors of relative size rstd_rtol (the rstd
+// and the row sum s = sum(g x), a sum of n terms of either sign, bounded the same way),
+// relative to the terms' own size, which may far exceed |dx| where they cancel: so the
+// bound is on scale = |rstd g| + |coef x|, with 3 rstd_rtol (rstd enters cubed in coef).
+// Then one rounding to dx's dtype.
+inline Tolerance dx_tolerance(DType x, std::int64_t cols) {
+  const DType acc = x == DType::f64 ? DType::f64 : DType::f32;
+  return {unit_roundoff(x), 3.0 * rstd_rtol(acc, cols) + 4.0 * unit_roundoff(acc)};
+}
+
+// dw_j = sum over all rows of dy x rstd: the fp32 per-block partial sums and their
+// fixed-order total accumulate rounding errors that grow like sqrt(rows) for random data
+// (QuACK's tests note the same), relative to sum |dy x rstd| (the scale), plus the rstd
+// error of each row; then one rounding to dw's dtype.
+inline Tolerance dw_tolerance(DType x, DType dw, std::int64_t rows, std::int64_t cols) {
+  const DType acc = x == DType::f64 ? DType::f64 : DType::f32;
+  const double u = unit_roundoff(acc);
+  return {unit_roundoff(dw), rstd_rtol(acc, cols) + u * (8.0 + 4.0 * std::sqrt(static_cast<double>(rows)))};
+}
+
 }  // namespace rmsnorm::reference

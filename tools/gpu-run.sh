@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# One visit to the GPU machine does everything: configure and build (sm_90), the GPU tests,
+# compute-sanitizer (memcheck over every CUDA test, racecheck over the backward), `rmsnorm
+# check`, the benchmark suites, and the Python package when torch is there. Every log and
+# JSON goes under OUTDIR/logs and is bundled into OUTDIR/gpu-run.tar.gz; a summary is
+# printed last.
+#
+#   tools/gpu-run.sh OUTDIR [stage ...]
+#   stages: build test sanitize check bench python (default: all of them, in that order)
+#   RMSNORM_COMMIT=<sha> tags the benchmark records when the tree has no .git.
+set -u
+out=$(realpath -m "${1:?usage: tools/gpu-run.sh OUTDIR [stage ...]}")
+shift
+stages=" ${*:-build test sanitize check bench python} "
+logs="$out/logs"
+mkdir -p "$logs"
+summary="$out/summary.txt"
+: >"$summary"
+build=build-gpu
+commit=${RMSNORM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+
+note() { echo "$*" | tee -a "$summary"; }
+# run NAME CMD...: runs CMD with its output in logs/NAME.log and notes its status and time.
+run() {
+  local name=$1 start rc
+  shift
+  start=$(date +%s)
+  "$@" >"$logs/$name.log" 2>&1
+  rc=$?
+  note "$(printf '%-26s rc=%-3s %5ss' "$name" "$rc" "$(($(date +%s) - start))")"
+  return $rc
+}
+want() { [[ "$stages" == *" $1 "* ]]; }
+
+{
+  date -u
+  echo "commit $commit"
+  nvidia-smi
+  nvcc --version
+  cmake --version
+} >"$logs/env.log" 2>&1
+note "rmsnorm GPU run, commit $commit, $(date -u +%Y-%m-%dT%H:%MZ)"
+note "$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
+
+if want build; then
+  run configure cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRMSNORM_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DRMSNORM_GIT_COMMIT="$commit"
+  run build cmake --build "$build" -j 16 || { note "build failed: see logs/build.log"; tail -30 "$logs/build.log"; }
+fi
+
+if want test; then
+  run ctest ctest --test-dir "$build" --output-on-failure -j 4
+  grep -E "tests passed|tests failed|Skipped|Failed|\*\*\*" "$logs/ctest.log" | tail -15 | tee -a "$summary"
+fi
+
+if want sanitize; then
+  # Large-memory tests are left out: memcheck shadows every byte and runs 10-100x slower.
+  run memcheck_cuda compute-sanitizer --tool memcheck --error-exitcode 7 \
+    "$build/tests/rmsnorm_cuda_tests" --gtest_filter='-*Large*:*64Bit*:*Huge*'
+  run memcheck_forward compute-sanitizer --tool memcheck --error-exitcode 7 \
+    "$build/tests/rmsnorm_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
+  if [ -x "$build/tests/rmsnorm_backward_tests" ]; then
+    run memcheck_backward compute-sanitizer --tool memcheck --error-exitcode 7 \
+      "$build/tests/rmsnorm_backward_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
+    run racecheck_backward compute-sanitizer --tool racecheck --error-exitcode 7 \
+      "$build/tests/rmsnorm_backward_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
+  fi
+  run racecheck_forward compute-sanitizer --tool racecheck --error-exitcode 7 \
+    "$build/tests/rmsnorm_cuda_tests" --gtest_filter='-*Large*:*64Bit*:*Huge*'
+  grep -hE "ERROR SUMMARY|RACECHECK SUMMARY" "$logs"/memcheck_*.log "$logs"/racecheck_*.log 2>/dev/null | sort | uniq -c | tee -a "$summary"
+fi
+
+if want check; then
+  run check "$build/tools/rmsnorm" check
+  tail -3 "$logs/check.log" | tee -a "$summary"
+fi
+
+if want bench; then
+  for dt in bf16 f16; do
+    run "bench_forward_$dt" "$build/tools/rmsnorm" bench --suite seed,qk,decode,wide --dtype "$dt" \
+      --json "$logs/bench_forward_$dt.json" --csv "$logs/bench_forward_$dt.csv" --plot "$logs/bench_forward_$dt.svg"
+    if "$build/tools/rmsnorm" bench --help 2>&1 | grep -q -- "--op"; then
+      "$build/tools/rmsnorm" bench --help 2>&1 | grep -q backward &&
+        run "bench_backward_$dt" "$build/tools/rmsnorm" bench --op backward --suite train --dtype "$dt" \
+          --json "$logs/bench_backward_$dt.json"
+    fi
+  done
+  cat "$logs/bench_forward_bf16.log" | tee -a "$summary" >/dev/null
+fi
+
+if want python && python3 -c "import torch" 2>/dev/null; then
+  run pip_install python3 -m pip install --no-build-isolation --no-deps -v .
+  run pytest python3 -m pytest -q python/tests
+  tail -3 "$logs/pytest.log" | tee -a "$summary"
+  run python_bench env PYTHONUNBUFFERED=1 python3 -m rmsnorm.bench --out "$logs/python-bench"
+  tail -40 "$logs/python_bench.log" >>"$summary"
+fi
+
+tar -czf "$out/gpu-run.tar.gz" -C "$out" logs 2>/dev/null
+rm -rf "$logs"
+echo "----- summary -----"
+cat "$summary"
