@@ -48,6 +48,7 @@ const char* strategy_name(Strategy s) noexcept {
     case Strategy::warp_rows: return "warp_rows";
     case Strategy::block_row: return "block_row";
     case Strategy::long_row: return "long_row";
+    case Strategy::cluster_row: return "cluster_row";
   }
   return "unknown";
 }
@@ -57,8 +58,9 @@ Strategy parse_strategy(const std::string& s) {
   if (s == "warp_rows") return Strategy::warp_rows;
   if (s == "block_row") return Strategy::block_row;
   if (s == "long_row") return Strategy::long_row;
+  if (s == "cluster_row") return Strategy::cluster_row;
   throw Error(Code::invalid_argument,
-              "strategy: unknown '" + s + "' (expected auto, warp_rows, block_row or long_row)");
+              "strategy: unknown '" + s + "' (expected auto, warp_rows, block_row, long_row or cluster_row)");
 }
 
 const char* code_name(Code c) noexcept {
@@ -81,7 +83,8 @@ void forward(const TensorView& x, const std::optional<TensorView>& weight, const
     return;
   }
 #if defined(RMSNORM_HAVE_CUDA)
-  detail::cuda_forward(p, detail::plan_problem(p, params.strategy), x.device.index, stream);
+  detail::cuda_forward(p, detail::plan_problem(p, params.strategy, detail::cuda_cc_major(x.device.index)),
+                       x.device.index, stream);
 #else
   (void)stream;
 #endif
@@ -123,7 +126,8 @@ void backward(const TensorView& dy, const TensorView& x, const std::optional<Ten
     return;
   }
 #if defined(RMSNORM_HAVE_CUDA)
-  detail::cuda_backward(p, detail::plan_backward(p, params.strategy), x.device.index, stream);
+  detail::cuda_backward(p, detail::plan_backward(p, params.strategy, detail::cuda_cc_major(x.device.index)),
+                        x.device.index, stream);
 #else
   (void)stream;
 #endif
@@ -140,7 +144,11 @@ Plan plan_forward(const TensorView& x, const TensorView& y, Strategy requested) 
   Params params;
   params.check_pointers = false;
   const detail::ForwardProblem p = detail::validate_forward(x, std::nullopt, y, params, std::nullopt);
-  return detail::plan_problem(p, requested);
+  int cc_major = 9;
+#if defined(RMSNORM_HAVE_CUDA)
+  if (x.device.kind == DeviceKind::cuda) cc_major = detail::cuda_cc_major(x.device.index);
+#endif
+  return detail::plan_problem(p, requested, cc_major);
 }
 
 bool built_with_cuda() noexcept {

@@ -47,6 +47,14 @@ inline constexpr RegisterConfig kBackwardBlockRowConfigs[] = {
 inline constexpr int kNumBackwardWarpRowsConfigs = sizeof(kBackwardWarpRowsConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumBackwardBlockRowConfigs = sizeof(kBackwardBlockRowConfigs) / sizeof(RegisterConfig);
 
+// cluster_row (sm_90): a row over a cluster of 512-thread blocks, each holding its slice
+// in registers (4 vectors a lane forward, 2 backward, as above), so a cluster of up to 16
+// blocks holds 32768 vectors forward (262144 16-bit elements) and 16384 backward.
+// Clusters of more than 8 blocks are a non-portable size the H100 allows.
+inline constexpr RegisterConfig kClusterRowConfig = {512, 4, 512};
+inline constexpr RegisterConfig kBackwardClusterRowConfig = {512, 2, 512};
+inline constexpr int kMaxClusterSize = 16;
+
 // Blocks per SM the backward grid is sized for (a full SM of 2048 threads in blocks of
 // threads_per_block): each block writes one partial dw row, so the workspace holds at
 // most sm_count * 2048 / 128 of them.

@@ -49,13 +49,18 @@ Plan from_config(Strategy s, int vw, const RegisterConfig& c) {
 // The choice itself: the smallest warp configuration that holds the row, else the smallest
 // block configuration, else streaming. Forced strategies are honoured when they can serve.
 template <int NW, int NB>
-Plan choose(DType x_dtype, std::int64_t cols, int vw, Strategy requested,
-            const RegisterConfig (&warp_table)[NW], const RegisterConfig (&block_table)[NB]) {
+Plan choose(DType x_dtype, std::int64_t cols, int vw, Strategy requested, int cc_major,
+            const RegisterConfig (&warp_table)[NW], const RegisterConfig (&block_table)[NB],
+            const RegisterConfig& cluster_config) {
   const std::int64_t vectors = cols / vw;
   const Plan long_row{Strategy::long_row, vw, kLongRowThreads, 0, kLongRowThreads};
   const bool full = vw * dtype_size(x_dtype) == 16;
   const RegisterConfig* warp = full ? first_fit(warp_table, vectors) : nullptr;
   const RegisterConfig* block = full ? first_fit(block_table, vectors) : nullptr;
+  const std::int64_t cluster_size = (vectors + cluster_config.capacity() - 1) / cluster_config.capacity();
+  const bool cluster_ok = full && cc_major >= 9 && cluster_size <= kMaxClusterSize;
+  const Plan cluster{Strategy::cluster_row, vw, cluster_config.threads_per_row * static_cast<int>(cluster_size),
+                     cluster_config.items, cluster_config.threads_per_block, static_cast<int>(cluster_size)};
   const auto refuse = [&](const char* name, int cap) {
     std::string why = full ? "a row of " + std::to_string(cols) + " elements (" + std::to_string(vectors) +
                                  " vectors) exceeds its " + std::to_string(cap) + "-vector capacity"
@@ -72,31 +77,39 @@ Plan choose(DType x_dtype, std::int64_t cols, int vw, Strategy requested,
       return from_config(Strategy::block_row, vw, *block);
     case Strategy::long_row:
       return long_row;
+    case Strategy::cluster_row:
+      if (!cluster_ok) {
+        if (cc_major < 9) throw Error(Code::unsupported, "strategy: cluster_row needs an sm_90 device or newer");
+        refuse("cluster_row", kMaxClusterSize * cluster_config.capacity());
+      }
+      return cluster;
     case Strategy::automatic:
       break;
   }
   if (warp) return from_config(Strategy::warp_rows, vw, *warp);
   if (block) return from_config(Strategy::block_row, vw, *block);
+  if (cluster_ok) return cluster;
   return long_row;
 }
 
 }  // namespace
 
-Plan plan_problem(const ForwardProblem& p, Strategy requested) {
+Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   const int vw = vector_width(p.x_dtype, p.cols,
                               {{p.x, p.x_dtype, p.x_row_stride, p.x_batch_stride},
                                {p.y, p.y_dtype, p.y_row_stride, p.y_batch_stride},
                                {p.weight, p.w_dtype, 0, 0}});
-  return choose(p.x_dtype, p.cols, vw, requested, kWarpRowsConfigs, kBlockRowConfigs);
+  return choose(p.x_dtype, p.cols, vw, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs, kClusterRowConfig);
 }
 
-Plan plan_backward(const BackwardProblem& p, Strategy requested) {
+Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {
   const int vw = vector_width(p.x_dtype, p.cols,
                               {{p.x, p.x_dtype, p.x_row_stride, p.x_batch_stride},
                                {p.dy, p.x_dtype, p.dy_row_stride, p.dy_batch_stride},
                                {p.dx, p.x_dtype, p.dx_row_stride, p.dx_batch_stride},
                                {p.weight, p.w_dtype, 0, 0}});
-  return choose(p.x_dtype, p.cols, vw, requested, kBackwardWarpRowsConfigs, kBackwardBlockRowConfigs);
+  return choose(p.x_dtype, p.cols, vw, requested, cc_major, kBackwardWarpRowsConfigs, kBackwardBlockRowConfigs,
+                kBackwardClusterRowConfig);
 }
 
 }  // namespace rmsnorm::detail

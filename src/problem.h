@@ -68,11 +68,13 @@ std::size_t cuda_backward_workspace(std::int64_t total_rows, std::int64_t cols, 
 void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Stream stream);
 // Throws Error(invalid_argument) unless `ptr` is memory of `device` (a CUDA ordinal, or the
 // host when device.kind is cpu). `what` names the argument.
+int cuda_cc_major(int device);
 void check_pointer_residency(const void* ptr, Device device, const char* what);
 #endif
 
 // Plan of a validated problem (shared by plan_forward and the CUDA dispatch).
-Plan plan_problem(const ForwardProblem& p, Strategy requested);
-Plan plan_backward(const BackwardProblem& p, Strategy requested);
+// cc_major is the device's compute capability major version (clusters need 9).
+Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major);
+Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major);
 
 }  // namespace rmsnorm::detail

@@ -81,9 +81,11 @@ enum class Strategy : int {
   warp_rows = 1,  // a row per group of 1..32 lanes, several rows per block, row in registers
   block_row = 2,  // a row per block, held in registers
   long_row = 3,   // a row per block, streamed twice (sum of squares, then scale): any length
+  cluster_row = 4,  // sm_90: a row split over a cluster of blocks, in registers
 };
 const char* strategy_name(Strategy s) noexcept;
-Strategy parse_strategy(const std::string& name);  // "auto", "warp_rows", "block_row", "long_row"
+// "auto", "warp_rows", "block_row", "long_row", "cluster_row"
+Strategy parse_strategy(const std::string& name);
 
 struct Params {
   double eps = 1e-6;            // finite, >= 0
@@ -191,13 +193,15 @@ Status backward_status(const TensorView& dy, const TensorView& x,
 // ---------------------------------------------------------------------------------------
 
 // What the CUDA backend would launch for a view (also available in CPU-only builds, so
-// the choice is testable anywhere).
+// the choice is testable anywhere). For a CUDA view the plan is for its device; otherwise
+// for an sm_90 device (clusters available).
 struct Plan {
   Strategy strategy = Strategy::automatic;
   int vector_width = 1;       // elements per vector access (16 bytes / element size, or less)
   int threads_per_row = 0;    // lanes cooperating on one row
   int items_per_thread = 0;   // vectors each lane holds in registers (0: streamed)
   int threads_per_block = 0;
+  int cluster_size = 1;       // blocks per row (cluster_row), else 1
 };
 // `requested` is Params::strategy; a forced strategy that cannot serve `cols` at the
 // available vector width throws Error(Code::unsupported) naming the limit.

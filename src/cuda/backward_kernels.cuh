@@ -30,6 +30,65 @@ __device__ __forceinline__ float backward_rstd(float ss, const BackwardArgs& a) 
   return rsqrtf(__fadd_rn(__fmul_rn(ss, a.inv_cols), a.eps));
 }
 
+// g . x over a lane's vectors (g = dy * (w + offset)).
+template <class TX, class TW, int VEC, int ITEMS, int STRIDE>
+__device__ __forceinline__ float dot_gx(const TW* w, std::int64_t first, std::int64_t end,
+                                        const Vec<TX, VEC> (&xv)[ITEMS], const Vec<TX, VEC> (&gv)[ITEMS],
+                                        const BackwardArgs& a) {
+  float gx = 0.f;
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
+    const bool in = idx < end;
+    Vec<TW, VEC> wv;
+    if (w && in) wv = load_vec<TW, VEC>(w + idx * VEC);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const float wk = (w && in) ? to_float(wv.v[k]) + a.weight_offset : 1.f;
+      gx += to_float(gv[i].v[k]) * wk * to_float(xv[i].v[k]);
+    }
+  }
+  return gx;
+}
+
+// dx = rstd * g - coef * x for a lane's vectors, and the lane's dw partial sums.
+template <class TX, class TW, int VEC, int ITEMS, int STRIDE>
+__device__ __forceinline__ void store_dx(TX* dx, const TW* w, std::int64_t first, std::int64_t end,
+                                         const Vec<TX, VEC> (&xv)[ITEMS], const Vec<TX, VEC> (&gv)[ITEMS],
+                                         float rstd, float coef, float (&dw_acc)[ITEMS][VEC],
+                                         const BackwardArgs& a) {
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
+    if (idx >= end) continue;
+    Vec<TW, VEC> wv;
+    if (w) wv = load_vec<TW, VEC>(w + idx * VEC);
+    Vec<TX, VEC> out;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const float xk = to_float(xv[i].v[k]);
+      const float dyk = to_float(gv[i].v[k]);
+      const float wk = w ? to_float(wv.v[k]) + a.weight_offset : 1.f;
+      out.v[k] = from_float<TX>(rstd * dyk * wk - coef * xk);
+      dw_acc[i][k] += dyk * xk * rstd;
+    }
+    store_vec<TX, VEC>(dx + idx * VEC, out);
+  }
+}
+
+// Writes a lane's dw partial sums into its block's partial row.
+template <int VEC, int ITEMS, int STRIDE>
+__device__ __forceinline__ void write_partial(float* out, std::int64_t first, std::int64_t end,
+                                              const float (&dw_acc)[ITEMS][VEC]) {
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
+    if (idx < end)
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) out[idx * VEC + k] = dw_acc[i][k];
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // warp_rows and block_row: x and dy of a row in registers (see RegisterRowsImpl).
 // ---------------------------------------------------------------------------------------
@@ -44,12 +103,7 @@ __global__ void __launch_bounds__(BLOCK) BackwardRowsImpl(const BackwardArgs a) 
   const int slot = threadIdx.x / TPR;
   const std::int64_t vectors = a.cols / VEC;
   const TW* w = static_cast<const TW*>(a.weight);
-
-  float dw_acc[ITEMS][VEC];
-#pragma unroll
-  for (int i = 0; i < ITEMS; ++i)
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) dw_acc[i][k] = 0.f;
+  float dw_acc[ITEMS][VEC] = {};
 
   for (std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock;
        first < a.total_rows; first += static_cast<std::int64_t>(gridDim.x) * kRowsPerBlock) {
@@ -57,79 +111,22 @@ __global__ void __launch_bounds__(BLOCK) BackwardRowsImpl(const BackwardArgs a) 
     const bool valid = row < a.total_rows;
     const TX* x = static_cast<const TX*>(a.x) + (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
     const TX* dy = static_cast<const TX*>(a.dy) + (valid ? row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride) : 0);
-
     Vec<TX, VEC> xv[ITEMS], gv[ITEMS];
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const int idx = i * TPR + lane;
-      if (valid && idx < vectors) {
-        xv[i] = load_vec<TX, VEC>(x + static_cast<std::int64_t>(idx) * VEC);
-        gv[i] = load_vec<TX, VEC>(dy + static_cast<std::int64_t>(idx) * VEC);
-      } else {
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) xv[i].v[k] = gv[i].v[k] = from_float<TX>(0.f);
-      }
-    }
-    float rstd;
-    if (a.rstd) {
-      rstd = valid ? a.rstd[row] : 0.f;
-    } else {
-      float ss = 0.f;
-#pragma unroll
-      for (int i = 0; i < ITEMS; ++i)
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          const float f = to_float(xv[i].v[k]);
-          ss += f * f;
-        }
-      rstd = backward_rstd(Sum::sum(temp, ss), a);
-    }
-    float gx = 0.f;
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const int idx = i * TPR + lane;
-      Vec<TW, VEC> wv;
-      if (w && idx < vectors) wv = load_vec<TW, VEC>(w + static_cast<std::int64_t>(idx) * VEC);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float wk = (w && idx < vectors) ? to_float(wv.v[k]) + a.weight_offset : 1.f;
-        gx += to_float(gv[i].v[k]) * wk * to_float(xv[i].v[k]);
-      }
-    }
-    gx = Sum::sum(temp, gx);
+    load_items<TX, VEC, ITEMS, TPR>(x, lane, vectors, valid, xv);
+    load_items<TX, VEC, ITEMS, TPR>(dy, lane, vectors, valid, gv);
+    const float rstd = a.rstd ? (valid ? a.rstd[row] : 0.f)
+                              : backward_rstd(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(xv)), a);
+    const float gx = Sum::sum(temp, dot_gx<TX, TW, VEC, ITEMS, TPR>(w, lane, vectors, xv, gv, a));
     if (!valid) continue;
-    const float coef = rstd * rstd * rstd * gx * a.inv_cols;
-
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const int idx = i * TPR + lane;
-      if (idx >= vectors) continue;
-      Vec<TW, VEC> wv;
-      if (w) wv = load_vec<TW, VEC>(w + static_cast<std::int64_t>(idx) * VEC);
-      Vec<TX, VEC> out;
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float xk = to_float(xv[i].v[k]);
-        const float dyk = to_float(gv[i].v[k]);
-        const float wk = w ? to_float(wv.v[k]) + a.weight_offset : 1.f;
-        out.v[k] = from_float<TX>(rstd * dyk * wk - coef * xk);
-        dw_acc[i][k] += dyk * xk * rstd;
-      }
-      store_vec<TX, VEC>(dx + static_cast<std::int64_t>(idx) * VEC, out);
-    }
+    store_dx<TX, TW, VEC, ITEMS, TPR>(dx, w, lane, vectors, xv, gv, rstd, rstd * rstd * rstd * gx * a.inv_cols,
+                                      dw_acc, a);
   }
 
   if (!a.partial) return;
   float* out = a.partial + static_cast<std::int64_t>(blockIdx.x) * a.cols;
   if constexpr (kRowsPerBlock == 1) {
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const int idx = i * TPR + lane;
-      if (idx < vectors)
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) out[static_cast<std::int64_t>(idx) * VEC + k] = dw_acc[i][k];
-    }
+    write_partial<VEC, ITEMS, TPR>(out, lane, vectors, dw_acc);
   } else {
     // Several row groups in the block: add their partial rows in slot order.
     __shared__ float stage[kRowsPerBlock][kRowCapacity];
@@ -144,6 +141,45 @@ __global__ void __launch_bounds__(BLOCK) BackwardRowsImpl(const BackwardArgs a) 
       out[c] = s;
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// cluster_row (sm_90): x and dy of a long row split over the blocks of a cluster, in
+// registers; the two row sums combined through distributed shared memory. Each block's
+// dw partial covers its slice of the columns, for the rows of its cluster.
+// ---------------------------------------------------------------------------------------
+template <class TX, class TW, int VEC, int ITEMS, int BLOCK>
+__global__ void __launch_bounds__(BLOCK) ClusterBackwardImpl(const BackwardArgs a) {
+  using Sum = ClusterSum<BLOCK, 2>;
+  __shared__ typename Sum::TempStorage temp;
+  const ClusterPlace place = cluster_place();
+  const std::int64_t vectors = a.cols / VEC;
+  const std::int64_t per_block = (vectors + place.size - 1) / place.size;
+  const std::int64_t begin = place.rank * per_block;
+  const std::int64_t end = begin + per_block < vectors ? begin + per_block : vectors;
+  const std::int64_t first = begin + threadIdx.x;
+  const TW* w = static_cast<const TW*>(a.weight);
+  float dw_acc[ITEMS][VEC] = {};
+  int parity = 0;
+
+  for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters) {
+    const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
+    const TX* dy = static_cast<const TX*>(a.dy) + row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride);
+    Vec<TX, VEC> xv[ITEMS], gv[ITEMS];
+    load_items<TX, VEC, ITEMS, BLOCK>(x, first, end, true, xv);
+    load_items<TX, VEC, ITEMS, BLOCK>(dy, first, end, true, gv);
+    // Both sums travel through one cluster barrier (the rstd one is unused when given).
+    float sums[2] = {a.rstd ? 0.f : sum_squares<TX, VEC, ITEMS>(xv),
+                     dot_gx<TX, TW, VEC, ITEMS, BLOCK>(w, first, end, xv, gv, a)};
+    Sum::sum(temp, sums, parity);
+    const float rstd = a.rstd ? a.rstd[row] : backward_rstd(sums[0], a);
+    TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
+    store_dx<TX, TW, VEC, ITEMS, BLOCK>(dx, w, first, end, xv, gv, rstd, rstd * rstd * rstd * sums[1] * a.inv_cols,
+                                        dw_acc, a);
+  }
+  // One partial row per cluster: each block fills its slice.
+  if (a.partial) write_partial<VEC, ITEMS, BLOCK>(a.partial + place.cluster * a.cols, first, end, dw_acc);
+  Sum::finish();
 }
 
 // ---------------------------------------------------------------------------------------

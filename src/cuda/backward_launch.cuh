@@ -90,6 +90,14 @@ void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_co
         LongRowBackwardImpl<TX, TW, 1, kLongRowThreads><<<grid_for(blocks), kLongRowThreads, 0, stream>>>(a);
       check_launch(strategy_name(plan.strategy), "LongRowBackwardImpl", plan);
       break;
+    case Strategy::cluster_row: {
+      constexpr RegisterConfig c = kBackwardClusterRowConfig;
+      blocks = cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);  // one partial each
+      launch_cluster(ClusterBackwardImpl<TX, TW, kVec, c.items, c.threads_per_block>,
+                     grid_for(blocks * plan.cluster_size), c.threads_per_block, plan.cluster_size, stream, a,
+                     "ClusterBackwardImpl", plan);
+      break;
+    }
     case Strategy::automatic:
       throw Error(Code::internal, "plan without a strategy");
   }

@@ -9,7 +9,7 @@
 namespace rmsnorm::detail {
 namespace cuda {
 template <class TX>
-void launch_forward(const ForwardProblem& p, const Plan& plan, cudaStream_t stream);
+void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream);
 template <class TX>
 void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream);
 }  // namespace cuda
@@ -33,16 +33,17 @@ class DeviceGuard {
   int previous_ = 0;
   bool switched_ = false;
 };
-int sm_count(int device) {
+int device_attribute(int device, cudaDeviceAttr attribute, const char* what) {
   int n = 0;
-  const cudaError_t err = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
+  const cudaError_t err = cudaDeviceGetAttribute(&n, attribute, device);
   if (err != cudaSuccess) {
     cudaGetLastError();
-    throw Error(Code::cuda_error, std::string("cannot read the SM count of CUDA device ") + std::to_string(device) +
+    throw Error(Code::cuda_error, std::string("cannot read the ") + what + " of CUDA device " + std::to_string(device) +
                                       ": " + cudaGetErrorString(err));
   }
   return n;
 }
+int sm_count(int device) { return device_attribute(device, cudaDevAttrMultiProcessorCount, "SM count"); }
 }  // namespace
 
 std::size_t cuda_backward_workspace(std::int64_t total_rows, std::int64_t cols, int device) {
@@ -72,13 +73,16 @@ void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Strea
   throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
 }
 
+int cuda_cc_major(int device) { return device_attribute(device, cudaDevAttrComputeCapabilityMajor, "compute capability"); }
+
 void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream) {
   DeviceGuard guard(device);
   auto* s = static_cast<cudaStream_t>(stream);
+  const int sms = plan.strategy == Strategy::cluster_row ? sm_count(device) : 0;
   switch (p.x_dtype) {
-    case DType::f32: return cuda::launch_forward<float>(p, plan, s);
-    case DType::f16: return cuda::launch_forward<__half>(p, plan, s);
-    case DType::bf16: return cuda::launch_forward<__nv_bfloat16>(p, plan, s);
+    case DType::f32: return cuda::launch_forward<float>(p, plan, sms, s);
+    case DType::f16: return cuda::launch_forward<__half>(p, plan, sms, s);
+    case DType::bf16: return cuda::launch_forward<__nv_bfloat16>(p, plan, sms, s);
     case DType::f64: break;
   }
   throw Error(Code::unsupported, "x: f64 is supported on the CPU only");

@@ -12,6 +12,7 @@
 #include <cub/block/block_reduce.cuh>
 #include <cub/warp/warp_reduce.cuh>
 
+#include "cuda/cluster.cuh"
 #include "cuda/common.cuh"
 
 namespace rmsnorm::detail::cuda {
@@ -53,11 +54,59 @@ struct RowSum<THREADS, BLOCK, false> {
   }
 };
 
+// Load, reduce and store steps of a lane's share of a row held in registers: vectors
+// first, first + STRIDE, ... (ITEMS of them) that lie below `end`. Consecutive lanes take
+// consecutive 16-byte chunks, so every warp access is fully coalesced.
+template <class T, int VEC, int ITEMS, int STRIDE>
+__device__ __forceinline__ void load_items(const T* row, std::int64_t first, std::int64_t end, bool valid,
+                                           Vec<T, VEC> (&v)[ITEMS]) {
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
+    if (valid && idx < end) {
+      v[i] = load_vec<T, VEC>(row + idx * VEC);
+    } else {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) v[i].v[k] = from_float<T>(0.f);
+    }
+  }
+}
+
+template <class TX, int VEC, int ITEMS>
+__device__ __forceinline__ float sum_squares(const Vec<TX, VEC> (&v)[ITEMS]) {
+  float ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i)
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const float f = to_float(v[i].v[k]);
+      ss += f * f;
+    }
+  return ss;
+}
+
+template <class TX, class TW, class TY, int VEC, int ITEMS, int STRIDE>
+__device__ __forceinline__ void store_items(TY* y, const TW* w, std::int64_t first, std::int64_t end,
+                                            const Vec<TX, VEC> (&v)[ITEMS], float rstd, const ForwardArgs& a) {
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
+    if (idx >= end) continue;
+    Vec<TW, VEC> wv;
+    if (w) wv = load_vec<TW, VEC>(w + idx * VEC);
+    Vec<TY, VEC> out;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k)
+      out.v[k] = from_float<TY>(normalise<TX, TW>(to_float(v[i].v[k]), rstd, w != nullptr,
+                                                  w ? to_float(wv.v[k]) : 1.f, a));
+    store_vec<TY, VEC>(y + idx * VEC, out);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // warp_rows and block_row: the row lives in registers between the reduction and the
 // scaling, so x is read from memory once. TPR lanes share a row, each holding ITEMS
-// vectors of VEC elements (lane l holds vectors l, l + TPR, ...: consecutive lanes read
-// consecutive 16-byte chunks, so every warp access is fully coalesced).
+// vectors of VEC elements.
 // ---------------------------------------------------------------------------------------
 template <class TX, class TW, class TY, int VEC, int TPR, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK) RegisterRowsImpl(const ForwardArgs a) {
@@ -78,45 +127,45 @@ __global__ void __launch_bounds__(BLOCK) RegisterRowsImpl(const ForwardArgs a) {
     const bool valid = row < a.total_rows;
     const TX* x = static_cast<const TX*>(a.x) +
                   (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
-
     Vec<TX, VEC> v[ITEMS];
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const int idx = i * TPR + lane;
-      if (valid && idx < vectors) {
-        v[i] = load_vec<TX, VEC>(x + static_cast<std::int64_t>(idx) * VEC);
-      } else {
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) v[i].v[k] = from_float<TX>(0.f);
-      }
-    }
-    float ss = 0.f;
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i)
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float f = to_float(v[i].v[k]);
-        ss += f * f;
-      }
-    const float rstd = rstd_from_sum(Sum::sum(temp, ss), a);
+    load_items<TX, VEC, ITEMS, TPR>(x, lane, vectors, valid, v);
+    const float rstd = rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v)), a);
     if (!valid) continue;
     if (a.rstd && lane == 0) a.rstd[row] = rstd;
-
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const int idx = i * TPR + lane;
-      if (idx >= vectors) continue;
-      Vec<TW, VEC> wv;
-      if (w) wv = load_vec<TW, VEC>(w + static_cast<std::int64_t>(idx) * VEC);
-      Vec<TY, VEC> out;
-#pragma unroll
-      for (int k = 0; k < VEC; ++k)
-        out.v[k] = from_float<TY>(normalise<TX, TW>(to_float(v[i].v[k]), rstd, w != nullptr,
-                                                    w ? to_float(wv.v[k]) : 1.f, a));
-      store_vec<TY, VEC>(y + static_cast<std::int64_t>(idx) * VEC, out);
-    }
+    store_items<TX, TW, TY, VEC, ITEMS, TPR>(y, w, lane, vectors, v, rstd, a);
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// cluster_row (sm_90): a row too long for one block's registers is split over the blocks
+// of a thread-block cluster, each holding its slice in registers; the row's sum of squares
+// is combined through distributed shared memory. x is still read once.
+// ---------------------------------------------------------------------------------------
+template <class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
+__global__ void __launch_bounds__(BLOCK) ClusterRowImpl(const ForwardArgs a) {
+  using Sum = ClusterSum<BLOCK, 1>;
+  __shared__ typename Sum::TempStorage temp;
+  const ClusterPlace place = cluster_place();
+  const std::int64_t vectors = a.cols / VEC;
+  const std::int64_t per_block = (vectors + place.size - 1) / place.size;
+  const std::int64_t begin = place.rank * per_block;
+  const std::int64_t end = begin + per_block < vectors ? begin + per_block : vectors;
+  const TW* w = static_cast<const TW*>(a.weight);
+  int parity = 0;
+
+  for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters) {
+    const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
+    Vec<TX, VEC> v[ITEMS];
+    load_items<TX, VEC, ITEMS, BLOCK>(x, begin + threadIdx.x, end, true, v);
+    float ss[1] = {sum_squares<TX, VEC, ITEMS>(v)};
+    Sum::sum(temp, ss, parity);
+    const float rstd = rstd_from_sum(ss[0], a);
+    if (a.rstd && place.rank == 0 && threadIdx.x == 0) a.rstd[row] = rstd;
+    TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
+    store_items<TX, TW, TY, VEC, ITEMS, BLOCK>(y, w, begin + threadIdx.x, end, v, rstd, a);
+  }
+  Sum::finish();
 }
 
 // ---------------------------------------------------------------------------------------

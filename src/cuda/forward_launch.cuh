@@ -64,7 +64,7 @@ void launch_register_rows(const ForwardArgs& a, const Plan& plan, cudaStream_t s
 }
 
 template <class TX, class TW, class TY>
-void launch_typed(const ForwardProblem& p, const Plan& plan, cudaStream_t stream) {
+void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(TX);
   const ForwardArgs a = make_args(p);
   switch (plan.strategy) {
@@ -79,6 +79,14 @@ void launch_typed(const ForwardProblem& p, const Plan& plan, cudaStream_t stream
         LongRowImpl<TX, TW, TY, 1, kLongRowThreads><<<grid_for(a.total_rows), kLongRowThreads, 0, stream>>>(a);
       check_launch(strategy_name(plan.strategy), "LongRowImpl", plan);
       return;
+    case Strategy::cluster_row: {
+      constexpr RegisterConfig c = kClusterRowConfig;
+      const std::int64_t clusters = cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
+      launch_cluster(ClusterRowImpl<TX, TW, TY, kVec, c.items, c.threads_per_block>,
+                     grid_for(clusters * plan.cluster_size), c.threads_per_block, plan.cluster_size, stream, a,
+                     "ClusterRowImpl", plan);
+      return;
+    }
     case Strategy::automatic:
       break;
   }
@@ -87,13 +95,13 @@ void launch_typed(const ForwardProblem& p, const Plan& plan, cudaStream_t stream
 
 // Chooses the (weight, output) types for input type TX among the supported combinations.
 template <class TX>
-void launch_forward(const ForwardProblem& p, const Plan& plan, cudaStream_t stream) {
+void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream) {
   if constexpr (std::is_same<TX, float>::value) {
-    launch_typed<float, float, float>(p, plan, stream);
+    launch_typed<float, float, float>(p, plan, sm_count, stream);
   } else {
-    if (!p.weight || p.w_dtype == StorageOf<TX>::value) return launch_typed<TX, TX, TX>(p, plan, stream);
-    if (p.y_dtype == StorageOf<TX>::value) return launch_typed<TX, float, TX>(p, plan, stream);
-    launch_typed<TX, float, float>(p, plan, stream);
+    if (!p.weight || p.w_dtype == StorageOf<TX>::value) return launch_typed<TX, TX, TX>(p, plan, sm_count, stream);
+    if (p.y_dtype == StorageOf<TX>::value) return launch_typed<TX, float, TX>(p, plan, sm_count, stream);
+    launch_typed<TX, float, float>(p, plan, sm_count, stream);
   }
 }
 

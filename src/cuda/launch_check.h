@@ -20,4 +20,46 @@ inline void check_launch(const char* strategy, const char* kernel, const Plan& p
                   ": " + cudaGetErrorString(err));
 }
 
+// Launches `kernel` on a 1-D grid of 1-D clusters of `cluster` blocks (sm_90).
+template <class Args>
+void launch_cluster(void (*kernel)(Args), unsigned grid, int block, int cluster, cudaStream_t stream,
+                    const Args& args, const char* name, const Plan& plan) {
+  if (cluster > 8) {
+    // Clusters beyond 8 blocks are a non-portable size: opt in once per kernel.
+    static const cudaError_t opt_in = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (opt_in != cudaSuccess) {
+      cudaGetLastError();
+      throw Error(Code::cuda_error, std::string(name) + ": clusters of " + std::to_string(cluster) +
+                                        " blocks are not available: " + cudaGetErrorString(opt_in));
+    }
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(grid);
+  config.blockDim = dim3(static_cast<unsigned>(block));
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = static_cast<unsigned>(cluster);
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, args);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(Code::cuda_error, std::string(name) + " (cluster_row, " + std::to_string(cluster) +
+                                      " blocks a cluster) failed to launch: " + cudaGetErrorName(err) + ": " +
+                                      cudaGetErrorString(err));
+  }
+  check_launch(strategy_name(plan.strategy), name, plan);
+}
+
+// Clusters in flight: as many as fill every SM with blocks of `block` threads, and no more
+// than there are rows.
+inline std::int64_t cluster_count(std::int64_t rows, int block, int cluster, int sm_count) {
+  const std::int64_t fill = static_cast<std::int64_t>(sm_count) * (2048 / block) / cluster;
+  const std::int64_t n = fill < 1 ? 1 : fill;
+  return rows < n ? rows : n;
+}
+
 }  // namespace rmsnorm::detail::cuda

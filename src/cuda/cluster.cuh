@@ -1,0 +1,83 @@
+// Row sums across a thread-block cluster (sm_90): a row too long for one block's registers
+// is split over the cluster's blocks, and each needs the sum over the whole row.
+#pragma once
+
+#include <cooperative_groups.h>
+
+#include <cub/block/block_reduce.cuh>
+
+namespace rmsnorm::detail::cuda {
+
+// Every block reduces its part with CUB, publishes it in its shared memory, and after one
+// cluster barrier thread 0 of every block adds the parts of all ranks in rank order through
+// distributed shared memory, so all blocks get the same bits. The published slot alternates
+// between rows: a block can only write row k+2's part after the barrier of row k+1, which
+// every reader of row k's part has passed. Call finish() once before the kernel returns so
+// that no block leaves while another may still read its shared memory.
+template <int BLOCK, int VALUES>
+struct ClusterSum {
+  using BlockReduce = cub::BlockReduce<float, BLOCK>;
+  struct TempStorage {
+    typename BlockReduce::TempStorage reduce;
+    float published[2][VALUES];
+    float total[VALUES];
+  };
+
+  __device__ __forceinline__ static void sum(TempStorage& t, float (&v)[VALUES], int& parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+#pragma unroll
+    for (int k = 0; k < VALUES; ++k) {
+      const float part = BlockReduce(t.reduce).Sum(v[k]);  // valid in thread 0
+      if (threadIdx.x == 0) t.published[parity][k] = part;
+      if (k + 1 < VALUES) __syncthreads();  // the reduce storage is reused
+    }
+    cluster.sync();
+    if (threadIdx.x == 0) {
+      float total[VALUES] = {};
+      for (unsigned r = 0; r < cluster.num_blocks(); ++r) {
+        const float* remote = cluster.map_shared_rank(&t.published[parity][0], r);
+#pragma unroll
+        for (int k = 0; k < VALUES; ++k) total[k] += remote[k];
+      }
+#pragma unroll
+      for (int k = 0; k < VALUES; ++k) t.total[k] = total[k];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < VALUES; ++k) v[k] = t.total[k];
+    parity ^= 1;
+#else
+    (void)t;
+    (void)v;
+    (void)parity;
+    __trap();  // the planner never picks clusters below sm_90
+#endif
+  }
+
+  __device__ __forceinline__ static void finish() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cooperative_groups::this_cluster().sync();
+#endif
+  }
+};
+
+// This block's place in its cluster (1-D clusters along x).
+struct ClusterPlace {
+  unsigned rank, size;
+  std::int64_t cluster, clusters;
+};
+__device__ __forceinline__ ClusterPlace cluster_place() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  const unsigned size = cluster.num_blocks();
+  return {cluster.block_rank(), size, static_cast<std::int64_t>(blockIdx.x / size),
+          static_cast<std::int64_t>(gridDim.x / size)};
+#else
+  return {0, 1, static_cast<std::int64_t>(blockIdx.x), static_cast<std::int64_t>(gridDim.x)};
+#endif
+}
+
+}  // namespace rmsnorm::detail::cuda
