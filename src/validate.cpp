@@ -291,9 +291,10 @@ BackwardProblem validate_backward(const TensorView& dy, const TensorView& x,
       fail("dw: expected a contiguous vector of cols = " + std::to_string(x.cols) + " elements, got " + shape_of(g));
     if (g.data == nullptr) fail("dw: data is null");
     same_device(g, x, "dw");
-    if (g.dtype != weight->dtype && g.dtype != DType::f32)
-      unsupported(std::string("dw: dtype must be the weight's (") + dtype_name(weight->dtype) + ") or f32, got " +
-                  dtype_name(g.dtype));
+    const bool dw_ok = g.dtype == weight->dtype || (g.dtype == DType::f32 && weight->dtype != DType::f64);
+    if (!dw_ok)
+      unsupported(std::string("dw: dtype must be the weight's (") + dtype_name(weight->dtype) +
+                  (weight->dtype == DType::f64 ? ")" : ") or f32") + ", got " + dtype_name(g.dtype));
   }
 
   // aliasing: dx may be exactly dy; outputs share memory with nothing else
