@@ -30,50 +30,71 @@ __device__ __forceinline__ float backward_rstd(float ss, const BackwardArgs& a) 
   return rsqrtf(__fadd_rn(__fmul_rn(ss, a.inv_cols), a.eps));
 }
 
+// Calls f with the weight's presence as a compile-time constant (branch-free inner loops).
+template <class F>
+__device__ __forceinline__ void with_weight(bool has_w, F&& f) {
+  if (has_w) f(std::true_type{});
+  else f(std::false_type{});
+}
+
 // g . x over a lane's vectors (g = dy * (w + offset)).
-template <class TX, class TW, int VEC, int ITEMS, int STRIDE>
-__device__ __forceinline__ float dot_gx(const TW* w, std::int64_t first, std::int64_t end,
+// (The weight is preloaded once per lane: see load_weight in forward_kernels.cuh.)
+template <class TX, class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
+__device__ __forceinline__ float dot_gx(const TW* w, const Vec<TW, VEC> (&wv)[ITEMS], std::int64_t first,
+                                        std::int64_t end,
                                         const Vec<TX, VEC> (&xv)[ITEMS], const Vec<TX, VEC> (&gv)[ITEMS],
                                         const BackwardArgs& a) {
   float gx = 0.f;
+  with_weight(w != nullptr, [&](auto has_w) {
+    constexpr bool kHasW = decltype(has_w)::value;
 #pragma unroll
-  for (int i = 0; i < ITEMS; ++i) {
-    const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
-    const bool in = idx < end;
-    Vec<TW, VEC> wv;
-    if (w && in) wv = load_vec<TW, VEC>(w + idx * VEC);
+    for (int i = 0; i < ITEMS; ++i) {
+      const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
+      Vec<TW, VEC> wi;
+      if constexpr (kHasW) {
+        if (PRELOAD || idx < end) wi = weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx);
+        else
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const float wk = (w && in) ? to_float(wv.v[k]) + a.weight_offset : 1.f;
-      gx += to_float(gv[i].v[k]) * wk * to_float(xv[i].v[k]);
+          for (int k = 0; k < VEC; ++k) wi.v[k] = from_float<TW>(0.f);
+      }
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float g = kHasW ? to_float(gv[i].v[k]) * (to_float(wi.v[k]) + a.weight_offset) : to_float(gv[i].v[k]);
+        gx += g * to_float(xv[i].v[k]);
+      }
     }
-  }
+  });
   return gx;
 }
 
 // dx = rstd * g - coef * x for a lane's vectors, and the lane's dw partial sums.
-template <class TX, class TW, int VEC, int ITEMS, int STRIDE>
-__device__ __forceinline__ void store_dx(TX* dx, const TW* w, std::int64_t first, std::int64_t end,
+template <class TX, class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
+__device__ __forceinline__ void store_dx(TX* dx, const TW* w, const Vec<TW, VEC> (&wv)[ITEMS],
+                                         std::int64_t first, std::int64_t end,
                                          const Vec<TX, VEC> (&xv)[ITEMS], const Vec<TX, VEC> (&gv)[ITEMS],
                                          float rstd, float coef, float (&dw_acc)[ITEMS][VEC],
                                          const BackwardArgs& a) {
+  with_weight(w != nullptr, [&](auto has_w) {
+    constexpr bool kHasW = decltype(has_w)::value;
 #pragma unroll
-  for (int i = 0; i < ITEMS; ++i) {
-    const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
-    if (idx >= end) continue;
-    Vec<TW, VEC> wv;
-    if (w) wv = load_vec<TW, VEC>(w + idx * VEC);
-    Vec<TX, VEC> out;
+    for (int i = 0; i < ITEMS; ++i) {
+      const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
+      if (idx >= end) continue;
+      Vec<TX, VEC> out;
+      Vec<TW, VEC> wi;
+      if constexpr (kHasW) wi = weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx);
+      const Vec<TX, VEC> xi = opaque(xv[i]), gi = opaque(gv[i]);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const float xk = to_float(xv[i].v[k]);
-      const float dyk = to_float(gv[i].v[k]);
-      const float wk = w ? to_float(wv.v[k]) + a.weight_offset : 1.f;
-      out.v[k] = from_float<TX>(rstd * dyk * wk - coef * xk);
-      dw_acc[i][k] += dyk * xk * rstd;
+      for (int k = 0; k < VEC; ++k) {
+        const float xk = to_float(xi.v[k]);
+        const float dyk = to_float(gi.v[k]);
+        const float g = kHasW ? dyk * (to_float(wi.v[k]) + a.weight_offset) : dyk;
+        out.v[k] = from_float<TX>(rstd * g - coef * xk);
+        if constexpr (kHasW) dw_acc[i][k] += dyk * xk * rstd;
+      }
+      store_vec<TX, VEC>(dx + idx * VEC, out);
     }
-    store_vec<TX, VEC>(dx + idx * VEC, out);
-  }
+  });
 }
 
 // Writes a lane's dw partial sums into its block's partial row.
@@ -103,6 +124,8 @@ __global__ void __launch_bounds__(BLOCK) BackwardRowsImpl(const BackwardArgs a) 
   const int slot = threadIdx.x / TPR;
   const std::int64_t vectors = a.cols / VEC;
   const TW* w = static_cast<const TW*>(a.weight);
+  Vec<TW, VEC> wv[ITEMS];
+  load_weight<TW, VEC, ITEMS, TPR, kPreloadWeight<BLOCK>>(w, lane, vectors, wv);
   float dw_acc[ITEMS][VEC] = {};
 
   for (std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock;
@@ -116,11 +139,11 @@ __global__ void __launch_bounds__(BLOCK) BackwardRowsImpl(const BackwardArgs a) 
     load_items<TX, VEC, ITEMS, TPR>(dy, lane, vectors, valid, gv);
     const float rstd = a.rstd ? (valid ? a.rstd[row] : 0.f)
                               : backward_rstd(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(xv)), a);
-    const float gx = Sum::sum(temp, dot_gx<TX, TW, VEC, ITEMS, TPR>(w, lane, vectors, xv, gv, a));
+    const float gx = Sum::sum(temp, dot_gx<TX, TW, VEC, ITEMS, TPR, kPreloadWeight<BLOCK>>(w, wv, lane, vectors, xv, gv, a));
     if (!valid) continue;
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<TX, TW, VEC, ITEMS, TPR>(dx, w, lane, vectors, xv, gv, rstd, rstd * rstd * rstd * gx * a.inv_cols,
-                                      dw_acc, a);
+    store_dx<TX, TW, VEC, ITEMS, TPR, kPreloadWeight<BLOCK>>(dx, w, wv, lane, vectors, xv, gv, rstd,
+                                      rstd * rstd * rstd * gx * a.inv_cols, dw_acc, a);
   }
 
   if (!a.partial) return;
@@ -159,6 +182,8 @@ __global__ void __launch_bounds__(BLOCK) ClusterBackwardImpl(const BackwardArgs 
   const std::int64_t end = begin + per_block < vectors ? begin + per_block : vectors;
   const std::int64_t first = begin + threadIdx.x;
   const TW* w = static_cast<const TW*>(a.weight);
+  Vec<TW, VEC> wv[ITEMS];
+  load_weight<TW, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(w, first, end, wv);
   float dw_acc[ITEMS][VEC] = {};
   int parity = 0;
 
@@ -170,12 +195,12 @@ __global__ void __launch_bounds__(BLOCK) ClusterBackwardImpl(const BackwardArgs 
     load_items<TX, VEC, ITEMS, BLOCK>(dy, first, end, true, gv);
     // Both sums travel through one cluster barrier (the rstd one is unused when given).
     float sums[2] = {a.rstd ? 0.f : sum_squares<TX, VEC, ITEMS>(xv),
-                     dot_gx<TX, TW, VEC, ITEMS, BLOCK>(w, first, end, xv, gv, a)};
+                     dot_gx<TX, TW, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(w, wv, first, end, xv, gv, a)};
     Sum::sum(temp, sums, parity);
     const float rstd = a.rstd ? a.rstd[row] : backward_rstd(sums[0], a);
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<TX, TW, VEC, ITEMS, BLOCK>(dx, w, first, end, xv, gv, rstd, rstd * rstd * rstd * sums[1] * a.inv_cols,
-                                        dw_acc, a);
+    store_dx<TX, TW, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(dx, w, wv, first, end, xv, gv, rstd,
+                                        rstd * rstd * rstd * sums[1] * a.inv_cols, dw_acc, a);
   }
   // One partial row per cluster: each block fills its slice.
   if (a.partial) write_partial<VEC, ITEMS, BLOCK>(a.partial + place.cluster * a.cols, first, end, dw_acc);

@@ -18,13 +18,49 @@ struct alignas(sizeof(T) * N >= 16 ? 16 : sizeof(T) * N) Vec {
   T v[N];
 };
 
+// Moves go through plain integer vectors: element-wise copies of __half/__nv_bfloat16
+// (classes with their own assignment operators) were seen compiled into eight 16-bit stores
+// (STG.E.U16) instead of one STG.E.128.
+template <int BYTES> struct RawWord;
+template <> struct RawWord<16> { using type = uint4; };
+template <> struct RawWord<8> { using type = uint2; };
+template <> struct RawWord<4> { using type = unsigned; };
+template <> struct RawWord<2> { using type = unsigned short; };
+
 template <class T, int N>
 __device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
-  return *reinterpret_cast<const Vec<T, N>*>(p);
+  constexpr int kBytes = static_cast<int>(sizeof(T)) * N;
+  constexpr int kWord = kBytes < 16 ? kBytes : 16;
+  using W = typename RawWord<kWord>::type;
+  Vec<T, N> v;
+  const W* src = reinterpret_cast<const W*>(p);
+  W* dst = reinterpret_cast<W*>(&v);
+#pragma unroll
+  for (int i = 0; i < kBytes / kWord; ++i) dst[i] = src[i];
+  return v;
 }
 template <class T, int N>
 __device__ __forceinline__ void store_vec(T* p, const Vec<T, N>& v) {
-  *reinterpret_cast<Vec<T, N>*>(p) = v;
+  constexpr int kBytes = static_cast<int>(sizeof(T)) * N;
+  constexpr int kWord = kBytes < 16 ? kBytes : 16;
+  using W = typename RawWord<kWord>::type;
+  const W* src = reinterpret_cast<const W*>(&v);
+  W* dst = reinterpret_cast<W*>(p);
+#pragma unroll
+  for (int i = 0; i < kBytes / kWord; ++i) dst[i] = src[i];
+}
+
+// Hides a vector's value from the optimiser. A lane's weight stays in registers across rows;
+// left alone, the compiler hoists its conversion to fp32 out of the row loop, which for
+// 16-bit weights doubles the registers they take (the 1024-thread block spilled 196 bytes).
+// Converting again per row costs one integer instruction per element.
+template <class T, int N>
+__device__ __forceinline__ Vec<T, N> opaque(Vec<T, N> v) {
+  static_assert(sizeof(Vec<T, N>) % 4 == 0, "opaque works on 32-bit words");
+  unsigned* words = reinterpret_cast<unsigned*>(&v);
+#pragma unroll
+  for (int i = 0; i < static_cast<int>(sizeof(Vec<T, N>) / 4); ++i) asm volatile("" : "+r"(words[i]));
+  return v;
 }
 
 __device__ __forceinline__ float to_float(float v) { return v; }
@@ -84,18 +120,34 @@ __device__ __forceinline__ float rstd_from_sum(float ss, const ForwardArgs& a) {
 //  fp32 cast: x * rstd * (w + offset) in fp32, rounded once by the store.
 //  llama cast: x * rstd rounded to TX, times (w + offset) rounded to TW, the product
 //  rounded to the promoted type of (TX, TW) (TX when equal, fp32 otherwise).
-// `w` is the weight element already in fp32; has_w false means no weight (factor 1).
-template <class TX, class TW>
-__device__ __forceinline__ float normalise(float xv, float rstd, bool has_w, float w,
-                                           const ForwardArgs& a) {
-  if (!a.llama) {
+// `w` is the weight element in fp32 (ignored without a weight: factor 1). The cast and the
+// weight's presence are compile-time here: per-element branches on them made the 16-bit
+// kernels instruction-bound (about 20 instructions per element, measured on the H100).
+template <class TX, class TW, bool LLAMA, bool HAS_W>
+__device__ __forceinline__ float normalise(float xv, float rstd, float w, float offset) {
+  if constexpr (!LLAMA) {
     const float o = xv * rstd;
-    return has_w ? o * (w + a.weight_offset) : o;
+    if constexpr (HAS_W) return o * (w + offset);
+    return o;
+  } else {
+    const float h = round_as<TX>(xv * rstd);
+    if constexpr (!HAS_W) return h;
+    const float prod = h * round_as<TW>(w + offset);
+    return std::is_same<TX, TW>::value ? round_as<TX>(prod) : prod;
   }
-  const float h = round_as<TX>(xv * rstd);
-  if (!has_w) return h;
-  const float prod = h * round_as<TW>(w + a.weight_offset);
-  return std::is_same<TX, TW>::value ? round_as<TX>(prod) : prod;
+}
+
+// Calls f with the (LLAMA, HAS_W) pair of the arguments as compile-time constants, so a
+// kernel's inner loops are generated once per combination and branch-free inside.
+template <class F>
+__device__ __forceinline__ void with_mode(bool llama, bool has_w, F&& f) {
+  if (llama) {
+    if (has_w) f(std::true_type{}, std::true_type{});
+    else f(std::true_type{}, std::false_type{});
+  } else {
+    if (has_w) f(std::false_type{}, std::true_type{});
+    else f(std::false_type{}, std::false_type{});
+  }
 }
 
 }  // namespace rmsnorm::detail::cuda

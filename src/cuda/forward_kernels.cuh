@@ -85,22 +85,55 @@ __device__ __forceinline__ float sum_squares(const Vec<TX, VEC> (&v)[ITEMS]) {
   return ss;
 }
 
-template <class TX, class TW, class TY, int VEC, int ITEMS, int STRIDE>
-__device__ __forceinline__ void store_items(TY* y, const TW* w, std::int64_t first, std::int64_t end,
-                                            const Vec<TX, VEC> (&v)[ITEMS], float rstd, const ForwardArgs& a) {
-#pragma unroll
-  for (int i = 0; i < ITEMS; ++i) {
-    const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
-    if (idx >= end) continue;
-    Vec<TW, VEC> wv;
-    if (w) wv = load_vec<TW, VEC>(w + idx * VEC);
-    Vec<TY, VEC> out;
-#pragma unroll
-    for (int k = 0; k < VEC; ++k)
-      out.v[k] = from_float<TY>(normalise<TX, TW>(to_float(v[i].v[k]), rstd, w != nullptr,
-                                                  w ? to_float(wv.v[k]) : 1.f, a));
-    store_vec<TY, VEC>(y + idx * VEC, out);
+// A lane's columns are the same for every row it processes, so its share of the weight can
+// be loaded once, before the first row, and stay in registers: for a single row (decode)
+// its memory latency then overlaps x's instead of following the reduction. That costs
+// 4 to 8 registers per vector, which blocks of up to 256 threads have to spare; larger
+// blocks (long rows, throughput-bound) re-read the weight per row from L1/L2 instead (the
+// 1024-thread bf16 block spilled 64 bytes with it preloaded).
+template <int BLOCK>
+inline constexpr bool kPreloadWeight = BLOCK <= 256;
+
+template <class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
+__device__ __forceinline__ void load_weight(const TW* w, std::int64_t first, std::int64_t end,
+                                            Vec<TW, VEC> (&wv)[ITEMS]) {
+  if constexpr (PRELOAD) {
+    if (w) load_items<TW, VEC, ITEMS, STRIDE>(w, first, end, true, wv);
   }
+}
+
+// The weight vector of item i: preloaded, or read now.
+template <class TW, int VEC, int ITEMS, bool PRELOAD>
+__device__ __forceinline__ Vec<TW, VEC> weight_item(const TW* w, const Vec<TW, VEC> (&wv)[ITEMS], int i,
+                                                    std::int64_t idx) {
+  if constexpr (PRELOAD) return opaque(wv[i]);
+  else return load_vec<TW, VEC>(w + idx * VEC);
+}
+
+template <class TX, class TW, class TY, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
+__device__ __forceinline__ void store_items(TY* y, const TW* w, const Vec<TW, VEC> (&wv)[ITEMS],
+                                            std::int64_t first, std::int64_t end,
+                                            const Vec<TX, VEC> (&v)[ITEMS], float rstd, const ForwardArgs& a) {
+  with_mode(a.llama, w != nullptr, [&](auto llama, auto has_w) {
+    constexpr bool kLlama = decltype(llama)::value, kHasW = decltype(has_w)::value;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
+      if (idx >= end) continue;
+      Vec<TY, VEC> out;
+      Vec<TW, VEC> wi;
+      if constexpr (kHasW) wi = weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx);
+      // Converted again from the raw registers (see opaque): keeping the fp32 copies made
+      // while summing squares would double the row's registers.
+      const Vec<TX, VEC> xi = opaque(v[i]);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float wk = kHasW ? to_float(wi.v[k]) : 1.f;
+        out.v[k] = from_float<TY>(normalise<TX, TW, kLlama, kHasW>(to_float(xi.v[k]), rstd, wk, a.weight_offset));
+      }
+      store_vec<TY, VEC>(y + idx * VEC, out);
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -118,6 +151,8 @@ __global__ void __launch_bounds__(BLOCK) RegisterRowsImpl(const ForwardArgs a) {
   const int slot = threadIdx.x / TPR;
   const std::int64_t vectors = a.cols / VEC;
   const TW* w = static_cast<const TW*>(a.weight);
+  Vec<TW, VEC> wv[ITEMS];
+  load_weight<TW, VEC, ITEMS, TPR, kPreloadWeight<BLOCK>>(w, lane, vectors, wv);
 
   // The loop bound is uniform across the block, so every lane reaches every reduction
   // (rows past the end compute on zeros and store nothing).
@@ -133,7 +168,7 @@ __global__ void __launch_bounds__(BLOCK) RegisterRowsImpl(const ForwardArgs a) {
     if (!valid) continue;
     if (a.rstd && lane == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
-    store_items<TX, TW, TY, VEC, ITEMS, TPR>(y, w, lane, vectors, v, rstd, a);
+    store_items<TX, TW, TY, VEC, ITEMS, TPR, kPreloadWeight<BLOCK>>(y, w, wv, lane, vectors, v, rstd, a);
   }
 }
 
@@ -152,6 +187,8 @@ __global__ void __launch_bounds__(BLOCK) ClusterRowImpl(const ForwardArgs a) {
   const std::int64_t begin = place.rank * per_block;
   const std::int64_t end = begin + per_block < vectors ? begin + per_block : vectors;
   const TW* w = static_cast<const TW*>(a.weight);
+  Vec<TW, VEC> wv[ITEMS];
+  load_weight<TW, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(w, begin + threadIdx.x, end, wv);
   int parity = 0;
 
   for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters) {
@@ -163,7 +200,8 @@ __global__ void __launch_bounds__(BLOCK) ClusterRowImpl(const ForwardArgs a) {
     const float rstd = rstd_from_sum(ss[0], a);
     if (a.rstd && place.rank == 0 && threadIdx.x == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
-    store_items<TX, TW, TY, VEC, ITEMS, BLOCK>(y, w, begin + threadIdx.x, end, v, rstd, a);
+    store_items<TX, TW, TY, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(y, w, wv, begin + threadIdx.x, end, v, rstd,
+                                                                     a);
   }
   Sum::finish();
 }
@@ -195,18 +233,21 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
     }
     const float rstd = rstd_from_sum(Sum::sum(temp, ss), a);
     if (a.rstd && threadIdx.x == 0) a.rstd[row] = rstd;
+    with_mode(a.llama, w != nullptr, [&](auto llama, auto has_w) {
+      constexpr bool kLlama = decltype(llama)::value, kHasW = decltype(has_w)::value;
 #pragma unroll 4
-    for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
-      const Vec<TX, VEC> v = load_vec<TX, VEC>(x + idx * VEC);
-      Vec<TW, VEC> wv;
-      if (w) wv = load_vec<TW, VEC>(w + idx * VEC);
-      Vec<TY, VEC> out;
+      for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
+        const Vec<TX, VEC> v = load_vec<TX, VEC>(x + idx * VEC);
+        Vec<TW, VEC> wv;
+        if constexpr (kHasW) wv = load_vec<TW, VEC>(w + idx * VEC);
+        Vec<TY, VEC> out;
 #pragma unroll
-      for (int k = 0; k < VEC; ++k)
-        out.v[k] = from_float<TY>(normalise<TX, TW>(to_float(v.v[k]), rstd, w != nullptr,
-                                                    w ? to_float(wv.v[k]) : 1.f, a));
-      store_vec<TY, VEC>(y + idx * VEC, out);
-    }
+        for (int k = 0; k < VEC; ++k)
+          out.v[k] = from_float<TY>(normalise<TX, TW, kLlama, kHasW>(to_float(v.v[k]), rstd,
+                                                                     kHasW ? to_float(wv.v[k]) : 1.f, a.weight_offset));
+        store_vec<TY, VEC>(y + idx * VEC, out);
+      }
+    });
   }
 }
 
