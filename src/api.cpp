@@ -140,15 +140,20 @@ Status backward_status(const TensorView& dy, const TensorView& x, const std::opt
   return detail::to_status([&] { backward(dy, x, weight, rstd, dx, dw, params, workspace, workspace_bytes, stream); });
 }
 
-Plan plan_forward(const TensorView& x, const TensorView& y, Strategy requested) {
+Plan plan_forward(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
+                  Strategy requested) {
   Params params;
   params.check_pointers = false;
-  const detail::ForwardProblem p = detail::validate_forward(x, std::nullopt, y, params, std::nullopt);
+  const detail::ForwardProblem p = detail::validate_forward(x, weight, y, params, std::nullopt);
   int cc_major = 9;
 #if defined(RMSNORM_HAVE_CUDA)
   if (x.device.kind == DeviceKind::cuda) cc_major = detail::cuda_cc_major(x.device.index);
 #endif
   return detail::plan_problem(p, requested, cc_major);
+}
+
+Plan plan_forward(const TensorView& x, const TensorView& y, Strategy requested) {
+  return plan_forward(x, std::nullopt, y, requested);
 }
 
 bool built_with_cuda() noexcept {

@@ -1,5 +1,7 @@
 #include "rmsnorm/dtype.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "rmsnorm/rmsnorm.h"
@@ -45,14 +47,31 @@ double load_as_double(const void* data, DType t, std::int64_t i) noexcept {
   return 0.0;
 }
 
+namespace {
+// Rounds a double straight to a 16-bit format's precision (nearest, ties to even), keeping
+// it a double: the result is then exact in float, so converting it costs no second rounding.
+double round_to_16bit(double v, int precision, int min_exp, double max_finite) {
+  if (!std::isfinite(v) || v == 0.0) return v;
+  int e = 0;
+  std::frexp(v, &e);  // leading bit 2^(e-1)
+  const int lead = std::max(e - 1, min_exp);
+  const double spacing = std::ldexp(1.0, lead - (precision - 1));
+  const double r = std::nearbyint(v / spacing) * spacing;
+  return std::fabs(r) > max_finite ? std::copysign(HUGE_VAL, v) : r;
+}
+}  // namespace
+
 void store_from_double(void* data, DType t, std::int64_t i, double v) noexcept {
-  // 16-bit formats go through float: a double -> float -> half double rounding can differ
-  // from a direct rounding only for values within 2^-29 relative of a half tie, which the
-  // oracle's callers never rely on.
   switch (t) {
     case DType::f32: static_cast<float*>(data)[i] = static_cast<float>(v); break;
-    case DType::f16: static_cast<std::uint16_t*>(data)[i] = float_to_half_bits(static_cast<float>(v)); break;
-    case DType::bf16: static_cast<std::uint16_t*>(data)[i] = float_to_bf16_bits(static_cast<float>(v)); break;
+    case DType::f16:
+      static_cast<std::uint16_t*>(data)[i] =
+          float_to_half_bits(static_cast<float>(round_to_16bit(v, 11, -14, 65504.0)));
+      break;
+    case DType::bf16:
+      static_cast<std::uint16_t*>(data)[i] =
+          float_to_bf16_bits(static_cast<float>(round_to_16bit(v, 8, -126, std::ldexp(255.0 / 128.0, 127))));
+      break;
     case DType::f64: static_cast<double*>(data)[i] = v; break;
   }
 }

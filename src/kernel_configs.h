@@ -48,12 +48,14 @@ inline constexpr int kNumBackwardWarpRowsConfigs = sizeof(kBackwardWarpRowsConfi
 inline constexpr int kNumBackwardBlockRowConfigs = sizeof(kBackwardBlockRowConfigs) / sizeof(RegisterConfig);
 
 // cluster_row (sm_90): a row over a cluster of 512-thread blocks, each holding its slice
-// in registers (4 vectors a lane forward, 2 backward, as above), so a cluster of up to 16
-// blocks holds 32768 vectors forward (262144 16-bit elements) and 16384 backward.
-// Clusters of more than 8 blocks are a non-portable size the H100 allows.
-inline constexpr RegisterConfig kClusterRowConfig = {512, 4, 512};
+// in registers: 8 vectors a lane forward (up to 4096 vectors, 32768 16-bit elements, a
+// block), 2 backward (x, dy and the dw sums: 1024 vectors a block). Clusters stay within
+// the portable 8 blocks: 16-block clusters of these blocks failed to launch on the H100
+// (cudaErrorInvalidClusterSize) even with the non-portable size allowed. So a cluster
+// holds rows of up to 32768 vectors forward (262144 16-bit elements), 8192 backward.
+inline constexpr RegisterConfig kClusterRowConfig = {512, 8, 512};
 inline constexpr RegisterConfig kBackwardClusterRowConfig = {512, 2, 512};
-inline constexpr int kMaxClusterSize = 16;
+inline constexpr int kMaxClusterSize = 8;
 
 // Blocks per SM the backward grid is sized for (a full SM of 2048 threads in blocks of
 // threads_per_block): each block writes one partial dw row, so the workspace holds at

@@ -123,8 +123,12 @@ void expect_good(Backend b, const BackwardCase& c, std::uint64_t seed) {
   const BackwardOutcome o = run_backward(b, c, seed);
   if (o.unsupported) return;
   EXPECT_TRUE(o.dx.passed()) << c.describe() << ": dx " << o.dx.describe();
-  if (!c.in_place) EXPECT_EQ(o.dx_stray, 0) << c.describe() << ": dx padding written";
-  if (c.w) EXPECT_TRUE(o.dw.passed()) << c.describe() << ": dw " << o.dw.describe();
+  if (!c.in_place) {
+    EXPECT_EQ(o.dx_stray, 0) << c.describe() << ": dx padding written";
+  }
+  if (c.w) {
+    EXPECT_TRUE(o.dw.passed()) << c.describe() << ": dw " << o.dw.describe();
+  }
 }
 
 class Backward : public ::testing::TestWithParam<Backend> {

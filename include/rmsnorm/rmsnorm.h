@@ -205,6 +205,10 @@ struct Plan {
 };
 // `requested` is Params::strategy; a forced strategy that cannot serve `cols` at the
 // available vector width throws Error(Code::unsupported) naming the limit.
+// The weight, when given, takes part: its alignment can limit the vector width, and its
+// dtype decides which output dtypes are valid.
+Plan plan_forward(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
+                  Strategy requested = Strategy::automatic);
 Plan plan_forward(const TensorView& x, const TensorView& y, Strategy requested = Strategy::automatic);
 
 // Whether this build has the CUDA backend, and how many CUDA devices it sees (0 when none).

@@ -24,15 +24,6 @@ inline void check_launch(const char* strategy, const char* kernel, const Plan& p
 template <class Args>
 void launch_cluster(void (*kernel)(Args), unsigned grid, int block, int cluster, cudaStream_t stream,
                     const Args& args, const char* name, const Plan& plan) {
-  if (cluster > 8) {
-    // Clusters beyond 8 blocks are a non-portable size: opt in once per kernel.
-    static const cudaError_t opt_in = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    if (opt_in != cudaSuccess) {
-      cudaGetLastError();
-      throw Error(Code::cuda_error, std::string(name) + ": clusters of " + std::to_string(cluster) +
-                                        " blocks are not available: " + cudaGetErrorString(opt_in));
-    }
-  }
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(grid);
   config.blockDim = dim3(static_cast<unsigned>(block));

@@ -1,0 +1,355 @@
+// Properties of the CUDA backend that values alone do not show: batch invariance (a row
+// gives the same bits alone or anywhere in a batch), run-to-run determinism, 64-bit
+// indexing past 2^31 elements, and stream ordering. Built only with the CUDA backend;
+// every test skips when there is no device.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "harness.h"
+#include "oracle.h"
+#include "rmsnorm/rmsnorm.h"
+#include "support.h"
+
+namespace rmsnorm {
+namespace {
+
+using reference::HostTensor;
+using testing::DeviceBuffer;
+
+#define CUDA_OK(call)                                                              \
+  do {                                                                             \
+    const cudaError_t err_ = (call);                                               \
+    ASSERT_EQ(err_, cudaSuccess) << #call << ": " << cudaGetErrorString(err_);     \
+  } while (0)
+
+class Cuda : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string reason = testing::cuda_unavailable_reason();
+    if (!reason.empty()) GTEST_SKIP() << "no CUDA device: " << reason;
+  }
+};
+
+const std::vector<DType> kDtypes = {DType::bf16, DType::f16, DType::f32};
+const std::vector<Strategy> kStrategies = {Strategy::automatic, Strategy::warp_rows, Strategy::block_row,
+                                           Strategy::long_row, Strategy::cluster_row};
+
+// `rows` rows of `cols` on the device, every row a copy of one of `pool`'s rows (row i is
+// pool row i % pool_rows): big inputs without generating gigabytes of random numbers on
+// the host. Filled by doubling device-to-device copies.
+void fill_from_pool(DeviceBuffer& dst, const HostTensor& pool, std::int64_t rows) {
+  const std::size_t row_bytes = static_cast<std::size_t>(pool.view.cols) * dtype_size(pool.view.dtype);
+  const std::size_t total = static_cast<std::size_t>(rows) * row_bytes;
+  std::size_t have = std::min(total, pool.bytes.size());
+  dst.upload(pool.bytes.data(), have);
+  while (have < total) {
+    const std::size_t n = std::min(have, total - have);
+    dst.copy_within(have, 0, n);
+    have += n;
+  }
+}
+
+// Sizes of views over whole buffers.
+TensorView device_matrix(const DeviceBuffer& b, DType t, std::int64_t rows, std::int64_t cols,
+                         std::size_t byte_offset = 0) {
+  return TensorView::matrix(b.data() + byte_offset, t, Device::cuda(0), rows, cols);
+}
+
+std::optional<Plan> servable(const TensorView& x, const TensorView& y, Strategy s) {
+  try {
+    return plan_forward(x, y, s);
+  } catch (const Error& e) {
+    if (e.code() != Code::unsupported) throw;
+    return std::nullopt;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Batch invariance
+// ---------------------------------------------------------------------------------------
+
+// One row normalised alone, then placed first, in the middle and last of batches of
+// several sizes (the other rows are other data): y and rstd of that row must be the same
+// bytes every time, under every strategy that serves the shape.
+TEST_F(Cuda, BatchInvariance) {
+  constexpr std::int64_t kFiller = 7;  // distinct filler rows
+  const std::vector<std::int64_t> batches = {2, 3, 64, 1000, 4097};
+  const std::int64_t max_rows = 4097;
+  for (DType t : kDtypes)
+    for (std::int64_t cols : {64, 128, 4096, 8192, 65536}) {
+      const std::size_t es = dtype_size(t), row_bytes = static_cast<std::size_t>(cols) * es;
+      HostTensor row = testing::make_tensor(t, 1, 1, cols);
+      HostTensor filler = testing::make_tensor(t, 1, kFiller, cols);
+      HostTensor w = testing::make_vector(t, cols);
+      const std::uint64_t seed = testing::seed_of({static_cast<int>(t), cols});
+      reference::fill_normal(row.view, seed);
+      reference::fill_normal(filler.view, seed + 1, 0.0, 3.0);
+      reference::fill_normal(w.view, seed + 2, 1.0, 0.5);
+
+      DeviceBuffer dx(row_bytes * max_rows), dy(row_bytes * max_rows), dr(4 * max_rows);
+      testing::DeviceMirror dw(w);
+
+      for (Strategy s : kStrategies) {
+        const std::string where = std::string(dtype_name(t)) + " cols=" + std::to_string(cols) + " " + strategy_name(s);
+        Params p;
+        p.strategy = s;
+        // Alone.
+        dx.upload(row.bytes.data(), row_bytes);
+        dy.fill(0xFF);
+        dr.fill(0xFF);
+        const TensorView x1 = device_matrix(dx, t, 1, cols), y1 = device_matrix(dy, t, 1, cols);
+        if (!servable(x1, y1, s)) continue;
+        forward(x1, dw.view, y1, p, TensorView::vector(dr.data(), DType::f32, Device::cuda(0), 1));
+        testing::device_synchronize();
+        std::vector<unsigned char> alone(row_bytes);
+        float alone_rstd;
+        dy.download(alone.data(), row_bytes);
+        dr.download(&alone_rstd, 4);
+        {  // and it is right
+          const auto ref = reference::forward(row.view, w.view, t, p);
+          const TensorView got = TensorView::matrix(alone.data(), t, Device::cpu(), 1, cols);
+          const auto cmp = reference::compare(got, ref.y, reference::forward_tolerance(t, t, Cast::fp32, cols));
+          ASSERT_TRUE(cmp.passed()) << where << ": alone: " << cmp.describe();
+        }
+        for (std::int64_t batch : batches)
+          for (std::int64_t pos : {std::int64_t{0}, batch / 2, batch - 1}) {
+            fill_from_pool(dx, filler, batch);
+            dx.upload(row.bytes.data(), row_bytes, static_cast<std::size_t>(pos) * row_bytes);
+            dy.fill(0xFF);
+            dr.fill(0xFF);
+            const TensorView xb = device_matrix(dx, t, batch, cols), yb = device_matrix(dy, t, batch, cols);
+            if (!servable(xb, yb, s)) {
+              ADD_FAILURE() << where << ": serves 1 row but not " << batch;
+              continue;
+            }
+            forward(xb, dw.view, yb, p, TensorView::vector(dr.data(), DType::f32, Device::cuda(0), batch));
+            testing::device_synchronize();
+            std::vector<unsigned char> inside(row_bytes);
+            float inside_rstd;
+            dy.download(inside.data(), row_bytes, static_cast<std::size_t>(pos) * row_bytes);
+            dr.download(&inside_rstd, 4, static_cast<std::size_t>(pos) * 4);
+            EXPECT_EQ(std::memcmp(alone.data(), inside.data(), row_bytes), 0)
+                << where << ": y of the row differs at position " << pos << " of " << batch;
+            EXPECT_EQ(std::memcmp(&alone_rstd, &inside_rstd, 4), 0)
+                << where << ": rstd of the row differs at position " << pos << " of " << batch << " ("
+                << alone_rstd << " alone, " << inside_rstd << " inside)";
+          }
+      }
+    }
+}
+
+// The same call twice gives the same bytes (no atomics in the reduction order).
+TEST_F(Cuda, Deterministic) {
+  for (DType t : kDtypes)
+    for (std::int64_t cols : {64, 1031, 4096, 65536}) {
+      const std::int64_t rows = cols >= 65536 ? 257 : 1000;
+      HostTensor x = testing::make_tensor(t, 1, rows, cols);
+      HostTensor w = testing::make_vector(DType::f32, cols);
+      reference::fill_normal(x.view, testing::seed_of({static_cast<int>(t), cols, 7}));
+      reference::fill_normal(w.view, 8, 1.0, 0.5);
+      testing::DeviceMirror dx(x), dw(w);
+      // An f32 weight and an f32 y: the mixed-dtype path (allowed for every x dtype).
+      HostTensor y = testing::make_tensor(DType::f32, 1, rows, cols);
+      HostTensor r = testing::make_vector(DType::f32, rows);
+      testing::DeviceMirror dy(y), dr(r);
+      for (Strategy s : kStrategies) {
+        if (!servable(dx.view, dy.view, s)) continue;
+        Params p;
+        p.strategy = s;
+        std::vector<unsigned char> first_y, first_r;
+        for (int run = 0; run < 2; ++run) {
+          dy.buffer.fill(0xFF);
+          dr.buffer.fill(0xFF);
+          forward(dx.view, dw.view, dy.view, p, dr.view);
+          testing::device_synchronize();
+          dy.download_into(y);
+          dr.download_into(r);
+          if (run == 0) {
+            first_y = y.bytes;
+            first_r = r.bytes;
+            EXPECT_FALSE(testing::all_poisoned(y.bytes));
+          } else {
+            EXPECT_TRUE(first_y == y.bytes) << dtype_name(t) << " cols=" << cols << " " << strategy_name(s)
+                                            << ": y differs between two runs";
+            EXPECT_TRUE(first_r == r.bytes) << dtype_name(t) << " cols=" << cols << " " << strategy_name(s)
+                                            << ": rstd differs between two runs";
+          }
+        }
+      }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Stream
+// ---------------------------------------------------------------------------------------
+
+// Everything on one non-blocking stream, from pinned memory, with a synchronisation of
+// that stream only: if forward launched anywhere else, the kernel would race the upload
+// before it or the download after it, and the values would be wrong.
+TEST_F(Cuda, RunsOnTheGivenStream) {
+  const DType t = DType::bf16;
+  const std::int64_t rows = 4096, cols = 4096;
+  HostTensor x = testing::make_tensor(t, 1, rows, cols);
+  HostTensor w = testing::make_vector(t, cols);
+  reference::fill_normal(x.view, 21);
+  reference::fill_normal(w.view, 22, 1.0, 0.5);
+  const auto ref = reference::forward(x.view, w.view, t, Params{});
+  const std::size_t bytes = x.bytes.size();
+
+  cudaStream_t stream = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  void* pinned_in = nullptr;
+  void* pinned_out = nullptr;
+  CUDA_OK(cudaMallocHost(&pinned_in, bytes));
+  CUDA_OK(cudaMallocHost(&pinned_out, bytes));
+  std::memcpy(pinned_in, x.bytes.data(), bytes);
+  std::memset(pinned_out, 0xFF, bytes);
+  {
+    DeviceBuffer dx(bytes), dy(bytes);
+    testing::DeviceMirror dw(w);
+    dy.fill(0xFF);
+    dx.fill(0xFF);
+    testing::device_synchronize();
+    CUDA_OK(cudaMemcpyAsync(dx.data(), pinned_in, bytes, cudaMemcpyHostToDevice, stream));
+    forward(device_matrix(dx, t, rows, cols), dw.view, device_matrix(dy, t, rows, cols), Params{}, std::nullopt,
+            static_cast<Stream>(stream));
+    CUDA_OK(cudaMemcpyAsync(pinned_out, dy.data(), bytes, cudaMemcpyDeviceToHost, stream));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    const TensorView got = TensorView::matrix(pinned_out, t, Device::cpu(), rows, cols);
+    const auto cmp = reference::compare(got, ref.y, reference::forward_tolerance(t, t, Cast::fp32, cols));
+    EXPECT_TRUE(cmp.passed()) << cmp.describe();
+    testing::device_synchronize();
+  }
+  cudaFreeHost(pinned_in);
+  cudaFreeHost(pinned_out);
+  cudaStreamDestroy(stream);
+}
+
+// ---------------------------------------------------------------------------------------
+// Odds and ends on the device
+// ---------------------------------------------------------------------------------------
+
+TEST_F(Cuda, ZeroRowsWithNullData) {
+  const TensorView x = TensorView::matrix(nullptr, DType::bf16, Device::cuda(0), 0, 4096);
+  const TensorView y = TensorView::matrix(nullptr, DType::bf16, Device::cuda(0), 0, 4096);
+  EXPECT_NO_THROW(forward(x, std::nullopt, y));
+  testing::device_synchronize();
+}
+
+TEST_F(Cuda, PointerChecksCanBeTurnedOff) {
+  HostTensor x = testing::make_tensor(DType::f16, 1, 9, 300);
+  reference::fill_normal(x.view, 31);
+  HostTensor y = testing::make_tensor(DType::f16, 1, 9, 300);
+  testing::DeviceMirror dx(x), dy(y);
+  Params p;
+  p.check_pointers = false;
+  forward(dx.view, std::nullopt, dy.view, p);
+  testing::device_synchronize();
+  dy.download_into(y);
+  const auto ref = reference::forward(x.view, std::nullopt, DType::f16, p);
+  const auto cmp = reference::compare(y.view, ref.y, reference::forward_tolerance(DType::f16, DType::f16, Cast::fp32, 300));
+  EXPECT_TRUE(cmp.passed()) << cmp.describe();
+}
+
+TEST_F(Cuda, DescribesTheDevice) {
+  EXPECT_TRUE(built_with_cuda());
+  EXPECT_GE(cuda_device_count(), 1);
+  const std::string d = describe_device(Device::cuda(0));
+  EXPECT_FALSE(d.empty());
+  std::printf("device: %s\n", d.c_str());
+}
+
+// ---------------------------------------------------------------------------------------
+// 64-bit indexing
+// ---------------------------------------------------------------------------------------
+
+// bf16 tensors of just over 2^31 elements (4.3 GB each): offsets past 2^31 elements (and
+// 2^32 bytes) must not wrap. Every row is written (no poison left anywhere in y), every
+// rstd is right, and the rows around the 2^30 and 2^31 element boundaries and the last
+// rows match the oracle. Run under every strategy that serves the shape.
+void check_past_2_31(std::int64_t cols) {
+  const DType t = DType::bf16;
+  const std::int64_t rows = (std::int64_t{1} << 31) / cols + 8;
+  const std::size_t bytes = static_cast<std::size_t>(rows * cols) * 2;
+  std::size_t free_bytes = 0, total_bytes = 0;
+  CUDA_OK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const std::size_t need = 2 * bytes + static_cast<std::size_t>(rows) * 4 + (std::size_t{512} << 20);
+  if (free_bytes < need)
+    GTEST_SKIP() << "needs " << (need >> 20) << " MiB of device memory, " << (free_bytes >> 20) << " MiB free";
+
+  constexpr std::int64_t kPool = 64;
+  HostTensor pool = testing::make_tensor(t, 1, kPool, cols);
+  HostTensor w = testing::make_vector(t, cols);
+  reference::fill_normal(pool.view, testing::seed_of({cols, 64}));
+  reference::fill_normal(w.view, 41, 1.0, 0.5);
+  const auto ref = reference::forward(pool.view, w.view, t, Params{});
+  const auto tol = reference::forward_tolerance(t, t, Cast::fp32, cols);
+  const auto rtol = reference::rstd_tolerance(t, cols);
+
+  DeviceBuffer dx(bytes), dy(bytes), dr(static_cast<std::size_t>(rows) * 4);
+  testing::DeviceMirror dw(w);
+  fill_from_pool(dx, pool, rows);
+  const TensorView xv = device_matrix(dx, t, rows, cols), yv = device_matrix(dy, t, rows, cols);
+  const TensorView rv = TensorView::vector(dr.data(), DType::f32, Device::cuda(0), rows);
+
+  const std::int64_t r30 = (std::int64_t{1} << 30) / cols, r31 = (std::int64_t{1} << 31) / cols;
+  std::vector<std::int64_t> check_rows = {0, 1, r30 - 1, r30, r31 - 1, r31, r31 + 1};
+  for (std::int64_t r = rows - 8; r < rows; ++r) check_rows.push_back(r);
+
+  int strategies_run = 0;
+  for (Strategy s : kStrategies) {
+    if (!servable(xv, yv, s)) continue;
+    ++strategies_run;
+    const std::string where = "bf16 " + std::to_string(rows) + "x" + std::to_string(cols) + " " + strategy_name(s);
+    dy.fill(0xFF);
+    dr.fill(0xFF);
+    Params p;
+    p.strategy = s;
+    forward(xv, dw.view, yv, p, rv);
+    testing::device_synchronize();
+
+    // No element left unwritten: scan y for the poison pattern in chunks.
+    std::int64_t poisoned = 0, first_poisoned = -1;
+    const std::size_t chunk = std::size_t{256} << 20;
+    std::vector<std::uint16_t> buf(chunk / 2);
+    for (std::size_t at = 0; at < bytes; at += chunk) {
+      const std::size_t n = std::min(chunk, bytes - at);
+      dy.download(buf.data(), n, at);
+      for (std::size_t i = 0; i < n / 2; ++i)
+        if (buf[i] == 0xFFFF) {
+          if (first_poisoned < 0) first_poisoned = static_cast<std::int64_t>(at / 2 + i);
+          ++poisoned;
+        }
+    }
+    EXPECT_EQ(poisoned, 0) << where << ": unwritten elements, the first at " << first_poisoned << " (row "
+                           << first_poisoned / cols << ")";
+
+    std::vector<float> rstd(static_cast<std::size_t>(rows));
+    dr.download(rstd.data(), rstd.size() * 4);
+    std::vector<double> ref_rstd(rstd.size());
+    for (std::int64_t r = 0; r < rows; ++r) ref_rstd[static_cast<std::size_t>(r)] = ref.rstd[static_cast<std::size_t>(r % kPool)];
+    const auto rc = reference::compare_vector(rstd.data(), DType::f32, ref_rstd, rtol);
+    EXPECT_TRUE(rc.passed()) << where << ": rstd " << rc.describe();
+
+    for (std::int64_t r : check_rows) {
+      std::vector<unsigned char> got(static_cast<std::size_t>(cols) * 2);
+      dy.download(got.data(), got.size(), static_cast<std::size_t>(r * cols) * 2);
+      const std::vector<double> want(ref.y.begin() + (r % kPool) * cols, ref.y.begin() + (r % kPool + 1) * cols);
+      const auto c = reference::compare(TensorView::matrix(got.data(), t, Device::cpu(), 1, cols), want, tol);
+      EXPECT_TRUE(c.passed()) << where << ": row " << r << ": " << c.describe();
+    }
+  }
+  EXPECT_GE(strategies_run, 2);
+}
+
+TEST_F(Cuda, IndexesPast2To31Elements_4096Cols) { check_past_2_31(4096); }
+TEST_F(Cuda, IndexesPast2To31Elements_1024Cols) { check_past_2_31(1024); }
+
+}  // namespace
+}  // namespace rmsnorm

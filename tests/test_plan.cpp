@@ -1,0 +1,289 @@
+// plan_forward: what the CUDA backend would launch. Available in every build, and it
+// never touches the memory, so the views here point at made-up, well-separated addresses
+// (x at 2^40, y at 2^44: 16-byte aligned, far apart for any shape used).
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "rmsnorm/rmsnorm.h"
+#include "support.h"  // PrintTo of the enums
+
+namespace rmsnorm {
+namespace {
+
+constexpr std::uintptr_t kX = std::uintptr_t{1} << 40, kY = std::uintptr_t{1} << 44;
+
+struct Views {
+  TensorView x, y;
+};
+
+// (batch, rows, cols) views of x and y, contiguous unless row_stride says otherwise,
+// their base pointers `lead_x` / `lead_y` elements past a 16-byte boundary.
+Views views(DType t, std::int64_t rows, std::int64_t cols, std::int64_t row_stride = -1,
+            std::int64_t lead_x = 0, std::int64_t lead_y = 0, std::int64_t batch = 1) {
+  if (row_stride < 0) row_stride = cols;
+  const std::int64_t es = static_cast<std::int64_t>(dtype_size(t));
+  auto at = [&](std::uintptr_t base, std::int64_t lead) {
+    return reinterpret_cast<void*>(base + static_cast<std::uintptr_t>(lead * es));
+  };
+  return {TensorView::batched(at(kX, lead_x), t, Device::cpu(), batch, rows, cols, rows * row_stride, row_stride),
+          TensorView::batched(at(kY, lead_y), t, Device::cpu(), batch, rows, cols, rows * row_stride, row_stride)};
+}
+
+Plan plan(const Views& v, Strategy s = Strategy::automatic) { return plan_forward(v.x, v.y, s); }
+
+std::string show(const Plan& p) {
+  return std::string(strategy_name(p.strategy)) + " vector_width=" + std::to_string(p.vector_width) +
+         " threads_per_row=" + std::to_string(p.threads_per_row) +
+         " items_per_thread=" + std::to_string(p.items_per_thread) +
+         " threads_per_block=" + std::to_string(p.threads_per_block) +
+         " cluster_size=" + std::to_string(p.cluster_size);
+}
+
+bool same(const Plan& a, const Plan& b) {
+  return a.strategy == b.strategy && a.vector_width == b.vector_width &&
+         a.threads_per_row == b.threads_per_row && a.items_per_thread == b.items_per_thread &&
+         a.threads_per_block == b.threads_per_block && a.cluster_size == b.cluster_size;
+}
+
+int full_width(DType t) { return static_cast<int>(16 / dtype_size(t)); }
+
+const std::vector<DType> kDtypes = {DType::f32, DType::f16, DType::bf16};
+const std::vector<std::int64_t> kCols = {1,    2,    3,    7,    8,    17,    64,    100,   127,   128,
+                                         257,  512,  520,  1000, 1024, 1031,  1032,  2048,  4096,  4097,
+                                         5120, 8191, 8192, 12288, 16384, 16388, 32768, 32776, 65536, 262144};
+
+std::string where(DType t, std::int64_t cols, std::int64_t lead = 0) {
+  return std::string(dtype_name(t)) + " cols=" + std::to_string(cols) + " lead=" + std::to_string(lead);
+}
+
+// Batch invariance starts here: the launch configuration (hence every row's reduction
+// order) is the same whether a row comes alone or with 65535 others.
+TEST(Plan, AutomaticIgnoresRowCount) {
+  for (DType t : kDtypes)
+    for (std::int64_t cols : kCols)
+      for (std::int64_t lead : {0, 1}) {
+        const Plan one = plan(views(t, 1, cols, -1, lead, lead));
+        for (std::int64_t rows : {2, 3, 4, 7, 8, 17, 64, 132, 256, 1000, 1024, 4097, 65536}) {
+          const Plan many = plan(views(t, rows, cols, -1, lead, lead));
+          EXPECT_TRUE(same(one, many)) << where(t, cols, lead) << ": 1 row gives " << show(one) << ", "
+                                       << rows << " rows give " << show(many);
+          const Plan batched = plan(views(t, 1, cols, -1, lead, lead, rows));
+          EXPECT_TRUE(same(one, batched)) << where(t, cols, lead) << ": 1 row gives " << show(one)
+                                          << ", a batch of " << rows << " gives " << show(batched);
+        }
+      }
+}
+
+TEST(Plan, FullVectorsForAlignedRows) {
+  for (DType t : kDtypes)
+    for (std::int64_t cols : {8, 64, 128, 1024, 4096, 8192, 65536}) {
+      const Plan p = plan(views(t, 17, cols));
+      EXPECT_EQ(p.vector_width, full_width(t)) << where(t, cols) << ": " << show(p);
+    }
+}
+
+TEST(Plan, ScalarAccessWhenMisaligned) {
+  for (DType t : kDtypes) {
+    for (std::int64_t cols : {1, 3, 7, 17, 127, 1031, 4097, 8191}) {
+      const Plan p = plan(views(t, 17, cols));
+      EXPECT_EQ(p.vector_width, 1) << where(t, cols) << " (odd): " << show(p);
+    }
+    for (std::int64_t cols : {64, 1024, 4096}) {
+      const Plan px = plan(views(t, 17, cols, -1, 1, 0));
+      EXPECT_EQ(px.vector_width, 1) << where(t, cols) << " x one element off: " << show(px);
+      const Plan py = plan(views(t, 17, cols, -1, 0, 1));
+      EXPECT_EQ(py.vector_width, 1) << where(t, cols) << " y one element off: " << show(py);
+      const Plan ps = plan(views(t, 17, cols, cols + 1));
+      EXPECT_EQ(ps.vector_width, 1) << where(t, cols) << " row_stride cols+1: " << show(ps);
+    }
+  }
+}
+
+// The fields agree with what the strategy means (Plan's and Strategy's comments).
+TEST(Plan, FieldsAreConsistent) {
+  for (DType t : kDtypes)
+    for (std::int64_t cols : kCols)
+      for (std::int64_t lead : {0, 1})
+        for (Strategy s : {Strategy::automatic, Strategy::warp_rows, Strategy::block_row, Strategy::long_row,
+                           Strategy::cluster_row}) {
+          Plan p;
+          try {
+            p = plan(views(t, 17, cols, -1, lead, lead), s);
+          } catch (const Error& e) {
+            EXPECT_NE(s, Strategy::automatic) << where(t, cols, lead) << ": automatic refused: " << e.what();
+            continue;
+          }
+          const std::string w = where(t, cols, lead) + " " + strategy_name(s) + ": " + show(p);
+          EXPECT_NE(p.strategy, Strategy::automatic) << w;
+          if (s != Strategy::automatic) {
+            EXPECT_EQ(p.strategy, s) << w;
+          }
+          EXPECT_TRUE(p.vector_width >= 1 && full_width(t) % p.vector_width == 0) << w;
+          EXPECT_GE(p.threads_per_row, 1) << w;
+          EXPECT_LE(p.threads_per_block, 1024) << w;
+          EXPECT_EQ(p.threads_per_block % 32, 0) << w;
+          if (p.strategy != Strategy::cluster_row) {
+            EXPECT_EQ(p.cluster_size, 1) << w;
+            EXPECT_GE(p.threads_per_block, p.threads_per_row) << w;
+            EXPECT_EQ(p.threads_per_block % p.threads_per_row, 0) << w;
+          }
+          switch (p.strategy) {
+            case Strategy::warp_rows:
+              EXPECT_LE(p.threads_per_row, 32) << w;
+              EXPECT_GE(std::int64_t{p.items_per_thread} * p.vector_width * p.threads_per_row, cols)
+                  << w << ": the row does not fit in the lanes' registers";
+              break;
+            case Strategy::block_row:
+              EXPECT_EQ(p.threads_per_row, p.threads_per_block) << w << ": a row per block";
+              EXPECT_GE(std::int64_t{p.items_per_thread} * p.vector_width * p.threads_per_row, cols)
+                  << w << ": the row does not fit in the block's registers";
+              break;
+            case Strategy::long_row:
+              EXPECT_EQ(p.threads_per_row, p.threads_per_block) << w << ": a row per block";
+              EXPECT_EQ(p.items_per_thread, 0) << w << ": long_row streams";
+              break;
+            case Strategy::cluster_row:
+              // A cluster has at most 16 blocks on sm_90 (8 portably).
+              EXPECT_TRUE(p.cluster_size >= 1 && p.cluster_size <= 16) << w;
+              EXPECT_EQ(p.threads_per_row, p.threads_per_block * p.cluster_size) << w << ": a row per cluster";
+              EXPECT_GE(std::int64_t{p.items_per_thread} * p.vector_width * p.threads_per_row, cols)
+                  << w << ": the row does not fit in the cluster's registers";
+              break;
+            default:
+              ADD_FAILURE() << w;
+          }
+        }
+}
+
+// What automatic picks can also be forced (it never picks beyond a strategy's limits), and
+// forcing it gives the same plan.
+TEST(Plan, AutomaticPicksAServableStrategy) {
+  for (DType t : kDtypes)
+    for (std::int64_t cols : kCols)
+      for (std::int64_t lead : {0, 1}) {
+        const Views v = views(t, 17, cols, -1, lead, lead);
+        const Plan a = plan(v);
+        Plan f;
+        ASSERT_NO_THROW(f = plan(v, a.strategy)) << where(t, cols, lead) << ": " << show(a);
+        EXPECT_TRUE(same(a, f)) << where(t, cols, lead) << ": automatic " << show(a) << ", forced " << show(f);
+      }
+}
+
+void expect_serves(Strategy s, const Views& v, const std::string& w) {
+  try {
+    const Plan p = plan(v, s);
+    EXPECT_EQ(p.strategy, s) << w;
+  } catch (const Error& e) {
+    ADD_FAILURE() << w << ": " << strategy_name(s) << " refused: " << e.what();
+  }
+}
+
+void expect_unsupported(Strategy s, const Views& v, const std::string& w) {
+  try {
+    const Plan p = plan(v, s);
+    ADD_FAILURE() << w << ": " << strategy_name(s) << " accepted: " << show(p);
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Code::unsupported) << w << ": " << e.what();
+    EXPECT_GT(std::string(e.what()).size(), 0u);
+  }
+}
+
+// warp_rows holds up to 128 16-byte vectors per row and needs 16-byte aligned rows.
+TEST(Plan, WarpRowsLimits) {
+  for (DType t : kDtypes) {
+    const std::int64_t vw = full_width(t), max_cols = 128 * vw;
+    for (std::int64_t cols : {vw, 8 * vw, max_cols / 2, max_cols})
+      expect_serves(Strategy::warp_rows, views(t, 17, cols), where(t, cols));
+    expect_unsupported(Strategy::warp_rows, views(t, 17, max_cols + vw), where(t, max_cols + vw));
+    expect_unsupported(Strategy::warp_rows, views(t, 17, 4096), where(t, 4096));
+    expect_unsupported(Strategy::warp_rows, views(t, 17, 127), where(t, 127) + " (odd cols)");
+    expect_unsupported(Strategy::warp_rows, views(t, 17, 64, -1, 1, 1), where(t, 64, 1) + " (misaligned)");
+  }
+}
+
+// block_row holds up to 4096 16-byte vectors per row. (Whether it also serves unaligned
+// rows with single-element accesses is the planner's choice; beyond 4096 elements it
+// cannot.)
+TEST(Plan, BlockRowLimits) {
+  for (DType t : kDtypes) {
+    const std::int64_t vw = full_width(t), max_cols = 4096 * vw;
+    for (std::int64_t cols : {vw, std::int64_t{1024}, std::int64_t{4096}, max_cols})
+      expect_serves(Strategy::block_row, views(t, 17, cols), where(t, cols));
+    expect_unsupported(Strategy::block_row, views(t, 17, max_cols + vw), where(t, max_cols + vw));
+    expect_unsupported(Strategy::block_row, views(t, 17, 4097), where(t, 4097) + " (odd cols)");
+    expect_unsupported(Strategy::block_row, views(t, 17, 8192, -1, 1, 1), where(t, 8192, 1) + " (misaligned)");
+  }
+}
+
+// cluster_row (sm_90; plans for CPU views are for sm_90) holds a long row in the registers
+// of a cluster of blocks: aligned rows only, and only as many as 16 blocks hold.
+TEST(Plan, ClusterRowLimits) {
+  for (DType t : kDtypes) {
+    const std::int64_t vw = full_width(t);
+    for (std::int64_t cols : {4096 * vw + vw, 8192 * vw}) {
+      const Views v = views(t, 3, cols);
+      expect_serves(Strategy::cluster_row, v, where(t, cols));
+      try {
+        EXPECT_GE(plan(v, Strategy::cluster_row).cluster_size, 2) << where(t, cols);
+      } catch (const Error&) {
+      }
+    }
+    expect_unsupported(Strategy::cluster_row, views(t, 3, 8192 * vw, -1, 1, 1), where(t, 8192 * vw, 1) + " (misaligned)");
+    expect_unsupported(Strategy::cluster_row, views(t, 3, std::int64_t{1} << 24), where(t, std::int64_t{1} << 24));
+  }
+}
+
+TEST(Plan, LongRowServesAnything) {
+  for (DType t : kDtypes)
+    for (std::int64_t cols : {std::int64_t{1}, std::int64_t{7}, std::int64_t{4097}, std::int64_t{32776},
+                              std::int64_t{262144}, std::int64_t{1} << 24, (std::int64_t{1} << 24) + 1})
+      for (std::int64_t lead : {0, 1}) expect_serves(Strategy::long_row, views(t, 3, cols, -1, lead, lead), where(t, cols, lead));
+}
+
+// plan_forward describes every call forward accepts, including a 16-bit x with an f32 y
+// (which forward accepts with an f32 weight).
+TEST(Plan, CoversMixedOutputDtypes) {
+  for (DType t : {DType::f16, DType::bf16}) {
+    const TensorView x = TensorView::matrix(reinterpret_cast<void*>(kX), t, Device::cpu(), 17, 4096);
+    const TensorView y = TensorView::matrix(reinterpret_cast<void*>(kY), DType::f32, Device::cpu(), 17, 4096);
+    const TensorView w = TensorView::vector(reinterpret_cast<void*>(kY + (1 << 20)), DType::f32, Device::cpu(), 4096);
+    try {
+      const Plan p = plan_forward(x, w, y);
+      EXPECT_EQ(p.vector_width, full_width(t)) << dtype_name(t) << " x, f32 weight, f32 y: " << show(p);
+    } catch (const Error& e) {
+      ADD_FAILURE() << dtype_name(t) << " x, f32 weight, f32 y: plan_forward threw " << code_name(e.code()) << ": "
+                    << e.what();
+    }
+    // Without an f32 weight the f32 output is not a valid call, for plan_forward as for forward.
+    try {
+      plan_forward(x, y);
+      ADD_FAILURE() << dtype_name(t) << " x, no weight, f32 y: accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Code::unsupported) << e.what();
+    }
+    // A misaligned weight limits the vector width.
+    const TensorView w_odd = TensorView::vector(reinterpret_cast<void*>(kY + (1 << 20) + 4), DType::f32, Device::cpu(), 4096);
+    EXPECT_EQ(plan_forward(x, w_odd, y).vector_width, 1) << dtype_name(t) << ": weight misaligned by 4 bytes";
+  }
+}
+
+// Rows too long for one block go to a cluster or are streamed; rows too long for any
+// cluster are streamed.
+TEST(Plan, AutomaticLongRows) {
+  for (DType t : kDtypes) {
+    const std::int64_t vw = full_width(t);
+    for (std::int64_t cols : {4096 * vw + vw, std::int64_t{262144}}) {
+      const Plan p = plan(views(t, 1, cols));
+      EXPECT_TRUE(p.strategy == Strategy::cluster_row || p.strategy == Strategy::long_row)
+          << where(t, cols) << ": " << show(p);
+    }
+    const Plan huge = plan(views(t, 1, std::int64_t{1} << 24));
+    EXPECT_EQ(huge.strategy, Strategy::long_row) << where(t, std::int64_t{1} << 24) << ": " << show(huge);
+  }
+}
+
+}  // namespace
+}  // namespace rmsnorm

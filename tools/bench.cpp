@@ -1,0 +1,174 @@
+// The benchmark driver: which shapes, in which tables, and the files asked for. The timing
+// itself is in bench_cpu.cpp and bench_cuda.cu.
+#include "bench.h"
+
+#include <cmath>
+#include <fstream>
+#include <iostream>
+
+#include "build_info.h"
+#include "table.h"
+
+namespace rmsnorm::cli {
+namespace {
+
+std::vector<BenchShape> suite_shapes(const std::string& suite) {
+  std::vector<BenchShape> out;
+  const auto add = [&](std::int64_t m, std::int64_t n) { out.push_back({suite, m, n, suite == "decode"}); };
+  if (suite == "seed") {
+    for (std::int64_t n = 1024; n <= 8192; n += 1024) add(4096, n);
+  } else if (suite == "qk") {
+    add(262144, 64);
+    add(262144, 128);
+  } else if (suite == "wide") {
+    for (std::int64_t n : {4096, 8192, 16384, 32768}) add(16384, n);
+    add(4096, 65536);
+    add(2048, 131072);
+    add(1024, 262144);
+  } else if (suite == "decode") {
+    add(1, 4096);
+    add(32, 8192);
+    add(1, 8192);
+    add(8, 4096);
+  }
+  return out;
+}
+
+std::vector<std::vector<BenchShape>> tables_for(const BenchOptions& o) {
+  std::vector<std::vector<BenchShape>> tables;
+  if (o.rows || !o.cols.empty()) {
+    std::vector<BenchShape> t;
+    const std::vector<std::int64_t> cols =
+        o.cols.empty() ? std::vector<std::int64_t>{1024, 2048, 3072, 4096, 5120, 6144, 7168, 8192} : o.cols;
+    for (std::int64_t n : cols) t.push_back({"custom", o.rows.value_or(4096), n, false});
+    tables.push_back(t);
+    return tables;
+  }
+  for (const std::string& s : o.suites.empty() ? std::vector<std::string>{"seed"} : o.suites)
+    tables.push_back(suite_shapes(s));
+  return tables;
+}
+
+const Record* find(const std::vector<Record>& rs, const char* impl, const char* mode = nullptr) {
+  for (const Record& r : rs)
+    if (r.impl == impl && (!mode || r.mode == mode)) return &r;
+  return nullptr;
+}
+
+// Three to four significant figures without exponents: 1.23, 45.6, 789.1, 12345.
+std::string num(const Record* r, bool gbps) {
+  if (!r) return "n/a";
+  const double v = gbps ? r->gbps : r->us;
+  if (!std::isfinite(v)) return "n/a";
+  return format(v < 10 ? "%.2f" : v < 10000 ? "%.1f" : "%.0f", v);
+}
+
+}  // namespace
+
+int run_bench(const BenchOptions& o, const RunDevice& dev) {
+  BenchContext ctx;
+  ctx.device = dev;
+  ctx.dtype = o.dtype;
+  ctx.strategy = o.strategy;
+  ctx.reps = o.reps ? o.reps : (dev.is_cuda() ? 50 : 3);
+  ctx.seed = o.seed;
+  ctx.commit = git_commit();
+  ctx.date = utc_timestamp();
+  // A typo in a path must not cost a whole benchmark run: try the files first.
+  for (const auto& [option, path] : {std::pair<const char*, const std::string*>{"--json", &o.json_path},
+                                     {"--csv", &o.csv_path},
+                                     {"--plot", &o.plot_path}})
+    if (!path->empty() && !std::ofstream(*path, std::ios::app))
+      throw UsageError(std::string(option) + ": cannot write '" + *path + "'");
+#if !defined(RMSNORM_CLI_HAVE_CUDA)
+  if (dev.is_cuda()) throw Error(Code::unsupported, "bench: this tool was built without CUDA");
+#endif
+
+  std::cout << "rmsnorm bench | " << dev.name << (dev.is_cuda() ? " (CUDA)" : " (CPU figures)") << " | op "
+            << o.op << " | dtype " << dtype_name(o.dtype) << " | model bytes 2*M*N*s (read x + write y; weight ignored) | "
+            << ctx.date << " | commit " << ctx.commit << '\n';
+  if (dev.is_cuda())
+    std::cout << "protocol: checked against the fp64 oracle first; median of " << ctx.reps
+              << " CUDA-graph replays timed with CUDA events, each replaying back-to-back calls over x/y\n"
+                 "buffer sets rotated so the working set is >= 4x L2; us = per call; copy = cudaMemcpyAsync "
+                 "device-to-device of the M*N*s-byte x\n(the faster of a graph and a plain stream loop)\n";
+  else
+    std::cout << "CPU FIGURES (std::chrono on the host, the CPU backend; not GPU numbers): checked against the fp64\n"
+                 "oracle first; median of "
+              << ctx.reps << " passes over x/y buffer sets rotated so a pass moves >= 4x the last-level cache\n"
+                             "(at most 256 MB); us = per call; copy = memcpy of the M*N*s-byte x\n";
+  if (o.strategy != Strategy::automatic)
+    std::cout << "fused strategy forced: " << strategy_name(o.strategy)
+              << (dev.is_cuda() ? "" : " (ignored by the CPU backend)") << '\n';
+
+  std::vector<Record> all;
+  bool failed = false;
+  for (const std::vector<BenchShape>& shapes : tables_for(o)) {
+    if (shapes.empty()) continue;
+    const bool latency = shapes.front().latency;
+    std::cout << '\n' << "suite " << shapes.front().suite
+              << (latency ? ": latency, microseconds per call (graph: back-to-back in a CUDA graph; plain: "
+                            "one call + stream sync, host clock)\n"
+                          : ": throughput, GB/s = 2*M*N*s / time per call\n");
+    std::vector<TextTable::Column> cols = {{"M", 7}, {"N", 7}};
+    if (latency) {
+      for (const char* impl : {"fused", "unfused", "copy"}) {
+        if (dev.is_cuda()) cols.push_back({std::string(impl) + " graph us", 8});
+        cols.push_back({std::string(impl) + " plain us", 8});
+      }
+    } else {
+      cols.insert(cols.end(), {{"fused GB/s", 8}, {"unfused GB/s", 8}, {"copy GB/s", 8}, {"speedup", 7},
+                               {"% of copy", 7}, {"fused us", 8}});
+    }
+    cols.push_back({"notes", 0, true});  // the strategy that ran (CUDA), problems
+    TextTable table(std::cout, cols);
+    table.print_header();
+    for (const BenchShape& shape : shapes) {
+      ShapeResult r;
+      try {
+#if defined(RMSNORM_CLI_HAVE_CUDA)
+        r = dev.is_cuda() ? bench_shape_cuda(ctx, shape) : bench_shape_cpu(ctx, shape);
+#else
+        r = bench_shape_cpu(ctx, shape);
+#endif
+      } catch (const std::exception& e) {
+        r.failed = true;
+        r.notes.push_back(e.what());
+      }
+      failed = failed || r.failed;
+      std::vector<std::string> cells = {std::to_string(shape.rows), std::to_string(shape.cols)};
+      const Record* fused = find(r.records, "fused");
+      if (latency) {
+        for (const char* impl : {"fused", "unfused", "copy"}) {
+          if (dev.is_cuda()) cells.push_back(num(find(r.records, impl, "graph"), false));
+          cells.push_back(num(find(r.records, impl, "plain"), false));
+        }
+      } else {
+        const Record* unfused = find(r.records, "unfused");
+        const Record* copy = find(r.records, "copy");
+        cells.push_back(num(fused, true));
+        cells.push_back(num(unfused, true));
+        cells.push_back(num(copy, true));
+        cells.push_back(fused && unfused ? format("%.2fx", fused->gbps / unfused->gbps) : "n/a");
+        cells.push_back(fused && copy ? format("%.1f%%", 100.0 * fused->gbps / copy->gbps) : "n/a");
+        cells.push_back(num(fused, false));
+      }
+      std::string note = fused && dev.is_cuda() ? fused->strategy : "";
+      for (const std::string& n : r.notes) note += (note.empty() ? "" : "; ") + n;
+      cells.push_back(note);
+      table.print_row(cells);
+      all.insert(all.end(), r.records.begin(), r.records.end());
+    }
+  }
+
+  ReportInfo info{dev.name, ctx.date, ctx.commit, o.op, dtype_name(o.dtype), !dev.is_cuda()};
+  if (!o.json_path.empty()) write_json(o.json_path, info, all);
+  if (!o.csv_path.empty()) write_csv(o.csv_path, all);
+  if (!o.plot_path.empty()) write_svg(o.plot_path, info, all);
+  for (const std::string* p : {&o.json_path, &o.csv_path, &o.plot_path})
+    if (!p->empty()) std::cout << "wrote " << *p << '\n';
+  if (failed) std::cout << "\nSome implementation failed its check or could not run (see the notes): exit status 1\n";
+  return failed ? 1 : 0;
+}
+
+}  // namespace rmsnorm::cli

@@ -1,0 +1,178 @@
+// CPU timing: std::chrono around passes over rotating buffer sets. These figures describe
+// the CPU backend on the machine at hand and are never to be quoted as GPU numbers.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "bench.h"
+#include "normal_fill.h"
+#include "table.h"
+#include "unfused.h"
+
+namespace rmsnorm::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr std::size_t kMaxPassBytes = std::size_t(256) << 20;
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+using HostMemory = std::unique_ptr<unsigned char, FreeDeleter>;
+
+HostMemory allocate(std::size_t bytes) {
+  void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  if (!p) throw Error(Code::unsupported, "bench: cannot allocate " + std::to_string(bytes >> 20) + " MiB");
+  return HostMemory(static_cast<unsigned char*>(p));
+}
+
+// The cache a pass must overflow: the last level the C library reports, else a typical
+// server L3 share.
+std::size_t last_level_cache() {
+  for (int name : {_SC_LEVEL3_CACHE_SIZE, _SC_LEVEL2_CACHE_SIZE}) {
+    const long v = sysconf(name);
+    if (v > 0) return static_cast<std::size_t>(v);
+  }
+  return 32u << 20;
+}
+
+std::size_t physical_memory() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(page) : (8ull << 30);
+}
+
+// A memcpy split across threads, as a parallel copy_ would be.
+void parallel_copy(void* dst, const void* src, std::size_t bytes) {
+  constexpr std::size_t kChunk = 1 << 20;
+  const std::int64_t chunks = static_cast<std::int64_t>((bytes + kChunk - 1) / kChunk);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    const std::size_t at = static_cast<std::size_t>(c) * kChunk;
+    std::memcpy(static_cast<unsigned char*>(dst) + at, static_cast<const unsigned char*>(src) + at,
+                std::min(kChunk, bytes - at));
+  }
+}
+
+// The checked rows of a contiguous M x N matrix, gathered into one contiguous host array.
+std::vector<unsigned char> gather_rows(const unsigned char* m, std::int64_t rows, std::size_t row_bytes) {
+  std::vector<unsigned char> out;
+  for (auto [b, e] : rows_to_check(rows))
+    out.insert(out.end(), m + static_cast<std::size_t>(b) * row_bytes, m + static_cast<std::size_t>(e) * row_bytes);
+  return out;
+}
+
+std::int64_t checked_row_count(std::int64_t rows) {
+  std::int64_t n = 0;
+  for (auto [b, e] : rows_to_check(rows)) n += e - b;
+  return n;
+}
+
+}  // namespace
+
+ShapeResult bench_shape_cpu(const BenchContext& ctx, const BenchShape& shape) {
+  ShapeResult result;
+  const DType t = ctx.dtype;
+  const std::int64_t m = shape.rows, n = shape.cols;
+  const std::size_t s = dtype_size(t), row_bytes = static_cast<std::size_t>(n) * s;
+  const std::size_t buf = static_cast<std::size_t>(m) * row_bytes;
+  const std::size_t pitch = (buf + 255) / 256 * 256;
+  const std::size_t scratch_bytes = bench::unfused_scratch_bytes(t, m, n);
+
+  // Enough x/y sets that one pass over them is >= 4x the last-level cache, but at most
+  // kMaxPassBytes (a VM often reports its host's whole L3, hundreds of MB, and passes of
+  // gigabytes would make the default table take minutes) and a quarter of the memory.
+  const std::size_t llc = last_level_cache();
+  const std::size_t target = std::min(4 * llc, kMaxPassBytes);
+  const std::size_t want = (target + 2 * buf - 1) / (2 * buf);
+  const std::size_t room = physical_memory() / 4;
+  if (2 * pitch + scratch_bytes > room)
+    throw Error(Code::unsupported, format("needs %.1f GiB, more than a quarter of this machine's memory",
+                                          (2.0 * pitch + scratch_bytes) / (1 << 30)));
+  const std::size_t sets = std::max<std::size_t>(1, std::min(want, (room - scratch_bytes) / (2 * pitch)));
+  if (2 * buf * sets < 4 * llc)
+    result.notes.push_back(format("working set %.0f MB (< 4x LLC, %.0f MB)", 2e-6 * buf * sets,
+                                  1e-6 * llc));
+
+  HostMemory xs = allocate(sets * pitch), ys = allocate(sets * pitch), w = allocate(row_bytes),
+             scratch = allocate(scratch_bytes);
+  // One random set, copied to the others: the sets exist for their addresses (no cache
+  // reuse), not their values, and generating gigabytes of normals would dominate the run.
+  bench::fill_normal_host(xs.get(), t, m * n, ctx.seed);
+  for (std::size_t i = 1; i < sets; ++i) parallel_copy(xs.get() + i * pitch, xs.get(), buf);
+  bench::fill_normal_host(w.get(), t, n, ctx.seed * 7919 + 0x5eed, 1.0f, 0.1f);
+  std::memset(ys.get(), 0xFF, sets * pitch);  // NaN: an unwritten element fails the check
+
+  Params params;
+  params.strategy = ctx.strategy;  // the CPU backend has one strategy; accepted, not used
+  const auto x_of = [&](std::size_t i) { return xs.get() + (i % sets) * pitch; };
+  const auto y_of = [&](std::size_t i) { return ys.get() + (i % sets) * pitch; };
+  const TensorView wv = TensorView::vector(w.get(), t, Device::cpu(), n);
+  const auto fused = [&](std::size_t i) {
+    forward(TensorView::matrix(x_of(i), t, Device::cpu(), m, n), wv,
+            TensorView::matrix(y_of(i), t, Device::cpu(), m, n), params);
+  };
+  const auto unfused = [&](std::size_t i) {
+    bench::unfused_forward_cpu({t, m, n, params.eps, x_of(i), w.get(), y_of(i), scratch.get()});
+  };
+  const auto copy = [&](std::size_t i) { parallel_copy(y_of(i), x_of(i), buf); };
+
+  // Check each implementation's output on set 0 before timing it.
+  const std::vector<unsigned char> x_rows = gather_rows(x_of(0), m, row_bytes);
+  const auto check = [&](const char* impl, auto&& run, Cast cast) {
+    std::memset(y_of(0), 0xFF, buf);
+    run(0);
+    const std::vector<unsigned char> y_rows = gather_rows(y_of(0), m, row_bytes);
+    std::string bad;
+    if (std::string(impl) == "copy") {
+      if (y_rows != x_rows) bad = "output differs from the input";
+    } else {
+      Params p = params;
+      p.cast = cast;
+      bad = check_rows(x_rows.data(), y_rows.data(), w.get(), t, checked_row_count(m), n, p);
+    }
+    if (!bad.empty()) {
+      result.failed = true;
+      result.notes.push_back(std::string(impl) + " FAILED its oracle check: " + bad);
+    }
+    return bad.empty();
+  };
+
+  const auto time_it = [&](const char* impl, auto&& run) {
+    if (shape.latency) {
+      // One call at a time: what a single decode step costs on this CPU.
+      const int reps = std::max(4 * ctx.reps, 200);
+      std::vector<double> us;
+      for (int i = 0; i < 10; ++i) run(i);
+      for (int i = 0; i < reps; ++i) {
+        const auto t0 = Clock::now();
+        run(static_cast<std::size_t>(i));
+        us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+      }
+      result.records.push_back(make_record(ctx, shape, impl, "plain", median(us), sets, 1, reps));
+      return;
+    }
+    for (std::size_t i = 0; i < sets; ++i) run(i);  // warm-up pass
+    std::vector<double> us;
+    for (int r = 0; r < ctx.reps; ++r) {
+      const auto t0 = Clock::now();
+      for (std::size_t i = 0; i < sets; ++i) run(i);
+      us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count() / sets);
+    }
+    result.records.push_back(make_record(ctx, shape, impl, "loop", median(us), sets, sets, ctx.reps));
+  };
+
+  if (check("fused", fused, Cast::fp32)) {
+    time_it("fused", fused);
+    result.records.back().strategy = "cpu";
+  }
+  if (check("unfused", unfused, Cast::llama)) time_it("unfused", unfused);
+  if (check("copy", copy, Cast::fp32)) time_it("copy", copy);
+  return result;
+}
+
+}  // namespace rmsnorm::cli

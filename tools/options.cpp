@@ -1,0 +1,351 @@
+#include "options.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <limits>
+
+namespace rmsnorm::cli {
+namespace {
+
+// Walks argv, accepting "--name value" and "--name=value".
+class ArgReader {
+ public:
+  ArgReader(const std::vector<std::string>& args, const char* command)
+      : args_(args), command_(command) {}
+
+  bool next() {
+    if (i_ >= args_.size()) return false;
+    const std::string& a = args_[i_++];
+    inline_value_.reset();
+    const auto eq = a.find('=');
+    if (a.rfind("--", 0) == 0 && eq != std::string::npos) {
+      name_ = a.substr(0, eq);
+      inline_value_ = a.substr(eq + 1);
+    } else {
+      name_ = a;
+    }
+    return true;
+  }
+  const std::string& name() const { return name_; }
+
+  std::string value() {
+    if (inline_value_) return *inline_value_;
+    if (i_ >= args_.size()) throw UsageError(name_ + ": missing value");
+    return args_[i_++];
+  }
+  // For flags: "--quick=1" is as wrong as an unknown option.
+  void no_value() {
+    if (inline_value_) throw UsageError(name_ + ": takes no value");
+  }
+  [[noreturn]] void unknown() const {
+    if (name_.rfind("-", 0) == 0)
+      throw UsageError("unknown option '" + name_ + "' (see 'rmsnorm " + command_ + " --help')");
+    throw UsageError("unexpected argument '" + name_ + "' (see 'rmsnorm " + command_ + " --help')");
+  }
+
+ private:
+  const std::vector<std::string>& args_;
+  const char* command_;
+  std::size_t i_ = 0;
+  std::string name_;
+  std::optional<std::string> inline_value_;
+};
+
+std::int64_t parse_positive(const std::string& option, const std::string& text,
+                            std::int64_t max = std::numeric_limits<std::int64_t>::max()) {
+  errno = 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || errno == ERANGE || v <= 0 || v > max)
+    throw UsageError(option + ": expected a positive integer" +
+                     (max < std::numeric_limits<std::int64_t>::max() ? " <= " + std::to_string(max) : "") +
+                     ", got '" + text + "'");
+  return v;
+}
+
+std::uint64_t parse_seed(const std::string& text) {
+  errno = 0;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(text.c_str(), &end, 10);
+  if (text.empty() || text[0] == '-' || *end != '\0' || errno == ERANGE)
+    throw UsageError("--seed: expected a non-negative integer, got '" + text + "'");
+  return v;
+}
+
+std::vector<std::string> split_commas(const std::string& option, const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (true) {
+    const auto comma = text.find(',', start);
+    out.push_back(text.substr(start, comma - start));
+    if (out.back().empty()) throw UsageError(option + ": empty item in '" + text + "'");
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+DeviceChoice parse_device(const std::string& text) {
+  DeviceChoice d;
+  if (text == "auto") return d;
+  if (text == "cpu") {
+    d.kind = DeviceChoice::Kind::cpu;
+    return d;
+  }
+  if (text == "cuda" || text.rfind("cuda:", 0) == 0) {
+    d.kind = DeviceChoice::Kind::cuda;
+    if (text.size() > 5) {
+      const std::string n = text.substr(5);
+      if (n.find_first_not_of("0123456789") != std::string::npos || n.size() > 4)
+        throw UsageError("--device: expected cuda:N with N a device ordinal, got '" + text + "'");
+      d.ordinal = std::atoi(n.c_str());
+    }
+    return d;
+  }
+  throw UsageError("--device: expected auto, cpu, cuda or cuda:N, got '" + text + "'");
+}
+
+std::string with_strategies(std::string text) {
+  const std::string key = "@STRATEGIES@";
+  for (auto at = text.find(key); at != std::string::npos; at = text.find(key))
+    text.replace(at, key.size(), strategy_list());
+  return text;
+}
+
+}  // namespace
+
+std::vector<Strategy> forced_strategies() {
+  std::vector<Strategy> out;
+  for (int i = 1; i < 64; ++i) {
+    const Strategy s = static_cast<Strategy>(i);
+    if (std::string(strategy_name(s)) == "unknown") break;
+    out.push_back(s);
+  }
+  return out;
+}
+
+std::string strategy_list(const char* last_joiner) {
+  const std::vector<Strategy> all = forced_strategies();
+  std::string out;
+  for (std::size_t i = 0; i < all.size(); ++i)
+    out += std::string(i == 0 ? "" : i + 1 == all.size() ? last_joiner : ", ") + strategy_name(all[i]);
+  return out;
+}
+
+CheckOptions parse_check_options(const std::vector<std::string>& args) {
+  CheckOptions o;
+  ArgReader r(args, "check");
+  while (r.next()) {
+    const std::string& n = r.name();
+    if (n == "-h" || n == "--help") {
+      r.no_value();
+      o.help = true;
+    } else if (n == "--quick") {
+      r.no_value();
+      o.quick = true;
+    } else if (n == "--device") {
+      o.device = parse_device(r.value());
+    } else if (n == "--seed") {
+      o.seed = parse_seed(r.value());
+    } else {
+      r.unknown();
+    }
+  }
+  return o;
+}
+
+BenchOptions parse_bench_options(const std::vector<std::string>& args) {
+  BenchOptions o;
+  ArgReader r(args, "bench");
+  while (r.next()) {
+    const std::string& n = r.name();
+    if (n == "-h" || n == "--help") {
+      r.no_value();
+      o.help = true;
+    } else if (n == "--device") {
+      o.device = parse_device(r.value());
+    } else if (n == "--op") {
+      o.op = r.value();
+      if (o.op != "forward") throw UsageError("--op: only 'forward' is implemented, got '" + o.op + "'");
+    } else if (n == "--dtype") {
+      const std::string v = r.value();
+      try {
+        o.dtype = parse_dtype(v, "--dtype");
+      } catch (const Error&) {
+        throw UsageError("--dtype: expected f16, bf16 or f32, got '" + v + "'");
+      }
+      if (o.dtype == DType::f64) throw UsageError("--dtype: expected f16, bf16 or f32, got '" + v + "'");
+    } else if (n == "--rows") {
+      o.rows = parse_positive(n, r.value(), std::int64_t(1) << 31);
+    } else if (n == "--cols") {
+      o.cols.clear();
+      for (const std::string& c : split_commas(n, r.value()))
+        o.cols.push_back(parse_positive(n, c, std::int64_t(1) << 31));
+    } else if (n == "--suite") {
+      o.suites.clear();
+      for (const std::string& s : split_commas(n, r.value())) {
+        if (s == "all") {
+          o.suites = {"seed", "qk", "wide", "decode"};
+          continue;
+        }
+        if (s != "seed" && s != "qk" && s != "wide" && s != "decode")
+          throw UsageError("--suite: expected seed, qk, wide, decode or all, got '" + s + "'");
+        if (std::find(o.suites.begin(), o.suites.end(), s) == o.suites.end()) o.suites.push_back(s);
+      }
+    } else if (n == "--strategy") {
+      const std::string v = r.value();
+      try {
+        o.strategy = parse_strategy(v);
+      } catch (const Error&) {
+        throw UsageError("--strategy: expected auto, " + strategy_list() + ", got '" + v + "'");
+      }
+    } else if (n == "--reps") {
+      o.reps = static_cast<int>(parse_positive(n, r.value(), 100000));
+    } else if (n == "--seed") {
+      o.seed = parse_seed(r.value());
+    } else if (n == "--json") {
+      o.json_path = r.value();
+    } else if (n == "--csv") {
+      o.csv_path = r.value();
+    } else if (n == "--plot") {
+      o.plot_path = r.value();
+    } else {
+      r.unknown();
+    }
+  }
+  if (!o.suites.empty() && (o.rows || !o.cols.empty()))
+    throw UsageError("--rows/--cols give a custom table and cannot be combined with --suite");
+  return o;
+}
+
+std::string main_help() {
+  return R"HELP(usage: rmsnorm <command> [options]
+
+Fused RMSNorm: a correctness check against the fp64 oracle and benchmarks, on a CUDA GPU
+when there is one, on the CPU otherwise. Every command says first which device it runs on.
+
+commands:
+  check      correctness sweep against the fp64 oracle  (rmsnorm check --help)
+  bench      throughput and latency tables: fused vs unfused vs copy  (rmsnorm bench --help)
+
+options:
+  -h, --help   this text
+  --version    the library version and the commit this tool was built from
+
+exit status: 0 success; 1 a check failed (or a benchmark's oracle check, or a runtime
+error); 2 a bad command line.
+)HELP";
+}
+
+std::string check_help() {
+  return with_strategies(R"HELP(usage: rmsnorm check [--device D] [--quick] [--seed S]
+
+Runs rmsnorm::forward over a sweep of cases and compares every output element, and the
+per-row rstd where it is requested, with the fp64 oracle (reference::forward) under the
+project's tolerance table (reference/tolerances.h: |got - ref| <= atol + rtol |ref|).
+Every output buffer is poisoned (0xFF bytes: NaN) before the call, so an unwritten element
+fails; its bytes outside the view (row padding, the other slices of a QKV buffer, a guard
+past the end) must still be poison afterwards; an out-of-place call must leave x unchanged.
+On CUDA the buffers are copied to the device, poison included, and back.
+
+Output: one line per group with the cases run, the cases skipped, the worst error as a
+fraction of the tolerance (<= 1 passes) and PASS or FAIL, then the first failing cases of a
+failed group. Groups:
+  dtypes x=X w=W y=Y    each supported dtype combination (x f32, f16, bf16, and f64 on the
+                        CPU; weight of x's dtype, f32 or none; y of x's dtype, or f32 for
+                        f16/bf16 x with an f32 weight), cols 1..8192, both casts
+  awkward cols          f32/f16/bf16, cols 1, 2, 3, 5, 7, 17, 100, 127, 257, 1000, 1031,
+                        4095, 5120, 8191, 12288, 65537, ... (up to 262147), odd row counts
+  seed shapes           64 rows x 1024..8192 step 1024 (the benchmark's seed table, fewer rows)
+  many rows             20011 x 64 ... 777 x 4096: partial blocks and partial waves
+  strided rows          row strides > cols, 16-byte aligned and not, misaligned base pointers
+  batched / QKV slices  q and k slices of a fused QKV buffer viewed as (tokens, heads,
+                        head_dim), normalised in place and into a separate tensor
+  in-place              y is x (same pointer and strides), contiguous and strided
+  weight offset 1       Gemma's (1 + w), weights near 0, both casts
+  cast fp32, cast llama each rounding mode over every dtype combination, eps 0, 1e-6,
+                        1e-5, inputs of scale 1e-3, 1 and 30
+  rstd output           the per-row rstd output, matrix and batched views
+  strategy S            each strategy forced through Params::strategy (CUDA only: the CPU
+                        backend has one strategy): @STRATEGIES@;
+                        a shape the forced strategy cannot serve on this device (Error with
+                        Code::unsupported) is skipped
+The last line is "Correctness check PASSED (worst error X of tolerance)" (exit status 0)
+or "Correctness check FAILED (...)" (exit status 1); a bad command line exits with 2.
+
+options:
+  --device D   auto (default): CUDA if this build has the CUDA backend and a device is
+               visible, else the CPU; cpu; cuda; cuda:N (device ordinal N)
+  --quick      a smaller sweep: fewer shapes, fewer rows
+  --seed S     seed of the random inputs (default 1); a case's inputs depend only on S and
+               the case's place in the sweep
+  -h, --help   this text
+)HELP");
+}
+
+std::string bench_help() {
+  return with_strategies(R"HELP(usage: rmsnorm bench [--device D] [--op forward] [--dtype T] [--suite S,...]
+                     [--rows M] [--cols N,...] [--strategy S] [--reps R] [--seed S]
+                     [--json FILE] [--csv FILE] [--plot FILE.svg]
+
+Times rmsnorm::forward ("fused") against an unfused baseline written the way eager
+PyTorch runs LlamaRMSNorm (x.float(), pow(2), mean(-1), + eps, rsqrt, * rstd, .to(dtype),
+* w: one kernel or loop per op, fp32 intermediates in memory; bench/unfused.h) and against
+a copy of the same bytes (the speed of light). The weight has x's dtype, eps is 1e-6, the
+fused call uses Cast::fp32 (the unfused one rounds like Cast::llama).
+
+Byte model: 2*M*N*s (read x + write y, s = bytes per element; the weight is ignored), so
+GB/s = 2*M*N*s / time for fused, unfused and copy alike; the copy moves the M*N*s-byte
+buffer (read + write = the same 2*M*N*s bytes).
+
+Protocol (docs/performance.md): random normal x (seeded, generated on the device on CUDA),
+weight 1 + 0.1 N(0,1); every implementation's output is first checked against the fp64
+oracle (all rows, or the first and last 64 rows of a larger matrix); a failed check is
+reported and that implementation is not timed (exit status 1). On CUDA: calls rotate over
+enough distinct x/y buffer sets that the working set is >= 4x the L2 size (fewer if memory
+is short; the count is in the JSON); back-to-back calls are captured in one CUDA graph, the
+graph is replayed after a warm-up, each replay timed with CUDA events, and the time per
+call is the median replay time / calls. The copy column is the faster of that and the
+same calls issued to a stream (a graph's large memcpy nodes can be slower; the JSON's
+mode says which). On the CPU: std::chrono, the same rotation against 4x the last-level
+cache (a pass capped at 256 MB), the CPU backend, the unfused ops as separate loops, the
+copy a memcpy; these are CPU figures, not GPU ones.
+
+Throughput tables: M, N, fused GB/s, unfused GB/s, copy GB/s, speedup (fused over
+unfused), % of copy (fused over copy), fused us (per call).
+Decode table: microseconds per call, in a CUDA graph (back-to-back, rotating buffers) and
+as a plain call followed by a stream synchronisation (host clock: launch + run + sync);
+on the CPU, plain calls only.
+
+options:
+  --device D        auto (default: CUDA when available, else the CPU), cpu, cuda, cuda:N
+  --op forward      the operation (only forward for now)
+  --dtype T         f16 (default), bf16 or f32: x, the weight and y
+  --suite S,...     seed: M = 4096, N = 1024..8192 step 1024 (the default)
+                    qk: 262144 x 64, 262144 x 128 (QK-norm over heads)
+                    wide: 16384 x 4096/8192/16384/32768, 4096 x 65536, 2048 x 131072,
+                          1024 x 262144
+                    decode: 1 x 4096, 32 x 8192, 1 x 8192, 8 x 4096 (latency per call)
+                    all: the four above
+  --rows M          a custom table: M rows (default 4096) ...
+  --cols N,...      ... by these N (default 1024..8192 step 1024); not with --suite
+  --strategy S      auto (default), @STRATEGIES@:
+                    Params::strategy of the fused call (CUDA); a shape it cannot serve is
+                    reported as n/a
+  --reps R          timed repetitions, the median is reported (default 50 on CUDA, 3 on
+                    the CPU; plain decode calls: max(4R, 200))
+  --seed S          seed of the random inputs (default 1)
+  --json FILE       write {"device", "date", "commit", "records": [...]}: one record per
+                    (shape, impl[, mode]) with op, dtype, rows, cols, impl (fused, unfused,
+                    copy), mode (graph, stream, plain or loop), gbps, us, bytes, sets, reps, ...
+  --csv FILE        the same records, one per line after a header
+  --plot FILE.svg   an SVG line chart of GB/s against N, one line per implementation
+  -h, --help        this text
+
+exit status: 0 done; 1 an implementation failed its oracle check or a shape could not
+run (the notes column says why); 2 a bad command line.
+)HELP");
+}
+
+}  // namespace rmsnorm::cli

@@ -1,0 +1,62 @@
+// Command-line options of `rmsnorm check` and `rmsnorm bench`, their parsing and their
+// --help texts (kept next to the parser so that the two cannot drift apart).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "rmsnorm/rmsnorm.h"
+
+namespace rmsnorm::cli {
+
+// A bad command line. The message names the option; main prints it and exits with 2.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// --device: auto (CUDA when there is one, else the CPU), cpu, or cuda[:ordinal].
+struct DeviceChoice {
+  enum class Kind { automatic, cpu, cuda } kind = Kind::automatic;
+  int ordinal = 0;
+};
+
+struct CheckOptions {
+  DeviceChoice device;
+  bool quick = false;
+  std::uint64_t seed = 1;
+  bool help = false;
+};
+
+struct BenchOptions {
+  DeviceChoice device;
+  std::string op = "forward";
+  DType dtype = DType::f16;
+  std::optional<std::int64_t> rows;  // with cols: a custom table instead of a suite
+  std::vector<std::int64_t> cols;
+  std::vector<std::string> suites;   // empty: "seed" unless --rows/--cols are given
+  Strategy strategy = Strategy::automatic;
+  int reps = 0;                      // 0: the device's default (50 on CUDA, 3 on the CPU)
+  std::string json_path, csv_path, plot_path;
+  std::uint64_t seed = 1;
+  bool help = false;
+};
+
+// Both throw UsageError on a bad option or value.
+CheckOptions parse_check_options(const std::vector<std::string>& args);
+BenchOptions parse_bench_options(const std::vector<std::string>& args);
+
+// Every forced strategy the library knows (not `automatic`), in enum order; read from
+// rmsnorm::strategy_name so that a strategy added to the library shows up here.
+std::vector<Strategy> forced_strategies();
+// "warp_rows, block_row, long_row or cluster_row"
+std::string strategy_list(const char* last_joiner = " or ");
+
+std::string main_help();
+std::string check_help();
+std::string bench_help();
+
+}  // namespace rmsnorm::cli
