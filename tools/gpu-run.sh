@@ -31,6 +31,8 @@ run() {
   return $rc
 }
 want() { [[ "$stages" == *" $1 "* ]]; }
+# Bundles the logs so far: a run cut short by its time limit still brings back what it did.
+bundle() { tar -czf "$out/gpu-run.tar.gz" -C "$out" logs 2>/dev/null; }
 
 {
   date -u
@@ -48,11 +50,13 @@ if want build; then
   run build cmake --build "$build" -j 16 || { note "build failed: see logs/build.log"; tail -30 "$logs/build.log"; }
 fi
 
+bundle
 if want test; then
   run ctest ctest --test-dir "$build" --output-on-failure -j 4
   grep -E "tests passed|tests failed|Skipped|Failed|\*\*\*" "$logs/ctest.log" | tail -15 | tee -a "$summary"
 fi
 
+bundle
 if want sanitize; then
   # Large-memory tests are left out: memcheck shadows every byte and runs 10-100x slower.
   run memcheck_cuda compute-sanitizer --tool memcheck --error-exitcode 7 \
@@ -70,11 +74,13 @@ if want sanitize; then
   grep -hE "ERROR SUMMARY|RACECHECK SUMMARY" "$logs"/memcheck_*.log "$logs"/racecheck_*.log 2>/dev/null | sort | uniq -c | tee -a "$summary"
 fi
 
+bundle
 if want check; then
   run check "$build/tools/rmsnorm" check
   tail -3 "$logs/check.log" | tee -a "$summary"
 fi
 
+bundle
 if want bench; then
   for dt in bf16 f16; do
     run "bench_forward_$dt" "$build/tools/rmsnorm" bench --suite seed,qk,decode,wide --dtype "$dt" \
@@ -88,6 +94,7 @@ if want bench; then
   cat "$logs/bench_forward_bf16.log" | tee -a "$summary" >/dev/null
 fi
 
+bundle
 if want python && python3 -c "import torch" 2>/dev/null; then
   run pip_install python3 -m pip install --no-build-isolation --no-deps -v .
   run pytest python3 -m pytest -q python/tests
@@ -96,7 +103,7 @@ if want python && python3 -c "import torch" 2>/dev/null; then
   tail -40 "$logs/python_bench.log" >>"$summary"
 fi
 
-tar -czf "$out/gpu-run.tar.gz" -C "$out" logs 2>/dev/null
+bundle
 rm -rf "$logs"
 echo "----- summary -----"
 cat "$summary"
