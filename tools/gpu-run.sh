@@ -6,12 +6,12 @@
 # printed last.
 #
 #   tools/gpu-run.sh OUTDIR [stage ...]
-#   stages: build test sanitize check bench python (default: all of them, in that order)
+#   stages: build test check bench sanitize python (default: all of them, in that order)
 #   RMSNORM_COMMIT=<sha> tags the benchmark records when the tree has no .git.
 set -u
 out=$(realpath -m "${1:?usage: tools/gpu-run.sh OUTDIR [stage ...]}")
 shift
-stages=" ${*:-build test sanitize check bench python} "
+stages=" ${*:-build test check bench sanitize python} "
 logs="$out/logs"
 mkdir -p "$logs"
 summary="$out/summary.txt"
@@ -57,24 +57,6 @@ if want test; then
 fi
 
 bundle
-if want sanitize; then
-  # Large-memory tests are left out: memcheck shadows every byte and runs 10-100x slower.
-  run memcheck_cuda compute-sanitizer --tool memcheck --error-exitcode 7 \
-    "$build/tests/rmsnorm_cuda_tests" --gtest_filter='-*Large*:*64Bit*:*Huge*'
-  run memcheck_forward compute-sanitizer --tool memcheck --error-exitcode 7 \
-    "$build/tests/rmsnorm_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
-  if [ -x "$build/tests/rmsnorm_backward_tests" ]; then
-    run memcheck_backward compute-sanitizer --tool memcheck --error-exitcode 7 \
-      "$build/tests/rmsnorm_backward_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
-    run racecheck_backward compute-sanitizer --tool racecheck --error-exitcode 7 \
-      "$build/tests/rmsnorm_backward_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
-  fi
-  run racecheck_forward compute-sanitizer --tool racecheck --error-exitcode 7 \
-    "$build/tests/rmsnorm_cuda_tests" --gtest_filter='-*Large*:*64Bit*:*Huge*'
-  grep -hE "ERROR SUMMARY|RACECHECK SUMMARY" "$logs"/memcheck_*.log "$logs"/racecheck_*.log 2>/dev/null | sort | uniq -c | tee -a "$summary"
-fi
-
-bundle
 if want check; then
   run check "$build/tools/rmsnorm" check
   tail -3 "$logs/check.log" | tee -a "$summary"
@@ -92,6 +74,24 @@ if want bench; then
     fi
   done
   cat "$logs/bench_forward_bf16.log" | tee -a "$summary" >/dev/null
+fi
+
+bundle
+if want sanitize; then
+  # Large-memory tests are left out: memcheck shadows every byte and runs 10-100x slower.
+  run memcheck_cuda compute-sanitizer --tool memcheck --error-exitcode 7 \
+    "$build/tests/rmsnorm_cuda_tests" --gtest_filter='-*Large*:*64Bit*:*Huge*'
+  run memcheck_forward compute-sanitizer --tool memcheck --error-exitcode 7 \
+    "$build/tests/rmsnorm_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
+  if [ -x "$build/tests/rmsnorm_backward_tests" ]; then
+    run memcheck_backward compute-sanitizer --tool memcheck --error-exitcode 7 \
+      "$build/tests/rmsnorm_backward_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
+    run racecheck_backward compute-sanitizer --tool racecheck --error-exitcode 7 \
+      "$build/tests/rmsnorm_backward_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
+  fi
+  run racecheck_forward compute-sanitizer --tool racecheck --error-exitcode 7 \
+    "$build/tests/rmsnorm_cuda_tests" --gtest_filter='-*Large*:*64Bit*:*Huge*'
+  grep -hE "ERROR SUMMARY|RACECHECK SUMMARY" "$logs"/memcheck_*.log "$logs"/racecheck_*.log 2>/dev/null | sort | uniq -c | tee -a "$summary"
 fi
 
 bundle
