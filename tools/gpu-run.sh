@@ -79,17 +79,17 @@ fi
 bundle
 if want sanitize; then
   # Large-memory tests are left out: memcheck shadows every byte and runs 10-100x slower.
-  run memcheck_cuda compute-sanitizer --tool memcheck --error-exitcode 7 \
+  run memcheck_cuda timeout 150 compute-sanitizer --tool memcheck --error-exitcode 7 \
     "$build/tests/rmsnorm_cuda_tests" --gtest_filter='-*Large*:*64Bit*:*Huge*'
-  run memcheck_forward compute-sanitizer --tool memcheck --error-exitcode 7 \
+  run memcheck_forward timeout 150 compute-sanitizer --tool memcheck --error-exitcode 7 \
     "$build/tests/rmsnorm_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
   if [ -x "$build/tests/rmsnorm_backward_tests" ]; then
-    run memcheck_backward compute-sanitizer --tool memcheck --error-exitcode 7 \
+    run memcheck_backward timeout 150 compute-sanitizer --tool memcheck --error-exitcode 7 \
       "$build/tests/rmsnorm_backward_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
-    run racecheck_backward compute-sanitizer --tool racecheck --error-exitcode 7 \
+    run racecheck_backward timeout 120 compute-sanitizer --tool racecheck --error-exitcode 7 \
       "$build/tests/rmsnorm_backward_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
   fi
-  run racecheck_forward compute-sanitizer --tool racecheck --error-exitcode 7 \
+  run racecheck_forward timeout 120 compute-sanitizer --tool racecheck --error-exitcode 7 \
     "$build/tests/rmsnorm_cuda_tests" --gtest_filter='-*Large*:*64Bit*:*Huge*'
   grep -hE "ERROR SUMMARY|RACECHECK SUMMARY" "$logs"/memcheck_*.log "$logs"/racecheck_*.log 2>/dev/null | sort | uniq -c | tee -a "$summary"
 fi
