@@ -64,7 +64,7 @@ fi
 
 bundle
 if want bench; then
-  for dt in bf16 f16; do
+  for dt in ${RMSNORM_BENCH_DTYPES:-bf16 f16}; do
     run "bench_forward_$dt" "$build/tools/rmsnorm" bench --suite seed,qk,decode,wide --dtype "$dt" \
       --json "$logs/bench_forward_$dt.json" --csv "$logs/bench_forward_$dt.csv" --plot "$logs/bench_forward_$dt.svg"
     if "$build/tools/rmsnorm" bench --help 2>&1 | grep -q -- "--op"; then
