@@ -1,0 +1,379 @@
+// The PyTorch binding of rmsnorm: the only file of the project that includes torch.
+//
+// It declares the ops once (TORCH_LIBRARY), maps tensors onto the library's
+// (batch, rows, cols) views without copying, and registers one implementation for the CPU
+// and, in CUDA builds, the same one for CUDA (TORCH_LIBRARY_IMPL). Fake kernels and autograd
+// live in Python (rmsnorm/_ops.py), as in pytorch/extension-cpp. No pybind11: the shared
+// library is loaded with torch.ops.load_library and needs only libtorch and libc10.
+//
+// CUDA-graph safety: every tensor, workspace included, comes from torch's allocator, kernels
+// go to the current stream, and nothing here synchronises with the host.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#if defined(RMSNORM_TORCH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include "rmsnorm/rmsnorm.h"
+
+namespace {
+
+using at::Tensor;
+using rmsnorm::DType;
+
+// ---------------------------------------------------------------------------------------
+// Arguments
+// ---------------------------------------------------------------------------------------
+
+// Messages are built from strings only; numbers and shapes go through std::to_string.
+// Built with GCC 13.3 on the H100 machine (torch 2.11), streaming an int64 or an IntArrayRef
+// into a TORCH_CHECK message crashed the process (SIGSEGV) while strings, dtypes and devices
+// were fine; the cause is not understood, so this file streams nothing else.
+// Formats a shape as Python does: "(2, 3, 64)", "(64,)".
+std::string shape_str(at::IntArrayRef v) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + (v.size() == 1 ? ",)" : ")");
+}
+
+DType to_dtype(const Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::f32;
+    case at::kHalf: return DType::f16;
+    case at::kBFloat16: return DType::bf16;
+    case at::kDouble:
+      TORCH_CHECK_TYPE(!t.is_cuda(), "rmsnorm: ", name, " is float64 on CUDA; float64 is supported on the CPU only");
+      return DType::f64;
+    default:
+      TORCH_CHECK_TYPE(false, "rmsnorm: ", name, " has dtype ", t.scalar_type(),
+                       "; expected float32, float16 or bfloat16 (float64 on the CPU)");
+  }
+}
+
+rmsnorm::Cast parse_cast(c10::string_view cast) {
+  if (cast == "fp32") return rmsnorm::Cast::fp32;
+  if (cast == "llama") return rmsnorm::Cast::llama;
+  TORCH_CHECK_VALUE(false, "rmsnorm: cast must be \"fp32\" or \"llama\", got \"", std::string(cast), "\"");
+}
+
+rmsnorm::Device lib_device(const Tensor& t) {
+  return t.is_cuda() ? rmsnorm::Device::cuda(t.get_device()) : rmsnorm::Device::cpu();
+}
+
+void check_same_device(const Tensor& t, const Tensor& x, const char* name) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), "rmsnorm: ", name, " is on ", t.device(), " but x is on ",
+                    x.device(), "; all tensors must be on the same device");
+}
+
+void check_x(const Tensor& x, const char* name = "x") {
+  TORCH_CHECK_VALUE(x.dim() >= 1, "rmsnorm: ", name, " must have at least one dimension (the normalised one)");
+  TORCH_CHECK_VALUE(x.size(-1) >= 1, "rmsnorm: ", name, "'s last dimension must not be empty, got shape ",
+                    shape_str(x.sizes()));
+  to_dtype(x, name);
+}
+
+// The weight, checked against x; returns it contiguous (a copy of at most cols elements when
+// it was a strided vector, which the kernels cannot read).
+std::optional<Tensor> checked_weight(const std::optional<Tensor>& weight, const Tensor& x, double offset) {
+  if (!weight.has_value() || !weight->defined()) {
+    TORCH_CHECK_VALUE(offset == 0.0, "rmsnorm: offset must be 0 without a weight, got ", std::to_string(offset));
+    return std::nullopt;
+  }
+  const Tensor& w = *weight;
+  check_same_device(w, x, "weight");
+  TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == x.size(-1), "rmsnorm: weight must have shape (",
+                    std::to_string(x.size(-1)), ",) to match x's last dimension, got ", shape_str(w.sizes()));
+  const DType wt = to_dtype(w, "weight"), xt = to_dtype(x, "x");
+  TORCH_CHECK_TYPE(wt == xt || (wt == DType::f32 && (xt == DType::f16 || xt == DType::bf16)),
+                   "rmsnorm: weight has dtype ", w.scalar_type(), " and x ", x.scalar_type(),
+                   "; the weight must have x's dtype, or be float32 with float16/bfloat16 x");
+  return w.contiguous();
+}
+
+// y's dtype: x's, except under the llama cast with a float32 weight and 16-bit x, where Hugging
+// Face's LlamaRMSNorm returns the promoted dtype (float32).
+at::ScalarType output_dtype(const Tensor& x, const std::optional<Tensor>& w, rmsnorm::Cast cast) {
+  if (cast == rmsnorm::Cast::llama && w && w->scalar_type() == at::kFloat &&
+      (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16))
+    return at::kFloat;
+  return x.scalar_type();
+}
+
+// ---------------------------------------------------------------------------------------
+// Tensors as (batch, rows, cols) views
+// ---------------------------------------------------------------------------------------
+//
+// The library reads rows of `cols` contiguous elements at data + b * batch_stride +
+// r * row_stride. A tensor (d_0, ..., d_{k-1}, cols) with a contiguous last dimension fits
+// when its leading dimensions fall into at most two groups, each of which collapses into one
+// dimension with one stride (d_i's stride == d_{i+1}'s stride * d_{i+1}, size-1 dimensions
+// ignored): the outer group is the batch, the inner one the rows. `split` is the index of
+// the first leading dimension of the inner group (0: everything is rows, batch = 1). The row
+// order b * rows + r is the row-major order of the leading dimensions, so a contiguous rstd
+// of shape x.shape[:-1] lines up with it.
+
+struct Group {
+  std::int64_t size = 1;
+  std::int64_t stride = 0;
+  bool ok = true;
+};
+
+Group collapse(const Tensor& t, std::int64_t begin, std::int64_t end) {
+  Group g;
+  bool first = true;
+  for (std::int64_t d = begin; d < end; ++d) {
+    const std::int64_t n = t.size(d), s = t.stride(d);
+    if (n == 1) continue;
+    if (first) {
+      g = {n, s, true};
+      first = false;
+    } else if (g.stride == s * n) {
+      g.size *= n;
+      g.stride = s;
+    } else {
+      g.ok = false;
+      return g;
+    }
+  }
+  return g;
+}
+
+std::optional<rmsnorm::TensorView> view_at(const Tensor& t, std::int64_t split) {
+  const std::int64_t cols = t.size(-1);
+  if (cols > 1 && t.stride(-1) != 1) return std::nullopt;
+  const std::int64_t lead = t.dim() - 1;
+  const Group outer = collapse(t, 0, split), inner = collapse(t, split, lead);
+  if (!outer.ok || !inner.ok) return std::nullopt;
+  std::int64_t rows = inner.size, row_stride = inner.size > 1 ? inner.stride : cols;
+  std::int64_t batch = outer.size, batch_stride = outer.size > 1 ? outer.stride : rows * row_stride;
+  // Rows that overlap (a stride-0 expand, say) are outside the library's contract.
+  if (rows > 1 && row_stride < cols) return std::nullopt;
+  if (batch > 1 && batch_stride < 0) return std::nullopt;
+  if (t.numel() == 0) {  // any strides will do for no rows
+    batch = 1;
+    rows = 0;
+    row_stride = cols;
+    batch_stride = 0;
+  }
+  return rmsnorm::TensorView::batched(t.data_ptr(), to_dtype(t, "tensor"), lib_device(t), batch, rows, cols,
+                                      batch_stride, row_stride);
+}
+
+// The split at which `t` is a view, preferring a single matrix (split 0).
+std::optional<std::int64_t> find_split(const Tensor& t) {
+  const std::int64_t lead = t.dim() - 1;
+  if (view_at(t, 0)) return 0;
+  // The only candidate is the first place where collapsing fails.
+  std::int64_t prev = -1;
+  for (std::int64_t d = 0; d < lead; ++d) {
+    if (t.size(d) == 1) continue;
+    if (prev >= 0 && t.stride(prev) != t.stride(d) * t.size(d)) return view_at(t, d) ? std::optional(d) : std::nullopt;
+    prev = d;
+  }
+  return std::nullopt;
+}
+
+// An input as a view at `split`; when it is not one (a non-contiguous last dimension, three or
+// more stride groups, overlapping rows), a contiguous copy of it: the documented fallback.
+rmsnorm::TensorView input_view(Tensor& t, std::int64_t split) {
+  if (auto v = view_at(t, split)) return *v;
+  t = t.contiguous();
+  return *view_at(t, split);
+}
+
+// ---------------------------------------------------------------------------------------
+// Calls into the library
+// ---------------------------------------------------------------------------------------
+
+// rmsnorm::Error -> the Python exception that fits: a bad argument is a ValueError, a valid
+// request this build or device cannot serve a NotImplementedError, a CUDA error a RuntimeError.
+template <class F>
+void call_library(F&& f) {
+  try {
+    f();
+  } catch (const rmsnorm::Error& e) {
+    switch (e.code()) {
+      case rmsnorm::Code::invalid_argument: TORCH_CHECK_VALUE(false, "rmsnorm: ", e.what());
+      case rmsnorm::Code::unsupported: TORCH_CHECK_NOT_IMPLEMENTED(false, "rmsnorm: ", e.what());
+      default: TORCH_CHECK(false, "rmsnorm (", rmsnorm::code_name(e.code()), "): ", e.what());
+    }
+  }
+}
+
+// Makes x's device current (so that torch allocates there) and gives its current stream.
+struct DeviceContext {
+#if defined(RMSNORM_TORCH_CUDA)
+  std::optional<c10::cuda::CUDAGuard> guard;
+#endif
+  rmsnorm::Stream stream = nullptr;
+
+  explicit DeviceContext(const Tensor& x) {
+#if defined(RMSNORM_TORCH_CUDA)
+    if (x.is_cuda()) {
+      guard.emplace(x.device());
+      stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+    }
+#else
+    (void)x;
+#endif
+  }
+};
+
+rmsnorm::Params params_of(double eps, double offset, rmsnorm::Cast cast) {
+  rmsnorm::Params p;
+  p.eps = eps;
+  p.weight_offset = offset;
+  p.cast = cast;
+  p.check_pointers = false;  // torch already knows every tensor's device
+  return p;
+}
+
+std::optional<rmsnorm::TensorView> weight_view(const std::optional<Tensor>& w) {
+  if (!w) return std::nullopt;
+  return rmsnorm::TensorView::vector(w->data_ptr(), to_dtype(*w, "weight"), lib_device(*w), w->numel());
+}
+
+// y = rms_norm(x) * (w + offset) into a fresh y, and rstd when `rstd_out` is given.
+Tensor forward_into(const Tensor& x_in, const std::optional<Tensor>& weight, double eps, double offset,
+                    c10::string_view cast_name, Tensor* rstd_out) {
+  check_x(x_in);
+  const rmsnorm::Cast cast = parse_cast(cast_name);
+  const std::optional<Tensor> w = checked_weight(weight, x_in, offset);
+  DeviceContext ctx(x_in);
+
+  Tensor x = x_in;
+  const std::int64_t split = find_split(x).value_or(0);
+  const rmsnorm::TensorView xv = input_view(x, split);
+  Tensor y = at::empty(x.sizes(), x.options().dtype(output_dtype(x, w, cast)));
+  const rmsnorm::TensorView yv = *view_at(y, split);
+  std::optional<rmsnorm::TensorView> rv;
+  if (rstd_out) {
+    const auto rstd_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    *rstd_out = at::empty(x.sizes().slice(0, x.dim() - 1), x.options().dtype(rstd_dtype));
+    rv = rmsnorm::TensorView::vector(rstd_out->data_ptr(), to_dtype(*rstd_out, "rstd"), lib_device(x),
+                                     rstd_out->numel());
+  }
+  call_library([&] { rmsnorm::forward(xv, weight_view(w), yv, params_of(eps, offset, cast), rv, ctx.stream); });
+  return y;
+}
+
+// rmsnorm::rms_norm: the inference op (no rstd, no autograd).
+Tensor rms_norm(const Tensor& x, const std::optional<Tensor>& weight, double eps, double offset,
+                c10::string_view cast) {
+  return forward_into(x, weight, eps, offset, cast, nullptr);
+}
+
+// rmsnorm::rms_norm_fwd: (y, rstd), the op that autograd wraps.
+std::tuple<Tensor, Tensor> rms_norm_fwd(const Tensor& x, const std::optional<Tensor>& weight, double eps,
+                                        double offset, c10::string_view cast) {
+  Tensor rstd;
+  Tensor y = forward_into(x, weight, eps, offset, cast, &rstd);
+  return {y, rstd};
+}
+
+// rmsnorm::rms_norm_: x = rms_norm(x) * (w + offset) in place (a QK-norm on a slice of a
+// fused QKV buffer, say). x must be a (batch, rows, cols) view: there is no copy to fall back on.
+void rms_norm_(const Tensor& x, const std::optional<Tensor>& weight, double eps, double offset,
+               c10::string_view cast_name) {
+  check_x(x);
+  const rmsnorm::Cast cast = parse_cast(cast_name);
+  const std::optional<Tensor> w = checked_weight(weight, x, offset);
+  TORCH_CHECK_TYPE(output_dtype(x, w, cast) == x.scalar_type(),
+                   "rmsnorm: rms_norm_ cannot write the float32 result of cast=\"llama\" with a float32 weight "
+                   "into ", x.scalar_type(), " x in place; use rms_norm");
+  const auto split = find_split(x);
+  TORCH_CHECK_VALUE(split.has_value(), "rmsnorm: rms_norm_ needs x's last dimension contiguous and its leading "
+                    "dimensions expressible as (batch, rows) with one stride each and no overlapping rows; got "
+                    "shape ", shape_str(x.sizes()), " strides ", shape_str(x.strides()));
+  DeviceContext ctx(x);
+  const rmsnorm::TensorView xv = *view_at(x, *split);
+  call_library([&] { rmsnorm::forward(xv, weight_view(w), xv, params_of(eps, offset, cast), std::nullopt, ctx.stream); });
+}
+
+// rmsnorm::rms_norm_bwd: (dx, dw) from dy, x and the forward's rstd (recomputed when None).
+// dw has the weight's dtype, or is empty when there is no weight or want_dw is false.
+std::tuple<Tensor, Tensor> rms_norm_bwd(const Tensor& dy_in, const Tensor& x_in, const std::optional<Tensor>& weight,
+                                        const std::optional<Tensor>& rstd_in, double eps, double offset,
+                                        bool want_dw) {
+  check_x(x_in);
+  check_same_device(dy_in, x_in, "dy");
+  TORCH_CHECK_VALUE(dy_in.sizes() == x_in.sizes(), "rmsnorm: dy has shape ", shape_str(dy_in.sizes()),
+                    " but x has ", shape_str(x_in.sizes()));
+  TORCH_CHECK_TYPE(dy_in.scalar_type() == x_in.scalar_type(), "rmsnorm: dy has dtype ", dy_in.scalar_type(),
+                   " but x has ", x_in.scalar_type(), "; they must match");
+  const std::optional<Tensor> w = checked_weight(weight, x_in, offset);
+  std::optional<Tensor> rstd;
+  if (rstd_in.has_value() && rstd_in->defined()) {
+    check_same_device(*rstd_in, x_in, "rstd");
+    const auto want = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    TORCH_CHECK_TYPE(rstd_in->scalar_type() == want, "rmsnorm: rstd has dtype ", rstd_in->scalar_type(),
+                     "; expected ", want);
+    TORCH_CHECK_VALUE(rstd_in->sizes() == x_in.sizes().slice(0, x_in.dim() - 1), "rmsnorm: rstd has shape ",
+                      shape_str(rstd_in->sizes()), "; expected x.shape[:-1] = ",
+                      shape_str(x_in.sizes().slice(0, x_in.dim() - 1)));
+    rstd = rstd_in->contiguous();
+  }
+  DeviceContext ctx(x_in);
+
+  Tensor x = x_in, dy = dy_in;
+  const std::int64_t split = find_split(x).value_or(0);
+  const rmsnorm::TensorView xv = input_view(x, split);
+  const rmsnorm::TensorView dyv = input_view(dy, split);
+  Tensor dx = at::empty(x.sizes(), x.options());
+  const rmsnorm::TensorView dxv = *view_at(dx, split);
+  const bool with_dw = want_dw && w.has_value();
+  Tensor dw = with_dw ? at::empty({x.size(-1)}, w->options()) : at::empty({0}, x.options());
+  if (x.numel() == 0) {  // no rows: nothing to normalise, and the weight gradient is a sum over none
+    if (with_dw) dw.zero_();
+    return {dx, dw};
+  }
+  std::optional<rmsnorm::TensorView> dwv;
+  if (with_dw) dwv = rmsnorm::TensorView::vector(dw.data_ptr(), to_dtype(dw, "dw"), lib_device(dw), dw.numel());
+  std::optional<rmsnorm::TensorView> rv;
+  if (rstd) rv = rmsnorm::TensorView::vector(rstd->data_ptr(), to_dtype(*rstd, "rstd"), lib_device(*rstd), rstd->numel());
+
+  const rmsnorm::Params params = params_of(eps, offset, rmsnorm::Cast::fp32);
+  call_library([&] {
+    const std::size_t bytes = rmsnorm::backward_workspace_size(xv, dwv, params);
+    // Scratch from torch's caching allocator: no cudaMalloc, so CUDA-graph capture works.
+    Tensor workspace = at::empty({static_cast<std::int64_t>(bytes)}, x.options().dtype(at::kByte));
+    rmsnorm::backward(dyv, xv, weight_view(w), rv, dxv, dwv, params, bytes ? workspace.data_ptr() : nullptr,
+                      bytes, ctx.stream);
+  });
+  return {dx, dw};
+}
+
+}  // namespace
+
+// The schemas, declared once. `Tensor(a!)` marks the argument that rms_norm_ writes.
+TORCH_LIBRARY(rmsnorm, m) {
+  // The fake (meta) kernels are registered by this Python module; torch imports it when it
+  // needs them (torch.compile) and the library was loaded some other way.
+  m.set_python_module("rmsnorm._ops");
+  m.def("rms_norm(Tensor x, Tensor? weight, float eps, float offset, str cast) -> Tensor");
+  m.def("rms_norm_fwd(Tensor x, Tensor? weight, float eps, float offset, str cast) -> (Tensor y, Tensor rstd)");
+  m.def("rms_norm_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor? rstd, float eps, float offset, bool want_dw)"
+        " -> (Tensor dx, Tensor dw)");
+  m.def("rms_norm_(Tensor(a!) x, Tensor? weight, float eps, float offset, str cast) -> ()");
+}
+
+// One implementation serves both backends: the library routes on the views' device.
+#define RMSNORM_REGISTER_IMPLS(m)         \
+  m.impl("rms_norm", &rms_norm);         \
+  m.impl("rms_norm_fwd", &rms_norm_fwd); \
+  m.impl("rms_norm_bwd", &rms_norm_bwd); \
+  m.impl("rms_norm_", &rms_norm_)
+
+TORCH_LIBRARY_IMPL(rmsnorm, CPU, m) { RMSNORM_REGISTER_IMPLS(m); }
+
+#if defined(RMSNORM_TORCH_CUDA)
+TORCH_LIBRARY_IMPL(rmsnorm, CUDA, m) { RMSNORM_REGISTER_IMPLS(m); }
+#endif

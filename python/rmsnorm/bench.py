@@ -1,0 +1,671 @@
+"""python -m rmsnorm.bench: check rmsnorm against PyTorch, then time it against its peers.
+
+The protocol is docs/performance.md's:
+- Correctness first: rmsnorm's forward and backward against a float64 reference and
+  F.rms_norm on the device (prints "Correctness check PASSED"), and each peer's output
+  against the same reference before its shape is timed.
+- GB/s of model bytes: forward 2*M*N*s (read x, write y), backward 3*M*N*s (read x and dy,
+  write dx); the weight, dw and rstd are left out as small.
+- The median, over replays, of a CUDA graph of back-to-back calls on rotating inputs (and
+  fresh outputs) whose working set is at least 4x the L2 cache, so neither launch overhead
+  nor L2 hits are measured. Random normal inputs, a weight near 1.
+- The copy of the same bytes (clone) in the same run is the ceiling.
+- Decode shapes: microseconds per call in a CUDA graph, and as plain eager calls (host
+  overhead included), the latter also under torch.inference_mode() for rmsnorm and clone.
+
+On a machine without CUDA it runs the same tables on the CPU with plain loops: a smoke
+test, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+import rmsnorm
+
+IMPLS = ("rmsnorm", "torch_eager", "torch_fused", "torch_compile", "liger", "quack", "copy")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+# The shapes of docs/performance.md's peer tables.
+FORWARD_SIZES = [(4096, 1024), (4096, 4096), (4096, 8192), (16384, 16384), (16384, 32768), (16384, 65536),
+                 (4096, 131072), (2048, 262144), (262144, 128), (262144, 64)]
+BACKWARD_SIZES = [(16384, 2048), (16384, 8192), (16384, 16384), (8192, 32768), (4096, 65536), (262144, 128)]
+DECODE_SIZES = [(1, 4096), (32, 8192)]
+QUICK_FORWARD = [(4096, 1024), (4096, 4096), (16384, 8192), (262144, 128)]
+QUICK_BACKWARD = [(16384, 2048), (16384, 8192)]
+CPU_FORWARD = [(256, 1024), (64, 8192), (8192, 128)]  # small: the CPU run is a smoke test
+CPU_BACKWARD = [(256, 1024), (4096, 128)]
+CPU_DECODE = [(1, 4096)]
+
+WORKING_SET_L2_MULTIPLE = 4  # rotate inputs until the working set is >= 4x L2
+OUTPUT_BUDGET_BYTES = 4 << 30  # outputs kept alive inside one graph (each call gets fresh memory)
+MAX_CALLS_PER_GRAPH = 64
+CHECK_ROWS = 256  # rows compared with the float64 reference per timed shape
+
+
+# ---------------------------------------------------------------------------------------
+# The implementations
+# ---------------------------------------------------------------------------------------
+
+
+def eager_rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """The seed's baseline: float32 statistics, normalise, cast back, times the weight."""
+    variance = x.float().pow(2).mean(-1, keepdim=True)
+    return (x.float() * torch.rsqrt(variance + eps)).to(x.dtype) * w
+
+
+@dataclass
+class Impl:
+    name: str
+    fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]  # (x, w) -> y; None: unavailable
+    note: str = ""
+
+
+def make_impls(device: str, eps: float, wanted: list[str]) -> list[Impl]:
+    impls = []
+    for name in wanted:
+        if name == "rmsnorm":
+            impls.append(Impl(name, lambda x, w: rmsnorm.rms_norm(x, w, eps)))
+        elif name == "torch_eager":
+            impls.append(Impl(name, lambda x, w: eager_rms_norm(x, w, eps)))
+        elif name == "torch_fused":
+            impls.append(Impl(name, lambda x, w: F.rms_norm(x, (x.shape[-1],), w, eps)))
+        elif name == "torch_compile":
+            compiled = torch.compile(eager_rms_norm, dynamic=False)  # one static graph per shape
+            impls.append(Impl(name, lambda x, w, c=compiled: c(x, w, eps)))
+        elif name == "liger":
+            impls.append(_liger(device, eps))
+        elif name == "quack":
+            impls.append(_quack(device, eps))
+        elif name == "copy":
+            impls.append(Impl(name, lambda x, w: x.clone()))
+    return impls
+
+
+def _liger(device: str, eps: float) -> Impl:
+    if device != "cuda":
+        return Impl("liger", None, "Triton kernels: CUDA only")
+    try:
+        from liger_kernel.transformers.functional import liger_rms_norm
+    except Exception as e:  # noqa: BLE001 - any import failure means "not available"
+        return Impl("liger", None, f"not importable ({type(e).__name__}: {e})")
+    # casting_mode "llama" (the default) is the seed baseline's rounding; in_place=False keeps
+    # dy intact across the replays of the backward graph.
+    return Impl("liger", lambda x, w: liger_rms_norm(x, w, eps, in_place=False))
+
+
+def _quack(device: str, eps: float) -> Impl:
+    if device != "cuda":
+        return Impl("quack", None, "CuTe DSL kernels: CUDA only")
+    try:
+        from quack.rmsnorm import rmsnorm as quack_rmsnorm
+    except Exception as e:  # noqa: BLE001
+        return Impl("quack", None, f"not importable ({type(e).__name__}: {e})")
+    return Impl("quack", lambda x, w: quack_rmsnorm(x, w, eps=eps))
+
+
+# ---------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------
+
+
+class Timer:
+    """Median seconds per call of a list of calls run back to back."""
+
+    def __init__(self, device: str, reps: int):
+        self.device = device
+        self.reps = reps
+        self.cuda = device == "cuda"
+        self.stream = torch.cuda.Stream() if self.cuda else None
+
+    def _sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def warm_up(self, calls):
+        """Runs each distinct call once (compiles, autotunes, fills the allocator's cache)."""
+        if self.cuda:
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):
+                for c in calls:
+                    c()
+            torch.cuda.current_stream().wait_stream(self.stream)
+        else:
+            for c in calls:
+                c()
+        self._sync()
+
+    def graph(self, calls) -> float:
+        """All calls captured in one CUDA graph; the graph replayed `reps` times."""
+        graph = torch.cuda.CUDAGraph()
+        keep = []  # outputs stay alive: every call writes fresh memory, as in a real model
+        with torch.cuda.graph(graph, stream=self.stream):
+            for c in calls:
+                keep.append(c())
+        graph.replay()
+        self._sync()
+        times = []
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for _ in range(self.reps):
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1e-3 / len(calls))
+        del keep, graph
+        return statistics.median(times)
+
+    def loop(self, calls) -> float:
+        """Plain calls, back to back: on CUDA, host overhead shows once the kernels are short."""
+        times = []
+        start, end = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if self.cuda else (None, None)
+        for _ in range(self.reps):
+            if self.cuda:
+                start.record()
+                for c in calls:
+                    c()
+                end.record()
+                end.synchronize()
+                seconds = start.elapsed_time(end) * 1e-3
+            else:
+                t0 = time.perf_counter()
+                for c in calls:
+                    c()
+                seconds = time.perf_counter() - t0
+            times.append(seconds / len(calls))
+        return statistics.median(times)
+
+
+def l2_bytes(device: str) -> int:
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return int(getattr(props, "L2_cache_size", 0) or (50 << 20))
+    return 32 << 20  # a typical CPU last-level cache; the CPU run is a smoke test anyway
+
+
+def rotation(model_bytes: int, out_bytes: int, device: str) -> tuple[int, int]:
+    """(input sets, calls per graph): the sets cover >= 4x L2; the calls are at least one
+    pass over the sets, and more (up to a budget of live outputs) to amortise the replay."""
+    sets = max(1, math.ceil(WORKING_SET_L2_MULTIPLE * l2_bytes(device) / model_bytes))
+    calls = max(sets, min(MAX_CALLS_PER_GRAPH, OUTPUT_BUDGET_BYTES // max(out_bytes, 1)))
+    return sets, calls
+
+
+# ---------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------
+
+# Two roundings to the output dtype (the eager baseline and the llama cast round twice), on
+# O(1) outputs, plus float32 accumulation: |err| <= tol * (|ref| + 1).
+CHECK_TOL = {torch.float32: 2e-5, torch.float16: 4 * 2.0**-11, torch.bfloat16: 4 * 2.0**-8}
+
+
+def reference(x, w, eps):
+    x64 = x.double()
+    return x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * w.double()
+
+
+def _close(got, ref, dtype, scale=1.0) -> Optional[str]:
+    err = (got.double() - ref).abs()
+    bound = CHECK_TOL[dtype] * (ref.abs() + scale)
+    worst = (err / bound).max().item()
+    return None if worst <= 1.0 else f"max error {err.max().item():.3g} ({worst:.1f}x the tolerance)"
+
+
+def make_inputs(rows, cols, dtype, device, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(rows, cols, generator=g, device=device, dtype=torch.float32).to(dtype)
+    w = (1 + 0.1 * torch.randn(cols, generator=g, device=device, dtype=torch.float32)).to(dtype)
+    return x, w
+
+
+def grads(fn, x, w, dy):
+    x = x.detach().clone().requires_grad_()
+    w = w.detach().clone().requires_grad_()
+    y = fn(x, w)
+    dx, dw = torch.autograd.grad(y, (x, w), dy)
+    return y, dx, dw
+
+
+def correctness_check(device: str, dtype: torch.dtype, eps: float) -> list[str]:
+    """rmsnorm vs float64 and F.rms_norm, forward and backward; returns the failures."""
+    failures = []
+    shapes = [(1, 4096), (37, 1000), (64, 8192), (4096, 128), (8, 65536)]
+    for rows, cols in shapes:
+        x, w = make_inputs(rows, cols, dtype, device, seed=rows + cols)
+        dy = make_inputs(rows, cols, dtype, device, seed=rows + cols + 1)[0]
+        y, dx, dw = grads(lambda x, w: rmsnorm.rms_norm(x, w, eps), x, w, dy)
+        y64, dx64, dw64 = grads(lambda x, w: reference(x, w, eps), x.double(), w.double(), dy.double())
+        for what, got, ref, scale in (
+            ("y vs float64", y, y64, 1.0),
+            ("y vs F.rms_norm", y, F.rms_norm(x, (cols,), w, eps).double(), 1.0),
+            ("dx vs float64", dx, dx64, dx64.abs().max().item()),
+            ("dw vs float64", dw, dw64, dw64.abs().max().item()),
+        ):
+            problem = _close(got, ref, dtype, scale)
+            if problem:
+                failures.append(f"{rows}x{cols} {what}: {problem}")
+    return failures
+
+
+# ---------------------------------------------------------------------------------------
+# Benchmarks
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Record:
+    op: str  # forward, backward, decode
+    dtype: str
+    rows: int
+    cols: int
+    impl: str
+    gbps: Optional[float]
+    us: Optional[float]
+    device: str
+    commit: str
+    mode: str  # graph, plain, plain_inference (decode); graph or loop (forward/backward)
+    note: str = ""
+
+
+class Bench:
+    def __init__(self, args, device: str, device_name: str, commit: str):
+        self.args = args
+        self.device = device
+        self.device_name = device_name
+        self.commit = commit
+        self.dtype = DTYPES[args.dtype]
+        self.esize = torch.tensor([], dtype=self.dtype).element_size()
+        self.timer = Timer(device, args.reps)
+        self.impls = make_impls(device, args.eps, args.impls)
+        self.records: list[Record] = []
+
+    def record(self, op, rows, cols, impl, seconds, mode, model_bytes, note=""):
+        ok = seconds is not None
+        self.records.append(Record(op, self.args.dtype, rows, cols, impl, model_bytes / seconds / 1e9 if ok else None,
+                                   seconds * 1e6 if ok else None, self.device_name, self.commit, mode, note))
+
+    def _time(self, calls_per_set, sets, calls):
+        """Warm up on every set, then time `calls` calls rotating over the sets."""
+        self.timer.warm_up(calls_per_set)
+        seq = [calls_per_set[k % sets] for k in range(calls)]
+        if self.timer.cuda:
+            return self.timer.graph(seq), "graph"
+        return self.timer.loop(seq), "loop"
+
+    # forward ---------------------------------------------------------------------------
+    def forward(self, rows, cols):
+        model_bytes = 2 * rows * cols * self.esize
+        sets, calls = rotation(model_bytes, rows * cols * self.esize, self.device)
+        if self.device == "cpu":
+            sets, calls = 2, 4
+        inputs = [make_inputs(rows, cols, self.dtype, self.device, seed=i) for i in range(sets)]
+        x0, w0 = inputs[0]
+        ref = reference(x0[:CHECK_ROWS], w0, self.args.eps)
+        for impl in self.impls:
+            if impl.fn is None:
+                continue
+            try:
+                with torch.no_grad():
+                    if impl.name != "copy":
+                        problem = _close(impl.fn(x0, w0)[:CHECK_ROWS], ref, self.dtype)
+                        if problem:
+                            self.record("forward", rows, cols, impl.name, None, "-", model_bytes, f"wrong: {problem}")
+                            continue
+                    seconds, mode = self._time([lambda x=x, w=w, f=impl.fn: f(x, w) for x, w in inputs], sets, calls)
+                self.record("forward", rows, cols, impl.name, seconds, mode, model_bytes)
+            except Exception as e:  # noqa: BLE001 - a peer that fails on a shape is reported, not fatal
+                self.record("forward", rows, cols, impl.name, None, "-", model_bytes, _short(e))
+            _free()
+
+    # backward --------------------------------------------------------------------------
+    def backward(self, rows, cols):
+        model_bytes = 3 * rows * cols * self.esize
+        sets, calls = rotation(model_bytes, rows * cols * self.esize, self.device)
+        if self.device == "cpu":
+            sets, calls = 2, 4
+        eps = self.args.eps
+        for impl in self.impls:
+            if impl.fn is None:
+                continue
+            try:
+                if impl.name == "copy":  # the same bytes: 1.5*M*N elements read and written
+                    n = rows * cols * 3 // 2
+                    srcs = [torch.randn(n, device=self.device).to(self.dtype) for _ in range(sets)]
+                    with torch.no_grad():
+                        seconds, mode = self._time([lambda s=s: s.clone() for s in srcs], sets, calls)
+                    self.record("backward", rows, cols, impl.name, seconds, mode, model_bytes)
+                    continue
+                # check on a slice of rows (dw sums over them all)
+                x, w = make_inputs(min(rows, CHECK_ROWS), cols, self.dtype, self.device, seed=7)
+                dy = make_inputs(min(rows, CHECK_ROWS), cols, self.dtype, self.device, seed=8)[0]
+                _, dx, dw = grads(impl.fn, x, w, dy)
+                _, dx64, dw64 = grads(lambda x, w: reference(x, w, eps), x.double(), w.double(), dy.double())
+                problem = _close(dx, dx64, self.dtype, dx64.abs().max().item()) or _close(
+                    dw, dw64, self.dtype, dw64.abs().max().item())
+                if problem:
+                    self.record("backward", rows, cols, impl.name, None, "-", model_bytes, f"wrong: {problem}")
+                    continue
+                # forward once per set (on the timing stream, so that autograd runs the
+                # backward there too); the graph then holds only the backward
+                calls_per_set = []
+                stream_ctx = torch.cuda.stream(self.timer.stream) if self.timer.cuda else _nullcontext()
+                with stream_ctx:
+                    w = make_inputs(rows, cols, self.dtype, self.device, seed=0)[1].requires_grad_()
+                    for i in range(sets):
+                        x = make_inputs(rows, cols, self.dtype, self.device, seed=i)[0].requires_grad_()
+                        dy = make_inputs(rows, cols, self.dtype, self.device, seed=1000 + i)[0]
+                        y = impl.fn(x, w)
+                        calls_per_set.append(
+                            lambda y=y, x=x, dy=dy, w=w: torch.autograd.grad(y, (x, w), dy, retain_graph=True))
+                if self.timer.cuda:
+                    torch.cuda.current_stream().wait_stream(self.timer.stream)
+                seconds, mode = self._time(calls_per_set, sets, calls)
+                del calls_per_set, y, x, dy, w
+                self.record("backward", rows, cols, impl.name, seconds, mode, model_bytes)
+            except Exception as e:  # noqa: BLE001
+                self.record("backward", rows, cols, impl.name, None, "-", model_bytes, _short(e))
+            _free()
+
+    # decode ----------------------------------------------------------------------------
+    def decode(self, rows, cols):
+        model_bytes = 2 * rows * cols * self.esize
+        x, w = make_inputs(rows, cols, self.dtype, self.device)
+        n_graph, n_plain = 100, 200
+        for impl in self.impls:
+            if impl.fn is None:
+                continue
+            call = lambda f=impl.fn: f(x, w)  # noqa: E731
+            try:
+                # an ordinary call: grad mode on, inputs that do not require grad
+                self.timer.warm_up([call])
+                if self.timer.cuda:
+                    self.record("decode", rows, cols, impl.name, self.timer.graph([call] * n_graph), "graph",
+                                model_bytes)
+                self.record("decode", rows, cols, impl.name, self.timer.loop([call] * n_plain), "plain", model_bytes)
+                if impl.name in ("rmsnorm", "copy"):
+                    with torch.inference_mode():
+                        xi, wi = x.clone(), w.clone()
+                        call_i = lambda f=impl.fn: f(xi, wi)  # noqa: E731
+                        self.timer.warm_up([call_i])
+                        seconds = self.timer.loop([call_i] * n_plain)
+                    self.record("decode", rows, cols, impl.name, seconds, "plain_inference", model_bytes)
+            except Exception as e:  # noqa: BLE001
+                self.record("decode", rows, cols, impl.name, None, "-", model_bytes, _short(e))
+            _free()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _short(e: Exception) -> str:
+    text = f"{type(e).__name__}: {e}".replace("\n", " ")
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _free():
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------
+
+
+def _cell(rec: Optional[Record], field: str) -> str:
+    if rec is None:
+        return "-"
+    value = getattr(rec, field)
+    if value is None:
+        return "wrong" if rec.note.startswith("wrong") else "fails"
+    return f"{value:.1f}" if field == "gbps" else f"{value:.2f}"
+
+
+def print_table(records, op, impls, title):
+    rows = [r for r in records if r.op == op]
+    if not rows:
+        return
+    shapes = sorted({(r.rows, r.cols) for r in rows}, key=lambda s: (s[1], s[0]))
+    names = [i for i in impls if any(r.impl == i for r in rows)]
+    print(f"\n{title}")
+    head = f"{'M x N':>14}" + "".join(f"{n:>14}" for n in names)
+    if "rmsnorm" in names and "copy" in names:
+        head += f"{'rmsnorm/copy':>14}"
+    print(head)
+    for m, n in shapes:
+        by_impl = {r.impl: r for r in rows if (r.rows, r.cols) == (m, n)}
+        line = f"{f'{m} x {n}':>14}" + "".join(f"{_cell(by_impl.get(i), 'gbps'):>14}" for i in names)
+        if "rmsnorm" in names and "copy" in names:
+            a, b = by_impl.get("rmsnorm"), by_impl.get("copy")
+            ratio = f"{a.gbps / b.gbps:.0%}" if a and b and a.gbps and b.gbps else "-"
+            line += f"{ratio:>14}"
+        print(line)
+
+
+def print_decode(records, impls):
+    rows = [r for r in records if r.op == "decode"]
+    if not rows:
+        return
+    shapes = sorted({(r.rows, r.cols) for r in rows})
+    print("\nDecode latency, us per call: CUDA graph / plain call / plain under torch.inference_mode()")
+    print(f"{'impl':>14}" + "".join(f"{f'{m} x {n}':>26}" for m, n in shapes))
+    for name in impls:
+        if not any(r.impl == name for r in rows):
+            continue
+        line = f"{name:>14}"
+        for m, n in shapes:
+            by_mode = {r.mode: r for r in rows if r.impl == name and (r.rows, r.cols) == (m, n)}
+            failed = next((r for r in rows if r.impl == name and (r.rows, r.cols) == (m, n) and r.us is None), None)
+            if failed:
+                cell = "fails"
+            else:
+                cell = " / ".join(_cell(by_mode.get(k), "us") for k in ("graph", "plain", "plain_inference"))
+            line += f"{cell:>26}"
+        print(line)
+
+
+def print_notes(records, impls: list[Impl]):
+    notes = [f"{i.name}: skipped, {i.note}" for i in impls if i.fn is None]
+    notes += [f"{r.op} {r.rows}x{r.cols} {r.impl}: {r.note}" for r in records if r.note]
+    if notes:
+        print("\nNotes:")
+        for n in notes:
+            print(f"  - {n}")
+
+
+def write_outputs(out_dir, records, meta):
+    os.makedirs(out_dir, exist_ok=True)
+    stem = f"rmsnorm-bench-{meta['dtype']}"
+    with open(os.path.join(out_dir, stem + ".json"), "w") as f:
+        json.dump({"meta": meta, "records": [asdict(r) for r in records]}, f, indent=1)
+    with open(os.path.join(out_dir, stem + ".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(records[0]).keys()) if records else ["op"])
+        writer.writeheader()
+        for r in records:
+            writer.writerow(asdict(r))
+    paths = [stem + ".json", stem + ".csv"]
+    if plot(os.path.join(out_dir, stem + ".png"), records, meta):
+        paths.append(stem + ".png")
+    print(f"\nWrote {', '.join(os.path.join(out_dir, p) for p in paths)}")
+
+
+def plot(path, records, meta) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib is not installed: no plot)")
+        return False
+    ops = [op for op in ("forward", "backward") if any(r.op == op and r.gbps for r in records)]
+    if not ops:
+        return False
+    fig, axes = plt.subplots(1, len(ops), figsize=(7 * len(ops), 4.8), squeeze=False)
+    for ax, op in zip(axes[0], ops):
+        for impl in IMPLS:
+            pts = sorted((r.cols, r.gbps, r.rows) for r in records if r.op == op and r.impl == impl and r.gbps)
+            if not pts:
+                continue
+            style = dict(linestyle="--", color="black") if impl == "copy" else {}
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl, **style)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("N (hidden size; M as in the table)")
+        ax.set_ylabel("GB/s (model bytes)")
+        ax.set_title(f"{op}, {meta['dtype']}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"rmsnorm on {meta['device']} ({meta['date']}, {meta['commit']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------
+
+
+def git_commit() -> str:
+    if os.environ.get("RMSNORM_COMMIT"):
+        return os.environ["RMSNORM_COMMIT"]
+    for where in (os.getcwd(), os.path.dirname(os.path.abspath(__file__))):
+        try:
+            out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=where,
+                                 capture_output=True, text=True, timeout=10)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return "unknown"
+
+
+def describe_device(device: str) -> str:
+    if device == "cuda":
+        p = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return f"{p.name} (sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, {l2_bytes(device) >> 20} MB L2)"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for item in text.split(","):
+        m, _, n = item.strip().lower().partition("x")
+        if not (m.isdigit() and n.isdigit()):
+            raise argparse.ArgumentTypeError(f"sizes: expected MxN[,MxN...], got '{item}'")
+        sizes.append((int(m), int(n)))
+    return sizes
+
+
+def parse_impls(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in IMPLS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"impls: unknown {unknown}; choose from {', '.join(IMPLS)}")
+    return names
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rmsnorm.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    ap.add_argument("--sizes", type=parse_sizes, help="forward shapes MxN,... (default: performance.md's)")
+    ap.add_argument("--backward-sizes", type=parse_sizes, help="backward shapes (default: performance.md's)")
+    ap.add_argument("--decode-sizes", type=parse_sizes, help="decode shapes (default: 1x4096,32x8192)")
+    ap.add_argument("--quick", action="store_true", help="a few shapes and fewer repetitions")
+    ap.add_argument("--impls", type=parse_impls, default=list(IMPLS), help=f"subset of {','.join(IMPLS)}")
+    ap.add_argument("--no-forward", action="store_true")
+    ap.add_argument("--no-backward", action="store_true")
+    ap.add_argument("--no-decode", action="store_true")
+    ap.add_argument("--reps", type=int, help="graph replays (or loops) per figure; the median is reported")
+    ap.add_argument("--eps", type=float, default=1e-6)
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", metavar="DIR", help="write JSON, CSV and a PNG plot there")
+    ap.add_argument("--commit", default=None, help="commit to record (default: git describe)")
+    args = ap.parse_args(argv)
+    args.reps = args.reps or (5 if args.quick or args.device == "cpu" else 20)
+
+    device = args.device
+    if device == "cuda" and not rmsnorm.has_cuda_kernels():
+        print("This build of rmsnorm has no CUDA kernels; use --device cpu", file=sys.stderr)
+        return 2
+    if device == "cpu":
+        print("No CUDA device: running on the CPU with plain loops. A smoke test, not a measurement.")
+    torch._dynamo.config.cache_size_limit = 256  # one compiled graph per shape
+    # The backward is replayed (retain_graph=True), which compiled backwards with donated
+    # buffers refuse.
+    if hasattr(torch._functorch.config, "donated_buffer"):
+        torch._functorch.config.donated_buffer = False
+    if hasattr(torch._dynamo.config, "recompile_limit"):
+        torch._dynamo.config.recompile_limit = 256
+    if hasattr(torch._dynamo.config, "accumulated_cache_size_limit"):
+        torch._dynamo.config.accumulated_cache_size_limit = 1024
+
+    dtype = DTYPES[args.dtype]
+    commit = args.commit or git_commit()
+    device_name = describe_device(device)
+    meta = {"device": device_name, "dtype": args.dtype, "commit": commit, "torch": torch.__version__,
+            "date": datetime.date.today().isoformat(), "eps": args.eps, "reps": args.reps,
+            "working_set": f">= {WORKING_SET_L2_MULTIPLE}x L2 ({l2_bytes(device) >> 20} MB)"}
+    print(f"rmsnorm bench: {device_name}, {args.dtype}, torch {torch.__version__}, commit {commit}, {meta['date']}")
+
+    failures = correctness_check(device, dtype, args.eps)
+    if failures:
+        print("Correctness check FAILED:")
+        for f in failures:
+            print(f"  - {f}")
+        return 1
+    print("Correctness check PASSED (forward and backward vs float64 and F.rms_norm)")
+
+    if device == "cpu":
+        fwd, bwd, dec = CPU_FORWARD, CPU_BACKWARD, CPU_DECODE
+    elif args.quick:
+        fwd, bwd, dec = QUICK_FORWARD, QUICK_BACKWARD, DECODE_SIZES
+    else:
+        fwd, bwd, dec = FORWARD_SIZES, BACKWARD_SIZES, DECODE_SIZES
+    fwd, bwd, dec = args.sizes or fwd, args.backward_sizes or args.sizes or bwd, args.decode_sizes or dec
+
+    bench = Bench(args, device, device_name, commit)
+    how = "CUDA graph, rotating inputs >= 4x L2" if device == "cuda" else "plain loop"
+    if not args.no_forward:
+        for m, n in fwd:
+            bench.forward(m, n)
+        print_table(bench.records, "forward", args.impls,
+                    f"Forward, {args.dtype}, GB/s of 2*M*N*s ({how}, median of {args.reps})")
+    if not args.no_backward:
+        for m, n in bwd:
+            bench.backward(m, n)
+        print_table(bench.records, "backward", args.impls,
+                    f"Backward (dx and dw), {args.dtype}, GB/s of 3*M*N*s ({how}, median of {args.reps})")
+    if not args.no_decode:
+        for m, n in dec:
+            bench.decode(m, n)
+        print_decode(bench.records, args.impls)
+    print_notes(bench.records, bench.impls)
+    if args.out:
+        write_outputs(args.out, bench.records, meta)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
