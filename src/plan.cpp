@@ -51,7 +51,7 @@ Plan from_config(Strategy s, int vw, const RegisterConfig& c) {
 template <int NW, int NB>
 Plan choose(DType x_dtype, std::int64_t cols, int vw, Strategy requested, int cc_major,
             const RegisterConfig (&warp_table)[NW], const RegisterConfig (&block_table)[NB],
-            const RegisterConfig& cluster_config) {
+            const RegisterConfig& cluster_config, bool cluster_by_default) {
   const std::int64_t vectors = cols / vw;
   const Plan long_row{Strategy::long_row, vw, kLongRowThreads, 0, kLongRowThreads};
   const bool full = vw * dtype_size(x_dtype) == 16;
@@ -88,7 +88,7 @@ Plan choose(DType x_dtype, std::int64_t cols, int vw, Strategy requested, int cc
   }
   if (warp) return from_config(Strategy::warp_rows, vw, *warp);
   if (block) return from_config(Strategy::block_row, vw, *block);
-  if (cluster_ok) return cluster;
+  if (cluster_ok && cluster_by_default) return cluster;
   return long_row;
 }
 
@@ -99,7 +99,11 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
                               {{p.x, p.x_dtype, p.x_row_stride, p.x_batch_stride},
                                {p.y, p.y_dtype, p.y_row_stride, p.y_batch_stride},
                                {p.weight, p.w_dtype, 0, 0}});
-  return choose(p.x_dtype, p.cols, vw, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs, kClusterRowConfig);
+  // Rows beyond one block stream (long_row) unless cluster_row is forced: on the H100
+  // (2026-11-25, f16, N = 65536..262144) the first cluster_row moved 1.13-1.42 TB/s and
+  // long_row 1.70-1.89 TB/s (bench/results/).
+  return choose(p.x_dtype, p.cols, vw, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs, kClusterRowConfig,
+                /*cluster_by_default=*/false);
 }
 
 Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {
@@ -108,8 +112,11 @@ Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {
                                {p.dy, p.x_dtype, p.dy_row_stride, p.dy_batch_stride},
                                {p.dx, p.x_dtype, p.dx_row_stride, p.dx_batch_stride},
                                {p.weight, p.w_dtype, 0, 0}});
+  // The backward's long_row re-reads and rewrites its fp32 dw partial row for every row
+  // (8 extra bytes an element); cluster_row keeps it in registers, so it is the default for
+  // long rows (not yet timed against each other).
   return choose(p.x_dtype, p.cols, vw, requested, cc_major, kBackwardWarpRowsConfigs, kBackwardBlockRowConfigs,
-                kBackwardClusterRowConfig);
+                kBackwardClusterRowConfig, /*cluster_by_default=*/true);
 }
 
 }  // namespace rmsnorm::detail
