@@ -26,10 +26,6 @@ struct BackwardArgs {
   float eps, inv_cols, weight_offset;
 };
 
-__device__ __forceinline__ float backward_rstd(float ss, const BackwardArgs& a) {
-  return rsqrtf(__fadd_rn(__fmul_rn(ss, a.inv_cols), a.eps));
-}
-
 // Calls f with the weight's presence as a compile-time constant (branch-free inner loops).
 template <class F>
 __device__ __forceinline__ void with_weight(bool has_w, F&& f) {
@@ -138,7 +134,7 @@ __global__ void __launch_bounds__(BLOCK) BackwardRowsImpl(const BackwardArgs a) 
     load_items<TX, VEC, ITEMS, TPR>(x, lane, vectors, valid, xv);
     load_items<TX, VEC, ITEMS, TPR>(dy, lane, vectors, valid, gv);
     const float rstd = a.rstd ? (valid ? a.rstd[row] : 0.f)
-                              : backward_rstd(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(xv)), a);
+                              : rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(xv)), a.inv_cols, a.eps);
     const float gx = Sum::sum(temp, dot_gx<TX, TW, VEC, ITEMS, TPR, kPreloadWeight<BLOCK>>(w, wv, lane, vectors, xv, gv, a));
     if (!valid) continue;
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
@@ -197,7 +193,7 @@ __global__ void __launch_bounds__(BLOCK) ClusterBackwardImpl(const BackwardArgs 
     float sums[2] = {a.rstd ? 0.f : sum_squares<TX, VEC, ITEMS>(xv),
                      dot_gx<TX, TW, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(w, wv, first, end, xv, gv, a)};
     Sum::sum(temp, sums, parity);
-    const float rstd = a.rstd ? a.rstd[row] : backward_rstd(sums[0], a);
+    const float rstd = a.rstd ? a.rstd[row] : rstd_from_sum(sums[0], a.inv_cols, a.eps);
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
     store_dx<TX, TW, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(dx, w, wv, first, end, xv, gv, rstd,
                                         rstd * rstd * rstd * sums[1] * a.inv_cols, dw_acc, a);
@@ -239,7 +235,7 @@ __global__ void __launch_bounds__(BLOCK) LongRowBackwardImpl(const BackwardArgs 
         gx += to_float(gv.v[k]) * (w ? to_float(wv.v[k]) + a.weight_offset : 1.f) * f;
       }
     }
-    const float rstd = a.rstd ? a.rstd[row] : backward_rstd(Sum::sum(temp, ss), a);
+    const float rstd = a.rstd ? a.rstd[row] : rstd_from_sum(Sum::sum(temp, ss), a.inv_cols, a.eps);
     gx = Sum::sum(temp, gx);
     const float coef = rstd * rstd * rstd * gx * a.inv_cols;
 #pragma unroll 2

@@ -112,8 +112,8 @@ __device__ __forceinline__ std::int64_t row_offset(std::int64_t row, std::int64_
 // rstd from a row's sum of squares. The explicit _rn operations stop the compiler from
 // fusing the mean and the eps into one FMA, matching PyTorch's `mean(x^2) + eps` step by
 // step; rsqrtf is what PyTorch's CUDA rsqrt uses.
-__device__ __forceinline__ float rstd_from_sum(float ss, const ForwardArgs& a) {
-  return rsqrtf(__fadd_rn(__fmul_rn(ss, a.inv_cols), a.eps));
+__device__ __forceinline__ float rstd_from_sum(float ss, float inv_cols, float eps) {
+  return rsqrtf(__fadd_rn(__fmul_rn(ss, inv_cols), eps));
 }
 
 // The output of one element: the computation step shared by all strategies.

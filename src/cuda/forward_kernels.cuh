@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(BLOCK) RegisterRowsImpl(const ForwardArgs a) {
                   (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
     Vec<TX, VEC> v[ITEMS];
     load_items<TX, VEC, ITEMS, TPR>(x, lane, vectors, valid, v);
-    const float rstd = rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v)), a);
+    const float rstd = rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v)), a.inv_cols, a.eps);
     if (!valid) continue;
     if (a.rstd && lane == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(BLOCK) ClusterRowImpl(const ForwardArgs a) {
     load_items<TX, VEC, ITEMS, BLOCK>(x, begin + threadIdx.x, end, true, v);
     float ss[1] = {sum_squares<TX, VEC, ITEMS>(v)};
     Sum::sum(temp, ss, parity);
-    const float rstd = rstd_from_sum(ss[0], a);
+    const float rstd = rstd_from_sum(ss[0], a.inv_cols, a.eps);
     if (a.rstd && place.rank == 0 && threadIdx.x == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
     store_items<TX, TW, TY, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(y, w, wv, begin + threadIdx.x, end, v, rstd,
@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
         ss += f * f;
       }
     }
-    const float rstd = rstd_from_sum(Sum::sum(temp, ss), a);
+    const float rstd = rstd_from_sum(Sum::sum(temp, ss), a.inv_cols, a.eps);
     if (a.rstd && threadIdx.x == 0) a.rstd[row] = rstd;
     with_mode(a.llama, w != nullptr, [&](auto llama, auto has_w) {
       constexpr bool kLlama = decltype(llama)::value, kHasW = decltype(has_w)::value;
