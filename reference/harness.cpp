@@ -13,13 +13,12 @@ std::int64_t span_elements(const TensorView& v) {
   return (v.batch - 1) * v.batch_stride + (v.rows - 1) * v.row_stride + v.cols;
 }
 
-HostTensor make_host(DType dtype, std::int64_t batch, std::int64_t rows, std::int64_t cols,
-                     std::int64_t batch_stride, std::int64_t row_stride) {
+HostTensor make_host(DType dtype, std::int64_t batch, std::int64_t rows, std::int64_t cols, std::int64_t batch_stride,
+                     std::int64_t row_stride) {
   HostTensor t;
   if (row_stride < 0) row_stride = cols;
   if (batch_stride < 0) batch_stride = rows * row_stride;
-  t.view = TensorView::batched(nullptr, dtype, Device::cpu(), batch, rows, cols, batch_stride,
-                               row_stride);
+  t.view = TensorView::batched(nullptr, dtype, Device::cpu(), batch, rows, cols, batch_stride, row_stride);
   const std::int64_t n = std::max<std::int64_t>(span_elements(t.view), 1);
   t.bytes.assign(static_cast<std::size_t>(n) * dtype_size(dtype), kPoisonByte);
   t.view.data = t.bytes.data();
@@ -28,8 +27,7 @@ HostTensor make_host(DType dtype, std::int64_t batch, std::int64_t rows, std::in
 
 HostTensor make_host_vector(DType dtype, std::int64_t n) {
   HostTensor t;
-  t.bytes.assign(static_cast<std::size_t>(std::max<std::int64_t>(n, 1)) * dtype_size(dtype),
-                 kPoisonByte);
+  t.bytes.assign(static_cast<std::size_t>(std::max<std::int64_t>(n, 1)) * dtype_size(dtype), kPoisonByte);
   t.view = TensorView::vector(t.bytes.data(), dtype, Device::cpu(), n);
   return t;
 }
@@ -60,8 +58,8 @@ void poison(const TensorView& v) {
 
 std::string Comparison::describe() const {
   char buf[160];
-  std::snprintf(buf, sizeof buf, "worst %.3g of tolerance (abs %.3g at %lld)%s", worst_ratio,
-                worst_abs, static_cast<long long>(worst_index),
+  std::snprintf(buf, sizeof buf, "worst %.3g of tolerance (abs %.3g at %lld)%s", worst_ratio, worst_abs,
+                static_cast<long long>(worst_index),
                 failures ? (", " + std::to_string(failures) + " bad").c_str() : "");
   return buf;
 }
@@ -91,17 +89,15 @@ Comparison compare(const TensorView& got, const std::vector<double>& ref, Tolera
   return c;
 }
 
-Comparison compare_vector(const void* got, DType dtype, const std::vector<double>& ref,
-                          Tolerance tol) {
+Comparison compare_vector(const void* got, DType dtype, const std::vector<double>& ref, Tolerance tol) {
   Comparison c;
   for (std::size_t i = 0; i < ref.size(); ++i)
-    check_one(c, load_as_double(got, dtype, static_cast<std::int64_t>(i)), ref[i], tol,
-              static_cast<std::int64_t>(i));
+    check_one(c, load_as_double(got, dtype, static_cast<std::int64_t>(i)), ref[i], tol, static_cast<std::int64_t>(i));
   return c;
 }
 
-Comparison compare_scaled(const TensorView& got, const std::vector<double>& ref,
-                          const std::vector<double>& scale, Tolerance tol) {
+Comparison compare_scaled(const TensorView& got, const std::vector<double>& ref, const std::vector<double>& scale,
+                          Tolerance tol) {
   Comparison c;
   std::int64_t i = 0;
   for_each_offset(got, [&](std::int64_t off) {
@@ -129,7 +125,8 @@ std::int64_t count_stray_writes(const std::vector<unsigned char>& buffer, const 
   for_each_offset(v, [&](std::int64_t off) {
     const std::ptrdiff_t at = shift + static_cast<std::ptrdiff_t>(off * static_cast<std::int64_t>(es));
     for (std::size_t k = 0; k < es; ++k)
-      if (at + static_cast<std::ptrdiff_t>(k) >= 0 && at + static_cast<std::ptrdiff_t>(k) < static_cast<std::ptrdiff_t>(buffer.size()))
+      if (at + static_cast<std::ptrdiff_t>(k) >= 0 &&
+          at + static_cast<std::ptrdiff_t>(k) < static_cast<std::ptrdiff_t>(buffer.size()))
         inside[static_cast<std::size_t>(at) + k] = 1;
   });
   std::int64_t stray = 0;

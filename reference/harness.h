@@ -39,9 +39,9 @@ void poison(const TensorView& v);
 
 struct Comparison {
   std::int64_t checked = 0;
-  std::int64_t failures = 0;   // elements outside the tolerance (NaN counts)
-  double worst_ratio = 0;      // max |got-ref| / (atol + rtol |ref|); <= 1 passes
-  double worst_abs = 0;        // max |got-ref|
+  std::int64_t failures = 0;  // elements outside the tolerance (NaN counts)
+  double worst_ratio = 0;     // max |got-ref| / (atol + rtol |ref|); <= 1 passes
+  double worst_abs = 0;       // max |got-ref|
   std::int64_t worst_index = -1;
   bool passed() const { return failures == 0 && checked > 0; }
   std::string describe() const;  // "worst 0.31 of tolerance (abs 1.2e-03 at 17)"
@@ -50,13 +50,12 @@ struct Comparison {
 // Compares `got` (a host view of total_rows x cols) with `ref` (row-major, contiguous).
 Comparison compare(const TensorView& got, const std::vector<double>& ref, Tolerance tol);
 // Compares a contiguous host vector with ref.
-Comparison compare_vector(const void* got, DType dtype, const std::vector<double>& ref,
-                          Tolerance tol);
+Comparison compare_vector(const void* got, DType dtype, const std::vector<double>& ref, Tolerance tol);
 
 // Element-wise tolerance: |got - ref| <= tol.rtol * |ref| + tol.atol * scale[i], for the
 // backward's outputs whose error bound depends on the size of the terms that were summed.
-Comparison compare_scaled(const TensorView& got, const std::vector<double>& ref,
-                          const std::vector<double>& scale, Tolerance tol);
+Comparison compare_scaled(const TensorView& got, const std::vector<double>& ref, const std::vector<double>& scale,
+                          Tolerance tol);
 Comparison compare_vector_scaled(const void* got, DType dtype, const std::vector<double>& ref,
                                  const std::vector<double>& scale, Tolerance tol);
 

@@ -26,8 +26,7 @@ DType promote(DType a, DType b) {
 }
 }  // namespace
 
-ForwardResult forward(const TensorView& x, const std::optional<TensorView>& weight,
-                      DType y_dtype, const Params& p) {
+ForwardResult forward(const TensorView& x, const std::optional<TensorView>& weight, DType y_dtype, const Params& p) {
   (void)y_dtype;
   const std::int64_t m = x.total_rows(), n = x.cols;
   const DType acc = x.dtype == DType::f64 ? DType::f64 : DType::f32;
@@ -67,8 +66,8 @@ ForwardResult forward(const TensorView& x, const std::optional<TensorView>& weig
   return out;
 }
 
-BackwardResult backward(const TensorView& dy, const TensorView& x,
-                        const std::optional<TensorView>& weight, const Params& p) {
+BackwardResult backward(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
+                        const Params& p) {
   const std::int64_t m = x.total_rows(), n = x.cols;
   BackwardResult out;
   out.dx.resize(static_cast<std::size_t>(m * n));

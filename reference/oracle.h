@@ -19,8 +19,8 @@ struct ForwardResult {
 // before the final rounding to y_dtype. Under Cast::llama the intermediate roundings of
 // Hugging Face's LlamaRMSNorm are reproduced (x * rstd rounded to x's dtype, the weight
 // product rounded to the promoted dtype of x and the weight).
-ForwardResult forward(const TensorView& x, const std::optional<TensorView>& weight,
-                      DType y_dtype, const Params& params);
+ForwardResult forward(const TensorView& x, const std::optional<TensorView>& weight, DType y_dtype,
+                      const Params& params);
 
 struct BackwardResult {
   std::vector<double> dx;        // total_rows * cols
@@ -33,8 +33,8 @@ struct BackwardResult {
 
 // Gradients of forward with respect to x and the weight, in fp64, treating the rounding
 // steps of Cast::llama as identities (as the library documents).
-BackwardResult backward(const TensorView& dy, const TensorView& x,
-                        const std::optional<TensorView>& weight, const Params& params);
+BackwardResult backward(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
+                        const Params& params);
 
 // Rounds v to dtype t and back (identity for f64).
 double round_to(DType t, double v);

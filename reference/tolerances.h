@@ -19,10 +19,14 @@ struct Tolerance {
 
 inline double unit_roundoff(DType t) {
   switch (t) {
-    case DType::f32: return std::ldexp(1.0, -24);
-    case DType::f16: return std::ldexp(1.0, -11);
-    case DType::bf16: return std::ldexp(1.0, -8);
-    case DType::f64: return std::ldexp(1.0, -53);
+    case DType::f32:
+      return std::ldexp(1.0, -24);
+    case DType::f16:
+      return std::ldexp(1.0, -11);
+    case DType::bf16:
+      return std::ldexp(1.0, -8);
+    case DType::f64:
+      return std::ldexp(1.0, -53);
   }
   return 1.0;
 }

@@ -26,15 +26,14 @@ Status to_status(F&& f) noexcept {
 }
 }  // namespace detail
 
-TensorView TensorView::matrix(void* data, DType dtype, Device device, std::int64_t rows,
-                              std::int64_t cols, std::int64_t row_stride) noexcept {
+TensorView TensorView::matrix(void* data, DType dtype, Device device, std::int64_t rows, std::int64_t cols,
+                              std::int64_t row_stride) noexcept {
   const std::int64_t rs = row_stride < 0 ? cols : row_stride;
   return TensorView{data, dtype, device, 1, rows, cols, rows * rs, rs};
 }
 
-TensorView TensorView::batched(void* data, DType dtype, Device device, std::int64_t batch,
-                               std::int64_t rows, std::int64_t cols, std::int64_t batch_stride,
-                               std::int64_t row_stride) noexcept {
+TensorView TensorView::batched(void* data, DType dtype, Device device, std::int64_t batch, std::int64_t rows,
+                               std::int64_t cols, std::int64_t batch_stride, std::int64_t row_stride) noexcept {
   return TensorView{data, dtype, device, batch, rows, cols, batch_stride, row_stride};
 }
 
@@ -44,11 +43,16 @@ TensorView TensorView::vector(void* data, DType dtype, Device device, std::int64
 
 const char* strategy_name(Strategy s) noexcept {
   switch (s) {
-    case Strategy::automatic: return "auto";
-    case Strategy::warp_rows: return "warp_rows";
-    case Strategy::block_row: return "block_row";
-    case Strategy::long_row: return "long_row";
-    case Strategy::cluster_row: return "cluster_row";
+    case Strategy::automatic:
+      return "auto";
+    case Strategy::warp_rows:
+      return "warp_rows";
+    case Strategy::block_row:
+      return "block_row";
+    case Strategy::long_row:
+      return "long_row";
+    case Strategy::cluster_row:
+      return "cluster_row";
   }
   return "unknown";
 }
@@ -65,17 +69,22 @@ Strategy parse_strategy(const std::string& s) {
 
 const char* code_name(Code c) noexcept {
   switch (c) {
-    case Code::ok: return "ok";
-    case Code::invalid_argument: return "invalid_argument";
-    case Code::unsupported: return "unsupported";
-    case Code::cuda_error: return "cuda_error";
-    case Code::internal: return "internal";
+    case Code::ok:
+      return "ok";
+    case Code::invalid_argument:
+      return "invalid_argument";
+    case Code::unsupported:
+      return "unsupported";
+    case Code::cuda_error:
+      return "cuda_error";
+    case Code::internal:
+      return "internal";
   }
   return "unknown";
 }
 
-void forward(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
-             const Params& params, const std::optional<TensorView>& rstd, Stream stream) {
+void forward(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y, const Params& params,
+             const std::optional<TensorView>& rstd, Stream stream) {
   const detail::ForwardProblem p = detail::validate_forward(x, weight, y, params, rstd);
   if (p.total_rows() == 0) return;
   if (x.device.kind == DeviceKind::cpu) {
@@ -90,14 +99,12 @@ void forward(const TensorView& x, const std::optional<TensorView>& weight, const
 #endif
 }
 
-Status forward_status(const TensorView& x, const std::optional<TensorView>& weight,
-                      const TensorView& y, const Params& params,
-                      const std::optional<TensorView>& rstd, Stream stream) noexcept {
+Status forward_status(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
+                      const Params& params, const std::optional<TensorView>& rstd, Stream stream) noexcept {
   return detail::to_status([&] { forward(x, weight, y, params, rstd, stream); });
 }
 
-std::size_t backward_workspace_size(const TensorView& x, const std::optional<TensorView>& dw,
-                                    const Params& params) {
+std::size_t backward_workspace_size(const TensorView& x, const std::optional<TensorView>& dw, const Params& params) {
   (void)params;
   if (!dw || x.total_rows() <= 0 || x.cols <= 0) return 0;
   if (x.device.kind == DeviceKind::cpu) return detail::cpu_backward_workspace(x.total_rows(), x.cols, true, x.dtype);
@@ -109,14 +116,15 @@ std::size_t backward_workspace_size(const TensorView& x, const std::optional<Ten
 }
 
 void backward(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
-              const std::optional<TensorView>& rstd, const TensorView& dx,
-              const std::optional<TensorView>& dw, const Params& params, void* workspace,
-              std::size_t workspace_bytes, Stream stream) {
+              const std::optional<TensorView>& rstd, const TensorView& dx, const std::optional<TensorView>& dw,
+              const Params& params, void* workspace, std::size_t workspace_bytes, Stream stream) {
   detail::BackwardProblem p = detail::validate_backward(dy, x, weight, rstd, dx, dw, params);
   const std::size_t required = backward_workspace_size(x, dw, params);
   if (workspace_bytes < required)
-    throw Error(Code::invalid_argument, "workspace: needs " + std::to_string(required) + " bytes (see "
-                                        "backward_workspace_size), got " + std::to_string(workspace_bytes));
+    throw Error(Code::invalid_argument, "workspace: needs " + std::to_string(required) +
+                                            " bytes (see "
+                                            "backward_workspace_size), got " +
+                                            std::to_string(workspace_bytes));
   if (required > 0 && workspace == nullptr) throw Error(Code::invalid_argument, "workspace: data is null");
   p.workspace = workspace;
   p.workspace_bytes = workspace_bytes;
@@ -134,9 +142,8 @@ void backward(const TensorView& dy, const TensorView& x, const std::optional<Ten
 }
 
 Status backward_status(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
-                       const std::optional<TensorView>& rstd, const TensorView& dx,
-                       const std::optional<TensorView>& dw, const Params& params, void* workspace,
-                       std::size_t workspace_bytes, Stream stream) noexcept {
+                       const std::optional<TensorView>& rstd, const TensorView& dx, const std::optional<TensorView>& dw,
+                       const Params& params, void* workspace, std::size_t workspace_bytes, Stream stream) noexcept {
   return detail::to_status([&] { backward(dy, x, weight, rstd, dx, dw, params, workspace, workspace_bytes, stream); });
 }
 

@@ -42,7 +42,9 @@ inline constexpr RegisterConfig kBackwardWarpRowsConfigs[] = {
     {4, 1, 128}, {8, 1, 128}, {16, 1, 128}, {32, 1, 128}, {32, 2, 128}, {32, 4, 128},
 };
 inline constexpr RegisterConfig kBackwardBlockRowConfigs[] = {
-    {128, 2, 128}, {256, 2, 256}, {512, 2, 512},
+    {128, 2, 128},
+    {256, 2, 256},
+    {512, 2, 512},
 };
 inline constexpr int kNumBackwardWarpRowsConfigs = sizeof(kBackwardWarpRowsConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumBackwardBlockRowConfigs = sizeof(kBackwardBlockRowConfigs) / sizeof(RegisterConfig);

@@ -59,8 +59,12 @@ Plan choose(DType x_dtype, std::int64_t cols, int vw, Strategy requested, int cc
   const RegisterConfig* block = full ? first_fit(block_table, vectors) : nullptr;
   const std::int64_t cluster_size = (vectors + cluster_config.capacity() - 1) / cluster_config.capacity();
   const bool cluster_ok = full && cc_major >= 9 && cluster_size <= kMaxClusterSize;
-  const Plan cluster{Strategy::cluster_row, vw, cluster_config.threads_per_row * static_cast<int>(cluster_size),
-                     cluster_config.items, cluster_config.threads_per_block, static_cast<int>(cluster_size)};
+  const Plan cluster{Strategy::cluster_row,
+                     vw,
+                     cluster_config.threads_per_row * static_cast<int>(cluster_size),
+                     cluster_config.items,
+                     cluster_config.threads_per_block,
+                     static_cast<int>(cluster_size)};
   const auto refuse = [&](const char* name, int cap) {
     std::string why = full ? "a row of " + std::to_string(cols) + " elements (" + std::to_string(vectors) +
                                  " vectors) exceeds its " + std::to_string(cap) + "-vector capacity"

@@ -31,7 +31,7 @@ struct BackwardProblem {
   const void* weight = nullptr;  // nullptr: no weight
   const void* rstd = nullptr;    // nullptr: recompute from x
   void* dx = nullptr;
-  void* dw = nullptr;  // nullptr: not requested
+  void* dw = nullptr;          // nullptr: not requested
   DType x_dtype = DType::f32;  // also dy's and dx's
   DType w_dtype = DType::f32;
   DType dw_dtype = DType::f32;
@@ -48,13 +48,11 @@ struct BackwardProblem {
 
 // Throws rmsnorm::Error naming the first bad argument. Also checks pointer residency when
 // params.check_pointers is set (CUDA builds only).
-ForwardProblem validate_forward(const TensorView& x, const std::optional<TensorView>& weight,
-                                const TensorView& y, const Params& params,
-                                const std::optional<TensorView>& rstd);
+ForwardProblem validate_forward(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
+                                const Params& params, const std::optional<TensorView>& rstd);
 
 // The backward's checks; the workspace size is checked by the caller.
-BackwardProblem validate_backward(const TensorView& dy, const TensorView& x,
-                                  const std::optional<TensorView>& weight,
+BackwardProblem validate_backward(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
                                   const std::optional<TensorView>& rstd, const TensorView& dx,
                                   const std::optional<TensorView>& dw, const Params& params);
 

@@ -1,9 +1,9 @@
 // Argument checking for every entry point: all of it happens before anything is written.
 #include <cmath>
 #include <initializer_list>
-#include <utility>
 #include <sstream>
 #include <string>
+#include <utility>
 
 #include "problem.h"
 
@@ -15,8 +15,8 @@ namespace {
 
 std::string shape_of(const TensorView& v) {
   std::ostringstream s;
-  s << "(" << v.batch << ", " << v.rows << ", " << v.cols << ") strides (" << v.batch_stride
-    << ", " << v.row_stride << ", 1)";
+  s << "(" << v.batch << ", " << v.rows << ", " << v.cols << ") strides (" << v.batch_stride << ", " << v.row_stride
+    << ", 1)";
   return s.str();
 }
 
@@ -37,8 +37,8 @@ struct Extent {
 };
 Extent extent_of(const TensorView& v) {
   const std::int64_t es = static_cast<std::int64_t>(dtype_size(v.dtype));
-  const std::int64_t last = (v.batch > 0 ? (v.batch - 1) * v.batch_stride : 0) +
-                            (v.rows > 0 ? (v.rows - 1) * v.row_stride : 0) + v.cols;
+  const std::int64_t last =
+      (v.batch > 0 ? (v.batch - 1) * v.batch_stride : 0) + (v.rows > 0 ? (v.rows - 1) * v.row_stride : 0) + v.cols;
   const auto lo = reinterpret_cast<std::uintptr_t>(v.data);
   return {lo, lo + static_cast<std::uintptr_t>(last * es)};
 }
@@ -53,8 +53,8 @@ bool extents_intersect(const TensorView& a, const TensorView& b) {
 // [i*S, i*S + La), rows of `b` cover [d + j*S, d + j*S + Lb), d = b - a. They meet iff some
 // k = j - i in [-(Ra-1), Rb-1] has -Lb < d + k*S < La; k*S grows with k, so only the largest
 // k below the upper bound needs checking.
-bool same_pitch_rows_overlap(std::int64_t d, std::int64_t S, std::int64_t La, std::int64_t Lb,
-                             std::int64_t Ra, std::int64_t Rb) {
+bool same_pitch_rows_overlap(std::int64_t d, std::int64_t S, std::int64_t La, std::int64_t Lb, std::int64_t Ra,
+                             std::int64_t Rb) {
   auto floor_div = [](std::int64_t a, std::int64_t b) {
     std::int64_t q = a / b;
     return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
@@ -68,11 +68,16 @@ bool same_pitch_rows_overlap(std::int64_t d, std::int64_t S, std::int64_t La, st
 // Collapses a view to `count` rows a fixed `pitch` (elements) apart, when it is one.
 bool as_uniform_rows(const TensorView& v, std::int64_t& count, std::int64_t& pitch) {
   count = v.total_rows();
-  if (count == 1) pitch = 0;
-  else if (v.batch == 1) pitch = v.row_stride;
-  else if (v.rows == 1) pitch = v.batch_stride;
-  else if (v.batch_stride == v.rows * v.row_stride) pitch = v.row_stride;
-  else return false;
+  if (count == 1)
+    pitch = 0;
+  else if (v.batch == 1)
+    pitch = v.row_stride;
+  else if (v.rows == 1)
+    pitch = v.batch_stride;
+  else if (v.batch_stride == v.rows * v.row_stride)
+    pitch = v.row_stride;
+  else
+    return false;
   return count == 1 || pitch > 0;
 }
 
@@ -85,19 +90,22 @@ bool views_overlap(const TensorView& a, const TensorView& b) {
   pa *= static_cast<std::int64_t>(dtype_size(a.dtype));
   pb *= static_cast<std::int64_t>(dtype_size(b.dtype));
   std::int64_t pitch;
-  if (ra == 1 && rb == 1) pitch = la + lb;  // any pitch longer than both rows
-  else if (ra == 1) pitch = pb;
-  else if (rb == 1 || pa == pb) pitch = pa;
-  else return true;  // different pitches: conservative
-  const std::int64_t d = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(b.data) -
-                                                   reinterpret_cast<std::uintptr_t>(a.data));
+  if (ra == 1 && rb == 1)
+    pitch = la + lb;  // any pitch longer than both rows
+  else if (ra == 1)
+    pitch = pb;
+  else if (rb == 1 || pa == pb)
+    pitch = pa;
+  else
+    return true;  // different pitches: conservative
+  const std::int64_t d =
+      static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(b.data) - reinterpret_cast<std::uintptr_t>(a.data));
   return same_pitch_rows_overlap(d, pitch, la, lb, ra, rb);
 }
 
 bool same_view(const TensorView& a, const TensorView& b) {
-  return a.data == b.data && a.dtype == b.dtype && a.batch == b.batch && a.rows == b.rows &&
-         a.cols == b.cols && (a.rows <= 1 || a.row_stride == b.row_stride) &&
-         (a.batch <= 1 || a.batch_stride == b.batch_stride);
+  return a.data == b.data && a.dtype == b.dtype && a.batch == b.batch && a.rows == b.rows && a.cols == b.cols &&
+         (a.rows <= 1 || a.row_stride == b.row_stride) && (a.batch <= 1 || a.batch_stride == b.batch_stride);
 }
 
 // An output written by many threads must not have two rows on the same memory.
@@ -112,13 +120,11 @@ void check_rows_disjoint(const TensorView& v, const char* name) {
     n_small = v.batch;
   }
   if (s_small < v.cols || s_large < (n_small - 1) * s_small + v.cols)
-    fail(std::string(name) + ": rows overlap each other in " + shape_of(v) +
-         " (an output needs disjoint rows)");
+    fail(std::string(name) + ": rows overlap each other in " + shape_of(v) + " (an output needs disjoint rows)");
 }
 
 std::string combo(DType x, const std::optional<TensorView>& w, DType y) {
-  return std::string("x ") + dtype_name(x) + ", weight " + (w ? dtype_name(w->dtype) : "none") +
-         ", y " + dtype_name(y);
+  return std::string("x ") + dtype_name(x) + ", weight " + (w ? dtype_name(w->dtype) : "none") + ", y " + dtype_name(y);
 }
 
 void same_device(const TensorView& v, const TensorView& x, const char* name) {
@@ -130,8 +136,8 @@ void check_weight(const std::optional<TensorView>& weight, const TensorView& x, 
   if (weight) {
     const TensorView& w = *weight;
     if (w.total_rows() != 1 || w.cols != x.cols)
-      fail("weight: expected a contiguous vector of cols = " + std::to_string(x.cols) +
-           " elements, got " + shape_of(w));
+      fail("weight: expected a contiguous vector of cols = " + std::to_string(x.cols) + " elements, got " +
+           shape_of(w));
     if (w.data == nullptr) fail("weight: data is null");
     same_device(w, x, "weight");
   } else if (params.weight_offset != 0.0) {
@@ -143,13 +149,13 @@ void check_rstd(const std::optional<TensorView>& rstd, const TensorView& x) {
   if (!rstd) return;
   const TensorView& r = *rstd;
   const DType want = x.dtype == DType::f64 ? DType::f64 : DType::f32;
-  if (r.dtype != want)
-    fail(std::string("rstd: dtype must be ") + dtype_name(want) + ", got " + dtype_name(r.dtype));
+  if (r.dtype != want) fail(std::string("rstd: dtype must be ") + dtype_name(want) + ", got " + dtype_name(r.dtype));
   const std::int64_t n = r.batch * r.rows * (r.rows > 0 && r.batch > 0 ? r.cols : 0);
-  const bool contiguous = r.total_rows() <= 1 || (r.row_stride == r.cols && (r.batch <= 1 || r.batch_stride == r.rows * r.cols));
+  const bool contiguous =
+      r.total_rows() <= 1 || (r.row_stride == r.cols && (r.batch <= 1 || r.batch_stride == r.rows * r.cols));
   if (!contiguous || n != x.total_rows())
-    fail("rstd: expected a contiguous vector of batch*rows = " + std::to_string(x.total_rows()) +
-         " elements, got " + shape_of(r));
+    fail("rstd: expected a contiguous vector of batch*rows = " + std::to_string(x.total_rows()) + " elements, got " +
+         shape_of(r));
   if (r.data == nullptr && n > 0) fail("rstd: data is null");
   same_device(r, x, "rstd");
 }
@@ -164,8 +170,7 @@ void check_params(const Params& params) {
 
 void check_x_dtype(const TensorView& x) {
   const DType xt = x.dtype;
-  if (xt != DType::f32 && xt != DType::f16 && xt != DType::bf16 && xt != DType::f64)
-    fail("x: unknown dtype");
+  if (xt != DType::f32 && xt != DType::f16 && xt != DType::bf16 && xt != DType::f64) fail("x: unknown dtype");
   if (xt == DType::f64 && x.device.kind == DeviceKind::cuda)
     unsupported("x: f64 is supported on the CPU only (got a CUDA view)");
 }
@@ -175,8 +180,8 @@ void check_weight_dtype(const std::optional<TensorView>& weight, DType xt) {
   const DType wt = weight->dtype;
   const bool ok = wt == xt || (wt == DType::f32 && (xt == DType::f16 || xt == DType::bf16));
   if (!ok)
-    unsupported("weight: dtype " + std::string(dtype_name(wt)) + " is not supported with x " +
-                dtype_name(xt) + " (expected x's dtype, or f32 with f16/bf16 x)");
+    unsupported("weight: dtype " + std::string(dtype_name(wt)) + " is not supported with x " + dtype_name(xt) +
+                " (expected x's dtype, or f32 with f16/bf16 x)");
 }
 
 // A view as rstd-like contiguous vector of n elements, for overlap checks.
@@ -201,9 +206,8 @@ const TensorView* ptr(const std::optional<TensorView>& v) { return v ? &*v : nul
 
 }  // namespace
 
-ForwardProblem validate_forward(const TensorView& x, const std::optional<TensorView>& weight,
-                                const TensorView& y, const Params& params,
-                                const std::optional<TensorView>& rstd) {
+ForwardProblem validate_forward(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
+                                const Params& params, const std::optional<TensorView>& rstd) {
   check_layout(x, "x");
   check_layout(y, "y");
   if (y.batch != x.batch || y.rows != x.rows || y.cols != x.cols)
@@ -239,8 +243,7 @@ ForwardProblem validate_forward(const TensorView& x, const std::optional<TensorV
   }
   if (weight && x.total_rows() > 0 && views_overlap(*weight, y)) fail("weight: overlaps y");
 
-  check_residency(params, x.total_rows(),
-                  {{&x, "x"}, {&y, "y"}, {ptr(weight), "weight"}, {ptr(rstd), "rstd"}});
+  check_residency(params, x.total_rows(), {{&x, "x"}, {&y, "y"}, {ptr(weight), "weight"}, {ptr(rstd), "rstd"}});
 
   ForwardProblem p;
   p.x = x.data;
@@ -264,8 +267,7 @@ ForwardProblem validate_forward(const TensorView& x, const std::optional<TensorV
   return p;
 }
 
-BackwardProblem validate_backward(const TensorView& dy, const TensorView& x,
-                                  const std::optional<TensorView>& weight,
+BackwardProblem validate_backward(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
                                   const std::optional<TensorView>& rstd, const TensorView& dx,
                                   const std::optional<TensorView>& dw, const Params& params) {
   check_layout(x, "x");
@@ -307,8 +309,8 @@ BackwardProblem validate_backward(const TensorView& dy, const TensorView& x,
   }
   if (dw) {
     const TensorView& g = *dw;
-    if (views_overlap(g, dx) || views_overlap(g, dy) || views_overlap(g, x) ||
-        views_overlap(g, *weight) || (rstd && views_overlap(g, as_vector(*rstd, x.total_rows()))))
+    if (views_overlap(g, dx) || views_overlap(g, dy) || views_overlap(g, x) || views_overlap(g, *weight) ||
+        (rstd && views_overlap(g, as_vector(*rstd, x.total_rows()))))
       fail("dw: overlaps another argument");
   }
   check_residency(params, x.total_rows(),

@@ -9,8 +9,7 @@
 namespace rmsnorm::testing {
 namespace {
 void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 }  // namespace
 
@@ -42,8 +41,7 @@ void DeviceBuffer::download(void* dst, std::size_t bytes, std::size_t offset) co
 }
 
 void DeviceBuffer::copy_within(std::size_t dst_offset, std::size_t src_offset, std::size_t bytes) {
-  check(cudaMemcpy(data() + dst_offset, data() + src_offset, bytes, cudaMemcpyDeviceToDevice),
-        "cudaMemcpy D2D");
+  check(cudaMemcpy(data() + dst_offset, data() + src_offset, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy D2D");
 }
 
 void DeviceBuffer::fill(unsigned char byte) { check(cudaMemset(ptr_, byte, bytes_), "cudaMemset"); }

@@ -17,11 +17,10 @@ std::string Combo::name() const {
 std::vector<Combo> allowed_combos(Backend b) {
   using D = DType;
   std::vector<Combo> out = {
-      {D::f32, D::f32, D::f32},   {D::f32, std::nullopt, D::f32},
-      {D::f16, D::f16, D::f16},   {D::f16, D::f32, D::f16},
-      {D::f16, D::f32, D::f32},   {D::f16, std::nullopt, D::f16},
-      {D::bf16, D::bf16, D::bf16}, {D::bf16, D::f32, D::bf16},
-      {D::bf16, D::f32, D::f32},  {D::bf16, std::nullopt, D::bf16},
+      {D::f32, D::f32, D::f32},         {D::f32, std::nullopt, D::f32}, {D::f16, D::f16, D::f16},
+      {D::f16, D::f32, D::f16},         {D::f16, D::f32, D::f32},       {D::f16, std::nullopt, D::f16},
+      {D::bf16, D::bf16, D::bf16},      {D::bf16, D::f32, D::bf16},     {D::bf16, D::f32, D::f32},
+      {D::bf16, std::nullopt, D::bf16},
   };
   if (b == Backend::cpu) {
     out.push_back({D::f64, D::f64, D::f64});
@@ -37,12 +36,10 @@ std::string Case::describe() const {
                 "batch_stride=%lld row_stride=%lld lead(x,y,w)=(%lld,%lld,%lld)%s eps=%g scale=%g "
                 "strategy=%s",
                 dtype_name(combo.x), combo.w ? dtype_name(*combo.w) : "none", dtype_name(combo.y),
-                cast == Cast::fp32 ? "fp32" : "llama", offset, rstd ? "yes" : "no",
-                static_cast<long long>(batch), static_cast<long long>(rows),
-                static_cast<long long>(cols), static_cast<long long>(batch_stride),
-                static_cast<long long>(row_stride), static_cast<long long>(x_lead),
-                static_cast<long long>(y_lead), static_cast<long long>(w_lead),
-                in_place ? " in-place" : "", eps, scale, strategy_name(strategy));
+                cast == Cast::fp32 ? "fp32" : "llama", offset, rstd ? "yes" : "no", static_cast<long long>(batch),
+                static_cast<long long>(rows), static_cast<long long>(cols), static_cast<long long>(batch_stride),
+                static_cast<long long>(row_stride), static_cast<long long>(x_lead), static_cast<long long>(y_lead),
+                static_cast<long long>(w_lead), in_place ? " in-place" : "", eps, scale, strategy_name(strategy));
   return buf;
 }
 
@@ -50,14 +47,14 @@ namespace {
 
 std::uint64_t seed_for(const Case& c) {
   return seed_of({static_cast<int>(c.combo.x), c.combo.w ? static_cast<int>(*c.combo.w) : -1,
-                  static_cast<int>(c.combo.y), static_cast<int>(c.cast), static_cast<std::int64_t>(c.offset),
-                  c.batch, c.rows, c.cols, c.batch_stride, c.row_stride, c.x_lead,
-                  static_cast<std::int64_t>(c.scale * 1e3), static_cast<std::int64_t>(c.eps * 1e9)});
+                  static_cast<int>(c.combo.y), static_cast<int>(c.cast), static_cast<std::int64_t>(c.offset), c.batch,
+                  c.rows, c.cols, c.batch_stride, c.row_stride, c.x_lead, static_cast<std::int64_t>(c.scale * 1e3),
+                  static_cast<std::int64_t>(c.eps * 1e9)});
 }
 
 // Runs forward on the backend; the host tensors receive what the call wrote.
-void run_backend(Backend b, const Case& c, HostTensor& x, const HostTensor* w, HostTensor* y,
-                 HostTensor* rstd, const Params& p, Outcome& out) {
+void run_backend(Backend b, const Case& c, HostTensor& x, const HostTensor* w, HostTensor* y, HostTensor* rstd,
+                 const Params& p, Outcome& out) {
   auto call = [&](const TensorView& xv, const std::optional<TensorView>& wv, const TensorView& yv,
                   const std::optional<TensorView>& rv) {
     try {
@@ -111,8 +108,10 @@ Outcome run_case(Backend b, const Case& c) {
     // Llama-style weights scatter around 1; Gemma-style ones (used as 1 + w) around 0,
     // kept away from -1 where w + 1 would cancel (the oracle adds in fp64, the backends
     // in fp32, and the table has no term for that cancellation).
-    if (c.offset == 0.0) reference::fill_normal(w->view, seed + 1, 1.0, 0.5);
-    else reference::fill_normal(w->view, seed + 1, 0.0, 0.25);
+    if (c.offset == 0.0)
+      reference::fill_normal(w->view, seed + 1, 1.0, 0.5);
+    else
+      reference::fill_normal(w->view, seed + 1, 0.0, 0.25);
   }
   const DType rstd_dtype = c.combo.x == DType::f64 ? DType::f64 : DType::f32;
   if (c.rstd) out.rstd = make_vector(rstd_dtype, c.batch * c.rows, 16 / dtype_size(rstd_dtype), c.trail);
@@ -123,16 +122,14 @@ Outcome run_case(Backend b, const Case& c) {
   p.cast = c.cast;
   p.strategy = c.strategy;
 
-  out.ref = reference::forward(out.x.view, w ? std::optional<TensorView>(w->view) : std::nullopt,
-                               c.combo.y, p);
+  out.ref = reference::forward(out.x.view, w ? std::optional<TensorView>(w->view) : std::nullopt, c.combo.y, p);
   const std::vector<unsigned char> x_before = out.x.bytes;
   if (!c.in_place) {
     const TensorView& xv = out.x.view;
     out.y = make_tensor(c.combo.y, c.batch, c.rows, c.cols, xv.batch_stride, xv.row_stride, c.y_lead, c.trail);
   }
 
-  run_backend(b, c, out.x, w ? &*w : nullptr, c.in_place ? nullptr : &out.y,
-              c.rstd ? &out.rstd : nullptr, p, out);
+  run_backend(b, c, out.x, w ? &*w : nullptr, c.in_place ? nullptr : &out.y, c.rstd ? &out.rstd : nullptr, p, out);
 
   if (c.in_place) {  // the result lives in x's buffer: y is a copy of it, same layout
     out.y = out.x;
@@ -140,12 +137,12 @@ Outcome run_case(Backend b, const Case& c) {
   }
   out.x_unchanged = c.in_place || out.x.bytes == x_before;
   if (out.refused) {
-    out.buffers_untouched = (c.in_place ? out.x.bytes == x_before : all_poisoned(out.y.bytes)) &&
-                            (!c.rstd || all_poisoned(out.rstd.bytes));
+    out.buffers_untouched =
+        (c.in_place ? out.x.bytes == x_before : all_poisoned(out.y.bytes)) && (!c.rstd || all_poisoned(out.rstd.bytes));
     return out;
   }
-  out.y_cmp = reference::compare(out.y.view, out.ref.y,
-                                 reference::forward_tolerance(c.combo.x, c.combo.y, c.cast, c.cols));
+  out.y_cmp =
+      reference::compare(out.y.view, out.ref.y, reference::forward_tolerance(c.combo.x, c.combo.y, c.cast, c.cols));
   out.y_stray = reference::count_stray_writes(out.y.bytes, out.y.view);
   if (c.rstd) {
     out.rstd_cmp = reference::compare_vector(out.rstd.view.data, rstd_dtype, out.ref.rstd,

@@ -44,8 +44,8 @@ struct Case {
   bool rstd = true;
   std::int64_t batch = 1, rows = 1, cols = 1;
   std::int64_t batch_stride = -1, row_stride = -1;  // -1: contiguous
-  std::int64_t x_lead = 0, y_lead = 0, w_lead = 0;   // elements before the first one
-  std::int64_t trail = 3;                            // poisoned elements after the span
+  std::int64_t x_lead = 0, y_lead = 0, w_lead = 0;  // elements before the first one
+  std::int64_t trail = 3;                           // poisoned elements after the span
   bool in_place = false;
   double eps = 1e-6;
   double scale = 1.0;  // x ~ N(0, scale^2)
@@ -54,11 +54,11 @@ struct Case {
 };
 
 struct Outcome {
-  bool ran = false;           // forward returned normally
-  bool refused = false;       // forward threw rmsnorm::Error
+  bool ran = false;      // forward returned normally
+  bool refused = false;  // forward threw rmsnorm::Error
   Code code = Code::ok;
   std::string message;
-  bool plan_refused = false;  // (CUDA, forced strategy) plan_forward said unsupported
+  bool plan_refused = false;         // (CUDA, forced strategy) plan_forward said unsupported
   reference::HostTensor x, y, rstd;  // after the call (y is x's buffer when in place)
   reference::ForwardResult ref;
   reference::Comparison y_cmp, rstd_cmp;

@@ -5,9 +5,8 @@
 
 namespace rmsnorm::testing {
 
-HostTensor make_tensor(DType dtype, std::int64_t batch, std::int64_t rows, std::int64_t cols,
-                       std::int64_t batch_stride, std::int64_t row_stride, std::int64_t lead,
-                       std::int64_t trail) {
+HostTensor make_tensor(DType dtype, std::int64_t batch, std::int64_t rows, std::int64_t cols, std::int64_t batch_stride,
+                       std::int64_t row_stride, std::int64_t lead, std::int64_t trail) {
   HostTensor t = reference::make_host(dtype, batch, rows, cols, batch_stride, row_stride);
   const std::size_t es = dtype_size(dtype);
   t.bytes.insert(t.bytes.begin(), static_cast<std::size_t>(lead) * es, reference::kPoisonByte);
@@ -26,8 +25,7 @@ HostTensor make_vector(DType dtype, std::int64_t n, std::int64_t lead, std::int6
 }
 
 bool all_poisoned(const std::vector<unsigned char>& bytes) {
-  return std::all_of(bytes.begin(), bytes.end(),
-                     [](unsigned char b) { return b == reference::kPoisonByte; });
+  return std::all_of(bytes.begin(), bytes.end(), [](unsigned char b) { return b == reference::kPoisonByte; });
 }
 
 std::uint64_t seed_of(std::initializer_list<std::int64_t> parts) {
@@ -44,8 +42,7 @@ std::uint64_t seed_of(std::initializer_list<std::int64_t> parts) {
 
 bool names_word(const std::string& message, const std::string& name) {
   auto is_ident = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
-  for (std::size_t at = message.find(name); at != std::string::npos;
-       at = message.find(name, at + 1)) {
+  for (std::size_t at = message.find(name); at != std::string::npos; at = message.find(name, at + 1)) {
     const bool left = at == 0 || !is_ident(message[at - 1]);
     const std::size_t end = at + name.size();
     const bool right = end == message.size() || !is_ident(message[end]);
@@ -67,8 +64,6 @@ DeviceMirror::DeviceMirror(const HostTensor& host) : buffer(host.bytes.size()), 
   view.device = Device::cuda(0);
 }
 
-void DeviceMirror::download_into(HostTensor& host) const {
-  buffer.download(host.bytes.data(), host.bytes.size());
-}
+void DeviceMirror::download_into(HostTensor& host) const { buffer.download(host.bytes.data(), host.bytes.size()); }
 
 }  // namespace rmsnorm::testing

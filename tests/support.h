@@ -37,8 +37,8 @@ using reference::HostTensor;
 // 16-byte aligned, so lead = 1 gives a view misaligned for vector access; the guards let
 // count_stray_writes catch writes just outside the span.
 HostTensor make_tensor(DType dtype, std::int64_t batch, std::int64_t rows, std::int64_t cols,
-                       std::int64_t batch_stride = -1, std::int64_t row_stride = -1,
-                       std::int64_t lead = 0, std::int64_t trail = 0);
+                       std::int64_t batch_stride = -1, std::int64_t row_stride = -1, std::int64_t lead = 0,
+                       std::int64_t trail = 0);
 // A poisoned contiguous vector of n elements with `lead` and `trail` guard elements.
 HostTensor make_vector(DType dtype, std::int64_t n, std::int64_t lead = 0, std::int64_t trail = 0);
 

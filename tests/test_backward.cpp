@@ -33,8 +33,8 @@ struct BackwardCase {
   Strategy strategy = Strategy::automatic;
   std::string describe() const {
     return std::string(dtype_name(x)) + " w=" + (w ? dtype_name(*w) : "none") + " dw=" + dtype_name(dw) + " (" +
-           std::to_string(batch) + "x" + std::to_string(rows) + "x" + std::to_string(cols) + ") rs=" +
-           std::to_string(row_stride) + " lead=" + std::to_string(lead) + (saved_rstd ? " rstd" : "") +
+           std::to_string(batch) + "x" + std::to_string(rows) + "x" + std::to_string(cols) +
+           ") rs=" + std::to_string(row_stride) + " lead=" + std::to_string(lead) + (saved_rstd ? " rstd" : "") +
            (in_place ? " in-place" : "") + " offset=" + std::to_string(offset) + " " + strategy_name(strategy);
   }
 };
@@ -293,9 +293,8 @@ TEST(BackwardValidation, RefusesBadArguments) {
   expect_error(Code::invalid_argument, "dw", [&] {
     backward(dy.view, x.view, std::nullopt, std::nullopt, dx.view, dw.view, {}, ws.data(), ws.size());
   });
-  expect_error(Code::unsupported, "dw", [&] {
-    backward(dy.view, x.view, w.view, std::nullopt, dx.view, dw16.view, {}, ws.data(), ws.size());
-  });
+  expect_error(Code::unsupported, "dw",
+               [&] { backward(dy.view, x.view, w.view, std::nullopt, dx.view, dw16.view, {}, ws.data(), ws.size()); });
   TensorView shifted = dy.view;
   shifted.data = static_cast<float*>(dy.view.data) + 1;
   shifted.rows = rows - 1;
@@ -308,14 +307,12 @@ TEST(BackwardValidation, RefusesBadArguments) {
     dyv.rows = rows - 1;
     backward(dyv, x_short, w.view, std::nullopt, shifted, dw.view, {}, ws.data(), ws.size());
   });
-  expect_error(Code::invalid_argument, "dy", [&] {
-    backward(dx_short, x.view, w.view, std::nullopt, dx.view, dw.view, {}, ws.data(), ws.size());
-  });
+  expect_error(Code::invalid_argument, "dy",
+               [&] { backward(dx_short, x.view, w.view, std::nullopt, dx.view, dw.view, {}, ws.data(), ws.size()); });
   Params bad;
   bad.eps = -1;
-  expect_error(Code::invalid_argument, "eps", [&] {
-    backward(dy.view, x.view, w.view, std::nullopt, dx.view, dw.view, bad, ws.data(), ws.size());
-  });
+  expect_error(Code::invalid_argument, "eps",
+               [&] { backward(dy.view, x.view, w.view, std::nullopt, dx.view, dw.view, bad, ws.data(), ws.size()); });
   const Status st = backward_status(dy.view, x.view, w.view, std::nullopt, dx.view, dw.view, {}, nullptr, 0);
   EXPECT_EQ(st.code, Code::invalid_argument);
   EXPECT_TRUE(names_word(st.message, "workspace")) << st.message;

@@ -22,10 +22,10 @@ namespace {
 using reference::HostTensor;
 using testing::DeviceBuffer;
 
-#define CUDA_OK(call)                                                              \
-  do {                                                                             \
-    const cudaError_t err_ = (call);                                               \
-    ASSERT_EQ(err_, cudaSuccess) << #call << ": " << cudaGetErrorString(err_);     \
+#define CUDA_OK(call)                                                          \
+  do {                                                                         \
+    const cudaError_t err_ = (call);                                           \
+    ASSERT_EQ(err_, cudaSuccess) << #call << ": " << cudaGetErrorString(err_); \
   } while (0)
 
 class Cuda : public ::testing::Test {
@@ -137,8 +137,8 @@ TEST_F(Cuda, BatchInvariance) {
             EXPECT_EQ(std::memcmp(alone.data(), inside.data(), row_bytes), 0)
                 << where << ": y of the row differs at position " << pos << " of " << batch;
             EXPECT_EQ(std::memcmp(&alone_rstd, &inside_rstd, 4), 0)
-                << where << ": rstd of the row differs at position " << pos << " of " << batch << " ("
-                << alone_rstd << " alone, " << inside_rstd << " inside)";
+                << where << ": rstd of the row differs at position " << pos << " of " << batch << " (" << alone_rstd
+                << " alone, " << inside_rstd << " inside)";
           }
       }
     }
@@ -175,10 +175,10 @@ TEST_F(Cuda, Deterministic) {
             first_r = r.bytes;
             EXPECT_FALSE(testing::all_poisoned(y.bytes));
           } else {
-            EXPECT_TRUE(first_y == y.bytes) << dtype_name(t) << " cols=" << cols << " " << strategy_name(s)
-                                            << ": y differs between two runs";
-            EXPECT_TRUE(first_r == r.bytes) << dtype_name(t) << " cols=" << cols << " " << strategy_name(s)
-                                            << ": rstd differs between two runs";
+            EXPECT_TRUE(first_y == y.bytes)
+                << dtype_name(t) << " cols=" << cols << " " << strategy_name(s) << ": y differs between two runs";
+            EXPECT_TRUE(first_r == r.bytes)
+                << dtype_name(t) << " cols=" << cols << " " << strategy_name(s) << ": rstd differs between two runs";
           }
         }
       }
@@ -253,7 +253,8 @@ TEST_F(Cuda, PointerChecksCanBeTurnedOff) {
   testing::device_synchronize();
   dy.download_into(y);
   const auto ref = reference::forward(x.view, std::nullopt, DType::f16, p);
-  const auto cmp = reference::compare(y.view, ref.y, reference::forward_tolerance(DType::f16, DType::f16, Cast::fp32, 300));
+  const auto cmp =
+      reference::compare(y.view, ref.y, reference::forward_tolerance(DType::f16, DType::f16, Cast::fp32, 300));
   EXPECT_TRUE(cmp.passed()) << cmp.describe();
 }
 
@@ -333,7 +334,8 @@ void check_past_2_31(std::int64_t cols) {
     std::vector<float> rstd(static_cast<std::size_t>(rows));
     dr.download(rstd.data(), rstd.size() * 4);
     std::vector<double> ref_rstd(rstd.size());
-    for (std::int64_t r = 0; r < rows; ++r) ref_rstd[static_cast<std::size_t>(r)] = ref.rstd[static_cast<std::size_t>(r % kPool)];
+    for (std::int64_t r = 0; r < rows; ++r)
+      ref_rstd[static_cast<std::size_t>(r)] = ref.rstd[static_cast<std::size_t>(r % kPool)];
     const auto rc = reference::compare_vector(rstd.data(), DType::f32, ref_rstd, rtol);
     EXPECT_TRUE(rc.passed()) << where << ": rstd " << rc.describe();
 

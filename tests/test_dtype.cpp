@@ -9,8 +9,8 @@
 #include <limits>
 #include <string>
 
-#include "rmsnorm/dtype.h"
 #include "oracle.h"
+#include "rmsnorm/dtype.h"
 #include "rmsnorm/rmsnorm.h"
 #include "support.h"
 
@@ -60,8 +60,8 @@ std::uint16_t round_reference(Format fmt, float f) {
   // Biased exponent (e + bias) and q's implicit bit add up to the encoding; a carry out of
   // the mantissa moves to the next binade, up to infinity, and subnormals (e = emin,
   // q < 2^mant) come out with an exponent field of 0.
-  const std::uint32_t bits = (static_cast<std::uint32_t>(e + fmt.bias) << fmt.mant) +
-                             static_cast<std::uint32_t>(q) - (1u << fmt.mant);
+  const std::uint32_t bits =
+      (static_cast<std::uint32_t>(e + fmt.bias) << fmt.mant) + static_cast<std::uint32_t>(q) - (1u << fmt.mant);
   return static_cast<std::uint16_t>(sign | bits);
 }
 
@@ -143,13 +143,13 @@ TEST(Half, OverflowsToInfinity) {
 TEST(Half, Subnormals) {
   const float tiny = std::ldexp(1.0f, -24);  // the smallest half subnormal
   EXPECT_EQ(float_to_half_bits(tiny), 0x0001);
-  EXPECT_EQ(float_to_half_bits(0.5f * tiny), 0x0000);              // tie with 0: even
-  EXPECT_EQ(float_to_half_bits(-0.5f * tiny), 0x8000);             // signed zero
+  EXPECT_EQ(float_to_half_bits(0.5f * tiny), 0x0000);   // tie with 0: even
+  EXPECT_EQ(float_to_half_bits(-0.5f * tiny), 0x8000);  // signed zero
   EXPECT_EQ(float_to_half_bits(std::nextafter(0.5f * tiny, 1.0f)), 0x0001);
-  EXPECT_EQ(float_to_half_bits(1.5f * tiny), 0x0002);              // tie between 1 and 2
-  EXPECT_EQ(float_to_half_bits(2.5f * tiny), 0x0002);              // tie between 2 and 3
-  EXPECT_EQ(float_to_half_bits(1023.0f * tiny), 0x03ff);           // largest subnormal
-  EXPECT_EQ(float_to_half_bits(1023.5f * tiny), 0x0400);           // tie up into the normals
+  EXPECT_EQ(float_to_half_bits(1.5f * tiny), 0x0002);     // tie between 1 and 2
+  EXPECT_EQ(float_to_half_bits(2.5f * tiny), 0x0002);     // tie between 2 and 3
+  EXPECT_EQ(float_to_half_bits(1023.0f * tiny), 0x03ff);  // largest subnormal
+  EXPECT_EQ(float_to_half_bits(1023.5f * tiny), 0x0400);  // tie up into the normals
   EXPECT_EQ(float_to_half_bits(std::numeric_limits<float>::denorm_min()), 0x0000);
   EXPECT_EQ(float_to_half_bits(0.0f), 0x0000);
   EXPECT_EQ(float_to_half_bits(-0.0f), 0x8000);
@@ -158,8 +158,7 @@ TEST(Half, Subnormals) {
 }
 
 TEST(Half, NaNStaysNaN) {
-  for (std::uint32_t u : {0x7fc00000u, 0x7f800001u, 0x7f801000u, 0x7fffffffu, 0xffc00000u,
-                          0xff800001u, 0x7f802000u}) {
+  for (std::uint32_t u : {0x7fc00000u, 0x7f800001u, 0x7f801000u, 0x7fffffffu, 0xffc00000u, 0xff800001u, 0x7f802000u}) {
     const std::uint16_t h = float_to_half_bits(float_from_bits(u));
     EXPECT_TRUE(half_is_nan(h)) << std::hex << "float 0x" << u << " gave half 0x" << h;
   }
@@ -175,8 +174,7 @@ TEST(Half, MatchesReferenceOnSampledFloats) {
     if (std::isnan(f)) continue;
     const std::uint16_t got = float_to_half_bits(f), want = round_reference(kHalf, f);
     if (got != want && ++mismatches <= 5)
-      ADD_FAILURE() << std::hex << "float 0x" << u << " (" << f << "): got 0x" << got
-                    << ", want 0x" << want;
+      ADD_FAILURE() << std::hex << "float 0x" << u << " (" << f << "): got 0x" << got << ", want 0x" << want;
   }
   EXPECT_EQ(mismatches, 0);
 }
@@ -250,8 +248,7 @@ TEST(Bf16, Subnormals) {
 }
 
 TEST(Bf16, NaNStaysNaN) {
-  for (std::uint32_t u : {0x7fc00000u, 0x7f800001u, 0x7f80ffffu, 0x7fffffffu, 0xffc00000u,
-                          0xff800001u, 0x7fff8000u}) {
+  for (std::uint32_t u : {0x7fc00000u, 0x7f800001u, 0x7f80ffffu, 0x7fffffffu, 0xffc00000u, 0xff800001u, 0x7fff8000u}) {
     const std::uint16_t b = float_to_bf16_bits(float_from_bits(u));
     EXPECT_TRUE(bf16_is_nan(b)) << std::hex << "float 0x" << u << " gave bf16 0x" << b;
   }
@@ -264,8 +261,7 @@ TEST(Bf16, MatchesReferenceOnSampledFloats) {
     if (std::isnan(f)) continue;
     const std::uint16_t got = float_to_bf16_bits(f), want = round_reference(kBf16, f);
     if (got != want && ++mismatches <= 5)
-      ADD_FAILURE() << std::hex << "float 0x" << u << " (" << f << "): got 0x" << got
-                    << ", want 0x" << want;
+      ADD_FAILURE() << std::hex << "float 0x" << u << " (" << f << "): got 0x" << got << ", want 0x" << want;
   }
   EXPECT_EQ(mismatches, 0);
 }
@@ -286,8 +282,7 @@ TEST(DType, SizesAndNames) {
 }
 
 TEST(DType, ParsesNamesAndAliases) {
-  for (DType t : {DType::f32, DType::f16, DType::bf16, DType::f64})
-    EXPECT_EQ(parse_dtype(dtype_name(t)), t);
+  for (DType t : {DType::f32, DType::f16, DType::bf16, DType::f64}) EXPECT_EQ(parse_dtype(dtype_name(t)), t);
   EXPECT_EQ(parse_dtype("fp32"), DType::f32);
   EXPECT_EQ(parse_dtype("float32"), DType::f32);
   EXPECT_EQ(parse_dtype("fp16"), DType::f16);
@@ -305,8 +300,7 @@ TEST(DType, ParseErrorNamesWhat) {
       ADD_FAILURE() << "parse_dtype accepted \"" << bad << "\"";
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), Code::invalid_argument) << e.what();
-      EXPECT_TRUE(testing::names_word(e.what(), "weight_dtype"))
-          << "message does not name the argument: " << e.what();
+      EXPECT_TRUE(testing::names_word(e.what(), "weight_dtype")) << "message does not name the argument: " << e.what();
     }
   }
 }
@@ -340,8 +334,8 @@ TEST(Names, CodesAndStrategies) {
     EXPECT_GT(std::string(code_name(c)).size(), 0u);
   }
   EXPECT_STREQ(strategy_name(Strategy::automatic), "auto");
-  for (Strategy s : {Strategy::automatic, Strategy::warp_rows, Strategy::block_row, Strategy::long_row,
-                     Strategy::cluster_row})
+  for (Strategy s :
+       {Strategy::automatic, Strategy::warp_rows, Strategy::block_row, Strategy::long_row, Strategy::cluster_row})
     EXPECT_EQ(parse_strategy(strategy_name(s)), s) << strategy_name(s);
   EXPECT_EQ(parse_strategy("warp_rows"), Strategy::warp_rows);
   EXPECT_EQ(parse_strategy("block_row"), Strategy::block_row);

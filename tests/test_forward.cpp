@@ -29,8 +29,8 @@ void skip_without_backend(Backend b) {
 // The awkward column counts: 1..8, primes and near-powers of two, every strategy boundary
 // of the CUDA backend (1024/512 for warp rows, 32768 for block rows), model widths (4096,
 // 5120, 8192, 12288, 16384), and lengths only a streamed row can take.
-const std::vector<std::int64_t> kAllCols = {1,    2,    3,    7,    8,    17,    64,    100,   127,
-                                            128,  257,  512,  1000, 1024, 1031,  2048,  4096,  5120,
+const std::vector<std::int64_t> kAllCols = {1,    2,    3,     7,     8,     17,    64,    100,  127,
+                                            128,  257,  512,   1000,  1024,  1031,  2048,  4096, 5120,
                                             8191, 8192, 12288, 16384, 32768, 65536, 262144};
 const std::vector<std::int64_t> kAllRows = {1, 3, 17, 256};
 // Above this many elements per case, fewer rows: the oracle is a slow, naive loop and the
@@ -250,8 +250,8 @@ TEST_P(Forward, ForcedStrategies) {
                              Combo{DType::bf16, DType::bf16, DType::bf16}, Combo{DType::bf16, DType::f32, DType::f32}})
     for (Strategy s : {Strategy::warp_rows, Strategy::block_row, Strategy::long_row, Strategy::cluster_row}) {
       int served = 0, cases = 0;
-      for (std::int64_t cols : {1, 7, 64, 127, 128, 512, 520, 1000, 1024, 1031, 1040, 2048, 4096, 8192,
-                                16384, 16392, 32768, 32776, 65536, 131072, 262144})
+      for (std::int64_t cols : {1,    7,    64,   127,   128,   512,   520,   1000,  1024,   1031,  1040,
+                                2048, 4096, 8192, 16384, 16392, 32768, 32776, 65536, 131072, 262144})
         for (std::int64_t lead : {0, 1}) {
           Case c;
           c.combo = combo;

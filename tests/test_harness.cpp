@@ -154,8 +154,8 @@ TEST(Harness, CaseCheckCanFail) {
   ASSERT_TRUE(o.ran) << o.message;
   ASSERT_TRUE(o.y_cmp.passed()) << o.y_cmp.describe();
   nudge(o.y.view, 1, 7, 2);
-  o.y_cmp = reference::compare(o.y.view, o.ref.y,
-                               reference::forward_tolerance(DType::bf16, DType::bf16, Cast::fp32, 64));
+  o.y_cmp =
+      reference::compare(o.y.view, o.ref.y, reference::forward_tolerance(DType::bf16, DType::bf16, Cast::fp32, 64));
   EXPECT_FALSE(o.y_cmp.passed());
   bool reported = true;
   ::testing::TestPartResultArray failures;

@@ -21,8 +21,8 @@ struct Views {
 
 // (batch, rows, cols) views of x and y, contiguous unless row_stride says otherwise,
 // their base pointers `lead_x` / `lead_y` elements past a 16-byte boundary.
-Views views(DType t, std::int64_t rows, std::int64_t cols, std::int64_t row_stride = -1,
-            std::int64_t lead_x = 0, std::int64_t lead_y = 0, std::int64_t batch = 1) {
+Views views(DType t, std::int64_t rows, std::int64_t cols, std::int64_t row_stride = -1, std::int64_t lead_x = 0,
+            std::int64_t lead_y = 0, std::int64_t batch = 1) {
   if (row_stride < 0) row_stride = cols;
   const std::int64_t es = static_cast<std::int64_t>(dtype_size(t));
   auto at = [&](std::uintptr_t base, std::int64_t lead) {
@@ -43,16 +43,16 @@ std::string show(const Plan& p) {
 }
 
 bool same(const Plan& a, const Plan& b) {
-  return a.strategy == b.strategy && a.vector_width == b.vector_width &&
-         a.threads_per_row == b.threads_per_row && a.items_per_thread == b.items_per_thread &&
-         a.threads_per_block == b.threads_per_block && a.cluster_size == b.cluster_size;
+  return a.strategy == b.strategy && a.vector_width == b.vector_width && a.threads_per_row == b.threads_per_row &&
+         a.items_per_thread == b.items_per_thread && a.threads_per_block == b.threads_per_block &&
+         a.cluster_size == b.cluster_size;
 }
 
 int full_width(DType t) { return static_cast<int>(16 / dtype_size(t)); }
 
 const std::vector<DType> kDtypes = {DType::f32, DType::f16, DType::bf16};
-const std::vector<std::int64_t> kCols = {1,    2,    3,    7,    8,    17,    64,    100,   127,   128,
-                                         257,  512,  520,  1000, 1024, 1031,  1032,  2048,  4096,  4097,
+const std::vector<std::int64_t> kCols = {1,    2,    3,    7,     8,     17,    64,    100,   127,   128,
+                                         257,  512,  520,  1000,  1024,  1031,  1032,  2048,  4096,  4097,
                                          5120, 8191, 8192, 12288, 16384, 16388, 32768, 32776, 65536, 262144};
 
 std::string where(DType t, std::int64_t cols, std::int64_t lead = 0) {
@@ -68,11 +68,11 @@ TEST(Plan, AutomaticIgnoresRowCount) {
         const Plan one = plan(views(t, 1, cols, -1, lead, lead));
         for (std::int64_t rows : {2, 3, 4, 7, 8, 17, 64, 132, 256, 1000, 1024, 4097, 65536}) {
           const Plan many = plan(views(t, rows, cols, -1, lead, lead));
-          EXPECT_TRUE(same(one, many)) << where(t, cols, lead) << ": 1 row gives " << show(one) << ", "
-                                       << rows << " rows give " << show(many);
+          EXPECT_TRUE(same(one, many)) << where(t, cols, lead) << ": 1 row gives " << show(one) << ", " << rows
+                                       << " rows give " << show(many);
           const Plan batched = plan(views(t, 1, cols, -1, lead, lead, rows));
-          EXPECT_TRUE(same(one, batched)) << where(t, cols, lead) << ": 1 row gives " << show(one)
-                                          << ", a batch of " << rows << " gives " << show(batched);
+          EXPECT_TRUE(same(one, batched)) << where(t, cols, lead) << ": 1 row gives " << show(one) << ", a batch of "
+                                          << rows << " gives " << show(batched);
         }
       }
 }
@@ -231,7 +231,8 @@ TEST(Plan, ClusterRowLimits) {
       } catch (const Error&) {
       }
     }
-    expect_unsupported(Strategy::cluster_row, views(t, 3, 8192 * vw, -1, 1, 1), where(t, 8192 * vw, 1) + " (misaligned)");
+    expect_unsupported(Strategy::cluster_row, views(t, 3, 8192 * vw, -1, 1, 1),
+                       where(t, 8192 * vw, 1) + " (misaligned)");
     expect_unsupported(Strategy::cluster_row, views(t, 3, std::int64_t{1} << 24), where(t, std::int64_t{1} << 24));
   }
 }
@@ -240,7 +241,8 @@ TEST(Plan, LongRowServesAnything) {
   for (DType t : kDtypes)
     for (std::int64_t cols : {std::int64_t{1}, std::int64_t{7}, std::int64_t{4097}, std::int64_t{32776},
                               std::int64_t{262144}, std::int64_t{1} << 24, (std::int64_t{1} << 24) + 1})
-      for (std::int64_t lead : {0, 1}) expect_serves(Strategy::long_row, views(t, 3, cols, -1, lead, lead), where(t, cols, lead));
+      for (std::int64_t lead : {0, 1})
+        expect_serves(Strategy::long_row, views(t, 3, cols, -1, lead, lead), where(t, cols, lead));
 }
 
 // plan_forward describes every call forward accepts, including a 16-bit x with an f32 y
@@ -265,7 +267,8 @@ TEST(Plan, CoversMixedOutputDtypes) {
       EXPECT_EQ(e.code(), Code::unsupported) << e.what();
     }
     // A misaligned weight limits the vector width.
-    const TensorView w_odd = TensorView::vector(reinterpret_cast<void*>(kY + (1 << 20) + 4), DType::f32, Device::cpu(), 4096);
+    const TensorView w_odd =
+        TensorView::vector(reinterpret_cast<void*>(kY + (1 << 20) + 4), DType::f32, Device::cpu(), 4096);
     EXPECT_EQ(plan_forward(x, w_odd, y).vector_width, 1) << dtype_name(t) << ": weight misaligned by 4 bytes";
   }
 }

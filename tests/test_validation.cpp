@@ -40,7 +40,10 @@ struct Call {
         yb(make_tensor(yd, 1, kRows, kCols, -1, -1, 0, kGuard)),
         wb(make_vector(wd, kCols, 0, kGuard)),
         rb(make_vector(rd, kRows, 0, kGuard)),
-        x(xb.view), y(yb.view), weight(wb.view), rstd(rb.view) {
+        x(xb.view),
+        y(yb.view),
+        weight(wb.view),
+        rstd(rb.view) {
     reference::fill_normal(x, 1);
     reference::fill_normal(*weight, 2, 1.0, 0.5);
   }
@@ -72,9 +75,8 @@ std::string listing(const std::vector<std::string>& names) {
 
 void check_code(Code got, const Refusal& r, const std::string& msg) {
   const bool ok = got == Code::invalid_argument || (r.may_be_unsupported && got == Code::unsupported);
-  EXPECT_TRUE(ok) << "code " << code_name(got) << " (" << static_cast<int>(got)
-                  << "), expected invalid_argument" << (r.may_be_unsupported ? " or unsupported" : "")
-                  << "; message: " << msg;
+  EXPECT_TRUE(ok) << "code " << code_name(got) << " (" << static_cast<int>(got) << "), expected invalid_argument"
+                  << (r.may_be_unsupported ? " or unsupported" : "") << "; message: " << msg;
   EXPECT_TRUE(testing::names_any(msg, r.names)) << "message does not name " << listing(r.names) << ": " << msg;
 }
 
@@ -112,25 +114,45 @@ std::vector<Refusal> refusals() {
        [](Call& c) {
          c.x.cols = c.y.cols = 0;
          *c.weight = TensorView::vector(c.weight->data, c.weight->dtype, c.weight->device, 0);
-       }, {"cols", "x"}},
+       },
+       {"cols", "x"}},
       {"negative_cols", [](Call& c) { c.x.cols = c.y.cols = -3; }, {"cols", "x"}},
       {"negative_rows", [](Call& c) { c.x.rows = c.y.rows = -1; }, {"rows", "x"}},
       {"negative_batch", [](Call& c) { c.x.batch = c.y.batch = -2; }, {"batch", "x"}},
       {"y_fewer_rows", [](Call& c) { c.y.rows = kRows - 1; }, {"y"}},
       {"y_more_rows", [](Call& c) { c.y.rows = kRows + 1; }, {"y"}},
-      {"y_fewer_cols", [](Call& c) { c.y.cols = kCols / 2; c.y.row_stride = kCols; }, {"y"}},
+      {"y_fewer_cols",
+       [](Call& c) {
+         c.y.cols = kCols / 2;
+         c.y.row_stride = kCols;
+       },
+       {"y"}},
       {"y_other_batching",  // same total rows, other (batch, rows)
-       [](Call& c) { c.y.batch = 2; c.y.rows = kRows / 2; c.y.batch_stride = kRows / 2 * kCols; }, {"y"}},
-      {"weight_too_short", [](Call& c) { *c.weight = TensorView::vector(c.weight->data, c.weight->dtype, c.weight->device, kCols - 1); }, {"weight"}},
-      {"weight_too_long", [](Call& c) { *c.weight = TensorView::vector(c.weight->data, c.weight->dtype, c.weight->device, kCols + 1); }, {"weight"}},
-      {"rstd_too_short", [](Call& c) { *c.rstd = TensorView::vector(c.rstd->data, c.rstd->dtype, c.rstd->device, kRows - 1); }, {"rstd"}},
-      {"rstd_too_long", [](Call& c) { *c.rstd = TensorView::vector(c.rstd->data, c.rstd->dtype, c.rstd->device, kRows + 1); }, {"rstd"}},
+       [](Call& c) {
+         c.y.batch = 2;
+         c.y.rows = kRows / 2;
+         c.y.batch_stride = kRows / 2 * kCols;
+       },
+       {"y"}},
+      {"weight_too_short",
+       [](Call& c) { *c.weight = TensorView::vector(c.weight->data, c.weight->dtype, c.weight->device, kCols - 1); },
+       {"weight"}},
+      {"weight_too_long",
+       [](Call& c) { *c.weight = TensorView::vector(c.weight->data, c.weight->dtype, c.weight->device, kCols + 1); },
+       {"weight"}},
+      {"rstd_too_short",
+       [](Call& c) { *c.rstd = TensorView::vector(c.rstd->data, c.rstd->dtype, c.rstd->device, kRows - 1); },
+       {"rstd"}},
+      {"rstd_too_long",
+       [](Call& c) { *c.rstd = TensorView::vector(c.rstd->data, c.rstd->dtype, c.rstd->device, kRows + 1); },
+       {"rstd"}},
       {"rstd_counts_rows_not_batch_rows",  // x is (2, 2, cols): rstd needs 4, not 2
        [](Call& c) {
          c.x = TensorView::batched(c.x.data, c.x.dtype, c.x.device, 2, kRows / 2, kCols, kRows / 2 * kCols, kCols);
          c.y = TensorView::batched(c.y.data, c.y.dtype, c.y.device, 2, kRows / 2, kCols, kRows / 2 * kCols, kCols);
          *c.rstd = TensorView::vector(c.rstd->data, c.rstd->dtype, c.rstd->device, kRows / 2);
-       }, {"rstd"}},
+       },
+       {"rstd"}},
       // Strides.
       {"x_row_stride_below_cols", [](Call& c) { c.x.row_stride = kCols - 1; }, {"row_stride"}},
       {"y_row_stride_below_cols", [](Call& c) { c.y.row_stride = kCols - 1; }, {"row_stride"}},
@@ -140,32 +162,50 @@ std::vector<Refusal> refusals() {
       {"nan_eps", [nan](Call& c) { c.params.eps = nan; }, {"eps"}},
       {"inf_eps", [inf](Call& c) { c.params.eps = inf; }, {"eps"}},
       {"minus_inf_eps", [inf](Call& c) { c.params.eps = -inf; }, {"eps"}},
-      {"offset_without_weight", [](Call& c) { c.weight.reset(); c.params.weight_offset = 1.0; }, {"weight_offset"}},
+      {"offset_without_weight",
+       [](Call& c) {
+         c.weight.reset();
+         c.params.weight_offset = 1.0;
+       },
+       {"weight_offset"}},
       {"nan_weight_offset", [nan](Call& c) { c.params.weight_offset = nan; }, {"weight_offset"}},
       {"negative_batch_stride",
        [](Call& c) {
          c.x = TensorView::batched(c.x.data, c.x.dtype, c.x.device, 2, kRows / 2, kCols, -kCols, kCols);
          c.y = TensorView::batched(c.y.data, c.y.dtype, c.y.device, 2, kRows / 2, kCols, kRows / 2 * kCols, kCols);
-       }, {"batch_stride"}},
+       },
+       {"batch_stride"}},
       // Overlap: only y == x exactly (same pointer, dtype and strides) is allowed.
       {"y_is_x_shifted_by_one", [](Call& c) { c.y.data = c.x_bytes(1); }, {"x", "y"}},
       {"y_is_x_shifted_by_one_row", [](Call& c) { c.y.data = c.x_bytes(kCols); }, {"x", "y"}},
-      {"y_is_x_with_other_row_stride", [](Call& c) { c.y.data = c.x.data; c.y.row_stride = 2 * kCols; }, {"x", "y"}},
+      {"y_is_x_with_other_row_stride",
+       [](Call& c) {
+         c.y.data = c.x.data;
+         c.y.row_stride = 2 * kCols;
+       },
+       {"x", "y"}},
       {"x_inside_y_span",  // x starts in y's last row
-       [](Call& c) { c.x.data = static_cast<unsigned char*>(c.y.data) + (kRows - 1) * kCols * 4 + 8; }, {"x", "y"}},
+       [](Call& c) { c.x.data = static_cast<unsigned char*>(c.y.data) + (kRows - 1) * kCols * 4 + 8; },
+       {"x", "y"}},
       {"y_rows_overlap_each_other",  // (2, 2, cols) with batch_stride = row_stride: row 1 of
-                                      // batch 0 is row 0 of batch 1
+                                     // batch 0 is row 0 of batch 1
        [](Call& c) {
          c.x = TensorView::batched(c.x.data, c.x.dtype, c.x.device, 2, kRows / 2, kCols, kRows / 2 * kCols, kCols);
          c.y = TensorView::batched(c.y.data, c.y.dtype, c.y.device, 2, kRows / 2, kCols, kCols, kCols);
-       }, {"y"}},
+       },
+       {"y"}},
       {"weight_inside_y", [](Call& c) { c.weight->data = c.y.data; }, {"weight", "y"}},
       {"rstd_is_y", [](Call& c) { c.rstd->data = c.y.data; }, {"rstd"}},
       {"rstd_inside_x", [](Call& c) { c.rstd->data = c.x_bytes(kCols + 5); }, {"rstd"}},
       {"rstd_overlaps_end_of_y",
-       [](Call& c) { c.rstd->data = static_cast<unsigned char*>(c.y.data) + (kRows * kCols - 2) * 4; }, {"rstd"}},
+       [](Call& c) { c.rstd->data = static_cast<unsigned char*>(c.y.data) + (kRows * kCols - 2) * 4; },
+       {"rstd"}},
       {"rstd_is_x_in_place",  // in place is fine for y, but rstd may not alias it
-       [](Call& c) { c.y = c.x; c.rstd->data = c.x.data; }, {"rstd"}},
+       [](Call& c) {
+         c.y = c.x;
+         c.rstd->data = c.x.data;
+       },
+       {"rstd"}},
   };
   auto dtypes = [&](const char* name, D x, D w, D y, D rd, std::vector<std::string> names) {
     Refusal ref{name, [](Call&) {}, std::move(names), true, x, w, y, rd};
@@ -189,12 +229,10 @@ std::vector<Refusal> refusals() {
   dtypes("f64_x_f32_rstd", D::f64, D::f64, D::f64, D::f32, {"rstd"});
   dtypes("f32_x_f64_rstd", D::f32, D::f32, D::f32, D::f64, {"rstd"});
   {
-    Refusal nw{"f16_x_no_weight_f32_y", [](Call& c) { c.weight.reset(); }, {"y"}, true,
-               D::f16, D::f32, D::f32, D::f32};
+    Refusal nw{"f16_x_no_weight_f32_y", [](Call& c) { c.weight.reset(); }, {"y"}, true, D::f16, D::f32, D::f32, D::f32};
     r.push_back(nw);
     Refusal in_place_dtype{"in_place_with_other_y_dtype",  // bf16 x, f32 y on x's memory
-                           [](Call& c) { c.y.data = c.x.data; }, {"x", "y"}, false,
-                           D::bf16, D::f32, D::f32, D::f32};
+                           [](Call& c) { c.y.data = c.x.data; }, {"x", "y"}, false, D::bf16, D::f32, D::f32, D::f32};
     r.push_back(in_place_dtype);
   }
   return r;
@@ -235,7 +273,10 @@ TEST(Validation, NeighboursOfRefusalsAreAccepted) {
   };
   accepted("eps = 0", [](Call& c) { c.params.eps = 0.0; });
   accepted("eps = 1", [](Call& c) { c.params.eps = 1.0; });
-  accepted("no weight, no rstd", [](Call& c) { c.weight.reset(); c.rstd.reset(); });
+  accepted("no weight, no rstd", [](Call& c) {
+    c.weight.reset();
+    c.rstd.reset();
+  });
   accepted("offset 1 with a weight", [](Call& c) { c.params.weight_offset = 1.0; });
   accepted("in place (y == x) with rstd", [](Call& c) { c.y = c.x; });
   accepted("row_stride > cols", [](Call& c) {
@@ -248,13 +289,14 @@ TEST(Validation, NeighboursOfRefusalsAreAccepted) {
     c.x.row_stride = c.y.row_stride = 0;
     *c.rstd = TensorView::vector(c.rstd->data, DType::f32, Device::cpu(), 1);
   });
-  accepted("rstd right after y", [](Call& c) {
-    c.rstd->data = static_cast<unsigned char*>(c.y.data) + kRows * kCols * 4;
-  });
-  accepted("bf16 x, f32 weight, f32 y", [](Call&) {}, DType::bf16, DType::f32, DType::f32);
-  accepted("f16 x, f32 weight, f16 y", [](Call&) {}, DType::f16, DType::f32, DType::f16);
-  accepted("f64 x, f64 weight, f64 y, f64 rstd", [](Call&) {}, DType::f64, DType::f64, DType::f64,
-           DType::f64);
+  accepted("rstd right after y",
+           [](Call& c) { c.rstd->data = static_cast<unsigned char*>(c.y.data) + kRows * kCols * 4; });
+  accepted(
+      "bf16 x, f32 weight, f32 y", [](Call&) {}, DType::bf16, DType::f32, DType::f32);
+  accepted(
+      "f16 x, f32 weight, f16 y", [](Call&) {}, DType::f16, DType::f32, DType::f16);
+  accepted(
+      "f64 x, f64 weight, f64 y, f64 rstd", [](Call&) {}, DType::f64, DType::f64, DType::f64, DType::f64);
 }
 
 TEST(Validation, ZeroRowsIsANoOpEvenWithNullData) {
@@ -314,10 +356,16 @@ struct CudaCall {
   std::optional<TensorView> weight, rstd;
   Params params;
 
-  explicit CudaCall(DType xd = DType::f32, DType wd = DType::f32, DType yd = DType::f32,
-                    DType rd = DType::f32)
-      : host(xd, wd, yd, rd), dx(host.xb), dy(host.yb), dw(host.wb), dr(host.rb),
-        x(dx.view), y(dy.view), weight(dw.view), rstd(dr.view) {}
+  explicit CudaCall(DType xd = DType::f32, DType wd = DType::f32, DType yd = DType::f32, DType rd = DType::f32)
+      : host(xd, wd, yd, rd),
+        dx(host.xb),
+        dy(host.yb),
+        dw(host.wb),
+        dr(host.rb),
+        x(dx.view),
+        y(dy.view),
+        weight(dw.view),
+        rstd(dr.view) {}
 
   std::vector<std::vector<unsigned char>> snapshot() const {
     auto out = host.snapshot();

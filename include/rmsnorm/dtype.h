@@ -77,7 +77,7 @@ inline std::uint16_t float_to_bf16_bits(float value) noexcept {
   std::uint32_t x;
   std::memcpy(&x, &value, 4);
   if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 0x40u);  // quiet NaN
-  x += 0x7fffu + ((x >> 16) & 1u);  // round to nearest even
+  x += 0x7fffu + ((x >> 16) & 1u);                                                            // round to nearest even
   return static_cast<std::uint16_t>(x >> 16);
 }
 

@@ -47,12 +47,11 @@ struct TensorView {
   std::int64_t row_stride = 0;    // elements between rows, >= cols
 
   // (rows, cols) with row_stride (default: cols, i.e. contiguous).
-  static TensorView matrix(void* data, DType dtype, Device device, std::int64_t rows,
-                           std::int64_t cols, std::int64_t row_stride = -1) noexcept;
+  static TensorView matrix(void* data, DType dtype, Device device, std::int64_t rows, std::int64_t cols,
+                           std::int64_t row_stride = -1) noexcept;
   // (batch, rows, cols) with two strides.
-  static TensorView batched(void* data, DType dtype, Device device, std::int64_t batch,
-                            std::int64_t rows, std::int64_t cols, std::int64_t batch_stride,
-                            std::int64_t row_stride) noexcept;
+  static TensorView batched(void* data, DType dtype, Device device, std::int64_t batch, std::int64_t rows,
+                            std::int64_t cols, std::int64_t batch_stride, std::int64_t row_stride) noexcept;
   // A contiguous vector of n elements (a weight, or the per-row rstd).
   static TensorView vector(void* data, DType dtype, Device device, std::int64_t n) noexcept;
 
@@ -78,9 +77,9 @@ enum class Cast : int {
 // whether it is normalised alone (decode) or inside a batch (prefill).
 enum class Strategy : int {
   automatic = 0,
-  warp_rows = 1,  // a row per group of 1..32 lanes, several rows per block, row in registers
-  block_row = 2,  // a row per block, held in registers
-  long_row = 3,   // a row per block, streamed twice (sum of squares, then scale): any length
+  warp_rows = 1,    // a row per group of 1..32 lanes, several rows per block, row in registers
+  block_row = 2,    // a row per block, held in registers
+  long_row = 3,     // a row per block, streamed twice (sum of squares, then scale): any length
   cluster_row = 4,  // sm_90: a row split over a cluster of blocks, in registers
 };
 const char* strategy_name(Strategy s) noexcept;
@@ -88,8 +87,8 @@ const char* strategy_name(Strategy s) noexcept;
 Strategy parse_strategy(const std::string& name);
 
 struct Params {
-  double eps = 1e-6;            // finite, >= 0
-  double weight_offset = 0.0;   // 0: Llama/Mistral/Qwen; 1: Gemma's (1 + w)
+  double eps = 1e-6;           // finite, >= 0
+  double weight_offset = 0.0;  // 0: Llama/Mistral/Qwen; 1: Gemma's (1 + w)
   Cast cast = Cast::fp32;
   Strategy strategy = Strategy::automatic;
   // Check with the CUDA runtime that every pointer is memory of the view's device. Costs
@@ -146,13 +145,11 @@ struct Status {
 // Zero rows is a no-op. Arguments are all checked before anything is written; on a bad
 // argument this throws rmsnorm::Error (Code::invalid_argument) and writes nothing.
 void forward(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
-             const Params& params = {}, const std::optional<TensorView>& rstd = std::nullopt,
-             Stream stream = nullptr);
+             const Params& params = {}, const std::optional<TensorView>& rstd = std::nullopt, Stream stream = nullptr);
 
 // The same, reporting errors as a Status instead of throwing.
-Status forward_status(const TensorView& x, const std::optional<TensorView>& weight,
-                      const TensorView& y, const Params& params = {},
-                      const std::optional<TensorView>& rstd = std::nullopt,
+Status forward_status(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
+                      const Params& params = {}, const std::optional<TensorView>& rstd = std::nullopt,
                       Stream stream = nullptr) noexcept;
 
 // ---------------------------------------------------------------------------------------
@@ -178,15 +175,13 @@ std::size_t backward_workspace_size(const TensorView& x, const std::optional<Ten
                                     const Params& params = {});
 
 void backward(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
-              const std::optional<TensorView>& rstd, const TensorView& dx,
-              const std::optional<TensorView>& dw, const Params& params, void* workspace,
-              std::size_t workspace_bytes, Stream stream = nullptr);
+              const std::optional<TensorView>& rstd, const TensorView& dx, const std::optional<TensorView>& dw,
+              const Params& params, void* workspace, std::size_t workspace_bytes, Stream stream = nullptr);
 
-Status backward_status(const TensorView& dy, const TensorView& x,
-                       const std::optional<TensorView>& weight,
-                       const std::optional<TensorView>& rstd, const TensorView& dx,
-                       const std::optional<TensorView>& dw, const Params& params, void* workspace,
-                       std::size_t workspace_bytes, Stream stream = nullptr) noexcept;
+Status backward_status(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
+                       const std::optional<TensorView>& rstd, const TensorView& dx, const std::optional<TensorView>& dw,
+                       const Params& params, void* workspace, std::size_t workspace_bytes,
+                       Stream stream = nullptr) noexcept;
 
 // ---------------------------------------------------------------------------------------
 // Introspection
@@ -197,11 +192,11 @@ Status backward_status(const TensorView& dy, const TensorView& x,
 // for an sm_90 device (clusters available).
 struct Plan {
   Strategy strategy = Strategy::automatic;
-  int vector_width = 1;       // elements per vector access (16 bytes / element size, or less)
-  int threads_per_row = 0;    // lanes cooperating on one row
-  int items_per_thread = 0;   // vectors each lane holds in registers (0: streamed)
+  int vector_width = 1;      // elements per vector access (16 bytes / element size, or less)
+  int threads_per_row = 0;   // lanes cooperating on one row
+  int items_per_thread = 0;  // vectors each lane holds in registers (0: streamed)
   int threads_per_block = 0;
-  int cluster_size = 1;       // blocks per row (cluster_row), else 1
+  int cluster_size = 1;  // blocks per row (cluster_row), else 1
 };
 // `requested` is Params::strategy; a forced strategy that cannot serve `cols` at the
 // available vector width throws Error(Code::unsupported) naming the limit.

@@ -46,9 +46,12 @@ std::string shape_str(at::IntArrayRef v) {
 
 DType to_dtype(const Tensor& t, const char* name) {
   switch (t.scalar_type()) {
-    case at::kFloat: return DType::f32;
-    case at::kHalf: return DType::f16;
-    case at::kBFloat16: return DType::bf16;
+    case at::kFloat:
+      return DType::f32;
+    case at::kHalf:
+      return DType::f16;
+    case at::kBFloat16:
+      return DType::bf16;
     case at::kDouble:
       TORCH_CHECK_TYPE(!t.is_cuda(), "rmsnorm: ", name, " is float64 on CUDA; float64 is supported on the CPU only");
       return DType::f64;
@@ -69,8 +72,8 @@ rmsnorm::Device lib_device(const Tensor& t) {
 }
 
 void check_same_device(const Tensor& t, const Tensor& x, const char* name) {
-  TORCH_CHECK_VALUE(t.device() == x.device(), "rmsnorm: ", name, " is on ", t.device(), " but x is on ",
-                    x.device(), "; all tensors must be on the same device");
+  TORCH_CHECK_VALUE(t.device() == x.device(), "rmsnorm: ", name, " is on ", t.device(), " but x is on ", x.device(),
+                    "; all tensors must be on the same device");
 }
 
 void check_x(const Tensor& x, const char* name = "x") {
@@ -201,9 +204,12 @@ void call_library(F&& f) {
     f();
   } catch (const rmsnorm::Error& e) {
     switch (e.code()) {
-      case rmsnorm::Code::invalid_argument: TORCH_CHECK_VALUE(false, "rmsnorm: ", e.what());
-      case rmsnorm::Code::unsupported: TORCH_CHECK_NOT_IMPLEMENTED(false, "rmsnorm: ", e.what());
-      default: TORCH_CHECK(false, "rmsnorm (", rmsnorm::code_name(e.code()), "): ", e.what());
+      case rmsnorm::Code::invalid_argument:
+        TORCH_CHECK_VALUE(false, "rmsnorm: ", e.what());
+      case rmsnorm::Code::unsupported:
+        TORCH_CHECK_NOT_IMPLEMENTED(false, "rmsnorm: ", e.what());
+      default:
+        TORCH_CHECK(false, "rmsnorm (", rmsnorm::code_name(e.code()), "): ", e.what());
     }
   }
 }
@@ -272,8 +278,8 @@ Tensor rms_norm(const Tensor& x, const std::optional<Tensor>& weight, double eps
 }
 
 // rmsnorm::rms_norm_fwd: (y, rstd), the op that autograd wraps.
-std::tuple<Tensor, Tensor> rms_norm_fwd(const Tensor& x, const std::optional<Tensor>& weight, double eps,
-                                        double offset, c10::string_view cast) {
+std::tuple<Tensor, Tensor> rms_norm_fwd(const Tensor& x, const std::optional<Tensor>& weight, double eps, double offset,
+                                        c10::string_view cast) {
   Tensor rstd;
   Tensor y = forward_into(x, weight, eps, offset, cast, &rstd);
   return {y, rstd};
@@ -288,25 +294,28 @@ void rms_norm_(const Tensor& x, const std::optional<Tensor>& weight, double eps,
   const std::optional<Tensor> w = checked_weight(weight, x, offset);
   TORCH_CHECK_TYPE(output_dtype(x, w, cast) == x.scalar_type(),
                    "rmsnorm: rms_norm_ cannot write the float32 result of cast=\"llama\" with a float32 weight "
-                   "into ", x.scalar_type(), " x in place; use rms_norm");
+                   "into ",
+                   x.scalar_type(), " x in place; use rms_norm");
   const auto split = find_split(x);
-  TORCH_CHECK_VALUE(split.has_value(), "rmsnorm: rms_norm_ needs x's last dimension contiguous and its leading "
+  TORCH_CHECK_VALUE(split.has_value(),
+                    "rmsnorm: rms_norm_ needs x's last dimension contiguous and its leading "
                     "dimensions expressible as (batch, rows) with one stride each and no overlapping rows; got "
-                    "shape ", shape_str(x.sizes()), " strides ", shape_str(x.strides()));
+                    "shape ",
+                    shape_str(x.sizes()), " strides ", shape_str(x.strides()));
   DeviceContext ctx(x);
   const rmsnorm::TensorView xv = *view_at(x, *split);
-  call_library([&] { rmsnorm::forward(xv, weight_view(w), xv, params_of(eps, offset, cast), std::nullopt, ctx.stream); });
+  call_library(
+      [&] { rmsnorm::forward(xv, weight_view(w), xv, params_of(eps, offset, cast), std::nullopt, ctx.stream); });
 }
 
 // rmsnorm::rms_norm_bwd: (dx, dw) from dy, x and the forward's rstd (recomputed when None).
 // dw has the weight's dtype, or is empty when there is no weight or want_dw is false.
 std::tuple<Tensor, Tensor> rms_norm_bwd(const Tensor& dy_in, const Tensor& x_in, const std::optional<Tensor>& weight,
-                                        const std::optional<Tensor>& rstd_in, double eps, double offset,
-                                        bool want_dw) {
+                                        const std::optional<Tensor>& rstd_in, double eps, double offset, bool want_dw) {
   check_x(x_in);
   check_same_device(dy_in, x_in, "dy");
-  TORCH_CHECK_VALUE(dy_in.sizes() == x_in.sizes(), "rmsnorm: dy has shape ", shape_str(dy_in.sizes()),
-                    " but x has ", shape_str(x_in.sizes()));
+  TORCH_CHECK_VALUE(dy_in.sizes() == x_in.sizes(), "rmsnorm: dy has shape ", shape_str(dy_in.sizes()), " but x has ",
+                    shape_str(x_in.sizes()));
   TORCH_CHECK_TYPE(dy_in.scalar_type() == x_in.scalar_type(), "rmsnorm: dy has dtype ", dy_in.scalar_type(),
                    " but x has ", x_in.scalar_type(), "; they must match");
   const std::optional<Tensor> w = checked_weight(weight, x_in, offset);
@@ -314,11 +323,11 @@ std::tuple<Tensor, Tensor> rms_norm_bwd(const Tensor& dy_in, const Tensor& x_in,
   if (rstd_in.has_value() && rstd_in->defined()) {
     check_same_device(*rstd_in, x_in, "rstd");
     const auto want = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    TORCH_CHECK_TYPE(rstd_in->scalar_type() == want, "rmsnorm: rstd has dtype ", rstd_in->scalar_type(),
-                     "; expected ", want);
+    TORCH_CHECK_TYPE(rstd_in->scalar_type() == want, "rmsnorm: rstd has dtype ", rstd_in->scalar_type(), "; expected ",
+                     want);
     TORCH_CHECK_VALUE(rstd_in->sizes() == x_in.sizes().slice(0, x_in.dim() - 1), "rmsnorm: rstd has shape ",
-                      shape_str(rstd_in->sizes()), "; expected x.shape[:-1] = ",
-                      shape_str(x_in.sizes().slice(0, x_in.dim() - 1)));
+                      shape_str(rstd_in->sizes()),
+                      "; expected x.shape[:-1] = ", shape_str(x_in.sizes().slice(0, x_in.dim() - 1)));
     rstd = rstd_in->contiguous();
   }
   DeviceContext ctx(x_in);
@@ -338,15 +347,16 @@ std::tuple<Tensor, Tensor> rms_norm_bwd(const Tensor& dy_in, const Tensor& x_in,
   std::optional<rmsnorm::TensorView> dwv;
   if (with_dw) dwv = rmsnorm::TensorView::vector(dw.data_ptr(), to_dtype(dw, "dw"), lib_device(dw), dw.numel());
   std::optional<rmsnorm::TensorView> rv;
-  if (rstd) rv = rmsnorm::TensorView::vector(rstd->data_ptr(), to_dtype(*rstd, "rstd"), lib_device(*rstd), rstd->numel());
+  if (rstd)
+    rv = rmsnorm::TensorView::vector(rstd->data_ptr(), to_dtype(*rstd, "rstd"), lib_device(*rstd), rstd->numel());
 
   const rmsnorm::Params params = params_of(eps, offset, rmsnorm::Cast::fp32);
   call_library([&] {
     const std::size_t bytes = rmsnorm::backward_workspace_size(xv, dwv, params);
     // Scratch from torch's caching allocator: no cudaMalloc, so CUDA-graph capture works.
     Tensor workspace = at::empty({static_cast<std::int64_t>(bytes)}, x.options().dtype(at::kByte));
-    rmsnorm::backward(dyv, xv, weight_view(w), rv, dxv, dwv, params, bytes ? workspace.data_ptr() : nullptr,
-                      bytes, ctx.stream);
+    rmsnorm::backward(dyv, xv, weight_view(w), rv, dxv, dwv, params, bytes ? workspace.data_ptr() : nullptr, bytes,
+                      ctx.stream);
   });
   return {dx, dw};
 }
@@ -360,13 +370,14 @@ TORCH_LIBRARY(rmsnorm, m) {
   m.set_python_module("rmsnorm._ops");
   m.def("rms_norm(Tensor x, Tensor? weight, float eps, float offset, str cast) -> Tensor");
   m.def("rms_norm_fwd(Tensor x, Tensor? weight, float eps, float offset, str cast) -> (Tensor y, Tensor rstd)");
-  m.def("rms_norm_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor? rstd, float eps, float offset, bool want_dw)"
-        " -> (Tensor dx, Tensor dw)");
+  m.def(
+      "rms_norm_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor? rstd, float eps, float offset, bool want_dw)"
+      " -> (Tensor dx, Tensor dw)");
   m.def("rms_norm_(Tensor(a!) x, Tensor? weight, float eps, float offset, str cast) -> ()");
 }
 
 // One implementation serves both backends: the library routes on the views' device.
-#define RMSNORM_REGISTER_IMPLS(m)         \
+#define RMSNORM_REGISTER_IMPLS(m)        \
   m.impl("rms_norm", &rms_norm);         \
   m.impl("rms_norm_fwd", &rms_norm_fwd); \
   m.impl("rms_norm_bwd", &rms_norm_bwd); \

@@ -37,10 +37,13 @@ void backward_rows(const BackwardProblem& p) {
       const TX* dy = static_cast<const TX*>(p.dy) + b * p.dy_batch_stride + r * p.dy_row_stride;
       TX* dx = static_cast<TX*>(p.dx) + b * p.dx_batch_stride + r * p.dx_row_stride;
       const Acc rstd = rstd_in ? rstd_in[row]
-                               : Acc(1) / std::sqrt(cpu::lane_sum<Acc>(n, [&](std::int64_t j) {
-                                                      const Acc v = cpu::to_acc<Acc>(x[j]);
-                                                      return v * v;
-                                                    }) * inv_n + eps);
+                               : Acc(1) / std::sqrt(cpu::lane_sum<Acc>(n,
+                                                                       [&](std::int64_t j) {
+                                                                         const Acc v = cpu::to_acc<Acc>(x[j]);
+                                                                         return v * v;
+                                                                       }) *
+                                                        inv_n +
+                                                    eps);
       const Acc gx = cpu::lane_sum<Acc>(
           n, [&](std::int64_t j) { return cpu::to_acc<Acc>(dy[j]) * weight(j) * cpu::to_acc<Acc>(x[j]); });
       const Acc coef = rstd * rstd * rstd * gx * inv_n;

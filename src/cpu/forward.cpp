@@ -24,7 +24,13 @@ void forward_rows(const ForwardProblem& p) {
     const std::int64_t b = row / p.rows, r = row % p.rows;
     const TX* x = static_cast<const TX*>(p.x) + b * p.x_batch_stride + r * p.x_row_stride;
     TY* y = static_cast<TY*>(p.y) + b * p.y_batch_stride + r * p.y_row_stride;
-    const Acc rstd = Acc(1) / std::sqrt(cpu::lane_sum<Acc>(n, [&](std::int64_t j) { const Acc v = cpu::to_acc<Acc>(x[j]); return v * v; }) * inv_n + eps);
+    const Acc rstd = Acc(1) / std::sqrt(cpu::lane_sum<Acc>(n,
+                                                           [&](std::int64_t j) {
+                                                             const Acc v = cpu::to_acc<Acc>(x[j]);
+                                                             return v * v;
+                                                           }) *
+                                            inv_n +
+                                        eps);
     if (p.rstd) static_cast<Acc*>(p.rstd)[row] = rstd;
     // y may be x: each element is read before it is written, by the same iteration.
     if (!llama) {

@@ -17,30 +17,48 @@ struct BF16 {
 };
 
 template <class Acc>
-inline Acc to_acc(float v) { return static_cast<Acc>(v); }
+inline Acc to_acc(float v) {
+  return static_cast<Acc>(v);
+}
 template <class Acc>
-inline Acc to_acc(double v) { return static_cast<Acc>(v); }
+inline Acc to_acc(double v) {
+  return static_cast<Acc>(v);
+}
 template <class Acc>
-inline Acc to_acc(F16 v) { return static_cast<Acc>(half_bits_to_float(v.bits)); }
+inline Acc to_acc(F16 v) {
+  return static_cast<Acc>(half_bits_to_float(v.bits));
+}
 template <class Acc>
-inline Acc to_acc(BF16 v) { return static_cast<Acc>(bf16_bits_to_float(v.bits)); }
+inline Acc to_acc(BF16 v) {
+  return static_cast<Acc>(bf16_bits_to_float(v.bits));
+}
 
 template <class T>
 inline T from_acc(float v);
 template <>
-inline float from_acc<float>(float v) { return v; }
+inline float from_acc<float>(float v) {
+  return v;
+}
 template <>
-inline F16 from_acc<F16>(float v) { return F16{float_to_half_bits(v)}; }
+inline F16 from_acc<F16>(float v) {
+  return F16{float_to_half_bits(v)};
+}
 template <>
-inline BF16 from_acc<BF16>(float v) { return BF16{float_to_bf16_bits(v)}; }
+inline BF16 from_acc<BF16>(float v) {
+  return BF16{float_to_bf16_bits(v)};
+}
 template <class T>
 inline T from_acc(double v);
 template <>
-inline double from_acc<double>(double v) { return v; }
+inline double from_acc<double>(double v) {
+  return v;
+}
 
 // Rounds an accumulator value to T's precision, keeping the accumulator type.
 template <class T, class Acc>
-inline Acc round_as(Acc v) { return to_acc<Acc>(from_acc<T>(v)); }
+inline Acc round_as(Acc v) {
+  return to_acc<Acc>(from_acc<T>(v));
+}
 
 // Sum of f(j) for j < n in a fixed order: sixteen independent partial sums (which the
 // compiler can keep in vector registers, where one running sum would be a serial chain it

@@ -18,7 +18,7 @@ struct BackwardArgs {
   const void* weight;  // nullptr: no weight
   const float* rstd;   // nullptr: recompute
   void* dx;
-  float* partial;      // one row of cols floats per block, or nullptr when dw is not wanted
+  float* partial;  // one row of cols floats per block, or nullptr when dw is not wanted
   std::int64_t rows, total_rows, cols;
   std::int64_t dy_batch_stride, dy_row_stride;
   std::int64_t x_batch_stride, x_row_stride;
@@ -29,17 +29,18 @@ struct BackwardArgs {
 // Calls f with the weight's presence as a compile-time constant (branch-free inner loops).
 template <class F>
 __device__ __forceinline__ void with_weight(bool has_w, F&& f) {
-  if (has_w) f(std::true_type{});
-  else f(std::false_type{});
+  if (has_w)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
 }
 
 // g . x over a lane's vectors (g = dy * (w + offset)).
 // (The weight is preloaded once per lane: see load_weight in forward_kernels.cuh.)
 template <class TX, class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
 __device__ __forceinline__ float dot_gx(const TW* w, const Vec<TW, VEC> (&wv)[ITEMS], std::int64_t first,
-                                        std::int64_t end,
-                                        const Vec<TX, VEC> (&xv)[ITEMS], const Vec<TX, VEC> (&gv)[ITEMS],
-                                        const BackwardArgs& a) {
+                                        std::int64_t end, const Vec<TX, VEC> (&xv)[ITEMS],
+                                        const Vec<TX, VEC> (&gv)[ITEMS], const BackwardArgs& a) {
   float gx = 0.f;
   with_weight(w != nullptr, [&](auto has_w) {
     constexpr bool kHasW = decltype(has_w)::value;
@@ -48,7 +49,8 @@ __device__ __forceinline__ float dot_gx(const TW* w, const Vec<TW, VEC> (&wv)[IT
       const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
       Vec<TW, VEC> wi;
       if constexpr (kHasW) {
-        if (PRELOAD || idx < end) wi = weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx);
+        if (PRELOAD || idx < end)
+          wi = weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx);
         else
 #pragma unroll
           for (int k = 0; k < VEC; ++k) wi.v[k] = from_float<TW>(0.f);
@@ -65,11 +67,10 @@ __device__ __forceinline__ float dot_gx(const TW* w, const Vec<TW, VEC> (&wv)[IT
 
 // dx = rstd * g - coef * x for a lane's vectors, and the lane's dw partial sums.
 template <class TX, class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
-__device__ __forceinline__ void store_dx(TX* dx, const TW* w, const Vec<TW, VEC> (&wv)[ITEMS],
-                                         std::int64_t first, std::int64_t end,
-                                         const Vec<TX, VEC> (&xv)[ITEMS], const Vec<TX, VEC> (&gv)[ITEMS],
-                                         float rstd, float coef, float (&dw_acc)[ITEMS][VEC],
-                                         const BackwardArgs& a) {
+__device__ __forceinline__ void store_dx(TX* dx, const TW* w, const Vec<TW, VEC> (&wv)[ITEMS], std::int64_t first,
+                                         std::int64_t end, const Vec<TX, VEC> (&xv)[ITEMS],
+                                         const Vec<TX, VEC> (&gv)[ITEMS], float rstd, float coef,
+                                         float (&dw_acc)[ITEMS][VEC], const BackwardArgs& a) {
   with_weight(w != nullptr, [&](auto has_w) {
     constexpr bool kHasW = decltype(has_w)::value;
 #pragma unroll
@@ -124,22 +125,24 @@ __global__ void __launch_bounds__(BLOCK) BackwardRowsImpl(const BackwardArgs a) 
   load_weight<TW, VEC, ITEMS, TPR, kPreloadWeight<BLOCK>>(w, lane, vectors, wv);
   float dw_acc[ITEMS][VEC] = {};
 
-  for (std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock;
-       first < a.total_rows; first += static_cast<std::int64_t>(gridDim.x) * kRowsPerBlock) {
+  for (std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock; first < a.total_rows;
+       first += static_cast<std::int64_t>(gridDim.x) * kRowsPerBlock) {
     const std::int64_t row = first + slot;
     const bool valid = row < a.total_rows;
     const TX* x = static_cast<const TX*>(a.x) + (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
-    const TX* dy = static_cast<const TX*>(a.dy) + (valid ? row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride) : 0);
+    const TX* dy =
+        static_cast<const TX*>(a.dy) + (valid ? row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride) : 0);
     Vec<TX, VEC> xv[ITEMS], gv[ITEMS];
     load_items<TX, VEC, ITEMS, TPR>(x, lane, vectors, valid, xv);
     load_items<TX, VEC, ITEMS, TPR>(dy, lane, vectors, valid, gv);
     const float rstd = a.rstd ? (valid ? a.rstd[row] : 0.f)
                               : rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(xv)), a.inv_cols, a.eps);
-    const float gx = Sum::sum(temp, dot_gx<TX, TW, VEC, ITEMS, TPR, kPreloadWeight<BLOCK>>(w, wv, lane, vectors, xv, gv, a));
+    const float gx =
+        Sum::sum(temp, dot_gx<TX, TW, VEC, ITEMS, TPR, kPreloadWeight<BLOCK>>(w, wv, lane, vectors, xv, gv, a));
     if (!valid) continue;
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
     store_dx<TX, TW, VEC, ITEMS, TPR, kPreloadWeight<BLOCK>>(dx, w, wv, lane, vectors, xv, gv, rstd,
-                                      rstd * rstd * rstd * gx * a.inv_cols, dw_acc, a);
+                                                             rstd * rstd * rstd * gx * a.inv_cols, dw_acc, a);
   }
 
   if (!a.partial) return;
@@ -196,7 +199,7 @@ __global__ void __launch_bounds__(BLOCK) ClusterBackwardImpl(const BackwardArgs 
     const float rstd = a.rstd ? a.rstd[row] : rstd_from_sum(sums[0], a.inv_cols, a.eps);
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
     store_dx<TX, TW, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(dx, w, wv, first, end, xv, gv, rstd,
-                                        rstd * rstd * rstd * sums[1] * a.inv_cols, dw_acc, a);
+                                                               rstd * rstd * rstd * sums[1] * a.inv_cols, dw_acc, a);
   }
   // One partial row per cluster: each block fills its slice.
   if (a.partial) write_partial<VEC, ITEMS, BLOCK>(a.partial + place.cluster * a.cols, first, end, dw_acc);
@@ -267,8 +270,8 @@ __global__ void __launch_bounds__(BLOCK) LongRowBackwardImpl(const BackwardArgs 
 // columns; its 32 thread rows each add every 32nd partial row, then one thread per column
 // adds the 32 results in order. Coalesced: a warp reads 32 consecutive columns.
 template <class TDW>
-__global__ void __launch_bounds__(1024) DwFinalizeImpl(const float* partial, std::int64_t partials,
-                                                       std::int64_t cols, TDW* dw) {
+__global__ void __launch_bounds__(1024)
+    DwFinalizeImpl(const float* partial, std::int64_t partials, std::int64_t cols, TDW* dw) {
   __shared__ float stage[32][33];  // +1 column: no bank conflicts on the transposed read
   const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * 32 + threadIdx.x;
   float s = 0.f;

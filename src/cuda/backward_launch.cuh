@@ -13,7 +13,8 @@ namespace rmsnorm::detail::cuda {
 // groups. Each block leaves one partial dw row, so this also bounds the workspace
 // (cuda_backward_workspace sizes it for the smallest blocks).
 inline std::int64_t backward_blocks(std::int64_t row_groups, int threads_per_block, int sm_count) {
-  return std::min<std::int64_t>(row_groups, static_cast<std::int64_t>(sm_count) * (kMaxThreadsPerSm / threads_per_block));
+  return std::min<std::int64_t>(row_groups,
+                                static_cast<std::int64_t>(sm_count) * (kMaxThreadsPerSm / threads_per_block));
 }
 
 inline BackwardArgs make_backward_args(const BackwardProblem& p) {
@@ -59,10 +60,9 @@ std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int s
 }
 
 template <class TDW>
-void launch_dw_finalize(const float* partial, std::int64_t partials, std::int64_t cols, void* dw,
-                        cudaStream_t stream) {
-  DwFinalizeImpl<TDW><<<grid_for((cols + 31) / 32), dim3(32, 32), 0, stream>>>(partial, partials, cols,
-                                                                               static_cast<TDW*>(dw));
+void launch_dw_finalize(const float* partial, std::int64_t partials, std::int64_t cols, void* dw, cudaStream_t stream) {
+  DwFinalizeImpl<TDW>
+      <<<grid_for((cols + 31) / 32), dim3(32, 32), 0, stream>>>(partial, partials, cols, static_cast<TDW*>(dw));
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)
     throw Error(Code::cuda_error, std::string("DwFinalizeImpl failed to launch: ") + cudaGetErrorString(err));

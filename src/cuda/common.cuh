@@ -21,11 +21,24 @@ struct alignas(sizeof(T) * N >= 16 ? 16 : sizeof(T) * N) Vec {
 // Moves go through plain integer vectors: element-wise copies of __half/__nv_bfloat16
 // (classes with their own assignment operators) were seen compiled into eight 16-bit stores
 // (STG.E.U16) instead of one STG.E.128.
-template <int BYTES> struct RawWord;
-template <> struct RawWord<16> { using type = uint4; };
-template <> struct RawWord<8> { using type = uint2; };
-template <> struct RawWord<4> { using type = unsigned; };
-template <> struct RawWord<2> { using type = unsigned short; };
+template <int BYTES>
+struct RawWord;
+template <>
+struct RawWord<16> {
+  using type = uint4;
+};
+template <>
+struct RawWord<8> {
+  using type = uint2;
+};
+template <>
+struct RawWord<4> {
+  using type = unsigned;
+};
+template <>
+struct RawWord<2> {
+  using type = unsigned short;
+};
 
 template <class T, int N>
 __device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
@@ -70,9 +83,13 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162f
 template <class T>
 __device__ __forceinline__ T from_float(float v);
 template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
@@ -102,8 +119,7 @@ struct ForwardArgs {
 };
 
 // Element offset of a row's first element in a (batch, rows, cols) view.
-__device__ __forceinline__ std::int64_t row_offset(std::int64_t row, std::int64_t rows,
-                                                   std::int64_t batch_stride,
+__device__ __forceinline__ std::int64_t row_offset(std::int64_t row, std::int64_t rows, std::int64_t batch_stride,
                                                    std::int64_t row_stride) {
   const std::int64_t b = row / rows;
   return b * batch_stride + (row - b * rows) * row_stride;
@@ -142,11 +158,15 @@ __device__ __forceinline__ float normalise(float xv, float rstd, float w, float 
 template <class F>
 __device__ __forceinline__ void with_mode(bool llama, bool has_w, F&& f) {
   if (llama) {
-    if (has_w) f(std::true_type{}, std::true_type{});
-    else f(std::true_type{}, std::false_type{});
+    if (has_w)
+      f(std::true_type{}, std::true_type{});
+    else
+      f(std::true_type{}, std::false_type{});
   } else {
-    if (has_w) f(std::false_type{}, std::true_type{});
-    else f(std::false_type{}, std::false_type{});
+    if (has_w)
+      f(std::false_type{}, std::true_type{});
+    else
+      f(std::false_type{}, std::false_type{});
   }
 }
 

@@ -59,31 +59,42 @@ void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Strea
   if (p.total_rows() == 0) {
     if (p.dw) {
       const cudaError_t err = cudaMemsetAsync(p.dw, 0, static_cast<std::size_t>(p.cols) * dtype_size(p.dw_dtype), s);
-      if (err != cudaSuccess) throw Error(Code::cuda_error, std::string("dw: zero fill failed: ") + cudaGetErrorString(err));
+      if (err != cudaSuccess)
+        throw Error(Code::cuda_error, std::string("dw: zero fill failed: ") + cudaGetErrorString(err));
     }
     return;
   }
   const int sms = sm_count(device);
   switch (p.x_dtype) {
-    case DType::f32: return cuda::launch_backward<float>(p, plan, sms, s);
-    case DType::f16: return cuda::launch_backward<__half>(p, plan, sms, s);
-    case DType::bf16: return cuda::launch_backward<__nv_bfloat16>(p, plan, sms, s);
-    case DType::f64: break;
+    case DType::f32:
+      return cuda::launch_backward<float>(p, plan, sms, s);
+    case DType::f16:
+      return cuda::launch_backward<__half>(p, plan, sms, s);
+    case DType::bf16:
+      return cuda::launch_backward<__nv_bfloat16>(p, plan, sms, s);
+    case DType::f64:
+      break;
   }
   throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
 }
 
-int cuda_cc_major(int device) { return device_attribute(device, cudaDevAttrComputeCapabilityMajor, "compute capability"); }
+int cuda_cc_major(int device) {
+  return device_attribute(device, cudaDevAttrComputeCapabilityMajor, "compute capability");
+}
 
 void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream) {
   DeviceGuard guard(device);
   auto* s = static_cast<cudaStream_t>(stream);
   const int sms = plan.strategy == Strategy::cluster_row ? sm_count(device) : 0;
   switch (p.x_dtype) {
-    case DType::f32: return cuda::launch_forward<float>(p, plan, sms, s);
-    case DType::f16: return cuda::launch_forward<__half>(p, plan, sms, s);
-    case DType::bf16: return cuda::launch_forward<__nv_bfloat16>(p, plan, sms, s);
-    case DType::f64: break;
+    case DType::f32:
+      return cuda::launch_forward<float>(p, plan, sms, s);
+    case DType::f16:
+      return cuda::launch_forward<__half>(p, plan, sms, s);
+    case DType::bf16:
+      return cuda::launch_forward<__nv_bfloat16>(p, plan, sms, s);
+    case DType::f64:
+      break;
   }
   throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
 }

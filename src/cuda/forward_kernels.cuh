@@ -106,14 +106,16 @@ __device__ __forceinline__ void load_weight(const TW* w, std::int64_t first, std
 template <class TW, int VEC, int ITEMS, bool PRELOAD>
 __device__ __forceinline__ Vec<TW, VEC> weight_item(const TW* w, const Vec<TW, VEC> (&wv)[ITEMS], int i,
                                                     std::int64_t idx) {
-  if constexpr (PRELOAD) return opaque(wv[i]);
-  else return load_vec<TW, VEC>(w + idx * VEC);
+  if constexpr (PRELOAD)
+    return opaque(wv[i]);
+  else
+    return load_vec<TW, VEC>(w + idx * VEC);
 }
 
 template <class TX, class TW, class TY, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
-__device__ __forceinline__ void store_items(TY* y, const TW* w, const Vec<TW, VEC> (&wv)[ITEMS],
-                                            std::int64_t first, std::int64_t end,
-                                            const Vec<TX, VEC> (&v)[ITEMS], float rstd, const ForwardArgs& a) {
+__device__ __forceinline__ void store_items(TY* y, const TW* w, const Vec<TW, VEC> (&wv)[ITEMS], std::int64_t first,
+                                            std::int64_t end, const Vec<TX, VEC> (&v)[ITEMS], float rstd,
+                                            const ForwardArgs& a) {
   with_mode(a.llama, w != nullptr, [&](auto llama, auto has_w) {
     constexpr bool kLlama = decltype(llama)::value, kHasW = decltype(has_w)::value;
 #pragma unroll
@@ -156,12 +158,11 @@ __global__ void __launch_bounds__(BLOCK) RegisterRowsImpl(const ForwardArgs a) {
 
   // The loop bound is uniform across the block, so every lane reaches every reduction
   // (rows past the end compute on zeros and store nothing).
-  for (std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock;
-       first < a.total_rows; first += static_cast<std::int64_t>(gridDim.x) * kRowsPerBlock) {
+  for (std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock; first < a.total_rows;
+       first += static_cast<std::int64_t>(gridDim.x) * kRowsPerBlock) {
     const std::int64_t row = first + slot;
     const bool valid = row < a.total_rows;
-    const TX* x = static_cast<const TX*>(a.x) +
-                  (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
+    const TX* x = static_cast<const TX*>(a.x) + (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
     Vec<TX, VEC> v[ITEMS];
     load_items<TX, VEC, ITEMS, TPR>(x, lane, vectors, valid, v);
     const float rstd = rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v)), a.inv_cols, a.eps);
@@ -200,8 +201,7 @@ __global__ void __launch_bounds__(BLOCK) ClusterRowImpl(const ForwardArgs a) {
     const float rstd = rstd_from_sum(ss[0], a.inv_cols, a.eps);
     if (a.rstd && place.rank == 0 && threadIdx.x == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
-    store_items<TX, TW, TY, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(y, w, wv, begin + threadIdx.x, end, v, rstd,
-                                                                     a);
+    store_items<TX, TW, TY, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(y, w, wv, begin + threadIdx.x, end, v, rstd, a);
   }
   Sum::finish();
 }

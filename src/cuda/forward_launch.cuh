@@ -12,10 +12,20 @@
 
 namespace rmsnorm::detail::cuda {
 
-template <class T> struct StorageOf;
-template <> struct StorageOf<float> { static constexpr DType value = DType::f32; };
-template <> struct StorageOf<__half> { static constexpr DType value = DType::f16; };
-template <> struct StorageOf<__nv_bfloat16> { static constexpr DType value = DType::bf16; };
+template <class T>
+struct StorageOf;
+template <>
+struct StorageOf<float> {
+  static constexpr DType value = DType::f32;
+};
+template <>
+struct StorageOf<__half> {
+  static constexpr DType value = DType::f16;
+};
+template <>
+struct StorageOf<__nv_bfloat16> {
+  static constexpr DType value = DType::bf16;
+};
 
 inline ForwardArgs make_args(const ForwardProblem& p) {
   ForwardArgs a{};

@@ -13,17 +13,16 @@ namespace rmsnorm::detail::cuda {
 inline void check_launch(const char* strategy, const char* kernel, const Plan& plan) {
   const cudaError_t err = cudaGetLastError();
   if (err == cudaSuccess) return;
-  throw Error(Code::cuda_error,
-              std::string(kernel) + " (" + strategy + ", " + std::to_string(plan.threads_per_row) +
-                  " threads/row, " + std::to_string(plan.items_per_thread) + " items, vector " +
-                  std::to_string(plan.vector_width) + ") failed to launch: " + cudaGetErrorName(err) +
-                  ": " + cudaGetErrorString(err));
+  throw Error(Code::cuda_error, std::string(kernel) + " (" + strategy + ", " + std::to_string(plan.threads_per_row) +
+                                    " threads/row, " + std::to_string(plan.items_per_thread) + " items, vector " +
+                                    std::to_string(plan.vector_width) + ") failed to launch: " + cudaGetErrorName(err) +
+                                    ": " + cudaGetErrorString(err));
 }
 
 // Launches `kernel` on a 1-D grid of 1-D clusters of `cluster` blocks (sm_90).
 template <class Args>
-void launch_cluster(void (*kernel)(Args), unsigned grid, int block, int cluster, cudaStream_t stream,
-                    const Args& args, const char* name, const Plan& plan) {
+void launch_cluster(void (*kernel)(Args), unsigned grid, int block, int cluster, cudaStream_t stream, const Args& args,
+                    const char* name, const Plan& plan) {
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(grid);
   config.blockDim = dim3(static_cast<unsigned>(block));

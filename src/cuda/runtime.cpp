@@ -26,9 +26,8 @@ std::string describe_device(Device device) {
     cudaGetLastError();
     return "CUDA device " + std::to_string(device.index) + " (unavailable: " + cudaGetErrorString(err) + ")";
   }
-  return std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) +
-         ", " + std::to_string(prop.multiProcessorCount) + " SMs, " +
-         std::to_string(prop.l2CacheSize >> 20) + " MB L2)";
+  return std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ", " +
+         std::to_string(prop.multiProcessorCount) + " SMs, " + std::to_string(prop.l2CacheSize >> 20) + " MB L2)";
 }
 
 namespace detail {
@@ -48,8 +47,9 @@ void check_pointer_residency(const void* ptr, Device device, const char* what) {
   const bool device_memory = attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
   if (device.kind == DeviceKind::cpu) {
     if (attr.type == cudaMemoryTypeDevice)
-      throw Error(Code::invalid_argument, std::string(what) + ": a CUDA device pointer was given with Device::cpu "
-                                                              "(expected host memory)");
+      throw Error(Code::invalid_argument, std::string(what) +
+                                              ": a CUDA device pointer was given with Device::cpu "
+                                              "(expected host memory)");
     return;
   }
   if (!device_memory)
