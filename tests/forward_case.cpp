@@ -79,7 +79,8 @@ void run_backend(Backend b, const Case& c, HostTensor& x, const HostTensor* w, H
   const TensorView yv = dy ? dy->view : dx.view;
   if (c.strategy != Strategy::automatic) {
     try {
-      const Plan plan = plan_forward(dx.view, yv, c.strategy);
+      const Plan plan =
+          plan_forward(dx.view, dw ? std::optional<TensorView>(dw->view) : std::nullopt, yv, c.strategy);
       EXPECT_EQ(plan.strategy, c.strategy) << "plan_forward did not keep the forced strategy";
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), Code::unsupported) << e.what();
@@ -158,14 +159,16 @@ bool check_outcome(Backend b, const Case& c, const Outcome& o) {
   const std::string where = std::string(backend_name(b)) + " " + c.describe();
   if (b == Backend::cuda && o.plan_refused && o.refused) {
     // A forced strategy that cannot serve the shape: refused as unsupported, nothing written.
-    // (When plan_forward refuses but forward runs, the values are judged below; whether
-    // plan_forward and forward agree is Plan.*'s business.)
     EXPECT_EQ(o.code, Code::unsupported) << where << ": " << o.message;
     EXPECT_TRUE(o.buffers_untouched) << where << ": a refused call wrote to y or rstd";
     return o.code == Code::unsupported && o.buffers_untouched;
   }
   if (o.refused) {
     ADD_FAILURE() << where << ": refused with " << code_name(o.code) << ": " << o.message;
+    return false;
+  }
+  if (b == Backend::cuda && o.plan_refused) {
+    ADD_FAILURE() << where << ": plan_forward refused the forced strategy but forward ran it";
     return false;
   }
   bool ok = true;
