@@ -12,8 +12,7 @@ namespace rmsnorm::bench {
 
 inline void check_launch(const char* kernel) {
   const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess)
-    throw Error(Code::cuda_error, std::string(kernel) + ": " + cudaGetErrorString(e));
+  if (e != cudaSuccess) throw Error(Code::cuda_error, std::string(kernel) + ": " + cudaGetErrorString(e));
 }
 
 // Enough blocks of 256 threads for a grid-stride loop over n elements: a few waves of the

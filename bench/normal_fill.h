@@ -27,8 +27,7 @@ RMSNORM_BENCH_HD inline std::uint64_t mix64(std::uint64_t z) {
 }
 
 // mean + stddev * N(0, 1) for element i, by Box-Muller on two 24-bit uniforms.
-RMSNORM_BENCH_HD inline float normal_at(std::uint64_t seed, std::uint64_t i, float mean,
-                                         float stddev) {
+RMSNORM_BENCH_HD inline float normal_at(std::uint64_t seed, std::uint64_t i, float mean, float stddev) {
   const std::uint64_t h = mix64(mix64(seed) ^ i);
   const float u1 = static_cast<float>((h >> 40) + 1) * 5.9604644775390625e-8f;  // (0, 1]
   const float u2 = static_cast<float>(h & 0xffffffu) * 5.9604644775390625e-8f;  // [0, 1)
@@ -36,12 +35,11 @@ RMSNORM_BENCH_HD inline float normal_at(std::uint64_t seed, std::uint64_t i, flo
 }
 
 // Fills n contiguous host elements of dtype t (multi-threaded when OpenMP is available).
-void fill_normal_host(void* data, DType t, std::int64_t n, std::uint64_t seed, float mean = 0.0f,
-                      float stddev = 1.0f);
+void fill_normal_host(void* data, DType t, std::int64_t n, std::uint64_t seed, float mean = 0.0f, float stddev = 1.0f);
 
 // Fills n contiguous device elements of dtype t (f32, f16, bf16) on `stream`, asynchronously.
 // Throws rmsnorm::Error(Code::cuda_error) if the launch fails. CUDA builds only.
-void fill_normal_device(void* data, DType t, std::int64_t n, std::uint64_t seed, float mean,
-                        float stddev, Stream stream);
+void fill_normal_device(void* data, DType t, std::int64_t n, std::uint64_t seed, float mean, float stddev,
+                        Stream stream);
 
 }  // namespace rmsnorm::bench

@@ -53,7 +53,6 @@ struct UnfusedScratch {
   float* h;        // rows*cols
   void* h_cast;    // rows*cols of dtype (nullptr for f32: h itself is used)
 };
-UnfusedScratch carve_unfused_scratch(void* scratch, DType dtype, std::int64_t rows,
-                                     std::int64_t cols);
+UnfusedScratch carve_unfused_scratch(void* scratch, DType dtype, std::int64_t rows, std::int64_t cols);
 
 }  // namespace rmsnorm::bench

@@ -3,32 +3,10 @@
 #include <cmath>
 #include <cstdint>
 
+#include "host_elements.h"
 #include "unfused.h"
 
 namespace rmsnorm::bench {
-namespace {
-
-float load(const void* p, DType t, std::int64_t i) {
-  switch (t) {
-    case DType::f16: return half_bits_to_float(static_cast<const std::uint16_t*>(p)[i]);
-    case DType::bf16: return bf16_bits_to_float(static_cast<const std::uint16_t*>(p)[i]);
-    case DType::f64: return static_cast<float>(static_cast<const double*>(p)[i]);
-    case DType::f32: break;
-  }
-  return static_cast<const float*>(p)[i];
-}
-
-void store(void* p, DType t, std::int64_t i, float v) {
-  switch (t) {
-    case DType::f16: static_cast<std::uint16_t*>(p)[i] = float_to_half_bits(v); return;
-    case DType::bf16: static_cast<std::uint16_t*>(p)[i] = float_to_bf16_bits(v); return;
-    case DType::f64: static_cast<double*>(p)[i] = v; return;
-    case DType::f32: break;
-  }
-  static_cast<float*>(p)[i] = v;
-}
-
-}  // namespace
 
 void unfused_forward_cpu(const UnfusedProblem& p) {
   const std::int64_t m = p.rows, n = p.cols, mn = m * n;
@@ -40,13 +18,13 @@ void unfused_forward_cpu(const UnfusedProblem& p) {
   const float* xf = static_cast<const float*>(p.x);
   if (t != DType::f32) {
 #pragma omp parallel for schedule(static)
-    for (std::int64_t i = 0; i < mn; ++i) s.xf[i] = load(p.x, t, i);
+    for (std::int64_t i = 0; i < mn; ++i) s.xf[i] = load_float(p.x, t, i);
     xf = s.xf;
   }
   // sq = xf.pow(2)
 #pragma omp parallel for schedule(static)
   for (std::int64_t i = 0; i < mn; ++i) s.sq[i] = xf[i] * xf[i];
-  // var = sq.mean(-1): eight partial sums per row, like a vectorised reduction
+    // var = sq.mean(-1): eight partial sums per row, like a vectorised reduction
 #pragma omp parallel for schedule(static)
   for (std::int64_t r = 0; r < m; ++r) {
     const float* row = s.sq + r * n;
@@ -55,25 +33,25 @@ void unfused_forward_cpu(const UnfusedProblem& p) {
     for (; j + 8 <= n; j += 8)
       for (int k = 0; k < 8; ++k) part[k] += row[j + k];
     for (int k = 0; j < n; ++j, ++k) part[k] += row[j];
-    s.var[r] = ((part[0] + part[4]) + (part[1] + part[5]) + (part[2] + part[6]) + (part[3] + part[7])) /
-               static_cast<float>(n);
+    s.var[r] =
+        ((part[0] + part[4]) + (part[1] + part[5]) + (part[2] + part[6]) + (part[3] + part[7])) / static_cast<float>(n);
   }
   // var + eps, then rsqrt: two ops, two loops
   for (std::int64_t r = 0; r < m; ++r) s.var_eps[r] = s.var[r] + eps;
   for (std::int64_t r = 0; r < m; ++r) s.rstd[r] = 1.0f / std::sqrt(s.var_eps[r]);
-  // h = xf * rstd
+    // h = xf * rstd
 #pragma omp parallel for schedule(static)
   for (std::int64_t i = 0; i < mn; ++i) s.h[i] = xf[i] * s.rstd[i / n];
   // h.to(dtype)
   const void* hc = s.h;
   if (t != DType::f32) {
 #pragma omp parallel for schedule(static)
-    for (std::int64_t i = 0; i < mn; ++i) store(s.h_cast, t, i, s.h[i]);
+    for (std::int64_t i = 0; i < mn; ++i) store_float(s.h_cast, t, i, s.h[i]);
     hc = s.h_cast;
   }
   // y = w * h: computed in fp32, rounded once to the dtype (PyTorch's opmath for 16-bit)
 #pragma omp parallel for schedule(static)
-  for (std::int64_t i = 0; i < mn; ++i) store(p.y, t, i, load(p.weight, t, i % n) * load(hc, t, i));
+  for (std::int64_t i = 0; i < mn; ++i) store_float(p.y, t, i, load_float(p.weight, t, i % n) * load_float(hc, t, i));
 }
 
 }  // namespace rmsnorm::bench

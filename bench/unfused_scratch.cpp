@@ -16,13 +16,13 @@ void layout(DType dtype, std::int64_t rows, std::int64_t cols, F take) {
   const std::size_t mn = static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols);
   const std::size_t m = static_cast<std::size_t>(rows);
   const bool f32 = dtype == DType::f32;
-  take(f32 ? 0 : mn * 4);                 // xf
-  take(mn * 4);                           // sq
-  take(m * 4);                            // var
-  take(m * 4);                            // var_eps
-  take(m * 4);                            // rstd
-  take(mn * 4);                           // h
-  take(f32 ? 0 : mn * dtype_size(dtype)); // h_cast
+  take(f32 ? 0 : mn * 4);                  // xf
+  take(mn * 4);                            // sq
+  take(m * 4);                             // var
+  take(m * 4);                             // var_eps
+  take(m * 4);                             // rstd
+  take(mn * 4);                            // h
+  take(f32 ? 0 : mn * dtype_size(dtype));  // h_cast
 }
 
 }  // namespace
@@ -35,8 +35,7 @@ std::size_t unfused_scratch_bytes(DType dtype, std::int64_t rows, std::int64_t c
   return total;
 }
 
-UnfusedScratch carve_unfused_scratch(void* scratch, DType dtype, std::int64_t rows,
-                                     std::int64_t cols) {
+UnfusedScratch carve_unfused_scratch(void* scratch, DType dtype, std::int64_t rows, std::int64_t cols) {
   void* parts[7];
   int k = 0;
   auto* at = static_cast<unsigned char*>(scratch);
@@ -44,9 +43,12 @@ UnfusedScratch carve_unfused_scratch(void* scratch, DType dtype, std::int64_t ro
     parts[k++] = b ? at : nullptr;
     at += round_up(b);
   });
-  return UnfusedScratch{static_cast<float*>(parts[0]), static_cast<float*>(parts[1]),
-                        static_cast<float*>(parts[2]), static_cast<float*>(parts[3]),
-                        static_cast<float*>(parts[4]), static_cast<float*>(parts[5]),
+  return UnfusedScratch{static_cast<float*>(parts[0]),
+                        static_cast<float*>(parts[1]),
+                        static_cast<float*>(parts[2]),
+                        static_cast<float*>(parts[3]),
+                        static_cast<float*>(parts[4]),
+                        static_cast<float*>(parts[5]),
                         parts[6]};
 }
 

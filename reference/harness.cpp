@@ -102,7 +102,8 @@ Comparison compare_scaled(const TensorView& got, const std::vector<double>& ref,
   std::int64_t i = 0;
   for_each_offset(got, [&](std::int64_t off) {
     const std::size_t k = static_cast<std::size_t>(i);
-    check_one(c, load_as_double(got.data, got.dtype, off), ref[k], {tol.rtol, tol.atol * scale[k] + 1e-300}, i);
+    check_one(c, load_as_double(got.data, got.dtype, off), ref[k], {tol.rtol, tol.atol * scale[k] + tol.floor + 1e-300},
+              i);
     ++i;
   });
   return c;
@@ -113,7 +114,7 @@ Comparison compare_vector_scaled(const void* got, DType dtype, const std::vector
   Comparison c;
   for (std::size_t i = 0; i < ref.size(); ++i)
     check_one(c, load_as_double(got, dtype, static_cast<std::int64_t>(i)), ref[i],
-              {tol.rtol, tol.atol * scale[i] + 1e-300}, static_cast<std::int64_t>(i));
+              {tol.rtol, tol.atol * scale[i] + tol.floor + 1e-300}, static_cast<std::int64_t>(i));
   return c;
 }
 

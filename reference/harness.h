@@ -52,7 +52,7 @@ Comparison compare(const TensorView& got, const std::vector<double>& ref, Tolera
 // Compares a contiguous host vector with ref.
 Comparison compare_vector(const void* got, DType dtype, const std::vector<double>& ref, Tolerance tol);
 
-// Element-wise tolerance: |got - ref| <= tol.rtol * |ref| + tol.atol * scale[i], for the
+// Element-wise tolerance: |got - ref| <= tol.rtol * |ref| + tol.atol * scale[i] + tol.floor, for the
 // backward's outputs whose error bound depends on the size of the terms that were summed.
 Comparison compare_scaled(const TensorView& got, const std::vector<double>& ref, const std::vector<double>& scale,
                           Tolerance tol);

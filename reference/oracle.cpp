@@ -82,12 +82,13 @@ BackwardResult backward(const TensorView& dy, const TensorView& x, const std::op
     return weight ? round_to(acc, load_as_double(weight->data, weight->dtype, j) + p.weight_offset) : 1.0;
   };
   for (std::int64_t row = 0; row < m; ++row) {
-    double ss = 0.0, gx = 0.0;
+    double ss = 0.0, gx = 0.0, gx_abs = 0.0;
     for (std::int64_t j = 0; j < n; ++j) {
       const double xv = load_as_double(x.data, x.dtype, offset_of(x, row, j));
       const double g = load_as_double(dy.data, dy.dtype, offset_of(dy, row, j)) * w_at(j);
       ss += xv * xv;
       gx += g * xv;
+      gx_abs += std::fabs(g * xv);
     }
     const double rstd = 1.0 / std::sqrt(ss / static_cast<double>(n) + p.eps);
     out.rstd[static_cast<std::size_t>(row)] = rstd;
@@ -97,7 +98,8 @@ BackwardResult backward(const TensorView& dy, const TensorView& x, const std::op
       const double dyv = load_as_double(dy.data, dy.dtype, offset_of(dy, row, j));
       const std::size_t at = static_cast<std::size_t>(row * n + j);
       out.dx[at] = rstd * dyv * w_at(j) - coef * xv;
-      out.dx_scale[at] = std::fabs(rstd * dyv * w_at(j)) + std::fabs(coef * xv);
+      out.dx_scale[at] =
+          std::fabs(rstd * dyv * w_at(j)) + rstd * rstd * rstd * gx_abs / static_cast<double>(n) * std::fabs(xv);
       if (weight) {
         out.dw[static_cast<std::size_t>(j)] += dyv * xv * rstd;
         out.dw_scale[static_cast<std::size_t>(j)] += std::fabs(dyv * xv * rstd);

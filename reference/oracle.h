@@ -24,8 +24,8 @@ ForwardResult forward(const TensorView& x, const std::optional<TensorView>& weig
 
 struct BackwardResult {
   std::vector<double> dx;        // total_rows * cols
-  std::vector<double> dx_scale;  // |rstd * g| + |rstd^3 s / cols * x| per element: the size of
-                                 // the two terms whose difference dx is (for the tolerance)
+  std::vector<double> dx_scale;  // |rstd g| + rstd^3 / cols * |x| * sum|g x| per element: the
+                                 // size of the terms dx is computed from (for the tolerance)
   std::vector<double> dw;        // cols (empty without a weight)
   std::vector<double> dw_scale;  // sum over rows of |dy * x * rstd| per column
   std::vector<double> rstd;      // total_rows

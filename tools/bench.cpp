@@ -30,6 +30,11 @@ std::vector<BenchShape> suite_shapes(const std::string& suite) {
     add(32, 8192);
     add(1, 8192);
     add(8, 4096);
+  } else if (suite == "train") {  // training shapes (tokens x hidden), the backward's targets
+    for (std::int64_t n : {2048, 4096, 8192, 16384}) add(16384, n);
+    add(8192, 32768);
+    add(4096, 65536);
+    add(262144, 128);
   }
   return out;
 }
@@ -44,7 +49,8 @@ std::vector<std::vector<BenchShape>> tables_for(const BenchOptions& o) {
     tables.push_back(t);
     return tables;
   }
-  for (const std::string& s : o.suites.empty() ? std::vector<std::string>{"seed"} : o.suites)
+  const std::string fallback = o.op == "backward" ? "train" : "seed";
+  for (const std::string& s : o.suites.empty() ? std::vector<std::string>{fallback} : o.suites)
     tables.push_back(suite_shapes(s));
   return tables;
 }
@@ -68,6 +74,7 @@ std::string num(const Record* r, bool gbps) {
 int run_bench(const BenchOptions& o, const RunDevice& dev) {
   BenchContext ctx;
   ctx.device = dev;
+  ctx.op = o.op;
   ctx.dtype = o.dtype;
   ctx.strategy = o.strategy;
   ctx.reps = o.reps ? o.reps : (dev.is_cuda() ? 50 : 3);
@@ -84,19 +91,35 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   if (dev.is_cuda()) throw Error(Code::unsupported, "bench: this tool was built without CUDA");
 #endif
 
-  std::cout << "rmsnorm bench | " << dev.name << (dev.is_cuda() ? " (CUDA)" : " (CPU figures)") << " | op "
-            << o.op << " | dtype " << dtype_name(o.dtype) << " | model bytes 2*M*N*s (read x + write y; weight ignored) | "
-            << ctx.date << " | commit " << ctx.commit << '\n';
+  const bool bwd = o.op == "backward";
+  const char* model = bwd ? "3*M*N*s" : "2*M*N*s";
+  std::cout << "rmsnorm bench | " << dev.name << (dev.is_cuda() ? " (CUDA)" : " (CPU figures)") << " | op " << o.op
+            << " | dtype " << dtype_name(o.dtype) << " | model bytes "
+            << (bwd ? "3*M*N*s (read x + read dy + write dx; weight, dw and rstd ignored)"
+                    : "2*M*N*s (read x + write y; weight ignored)")
+            << " | " << ctx.date << " | commit " << ctx.commit << '\n';
+  if (bwd)
+    std::cout
+        << "backward: fused = rmsnorm::backward, weight and dw of x's dtype, rstd saved by a forward run, workspace\n"
+           "allocated once; unfused = eager autograd's ops (bench/unfused_backward.h) on the tensors its forward "
+           "saved\n";
+  const std::string sets = bwd ? "x/dy/dx" : "x/y";
+  const std::string copy =
+      bwd ? "of 1.5*M*N*s bytes (x and half of dy read, the rest of dy and dx written: 3*M*N*s moved)"
+          : "of the M*N*s-byte x (read + write: 2*M*N*s moved)";
   if (dev.is_cuda())
     std::cout << "protocol: checked against the fp64 oracle first; median of " << ctx.reps
-              << " CUDA-graph replays timed with CUDA events, each replaying back-to-back calls over x/y\n"
-                 "buffer sets rotated so the working set is >= 4x L2; us = per call; copy = cudaMemcpyAsync "
-                 "device-to-device of the M*N*s-byte x\n(the faster of a graph and a plain stream loop)\n";
+              << " CUDA-graph replays timed with CUDA events, each replaying back-to-back calls over " << sets
+              << "\nbuffer sets rotated so the working set is >= 4x L2; us = per call; copy = cudaMemcpyAsync "
+                 "device-to-device\n"
+              << copy << " (the faster of a graph and a plain stream loop)\n";
   else
     std::cout << "CPU FIGURES (std::chrono on the host, the CPU backend; not GPU numbers): checked against the fp64\n"
                  "oracle first; median of "
-              << ctx.reps << " passes over x/y buffer sets rotated so a pass moves >= 4x the last-level cache\n"
-                             "(at most 256 MB); us = per call; copy = memcpy of the M*N*s-byte x\n";
+              << ctx.reps << " passes over " << sets
+              << " buffer sets rotated so a pass moves >= 4x the last-level cache\n(at most 256 MB); us = per call; "
+                 "copy = memcpy "
+              << copy << '\n';
   if (o.strategy != Strategy::automatic)
     std::cout << "fused strategy forced: " << strategy_name(o.strategy)
               << (dev.is_cuda() ? "" : " (ignored by the CPU backend)") << '\n';
@@ -106,10 +129,11 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   for (const std::vector<BenchShape>& shapes : tables_for(o)) {
     if (shapes.empty()) continue;
     const bool latency = shapes.front().latency;
-    std::cout << '\n' << "suite " << shapes.front().suite
+    std::cout << '\n'
+              << "suite " << shapes.front().suite
               << (latency ? ": latency, microseconds per call (graph: back-to-back in a CUDA graph; plain: "
                             "one call + stream sync, host clock)\n"
-                          : ": throughput, GB/s = 2*M*N*s / time per call\n");
+                          : std::string(": throughput, GB/s = ") + model + " / time per call\n");
     std::vector<TextTable::Column> cols = {{"M", 7}, {"N", 7}};
     if (latency) {
       for (const char* impl : {"fused", "unfused", "copy"}) {
@@ -117,8 +141,12 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
         cols.push_back({std::string(impl) + " plain us", 8});
       }
     } else {
-      cols.insert(cols.end(), {{"fused GB/s", 8}, {"unfused GB/s", 8}, {"copy GB/s", 8}, {"speedup", 7},
-                               {"% of copy", 7}, {"fused us", 8}});
+      cols.insert(cols.end(), {{"fused GB/s", 8},
+                               {"unfused GB/s", 8},
+                               {"copy GB/s", 8},
+                               {"speedup", 7},
+                               {"% of copy", 7},
+                               {"fused us", 8}});
     }
     cols.push_back({"notes", 0, true});  // the strategy that ran (CUDA), problems
     TextTable table(std::cout, cols);
@@ -127,9 +155,12 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
       ShapeResult r;
       try {
 #if defined(RMSNORM_CLI_HAVE_CUDA)
-        r = dev.is_cuda() ? bench_shape_cuda(ctx, shape) : bench_shape_cpu(ctx, shape);
+        if (dev.is_cuda())
+          r = bwd ? bench_backward_shape_cuda(ctx, shape) : bench_shape_cuda(ctx, shape);
+        else
+          r = bwd ? bench_backward_shape_cpu(ctx, shape) : bench_shape_cpu(ctx, shape);
 #else
-        r = bench_shape_cpu(ctx, shape);
+        r = bwd ? bench_backward_shape_cpu(ctx, shape) : bench_shape_cpu(ctx, shape);
 #endif
       } catch (const std::exception& e) {
         r.failed = true;

@@ -1,5 +1,6 @@
-// `rmsnorm bench`: shapes, the driver that prints the tables, and the two timing backends
-// (bench_cpu.cpp, bench_cuda.cu) it calls one shape at a time.
+// `rmsnorm bench`: shapes, the driver that prints the tables, and the timing backends it
+// calls one shape at a time: forward (bench_cpu.cpp, bench_cuda.cu) and backward
+// (bench_backward_cpu.cpp, bench_backward_cuda.cu).
 #pragma once
 
 #include <cstdint>
@@ -21,6 +22,7 @@ struct BenchShape {
 
 struct BenchContext {
   RunDevice device;
+  std::string op = "forward";  // forward or backward
   DType dtype = DType::f16;
   Strategy strategy = Strategy::automatic;
   int reps = 50;
@@ -37,8 +39,14 @@ struct ShapeResult {
 };
 
 ShapeResult bench_shape_cpu(const BenchContext& ctx, const BenchShape& shape);
+ShapeResult bench_backward_shape_cpu(const BenchContext& ctx, const BenchShape& shape);
 // CUDA builds only.
 ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape);
+ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape& shape);
+
+// Model bytes per element of the op's matrix: 2 (forward: read x, write y) or 3
+// (backward: read x and dy, write dx).
+int model_bytes_factor(const std::string& op);
 
 // Prints the tables to stdout and writes the requested files; returns the exit status.
 int run_bench(const BenchOptions& options, const RunDevice& device);
@@ -49,11 +57,30 @@ std::vector<std::pair<std::int64_t, std::int64_t>> rows_to_check(std::int64_t ro
 // Compares y with the oracle's answer for x, both host copies of the same checked rows
 // (contiguous, cols elements each, dtype t), with the weight (cols elements of t).
 // Returns an empty string when they agree, else what went wrong.
-std::string check_rows(const void* x, const void* y, const void* weight, DType t, std::int64_t rows,
-                       std::int64_t cols, const Params& params);
+std::string check_rows(const void* x, const void* y, const void* weight, DType t, std::int64_t rows, std::int64_t cols,
+                       const Params& params);
+
+// The oracle's backward for a benchmark input: x and dy are host copies of a whole
+// contiguous (rows, cols) matrix of dtype t, the weight has t too. dx for the rows of
+// rows_to_check (in order), dw over all rows (the oracle run on chunks of rows in
+// parallel, their sums added in a fixed order).
+struct BackwardExpected {
+  std::vector<double> dx, dx_scale;
+  std::vector<double> dw, dw_scale;
+};
+BackwardExpected backward_expected(const void* x, const void* dy, const void* weight, DType t, std::int64_t rows,
+                                   std::int64_t cols, const Params& params);
+// Compares a backward's dx on the checked rows (contiguous host copy) and its dw (cols of
+// dtype t) with the expectation under dx_tolerance / dw_tolerance (rows = all rows).
+// `eager_roundings`: the unfused baseline's extra roundings of the 16-bit products (see
+// unfused_backward.h) widen the terms' allowance by that many unit roundoffs of t.
+// Returns an empty string when they agree, else what went wrong.
+std::string check_backward(const BackwardExpected& expected, const void* dx_rows, const void* dw, DType t,
+                           std::int64_t rows, std::int64_t cols, int eager_roundings);
+
 // Records for one implementation's median time per call.
-Record make_record(const BenchContext& ctx, const BenchShape& shape, const std::string& impl,
-                   const std::string& mode, double us, std::int64_t sets, std::int64_t calls, int reps);
+Record make_record(const BenchContext& ctx, const BenchShape& shape, const std::string& impl, const std::string& mode,
+                   double us, std::int64_t sets, std::int64_t calls, int reps);
 double median(std::vector<double> v);
 
 }  // namespace rmsnorm::cli

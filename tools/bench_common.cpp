@@ -1,4 +1,4 @@
-// Helpers both benchmark backends use: the oracle check before timing, and records.
+// Helpers every benchmark backend uses: the oracle checks before timing, and records.
 #include <algorithm>
 #include <cmath>
 
@@ -15,8 +15,8 @@ std::vector<std::pair<std::int64_t, std::int64_t>> rows_to_check(std::int64_t ro
   return {{0, kEdge}, {rows - kEdge, rows}};
 }
 
-std::string check_rows(const void* x, const void* y, const void* weight, DType t, std::int64_t rows,
-                       std::int64_t cols, const Params& params) {
+std::string check_rows(const void* x, const void* y, const void* weight, DType t, std::int64_t rows, std::int64_t cols,
+                       const Params& params) {
   namespace ref = rmsnorm::reference;
   const TensorView xv = TensorView::matrix(const_cast<void*>(x), t, Device::cpu(), rows, cols);
   const TensorView yv = TensorView::matrix(const_cast<void*>(y), t, Device::cpu(), rows, cols);
@@ -26,6 +26,73 @@ std::string check_rows(const void* x, const void* y, const void* weight, DType t
   return c.passed() ? std::string() : c.describe();
 }
 
+BackwardExpected backward_expected(const void* x, const void* dy, const void* weight, DType t, std::int64_t rows,
+                                   std::int64_t cols, const Params& params) {
+  namespace ref = rmsnorm::reference;
+  const std::size_t row_bytes = static_cast<std::size_t>(cols) * dtype_size(t);
+  const auto* xb = static_cast<const unsigned char*>(x);
+  const auto* dyb = static_cast<const unsigned char*>(dy);
+  const auto matrix = [&](const unsigned char* base, std::int64_t begin, std::int64_t count) {
+    return TensorView::matrix(const_cast<unsigned char*>(base) + static_cast<std::size_t>(begin) * row_bytes, t,
+                              Device::cpu(), count, cols);
+  };
+  const TensorView wv = TensorView::vector(const_cast<void*>(weight), t, Device::cpu(), cols);
+  BackwardExpected out;
+  for (auto [b, e] : rows_to_check(rows)) {
+    const ref::BackwardResult r = ref::backward(matrix(dyb, b, e - b), matrix(xb, b, e - b), wv, params);
+    out.dx.insert(out.dx.end(), r.dx.begin(), r.dx.end());
+    out.dx_scale.insert(out.dx_scale.end(), r.dx_scale.begin(), r.dx_scale.end());
+  }
+  // dw: stripes of rows in parallel, each in chunks of about 2^18 elements (the oracle
+  // keeps dx for a whole chunk), each stripe's sums in its own accumulator; the stripes
+  // are then added in order, so the answer does not depend on the thread count.
+  constexpr std::int64_t kStripes = 64;
+  const std::int64_t stripes = std::min<std::int64_t>(kStripes, rows);
+  const std::int64_t chunk_rows = std::max<std::int64_t>(1, (std::int64_t(1) << 18) / cols);
+  std::vector<std::vector<double>> dw(static_cast<std::size_t>(stripes)), dw_scale(dw.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (std::int64_t st = 0; st < stripes; ++st) {
+    std::vector<double>& acc = dw[static_cast<std::size_t>(st)];
+    std::vector<double>& acc_scale = dw_scale[static_cast<std::size_t>(st)];
+    acc.assign(static_cast<std::size_t>(cols), 0.0);
+    acc_scale.assign(static_cast<std::size_t>(cols), 0.0);
+    const std::int64_t end = (st + 1) * rows / stripes;
+    for (std::int64_t b = st * rows / stripes; b < end; b += chunk_rows) {
+      const std::int64_t count = std::min(chunk_rows, end - b);
+      const ref::BackwardResult r = ref::backward(matrix(dyb, b, count), matrix(xb, b, count), wv, params);
+      for (std::size_t j = 0; j < acc.size(); ++j) {
+        acc[j] += r.dw[j];
+        acc_scale[j] += r.dw_scale[j];
+      }
+    }
+  }
+  out.dw.assign(static_cast<std::size_t>(cols), 0.0);
+  out.dw_scale.assign(static_cast<std::size_t>(cols), 0.0);
+  for (std::size_t st = 0; st < dw.size(); ++st)
+    for (std::size_t j = 0; j < out.dw.size(); ++j) {
+      out.dw[j] += dw[st][j];
+      out.dw_scale[j] += dw_scale[st][j];
+    }
+  return out;
+}
+
+std::string check_backward(const BackwardExpected& expected, const void* dx_rows, const void* dw, DType t,
+                           std::int64_t rows, std::int64_t cols, int eager_roundings) {
+  namespace ref = rmsnorm::reference;
+  const std::int64_t checked = static_cast<std::int64_t>(expected.dx.size()) / cols;
+  ref::Tolerance dx_tol = ref::dx_tolerance(t, cols), dw_tol = ref::dw_tolerance(t, t, rows, cols);
+  dx_tol.atol += eager_roundings * ref::unit_roundoff(t);
+  dw_tol.atol += eager_roundings * ref::unit_roundoff(t);
+  const TensorView dxv = TensorView::matrix(const_cast<void*>(dx_rows), t, Device::cpu(), checked, cols);
+  const ref::Comparison dxc = ref::compare_scaled(dxv, expected.dx, expected.dx_scale, dx_tol);
+  if (!dxc.passed()) return "dx " + dxc.describe();
+  const ref::Comparison dwc = ref::compare_vector_scaled(dw, t, expected.dw, expected.dw_scale, dw_tol);
+  if (!dwc.passed()) return "dw " + dwc.describe();
+  return {};
+}
+
+int model_bytes_factor(const std::string& op) { return op == "backward" ? 3 : 2; }
+
 double median(std::vector<double> v) {
   if (v.empty()) return NAN;
   std::sort(v.begin(), v.end());
@@ -33,16 +100,17 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
 }
 
-Record make_record(const BenchContext& ctx, const BenchShape& shape, const std::string& impl,
-                   const std::string& mode, double us, std::int64_t sets, std::int64_t calls, int reps) {
+Record make_record(const BenchContext& ctx, const BenchShape& shape, const std::string& impl, const std::string& mode,
+                   double us, std::int64_t sets, std::int64_t calls, int reps) {
   Record r;
+  r.op = ctx.op;
   r.dtype = dtype_name(ctx.dtype);
   r.rows = shape.rows;
   r.cols = shape.cols;
   r.impl = impl;
   r.mode = mode;
   r.suite = shape.suite;
-  r.bytes = 2.0 * static_cast<double>(shape.rows) * static_cast<double>(shape.cols) *
+  r.bytes = model_bytes_factor(ctx.op) * static_cast<double>(shape.rows) * static_cast<double>(shape.cols) *
             static_cast<double>(dtype_size(ctx.dtype));
   r.us = us;
   r.gbps = r.bytes / (us * 1e3);  // bytes / (us * 1e-6 s) / 1e9

@@ -1,14 +1,12 @@
-// CPU timing: std::chrono around passes over rotating buffer sets. These figures describe
-// the CPU backend on the machine at hand and are never to be quoted as GPU numbers.
-#include <unistd.h>
-
+// CPU timing of the forward: std::chrono around passes over rotating buffer sets. These
+// figures describe the CPU backend on the machine at hand and are never to be quoted as
+// GPU numbers.
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
-#include <memory>
 
 #include "bench.h"
+#include "bench_host.h"
 #include "normal_fill.h"
 #include "table.h"
 #include "unfused.h"
@@ -17,60 +15,6 @@ namespace rmsnorm::cli {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-constexpr std::size_t kMaxPassBytes = std::size_t(256) << 20;
-
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-using HostMemory = std::unique_ptr<unsigned char, FreeDeleter>;
-
-HostMemory allocate(std::size_t bytes) {
-  void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
-  if (!p) throw Error(Code::unsupported, "bench: cannot allocate " + std::to_string(bytes >> 20) + " MiB");
-  return HostMemory(static_cast<unsigned char*>(p));
-}
-
-// The cache a pass must overflow: the last level the C library reports, else a typical
-// server L3 share.
-std::size_t last_level_cache() {
-  for (int name : {_SC_LEVEL3_CACHE_SIZE, _SC_LEVEL2_CACHE_SIZE}) {
-    const long v = sysconf(name);
-    if (v > 0) return static_cast<std::size_t>(v);
-  }
-  return 32u << 20;
-}
-
-std::size_t physical_memory() {
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  return pages > 0 && page > 0 ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(page) : (8ull << 30);
-}
-
-// A memcpy split across threads, as a parallel copy_ would be.
-void parallel_copy(void* dst, const void* src, std::size_t bytes) {
-  constexpr std::size_t kChunk = 1 << 20;
-  const std::int64_t chunks = static_cast<std::int64_t>((bytes + kChunk - 1) / kChunk);
-#pragma omp parallel for schedule(static)
-  for (std::int64_t c = 0; c < chunks; ++c) {
-    const std::size_t at = static_cast<std::size_t>(c) * kChunk;
-    std::memcpy(static_cast<unsigned char*>(dst) + at, static_cast<const unsigned char*>(src) + at,
-                std::min(kChunk, bytes - at));
-  }
-}
-
-// The checked rows of a contiguous M x N matrix, gathered into one contiguous host array.
-std::vector<unsigned char> gather_rows(const unsigned char* m, std::int64_t rows, std::size_t row_bytes) {
-  std::vector<unsigned char> out;
-  for (auto [b, e] : rows_to_check(rows))
-    out.insert(out.end(), m + static_cast<std::size_t>(b) * row_bytes, m + static_cast<std::size_t>(e) * row_bytes);
-  return out;
-}
-
-std::int64_t checked_row_count(std::int64_t rows) {
-  std::int64_t n = 0;
-  for (auto [b, e] : rows_to_check(rows)) n += e - b;
-  return n;
-}
 
 }  // namespace
 
@@ -95,8 +39,7 @@ ShapeResult bench_shape_cpu(const BenchContext& ctx, const BenchShape& shape) {
                                           (2.0 * pitch + scratch_bytes) / (1 << 30)));
   const std::size_t sets = std::max<std::size_t>(1, std::min(want, (room - scratch_bytes) / (2 * pitch)));
   if (2 * buf * sets < 4 * llc)
-    result.notes.push_back(format("working set %.0f MB (< 4x LLC, %.0f MB)", 2e-6 * buf * sets,
-                                  1e-6 * llc));
+    result.notes.push_back(format("working set %.0f MB (< 4x LLC, %.0f MB)", 2e-6 * buf * sets, 1e-6 * llc));
 
   HostMemory xs = allocate(sets * pitch), ys = allocate(sets * pitch), w = allocate(row_bytes),
              scratch = allocate(scratch_bytes);

@@ -1,142 +1,20 @@
-// CUDA timing, following docs/performance.md: inputs on the device, every implementation
-// checked against the fp64 oracle before it is timed, x/y buffer sets rotated so that the
-// working set is >= 4x L2 (no L2 reuse between calls), back-to-back calls captured in one
-// CUDA graph (no launch overhead in the figure), replays timed with CUDA events, median.
+// CUDA timing of the forward, following docs/performance.md: inputs on the device, every
+// implementation checked against the fp64 oracle before it is timed, x/y buffer sets
+// rotated so that the working set is >= 4x L2 (no L2 reuse between calls), back-to-back
+// calls captured in one CUDA graph (no launch overhead in the figure), replays timed with
+// CUDA events, median (cuda_timing.cuh).
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
-#include <functional>
 
 #include "bench.h"
+#include "cuda_timing.cuh"
 #include "normal_fill.h"
 #include "table.h"
 #include "unfused.h"
 
 namespace rmsnorm::cli {
-namespace {
-
-void ck(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw Error(Code::cuda_error, std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-// Owners of CUDA objects, so that an exception mid-shape leaks nothing.
-struct DeviceMemory {
-  void* p = nullptr;
-  explicit DeviceMemory(std::size_t bytes) { ck(cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc"); }
-  ~DeviceMemory() { cudaFree(p); }
-  DeviceMemory(const DeviceMemory&) = delete;
-  DeviceMemory& operator=(const DeviceMemory&) = delete;
-  unsigned char* get() const { return static_cast<unsigned char*>(p); }
-};
-struct StreamOwner {
-  cudaStream_t s = nullptr;
-  StreamOwner() { ck(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"); }
-  ~StreamOwner() { cudaStreamDestroy(s); }
-};
-struct EventOwner {
-  cudaEvent_t e = nullptr;
-  EventOwner() { ck(cudaEventCreate(&e), "cudaEventCreate"); }
-  ~EventOwner() { cudaEventDestroy(e); }
-};
-struct GraphOwner {
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  ~GraphOwner() {
-    if (exec) cudaGraphExecDestroy(exec);
-    if (graph) cudaGraphDestroy(graph);
-  }
-};
-
-// A graph holds at most this many calls' nodes: enough to rotate over 4x L2 for every
-// shape but the 1-row decode ones, small enough to instantiate in well under a second.
-constexpr std::int64_t kMaxGraphNodes = 16384;
-// At least this many calls per replay, so a replay of big calls still averages over a few.
-constexpr std::int64_t kMinGraphCalls = 10;
-
-using Enqueue = std::function<void(std::int64_t set, cudaStream_t)>;
-
-// Median time per call (us) of `calls` back-to-back calls, rotating over sets, in a graph.
-double time_in_graph(const Enqueue& enqueue, std::int64_t calls, int reps, cudaStream_t stream) {
-  GraphOwner g;
-  // Relaxed capture: the library may query pointer attributes (check_pointers) while we
-  // capture; that host-side query is legal work that records nothing into the graph.
-  ck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
-  try {
-    for (std::int64_t k = 0; k < calls; ++k) enqueue(k, stream);
-  } catch (...) {
-    cudaGraph_t dropped = nullptr;
-    cudaStreamEndCapture(stream, &dropped);
-    if (dropped) cudaGraphDestroy(dropped);
-    throw;
-  }
-  ck(cudaStreamEndCapture(stream, &g.graph), "cudaStreamEndCapture");
-  ck(cudaGraphInstantiate(&g.exec, g.graph, 0), "cudaGraphInstantiate");
-  EventOwner start, stop;
-  for (int i = 0; i < 3; ++i) ck(cudaGraphLaunch(g.exec, stream), "cudaGraphLaunch (warm-up)");
-  ck(cudaStreamSynchronize(stream), "warm-up");
-  std::vector<double> us;
-  for (int r = 0; r < reps; ++r) {
-    ck(cudaEventRecord(start.e, stream), "cudaEventRecord");
-    ck(cudaGraphLaunch(g.exec, stream), "cudaGraphLaunch");
-    ck(cudaEventRecord(stop.e, stream), "cudaEventRecord");
-    ck(cudaEventSynchronize(stop.e), "cudaEventSynchronize (graph replay)");
-    float ms = 0;
-    ck(cudaEventElapsedTime(&ms, start.e, stop.e), "cudaEventElapsedTime");
-    us.push_back(1000.0 * ms / static_cast<double>(calls));
-  }
-  return median(us);
-}
-
-// Median time per call (us) of `calls` back-to-back stream-ordered calls, timed with
-// events around the loop. Used for the copy only (see measure_copy).
-double time_in_stream(const Enqueue& enqueue, std::int64_t calls, int reps, cudaStream_t stream) {
-  EventOwner start, stop;
-  for (std::int64_t k = 0; k < calls; ++k) enqueue(k, stream);  // warm-up
-  std::vector<double> us;
-  for (int r = 0; r < reps; ++r) {
-    ck(cudaEventRecord(start.e, stream), "cudaEventRecord");
-    for (std::int64_t k = 0; k < calls; ++k) enqueue(k, stream);
-    ck(cudaEventRecord(stop.e, stream), "cudaEventRecord");
-    ck(cudaEventSynchronize(stop.e), "cudaEventSynchronize (stream loop)");
-    float ms = 0;
-    ck(cudaEventElapsedTime(&ms, start.e, stop.e), "cudaEventElapsedTime");
-    us.push_back(1000.0 * ms / static_cast<double>(calls));
-  }
-  return median(us);
-}
-
-// Median host-clock time (us) of one plain call followed by a stream synchronisation:
-// the latency a caller without graphs sees (launch + run + sync).
-double time_plain(const Enqueue& enqueue, std::int64_t sets, int reps, cudaStream_t stream) {
-  for (std::int64_t k = 0; k < 100; ++k) {
-    enqueue(k % sets, stream);
-    ck(cudaStreamSynchronize(stream), "warm-up");
-  }
-  std::vector<double> us;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    enqueue(r % sets, stream);
-    ck(cudaStreamSynchronize(stream), "cudaStreamSynchronize (plain call)");
-    us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return median(us);
-}
-
-// Copies the checked rows of a device matrix into one contiguous host array.
-std::vector<unsigned char> download_rows(const unsigned char* m, std::int64_t rows, std::size_t row_bytes) {
-  std::vector<unsigned char> out;
-  for (auto [b, e] : rows_to_check(rows)) {
-    const std::size_t at = out.size(), bytes = static_cast<std::size_t>(e - b) * row_bytes;
-    out.resize(at + bytes);
-    ck(cudaMemcpy(out.data() + at, m + static_cast<std::size_t>(b) * row_bytes, bytes, cudaMemcpyDeviceToHost),
-       "cudaMemcpy (checked rows)");
-  }
-  return out;
-}
-
-}  // namespace
 
 ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape) {
   ShapeResult result;
@@ -164,13 +42,12 @@ ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape) {
   std::int64_t sets = static_cast<std::int64_t>(std::min<double>(want, usable / (2.0 * pitch)));
   sets = std::max<std::int64_t>(1, std::min(sets, kMaxGraphNodes));
   if (static_cast<std::size_t>(sets) < want)
-    result.notes.push_back(format("%lld sets = %.0f MB working set (< 4x L2)", static_cast<long long>(sets),
-                                  sets * 2.0 * buf / 1e6));
+    result.notes.push_back(
+        format("%lld sets = %.0f MB working set (< 4x L2)", static_cast<long long>(sets), sets * 2.0 * buf / 1e6));
 
   StreamOwner stream;
   DeviceMemory xs(sets * pitch), ys(sets * pitch), w(row_bytes), scratch(scratch_bytes);
-  bench::fill_normal_device(xs.get(), t, static_cast<std::int64_t>(sets * pitch / s), ctx.seed, 0.0f, 1.0f,
-                            stream.s);
+  bench::fill_normal_device(xs.get(), t, static_cast<std::int64_t>(sets * pitch / s), ctx.seed, 0.0f, 1.0f, stream.s);
   bench::fill_normal_device(w.get(), t, n, ctx.seed * 7919 + 0x5eed, 1.0f, 0.1f, stream.s);
   ck(cudaStreamSynchronize(stream.s), "filling the inputs");
   std::vector<unsigned char> w_host(row_bytes);
@@ -229,19 +106,21 @@ ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape) {
       // issued to a stream ran at 2.97-3.01 TB/s (smaller copies do better in the graph).
       const double stream_us = time_in_stream(run, calls, ctx.reps, stream.s);
       if (stream_us < graph_us)
-        result.records.back() = make_record(ctx, shape, impl, "stream", stream_us, std::min(sets, calls), calls, ctx.reps);
+        result.records.back() =
+            make_record(ctx, shape, impl, "stream", stream_us, std::min(sets, calls), calls, ctx.reps);
     }
     if (shape.latency) {
       const int reps = std::max(4 * ctx.reps, 200);
-      result.records.push_back(make_record(ctx, shape, impl, "plain", time_plain(run, sets, reps, stream.s), sets, 1, reps));
+      result.records.push_back(
+          make_record(ctx, shape, impl, "plain", time_plain(run, sets, reps, stream.s), sets, 1, reps));
     }
   };
 
   std::string strategy;
   try {
-    strategy = strategy_name(plan_forward(TensorView::matrix(x_of(0), t, dev, m, n),
-                                          TensorView::matrix(y_of(0), t, dev, m, n), ctx.strategy)
-                                 .strategy);
+    strategy = strategy_name(
+        plan_forward(TensorView::matrix(x_of(0), t, dev, m, n), TensorView::matrix(y_of(0), t, dev, m, n), ctx.strategy)
+            .strategy);
   } catch (const Error& e) {
     if (e.code() != Code::unsupported) throw;
     result.notes.push_back(std::string("fused n/a: ") + e.what());

@@ -1,6 +1,7 @@
-// Runs the cases of check_cases.cpp: for each, host inputs are made (poisoned buffers,
-// random normal elements), the oracle's answer is computed, the buffers are copied to the
-// device poison and all, rmsnorm::forward runs there, and everything is copied back and
+// Runs the cases of check_cases.cpp and check_backward_cases.cpp: for each, host inputs are
+// made (poisoned buffers, random normal elements), the oracle's answer is computed, the
+// buffers are copied to the device poison and all, rmsnorm::forward (here) or
+// rmsnorm::backward (check_backward.cpp) runs there, and everything is copied back and
 // judged with the shared tolerance table and stray-write counter.
 #include "check.h"
 
@@ -10,6 +11,7 @@
 #include <iostream>
 
 #include "check_cases.h"
+#include "check_run.h"
 #include "harness.h"
 #include "oracle.h"
 #include "table.h"
@@ -20,59 +22,13 @@ namespace {
 
 namespace ref = rmsnorm::reference;
 
-// Poison bytes past the end of every buffer: a write one element beyond the view lands
-// here and is counted as a stray write.
-constexpr std::size_t kGuardBytes = 64;
+std::string ratio_text(double v) { return std::isfinite(v) ? format("%.3g", v) : "inf"; }
 
-struct HostBuffer {
-  std::vector<unsigned char> bytes;
-  TensorView view;  // points into bytes
-};
+}  // namespace
 
-HostBuffer make_buffer(DType t, const CheckCase& c, const Placement& p) {
-  const std::int64_t rs = p.row_stride < 0 ? c.cols : p.row_stride;
-  const std::int64_t bs = p.batch_stride < 0 ? c.rows * rs : p.batch_stride;
-  HostBuffer b;
-  b.view = TensorView::batched(nullptr, t, Device::cpu(), c.batch, c.rows, c.cols, bs, rs);
-  const std::int64_t elements = std::max(p.buffer_elements, p.offset + ref::span_elements(b.view));
-  const std::size_t es = dtype_size(t);
-  b.bytes.assign(static_cast<std::size_t>(elements) * es + kGuardBytes, ref::kPoisonByte);
-  b.view.data = b.bytes.data() + static_cast<std::size_t>(p.offset) * es;
-  return b;
-}
-
-HostBuffer make_vector(DType t, std::int64_t n) {
-  HostBuffer b;
-  b.bytes.assign(static_cast<std::size_t>(n) * dtype_size(t) + kGuardBytes, ref::kPoisonByte);
-  b.view = TensorView::vector(b.bytes.data(), t, Device::cpu(), n);
-  return b;
-}
-
-// A host buffer's twin on the run device, with the view re-pointed at it.
-struct Mirror {
-  DeviceBuffer memory;
-  TensorView view;
-};
-
-Mirror mirror(const HostBuffer& h, const RunDevice& dev) {
-  Mirror m{DeviceBuffer(dev.device, h.bytes.size()), h.view};
-  m.memory.upload(h.bytes.data(), h.bytes.size());
-  const std::ptrdiff_t offset = static_cast<const unsigned char*>(h.view.data) - h.bytes.data();
-  m.view.data = static_cast<unsigned char*>(m.memory.data()) + offset;
-  m.view.device = dev.device;
-  return m;
-}
-
-struct CaseResult {
-  bool skipped = false;
-  bool failed = false;
-  ref::Comparison cmp;
-  std::string problem;  // why it failed
-};
-
-CaseResult run_case(const CheckCase& c, const RunDevice& dev, std::uint64_t seed) {
+CaseResult run_forward_case(const CheckCase& c, const RunDevice& dev, std::uint64_t seed) {
   CaseResult r;
-  HostBuffer x = make_buffer(c.x, c, c.x_at);
+  HostBuffer x = make_buffer(c.x, c.batch, c.rows, c.cols, c.x_at);
   ref::fill_normal(x.view, seed, 0.0, c.x_scale);
   std::optional<HostBuffer> w;
   if (c.weight) {
@@ -80,7 +36,7 @@ CaseResult run_case(const CheckCase& c, const RunDevice& dev, std::uint64_t seed
     ref::fill_normal(w->view, seed + 1, c.w_mean, c.w_std);
   }
   std::optional<HostBuffer> y;
-  if (!c.in_place) y = make_buffer(c.y, c, c.y_at);
+  if (!c.in_place) y = make_buffer(c.y, c.batch, c.rows, c.cols, c.y_at);
   const DType rstd_type = c.x == DType::f64 ? DType::f64 : DType::f32;
   std::optional<HostBuffer> rstd;
   if (c.rstd) rstd = make_vector(rstd_type, c.batch * c.rows);
@@ -96,8 +52,8 @@ CaseResult run_case(const CheckCase& c, const RunDevice& dev, std::uint64_t seed
   if (y) dy = mirror(*y, dev);
   if (rstd) dr = mirror(*rstd, dev);
   try {
-    forward(dx.view, dw ? std::optional<TensorView>(dw->view) : std::nullopt, dy ? dy->view : dx.view,
-            c.params, dr ? std::optional<TensorView>(dr->view) : std::nullopt, nullptr);
+    forward(dx.view, dw ? std::optional<TensorView>(dw->view) : std::nullopt, dy ? dy->view : dx.view, c.params,
+            dr ? std::optional<TensorView>(dr->view) : std::nullopt, nullptr);
     synchronize(dev.device, "rmsnorm::forward");
   } catch (const Error& e) {
     if (e.code() == Code::unsupported && c.skip_if_unsupported) {
@@ -127,26 +83,26 @@ CaseResult run_case(const CheckCase& c, const RunDevice& dev, std::uint64_t seed
   const bool x_changed = y && x.bytes != x_before;
 
   r.failed = !r.cmp.passed() || stray != 0 || x_changed;
-  if (!r.cmp.passed()) r.problem = what;
-  else if (stray) r.problem = std::to_string(stray) + " bytes written outside the output view";
-  else if (x_changed) r.problem = "x was modified by an out-of-place call";
+  if (!r.cmp.passed())
+    r.problem = what;
+  else if (stray)
+    r.problem = std::to_string(stray) + " bytes written outside the output view";
+  else if (x_changed)
+    r.problem = "x was modified by an out-of-place call";
   return r;
 }
 
-std::string ratio_text(double v) { return std::isfinite(v) ? format("%.3g", v) : "inf"; }
-
-}  // namespace
-
 int run_check(const CheckOptions& options, const RunDevice& dev) {
   const auto start = std::chrono::steady_clock::now();
-  const std::vector<CheckGroup> groups = build_check_groups(options.quick, dev.is_cuda());
+  const std::vector<CheckGroup> groups = build_check_groups(options.quick, dev.is_cuda(), options.op);
   std::size_t total_cases = 0, name_width = 5;
   for (const CheckGroup& g : groups) {
-    total_cases += g.cases.size();
+    total_cases += g.size();
     name_width = std::max(name_width, g.name.size());
   }
-  std::cout << "rmsnorm check: " << total_cases << " cases in " << groups.size() << " groups, seed "
-            << options.seed << (options.quick ? " (--quick sweep)" : " (full sweep)") << "\n\n";
+  std::cout << "rmsnorm check: " << total_cases << " cases in " << groups.size() << " groups, seed " << options.seed
+            << (options.quick ? " (--quick sweep" : " (full sweep")
+            << (options.op == "all" ? ", forward and backward" : ", " + options.op + " only") << ")\n\n";
 
   TextTable table(std::cout, {{"group", static_cast<int>(name_width), true},
                               {"cases", 5},
@@ -155,7 +111,7 @@ int run_check(const CheckOptions& options, const RunDevice& dev) {
                               {"result", 6, true}});
   table.print_header();
 
-  std::uint64_t case_index = 0;
+  std::uint64_t forward_index = 0, backward_index = 0;
   std::size_t cases_run = 0, cases_failed = 0, cases_skipped = 0;
   double worst = 0.0;
   std::vector<std::string> failed_groups;
@@ -168,12 +124,10 @@ int run_check(const CheckOptions& options, const RunDevice& dev) {
     double group_worst = 0.0;
     std::vector<std::string> failures;
     std::size_t failed = 0;
-    for (const CheckCase& c : g.cases) {
-      // Each case's inputs depend only on the seed and the case's place in the sweep.
-      const CaseResult r = run_case(c, dev, options.seed * 1000003u + 2 * case_index++);
+    const auto tally = [&](const CaseResult& r, const auto& c) {
       if (r.skipped) {
         ++skipped;
-        continue;
+        return;
       }
       ++run;
       group_worst = std::max(group_worst, r.cmp.worst_ratio);
@@ -181,7 +135,14 @@ int run_check(const CheckOptions& options, const RunDevice& dev) {
         ++failed;
         if (failures.size() < 3) failures.push_back(describe(c) + ": " + r.problem);
       }
-    }
+    };
+    // Each case's inputs depend only on the seed and the case's place among the cases of
+    // its op (so --op gives the same inputs as the full sweep). A forward case draws from
+    // seeds s and s+1, a backward one from s, s+1, s+2, in a range of its own.
+    for (const CheckCase& c : g.cases)
+      tally(run_forward_case(c, dev, options.seed * 1000003u + 2 * forward_index++), c);
+    for (const BackwardCheckCase& c : g.backward_cases)
+      tally(run_backward_case(c, dev, options.seed * 1000003u + (std::uint64_t(1) << 40) + 3 * backward_index++), c);
     const bool pass = failed == 0 && run > 0;
     table.print_row({g.name, std::to_string(run), std::to_string(skipped), ratio_text(group_worst),
                      pass ? "PASS" : (run == 0 ? "FAIL (every case skipped)" : "FAIL")});
@@ -194,21 +155,19 @@ int run_check(const CheckOptions& options, const RunDevice& dev) {
     worst = std::max(worst, group_worst);
   }
 
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::cout << '\n'
             << cases_run << " cases run, " << cases_failed << " failed, " << cases_skipped
-            << " skipped (a forced strategy that cannot serve the shape), " << format("%.1f", seconds)
-            << " s on " << (dev.is_cuda() ? "CUDA" : "the CPU") << '\n';
+            << " skipped (a forced strategy that cannot serve the shape), " << format("%.1f", seconds) << " s on "
+            << (dev.is_cuda() ? "CUDA" : "the CPU") << '\n';
   if (failed_groups.empty()) {
     std::cout << "Correctness check PASSED (worst error " << ratio_text(worst) << " of tolerance)\n";
     return 0;
   }
   std::string names;
   for (const std::string& n : failed_groups) names += (names.empty() ? "" : ", ") + n;
-  std::cout << "Correctness check FAILED (" << failed_groups.size() << " of " << groups.size()
-            << " groups: " << names << "; " << cases_failed << " failing cases; worst error "
-            << ratio_text(worst) << " of tolerance)\n";
+  std::cout << "Correctness check FAILED (" << failed_groups.size() << " of " << groups.size() << " groups: " << names
+            << "; " << cases_failed << " failing cases; worst error " << ratio_text(worst) << " of tolerance)\n";
   return 1;
 }
 

@@ -32,23 +32,7 @@ std::vector<Combo> dtype_combos(bool on_cuda) {
 }
 
 std::string combo_name(const Combo& c) {
-  return std::string("x=") + dtype_name(c.x) + " w=" + (c.w ? dtype_name(*c.w) : "none") +
-         " y=" + dtype_name(c.y);
-}
-
-// Sizes: the oracle reads every element through a non-inlined call, so a case is kept to
-// `budget` elements; the full sweep runs in well under a minute on two cores.
-struct Sizes {
-  std::int64_t budget;  // elements per case
-  std::int64_t max_rows;
-};
-
-// A row count for `cols` that varies with `k` (1, 3, 5, 17, 33, max: block and warp
-// tails), within the element budget.
-std::int64_t rows_for(const Sizes& s, std::int64_t cols, std::size_t k) {
-  static const std::int64_t cycle[] = {1, 3, 5, 17, 33, 64};
-  const std::int64_t want = std::min<std::int64_t>(cycle[k % 6], s.max_rows);
-  return std::max<std::int64_t>(1, std::min(want, s.budget / cols));
+  return std::string("x=") + dtype_name(c.x) + " w=" + (c.w ? dtype_name(*c.w) : "none") + " y=" + dtype_name(c.y);
 }
 
 CheckCase make(const Combo& c, std::int64_t rows, std::int64_t cols, Cast cast = Cast::fp32) {
@@ -64,18 +48,16 @@ CheckCase make(const Combo& c, std::int64_t rows, std::int64_t cols, Cast cast =
 
 Combo same(DType t) { return {t, t, t}; }
 
-}  // namespace
-
-std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda) {
-  const Sizes sz = quick ? Sizes{1 << 15, 16} : Sizes{1 << 18, 64};
+// The forward's groups.
+std::vector<CheckGroup> build_forward_check_groups(bool quick, bool on_cuda) {
+  const Sizes sz = case_sizes(quick);
   const std::vector<Combo> combos = dtype_combos(on_cuda);
   std::vector<DType> base_types = {DType::f32, DType::f16, DType::bf16};
   std::vector<CheckGroup> groups;
 
   // Every dtype combination, both casts, small to mid rows.
-  const std::vector<std::int64_t> combo_cols =
-      quick ? std::vector<std::int64_t>{7, 128, 1000, 4096}
-            : std::vector<std::int64_t>{1, 7, 64, 128, 1000, 4096, 8192};
+  const std::vector<std::int64_t> combo_cols = quick ? std::vector<std::int64_t>{7, 128, 1000, 4096}
+                                                     : std::vector<std::int64_t>{1, 7, 64, 128, 1000, 4096, 8192};
   for (const Combo& c : combos) {
     CheckGroup g{"dtypes " + combo_name(c), {}, {}};
     std::size_t k = 0;
@@ -92,13 +74,11 @@ std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda) {
   // rows longer than any register-resident configuration holds.
   {
     const std::vector<std::int64_t> cols =
-        quick ? std::vector<std::int64_t>{1, 3, 7, 17, 100, 127, 257, 1000, 1031, 4095, 5120, 8191,
-                                          12288, 65537}
-              : std::vector<std::int64_t>{1,     2,     3,     5,     7,     8,     9,     15,
-                                          17,    31,    33,    63,    65,    100,   127,   129,
-                                          255,   257,   511,   513,   1000,  1023,  1025,  1031,
-                                          2047,  2049,  4095,  4097,  5120,  8191,  8193,  12288,
-                                          16383, 16385, 32767, 32769, 65537, 131071, 262147};
+        quick ? std::vector<std::int64_t>{1, 3, 7, 17, 100, 127, 257, 1000, 1031, 4095, 5120, 8191, 12288, 65537}
+              : std::vector<std::int64_t>{1,    2,     3,     5,     7,     8,     9,     15,     17,    31,
+                                          33,   63,    65,    100,   127,   129,   255,   257,    511,   513,
+                                          1000, 1023,  1025,  1031,  2047,  2049,  4095,  4097,   5120,  8191,
+                                          8193, 12288, 16383, 16385, 32767, 32769, 65537, 131071, 262147};
     CheckGroup g{"awkward cols", {}, {}};
     std::size_t k = 0;
     for (DType t : base_types)
@@ -124,10 +104,12 @@ std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda) {
       DType t;
       std::int64_t rows, cols;
     };
-    const std::vector<Shape> shapes =
-        quick ? std::vector<Shape>{{DType::f16, 2053, 64}, {DType::bf16, 1031, 128}}
-              : std::vector<Shape>{{DType::f16, 20011, 64},  {DType::bf16, 8209, 128}, {DType::f16, 4099, 256},
-                                   {DType::bf16, 2053, 1000}, {DType::f32, 777, 4096}};
+    const std::vector<Shape> shapes = quick ? std::vector<Shape>{{DType::f16, 2053, 64}, {DType::bf16, 1031, 128}}
+                                            : std::vector<Shape>{{DType::f16, 20011, 64},
+                                                                 {DType::bf16, 8209, 128},
+                                                                 {DType::f16, 4099, 256},
+                                                                 {DType::bf16, 2053, 1000},
+                                                                 {DType::f32, 777, 4096}};
     for (const Shape& sh : shapes) {
       CheckCase c = make(same(sh.t), sh.rows, sh.cols);
       c.rstd = true;
@@ -217,8 +199,8 @@ std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda) {
       for (std::int64_t n : cols)
         for (bool strided : {false, true}) {
           const bool f32w = (t == DType::f16 || t == DType::bf16) && k % 2 == 1;
-          CheckCase c = make({t, f32w ? DType::f32 : t, t}, rows_for(sz, n, k), n,
-                             k % 3 == 0 ? Cast::llama : Cast::fp32);
+          CheckCase c =
+              make({t, f32w ? DType::f32 : t, t}, rows_for(sz, n, k), n, k % 3 == 0 ? Cast::llama : Cast::fp32);
           if (strided) c.x_at.row_stride = n + 8;
           c.in_place = true;
           c.rstd = k % 2 == 0;
@@ -251,7 +233,8 @@ std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda) {
   // dominates (tiny inputs), is irrelevant, or where squares get large.
   for (Cast cast : {Cast::fp32, Cast::llama}) {
     CheckGroup g{std::string("cast ") + (cast == Cast::fp32 ? "fp32" : "llama"), {}, {}};
-    const std::vector<std::int64_t> cols = quick ? std::vector<std::int64_t>{100} : std::vector<std::int64_t>{100, 2048};
+    const std::vector<std::int64_t> cols =
+        quick ? std::vector<std::int64_t>{100} : std::vector<std::int64_t>{100, 2048};
     struct Scale {
       double x_scale, eps;
     };
@@ -293,9 +276,8 @@ std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda) {
   // Every CUDA strategy forced, over lengths around each one's register capacities.
   const std::vector<std::int64_t> strategy_cols =
       quick ? std::vector<std::int64_t>{7, 64, 1000, 4096, 8192, 32768}
-            : std::vector<std::int64_t>{7,    8,    64,    128,   256,   512,   1000,  1024,  1031,
-                                        2048, 4096, 5120,  8192,  12288, 16384, 32768, 65536, 131072,
-                                        262147};
+            : std::vector<std::int64_t>{7,    8,    64,   128,   256,   512,   1000,  1024,   1031,  2048,
+                                        4096, 5120, 8192, 12288, 16384, 32768, 65536, 131072, 262147};
   for (Strategy s : forced_strategies()) {
     CheckGroup g{std::string("strategy ") + strategy_name(s), {}, {}};
     if (!on_cuda) {
@@ -326,6 +308,26 @@ std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda) {
   return groups;
 }
 
+}  // namespace
+
+Sizes case_sizes(bool quick) { return quick ? Sizes{1 << 15, 16} : Sizes{1 << 18, 64}; }
+
+std::int64_t rows_for(const Sizes& s, std::int64_t cols, std::size_t k) {
+  static const std::int64_t cycle[] = {1, 3, 5, 17, 33, 64};
+  const std::int64_t want = std::min<std::int64_t>(cycle[k % 6], s.max_rows);
+  return std::max<std::int64_t>(1, std::min(want, s.budget / cols));
+}
+
+std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda, const std::string& op) {
+  std::vector<CheckGroup> groups;
+  if (op != "backward") groups = build_forward_check_groups(quick, on_cuda);
+  if (op != "forward") {
+    std::vector<CheckGroup> b = build_backward_check_groups(quick, on_cuda);
+    groups.insert(groups.end(), b.begin(), b.end());
+  }
+  return groups;
+}
+
 std::string describe(const CheckCase& c) {
   std::string s = std::string("x=") + dtype_name(c.x) + " w=" + (c.weight ? dtype_name(*c.weight) : "none") +
                   " y=" + dtype_name(c.y) + " ";
@@ -337,8 +339,10 @@ std::string describe(const CheckCase& c) {
     if (p.offset) s += std::string(" ") + name + "_offset=" + std::to_string(p.offset);
   };
   place("x", c.x_at);
-  if (c.in_place) s += " in-place";
-  else place("y", c.y_at);
+  if (c.in_place)
+    s += " in-place";
+  else
+    place("y", c.y_at);
   s += c.params.cast == Cast::llama ? " cast=llama" : " cast=fp32";
   char eps[32];
   std::snprintf(eps, sizeof eps, "%g", c.params.eps);

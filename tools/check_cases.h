@@ -1,5 +1,6 @@
 // The cases of `rmsnorm check`, grouped as its output lines are. Building the list is
-// separate from running it (check.cpp) so that a new case is one line here.
+// separate from running it (check.cpp, check_backward.cpp) so that a new case is one line
+// here (forward: check_cases.cpp; backward: check_backward_cases.cpp).
 #pragma once
 
 #include <cstdint>
@@ -35,16 +36,49 @@ struct CheckCase {
   bool skip_if_unsupported = false;
 };
 
-// One line of the check's output.
+// A backward case: dy and x in, dx (and dw) out.
+struct BackwardCheckCase {
+  DType x = DType::f32;         // of x, dy and dx
+  std::optional<DType> weight;  // none: w = 1 (and no dw)
+  std::optional<DType> dw;      // the weight's dtype or f32; none: dw not asked for
+  std::int64_t batch = 1, rows = 1, cols = 1;
+  Placement x_at, dy_at, dx_at;
+  bool in_place = false;    // dx is dy (dx_at is ignored)
+  bool saved_rstd = false;  // pass the rstd a forward would have saved; else it is recomputed
+  bool twice = false;       // run twice (fresh poison, another stale workspace): same bytes
+  Params params;
+  // Input distributions: x ~ N(0, x_scale^2), dy ~ N(0, 1), w ~ N(w_mean, w_std^2).
+  double x_scale = 1.0, w_mean = 1.0, w_std = 0.1;
+  bool skip_if_unsupported = false;
+};
+
+// One line of the check's output: forward cases, or backward ones.
 struct CheckGroup {
   std::string name;
   std::vector<CheckCase> cases;
   std::string skipped_why;  // non-empty: the group does not apply on this device
+  std::vector<BackwardCheckCase> backward_cases = {};
+  std::size_t size() const { return cases.size() + backward_cases.size(); }
 };
 
-std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda);
+// `op`: "forward", "backward" or "all" (the forward groups, then the backward ones).
+std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda, const std::string& op = "all");
+std::vector<CheckGroup> build_backward_check_groups(bool quick, bool on_cuda);
 
 // "x=f16 w=f32 y=f16 2x(3x1000) xs=1008 llama eps=1e-05 offset=1 rstd in-place ..."
 std::string describe(const CheckCase& c);
+// "x=bf16 w=bf16 dw=f32 3x5x96 dy_row_stride=104 in-place rstd offset=1 ..."
+std::string describe(const BackwardCheckCase& c);
+
+// Case sizes: the oracle reads every element through a non-inlined call, so a case is
+// kept to `budget` elements; the full sweep runs in well under a minute on two cores.
+struct Sizes {
+  std::int64_t budget;  // elements per case
+  std::int64_t max_rows;
+};
+Sizes case_sizes(bool quick);
+// A row count for `cols` that varies with `k` (1, 3, 5, 17, 33, max: block and warp
+// tails), within the element budget.
+std::int64_t rows_for(const Sizes& s, std::int64_t cols, std::size_t k);
 
 }  // namespace rmsnorm::cli

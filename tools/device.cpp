@@ -42,10 +42,10 @@ RunDevice select_device(const DeviceChoice& choice) {
   if (choice.kind == Kind::cpu || (choice.kind == Kind::automatic && !have_cuda)) {
     r.device = Device::cpu();
     r.name = describe_device(r.device);
-    r.line = "device: " + r.name + " (" +
-             (choice.kind == Kind::cpu ? std::string("requested with --device cpu")
-                                       : "no CUDA device: " + why_no_cuda()) +
-             ")";
+    r.line =
+        "device: " + r.name + " (" +
+        (choice.kind == Kind::cpu ? std::string("requested with --device cpu") : "no CUDA device: " + why_no_cuda()) +
+        ")";
     return r;
   }
   if (!have_cuda) throw UsageError("--device cuda: no CUDA device (" + why_no_cuda() + ")");

@@ -67,13 +67,10 @@ if want bench; then
   for dt in ${RMSNORM_BENCH_DTYPES:-bf16 f16}; do
     run "bench_forward_$dt" "$build/tools/rmsnorm" bench --suite seed,qk,decode,wide --dtype "$dt" \
       --json "$logs/bench_forward_$dt.json" --csv "$logs/bench_forward_$dt.csv" --plot "$logs/bench_forward_$dt.svg"
-    if "$build/tools/rmsnorm" bench --help 2>&1 | grep -q -- "--op"; then
-      "$build/tools/rmsnorm" bench --help 2>&1 | grep -q backward &&
-        run "bench_backward_$dt" "$build/tools/rmsnorm" bench --op backward --suite train --dtype "$dt" \
-          --json "$logs/bench_backward_$dt.json"
-    fi
+    run "bench_backward_$dt" "$build/tools/rmsnorm" bench --op backward --suite train --dtype "$dt" \
+      --json "$logs/bench_backward_$dt.json" --csv "$logs/bench_backward_$dt.csv" --plot "$logs/bench_backward_$dt.svg"
   done
-  cat "$logs/bench_forward_bf16.log" | tee -a "$summary" >/dev/null
+  cat "$logs"/bench_*.log >>"$summary"
 fi
 
 bundle

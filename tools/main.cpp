@@ -24,10 +24,14 @@ int run(const std::vector<std::string>& args) {
   const std::string& command = args[0];
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   if (command == "-h" || command == "--help" || command == "help") {
-    if (rest.empty()) std::cout << main_help();
-    else if (rest[0] == "check") std::cout << check_help();
-    else if (rest[0] == "bench") std::cout << bench_help();
-    else throw UsageError("help: unknown command '" + rest[0] + "' (commands: check, bench)");
+    if (rest.empty())
+      std::cout << main_help();
+    else if (rest[0] == "check")
+      std::cout << check_help();
+    else if (rest[0] == "bench")
+      std::cout << bench_help();
+    else
+      throw UsageError("help: unknown command '" + rest[0] + "' (commands: check, bench)");
     return 0;
   }
   if (command == "--version") {

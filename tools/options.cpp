@@ -11,8 +11,7 @@ namespace {
 // Walks argv, accepting "--name value" and "--name=value".
 class ArgReader {
  public:
-  ArgReader(const std::vector<std::string>& args, const char* command)
-      : args_(args), command_(command) {}
+  ArgReader(const std::vector<std::string>& args, const char* command) : args_(args), command_(command) {}
 
   bool next() {
     if (i_ >= args_.size()) return false;
@@ -59,8 +58,8 @@ std::int64_t parse_positive(const std::string& option, const std::string& text,
   const long long v = std::strtoll(text.c_str(), &end, 10);
   if (text.empty() || *end != '\0' || errno == ERANGE || v <= 0 || v > max)
     throw UsageError(option + ": expected a positive integer" +
-                     (max < std::numeric_limits<std::int64_t>::max() ? " <= " + std::to_string(max) : "") +
-                     ", got '" + text + "'");
+                     (max < std::numeric_limits<std::int64_t>::max() ? " <= " + std::to_string(max) : "") + ", got '" +
+                     text + "'");
   return v;
 }
 
@@ -146,6 +145,10 @@ CheckOptions parse_check_options(const std::vector<std::string>& args) {
       o.quick = true;
     } else if (n == "--device") {
       o.device = parse_device(r.value());
+    } else if (n == "--op") {
+      o.op = r.value();
+      if (o.op != "forward" && o.op != "backward" && o.op != "all")
+        throw UsageError("--op: expected forward, backward or all, got '" + o.op + "'");
     } else if (n == "--seed") {
       o.seed = parse_seed(r.value());
     } else {
@@ -167,7 +170,8 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
       o.device = parse_device(r.value());
     } else if (n == "--op") {
       o.op = r.value();
-      if (o.op != "forward") throw UsageError("--op: only 'forward' is implemented, got '" + o.op + "'");
+      if (o.op != "forward" && o.op != "backward")
+        throw UsageError("--op: expected forward or backward, got '" + o.op + "'");
     } else if (n == "--dtype") {
       const std::string v = r.value();
       try {
@@ -183,16 +187,7 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
       for (const std::string& c : split_commas(n, r.value()))
         o.cols.push_back(parse_positive(n, c, std::int64_t(1) << 31));
     } else if (n == "--suite") {
-      o.suites.clear();
-      for (const std::string& s : split_commas(n, r.value())) {
-        if (s == "all") {
-          o.suites = {"seed", "qk", "wide", "decode"};
-          continue;
-        }
-        if (s != "seed" && s != "qk" && s != "wide" && s != "decode")
-          throw UsageError("--suite: expected seed, qk, wide, decode or all, got '" + s + "'");
-        if (std::find(o.suites.begin(), o.suites.end(), s) == o.suites.end()) o.suites.push_back(s);
-      }
+      o.suites = split_commas(n, r.value());  // checked against --op below
     } else if (n == "--strategy") {
       const std::string v = r.value();
       try {
@@ -216,6 +211,27 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
   }
   if (!o.suites.empty() && (o.rows || !o.cols.empty()))
     throw UsageError("--rows/--cols give a custom table and cannot be combined with --suite");
+  // The suites of each op; "all" is every one of them, in this order.
+  const std::vector<std::string> known = o.op == "backward"
+                                             ? std::vector<std::string>{"train", "seed"}
+                                             : std::vector<std::string>{"seed", "qk", "wide", "decode", "train"};
+  const std::vector<std::string> all =
+      o.op == "backward" ? known : std::vector<std::string>{"seed", "qk", "wide", "decode"};
+  std::vector<std::string> suites;
+  for (const std::string& s : o.suites) {
+    if (s == "all") {
+      for (const std::string& a : all)
+        if (std::find(suites.begin(), suites.end(), a) == suites.end()) suites.push_back(a);
+      continue;
+    }
+    if (std::find(known.begin(), known.end(), s) == known.end()) {
+      std::string list;
+      for (const std::string& k : known) list += k + ", ";
+      throw UsageError("--suite: expected " + list + "or all for --op " + o.op + ", got '" + s + "'");
+    }
+    if (std::find(suites.begin(), suites.end(), s) == suites.end()) suites.push_back(s);
+  }
+  o.suites = suites;
   return o;
 }
 
@@ -226,8 +242,10 @@ Fused RMSNorm: a correctness check against the fp64 oracle and benchmarks, on a 
 when there is one, on the CPU otherwise. Every command says first which device it runs on.
 
 commands:
-  check      correctness sweep against the fp64 oracle  (rmsnorm check --help)
-  bench      throughput and latency tables: fused vs unfused vs copy  (rmsnorm bench --help)
+  check      correctness sweep of forward and backward against the fp64 oracle
+             (rmsnorm check --help)
+  bench      throughput and latency tables, forward or backward: fused vs unfused vs copy
+             (rmsnorm bench --help)
 
 options:
   -h, --help   this text
@@ -239,19 +257,24 @@ error); 2 a bad command line.
 }
 
 std::string check_help() {
-  return with_strategies(R"HELP(usage: rmsnorm check [--device D] [--quick] [--seed S]
+  return with_strategies(R"HELP(usage: rmsnorm check [--device D] [--op forward|backward|all] [--quick] [--seed S]
 
-Runs rmsnorm::forward over a sweep of cases and compares every output element, and the
-per-row rstd where it is requested, with the fp64 oracle (reference::forward) under the
-project's tolerance table (reference/tolerances.h: |got - ref| <= atol + rtol |ref|).
-Every output buffer is poisoned (0xFF bytes: NaN) before the call, so an unwritten element
-fails; its bytes outside the view (row padding, the other slices of a QKV buffer, a guard
-past the end) must still be poison afterwards; an out-of-place call must leave x unchanged.
-On CUDA the buffers are copied to the device, poison included, and back.
+Runs rmsnorm::forward and rmsnorm::backward over a sweep of cases and compares every
+output element with the fp64 oracle (reference::forward, reference::backward) under the
+project's tolerance table (reference/tolerances.h). Forward: y, and the per-row rstd where
+it is requested, |got - ref| <= atol + rtol |ref|. Backward: dx with compare_scaled under
+dx_tolerance and dw with compare_vector_scaled under dw_tolerance (rows = all rows of the
+batch): |got - ref| <= rtol |ref| + atol * scale, scale being the oracle's size of the
+terms that were added. Every output buffer is poisoned (0xFF bytes: NaN) before the call,
+so an unwritten element fails; its bytes outside the view (row padding, the other slices
+of a QKV buffer, a guard past the end) must still be poison afterwards; the inputs (x, an
+out-of-place dy, the weight, a saved rstd) must be unchanged. The backward's workspace is
+filled with stale bytes first. On CUDA the buffers are copied to the device, poison
+included, and back.
 
 Output: one line per group with the cases run, the cases skipped, the worst error as a
 fraction of the tolerance (<= 1 passes) and PASS or FAIL, then the first failing cases of a
-failed group. Groups:
+failed group. Forward groups:
   dtypes x=X w=W y=Y    each supported dtype combination (x f32, f16, bf16, and f64 on the
                         CPU; weight of x's dtype, f32 or none; y of x's dtype, or f32 for
                         f16/bf16 x with an f32 weight), cols 1..8192, both casts
@@ -271,63 +294,103 @@ failed group. Groups:
                         backend has one strategy): @STRATEGIES@;
                         a shape the forced strategy cannot serve on this device (Error with
                         Code::unsupported) is skipped
+Backward groups (rstd "saved": the exact rstd rounded to fp32, as a forward saves it, else
+recomputed by the backward):
+  backward dtypes x=X w=W   x f32, f16, bf16 (and f64 on the CPU); weight of x's dtype, f32
+                        or none; dw of the weight's dtype, f32 or not asked for; saved or
+                        recomputed rstd; cols 1..8192
+  backward awkward cols f32/f16/bf16, cols 1, 3, 7, 17, 127, 257, 1000, 1031, 4095, 8191,
+                        12288, 65537, ... (up to 131071)
+  backward long rows    16384, 32768, 65536 with 2 to 5 rows
+  backward many rows    up to 20011 x 128: dw over many row blocks
+  backward strided / batched  row strides in x, dy and dx separately, misaligned strides,
+                        base pointers offset by 1 element, q/k slices of a QKV buffer (dx in
+                        place in the gradient's slice, or a separate tensor), batched views
+  backward in-place (dx is dy)  contiguous and strided, with and without a weight
+  backward weight offset 1 (Gemma)  weights near 0
+  backward input scales, eps  x of scale 1e-3 (eps 0 and 1e-5), 1, 30
+  backward zero rows    an empty batch: dw all zeros, dx untouched
+  backward strategy S   each strategy forced (CUDA only), as for the forward
+  backward determinism (2 runs)  the same call twice (outputs poisoned again, the
+                        workspace left with other stale bytes): dx and dw bytes identical
 The last line is "Correctness check PASSED (worst error X of tolerance)" (exit status 0)
 or "Correctness check FAILED (...)" (exit status 1); a bad command line exits with 2.
 
 options:
   --device D   auto (default): CUDA if this build has the CUDA backend and a device is
                visible, else the CPU; cpu; cuda; cuda:N (device ordinal N)
+  --op OP      forward, backward or all (default): which groups run
   --quick      a smaller sweep: fewer shapes, fewer rows
   --seed S     seed of the random inputs (default 1); a case's inputs depend only on S and
-               the case's place in the sweep
+               the case's place among its op's cases
   -h, --help   this text
 )HELP");
 }
 
 std::string bench_help() {
-  return with_strategies(R"HELP(usage: rmsnorm bench [--device D] [--op forward] [--dtype T] [--suite S,...]
+  return with_strategies(R"HELP(usage: rmsnorm bench [--device D] [--op forward|backward] [--dtype T] [--suite S,...]
                      [--rows M] [--cols N,...] [--strategy S] [--reps R] [--seed S]
                      [--json FILE] [--csv FILE] [--plot FILE.svg]
 
-Times rmsnorm::forward ("fused") against an unfused baseline written the way eager
-PyTorch runs LlamaRMSNorm (x.float(), pow(2), mean(-1), + eps, rsqrt, * rstd, .to(dtype),
-* w: one kernel or loop per op, fp32 intermediates in memory; bench/unfused.h) and against
-a copy of the same bytes (the speed of light). The weight has x's dtype, eps is 1e-6, the
-fused call uses Cast::fp32 (the unfused one rounds like Cast::llama).
+--op forward (the default) times rmsnorm::forward ("fused") against an unfused baseline
+written the way eager PyTorch runs LlamaRMSNorm (x.float(), pow(2), mean(-1), + eps,
+rsqrt, * rstd, .to(dtype), * w: one kernel or loop per op, fp32 intermediates in memory;
+bench/unfused.h) and against a copy of the same bytes (the speed of light). The weight has
+x's dtype, eps is 1e-6, the fused call uses Cast::fp32 (the unfused one rounds like
+Cast::llama).
 
-Byte model: 2*M*N*s (read x + write y, s = bytes per element; the weight is ignored), so
-GB/s = 2*M*N*s / time for fused, unfused and copy alike; the copy moves the M*N*s-byte
-buffer (read + write = the same 2*M*N*s bytes).
+--op backward times rmsnorm::backward ("fused": dx and the deterministic dw; weight and dw
+of x's dtype, the rstd saved by a forward run on the same x, the workspace allocated once
+outside the timing) against an unfused baseline written the way eager PyTorch's autograd
+runs that forward's backward (bench/unfused_backward.h: dy * w, dy * hc and its column sum
+for dw, the grad of .to(dtype), of xf * rstd with a row sum, of rsqrt, mean and pow(2), the
+two grads of xf added, the grad of x.float(); one kernel or loop per op, fp32 temporaries,
+reading the tensors autograd saved: xf, hc, rstd) and against a copy of the same bytes.
 
-Protocol (docs/performance.md): random normal x (seeded, generated on the device on CUDA),
-weight 1 + 0.1 N(0,1); every implementation's output is first checked against the fp64
-oracle (all rows, or the first and last 64 rows of a larger matrix); a failed check is
-reported and that implementation is not timed (exit status 1). On CUDA: calls rotate over
-enough distinct x/y buffer sets that the working set is >= 4x the L2 size (fewer if memory
-is short; the count is in the JSON); back-to-back calls are captured in one CUDA graph, the
-graph is replayed after a warm-up, each replay timed with CUDA events, and the time per
-call is the median replay time / calls. The copy column is the faster of that and the
-same calls issued to a stream (a graph's large memcpy nodes can be slower; the JSON's
-mode says which). On the CPU: std::chrono, the same rotation against 4x the last-level
-cache (a pass capped at 256 MB), the CPU backend, the unfused ops as separate loops, the
-copy a memcpy; these are CPU figures, not GPU ones.
+Byte model, for fused, unfused and copy alike (s = bytes per element):
+  forward   2*M*N*s (read x + write y; the weight is ignored); the copy moves the
+            M*N*s-byte x (read + write = 2*M*N*s)
+  backward  3*M*N*s (read x + read dy + write dx; weight, dw and rstd are ignored); the
+            copy is one memcpy of 1.5*M*N*s bytes inside a buffer set laid out
+            [x | dy | dx]: x and the first half of dy are read, the second half of dy and
+            dx are written (1.5 read + 1.5 written = 3*M*N*s)
+GB/s = model bytes / time per call.
+
+Protocol (docs/performance.md): random normal inputs (seeded, generated on the device on
+CUDA), weight 1 + 0.1 N(0,1); every implementation's output is first checked against the
+fp64 oracle (forward: y on all rows, or the first and last 64 rows of a larger matrix;
+backward: dx on those rows and dw, a sum over all rows, with the backward tolerances; the
+unfused backward is allowed its two extra roundings of the 16-bit products); a failed
+check is reported and that implementation is not timed (exit status 1). On CUDA: calls
+rotate over enough distinct buffer sets (x/y, or x/dy/dx/rstd) that one pass moves >= 4x
+the L2 size (fewer if memory is short; the count is in the JSON); back-to-back calls are
+captured in one CUDA graph, the graph is replayed after a warm-up, each replay timed with
+CUDA events, and the time per call is the median replay time / calls. The copy column is
+the faster of that and the same calls issued to a stream (a graph's large memcpy nodes can
+be slower; the JSON's mode says which). On the CPU: std::chrono, the same rotation against
+4x the last-level cache (a pass capped at 256 MB), the CPU backend, the unfused ops as
+separate loops, the copy a memcpy; these are CPU figures, not GPU ones.
 
 Throughput tables: M, N, fused GB/s, unfused GB/s, copy GB/s, speedup (fused over
-unfused), % of copy (fused over copy), fused us (per call).
-Decode table: microseconds per call, in a CUDA graph (back-to-back, rotating buffers) and
-as a plain call followed by a stream synchronisation (host clock: launch + run + sync);
-on the CPU, plain calls only.
+unfused), % of copy (fused over copy), fused us (per call), notes (the strategy: the
+forward's plan on CUDA, the requested one for the backward, whose plan is not public).
+Decode table (forward): microseconds per call, in a CUDA graph (back-to-back, rotating
+buffers) and as a plain call followed by a stream synchronisation (host clock: launch +
+run + sync); on the CPU, plain calls only.
 
 options:
   --device D        auto (default: CUDA when available, else the CPU), cpu, cuda, cuda:N
-  --op forward      the operation (only forward for now)
-  --dtype T         f16 (default), bf16 or f32: x, the weight and y
-  --suite S,...     seed: M = 4096, N = 1024..8192 step 1024 (the default)
-                    qk: 262144 x 64, 262144 x 128 (QK-norm over heads)
+  --op OP           forward (default) or backward
+  --dtype T         f16 (default), bf16 or f32: x, the weight and y (dy, dx and dw)
+  --suite S,...     seed: M = 4096, N = 1024..8192 step 1024 (forward's default)
+                    qk: 262144 x 64, 262144 x 128 (QK-norm over heads; forward only)
                     wide: 16384 x 4096/8192/16384/32768, 4096 x 65536, 2048 x 131072,
-                          1024 x 262144
-                    decode: 1 x 4096, 32 x 8192, 1 x 8192, 8 x 4096 (latency per call)
-                    all: the four above
+                          1024 x 262144 (forward only)
+                    decode: 1 x 4096, 32 x 8192, 1 x 8192, 8 x 4096 (latency per call;
+                          forward only)
+                    train: 16384 x 2048/4096/8192/16384, 8192 x 32768, 4096 x 65536,
+                          262144 x 128 (backward's default)
+                    all: forward: seed, qk, wide, decode; backward: train, seed
   --rows M          a custom table: M rows (default 4096) ...
   --cols N,...      ... by these N (default 1024..8192 step 1024); not with --suite
   --strategy S      auto (default), @STRATEGIES@:
@@ -336,9 +399,10 @@ options:
   --reps R          timed repetitions, the median is reported (default 50 on CUDA, 3 on
                     the CPU; plain decode calls: max(4R, 200))
   --seed S          seed of the random inputs (default 1)
-  --json FILE       write {"device", "date", "commit", "records": [...]}: one record per
-                    (shape, impl[, mode]) with op, dtype, rows, cols, impl (fused, unfused,
-                    copy), mode (graph, stream, plain or loop), gbps, us, bytes, sets, reps, ...
+  --json FILE       write {"device", "date", "commit", "op", "dtype", "byte_model",
+                    "records": [...]}: one record per (shape, impl[, mode]) with op
+                    (forward, backward), dtype, rows, cols, impl (fused, unfused, copy),
+                    mode (graph, stream, plain or loop), gbps, us, bytes, sets, reps, ...
   --csv FILE        the same records, one per line after a header
   --plot FILE.svg   an SVG line chart of GB/s against N, one line per implementation
   -h, --help        this text

@@ -26,6 +26,7 @@ struct DeviceChoice {
 
 struct CheckOptions {
   DeviceChoice device;
+  std::string op = "all";  // forward, backward or all
   bool quick = false;
   std::uint64_t seed = 1;
   bool help = false;
@@ -33,13 +34,14 @@ struct CheckOptions {
 
 struct BenchOptions {
   DeviceChoice device;
-  std::string op = "forward";
+  std::string op = "forward";  // forward or backward
   DType dtype = DType::f16;
   std::optional<std::int64_t> rows;  // with cols: a custom table instead of a suite
   std::vector<std::int64_t> cols;
-  std::vector<std::string> suites;   // empty: "seed" unless --rows/--cols are given
+  std::vector<std::string> suites;  // empty: the op's default (forward: seed, backward: train)
+                                    // unless --rows/--cols are given
   Strategy strategy = Strategy::automatic;
-  int reps = 0;                      // 0: the device's default (50 on CUDA, 3 on the CPU)
+  int reps = 0;  // 0: the device's default (50 on CUDA, 3 on the CPU)
   std::string json_path, csv_path, plot_path;
   std::uint64_t seed = 1;
   bool help = false;

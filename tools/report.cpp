@@ -26,10 +26,18 @@ std::string json_string(const std::string& s) {
   std::string out = "\"";
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           char buf[8];
@@ -62,11 +70,20 @@ std::string xml_text(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -93,8 +110,9 @@ void write_json(const std::string& path, const ReportInfo& info, const std::vect
   std::ofstream f = open_for_writing(path);
   f << "{\n  \"device\": " << json_string(info.device) << ",\n  \"date\": " << json_string(info.date)
     << ",\n  \"commit\": " << json_string(info.commit) << ",\n  \"op\": " << json_string(info.op)
-    << ",\n  \"dtype\": " << json_string(info.dtype)
-    << ",\n  \"byte_model\": \"2*M*N*s (read x + write y; weight ignored)\""
+    << ",\n  \"dtype\": " << json_string(info.dtype) << ",\n  \"byte_model\": "
+    << json_string(info.op == "backward" ? "3*M*N*s (read x + read dy + write dx; weight, dw and rstd ignored)"
+                                         : "2*M*N*s (read x + write y; weight ignored)")
     << ",\n  \"cpu_figures\": " << (info.cpu_figures ? "true" : "false") << ",\n  \"records\": [";
   for (std::size_t i = 0; i < records.size(); ++i) {
     const Record& r = records[i];
@@ -102,10 +120,9 @@ void write_json(const std::string& path, const ReportInfo& info, const std::vect
       << ", \"rows\": " << r.rows << ", \"cols\": " << r.cols << ", \"impl\": " << json_string(r.impl)
       << ", \"mode\": " << json_string(r.mode) << ", \"suite\": " << json_string(r.suite)
       << ", \"strategy\": " << json_string(r.strategy) << ", \"gbps\": " << json_number(r.gbps)
-      << ", \"us\": " << json_number(r.us) << ", \"bytes\": " << fmt("%.0f", r.bytes)
-      << ", \"sets\": " << r.sets << ", \"calls\": " << r.calls << ", \"reps\": " << r.reps
-      << ", \"device\": " << json_string(r.device) << ", \"commit\": " << json_string(r.commit)
-      << ", \"date\": " << json_string(r.date) << "}";
+      << ", \"us\": " << json_number(r.us) << ", \"bytes\": " << fmt("%.0f", r.bytes) << ", \"sets\": " << r.sets
+      << ", \"calls\": " << r.calls << ", \"reps\": " << r.reps << ", \"device\": " << json_string(r.device)
+      << ", \"commit\": " << json_string(r.commit) << ", \"date\": " << json_string(r.date) << "}";
   }
   f << (records.empty() ? "]\n}\n" : "\n  ]\n}\n");
   finish(f, path);
@@ -115,12 +132,11 @@ void write_csv(const std::string& path, const std::vector<Record>& records) {
   std::ofstream f = open_for_writing(path);
   f << "op,dtype,rows,cols,impl,mode,suite,strategy,gbps,us,bytes,sets,calls,reps,device,commit,date\n";
   for (const Record& r : records)
-    f << csv_field(r.op) << ',' << csv_field(r.dtype) << ',' << r.rows << ',' << r.cols << ','
-      << csv_field(r.impl) << ',' << csv_field(r.mode) << ',' << csv_field(r.suite) << ','
-      << csv_field(r.strategy) << ',' << (std::isfinite(r.gbps) ? fmt("%.6g", r.gbps) : "") << ','
-      << (std::isfinite(r.us) ? fmt("%.6g", r.us) : "") << ',' << fmt("%.0f", r.bytes) << ',' << r.sets
-      << ',' << r.calls << ',' << r.reps << ',' << csv_field(r.device) << ',' << csv_field(r.commit)
-      << ',' << csv_field(r.date) << '\n';
+    f << csv_field(r.op) << ',' << csv_field(r.dtype) << ',' << r.rows << ',' << r.cols << ',' << csv_field(r.impl)
+      << ',' << csv_field(r.mode) << ',' << csv_field(r.suite) << ',' << csv_field(r.strategy) << ','
+      << (std::isfinite(r.gbps) ? fmt("%.6g", r.gbps) : "") << ',' << (std::isfinite(r.us) ? fmt("%.6g", r.us) : "")
+      << ',' << fmt("%.0f", r.bytes) << ',' << r.sets << ',' << r.calls << ',' << r.reps << ',' << csv_field(r.device)
+      << ',' << csv_field(r.commit) << ',' << csv_field(r.date) << '\n';
   finish(f, path);
 }
 
@@ -152,10 +168,12 @@ void write_svg(const std::string& path, const ReportInfo& info, const std::vecto
       auto at = std::find(impls.begin(), impls.end(), r->impl);
       if (at == impls.end()) at = impls.insert(impls.end(), r->impl);
       const std::size_t ci = static_cast<std::size_t>(at - impls.begin()) % 5;
-      const std::size_t di = static_cast<std::size_t>(
-          std::find(suites.begin(), suites.end(), r->suite) - suites.begin()) % 5;
-      series[key].color = r->impl == "fused" ? "#1f77b4" : r->impl == "unfused" ? "#d62728"
-                          : r->impl == "copy" ? "#7f7f7f" : impl_colors[ci];
+      const std::size_t di =
+          static_cast<std::size_t>(std::find(suites.begin(), suites.end(), r->suite) - suites.begin()) % 5;
+      series[key].color = r->impl == "fused"     ? "#1f77b4"
+                          : r->impl == "unfused" ? "#d62728"
+                          : r->impl == "copy"    ? "#7f7f7f"
+                                                 : impl_colors[ci];
       series[key].dash = dashes[di];
     }
     series[key].points.push_back(r);
@@ -164,11 +182,11 @@ void write_svg(const std::string& path, const ReportInfo& info, const std::vecto
   const double W = 860, H = 520, left = 80, right = 190, top = 50, bottom = 70;
   const double pw = W - left - right, ph = H - top - bottom;
   std::ostringstream s;
-  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
-    << "\" viewBox=\"0 0 " << W << ' ' << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
+  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
+    << ' ' << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
     << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  const std::string title = "rmsnorm " + info.op + " " + info.dtype + " on " + info.device +
-                            (info.cpu_figures ? " (CPU figures)" : "");
+  const std::string title =
+      "rmsnorm " + info.op + " " + info.dtype + " on " + info.device + (info.cpu_figures ? " (CPU figures)" : "");
   s << "<text x=\"" << W / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">" << xml_text(title)
     << "</text>\n<text x=\"" << W / 2 << "\" y=\"38\" text-anchor=\"middle\" fill=\"#555\">"
     << xml_text(info.date + ", commit " + info.commit) << "</text>\n";
@@ -199,7 +217,8 @@ void write_svg(const std::string& path, const ReportInfo& info, const std::vecto
       s << "<line x1=\"" << left << "\" x2=\"" << left + pw << "\" y1=\"" << py(g) << "\" y2=\"" << py(g) << "\"/>\n";
     s << "</g>\n";
     for (double g = 0; g <= ymax + ystep / 2; g += ystep)
-      s << "<text x=\"" << left - 6 << "\" y=\"" << py(g) + 4 << "\" text-anchor=\"end\">" << fmt("%g", g) << "</text>\n";
+      s << "<text x=\"" << left - 6 << "\" y=\"" << py(g) + 4 << "\" text-anchor=\"end\">" << fmt("%g", g)
+        << "</text>\n";
     std::vector<double> xticks;
     for (const Record* r : pts)
       if (std::find(xticks.begin(), xticks.end(), static_cast<double>(r->cols)) == xticks.end())
@@ -225,8 +244,8 @@ void write_svg(const std::string& path, const ReportInfo& info, const std::vecto
       << top + ph << "\" stroke=\"black\"/>\n";
     s << "<text x=\"" << left + pw / 2 << "\" y=\"" << H - 25 << "\" text-anchor=\"middle\">"
       << (log_x ? "N, elements per row (log2 scale)" : "N, elements per row") << "</text>\n";
-    s << "<text transform=\"translate(22," << top + ph / 2
-      << ") rotate(-90)\" text-anchor=\"middle\">GB/s (2*M*N*s bytes / time)</text>\n";
+    s << "<text transform=\"translate(22," << top + ph / 2 << ") rotate(-90)\" text-anchor=\"middle\">GB/s ("
+      << (info.op == "backward" ? "3" : "2") << "*M*N*s bytes / time)</text>\n";
 
     // One polyline per series, points sorted by N, and a legend.
     for (std::size_t i = 0; i < order.size(); ++i) {
@@ -236,7 +255,8 @@ void write_svg(const std::string& path, const ReportInfo& info, const std::vecto
       const std::string& dash = series[order[i]].dash;
       const std::string dash_attr = dash.empty() ? "" : " stroke-dasharray=\"" + dash + "\"";
       s << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"2\"" << dash_attr << " points=\"";
-      for (const Record* r : v) s << fmt("%.1f", px(static_cast<double>(r->cols))) << ',' << fmt("%.1f", py(r->gbps)) << ' ';
+      for (const Record* r : v)
+        s << fmt("%.1f", px(static_cast<double>(r->cols))) << ',' << fmt("%.1f", py(r->gbps)) << ' ';
       s << "\"/>\n";
       for (const Record* r : v)
         s << "<circle cx=\"" << fmt("%.1f", px(static_cast<double>(r->cols))) << "\" cy=\"" << fmt("%.1f", py(r->gbps))
@@ -244,8 +264,8 @@ void write_svg(const std::string& path, const ReportInfo& info, const std::vecto
           << fmt("%.1f", r->gbps) << " GB/s</title></circle>\n";
       const double ly = top + 10 + 20 * static_cast<double>(i);
       s << "<line x1=\"" << left + pw + 15 << "\" x2=\"" << left + pw + 40 << "\" y1=\"" << ly << "\" y2=\"" << ly
-        << "\" stroke=\"" << color << "\" stroke-width=\"2\"" << dash_attr << "/>\n<text x=\"" << left + pw + 46 << "\" y=\""
-        << ly + 4 << "\">" << xml_text(order[i]) << "</text>\n";
+        << "\" stroke=\"" << color << "\" stroke-width=\"2\"" << dash_attr << "/>\n<text x=\"" << left + pw + 46
+        << "\" y=\"" << ly + 4 << "\">" << xml_text(order[i]) << "</text>\n";
     }
     s << "</svg>\n";
   }

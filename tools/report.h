@@ -9,18 +9,18 @@ namespace rmsnorm::cli {
 
 // One measured figure: an implementation on a shape, timed one way.
 struct Record {
-  std::string op = "forward";
+  std::string op = "forward";  // or backward
   std::string dtype;
   std::int64_t rows = 0, cols = 0;
-  std::string impl;      // fused, unfused, copy
+  std::string impl;  // fused, unfused, copy
   // graph (CUDA graph, back-to-back), stream (back-to-back stream calls: the copy, when
   // faster than its graph), plain (one call + sync, host clock), loop (CPU)
   std::string mode;
-  std::string suite;     // seed, qk, wide, decode, custom
-  std::string strategy;  // fused: the strategy that ran (CUDA plan, or "cpu"); else empty
-  double gbps = 0;       // bytes / time
-  double us = 0;         // per call, median over reps
-  double bytes = 0;      // model bytes per call: 2*M*N*s
+  std::string suite;       // seed, qk, wide, decode, train, custom
+  std::string strategy;    // fused: the strategy that ran (CUDA plan, or "cpu"); else empty
+  double gbps = 0;         // bytes / time
+  double us = 0;           // per call, median over reps
+  double bytes = 0;        // model bytes per call: 2*M*N*s (forward), 3*M*N*s (backward)
   std::int64_t sets = 0;   // distinct x/y buffer sets rotated over
   std::int64_t calls = 0;  // calls per timed sample (graph replay or loop)
   int reps = 0;            // timed samples; the median is reported

@@ -6,8 +6,7 @@
 
 namespace rmsnorm::cli {
 
-TextTable::TextTable(std::ostream& os, std::vector<Column> columns)
-    : os_(os), columns_(std::move(columns)) {
+TextTable::TextTable(std::ostream& os, std::vector<Column> columns) : os_(os), columns_(std::move(columns)) {
   for (Column& c : columns_) c.width = std::max<int>(c.width, static_cast<int>(c.title.size()));
 }
 

@@ -1,0 +1,183 @@
+// CUDA timing of the backward, following docs/performance.md as the forward's
+// (bench_cuda.cu): inputs generated on the device, every implementation checked against
+// the fp64 oracle before it is timed, buffer sets rotated so that the working set is >= 4x
+// L2, back-to-back calls captured in one CUDA graph, replays timed with CUDA events, median
+// (cuda_timing.cuh).
+//
+// A set is one allocation laid out [x | dy | dx | rstd] (each part 256-byte aligned), so
+// that the copy ceiling moves exactly the backward's bytes inside it: one cudaMemcpyAsync
+// of the first 1.5*M*N*s bytes of the set (x and the start of dy) over its last 1.5*M*N*s
+// bytes of matrix (the rest of dy and dx): 1.5 read + 1.5 written = 3*M*N*s.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+
+#include "bench.h"
+#include "cuda_timing.cuh"
+#include "normal_fill.h"
+#include "table.h"
+#include "unfused_backward.h"
+
+namespace rmsnorm::cli {
+namespace {
+
+std::size_t round_up(std::size_t n) { return (n + 255) / 256 * 256; }
+
+std::vector<unsigned char> download(const void* p, std::size_t bytes) {
+  std::vector<unsigned char> out(bytes);
+  ck(cudaMemcpy(out.data(), p, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy (to the host)");
+  return out;
+}
+
+}  // namespace
+
+ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape& shape) {
+  ShapeResult result;
+  const DType t = ctx.dtype;
+  const std::int64_t m = shape.rows, n = shape.cols;
+  const std::size_t s = dtype_size(t), row_bytes = static_cast<std::size_t>(n) * s;
+  const std::size_t buf = static_cast<std::size_t>(m) * row_bytes, pitch = round_up(buf);
+  const std::size_t set_bytes = 3 * pitch + round_up(static_cast<std::size_t>(m) * 4);
+  const std::size_t copy_bytes = 3 * buf / 2;
+  const std::size_t saved_bytes = round_up(bench::unfused_saved_bytes(t, m, n));
+  const std::size_t scratch_bytes = bench::unfused_backward_scratch_bytes(t, m, n);
+  const std::size_t forward_scratch_bytes = bench::unfused_scratch_bytes(t, m, n);  // making the saved tensors
+  const Device dev = ctx.device.device;
+  Params params;
+  params.strategy = ctx.strategy;
+  const std::size_t ws_bytes = backward_workspace_size(TensorView::matrix(nullptr, t, dev, m, n),
+                                                       TensorView::vector(nullptr, t, dev, n), params);
+
+  cudaDeviceProp prop{};
+  ck(cudaGetDeviceProperties(&prop, dev.index), "cudaGetDeviceProperties");
+  std::size_t free_bytes = 0, total_bytes = 0;
+  ck(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
+
+  // Sets so that one pass over them moves >= 4x L2 by the fused call's bytes (3*M*N*s),
+  // each with its own copy of the unfused baseline's saved tensors; within 80% of free
+  // memory (less the shared buffers and 256 MiB of headroom) and the graph size.
+  const std::size_t l2 = static_cast<std::size_t>(std::max(prop.l2CacheSize, 1));
+  const std::size_t want = (4 * l2 + 3 * buf - 1) / (3 * buf);
+  const std::size_t shared = scratch_bytes + forward_scratch_bytes + ws_bytes + 2 * row_bytes;
+  const double usable =
+      0.8 * static_cast<double>(free_bytes) - static_cast<double>(shared) - static_cast<double>(256u << 20);
+  const double per_set = static_cast<double>(set_bytes + saved_bytes);
+  if (usable < per_set)
+    throw Error(Code::unsupported, format("needs %.2f GiB of device memory, %.2f GiB free",
+                                          (per_set + shared) / (1 << 30), free_bytes / double(1 << 30)));
+  std::int64_t sets = static_cast<std::int64_t>(std::min<double>(static_cast<double>(want), usable / per_set));
+  sets = std::max<std::int64_t>(1, std::min(sets, kMaxGraphNodes));
+  if (static_cast<std::size_t>(sets) < want)
+    result.notes.push_back(
+        format("%lld sets = %.0f MB working set (< 4x L2)", static_cast<long long>(sets), sets * 3.0 * buf / 1e6));
+
+  StreamOwner stream;
+  DeviceMemory sets_mem(sets * set_bytes), saved_mem(sets * saved_bytes), w(row_bytes), dw(row_bytes), ws(ws_bytes),
+      scratch(scratch_bytes);
+  const auto set_of = [&](std::int64_t i) { return sets_mem.get() + static_cast<std::size_t>(i % sets) * set_bytes; };
+  const auto x_of = [&](std::int64_t i) { return set_of(i); };
+  const auto dy_of = [&](std::int64_t i) { return set_of(i) + pitch; };
+  const auto dx_of = [&](std::int64_t i) { return set_of(i) + 2 * pitch; };
+  const auto rstd_of = [&](std::int64_t i) { return reinterpret_cast<float*>(set_of(i) + 3 * pitch); };
+  const auto matrix = [&](unsigned char* p) { return TensorView::matrix(p, t, dev, m, n); };
+  const TensorView wv = TensorView::vector(w.get(), t, dev, n), dwv = TensorView::vector(dw.get(), t, dev, n);
+
+  // Inputs: every set filled with random normals (x and dy of each set distinct; the dx
+  // and rstd parts are overwritten below). The saved rstd comes from a forward run on each
+  // set (automatic strategy, eps as the backward's), the unfused baseline's saved tensors from
+  // its own forward.
+  bench::fill_normal_device(sets_mem.get(), t, static_cast<std::int64_t>(sets * set_bytes / s), ctx.seed, 0.0f, 1.0f,
+                            stream.s);
+  bench::fill_normal_device(w.get(), t, n, ctx.seed * 7919 + 0x5eed, 1.0f, 0.1f, stream.s);
+  std::vector<bench::UnfusedSaved> saved(static_cast<std::size_t>(sets));
+  {
+    DeviceMemory forward_scratch(forward_scratch_bytes);
+    for (std::int64_t i = 0; i < sets; ++i) {
+      forward(matrix(x_of(i)), wv, matrix(dx_of(i)), Params{}, TensorView::vector(rstd_of(i), DType::f32, dev, m),
+              stream.s);
+      saved[static_cast<std::size_t>(i)] = bench::unfused_save_for_backward_cuda(
+          {t, m, n, params.eps, x_of(i), w.get(), dx_of(i), forward_scratch.get()},
+          saved_mem.get() + static_cast<std::size_t>(i) * saved_bytes, stream.s);
+    }
+    ck(cudaStreamSynchronize(stream.s), "making the inputs");
+  }
+
+  const Enqueue fused = [&](std::int64_t i, cudaStream_t st) {
+    backward(matrix(dy_of(i)), matrix(x_of(i)), wv, TensorView::vector(rstd_of(i), DType::f32, dev, m),
+             matrix(dx_of(i)), dwv, params, ws.get(), ws_bytes, st);
+  };
+  const Enqueue unfused = [&](std::int64_t i, cudaStream_t st) {
+    bench::unfused_backward_cuda(
+        {t, m, n, saved[static_cast<std::size_t>(i % sets)], w.get(), dy_of(i), dx_of(i), dw.get(), scratch.get()}, st);
+  };
+  const Enqueue copy = [&](std::int64_t i, cudaStream_t st) {
+    ck(cudaMemcpyAsync(dx_of(i) + buf - copy_bytes, x_of(i), copy_bytes, cudaMemcpyDeviceToDevice, st),
+       "cudaMemcpyAsync (copy)");
+  };
+
+  // Check on set 0 before timing: dx and dw poisoned (NaN), one call, dx on the checked
+  // rows and dw against the oracle (dw over all rows: x and dy come to the host whole).
+  const BackwardExpected expected = [&] {
+    const std::vector<unsigned char> x_host = download(x_of(0), buf), dy_host = download(dy_of(0), buf),
+                                     w_host = download(w.get(), row_bytes);
+    return backward_expected(x_host.data(), dy_host.data(), w_host.data(), t, m, n, params);
+  }();
+  const auto check = [&](const char* impl, const Enqueue& run, int eager_roundings) {
+    ck(cudaMemsetAsync(dx_of(0), 0xFF, buf, stream.s), "cudaMemsetAsync");
+    ck(cudaMemsetAsync(dw.get(), 0xFF, row_bytes, stream.s), "cudaMemsetAsync");
+    run(0, stream.s);
+    ck(cudaStreamSynchronize(stream.s), impl);
+    std::string bad;
+    if (std::strcmp(impl, "copy") == 0) {
+      // The ends of the copy (a wrong size or offset shows there).
+      const std::size_t edge = std::min<std::size_t>(copy_bytes, 1 << 20);
+      unsigned char* dst = dx_of(0) + buf - copy_bytes;
+      if (download(dst, edge) != download(x_of(0), edge) ||
+          download(dst + copy_bytes - edge, edge) != download(x_of(0) + copy_bytes - edge, edge))
+        bad = "output differs from the input";
+    } else {
+      const std::vector<unsigned char> dx_rows = download_rows(dx_of(0), m, row_bytes);
+      const std::vector<unsigned char> dw_host = download(dw.get(), row_bytes);
+      bad = check_backward(expected, dx_rows.data(), dw_host.data(), t, m, n, eager_roundings);
+    }
+    if (!bad.empty()) {
+      result.failed = true;
+      result.notes.push_back(std::string(impl) + " FAILED its oracle check: " + bad);
+    }
+    return bad.empty();
+  };
+
+  const auto measure = [&](const char* impl, const Enqueue& run, int ops_per_call) {
+    const std::int64_t calls =
+        std::min(std::max(sets, kMinGraphCalls), std::max<std::int64_t>(1, kMaxGraphNodes / ops_per_call));
+    const double graph_us = time_in_graph(run, calls, ctx.reps, stream.s);
+    result.records.push_back(make_record(ctx, shape, impl, "graph", graph_us, std::min(sets, calls), calls, ctx.reps));
+    if (std::strcmp(impl, "copy") == 0) {  // the ceiling gets its best case, as in the forward
+      const double stream_us = time_in_stream(run, calls, ctx.reps, stream.s);
+      if (stream_us < graph_us)
+        result.records.back() =
+            make_record(ctx, shape, impl, "stream", stream_us, std::min(sets, calls), calls, ctx.reps);
+    }
+  };
+
+  bool fused_ok = false;
+  try {
+    fused_ok = check("fused", fused, 0);
+  } catch (const Error& e) {
+    if (e.code() != Code::unsupported) throw;
+    result.notes.push_back(std::string("fused n/a: ") + e.what());  // a forced strategy that cannot serve N
+  }
+  if (fused_ok) {
+    // The main kernel and dw's finalisation: two graph nodes per call.
+    measure("fused", fused, 2);
+    result.records.back().strategy = strategy_name(ctx.strategy);  // the backward's plan is not public
+  }
+  if (check("unfused", unfused, 2)) measure("unfused", unfused, bench::unfused_backward_op_count(t));
+  // Last: the copy overwrites the second half of dy.
+  if (check("copy", copy, 0)) measure("copy", copy, 1);
+  return result;
+}
+
+}  // namespace rmsnorm::cli
