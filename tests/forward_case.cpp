@@ -79,8 +79,7 @@ void run_backend(Backend b, const Case& c, HostTensor& x, const HostTensor* w, H
   const TensorView yv = dy ? dy->view : dx.view;
   if (c.strategy != Strategy::automatic) {
     try {
-      const Plan plan =
-          plan_forward(dx.view, dw ? std::optional<TensorView>(dw->view) : std::nullopt, yv, c.strategy);
+      const Plan plan = plan_forward(dx.view, dw ? std::optional<TensorView>(dw->view) : std::nullopt, yv, c.strategy);
       EXPECT_EQ(plan.strategy, c.strategy) << "plan_forward did not keep the forced strategy";
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), Code::unsupported) << e.what();
