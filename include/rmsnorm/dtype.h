@@ -22,63 +22,59 @@ const char* dtype_name(DType t) noexcept;
 // "bfloat16", "fp64", "float64". Throws rmsnorm::Error naming `what` on anything else.
 DType parse_dtype(const std::string& name, const char* what = "dtype");
 
-// IEEE binary16 <-> float. Inline: the CPU backend converts in its inner loops.
+// IEEE binary16 and bfloat16 <-> float, round to nearest even, NaN kept (quiet), overflow
+// to infinity. Inline and branch-free (every case is computed, the right one selected) so
+// that the CPU backend's loops over 16-bit data vectorise.
+namespace detail {
+inline float bits_to_float(std::uint32_t bits) noexcept {
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline std::uint32_t float_to_bits(float f) noexcept {
+  std::uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return bits;
+}
+}  // namespace detail
+
 inline float half_bits_to_float(std::uint16_t h) noexcept {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  const std::uint32_t exp = (h >> 10) & 0x1fu;
-  const std::uint32_t mant = h & 0x3ffu;
-  std::uint32_t bits;
-  if (exp == 0) {
-    // zero or subnormal: mant * 2^-24, exact in float
-    float f = static_cast<float>(mant) * 5.9604644775390625e-8f;
-    std::memcpy(&bits, &f, 4);
-    bits |= sign;
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 112u) << 23) | (mant << 13);
-  }
-  float out;
-  std::memcpy(&out, &bits, 4);
-  return out;
+  const std::uint32_t shifted = static_cast<std::uint32_t>(h & 0x7fffu) << 13;  // exponent and mantissa
+  const std::uint32_t exp = shifted & 0x0f800000u;
+  // normal: rebias the exponent (15 -> 127); inf/NaN: all-ones exponent stays all ones
+  const std::uint32_t normal = shifted + ((127u - 15u) << 23) + (exp == 0x0f800000u ? (128u - 16u) << 23 : 0u);
+  // zero/subnormal: read as 2^-14 * (1 + m/1024) and subtract 2^-14, leaving m * 2^-24 exactly
+  const float subnormal = detail::bits_to_float(shifted + (113u << 23)) - detail::bits_to_float(113u << 23);
+  const std::uint32_t magnitude = exp == 0 ? detail::float_to_bits(subnormal) : normal;
+  return detail::bits_to_float(magnitude | sign);
 }
 
 inline std::uint16_t float_to_half_bits(float value) noexcept {
-  std::uint32_t x;
-  std::memcpy(&x, &value, 4);
+  const std::uint32_t x = detail::float_to_bits(value);
   const std::uint32_t sign = (x >> 16) & 0x8000u;
-  std::uint32_t a = x & 0x7fffffffu;
-  if (a >= 0x7f800000u) return static_cast<std::uint16_t>(sign | (a > 0x7f800000u ? 0x7e00u : 0x7c00u));
-  if (a >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // >= 65520: inf
-  if (a < 0x38800000u) {
-    // below 2^-14: adding 0.5 puts the half-subnormal unit (2^-24) at the float's last
-    // mantissa bit, so the FPU performs the round-to-nearest-even for us.
-    float f;
-    std::memcpy(&f, &a, 4);
-    f += 0.5f;
-    std::uint32_t b;
-    std::memcpy(&b, &f, 4);
-    return static_cast<std::uint16_t>(sign | (b - 0x3f000000u));
-  }
-  // normal: rebias the exponent (127 -> 15) and round to nearest even at bit 13
-  a += 0xc8000fffu + ((a >> 13) & 1u);
-  return static_cast<std::uint16_t>(sign | (a >> 13));
+  const std::uint32_t a = x & 0x7fffffffu;
+  // below 2^-14: adding 0.5 puts the half-subnormal unit (2^-24) at the float's last mantissa
+  // bit, so the FPU rounds to nearest even for us
+  const std::uint32_t subnormal = detail::float_to_bits(detail::bits_to_float(a) + 0.5f) - 0x3f000000u;
+  // normal: rebias the exponent (127 -> 15) and round to nearest even at bit 13 (a carry
+  // into the exponent is correct rounding, up to infinity)
+  const std::uint32_t normal = (a + 0xc8000fffu + ((a >> 13) & 1u)) >> 13;
+  std::uint32_t h = a < 0x38800000u ? subnormal : normal;
+  h = a >= 0x477ff000u ? 0x7c00u : h;  // >= 65520 rounds to infinity
+  h = a > 0x7f800000u ? 0x7e00u : h;   // NaN
+  return static_cast<std::uint16_t>(sign | h);
 }
 
-// bfloat16 <-> float.
 inline float bf16_bits_to_float(std::uint16_t bits) noexcept {
-  const std::uint32_t x = static_cast<std::uint32_t>(bits) << 16;
-  float out;
-  std::memcpy(&out, &x, 4);
-  return out;
+  return detail::bits_to_float(static_cast<std::uint32_t>(bits) << 16);
 }
 
 inline std::uint16_t float_to_bf16_bits(float value) noexcept {
-  std::uint32_t x;
-  std::memcpy(&x, &value, 4);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 0x40u);  // quiet NaN
-  x += 0x7fffu + ((x >> 16) & 1u);                                                            // round to nearest even
-  return static_cast<std::uint16_t>(x >> 16);
+  const std::uint32_t x = detail::float_to_bits(value);
+  const std::uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;  // round to nearest even
+  const std::uint32_t quiet_nan = (x >> 16) | 0x40u;
+  return static_cast<std::uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 // Reads element `i` of a host array of type `t` as double, and writes `v` (rounded once to

@@ -10,49 +10,58 @@
 namespace rmsnorm::detail {
 namespace {
 
-template <class TX, class TW, class TY, class Acc>
+// One row's output. The cast and the weight's presence are template parameters so that the
+// loop has no branch inside and vectorises.
+template <class TX, class TW, class TY, class Acc, bool LLAMA, bool HAS_W>
+void scale_row(const TX* x, const TW* w, TY* y, std::int64_t n, Acc rstd, Acc offset) {
+  // y may be x: each element is read before it is written, by the same iteration.
+  for (std::int64_t j = 0; j < n; ++j) {
+    if constexpr (!LLAMA) {
+      Acc v = cpu::to_acc<Acc>(x[j]) * rstd;
+      if constexpr (HAS_W) v *= cpu::to_acc<Acc>(w[j]) + offset;
+      y[j] = cpu::from_acc<TY>(v);
+    } else {
+      // Hugging Face's steps: round x*rstd to x's dtype, multiply by the weight (offset
+      // applied in the weight's dtype) in the promoted dtype, then store.
+      Acc v = cpu::round_as<TX>(cpu::to_acc<Acc>(x[j]) * rstd);
+      if constexpr (HAS_W)
+        v = cpu::round_as<cpu::Promoted<TX, TW>>(v * cpu::round_as<TW>(cpu::to_acc<Acc>(w[j]) + offset));
+      y[j] = cpu::from_acc<TY>(v);
+    }
+  }
+}
+
+template <class TX, class TW, class TY, class Acc, bool LLAMA, bool HAS_W>
 void forward_rows(const ForwardProblem& p) {
   const std::int64_t m = p.total_rows(), n = p.cols;
   const Acc inv_n = static_cast<Acc>(1.0 / static_cast<double>(n));
   const Acc eps = static_cast<Acc>(p.eps);
   const Acc offset = static_cast<Acc>(p.weight_offset);
   const TW* w = static_cast<const TW*>(p.weight);
-  const bool llama = p.cast == Cast::llama;
 
 #pragma omp parallel for schedule(static) if (m * n > 65536)
   for (std::int64_t row = 0; row < m; ++row) {
     const std::int64_t b = row / p.rows, r = row % p.rows;
     const TX* x = static_cast<const TX*>(p.x) + b * p.x_batch_stride + r * p.x_row_stride;
     TY* y = static_cast<TY*>(p.y) + b * p.y_batch_stride + r * p.y_row_stride;
-    const Acc rstd = Acc(1) / std::sqrt(cpu::lane_sum<Acc>(n,
-                                                           [&](std::int64_t j) {
-                                                             const Acc v = cpu::to_acc<Acc>(x[j]);
-                                                             return v * v;
-                                                           }) *
-                                            inv_n +
-                                        eps);
+    const Acc ss = cpu::lane_sum<Acc>(n, [&](std::int64_t j) {
+      const Acc v = cpu::to_acc<Acc>(x[j]);
+      return v * v;
+    });
+    const Acc rstd = Acc(1) / std::sqrt(ss * inv_n + eps);
     if (p.rstd) static_cast<Acc*>(p.rstd)[row] = rstd;
-    // y may be x: each element is read before it is written, by the same iteration.
-    if (!llama) {
-      for (std::int64_t j = 0; j < n; ++j) {
-        Acc v = cpu::to_acc<Acc>(x[j]) * rstd;
-        if (w) v *= cpu::to_acc<Acc>(w[j]) + offset;
-        y[j] = cpu::from_acc<TY>(v);
-      }
-    } else {
-      // Hugging Face's steps: round x*rstd to x's dtype, multiply by the weight (offset
-      // applied in the weight's dtype) in the promoted dtype, then store.
-      for (std::int64_t j = 0; j < n; ++j) {
-        const Acc h = cpu::round_as<TX>(cpu::to_acc<Acc>(x[j]) * rstd);
-        Acc v = h;
-        if (w) {
-          const Acc wj = cpu::round_as<TW>(cpu::to_acc<Acc>(w[j]) + offset);
-          v = cpu::round_as<cpu::Promoted<TX, TW>>(h * wj);
-        }
-        y[j] = cpu::from_acc<TY>(v);
-      }
-    }
+    scale_row<TX, TW, TY, Acc, LLAMA, HAS_W>(x, w, y, n, rstd, offset);
   }
+}
+
+// Picks the loop for the call's cast and weight.
+template <class TX, class TW, class TY, class Acc>
+void forward_rows(const ForwardProblem& p) {
+  const bool llama = p.cast == Cast::llama, has_w = p.weight != nullptr;
+  if (llama && has_w) return forward_rows<TX, TW, TY, Acc, true, true>(p);
+  if (llama) return forward_rows<TX, TW, TY, Acc, true, false>(p);
+  if (has_w) return forward_rows<TX, TW, TY, Acc, false, true>(p);
+  forward_rows<TX, TW, TY, Acc, false, false>(p);
 }
 
 }  // namespace
