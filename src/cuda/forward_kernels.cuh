@@ -1,4 +1,4 @@
-// The forward kernels, one template per parallel strategy, and their launchers.
+// The forward kernels, one template per parallel strategy (launchers: forward_launch.cuh).
 //
 // RMSNorm is memory-bound (2 bytes moved per flop or so): every design choice here is
 // about moving each byte of x and y exactly once, with wide accesses and enough of them
