@@ -6,11 +6,15 @@
 //  - small rows (QK-norm, head_dim 64..256) give each row a few lanes of a warp and put
 //    many rows in a 128-thread block, so every lane issues a full 16-byte access and a
 //    block still moves 2 KB per step;
-//  - up to 4 vectors (64 bytes) per lane keeps four loads in flight per thread before the
-//    reduction needs them, enough to cover HBM latency at full occupancy, while the raw
-//    row costs 4 registers per vector (no spills at 1024 threads x 64 registers);
+//  - 2 to 4 vectors (32 to 64 bytes) per lane keep that many loads in flight per thread
+//    before the reduction needs them, while the raw row costs 4 registers per vector: every
+//    configuration fits 64 registers a thread (1024 threads an SM resident) without spills;
+//    rows are spread over more threads (2 vectors a lane) before lanes take 4, which also
+//    shortens a single row's latency (decode);
 //  - beyond 4096 vectors (32768 16-bit elements) a row no longer fits the register file
 //    of one block at full width: long_row streams it instead.
+// These come from the compiler's register reports and occupancy arithmetic; the H100 run
+// that times them against each other is still to come (bench/results/README.md).
 #pragma once
 
 namespace rmsnorm::detail {
@@ -26,9 +30,10 @@ struct RegisterConfig {
 inline constexpr RegisterConfig kWarpRowsConfigs[] = {
     {4, 1, 128}, {8, 1, 128}, {16, 1, 128}, {32, 1, 128}, {32, 2, 128}, {32, 4, 128},
 };
-// A row per block.
+// A row per block: two vectors a lane up to 2048 vectors (16384 16-bit elements, the
+// weight preloaded: see kForwardPreloadsWeight), then four.
 inline constexpr RegisterConfig kBlockRowConfigs[] = {
-    {128, 2, 128}, {128, 4, 128}, {256, 4, 256}, {512, 4, 512}, {1024, 4, 1024},
+    {128, 2, 128}, {256, 2, 256}, {512, 2, 512}, {1024, 2, 1024}, {1024, 4, 1024},
 };
 inline constexpr int kNumWarpRowsConfigs = sizeof(kWarpRowsConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumBlockRowConfigs = sizeof(kBlockRowConfigs) / sizeof(RegisterConfig);

@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(BLOCK) BackwardRowsImpl(const BackwardArgs a) 
   const std::int64_t vectors = a.cols / VEC;
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
-  load_weight<TW, VEC, ITEMS, TPR, kPreloadWeight<BLOCK>>(w, lane, vectors, wv);
+  load_weight<TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<BLOCK, ITEMS>>(w, lane, vectors, wv);
   float dw_acc[ITEMS][VEC] = {};
 
   for (std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock; first < a.total_rows;
@@ -137,12 +137,12 @@ __global__ void __launch_bounds__(BLOCK) BackwardRowsImpl(const BackwardArgs a) 
     load_items<TX, VEC, ITEMS, TPR>(dy, lane, vectors, valid, gv);
     const float rstd = a.rstd ? (valid ? a.rstd[row] : 0.f)
                               : rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(xv)), a.inv_cols, a.eps);
-    const float gx =
-        Sum::sum(temp, dot_gx<TX, TW, VEC, ITEMS, TPR, kPreloadWeight<BLOCK>>(w, wv, lane, vectors, xv, gv, a));
+    const float gx = Sum::sum(
+        temp, dot_gx<TX, TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<BLOCK, ITEMS>>(w, wv, lane, vectors, xv, gv, a));
     if (!valid) continue;
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<TX, TW, VEC, ITEMS, TPR, kPreloadWeight<BLOCK>>(dx, w, wv, lane, vectors, xv, gv, rstd,
-                                                             rstd * rstd * rstd * gx * a.inv_cols, dw_acc, a);
+    store_dx<TX, TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<BLOCK, ITEMS>>(
+        dx, w, wv, lane, vectors, xv, gv, rstd, rstd * rstd * rstd * gx * a.inv_cols, dw_acc, a);
   }
 
   if (!a.partial) return;
@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(BLOCK) ClusterBackwardImpl(const BackwardArgs 
   const std::int64_t first = begin + threadIdx.x;
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
-  load_weight<TW, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(w, first, end, wv);
+  load_weight<TW, VEC, ITEMS, BLOCK, kBackwardPreloadsWeight<BLOCK, ITEMS>>(w, first, end, wv);
   float dw_acc[ITEMS][VEC] = {};
   int parity = 0;
 
@@ -193,13 +193,14 @@ __global__ void __launch_bounds__(BLOCK) ClusterBackwardImpl(const BackwardArgs 
     load_items<TX, VEC, ITEMS, BLOCK>(x, first, end, true, xv);
     load_items<TX, VEC, ITEMS, BLOCK>(dy, first, end, true, gv);
     // Both sums travel through one cluster barrier (the rstd one is unused when given).
-    float sums[2] = {a.rstd ? 0.f : sum_squares<TX, VEC, ITEMS>(xv),
-                     dot_gx<TX, TW, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(w, wv, first, end, xv, gv, a)};
+    float sums[2] = {
+        a.rstd ? 0.f : sum_squares<TX, VEC, ITEMS>(xv),
+        dot_gx<TX, TW, VEC, ITEMS, BLOCK, kBackwardPreloadsWeight<BLOCK, ITEMS>>(w, wv, first, end, xv, gv, a)};
     Sum::sum(temp, sums, parity);
     const float rstd = a.rstd ? a.rstd[row] : rstd_from_sum(sums[0], a.inv_cols, a.eps);
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<TX, TW, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(dx, w, wv, first, end, xv, gv, rstd,
-                                                               rstd * rstd * rstd * sums[1] * a.inv_cols, dw_acc, a);
+    store_dx<TX, TW, VEC, ITEMS, BLOCK, kBackwardPreloadsWeight<BLOCK, ITEMS>>(
+        dx, w, wv, first, end, xv, gv, rstd, rstd * rstd * rstd * sums[1] * a.inv_cols, dw_acc, a);
   }
   // One partial row per cluster: each block fills its slice.
   if (a.partial) write_partial<VEC, ITEMS, BLOCK>(a.partial + place.cluster * a.cols, first, end, dw_acc);

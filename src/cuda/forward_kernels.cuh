@@ -88,11 +88,15 @@ __device__ __forceinline__ float sum_squares(const Vec<TX, VEC> (&v)[ITEMS]) {
 // A lane's columns are the same for every row it processes, so its share of the weight can
 // be loaded once, before the first row, and stay in registers: for a single row (decode)
 // its memory latency then overlaps x's instead of following the reduction. That costs
-// 4 to 8 registers per vector, which blocks of up to 256 threads have to spare; larger
-// blocks (long rows, throughput-bound) re-read the weight per row from L1/L2 instead (the
-// 1024-thread bf16 block spilled 64 bytes with it preloaded).
-template <int BLOCK>
-inline constexpr bool kPreloadWeight = BLOCK <= 256;
+// 4 to 8 registers per vector: the forward preloads where a lane holds at most 2 vectors,
+// which keeps every register-rows configuration within 64 registers a thread (half an SM's
+// threads resident; with 4 vectors and the weight preloaded they spilled 26 to 66 bytes);
+// lanes with 4 vectors re-read the weight per row from L1/L2. The backward, which also holds
+// dy and the dw sums, preloads only in blocks of up to 256 threads with 2 vectors a lane.
+template <int ITEMS>
+inline constexpr bool kForwardPreloadsWeight = ITEMS <= 2;
+template <int BLOCK, int ITEMS>
+inline constexpr bool kBackwardPreloadsWeight = BLOCK <= 256 && ITEMS <= 2;
 
 template <class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
 __device__ __forceinline__ void load_weight(const TW* w, std::int64_t first, std::int64_t end,
@@ -143,8 +147,11 @@ __device__ __forceinline__ void store_items(TY* y, const TW* w, const Vec<TW, VE
 // scaling, so x is read from memory once. TPR lanes share a row, each holding ITEMS
 // vectors of VEC elements.
 // ---------------------------------------------------------------------------------------
+// 1024 / BLOCK blocks per SM: at most 64 registers a thread, so that half of an SM's 2048
+// threads are resident (at 80 registers only 768 were, and a 4096-row batch of 1024-element
+// bf16 rows took 1.3 waves of the grid instead of one).
 template <class TX, class TW, class TY, int VEC, int TPR, int ITEMS, int BLOCK>
-__global__ void __launch_bounds__(BLOCK) RegisterRowsImpl(const ForwardArgs a) {
+__global__ void __launch_bounds__(BLOCK, 1024 / BLOCK) RegisterRowsImpl(const ForwardArgs a) {
   constexpr int kRowsPerBlock = BLOCK / TPR;
   using Sum = RowSum<TPR, BLOCK>;
   __shared__ typename Sum::TempStorage temp;
@@ -154,7 +161,7 @@ __global__ void __launch_bounds__(BLOCK) RegisterRowsImpl(const ForwardArgs a) {
   const std::int64_t vectors = a.cols / VEC;
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
-  load_weight<TW, VEC, ITEMS, TPR, kPreloadWeight<BLOCK>>(w, lane, vectors, wv);
+  load_weight<TW, VEC, ITEMS, TPR, kForwardPreloadsWeight<ITEMS>>(w, lane, vectors, wv);
 
   // The loop bound is uniform across the block, so every lane reaches every reduction
   // (rows past the end compute on zeros and store nothing).
@@ -169,7 +176,7 @@ __global__ void __launch_bounds__(BLOCK) RegisterRowsImpl(const ForwardArgs a) {
     if (!valid) continue;
     if (a.rstd && lane == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
-    store_items<TX, TW, TY, VEC, ITEMS, TPR, kPreloadWeight<BLOCK>>(y, w, wv, lane, vectors, v, rstd, a);
+    store_items<TX, TW, TY, VEC, ITEMS, TPR, kForwardPreloadsWeight<ITEMS>>(y, w, wv, lane, vectors, v, rstd, a);
   }
 }
 
@@ -189,7 +196,7 @@ __global__ void __launch_bounds__(BLOCK) ClusterRowImpl(const ForwardArgs a) {
   const std::int64_t end = begin + per_block < vectors ? begin + per_block : vectors;
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
-  load_weight<TW, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(w, begin + threadIdx.x, end, wv);
+  load_weight<TW, VEC, ITEMS, BLOCK, kForwardPreloadsWeight<ITEMS>>(w, begin + threadIdx.x, end, wv);
   int parity = 0;
 
   for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters) {
@@ -201,7 +208,8 @@ __global__ void __launch_bounds__(BLOCK) ClusterRowImpl(const ForwardArgs a) {
     const float rstd = rstd_from_sum(ss[0], a.inv_cols, a.eps);
     if (a.rstd && place.rank == 0 && threadIdx.x == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
-    store_items<TX, TW, TY, VEC, ITEMS, BLOCK, kPreloadWeight<BLOCK>>(y, w, wv, begin + threadIdx.x, end, v, rstd, a);
+    store_items<TX, TW, TY, VEC, ITEMS, BLOCK, kForwardPreloadsWeight<ITEMS>>(y, w, wv, begin + threadIdx.x, end, v,
+                                                                              rstd, a);
   }
   Sum::finish();
 }
