@@ -15,7 +15,9 @@ constexpr std::int64_t kMaxChunks = 64;
 
 std::int64_t chunk_count(std::int64_t total_rows) { return std::min(total_rows, kMaxChunks); }
 
-template <class TX, class TW, class TDW, class Acc>
+// HAS_W (a weight) and WANT_DW (a dw output) are template parameters so that the row loops
+// have no branch inside and vectorise.
+template <class TX, class TW, class TDW, class Acc, bool HAS_W, bool WANT_DW>
 void backward_rows(const BackwardProblem& p) {
   const std::int64_t m = p.total_rows(), n = p.cols;
   const Acc inv_n = static_cast<Acc>(1.0 / static_cast<double>(n));
@@ -25,12 +27,15 @@ void backward_rows(const BackwardProblem& p) {
   const Acc* rstd_in = static_cast<const Acc*>(p.rstd);
   const std::int64_t chunks = chunk_count(m);
   Acc* partial = static_cast<Acc*>(p.workspace);  // chunks x n, when dw is wanted
-  const auto weight = [&](std::int64_t j) { return w ? cpu::to_acc<Acc>(w[j]) + offset : Acc(1); };
+  const auto weight = [&](std::int64_t j) {
+    if constexpr (HAS_W) return cpu::to_acc<Acc>(w[j]) + offset;
+    return Acc(1);
+  };
 
 #pragma omp parallel for schedule(static) if (m * n > 65536)
   for (std::int64_t c = 0; c < chunks; ++c) {
-    Acc* acc = p.dw ? partial + c * n : nullptr;
-    if (acc) std::fill(acc, acc + n, Acc(0));
+    Acc* acc = WANT_DW ? partial + c * n : nullptr;
+    if constexpr (WANT_DW) std::fill(acc, acc + n, Acc(0));
     for (std::int64_t row = c * m / chunks; row < (c + 1) * m / chunks; ++row) {
       const std::int64_t b = row / p.rows, r = row % p.rows;
       const TX* x = static_cast<const TX*>(p.x) + b * p.x_batch_stride + r * p.x_row_stride;
@@ -51,12 +56,12 @@ void backward_rows(const BackwardProblem& p) {
       for (std::int64_t j = 0; j < n; ++j) {
         const Acc xv = cpu::to_acc<Acc>(x[j]);
         const Acc dyv = cpu::to_acc<Acc>(dy[j]);
-        if (acc) acc[j] += dyv * xv * rstd;
+        if constexpr (WANT_DW) acc[j] += dyv * xv * rstd;
         dx[j] = cpu::from_acc<TX>(rstd * dyv * weight(j) - coef * xv);
       }
     }
   }
-  if (!p.dw) return;
+  if constexpr (!WANT_DW) return;
   TDW* dw = static_cast<TDW*>(p.dw);
 #pragma omp parallel for schedule(static) if (chunks * n > 65536)
   for (std::int64_t j = 0; j < n; ++j) {
@@ -64,6 +69,14 @@ void backward_rows(const BackwardProblem& p) {
     for (std::int64_t c = 0; c < chunks; ++c) s += partial[c * n + j];
     dw[j] = cpu::from_acc<TDW>(s);
   }
+}
+
+// Picks the loop for the call's weight and dw.
+template <class TX, class TW, class TDW, class Acc>
+void backward_rows(const BackwardProblem& p) {
+  if (p.dw) return backward_rows<TX, TW, TDW, Acc, true, true>(p);  // dw needs a weight
+  if (p.weight) return backward_rows<TX, TW, TDW, Acc, true, false>(p);
+  backward_rows<TX, TW, TDW, Acc, false, false>(p);
 }
 
 }  // namespace
