@@ -78,6 +78,23 @@ BackwardExpected backward_expected(const void* x, const void* dy, const void* we
 std::string check_backward(const BackwardExpected& expected, const void* dx_rows, const void* dw, DType t,
                            std::int64_t rows, std::int64_t cols, int eager_roundings);
 
+// One buffer set of the backward benchmark, one allocation laid out [x | dy | dx | rstd],
+// each part 256-byte aligned, so that the copy ceiling moves exactly the backward's bytes
+// inside it: the first 1.5*M*N*s bytes (x and the start of dy) copied over the last
+// 1.5*M*N*s bytes of matrix (the rest of dy and dx): 1.5 read + 1.5 written = 3*M*N*s.
+struct BackwardSetLayout {
+  std::size_t matrix = 0;  // M*N*s
+  std::size_t pitch = 0;   // matrix rounded up to 256 bytes: x at 0, dy at pitch, dx at 2 pitch
+  std::size_t bytes = 0;   // the whole set, rstd (M floats) at 3 pitch
+  std::size_t copy = 0;    // bytes the copy ceiling moves each way
+  static std::size_t round_up(std::size_t n) { return (n + 255) / 256 * 256; }
+  BackwardSetLayout(DType t, std::int64_t rows, std::int64_t cols)
+      : matrix(static_cast<std::size_t>(rows * cols) * dtype_size(t)),
+        pitch(round_up(matrix)),
+        bytes(3 * pitch + round_up(static_cast<std::size_t>(rows) * sizeof(float))),
+        copy(3 * matrix / 2) {}
+};
+
 // Records for one implementation's median time per call.
 Record make_record(const BenchContext& ctx, const BenchShape& shape, const std::string& impl, const std::string& mode,
                    double us, std::int64_t sets, std::int64_t calls, int reps);

@@ -21,8 +21,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::size_t round_up(std::size_t n) { return (n + 255) / 256 * 256; }
-
 }  // namespace
 
 ShapeResult bench_backward_shape_cpu(const BenchContext& ctx, const BenchShape& shape) {
@@ -30,10 +28,9 @@ ShapeResult bench_backward_shape_cpu(const BenchContext& ctx, const BenchShape& 
   const DType t = ctx.dtype;
   const std::int64_t m = shape.rows, n = shape.cols;
   const std::size_t s = dtype_size(t), row_bytes = static_cast<std::size_t>(n) * s;
-  const std::size_t buf = static_cast<std::size_t>(m) * row_bytes, pitch = round_up(buf);
-  const std::size_t set_bytes = 3 * pitch + round_up(static_cast<std::size_t>(m) * 4);
-  const std::size_t copy_bytes = 3 * buf / 2;
-  const std::size_t saved_bytes = round_up(bench::unfused_saved_bytes(t, m, n));
+  const BackwardSetLayout layout(t, m, n);
+  const std::size_t buf = layout.matrix, pitch = layout.pitch, set_bytes = layout.bytes, copy_bytes = layout.copy;
+  const std::size_t saved_bytes = BackwardSetLayout::round_up(bench::unfused_saved_bytes(t, m, n));
   const std::size_t scratch_bytes = bench::unfused_backward_scratch_bytes(t, m, n);
   const std::size_t forward_scratch_bytes = bench::unfused_scratch_bytes(t, m, n);  // making the saved tensors
   Params params;

@@ -4,10 +4,8 @@
 // L2, back-to-back calls captured in one CUDA graph, replays timed with CUDA events, median
 // (cuda_timing.cuh).
 //
-// A set is one allocation laid out [x | dy | dx | rstd] (each part 256-byte aligned), so
-// that the copy ceiling moves exactly the backward's bytes inside it: one cudaMemcpyAsync
-// of the first 1.5*M*N*s bytes of the set (x and the start of dy) over its last 1.5*M*N*s
-// bytes of matrix (the rest of dy and dx): 1.5 read + 1.5 written = 3*M*N*s.
+// A buffer set is laid out as BackwardSetLayout (bench.h) says; the copy ceiling is one
+// cudaMemcpyAsync inside it.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -23,8 +21,6 @@
 namespace rmsnorm::cli {
 namespace {
 
-std::size_t round_up(std::size_t n) { return (n + 255) / 256 * 256; }
-
 std::vector<unsigned char> download(const void* p, std::size_t bytes) {
   std::vector<unsigned char> out(bytes);
   ck(cudaMemcpy(out.data(), p, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy (to the host)");
@@ -38,10 +34,9 @@ ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape&
   const DType t = ctx.dtype;
   const std::int64_t m = shape.rows, n = shape.cols;
   const std::size_t s = dtype_size(t), row_bytes = static_cast<std::size_t>(n) * s;
-  const std::size_t buf = static_cast<std::size_t>(m) * row_bytes, pitch = round_up(buf);
-  const std::size_t set_bytes = 3 * pitch + round_up(static_cast<std::size_t>(m) * 4);
-  const std::size_t copy_bytes = 3 * buf / 2;
-  const std::size_t saved_bytes = round_up(bench::unfused_saved_bytes(t, m, n));
+  const BackwardSetLayout layout(t, m, n);
+  const std::size_t buf = layout.matrix, pitch = layout.pitch, set_bytes = layout.bytes, copy_bytes = layout.copy;
+  const std::size_t saved_bytes = BackwardSetLayout::round_up(bench::unfused_saved_bytes(t, m, n));
   const std::size_t scratch_bytes = bench::unfused_backward_scratch_bytes(t, m, n);
   const std::size_t forward_scratch_bytes = bench::unfused_scratch_bytes(t, m, n);  // making the saved tensors
   const Device dev = ctx.device.device;
@@ -150,16 +145,7 @@ ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape&
   };
 
   const auto measure = [&](const char* impl, const Enqueue& run, int ops_per_call) {
-    const std::int64_t calls =
-        std::min(std::max(sets, kMinGraphCalls), std::max<std::int64_t>(1, kMaxGraphNodes / ops_per_call));
-    const double graph_us = time_in_graph(run, calls, ctx.reps, stream.s);
-    result.records.push_back(make_record(ctx, shape, impl, "graph", graph_us, std::min(sets, calls), calls, ctx.reps));
-    if (std::strcmp(impl, "copy") == 0) {  // the ceiling gets its best case, as in the forward
-      const double stream_us = time_in_stream(run, calls, ctx.reps, stream.s);
-      if (stream_us < graph_us)
-        result.records.back() =
-            make_record(ctx, shape, impl, "stream", stream_us, std::min(sets, calls), calls, ctx.reps);
-    }
+    time_implementation(result, ctx, shape, impl, run, ops_per_call, sets, stream.s);
   };
 
   bool fused_ok = false;

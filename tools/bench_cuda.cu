@@ -96,24 +96,7 @@ ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape) {
   };
 
   const auto measure = [&](const char* impl, const Enqueue& run, int ops_per_call) {
-    const std::int64_t calls =
-        std::min(std::max(sets, kMinGraphCalls), std::max<std::int64_t>(1, kMaxGraphNodes / ops_per_call));
-    const double graph_us = time_in_graph(run, calls, ctx.reps, stream.s);
-    result.records.push_back(make_record(ctx, shape, impl, "graph", graph_us, std::min(sets, calls), calls, ctx.reps));
-    if (std::strcmp(impl, "copy") == 0 && !shape.latency) {
-      // The copy is the speed-of-light column, so it gets its best case: on the H100 a
-      // graph's memcpy node of >= 512 MB ran at 2.43 TB/s where the same cudaMemcpyAsync
-      // issued to a stream ran at 2.97-3.01 TB/s (smaller copies do better in the graph).
-      const double stream_us = time_in_stream(run, calls, ctx.reps, stream.s);
-      if (stream_us < graph_us)
-        result.records.back() =
-            make_record(ctx, shape, impl, "stream", stream_us, std::min(sets, calls), calls, ctx.reps);
-    }
-    if (shape.latency) {
-      const int reps = std::max(4 * ctx.reps, 200);
-      result.records.push_back(
-          make_record(ctx, shape, impl, "plain", time_plain(run, sets, reps, stream.s), sets, 1, reps));
-    }
+    time_implementation(result, ctx, shape, impl, run, ops_per_call, sets, stream.s);
   };
 
   std::string strategy;

@@ -6,6 +6,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -133,6 +134,32 @@ inline std::vector<unsigned char> download_rows(const unsigned char* m, std::int
        "cudaMemcpy (checked rows)");
   }
   return out;
+}
+
+// Times one implementation of a shape and appends its records: back-to-back calls in a
+// graph (as many as rotate over every set, within kMaxGraphNodes / ops_per_call nodes);
+// for the copy, the same calls issued to a stream too, the faster counting (it is the
+// speed-of-light column: on the H100 a graph's memcpy node of >= 512 MB ran at 2.43 TB/s
+// where the same cudaMemcpyAsync issued to a stream ran at 2.97-3.01 TB/s; smaller copies
+// do better in the graph); for latency shapes, plain calls with a sync each as well.
+inline void time_implementation(ShapeResult& result, const BenchContext& ctx, const BenchShape& shape,
+                                const std::string& impl, const Enqueue& run, int ops_per_call, std::int64_t sets,
+                                cudaStream_t stream) {
+  const std::int64_t calls =
+      std::min(std::max(sets, kMinGraphCalls), std::max<std::int64_t>(1, kMaxGraphNodes / ops_per_call));
+  const double graph_us = time_in_graph(run, calls, ctx.reps, stream);
+  result.records.push_back(make_record(ctx, shape, impl, "graph", graph_us, std::min(sets, calls), calls, ctx.reps));
+  if (impl == "copy" && !shape.latency) {
+    const double stream_us = time_in_stream(run, calls, ctx.reps, stream);
+    if (stream_us < graph_us)
+      result.records.back() =
+          make_record(ctx, shape, impl, "stream", stream_us, std::min(sets, calls), calls, ctx.reps);
+  }
+  if (shape.latency) {
+    const int reps = std::max(4 * ctx.reps, 200);
+    result.records.push_back(
+        make_record(ctx, shape, impl, "plain", time_plain(run, sets, reps, stream), sets, 1, reps));
+  }
 }
 
 }  // namespace rmsnorm::cli

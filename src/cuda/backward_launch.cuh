@@ -13,8 +13,7 @@ namespace rmsnorm::detail::cuda {
 // groups. Each block leaves one partial dw row, so this also bounds the workspace
 // (cuda_backward_workspace sizes it for the smallest blocks).
 inline std::int64_t backward_blocks(std::int64_t row_groups, int threads_per_block, int sm_count) {
-  return std::min<std::int64_t>(row_groups,
-                                static_cast<std::int64_t>(sm_count) * (kMaxThreadsPerSm / threads_per_block));
+  return std::min(row_groups, filling_blocks(threads_per_block, sm_count));
 }
 
 inline BackwardArgs make_backward_args(const BackwardProblem& p) {

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "cuda/common.cuh"
+#include "cuda/launch_check.h"
 #include "kernel_configs.h"
 #include "problem.h"
 
@@ -49,7 +50,7 @@ int sm_count(int device) { return device_attribute(device, cudaDevAttrMultiProce
 std::size_t cuda_backward_workspace(std::int64_t total_rows, std::int64_t cols, int device) {
   // One fp32 partial dw row per backward block; the most blocks any plan launches is a full
   // grid of the smallest blocks, and never more than the rows.
-  const std::int64_t most = static_cast<std::int64_t>(sm_count(device)) * (kMaxThreadsPerSm / kMinBlockThreads);
+  const std::int64_t most = cuda::filling_blocks(kMinBlockThreads, sm_count(device));
   return static_cast<std::size_t>(std::min(total_rows, most) * cols) * sizeof(float);
 }
 

@@ -4,8 +4,10 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <string>
 
+#include "kernel_configs.h"
 #include "rmsnorm/rmsnorm.h"
 
 namespace rmsnorm::detail::cuda {
@@ -44,12 +46,16 @@ void launch_cluster(void (*kernel)(Args), unsigned grid, int block, int cluster,
   check_launch(strategy_name(plan.strategy), name, plan);
 }
 
+// Blocks of `block` threads that fill every SM (kMaxThreadsPerSm threads each).
+inline std::int64_t filling_blocks(int block, int sm_count) {
+  return static_cast<std::int64_t>(sm_count) * (kMaxThreadsPerSm / block);
+}
+
 // Clusters in flight: as many as fill every SM with blocks of `block` threads, and no more
 // than there are rows.
 inline std::int64_t cluster_count(std::int64_t rows, int block, int cluster, int sm_count) {
-  const std::int64_t fill = static_cast<std::int64_t>(sm_count) * (2048 / block) / cluster;
-  const std::int64_t n = fill < 1 ? 1 : fill;
-  return rows < n ? rows : n;
+  const std::int64_t fill = filling_blocks(block, sm_count) / cluster;
+  return std::min(rows, std::max<std::int64_t>(fill, 1));
 }
 
 }  // namespace rmsnorm::detail::cuda
