@@ -47,19 +47,19 @@ __device__ __forceinline__ float dot_gx(const TW* w, const Vec<TW, VEC> (&wv)[IT
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
-      Vec<TW, VEC> wi;
+      float wf[VEC], xf[VEC], gf[VEC];
       if constexpr (kHasW) {
-        if (PRELOAD || idx < end)
-          wi = weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx);
-        else
+        if (PRELOAD || idx < end) {
+          unpack(weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx), wf);
+        } else {
 #pragma unroll
-          for (int k = 0; k < VEC; ++k) wi.v[k] = from_float<TW>(0.f);
+          for (int k = 0; k < VEC; ++k) wf[k] = 0.f;
+        }
       }
+      unpack(xv[i], xf);
+      unpack(gv[i], gf);
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float g = kHasW ? to_float(gv[i].v[k]) * (to_float(wi.v[k]) + a.weight_offset) : to_float(gv[i].v[k]);
-        gx += g * to_float(xv[i].v[k]);
-      }
+      for (int k = 0; k < VEC; ++k) gx += (kHasW ? gf[k] * (wf[k] + a.weight_offset) : gf[k]) * xf[k];
     }
   });
   return gx;
@@ -77,19 +77,17 @@ __device__ __forceinline__ void store_dx(TX* dx, const TW* w, const Vec<TW, VEC>
     for (int i = 0; i < ITEMS; ++i) {
       const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
       if (idx >= end) continue;
-      Vec<TX, VEC> out;
-      Vec<TW, VEC> wi;
-      if constexpr (kHasW) wi = weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx);
-      const Vec<TX, VEC> xi = opaque(xv[i]), gi = opaque(gv[i]);
+      float wf[VEC], xf[VEC], gf[VEC], out[VEC];
+      if constexpr (kHasW) unpack(weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx), wf);
+      unpack(opaque(xv[i]), xf);
+      unpack(opaque(gv[i]), gf);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
-        const float xk = to_float(xi.v[k]);
-        const float dyk = to_float(gi.v[k]);
-        const float g = kHasW ? dyk * (to_float(wi.v[k]) + a.weight_offset) : dyk;
-        out.v[k] = from_float<TX>(rstd * g - coef * xk);
-        if constexpr (kHasW) dw_acc[i][k] += dyk * xk * rstd;
+        const float g = kHasW ? gf[k] * (wf[k] + a.weight_offset) : gf[k];
+        out[k] = rstd * g - coef * xf[k];
+        if constexpr (kHasW) dw_acc[i][k] += gf[k] * xf[k] * rstd;
       }
-      store_vec<TX, VEC>(dx + idx * VEC, out);
+      store_vec<TX, VEC>(dx + idx * VEC, pack<TX, VEC>(out));
     }
   });
 }
@@ -110,8 +108,10 @@ __device__ __forceinline__ void write_partial(float* out, std::int64_t first, st
 // ---------------------------------------------------------------------------------------
 // warp_rows and block_row: x and dy of a row in registers (see RegisterRowsImpl).
 // ---------------------------------------------------------------------------------------
+// Launch bounds as the forward's: 2 vectors a lane within 64 registers (1024 threads an SM
+// resident), 4 vectors within 128 (x, dy and the dw sums: 94 registers, no spills).
 template <class TX, class TW, int VEC, int TPR, int ITEMS, int BLOCK>
-__global__ void __launch_bounds__(BLOCK) BackwardRowsImpl(const BackwardArgs a) {
+__global__ void __launch_bounds__(BLOCK, (ITEMS <= 2 ? 1024 : 512) / BLOCK) BackwardRowsImpl(const BackwardArgs a) {
   constexpr int kRowsPerBlock = BLOCK / TPR;
   constexpr int kRowCapacity = TPR * ITEMS * VEC;
   using Sum = RowSum<TPR, BLOCK>;
@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(BLOCK) BackwardRowsImpl(const BackwardArgs a) 
   const std::int64_t vectors = a.cols / VEC;
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
-  load_weight<TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<BLOCK, ITEMS>>(w, lane, vectors, wv);
+  load_weight<TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(w, lane, vectors, wv);
   float dw_acc[ITEMS][VEC] = {};
 
   for (std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock; first < a.total_rows;
@@ -138,10 +138,10 @@ __global__ void __launch_bounds__(BLOCK) BackwardRowsImpl(const BackwardArgs a) 
     const float rstd = a.rstd ? (valid ? a.rstd[row] : 0.f)
                               : rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(xv)), a.inv_cols, a.eps);
     const float gx = Sum::sum(
-        temp, dot_gx<TX, TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<BLOCK, ITEMS>>(w, wv, lane, vectors, xv, gv, a));
+        temp, dot_gx<TX, TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(w, wv, lane, vectors, xv, gv, a));
     if (!valid) continue;
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<TX, TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<BLOCK, ITEMS>>(
+    store_dx<TX, TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(
         dx, w, wv, lane, vectors, xv, gv, rstd, rstd * rstd * rstd * gx * a.inv_cols, dw_acc, a);
   }
 
@@ -171,7 +171,7 @@ __global__ void __launch_bounds__(BLOCK) BackwardRowsImpl(const BackwardArgs a) 
 // dw partial covers its slice of the columns, for the rows of its cluster.
 // ---------------------------------------------------------------------------------------
 template <class TX, class TW, int VEC, int ITEMS, int BLOCK>
-__global__ void __launch_bounds__(BLOCK) ClusterBackwardImpl(const BackwardArgs a) {
+__global__ void __launch_bounds__(BLOCK, 1024 / BLOCK) ClusterBackwardImpl(const BackwardArgs a) {
   using Sum = ClusterSum<BLOCK, 2>;
   __shared__ typename Sum::TempStorage temp;
   const ClusterPlace place = cluster_place();
@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(BLOCK) ClusterBackwardImpl(const BackwardArgs 
   const std::int64_t first = begin + threadIdx.x;
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
-  load_weight<TW, VEC, ITEMS, BLOCK, kBackwardPreloadsWeight<BLOCK, ITEMS>>(w, first, end, wv);
+  load_weight<TW, VEC, ITEMS, BLOCK, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(w, first, end, wv);
   float dw_acc[ITEMS][VEC] = {};
   int parity = 0;
 
@@ -195,11 +195,11 @@ __global__ void __launch_bounds__(BLOCK) ClusterBackwardImpl(const BackwardArgs 
     // Both sums travel through one cluster barrier (the rstd one is unused when given).
     float sums[2] = {
         a.rstd ? 0.f : sum_squares<TX, VEC, ITEMS>(xv),
-        dot_gx<TX, TW, VEC, ITEMS, BLOCK, kBackwardPreloadsWeight<BLOCK, ITEMS>>(w, wv, first, end, xv, gv, a)};
+        dot_gx<TX, TW, VEC, ITEMS, BLOCK, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(w, wv, first, end, xv, gv, a)};
     Sum::sum(temp, sums, parity);
     const float rstd = a.rstd ? a.rstd[row] : rstd_from_sum(sums[0], a.inv_cols, a.eps);
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<TX, TW, VEC, ITEMS, BLOCK, kBackwardPreloadsWeight<BLOCK, ITEMS>>(
+    store_dx<TX, TW, VEC, ITEMS, BLOCK, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(
         dx, w, wv, first, end, xv, gv, rstd, rstd * rstd * rstd * sums[1] * a.inv_cols, dw_acc, a);
   }
   // One partial row per cluster: each block fills its slice.
@@ -228,15 +228,14 @@ __global__ void __launch_bounds__(BLOCK) LongRowBackwardImpl(const BackwardArgs 
     float ss = 0.f, gx = 0.f;
 #pragma unroll 2
     for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
-      const Vec<TX, VEC> xv = load_vec<TX, VEC>(x + idx * VEC);
-      const Vec<TX, VEC> gv = load_vec<TX, VEC>(dy + idx * VEC);
-      Vec<TW, VEC> wv;
-      if (w) wv = load_vec<TW, VEC>(w + idx * VEC);
+      float xf[VEC], gf[VEC], wf[VEC];
+      unpack(load_vec<TX, VEC>(x + idx * VEC), xf);
+      unpack(load_vec<TX, VEC>(dy + idx * VEC), gf);
+      if (w) unpack(load_vec<TW, VEC>(w + idx * VEC), wf);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
-        const float f = to_float(xv.v[k]);
-        ss += f * f;
-        gx += to_float(gv.v[k]) * (w ? to_float(wv.v[k]) + a.weight_offset : 1.f) * f;
+        ss += xf[k] * xf[k];
+        gx += gf[k] * (w ? wf[k] + a.weight_offset : 1.f) * xf[k];
       }
     }
     const float rstd = a.rstd ? a.rstd[row] : rstd_from_sum(Sum::sum(temp, ss), a.inv_cols, a.eps);
@@ -244,21 +243,16 @@ __global__ void __launch_bounds__(BLOCK) LongRowBackwardImpl(const BackwardArgs 
     const float coef = rstd * rstd * rstd * gx * a.inv_cols;
 #pragma unroll 2
     for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
-      const Vec<TX, VEC> xv = load_vec<TX, VEC>(x + idx * VEC);
-      const Vec<TX, VEC> gv = load_vec<TX, VEC>(dy + idx * VEC);
-      Vec<TW, VEC> wv;
-      if (w) wv = load_vec<TW, VEC>(w + idx * VEC);
-      Vec<TX, VEC> out;
-      float contrib[VEC];
+      float xf[VEC], gf[VEC], wf[VEC], out[VEC], contrib[VEC];
+      unpack(load_vec<TX, VEC>(x + idx * VEC), xf);
+      unpack(load_vec<TX, VEC>(dy + idx * VEC), gf);
+      if (w) unpack(load_vec<TW, VEC>(w + idx * VEC), wf);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
-        const float xk = to_float(xv.v[k]);
-        const float dyk = to_float(gv.v[k]);
-        const float wk = w ? to_float(wv.v[k]) + a.weight_offset : 1.f;
-        out.v[k] = from_float<TX>(rstd * dyk * wk - coef * xk);
-        contrib[k] = dyk * xk * rstd;
+        out[k] = rstd * gf[k] * (w ? wf[k] + a.weight_offset : 1.f) - coef * xf[k];
+        contrib[k] = gf[k] * xf[k] * rstd;
       }
-      store_vec<TX, VEC>(dx + idx * VEC, out);
+      store_vec<TX, VEC>(dx + idx * VEC, pack<TX, VEC>(out));
       if (part)
 #pragma unroll
         for (int k = 0; k < VEC; ++k) part[idx * VEC + k] = (first_row ? 0.f : part[idx * VEC + k]) + contrib[k];

@@ -95,6 +95,54 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
+// A vector to fp32 and back, two 16-bit elements at a time: the paired conversions
+// (cvt.rn.bf16x2.f32, cvt.rn.f16x2.f32) read and write packed 32-bit words. Converted one
+// by one, bf16 goes through 16-bit registers (the runtime's inline PTX) and needs extra
+// instructions and registers to pack: the bf16 backward used 83 to 124 registers a thread
+// against f16's 64 to 94, which halved its resident blocks.
+template <class T, int N>
+__device__ __forceinline__ void unpack(const Vec<T, N>& v, float (&f)[N]) {
+  if constexpr (std::is_same<T, float>::value || N % 2 != 0) {
+#pragma unroll
+    for (int k = 0; k < N; ++k) f[k] = to_float(v.v[k]);
+  } else if constexpr (std::is_same<T, __half>::value) {
+    const __half2* p = reinterpret_cast<const __half2*>(v.v);
+#pragma unroll
+    for (int k = 0; k < N / 2; ++k) {
+      const float2 t = __half22float2(p[k]);
+      f[2 * k] = t.x;
+      f[2 * k + 1] = t.y;
+    }
+  } else {
+    // bf16 is the top half of an fp32: two integer operations per pair, written out here
+    // because the runtime's conversion is inline PTX the compiler cannot schedule freely.
+    const unsigned* p = reinterpret_cast<const unsigned*>(v.v);
+#pragma unroll
+    for (int k = 0; k < N / 2; ++k) {
+      f[2 * k] = __uint_as_float(p[k] << 16);
+      f[2 * k + 1] = __uint_as_float(p[k] & 0xffff0000u);
+    }
+  }
+}
+
+template <class T, int N>
+__device__ __forceinline__ Vec<T, N> pack(const float (&f)[N]) {
+  Vec<T, N> v;
+  if constexpr (std::is_same<T, float>::value || N % 2 != 0) {
+#pragma unroll
+    for (int k = 0; k < N; ++k) v.v[k] = from_float<T>(f[k]);
+  } else if constexpr (std::is_same<T, __half>::value) {
+    __half2* p = reinterpret_cast<__half2*>(v.v);
+#pragma unroll
+    for (int k = 0; k < N / 2; ++k) p[k] = __floats2half2_rn(f[2 * k], f[2 * k + 1]);
+  } else {
+    __nv_bfloat162* p = reinterpret_cast<__nv_bfloat162*>(v.v);
+#pragma unroll
+    for (int k = 0; k < N / 2; ++k) p[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+  }
+  return v;
+}
+
 // Rounds to T's precision and back.
 template <class T>
 __device__ __forceinline__ float round_as(float v) {

@@ -76,12 +76,12 @@ template <class TX, int VEC, int ITEMS>
 __device__ __forceinline__ float sum_squares(const Vec<TX, VEC> (&v)[ITEMS]) {
   float ss = 0.f;
 #pragma unroll
-  for (int i = 0; i < ITEMS; ++i)
+  for (int i = 0; i < ITEMS; ++i) {
+    float f[VEC];
+    unpack(v[i], f);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const float f = to_float(v[i].v[k]);
-      ss += f * f;
-    }
+    for (int k = 0; k < VEC; ++k) ss += f[k] * f[k];
+  }
   return ss;
 }
 
@@ -92,11 +92,12 @@ __device__ __forceinline__ float sum_squares(const Vec<TX, VEC> (&v)[ITEMS]) {
 // which keeps every register-rows configuration within 64 registers a thread (half an SM's
 // threads resident; with 4 vectors and the weight preloaded they spilled 26 to 66 bytes);
 // lanes with 4 vectors re-read the weight per row from L1/L2. The backward, which also holds
-// dy and the dw sums, preloads only in blocks of up to 256 threads with 2 vectors a lane.
+// dy and the dw sums, preloads only in blocks of up to 256 threads with 2 vectors a lane,
+// and a weight vector of at most 16 bytes (an fp32 weight of 16-bit rows spilled).
 template <int ITEMS>
 inline constexpr bool kForwardPreloadsWeight = ITEMS <= 2;
-template <int BLOCK, int ITEMS>
-inline constexpr bool kBackwardPreloadsWeight = BLOCK <= 256 && ITEMS <= 2;
+template <class TW, int VEC, int BLOCK, int ITEMS>
+inline constexpr bool kBackwardPreloadsWeight = BLOCK <= 256 && ITEMS <= 2 && sizeof(TW) * VEC <= 16;
 
 template <class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
 __device__ __forceinline__ void load_weight(const TW* w, std::int64_t first, std::int64_t end,
@@ -126,18 +127,15 @@ __device__ __forceinline__ void store_items(TY* y, const TW* w, const Vec<TW, VE
     for (int i = 0; i < ITEMS; ++i) {
       const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
       if (idx >= end) continue;
-      Vec<TY, VEC> out;
-      Vec<TW, VEC> wi;
-      if constexpr (kHasW) wi = weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx);
+      float wf[VEC], xf[VEC], out[VEC];
+      if constexpr (kHasW) unpack(weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx), wf);
       // Converted again from the raw registers (see opaque): keeping the fp32 copies made
       // while summing squares would double the row's registers.
-      const Vec<TX, VEC> xi = opaque(v[i]);
+      unpack(opaque(v[i]), xf);
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float wk = kHasW ? to_float(wi.v[k]) : 1.f;
-        out.v[k] = from_float<TY>(normalise<TX, TW, kLlama, kHasW>(to_float(xi.v[k]), rstd, wk, a.weight_offset));
-      }
-      store_vec<TY, VEC>(y + idx * VEC, out);
+      for (int k = 0; k < VEC; ++k)
+        out[k] = normalise<TX, TW, kLlama, kHasW>(xf[k], rstd, kHasW ? wf[k] : 1.f, a.weight_offset);
+      store_vec<TY, VEC>(y + idx * VEC, pack<TY, VEC>(out));
     }
   });
 }
@@ -232,12 +230,10 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
     float ss = 0.f;
 #pragma unroll 4
     for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
-      const Vec<TX, VEC> v = load_vec<TX, VEC>(x + idx * VEC);
+      float f[VEC];
+      unpack(load_vec<TX, VEC>(x + idx * VEC), f);
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float f = to_float(v.v[k]);
-        ss += f * f;
-      }
+      for (int k = 0; k < VEC; ++k) ss += f[k] * f[k];
     }
     const float rstd = rstd_from_sum(Sum::sum(temp, ss), a.inv_cols, a.eps);
     if (a.rstd && threadIdx.x == 0) a.rstd[row] = rstd;
@@ -245,15 +241,13 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
       constexpr bool kLlama = decltype(llama)::value, kHasW = decltype(has_w)::value;
 #pragma unroll 4
       for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
-        const Vec<TX, VEC> v = load_vec<TX, VEC>(x + idx * VEC);
-        Vec<TW, VEC> wv;
-        if constexpr (kHasW) wv = load_vec<TW, VEC>(w + idx * VEC);
-        Vec<TY, VEC> out;
+        float xf[VEC], wf[VEC], out[VEC];
+        unpack(load_vec<TX, VEC>(x + idx * VEC), xf);
+        if constexpr (kHasW) unpack(load_vec<TW, VEC>(w + idx * VEC), wf);
 #pragma unroll
         for (int k = 0; k < VEC; ++k)
-          out.v[k] = from_float<TY>(normalise<TX, TW, kLlama, kHasW>(to_float(v.v[k]), rstd,
-                                                                     kHasW ? to_float(wv.v[k]) : 1.f, a.weight_offset));
-        store_vec<TY, VEC>(y + idx * VEC, out);
+          out[k] = normalise<TX, TW, kLlama, kHasW>(xf[k], rstd, kHasW ? wf[k] : 1.f, a.weight_offset);
+        store_vec<TY, VEC>(y + idx * VEC, pack<TY, VEC>(out));
       }
     });
   }
