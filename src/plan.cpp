@@ -35,11 +35,13 @@ int vector_width(DType x_dtype, std::int64_t cols, std::initializer_list<Access>
   return full;
 }
 
+// The smallest capacity that holds the row; the first listed among equal capacities.
 template <int N>
 const RegisterConfig* first_fit(const RegisterConfig (&table)[N], std::int64_t vectors) {
+  const RegisterConfig* best = nullptr;
   for (const RegisterConfig& c : table)
-    if (vectors <= c.capacity()) return &c;
-  return nullptr;
+    if (vectors <= c.capacity() && (!best || c.capacity() < best->capacity())) best = &c;
+  return best;
 }
 
 Plan from_config(Strategy s, int vw, const RegisterConfig& c) {

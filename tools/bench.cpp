@@ -77,6 +77,8 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   ctx.op = o.op;
   ctx.dtype = o.dtype;
   ctx.strategy = o.strategy;
+  ctx.config_threads = o.config_threads;
+  ctx.config_items = o.config_items;
   ctx.reps = o.reps ? o.reps : (dev.is_cuda() ? 50 : 3);
   ctx.seed = o.seed;
   ctx.commit = git_commit();
@@ -120,6 +122,10 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
               << " buffer sets rotated so a pass moves >= 4x the last-level cache\n(at most 256 MB); us = per call; "
                  "copy = memcpy "
               << copy << '\n';
+  if (o.config_threads)
+    std::cout << "fused configuration forced: " << o.config_threads << " threads a row x " << o.config_items
+              << " vectors a lane" << (dev.is_cuda() && o.op == "forward" ? "" : " (ignored: CUDA forward only)")
+              << '\n';
   if (o.strategy != Strategy::automatic)
     std::cout << "fused strategy forced: " << strategy_name(o.strategy)
               << (dev.is_cuda() ? "" : " (ignored by the CPU backend)") << '\n';

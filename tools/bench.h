@@ -25,6 +25,7 @@ struct BenchContext {
   std::string op = "forward";  // forward or backward
   DType dtype = DType::f16;
   Strategy strategy = Strategy::automatic;
+  int config_threads = 0, config_items = 0;  // see BenchOptions
   int reps = 50;
   std::uint64_t seed = 1;
   std::string commit, date;

@@ -6,7 +6,9 @@
 # printed last.
 #
 #   tools/gpu-run.sh OUTDIR [stage ...]
-#   stages: build test check bench sanitize python (default: all of them, in that order)
+#   stages: build test check bench sanitize python (default: all of them, in that order),
+#   and tune (not by default): the register configurations and strategies timed against
+#   each other, bf16, on the shapes where the planner chooses between them.
 #   RMSNORM_COMMIT=<sha> tags the benchmark records when the tree has no .git.
 set -u
 out=$(realpath -m "${1:?usage: tools/gpu-run.sh OUTDIR [stage ...]}")
@@ -78,6 +80,35 @@ if want bench; then
       --json "$logs/bench_train_$s.json"
   done
   cat "$logs"/bench_*.log >>"$summary"
+fi
+
+bundle
+if want tune; then
+  cli="$build/tools/rmsnorm"
+  wide=2048,3072,4096,5120,6144,7168,8192,12288,16384,24576,32768
+  run tune_auto "$cli" bench --dtype bf16 --rows 16384 --cols "$wide" --json "$logs/tune_auto.json"
+  # Each block_row configuration on the rows it holds with few idle lanes, against the
+  # planner's choice above.
+  for c in 256x2:3072,4096 128x4:3072,4096 192x4:5120,6144 512x2:5120,6144,7168,8192 256x4:6144,7168,8192 \
+    512x4:12288,16384 768x4:16384,24576 1024x4:24576,32768; do
+    run "tune_${c%%:*}" "$cli" bench --dtype bf16 --rows 16384 --cols "${c#*:}" --config "${c%%:*}" \
+      --json "$logs/tune_${c%%:*}.json"
+  done
+  for s in long_row cluster_row; do
+    run "tune_$s" "$cli" bench --dtype bf16 --rows 16384 --cols 8192,16384,32768 --strategy "$s" \
+      --json "$logs/tune_$s.json"
+    run "tune_wide_$s" "$cli" bench --dtype bf16 --suite wide --strategy "$s" --json "$logs/tune_wide_$s.json"
+    run "tune_train_$s" "$cli" bench --op backward --dtype bf16 --suite train --strategy "$s" \
+      --json "$logs/tune_train_$s.json"
+  done
+  run tune_seed "$cli" bench --dtype bf16 --suite seed,decode --json "$logs/tune_seed.json"
+  # Decode: the kernel's own duration, to set against the per-call time in a graph.
+  run tune_ncu_decode timeout 90 ncu --clock-control none -k regex:RegisterRowsImpl -c 8 \
+    --metrics gpu__time_duration.sum,sm__cycles_elapsed.max,dram__bytes_read.sum \
+    "$cli" bench --dtype bf16 --rows 1 --cols 4096,8192 --reps 3
+  run tune_train "$cli" bench --op backward --dtype bf16 --suite train --json "$logs/tune_train.json"
+  grep -hE "^ +[0-9]+ +[0-9]+ " "$logs"/tune_*.log | sort -n -k2 -k1 >"$logs/tune_table.txt"
+  cat "$logs"/tune_*.log >>"$summary"
 fi
 
 bundle

@@ -195,6 +195,14 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
       } catch (const Error&) {
         throw UsageError("--strategy: expected auto, " + strategy_list() + ", got '" + v + "'");
       }
+    } else if (n == "--config") {
+      const std::string v = r.value();
+      const std::size_t x = v.find('x');
+      if (x == std::string::npos)
+        throw UsageError("--config: expected THREADSxITEMS (threads a row x vectors a lane, e.g. 256x4), got '" + v +
+                         "'");
+      o.config_threads = static_cast<int>(parse_positive(n, v.substr(0, x), 1024));
+      o.config_items = static_cast<int>(parse_positive(n, v.substr(x + 1), 64));
     } else if (n == "--reps") {
       o.reps = static_cast<int>(parse_positive(n, r.value(), 100000));
     } else if (n == "--seed") {
@@ -396,6 +404,11 @@ options:
   --strategy S      auto (default), @STRATEGIES@:
                     Params::strategy of the fused call (CUDA); a shape it cannot serve is
                     reported as n/a
+  --config TxI      forward on CUDA: run the register configuration of T threads a row and
+                    I vectors a lane (warp_rows for T <= 32, else block_row) instead of the
+                    planner's, to time the configurations against each other; it must be
+                    one the library instantiates (src/kernel_configs.h), and shapes whose
+                    rows it cannot hold are reported as n/a
   --reps R          timed repetitions, the median is reported (default 50 on CUDA, 3 on
                     the CPU; plain decode calls: max(4R, 200))
   --seed S          seed of the random inputs (default 1)

@@ -137,8 +137,8 @@ __global__ void __launch_bounds__(BLOCK, (ITEMS <= 2 ? 1024 : 512) / BLOCK) Back
     load_items<TX, VEC, ITEMS, TPR>(dy, lane, vectors, valid, gv);
     const float rstd = a.rstd ? (valid ? a.rstd[row] : 0.f)
                               : rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(xv)), a.inv_cols, a.eps);
-    const float gx = Sum::sum(
-        temp, dot_gx<TX, TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(w, wv, lane, vectors, xv, gv, a));
+    const float gx = Sum::sum(temp, dot_gx<TX, TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(
+                                        w, wv, lane, vectors, xv, gv, a));
     if (!valid) continue;
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
     store_dx<TX, TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(
@@ -193,9 +193,9 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK) ClusterBackwardImpl(const
     load_items<TX, VEC, ITEMS, BLOCK>(x, first, end, true, xv);
     load_items<TX, VEC, ITEMS, BLOCK>(dy, first, end, true, gv);
     // Both sums travel through one cluster barrier (the rstd one is unused when given).
-    float sums[2] = {
-        a.rstd ? 0.f : sum_squares<TX, VEC, ITEMS>(xv),
-        dot_gx<TX, TW, VEC, ITEMS, BLOCK, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(w, wv, first, end, xv, gv, a)};
+    float sums[2] = {a.rstd ? 0.f : sum_squares<TX, VEC, ITEMS>(xv),
+                     dot_gx<TX, TW, VEC, ITEMS, BLOCK, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(w, wv, first,
+                                                                                                       end, xv, gv, a)};
     Sum::sum(temp, sums, parity);
     const float rstd = a.rstd ? a.rstd[row] : rstd_from_sum(sums[0], a.inv_cols, a.eps);
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
