@@ -30,18 +30,17 @@ struct RegisterConfig {
 inline constexpr RegisterConfig kWarpRowsConfigs[] = {
     {4, 1, 128}, {8, 1, 128}, {16, 1, 128}, {32, 1, 128}, {32, 2, 128}, {32, 4, 128},
 };
-// A row per block, the block sized to the row in steps of two warps so that few lanes idle
-// (a 5120-element bf16 row in 512 lanes of 2 vectors left 37 % of them empty and moved
-// 1.95 TB/s on the H100, against 2.56 for an 8192-element row that filled them): two
-// vectors a lane (the weight preloaded: see kForwardPreloadsWeight) up to 1024 vectors
-// (8192 16-bit elements), then four. The planner takes the smallest capacity that holds the
-// row, the first listed among equals; the four-vector entries of a two-vector entry's
-// capacity (half the threads) are there to be timed against it (`rmsnorm bench --config`).
+// A row per block, the block sized to the row so that few lanes idle, four vectors a lane
+// (the weight preloaded too: see kForwardPreloadsWeight), 128 lanes of two vectors for the
+// shortest rows. On the H100 (bf16, 16384 rows, 2026-11-25, bench/results/), four vectors a
+// lane in half the threads beat two at every length from 3072 to 8192 elements (2.90-2.96
+// against 2.55-2.85 TB/s for 6144-8192), and a block that left a third of its lanes empty
+// lost 15-30 % (512 x 2 on 5120-element rows: 2.12 TB/s; 768 x 4 on 16384: 2.48). The
+// planner takes the smallest capacity that holds the row, the first listed among equals.
 inline constexpr RegisterConfig kBlockRowConfigs[] = {
-    {128, 2, 128}, {192, 2, 192}, {256, 2, 256}, {320, 2, 320},   {384, 2, 384}, {448, 2, 448},
-    {512, 2, 512}, {128, 4, 128}, {192, 4, 192}, {256, 4, 256},   {320, 4, 320}, {384, 4, 384},
-    {448, 4, 448}, {512, 4, 512}, {576, 4, 576}, {640, 4, 640},   {704, 4, 704}, {768, 4, 768},
-    {832, 4, 832}, {896, 4, 896}, {960, 4, 960}, {1024, 4, 1024},
+    {128, 2, 128}, {96, 4, 96},   {128, 4, 128}, {160, 4, 160}, {192, 4, 192},   {224, 4, 224}, {256, 4, 256},
+    {320, 4, 320}, {384, 4, 384}, {448, 4, 448}, {512, 4, 512}, {576, 4, 576},   {640, 4, 640}, {704, 4, 704},
+    {768, 4, 768}, {832, 4, 832}, {896, 4, 896}, {960, 4, 960}, {1024, 4, 1024},
 };
 inline constexpr int kNumWarpRowsConfigs = sizeof(kWarpRowsConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumBlockRowConfigs = sizeof(kBlockRowConfigs) / sizeof(RegisterConfig);
@@ -72,11 +71,18 @@ inline constexpr RegisterConfig kClusterRowConfig = {512, 8, 512};
 inline constexpr RegisterConfig kBackwardClusterRowConfig = {512, 2, 512};
 inline constexpr int kMaxClusterSize = 8;
 
-// Blocks per SM the backward grid is sized for (a full SM of 2048 threads in blocks of
-// threads_per_block): each block writes one partial dw row, so the workspace holds at
-// most sm_count * 2048 / 128 of them.
+// An SM's threads, and the smallest block: the workspace holds at most sm_count * 2048 /
+// 128 partial dw rows, whatever the plan.
 inline constexpr int kMaxThreadsPerSm = 2048;
 inline constexpr int kMinBlockThreads = 128;
+
+// Threads an SM is sure to hold for a register kernel whose lanes hold `items` vectors: its
+// launch bounds ask for at most 64 registers a thread up to two vectors (1024 threads), 128
+// beyond (512). The backward's persistent grids are sized to this: each block leaves one
+// partial dw row, so blocks beyond what the SMs hold at once would run as a second wave and
+// add partial rows for the finalisation to read (sized for 2048 threads an SM, the 16384 x
+// 2048 bf16 backward wrote and re-read 17 MB of them, 8 % of its traffic).
+constexpr int resident_threads(int items) { return items <= 2 ? 1024 : 512; }
 
 // The streaming kernel: a row per block of this many threads (512 leaves 128 registers
 // per thread for four unrolled 16-byte loads in flight; at 1024 threads it spilled).

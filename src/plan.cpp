@@ -105,11 +105,13 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
                               {{p.x, p.x_dtype, p.x_row_stride, p.x_batch_stride},
                                {p.y, p.y_dtype, p.y_row_stride, p.y_batch_stride},
                                {p.weight, p.w_dtype, 0, 0}});
-  // Rows beyond one block stream (long_row) unless cluster_row is forced: on the H100
-  // (2026-11-25, f16, N = 65536..262144) the first cluster_row moved 1.13-1.42 TB/s and
-  // long_row 1.70-1.89 TB/s (bench/results/).
+  // Rows beyond one block go to a cluster on sm_90: on the H100 (2026-11-25, bf16,
+  // bench/results/), once its registers fell from 96 to 62 a thread (two blocks an SM),
+  // cluster_row moved 2.85 / 2.44 / 2.31 TB/s on rows of 65536 / 131072 / 262144 elements,
+  // long_row 2.08 / 1.74 / 1.67 (long_row reads the row twice, and rows that many no longer
+  // stay in L2 between the reads). long_row remains for older GPUs and unaligned rows.
   return choose(p.x_dtype, p.cols, vw, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs, kClusterRowConfig,
-                /*cluster_by_default=*/false);
+                /*cluster_by_default=*/true);
 }
 
 Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {

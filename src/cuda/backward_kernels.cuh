@@ -111,7 +111,7 @@ __device__ __forceinline__ void write_partial(float* out, std::int64_t first, st
 // Launch bounds as the forward's: 2 vectors a lane within 64 registers (1024 threads an SM
 // resident), 4 vectors within 128 (x, dy and the dw sums: 94 registers, no spills).
 template <class TX, class TW, int VEC, int TPR, int ITEMS, int BLOCK>
-__global__ void __launch_bounds__(BLOCK, (ITEMS <= 2 ? 1024 : 512) / BLOCK) BackwardRowsImpl(const BackwardArgs a) {
+__global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) BackwardRowsImpl(const BackwardArgs a) {
   constexpr int kRowsPerBlock = BLOCK / TPR;
   constexpr int kRowCapacity = TPR * ITEMS * VEC;
   using Sum = RowSum<TPR, BLOCK>;
@@ -171,7 +171,7 @@ __global__ void __launch_bounds__(BLOCK, (ITEMS <= 2 ? 1024 : 512) / BLOCK) Back
 // dw partial covers its slice of the columns, for the rows of its cluster.
 // ---------------------------------------------------------------------------------------
 template <class TX, class TW, int VEC, int ITEMS, int BLOCK>
-__global__ void __launch_bounds__(BLOCK, 1024 / BLOCK) ClusterBackwardImpl(const BackwardArgs a) {
+__global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) ClusterBackwardImpl(const BackwardArgs a) {
   using Sum = ClusterSum<BLOCK, 2>;
   __shared__ typename Sum::TempStorage temp;
   const ClusterPlace place = cluster_place();
@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK) ClusterBackwardImpl(const
 // owned by one thread of the block for every row, so there is no race and no atomic.
 // ---------------------------------------------------------------------------------------
 template <class TX, class TW, int VEC, int BLOCK>
-__global__ void __launch_bounds__(BLOCK) LongRowBackwardImpl(const BackwardArgs a) {
+__global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) LongRowBackwardImpl(const BackwardArgs a) {
   using Sum = RowSum<BLOCK, BLOCK>;
   __shared__ typename Sum::TempStorage temp;
   const std::int64_t vectors = a.cols / VEC;

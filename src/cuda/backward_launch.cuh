@@ -9,11 +9,11 @@
 
 namespace rmsnorm::detail::cuda {
 
-// Blocks of the backward grid: enough to fill every SM, never more than there are row
-// groups. Each block leaves one partial dw row, so this also bounds the workspace
-// (cuda_backward_workspace sizes it for the smallest blocks).
-inline std::int64_t backward_blocks(std::int64_t row_groups, int threads_per_block, int sm_count) {
-  return std::min(row_groups, filling_blocks(threads_per_block, sm_count));
+// Blocks of the backward grid: as many as the SMs hold at once (see resident_threads), never
+// more than there are row groups. Each block leaves one partial dw row; the workspace
+// (cuda_backward_workspace) is sized for the most any plan launches.
+inline std::int64_t backward_blocks(std::int64_t row_groups, int threads_per_block, int items, int sm_count) {
+  return std::min(row_groups, filling_blocks(threads_per_block, sm_count, resident_threads(items)));
 }
 
 inline BackwardArgs make_backward_args(const BackwardProblem& p) {
@@ -46,7 +46,7 @@ std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int s
     if (plan.threads_per_row == c.threads_per_row && plan.items_per_thread == c.items) {
       constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
       const std::int64_t blocks =
-          backward_blocks((a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock, c.threads_per_block, sm_count);
+          backward_blocks((a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock, c.threads_per_block, c.items, sm_count);
       BackwardRowsImpl<TX, TW, VEC, c.threads_per_row, c.items, c.threads_per_block>
           <<<grid_for(blocks), c.threads_per_block, 0, stream>>>(a);
       check_launch(strategy_name(plan.strategy), "BackwardRowsImpl", plan);
@@ -82,7 +82,7 @@ void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_co
           a, plan, sm_count, stream);
       break;
     case Strategy::long_row:
-      blocks = backward_blocks(a.total_rows, kLongRowThreads, sm_count);
+      blocks = backward_blocks(a.total_rows, kLongRowThreads, /*items=*/2, sm_count);
       if (plan.vector_width == kVec)
         LongRowBackwardImpl<TX, TW, kVec, kLongRowThreads><<<grid_for(blocks), kLongRowThreads, 0, stream>>>(a);
       else

@@ -10,8 +10,7 @@
 namespace rmsnorm::detail {
 namespace cuda {
 template <class TX>
-void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, std::int64_t l2_bytes,
-                    cudaStream_t stream);
+void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream);
 template <class TX>
 void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream);
 }  // namespace cuda
@@ -51,7 +50,7 @@ int sm_count(int device) { return device_attribute(device, cudaDevAttrMultiProce
 std::size_t cuda_backward_workspace(std::int64_t total_rows, std::int64_t cols, int device) {
   // One fp32 partial dw row per backward block; the most blocks any plan launches is a full
   // grid of the smallest blocks, and never more than the rows.
-  const std::int64_t most = cuda::filling_blocks(kMinBlockThreads, sm_count(device));
+  const std::int64_t most = cuda::filling_blocks(kMinBlockThreads, sm_count(device), kMaxThreadsPerSm);
   return static_cast<std::size_t>(std::min(total_rows, most) * cols) * sizeof(float);
 }
 
@@ -87,18 +86,14 @@ int cuda_cc_major(int device) {
 void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream) {
   DeviceGuard guard(device);
   auto* s = static_cast<cudaStream_t>(stream);
-  // Only the grids of the cluster and streaming kernels depend on the device's size.
-  const bool sized = plan.strategy == Strategy::cluster_row || plan.strategy == Strategy::long_row;
-  const int sms = sized ? sm_count(device) : 0;
-  const std::int64_t l2 =
-      plan.strategy == Strategy::long_row ? device_attribute(device, cudaDevAttrL2CacheSize, "L2 size") : 0;
+  const int sms = plan.strategy == Strategy::cluster_row ? sm_count(device) : 0;
   switch (p.x_dtype) {
     case DType::f32:
-      return cuda::launch_forward<float>(p, plan, sms, l2, s);
+      return cuda::launch_forward<float>(p, plan, sms, s);
     case DType::f16:
-      return cuda::launch_forward<__half>(p, plan, sms, l2, s);
+      return cuda::launch_forward<__half>(p, plan, sms, s);
     case DType::bf16:
-      return cuda::launch_forward<__nv_bfloat16>(p, plan, sms, l2, s);
+      return cuda::launch_forward<__nv_bfloat16>(p, plan, sms, s);
     case DType::f64:
       break;
   }

@@ -14,6 +14,7 @@
 
 #include "cuda/cluster.cuh"
 #include "cuda/common.cuh"
+#include "kernel_configs.h"
 
 namespace rmsnorm::detail::cuda {
 
@@ -87,15 +88,15 @@ __device__ __forceinline__ float sum_squares(const Vec<TX, VEC> (&v)[ITEMS]) {
 
 // A lane's columns are the same for every row it processes, so its share of the weight can
 // be loaded once, before the first row, and stay in registers: for a single row (decode)
-// its memory latency then overlaps x's instead of following the reduction. That costs
-// 4 to 8 registers per vector: the forward preloads where a lane holds at most 2 vectors,
-// which keeps every register-rows configuration within 64 registers a thread (half an SM's
-// threads resident; with 4 vectors and the weight preloaded they spilled 26 to 66 bytes);
-// lanes with 4 vectors re-read the weight per row from L1/L2. The backward, which also holds
+// its memory latency then overlaps x's instead of following the reduction. That costs a
+// register per 4 bytes of weight: the forward preloads up to 64 bytes a lane (4 vectors of
+// a 16-bit weight: 56 to 62 registers a thread with the row, within the 64 that keep 1024
+// threads an SM resident; an fp32 weight for 16-bit rows spilled), cluster lanes of 8
+// vectors re-read it per row from L1/L2. The backward, which also holds
 // dy and the dw sums, preloads only in blocks of up to 256 threads with 2 vectors a lane,
 // and a weight vector of at most 16 bytes (an fp32 weight of 16-bit rows spilled).
-template <int ITEMS>
-inline constexpr bool kForwardPreloadsWeight = ITEMS <= 2;
+template <class TW, int VEC, int ITEMS>
+inline constexpr bool kForwardPreloadsWeight = ITEMS* VEC * sizeof(TW) <= 64;
 template <class TW, int VEC, int BLOCK, int ITEMS>
 inline constexpr bool kBackwardPreloadsWeight = BLOCK <= 256 && ITEMS <= 2 && sizeof(TW) * VEC <= 16;
 
@@ -149,7 +150,7 @@ __device__ __forceinline__ void store_items(TY* y, const TW* w, const Vec<TW, VE
 // threads are resident (at 80 registers only 768 were, and a 4096-row batch of 1024-element
 // bf16 rows took 1.3 waves of the grid instead of one).
 template <class TX, class TW, class TY, int VEC, int TPR, int ITEMS, int BLOCK>
-__global__ void __launch_bounds__(BLOCK, 1024 / BLOCK) RegisterRowsImpl(const ForwardArgs a) {
+__global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) RegisterRowsImpl(const ForwardArgs a) {
   constexpr int kRowsPerBlock = BLOCK / TPR;
   using Sum = RowSum<TPR, BLOCK>;
   __shared__ typename Sum::TempStorage temp;
@@ -159,7 +160,7 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK) RegisterRowsImpl(const Fo
   const std::int64_t vectors = a.cols / VEC;
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
-  load_weight<TW, VEC, ITEMS, TPR, kForwardPreloadsWeight<ITEMS>>(w, lane, vectors, wv);
+  load_weight<TW, VEC, ITEMS, TPR, kForwardPreloadsWeight<TW, VEC, ITEMS>>(w, lane, vectors, wv);
 
   // The loop bound is uniform across the block, so every lane reaches every reduction
   // (rows past the end compute on zeros and store nothing).
@@ -174,7 +175,8 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK) RegisterRowsImpl(const Fo
     if (!valid) continue;
     if (a.rstd && lane == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
-    store_items<TX, TW, TY, VEC, ITEMS, TPR, kForwardPreloadsWeight<ITEMS>>(y, w, wv, lane, vectors, v, rstd, a);
+    store_items<TX, TW, TY, VEC, ITEMS, TPR, kForwardPreloadsWeight<TW, VEC, ITEMS>>(y, w, wv, lane, vectors, v, rstd,
+                                                                                     a);
   }
 }
 
@@ -184,7 +186,7 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK) RegisterRowsImpl(const Fo
 // is combined through distributed shared memory. x is still read once.
 // ---------------------------------------------------------------------------------------
 template <class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
-__global__ void __launch_bounds__(BLOCK) ClusterRowImpl(const ForwardArgs a) {
+__global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) ClusterRowImpl(const ForwardArgs a) {
   using Sum = ClusterSum<BLOCK, 1>;
   __shared__ typename Sum::TempStorage temp;
   const ClusterPlace place = cluster_place();
@@ -194,7 +196,7 @@ __global__ void __launch_bounds__(BLOCK) ClusterRowImpl(const ForwardArgs a) {
   const std::int64_t end = begin + per_block < vectors ? begin + per_block : vectors;
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
-  load_weight<TW, VEC, ITEMS, BLOCK, kForwardPreloadsWeight<ITEMS>>(w, begin + threadIdx.x, end, wv);
+  load_weight<TW, VEC, ITEMS, BLOCK, kForwardPreloadsWeight<TW, VEC, ITEMS>>(w, begin + threadIdx.x, end, wv);
   int parity = 0;
 
   for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters) {
@@ -206,8 +208,8 @@ __global__ void __launch_bounds__(BLOCK) ClusterRowImpl(const ForwardArgs a) {
     const float rstd = rstd_from_sum(ss[0], a.inv_cols, a.eps);
     if (a.rstd && place.rank == 0 && threadIdx.x == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
-    store_items<TX, TW, TY, VEC, ITEMS, BLOCK, kForwardPreloadsWeight<ITEMS>>(y, w, wv, begin + threadIdx.x, end, v,
-                                                                              rstd, a);
+    store_items<TX, TW, TY, VEC, ITEMS, BLOCK, kForwardPreloadsWeight<TW, VEC, ITEMS>>(y, w, wv, begin + threadIdx.x,
+                                                                                       end, v, rstd, a);
   }
   Sum::finish();
 }

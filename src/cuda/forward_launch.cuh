@@ -73,19 +73,8 @@ void launch_register_rows(const ForwardArgs& a, const Plan& plan, cudaStream_t s
   }
 }
 
-// long_row reads each row twice, the second time from L2, so the rows in flight (one a
-// block) must fit in it with room to spare, or the second read goes to memory as well: on
-// the H100, 4096 rows of 65536 bf16 in 528 resident blocks (67 MB) moved 2.0 TB/s, rows of
-// 16384 (17 MB) 2.9. The grid is capped to half the L2's worth of rows, never below one
-// block an SM; the blocks loop over the remaining rows.
-inline std::int64_t long_row_blocks(std::int64_t rows, std::int64_t row_bytes, int sm_count, std::int64_t l2_bytes) {
-  const std::int64_t fit = l2_bytes / 2 / std::max<std::int64_t>(row_bytes, 1);
-  const std::int64_t most = std::max<std::int64_t>(std::min(fit, filling_blocks(kLongRowThreads, sm_count)), sm_count);
-  return std::min(rows, most);
-}
-
 template <class TX, class TW, class TY>
-void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, std::int64_t l2_bytes, cudaStream_t stream) {
+void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(TX);
   const ForwardArgs a = make_args(p);
   switch (plan.strategy) {
@@ -93,16 +82,13 @@ void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, std::
       return launch_register_rows<TX, TW, TY, kVec, kWarpRowsConfigs, kNumWarpRowsConfigs>(a, plan, stream);
     case Strategy::block_row:
       return launch_register_rows<TX, TW, TY, kVec, kBlockRowConfigs, kNumBlockRowConfigs>(a, plan, stream);
-    case Strategy::long_row: {
-      const unsigned grid =
-          grid_for(long_row_blocks(a.total_rows, a.cols * static_cast<std::int64_t>(sizeof(TX)), sm_count, l2_bytes));
+    case Strategy::long_row:
       if (plan.vector_width == kVec)
-        LongRowImpl<TX, TW, TY, kVec, kLongRowThreads><<<grid, kLongRowThreads, 0, stream>>>(a);
+        LongRowImpl<TX, TW, TY, kVec, kLongRowThreads><<<grid_for(a.total_rows), kLongRowThreads, 0, stream>>>(a);
       else
-        LongRowImpl<TX, TW, TY, 1, kLongRowThreads><<<grid, kLongRowThreads, 0, stream>>>(a);
+        LongRowImpl<TX, TW, TY, 1, kLongRowThreads><<<grid_for(a.total_rows), kLongRowThreads, 0, stream>>>(a);
       check_launch(strategy_name(plan.strategy), "LongRowImpl", plan);
       return;
-    }
     case Strategy::cluster_row: {
       constexpr RegisterConfig c = kClusterRowConfig;
       const std::int64_t clusters = cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
@@ -119,15 +105,13 @@ void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, std::
 
 // Chooses the (weight, output) types for input type TX among the supported combinations.
 template <class TX>
-void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, std::int64_t l2_bytes,
-                    cudaStream_t stream) {
+void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream) {
   if constexpr (std::is_same<TX, float>::value) {
-    launch_typed<float, float, float>(p, plan, sm_count, l2_bytes, stream);
+    launch_typed<float, float, float>(p, plan, sm_count, stream);
   } else {
-    if (!p.weight || p.w_dtype == StorageOf<TX>::value)
-      return launch_typed<TX, TX, TX>(p, plan, sm_count, l2_bytes, stream);
-    if (p.y_dtype == StorageOf<TX>::value) return launch_typed<TX, float, TX>(p, plan, sm_count, l2_bytes, stream);
-    launch_typed<TX, float, float>(p, plan, sm_count, l2_bytes, stream);
+    if (!p.weight || p.w_dtype == StorageOf<TX>::value) return launch_typed<TX, TX, TX>(p, plan, sm_count, stream);
+    if (p.y_dtype == StorageOf<TX>::value) return launch_typed<TX, float, TX>(p, plan, sm_count, stream);
+    launch_typed<TX, float, float>(p, plan, sm_count, stream);
   }
 }
 

@@ -46,15 +46,16 @@ void launch_cluster(void (*kernel)(Args), unsigned grid, int block, int cluster,
   check_launch(strategy_name(plan.strategy), name, plan);
 }
 
-// Blocks of `block` threads that fill every SM (kMaxThreadsPerSm threads each).
-inline std::int64_t filling_blocks(int block, int sm_count) {
-  return static_cast<std::int64_t>(sm_count) * (kMaxThreadsPerSm / block);
+// Blocks of `block` threads that fill every SM with `threads_per_sm` threads each.
+inline std::int64_t filling_blocks(int block, int sm_count, int threads_per_sm) {
+  return static_cast<std::int64_t>(sm_count) * std::max(threads_per_sm / block, 1);
 }
 
-// Clusters in flight: as many as fill every SM with blocks of `block` threads, and no more
-// than there are rows.
+// Clusters in flight: as many as the SMs hold at once (the cluster kernels' launch bounds
+// keep 1024 threads an SM resident), and no more than there are rows. The blocks loop over
+// the rows, so a second wave would only unbalance them.
 inline std::int64_t cluster_count(std::int64_t rows, int block, int cluster, int sm_count) {
-  const std::int64_t fill = filling_blocks(block, sm_count) / cluster;
+  const std::int64_t fill = filling_blocks(block, sm_count, resident_threads(2)) / cluster;
   return std::min(rows, std::max<std::int64_t>(fill, 1));
 }
 
