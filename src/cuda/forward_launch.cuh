@@ -91,11 +91,7 @@ void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, cudaS
       return;
     case Strategy::cluster_row: {
       constexpr RegisterConfig c = kClusterRowConfig;
-      // A cluster a row, as the hardware's scheduler places them (the kernel loops only past
-      // the grid's limit): a persistent grid lost 16 % on the H100 (2048 x 131072 bf16: 2.05
-      // against 2.44 TB/s), its clusters not all resident at once (see cluster_count).
-      (void)sm_count;
-      const std::int64_t clusters = std::min<std::int64_t>(a.total_rows, 0x7fffffff / plan.cluster_size);
+      const std::int64_t clusters = cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
       launch_cluster(ClusterRowImpl<TX, TW, TY, kVec, c.items, c.threads_per_block>,
                      grid_for(clusters * plan.cluster_size), c.threads_per_block, plan.cluster_size, stream, a,
                      "ClusterRowImpl", plan);
