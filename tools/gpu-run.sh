@@ -122,10 +122,10 @@ if want sanitize; then
   if [ -x "$build/tests/rmsnorm_backward_tests" ]; then
     run memcheck_backward timeout 150 compute-sanitizer --tool memcheck --error-exitcode 7 \
       "$build/tests/rmsnorm_backward_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
-    run racecheck_backward timeout 120 compute-sanitizer --tool racecheck --error-exitcode 7 \
+    run racecheck_backward timeout 240 compute-sanitizer --tool racecheck --error-exitcode 7 \
       "$build/tests/rmsnorm_backward_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
   fi
-  run racecheck_forward timeout 120 compute-sanitizer --tool racecheck --error-exitcode 7 \
+  run racecheck_forward timeout 240 compute-sanitizer --tool racecheck --error-exitcode 7 \
     "$build/tests/rmsnorm_cuda_tests" --gtest_filter='-*IndexesPast*'
   grep -hE "ERROR SUMMARY|RACECHECK SUMMARY" "$logs"/memcheck_*.log "$logs"/racecheck_*.log 2>/dev/null | sort | uniq -c | tee -a "$summary"
 fi
