@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One visit to the GPU machine does everything: configure and build (sm_90), the GPU tests,
-# compute-sanitizer (memcheck over every CUDA test, racecheck over the backward), `rmsnorm
+# compute-sanitizer (memcheck over every CUDA test, racecheck over forward and backward), `rmsnorm
 # check`, the benchmark suites, and the Python package when torch is there. Every log and
 # JSON goes under OUTDIR/logs and is bundled into OUTDIR/gpu-run.tar.gz; a summary is
 # printed last.
@@ -74,6 +74,30 @@ if want bench; then
       --json "$logs/bench_backward_$dt.json" --csv "$logs/bench_backward_$dt.csv" --plot "$logs/bench_backward_$dt.svg"
   done
   # The planner's open question: rows beyond one block, streamed or split over a cluster.
+  for s in long_row cluster_row; do
+    run "bench_wide_$s" "$build/tools/rmsnorm" bench --suite wide --dtype bf16 --strategy "$s" \
+      --json "$logs/bench_wide_$s.json"
+    run "bench_train_$s" "$build/tools/rmsnorm" bench --op backward --suite train --dtype bf16 --strategy "$s" \
+      --json "$logs/bench_train_$s.json"
+  done
+  cat "$logs"/bench_*.log >>"$summary"
+fi
+
+bundle
+if want tune; then
+  cli="$build/tools/rmsnorm"
+  wide=2048,3072,4096,5120,6144,7168,8192,12288,16384,24576,32768
+  run tune_auto "$cli" bench --dtype bf16 --rows 16384 --cols "$wide" --json "$logs/tune_auto.json"
+  # Each block_row configuration on the rows it holds with few idle lanes, against the
+  # planner's choice above; then single rows (decode latency) per configuration.
+  for c in 128x2:2048 96x4:2048,3072 128x4:3072,4096 192x4:5120,6144 256x4:6144,7168,8192 \
+    512x4:12288,16384 768x4:16384,24576 1024x4:24576,32768; do
+    run "tune_${c%%:*}" "$cli" bench --dtype bf16 --rows 16384 --cols "${c#*:}" --config "${c%%:*}" \
+      --json "$logs/tune_${c%%:*}.json"
+  done
+  for c in 128x4 256x4 512x4; do
+    run "tune_decode_$c" "$cli" bench --dtype bf16 --suite decode --config "$c"
+  done
   for s in long_row cluster_row; do
     run "bench_wide_$s" "$build/tools/rmsnorm" bench --suite wide --dtype bf16 --strategy "$s" \
       --json "$logs/bench_wide_$s.json"
