@@ -99,27 +99,6 @@ if want tune; then
     run "tune_decode_$c" "$cli" bench --dtype bf16 --suite decode --config "$c"
   done
   for s in long_row cluster_row; do
-    run "bench_wide_$s" "$build/tools/rmsnorm" bench --suite wide --dtype bf16 --strategy "$s" \
-      --json "$logs/bench_wide_$s.json"
-    run "bench_train_$s" "$build/tools/rmsnorm" bench --op backward --suite train --dtype bf16 --strategy "$s" \
-      --json "$logs/bench_train_$s.json"
-  done
-  cat "$logs"/bench_*.log >>"$summary"
-fi
-
-bundle
-if want tune; then
-  cli="$build/tools/rmsnorm"
-  wide=2048,3072,4096,5120,6144,7168,8192,12288,16384,24576,32768
-  run tune_auto "$cli" bench --dtype bf16 --rows 16384 --cols "$wide" --json "$logs/tune_auto.json"
-  # Each block_row configuration on the rows it holds with few idle lanes, against the
-  # planner's choice above.
-  for c in 256x2:3072,4096 128x4:3072,4096 192x4:5120,6144 512x2:5120,6144,7168,8192 256x4:6144,7168,8192 \
-    512x4:12288,16384 768x4:16384,24576 1024x4:24576,32768; do
-    run "tune_${c%%:*}" "$cli" bench --dtype bf16 --rows 16384 --cols "${c#*:}" --config "${c%%:*}" \
-      --json "$logs/tune_${c%%:*}.json"
-  done
-  for s in long_row cluster_row; do
     run "tune_$s" "$cli" bench --dtype bf16 --rows 16384 --cols 8192,16384,32768 --strategy "$s" \
       --json "$logs/tune_$s.json"
     run "tune_wide_$s" "$cli" bench --dtype bf16 --suite wide --strategy "$s" --json "$logs/tune_wide_$s.json"
