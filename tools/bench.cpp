@@ -124,8 +124,7 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
               << copy << '\n';
   if (o.config_threads)
     std::cout << "fused configuration forced: " << o.config_threads << " threads a row x " << o.config_items
-              << " vectors a lane" << (dev.is_cuda() && o.op == "forward" ? "" : " (ignored: CUDA forward only)")
-              << '\n';
+              << " vectors a lane" << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
   if (o.strategy != Strategy::automatic)
     std::cout << "fused strategy forced: " << strategy_name(o.strategy)
               << (dev.is_cuda() ? "" : " (ignored by the CPU backend)") << '\n';

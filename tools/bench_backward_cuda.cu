@@ -14,7 +14,9 @@
 
 #include "bench.h"
 #include "cuda_timing.cuh"
+#include "forced_config.h"
 #include "normal_fill.h"
+#include "problem.h"
 #include "table.h"
 #include "unfused_backward.h"
 
@@ -99,9 +101,19 @@ ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape&
     ck(cudaStreamSynchronize(stream.s), "making the inputs");
   }
 
+  // --config: the library's own validation, then its dispatch with the given plan.
+  std::optional<Plan> forced;
   const Enqueue fused = [&](std::int64_t i, cudaStream_t st) {
-    backward(matrix(dy_of(i)), matrix(x_of(i)), wv, TensorView::vector(rstd_of(i), DType::f32, dev, m),
-             matrix(dx_of(i)), dwv, params, ws.get(), ws_bytes, st);
+    const TensorView rstd = TensorView::vector(rstd_of(i), DType::f32, dev, m);
+    if (!forced) {
+      backward(matrix(dy_of(i)), matrix(x_of(i)), wv, rstd, matrix(dx_of(i)), dwv, params, ws.get(), ws_bytes, st);
+      return;
+    }
+    detail::BackwardProblem p =
+        detail::validate_backward(matrix(dy_of(i)), matrix(x_of(i)), wv, rstd, matrix(dx_of(i)), dwv, params);
+    p.workspace = ws.get();
+    p.workspace_bytes = ws_bytes;
+    detail::cuda_backward(p, *forced, dev.index, st);
   };
   const Enqueue unfused = [&](std::int64_t i, cudaStream_t st) {
     bench::unfused_backward_cuda(
@@ -149,7 +161,18 @@ ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape&
   };
 
   bool fused_ok = false;
+  std::string strategy = strategy_name(ctx.strategy);  // the backward's plan is not public
   try {
+    if (ctx.config_threads) {
+      const detail::BackwardProblem p =
+          detail::validate_backward(matrix(dy_of(0)), matrix(x_of(0)), wv,
+                                    TensorView::vector(rstd_of(0), DType::f32, dev, m), matrix(dx_of(0)), dwv, params);
+      forced = forced_config(detail::plan_backward(p, Strategy::automatic, detail::cuda_cc_major(dev.index)), t,
+                             ctx.config_threads, ctx.config_items, n, detail::kBackwardWarpRowsConfigs,
+                             detail::kBackwardBlockRowConfigs);
+      strategy = std::string(strategy_name(forced->strategy)) + " " + std::to_string(ctx.config_threads) + "x" +
+                 std::to_string(ctx.config_items);
+    }
     fused_ok = check("fused", fused, 0);
   } catch (const Error& e) {
     if (e.code() != Code::unsupported) throw;
@@ -158,7 +181,7 @@ ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape&
   if (fused_ok) {
     // The main kernel and dw's finalisation: two graph nodes per call.
     measure("fused", fused, 2);
-    result.records.back().strategy = strategy_name(ctx.strategy);  // the backward's plan is not public
+    result.records.back().strategy = strategy;
   }
   if (check("unfused", unfused, 2)) measure("unfused", unfused, bench::unfused_backward_op_count(t));
   // Last: the copy overwrites the second half of dy.

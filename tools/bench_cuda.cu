@@ -10,43 +10,13 @@
 
 #include "bench.h"
 #include "cuda_timing.cuh"
-#include "kernel_configs.h"
+#include "forced_config.h"
 #include "normal_fill.h"
 #include "problem.h"
 #include "table.h"
 #include "unfused.h"
 
 namespace rmsnorm::cli {
-namespace {
-
-// The plan of --config: the planner's vector width, the given register configuration, which
-// must be instantiated (src/kernel_configs.h) and hold a row of `cols` elements.
-Plan forced_config(Plan plan, DType dtype, int threads, int items, std::int64_t cols) {
-  const auto holds = [&](const detail::RegisterConfig& c) { return c.threads_per_row == threads && c.items == items; };
-  const detail::RegisterConfig* found = nullptr;
-  Strategy s = Strategy::warp_rows;
-  for (const auto& c : detail::kWarpRowsConfigs)
-    if (holds(c)) found = &c;
-  if (!found) {
-    s = Strategy::block_row;
-    for (const auto& c : detail::kBlockRowConfigs)
-      if (holds(c)) found = &c;
-  }
-  const std::string name = std::to_string(threads) + "x" + std::to_string(items);
-  if (!found) throw Error(Code::unsupported, "--config " + name + " is not in the library's tables");
-  if (static_cast<std::size_t>(plan.vector_width) * dtype_size(dtype) != 16 ||
-      static_cast<std::int64_t>(found->capacity()) * plan.vector_width < cols)
-    throw Error(Code::unsupported, "--config " + name + " cannot hold a row of " + std::to_string(cols) +
-                                       " elements at vector width " + std::to_string(plan.vector_width));
-  plan.strategy = s;
-  plan.threads_per_row = found->threads_per_row;
-  plan.items_per_thread = found->items;
-  plan.threads_per_block = found->threads_per_block;
-  plan.cluster_size = 1;
-  return plan;
-}
-
-}  // namespace
 
 ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape) {
   ShapeResult result;
@@ -142,7 +112,7 @@ ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape) {
     if (ctx.config_threads) {
       forced =
           forced_config(plan_forward(x0, wv, y0, ctx.config_threads <= 32 ? Strategy::warp_rows : Strategy::automatic),
-                        t, ctx.config_threads, ctx.config_items, n);
+                        t, ctx.config_threads, ctx.config_items, n, detail::kWarpRowsConfigs, detail::kBlockRowConfigs);
       strategy = std::string(strategy_name(forced->strategy)) + " " + std::to_string(ctx.config_threads) + "x" +
                  std::to_string(ctx.config_items);
     } else {

@@ -98,6 +98,11 @@ if want tune; then
   for c in 128x4 256x4 512x4; do
     run "tune_decode_$c" "$cli" bench --dtype bf16 --suite decode --config "$c"
   done
+  # The backward's block_row: two vectors a lane against four in half the threads.
+  run tune_bw_auto "$cli" bench --op backward --dtype bf16 --rows 16384 --cols 4096,8192
+  for c in 256x2:4096 128x4:4096 512x2:8192 256x4:8192; do
+    run "tune_bw_${c%%:*}" "$cli" bench --op backward --dtype bf16 --rows 16384 --cols "${c#*:}" --config "${c%%:*}"
+  done
   for s in long_row cluster_row; do
     run "tune_$s" "$cli" bench --dtype bf16 --rows 16384 --cols 8192,16384,32768 --strategy "$s" \
       --json "$logs/tune_$s.json"

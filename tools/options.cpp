@@ -404,11 +404,11 @@ options:
   --strategy S      auto (default), @STRATEGIES@:
                     Params::strategy of the fused call (CUDA); a shape it cannot serve is
                     reported as n/a
-  --config TxI      forward on CUDA: run the register configuration of T threads a row and
-                    I vectors a lane (warp_rows for T <= 32, else block_row) instead of the
+  --config TxI      CUDA: run the register configuration of T threads a row and I vectors
+                    a lane (warp_rows for T <= 32, else block_row) instead of the
                     planner's, to time the configurations against each other; it must be
-                    one the library instantiates (src/kernel_configs.h), and shapes whose
-                    rows it cannot hold are reported as n/a
+                    one the library instantiates for the op (src/kernel_configs.h), and
+                    shapes whose rows it cannot hold are reported as n/a
   --reps R          timed repetitions, the median is reported (default 50 on CUDA, 3 on
                     the CPU; plain decode calls: max(4R, 200))
   --seed S          seed of the random inputs (default 1)

@@ -41,7 +41,7 @@ struct BenchOptions {
   std::vector<std::string> suites;  // empty: the op's default (forward: seed, backward: train)
                                     // unless --rows/--cols are given
   Strategy strategy = Strategy::automatic;
-  // --config TxI: a register configuration of the table (threads a row x vectors a lane),
+  // --config TxI: a register configuration of the op's tables (threads a row x vectors a lane),
   // forced past the planner to time configurations against each other (0: the planner's).
   int config_threads = 0, config_items = 0;
   int reps = 0;  // 0: the device's default (50 on CUDA, 3 on the CPU)

@@ -1,0 +1,45 @@
+// `bench --config TxI` (CUDA): the plan of one register configuration of the library's
+// tables (src/kernel_configs.h) in place of the planner's choice, so that configurations
+// can be timed against each other. The configuration must be instantiated and hold a row of
+// `cols` elements at the full 16-byte vector width; otherwise Error(unsupported), which the
+// benchmark reports as n/a.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "kernel_configs.h"
+#include "rmsnorm/rmsnorm.h"
+
+namespace rmsnorm::cli {
+
+// `plan` is the planner's (its vector width is kept); the tables are the op's warp_rows and
+// block_row configurations.
+template <int NW, int NB>
+Plan forced_config(Plan plan, DType dtype, int threads, int items, std::int64_t cols,
+                   const detail::RegisterConfig (&warp_table)[NW], const detail::RegisterConfig (&block_table)[NB]) {
+  const auto is = [&](const detail::RegisterConfig& c) { return c.threads_per_row == threads && c.items == items; };
+  const detail::RegisterConfig* found = nullptr;
+  Strategy s = Strategy::warp_rows;
+  for (const auto& c : warp_table)
+    if (is(c)) found = &c;
+  if (!found) {
+    s = Strategy::block_row;
+    for (const auto& c : block_table)
+      if (is(c)) found = &c;
+  }
+  const std::string name = std::to_string(threads) + "x" + std::to_string(items);
+  if (!found) throw Error(Code::unsupported, "--config " + name + " is not in the library's tables");
+  if (static_cast<std::size_t>(plan.vector_width) * dtype_size(dtype) != 16 ||
+      static_cast<std::int64_t>(found->capacity()) * plan.vector_width < cols)
+    throw Error(Code::unsupported, "--config " + name + " cannot hold a row of " + std::to_string(cols) +
+                                       " elements at vector width " + std::to_string(plan.vector_width));
+  plan.strategy = s;
+  plan.threads_per_row = found->threads_per_row;
+  plan.items_per_thread = found->items;
+  plan.threads_per_block = found->threads_per_block;
+  plan.cluster_size = 1;
+  return plan;
+}
+
+}  // namespace rmsnorm::cli
