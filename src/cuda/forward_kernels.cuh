@@ -64,12 +64,7 @@ __device__ __forceinline__ void load_items(const T* row, std::int64_t first, std
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
     const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
-    if (valid && idx < end) {
-      v[i] = load_vec<T, VEC>(row + idx * VEC);
-    } else {
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) v[i].v[k] = from_float<T>(0.f);
-    }
+    v[i] = load_vec_or_zero<T, VEC>(row + idx * VEC, valid && idx < end);
   }
 }
 
@@ -160,7 +155,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) RegisterRo
   const std::int64_t vectors = a.cols / VEC;
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
-  load_weight<TW, VEC, ITEMS, TPR, kForwardPreloadsWeight<TW, VEC, ITEMS>>(w, lane, vectors, wv);
+  bool weight_pending = true;
 
   // The loop bound is uniform across the block, so every lane reaches every reduction
   // (rows past the end compute on zeros and store nothing).
@@ -171,6 +166,14 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) RegisterRo
     const TX* x = static_cast<const TX*>(a.x) + (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
     Vec<TX, VEC> v[ITEMS];
     load_items<TX, VEC, ITEMS, TPR>(x, lane, vectors, valid, v);
+    // The weight after the first row's loads are issued, so that both are in flight
+    // together: issued first, the copies of the weight into the registers it keeps across
+    // rows stalled on its arrival and held back x's loads (two memory latencies in a row
+    // for a single row).
+    if (weight_pending) {
+      load_weight<TW, VEC, ITEMS, TPR, kForwardPreloadsWeight<TW, VEC, ITEMS>>(w, lane, vectors, wv);
+      weight_pending = false;
+    }
     const float rstd = rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v)), a.inv_cols, a.eps);
     if (!valid) continue;
     if (a.rstd && lane == 0) a.rstd[row] = rstd;
