@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "kernel_configs.h"
 #include "options.h"
 
 namespace rmsnorm::cli {
@@ -303,6 +304,31 @@ std::vector<CheckGroup> build_forward_check_groups(bool quick, bool on_cuda) {
         }
         ++k;
       }
+    groups.push_back(g);
+  }
+
+  // Every register configuration the planner can pick, through the planner: rows that fill
+  // a configuration exactly, one vector short of it, and one vector past the next smaller
+  // capacity (the first row length it is picked for). Its lanes' last items are then full,
+  // idle or the only one in use.
+  if (!quick) {
+    CheckGroup g{"register configurations", {}, {}};
+    std::size_t k = 0;
+    for (DType t : base_types) {
+      const std::int64_t vw = 16 / static_cast<std::int64_t>(dtype_size(t));
+      std::vector<std::int64_t> caps;
+      for (const auto& c : detail::kWarpRowsConfigs) caps.push_back(c.capacity());
+      for (const auto& c : detail::kBlockRowConfigs) caps.push_back(c.capacity());
+      std::sort(caps.begin(), caps.end());
+      caps.erase(std::unique(caps.begin(), caps.end()), caps.end());
+      for (std::size_t i = 0; i < caps.size(); ++i)
+        for (std::int64_t n : {caps[i] * vw, (caps[i] - 1) * vw, (i ? caps[i - 1] + 1 : 1) * vw}) {
+          CheckCase c = make(same(t), k % 2 ? 3 : 1, n, k % 3 == 2 ? Cast::llama : Cast::fp32);
+          c.rstd = true;
+          g.cases.push_back(c);
+          ++k;
+        }
+    }
     groups.push_back(g);
   }
   return groups;
