@@ -302,6 +302,9 @@ failed group. Forward groups:
                         backend has one strategy): @STRATEGIES@;
                         a shape the forced strategy cannot serve on this device (Error with
                         Code::unsupported) is skipped
+  register configurations   (not with --quick) rows that fill each configuration of the
+                        planner's tables (src/kernel_configs.h) exactly, one vector short of
+                        it, and one vector past the next smaller one, through the planner
 Backward groups (rstd "saved": the exact rstd rounded to fp32, as a forward saves it, else
 recomputed by the backward):
   backward dtypes x=X w=W   x f32, f16, bf16 (and f64 on the CPU); weight of x's dtype, f32
