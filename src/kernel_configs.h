@@ -1,20 +1,18 @@
 // Launch configurations of the register-resident kernels, shared by the planner
 // (plain C++, testable without a GPU) and the CUDA dispatch that instantiates them.
 //
-// Capacity in 16-byte vectors per row = threads_per_row * items. The planner picks the
-// first entry whose capacity holds the row. Why these values:
+// Capacity in 16-byte vectors per row = threads_per_row * items. The planner takes the
+// smallest capacity that holds the row (the first listed among equals). Why these values:
 //  - small rows (QK-norm, head_dim 64..256) give each row a few lanes of a warp and put
 //    many rows in a 128-thread block, so every lane issues a full 16-byte access and a
 //    block still moves 2 KB per step;
-//  - 2 to 4 vectors (32 to 64 bytes) per lane keep that many loads in flight per thread
-//    before the reduction needs them, while the raw row costs 4 registers per vector: every
-//    configuration fits 64 registers a thread (1024 threads an SM resident) without spills;
-//    rows are spread over more threads (2 vectors a lane) before lanes take 4, which also
-//    shortens a single row's latency (decode);
-//  - beyond 4096 vectors (32768 16-bit elements) a row no longer fits the register file
-//    of one block at full width: long_row streams it instead.
-// These come from the compiler's register reports and occupancy arithmetic; the H100 run
-// that times them against each other is still to come (bench/results/README.md).
+//  - longer rows get a block sized to them, 4 vectors (64 bytes) a lane in flight before
+//    the reduction needs them; the raw row costs 4 registers per vector, and every
+//    configuration fits the registers that keep 1024 threads an SM resident without spills
+//    (see resident_threads);
+//  - beyond 4096 vectors (32768 16-bit elements) a row no longer fits one block's registers
+//    at full width: it is split over a cluster (sm_90) or streamed (long_row).
+// Each choice was timed against the alternatives on the H100 (bench/results/README.md).
 #pragma once
 
 namespace rmsnorm::detail {

@@ -141,9 +141,9 @@ __device__ __forceinline__ void store_items(TY* y, const TW* w, const Vec<TW, VE
 // scaling, so x is read from memory once. TPR lanes share a row, each holding ITEMS
 // vectors of VEC elements.
 // ---------------------------------------------------------------------------------------
-// 1024 / BLOCK blocks per SM: at most 64 registers a thread, so that half of an SM's 2048
-// threads are resident (at 80 registers only 768 were, and a 4096-row batch of 1024-element
-// bf16 rows took 1.3 waves of the grid instead of one).
+// resident_threads / BLOCK blocks per SM: at most 64 registers a thread, so that half of an
+// SM's 2048 threads are resident (at 80 registers only 768 were, and a 4096-row batch of
+// 1024-element bf16 rows took 1.3 waves of the grid instead of one).
 template <class TX, class TW, class TY, int VEC, int TPR, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) RegisterRowsImpl(const ForwardArgs a) {
   constexpr int kRowsPerBlock = BLOCK / TPR;
