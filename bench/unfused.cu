@@ -3,7 +3,6 @@
 // every intermediate written to and re-read from device memory. It moves ~36 bytes per
 // element for 16-bit inputs where the fused kernel moves 4; that is the point of fusing.
 #include <cstdint>
-#include <limits>
 #include <type_traits>
 
 #include "unfused.h"
@@ -37,31 +36,13 @@ void run(const UnfusedProblem& p, cudaStream_t s) {
       MulWeight<T, Index>{static_cast<const T*>(p.weight), hc, static_cast<T*>(p.y), static_cast<Index>(n)}, s);
 }
 
-template <class T>
-void run_indexed(const UnfusedProblem& p, cudaStream_t s) {
-  const long long mn = p.rows * p.cols;
-  if (mn <= static_cast<long long>(std::numeric_limits<unsigned>::max()))
-    run<T, unsigned>(p, s);
-  else
-    run<T, unsigned long long>(p, s);
-}
-
 }  // namespace
 
 void unfused_forward_cuda(const UnfusedProblem& p, Stream stream) {
   if (p.rows <= 0 || p.cols <= 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  switch (p.dtype) {
-    case DType::f32:
-      return run_indexed<float>(p, s);
-    case DType::f16:
-      return run_indexed<__half>(p, s);
-    case DType::bf16:
-      return run_indexed<__nv_bfloat16>(p, s);
-    case DType::f64:
-      break;
-  }
-  throw Error(Code::unsupported, "unfused_forward_cuda: dtype must be f32, f16 or bf16");
+  with_type_and_index(p.dtype, p.rows * p.cols, "unfused_forward_cuda",
+                      [&](auto t, auto index) { run<decltype(t), decltype(index)>(p, s); });
 }
 
 }  // namespace rmsnorm::bench

@@ -5,7 +5,6 @@
 // moves 6 (x and dy read, dx written).
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <type_traits>
 
 #include "unfused_backward.h"
@@ -150,30 +149,13 @@ void run(const UnfusedBackwardProblem& p, cudaStream_t s) {
     launch_elementwise("cast_grad_to_dtype_kernel", mn, CastFromFloat<T>{g_xf, static_cast<T*>(p.dx)}, s);
 }
 
-template <class T>
-void run_indexed(const UnfusedBackwardProblem& p, cudaStream_t s) {
-  if (p.rows * p.cols <= static_cast<long long>(std::numeric_limits<unsigned>::max()))
-    run<T, unsigned>(p, s);
-  else
-    run<T, unsigned long long>(p, s);
-}
-
 }  // namespace
 
 void unfused_backward_cuda(const UnfusedBackwardProblem& p, Stream stream) {
   if (p.rows <= 0 || p.cols <= 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  switch (p.dtype) {
-    case DType::f32:
-      return run_indexed<float>(p, s);
-    case DType::f16:
-      return run_indexed<__half>(p, s);
-    case DType::bf16:
-      return run_indexed<__nv_bfloat16>(p, s);
-    case DType::f64:
-      break;
-  }
-  throw Error(Code::unsupported, "unfused_backward_cuda: dtype must be f32, f16 or bf16");
+  with_type_and_index(p.dtype, p.rows * p.cols, "unfused_backward_cuda",
+                      [&](auto t, auto index) { run<decltype(t), decltype(index)>(p, s); });
 }
 
 UnfusedSaved unfused_save_for_backward_cuda(const UnfusedProblem& forward, void* saved, Stream stream) {

@@ -9,10 +9,36 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <limits>
+#include <string>
+
 #include "cuda_check.h"
 
 namespace rmsnorm::bench {
 namespace {
+
+// Calls f(T{}, Index{}) with the CUDA element type of `dtype` and, as PyTorch does, 32-bit
+// indices where `elements` fits them, 64-bit otherwise.
+template <class F>
+void with_type_and_index(DType dtype, long long elements, const char* who, F&& f) {
+  const auto indexed = [&](auto t) {
+    if (elements <= static_cast<long long>(std::numeric_limits<unsigned>::max()))
+      f(t, 0u);
+    else
+      f(t, 0ull);
+  };
+  switch (dtype) {
+    case DType::f32:
+      return indexed(float{});
+    case DType::f16:
+      return indexed(__half{});
+    case DType::bf16:
+      return indexed(__nv_bfloat16{});
+    case DType::f64:
+      break;
+  }
+  throw Error(Code::unsupported, std::string(who) + ": dtype must be f32, f16 or bf16");
+}
 
 __device__ inline float to_float(float v) { return v; }
 __device__ inline float to_float(__half v) { return __half2float(v); }

@@ -170,8 +170,7 @@ ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape&
       forced = forced_config(detail::plan_backward(p, Strategy::automatic, detail::cuda_cc_major(dev.index)), t,
                              ctx.config_threads, ctx.config_items, n, detail::kBackwardWarpRowsConfigs,
                              detail::kBackwardBlockRowConfigs);
-      strategy = std::string(strategy_name(forced->strategy)) + " " + std::to_string(ctx.config_threads) + "x" +
-                 std::to_string(ctx.config_items);
+      strategy = forced_name(*forced);
     }
     fused_ok = check("fused", fused, 0);
   } catch (const Error& e) {

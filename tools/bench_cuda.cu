@@ -110,11 +110,9 @@ ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape) {
   try {
     const TensorView x0 = TensorView::matrix(x_of(0), t, dev, m, n), y0 = TensorView::matrix(y_of(0), t, dev, m, n);
     if (ctx.config_threads) {
-      forced =
-          forced_config(plan_forward(x0, wv, y0, ctx.config_threads <= 32 ? Strategy::warp_rows : Strategy::automatic),
-                        t, ctx.config_threads, ctx.config_items, n, detail::kWarpRowsConfigs, detail::kBlockRowConfigs);
-      strategy = std::string(strategy_name(forced->strategy)) + " " + std::to_string(ctx.config_threads) + "x" +
-                 std::to_string(ctx.config_items);
+      forced = forced_config(plan_forward(x0, wv, y0), t, ctx.config_threads, ctx.config_items, n,
+                             detail::kWarpRowsConfigs, detail::kBlockRowConfigs);
+      strategy = forced_name(*forced);
     } else {
       strategy = strategy_name(plan_forward(x0, wv, y0, ctx.strategy).strategy);
     }

@@ -13,6 +13,14 @@
 
 namespace rmsnorm::cli {
 
+// "TxI", as --config spells it.
+inline std::string config_name(int threads, int items) { return std::to_string(threads) + "x" + std::to_string(items); }
+
+// How a benchmark row names a forced plan: "block_row 256x4".
+inline std::string forced_name(const Plan& plan) {
+  return std::string(strategy_name(plan.strategy)) + " " + config_name(plan.threads_per_row, plan.items_per_thread);
+}
+
 // `plan` is the planner's (its vector width is kept); the tables are the op's warp_rows and
 // block_row configurations.
 template <int NW, int NB>
@@ -28,7 +36,7 @@ Plan forced_config(Plan plan, DType dtype, int threads, int items, std::int64_t 
     for (const auto& c : block_table)
       if (is(c)) found = &c;
   }
-  const std::string name = std::to_string(threads) + "x" + std::to_string(items);
+  const std::string name = config_name(threads, items);
   if (!found) throw Error(Code::unsupported, "--config " + name + " is not in the library's tables");
   if (static_cast<std::size_t>(plan.vector_width) * dtype_size(dtype) != 16 ||
       static_cast<std::int64_t>(found->capacity()) * plan.vector_width < cols)

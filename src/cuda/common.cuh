@@ -40,22 +40,10 @@ struct RawWord<2> {
   using type = unsigned short;
 };
 
-template <class T, int N>
-__device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
-  constexpr int kBytes = static_cast<int>(sizeof(T)) * N;
-  constexpr int kWord = kBytes < 16 ? kBytes : 16;
-  using W = typename RawWord<kWord>::type;
-  Vec<T, N> v;
-  const W* src = reinterpret_cast<const W*>(p);
-  W* dst = reinterpret_cast<W*>(&v);
-#pragma unroll
-  for (int i = 0; i < kBytes / kWord; ++i) dst[i] = src[i];
-  return v;
-}
-// load_vec where `ok`, else zeros; the choice is made on whole words. Zeros written element
-// by element made the compiler merge 16-bit halves (PRMT) that waited on the load: the weight
-// preload then held back the issue of x's loads until the weight had arrived, so a single
-// row (decode) paid two memory latencies in a row instead of one.
+// The vector at p where `ok`, else zeros; the choice is made on whole words. Zeros written
+// element by element made the compiler merge 16-bit halves (PRMT) that waited on the load:
+// the weight preload then held back the issue of x's loads until the weight had arrived, so
+// a single row (decode) paid two memory latencies in a row instead of one.
 template <class T, int N>
 __device__ __forceinline__ Vec<T, N> load_vec_or_zero(const T* p, bool ok) {
   constexpr int kBytes = static_cast<int>(sizeof(T)) * N;
@@ -71,6 +59,10 @@ __device__ __forceinline__ Vec<T, N> load_vec_or_zero(const T* p, bool ok) {
     dst[i] = w;
   }
   return v;
+}
+template <class T, int N>
+__device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
+  return load_vec_or_zero<T, N>(p, true);
 }
 
 template <class T, int N>
