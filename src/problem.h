@@ -22,6 +22,7 @@ struct ForwardProblem {
   double eps = 1e-6;
   double weight_offset = 0.0;
   Cast cast = Cast::fp32;
+  bool pdl = true;  // Params::pdl
   std::int64_t total_rows() const { return batch * rows; }
 };
 
@@ -41,6 +42,7 @@ struct BackwardProblem {
   std::int64_t dx_batch_stride = 0, dx_row_stride = 0;
   double eps = 1e-6;
   double weight_offset = 0.0;
+  bool pdl = true;  // Params::pdl
   void* workspace = nullptr;
   std::size_t workspace_bytes = 0;
   std::int64_t total_rows() const { return batch * rows; }

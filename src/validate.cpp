@@ -264,6 +264,7 @@ ForwardProblem validate_forward(const TensorView& x, const std::optional<TensorV
   p.eps = params.eps;
   p.weight_offset = params.weight_offset;
   p.cast = params.cast;
+  p.pdl = params.pdl;
   return p;
 }
 
@@ -337,6 +338,7 @@ BackwardProblem validate_backward(const TensorView& dy, const TensorView& x, con
   strides(x, p.x_batch_stride, p.x_row_stride);
   strides(dx, p.dx_batch_stride, p.dx_row_stride);
   p.eps = params.eps;
+  p.pdl = params.pdl;
   p.weight_offset = params.weight_offset;
   return p;
 }

@@ -231,6 +231,66 @@ TEST_F(Cuda, RunsOnTheGivenStream) {
   cudaStreamDestroy(stream);
 }
 
+// Programmatic dependent launch (Params::pdl): each kernel may be scheduled before the
+// previous one in the stream has finished, and must wait for it before reading. In this
+// chain every call reads what the call before it wrote: forward in place on a, then the
+// backward with dy = x = a, its dx into b and its dw into v; b and v are the next step's x
+// and weight (the dw partial sums, too, are read right after being written). Run back to
+// back with pdl, it must give the same bytes as without pdl, synchronised after each call:
+// a kernel that read before waiting would see stale data.
+TEST_F(Cuda, DependentLaunchesReadWhatThePreviousCallWrote) {
+  constexpr int kSteps = 6;
+  const std::int64_t rows = 16;  // dw is about rows times the weight: stays finite
+  for (DType t : {DType::bf16, DType::f32})
+    for (std::int64_t cols : {64, 4096, 65536})
+      for (Strategy s : kStrategies) {
+        HostTensor x = testing::make_tensor(t, 1, rows, cols);
+        HostTensor w = testing::make_vector(t, cols);
+        reference::fill_normal(x.view, testing::seed_of({static_cast<int>(t), cols, 31}));
+        reference::fill_normal(w.view, 32, 1.0, 0.5);
+        std::vector<unsigned char> want_x, want_w;
+        for (bool pdl : {false, true}) {
+          testing::DeviceMirror a(x), b(x), u(w), v(w);
+          Params p;
+          p.strategy = s;
+          p.pdl = pdl;
+          const std::size_t ws_bytes = backward_workspace_size(a.view, u.view, p);
+          DeviceBuffer ws(std::max<std::size_t>(ws_bytes, 1));
+          const TensorView* in = &a.view;
+          const TensorView* out = &b.view;
+          const TensorView* weight = &u.view;
+          const TensorView* grad = &v.view;
+          try {
+            for (int step = 0; step < kSteps; ++step) {
+              forward(*in, *weight, *in, p);
+              if (!pdl) testing::device_synchronize();
+              backward(*in, *in, *weight, std::nullopt, *out, *grad, p, ws.data(), ws_bytes);
+              if (!pdl) testing::device_synchronize();
+              std::swap(in, out);
+              std::swap(weight, grad);
+            }
+          } catch (const Error& e) {
+            if (e.code() != Code::unsupported) throw;  // a strategy that cannot serve cols
+            break;
+          }
+          testing::device_synchronize();
+          HostTensor got_x = x, got_w = w;
+          (in == &a.view ? a : b).download_into(got_x);
+          (weight == &u.view ? u : v).download_into(got_w);
+          if (!pdl) {
+            want_x = got_x.bytes;
+            want_w = got_w.bytes;
+            EXPECT_FALSE(want_x == x.bytes) << "the chain left x unchanged";
+            continue;
+          }
+          const std::string what = std::string(dtype_name(t)) + " cols=" + std::to_string(cols) + " " +
+                                   strategy_name(s) + ": with pdl, ";
+          EXPECT_TRUE(got_x.bytes == want_x) << what << "x differs from the synchronised chain";
+          EXPECT_TRUE(got_w.bytes == want_w) << what << "the weight (dw) differs from the synchronised chain";
+        }
+      }
+}
+
 // ---------------------------------------------------------------------------------------
 // Odds and ends on the device
 // ---------------------------------------------------------------------------------------

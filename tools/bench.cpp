@@ -79,6 +79,7 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   ctx.strategy = o.strategy;
   ctx.config_threads = o.config_threads;
   ctx.config_items = o.config_items;
+  ctx.pdl = o.pdl;
   ctx.reps = o.reps ? o.reps : (dev.is_cuda() ? 50 : 3);
   ctx.seed = o.seed;
   ctx.commit = git_commit();
@@ -125,6 +126,9 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   if (o.config_threads)
     std::cout << "fused configuration forced: " << o.config_threads << " threads a row x " << o.config_items
               << " vectors a lane" << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
+  if (!o.pdl)
+    std::cout << "fused kernels launched without programmatic dependent launch (--no-pdl)"
+              << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
   if (o.strategy != Strategy::automatic)
     std::cout << "fused strategy forced: " << strategy_name(o.strategy)
               << (dev.is_cuda() ? "" : " (ignored by the CPU backend)") << '\n';

@@ -26,6 +26,7 @@ struct BenchContext {
   DType dtype = DType::f16;
   Strategy strategy = Strategy::automatic;
   int config_threads = 0, config_items = 0;  // see BenchOptions
+  bool pdl = true;
   int reps = 50;
   std::uint64_t seed = 1;
   std::string commit, date;

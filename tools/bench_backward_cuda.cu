@@ -44,6 +44,7 @@ ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape&
   const Device dev = ctx.device.device;
   Params params;
   params.strategy = ctx.strategy;
+  params.pdl = ctx.pdl;
   const std::size_t ws_bytes = backward_workspace_size(TensorView::matrix(nullptr, t, dev, m, n),
                                                        TensorView::vector(nullptr, t, dev, n), params);
 

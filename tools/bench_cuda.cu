@@ -61,6 +61,7 @@ ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape) {
   const TensorView wv = TensorView::vector(w.get(), t, dev, n);
   Params params;
   params.strategy = ctx.strategy;
+  params.pdl = ctx.pdl;
 
   // --config: the library's own validation, then its dispatch with the given plan.
   std::optional<Plan> forced;

@@ -7,8 +7,8 @@
 #
 #   tools/gpu-run.sh OUTDIR [stage ...]
 #   stages: build test check bench sanitize python (default: all of them, in that order),
-#   and tune (not by default): the register configurations and strategies timed against
-#   each other, bf16, on the shapes where the planner chooses between them.
+#   and tune / tune_bw (not by default): the forward's / backward's register configurations
+#   and strategies timed against each other, bf16, on the shapes where the planner chooses.
 #   RMSNORM_COMMIT=<sha> tags the benchmark records when the tree has no .git.
 set -u
 out=$(realpath -m "${1:?usage: tools/gpu-run.sh OUTDIR [stage ...]}")
@@ -73,13 +73,11 @@ if want bench; then
     run "bench_backward_$dt" "$build/tools/rmsnorm" bench --op backward --suite train --dtype "$dt" \
       --json "$logs/bench_backward_$dt.json" --csv "$logs/bench_backward_$dt.csv" --plot "$logs/bench_backward_$dt.svg"
   done
-  # The planner's open question: rows beyond one block, streamed or split over a cluster.
-  for s in long_row cluster_row; do
-    run "bench_wide_$s" "$build/tools/rmsnorm" bench --suite wide --dtype bf16 --strategy "$s" \
-      --json "$logs/bench_wide_$s.json"
-    run "bench_train_$s" "$build/tools/rmsnorm" bench --op backward --suite train --dtype bf16 --strategy "$s" \
-      --json "$logs/bench_train_$s.json"
-  done
+  # What programmatic dependent launch (Params::pdl) saves: the same kernels launched plainly.
+  run bench_forward_bf16_nopdl "$build/tools/rmsnorm" bench --suite seed,qk,decode --dtype bf16 --no-pdl \
+    --json "$logs/bench_forward_bf16_nopdl.json"
+  run bench_backward_bf16_nopdl "$build/tools/rmsnorm" bench --op backward --suite train --dtype bf16 --no-pdl \
+    --json "$logs/bench_backward_bf16_nopdl.json"
   cat "$logs"/bench_*.log >>"$summary"
 fi
 
@@ -98,26 +96,33 @@ if want tune; then
   for c in 128x4 256x4 512x4; do
     run "tune_decode_$c" "$cli" bench --dtype bf16 --suite decode --config "$c"
   done
-  # The backward's block_row: two vectors a lane against four in half the threads.
-  run tune_bw_auto "$cli" bench --op backward --dtype bf16 --rows 16384 --cols 4096,8192
-  for c in 256x2:4096 128x4:4096 512x2:8192 256x4:8192; do
-    run "tune_bw_${c%%:*}" "$cli" bench --op backward --dtype bf16 --rows 16384 --cols "${c#*:}" --config "${c%%:*}"
-  done
   for s in long_row cluster_row; do
     run "tune_$s" "$cli" bench --dtype bf16 --rows 16384 --cols 8192,16384,32768 --strategy "$s" \
       --json "$logs/tune_$s.json"
     run "tune_wide_$s" "$cli" bench --dtype bf16 --suite wide --strategy "$s" --json "$logs/tune_wide_$s.json"
-    run "tune_train_$s" "$cli" bench --op backward --dtype bf16 --suite train --strategy "$s" \
-      --json "$logs/tune_train_$s.json"
   done
   run tune_seed "$cli" bench --dtype bf16 --suite seed,decode --json "$logs/tune_seed.json"
   # Decode: the kernel's own duration, to set against the per-call time in a graph.
   run tune_ncu_decode timeout 90 ncu --clock-control none -k regex:RegisterRowsImpl -c 8 \
     --metrics gpu__time_duration.sum,sm__cycles_elapsed.max,dram__bytes_read.sum \
     "$cli" bench --dtype bf16 --rows 1 --cols 4096,8192 --reps 3
-  run tune_train "$cli" bench --op backward --dtype bf16 --suite train --json "$logs/tune_train.json"
   grep -hE "^ +[0-9]+ +[0-9]+ " "$logs"/tune_*.log | sort -n -k2 -k1 >"$logs/tune_table.txt"
   cat "$logs"/tune_*.log >>"$summary"
+fi
+
+bundle
+if want tune_bw; then
+  cli="$build/tools/rmsnorm"
+  # The backward's block_row: two vectors a lane against four in half the threads.
+  run tune_bw_auto "$cli" bench --op backward --dtype bf16 --rows 16384 --cols 4096,8192
+  for c in 256x2:4096 128x4:4096 512x2:8192 256x4:8192; do
+    run "tune_bw_${c%%:*}" "$cli" bench --op backward --dtype bf16 --rows 16384 --cols "${c#*:}" --config "${c%%:*}"
+  done
+  # Rows beyond one block: the cluster against streaming (the planner's choice is in the bench stage).
+  run tune_train_long_row "$cli" bench --op backward --dtype bf16 --suite train --strategy long_row \
+    --json "$logs/tune_train_long_row.json"
+  grep -hE "^ +[0-9]+ +[0-9]+ " "$logs"/tune_bw_*.log "$logs"/tune_train*.log | sort -n -k2 -k1 >"$logs/tune_bw_table.txt"
+  cat "$logs"/tune_bw_*.log "$logs"/tune_train*.log >>"$summary"
 fi
 
 bundle

@@ -203,6 +203,8 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
                          "'");
       o.config_threads = static_cast<int>(parse_positive(n, v.substr(0, x), 1024));
       o.config_items = static_cast<int>(parse_positive(n, v.substr(x + 1), 64));
+    } else if (n == "--no-pdl") {
+      o.pdl = false;
     } else if (n == "--reps") {
       o.reps = static_cast<int>(parse_positive(n, r.value(), 100000));
     } else if (n == "--seed") {
@@ -340,7 +342,7 @@ options:
 
 std::string bench_help() {
   return with_strategies(R"HELP(usage: rmsnorm bench [--device D] [--op forward|backward] [--dtype T] [--suite S,...]
-                     [--rows M] [--cols N,...] [--strategy S] [--reps R] [--seed S]
+                     [--rows M] [--cols N,...] [--strategy S] [--config TxI] [--no-pdl] [--reps R] [--seed S]
                      [--json FILE] [--csv FILE] [--plot FILE.svg]
 
 --op forward (the default) times rmsnorm::forward ("fused") against an unfused baseline
@@ -412,6 +414,8 @@ options:
                     planner's, to time the configurations against each other; it must be
                     one the library instantiates for the op (src/kernel_configs.h), and
                     shapes whose rows it cannot hold are reported as n/a
+  --no-pdl          CUDA: launch the fused kernels without programmatic dependent launch
+                    (Params::pdl = false), to time what it saves
   --reps R          timed repetitions, the median is reported (default 50 on CUDA, 3 on
                     the CPU; plain decode calls: max(4R, 200))
   --seed S          seed of the random inputs (default 1)

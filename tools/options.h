@@ -44,6 +44,7 @@ struct BenchOptions {
   // --config TxI: a register configuration of the op's tables (threads a row x vectors a lane),
   // forced past the planner to time configurations against each other (0: the planner's).
   int config_threads = 0, config_items = 0;
+  bool pdl = true;  // --no-pdl: Params::pdl off
   int reps = 0;  // 0: the device's default (50 on CUDA, 3 on the CPU)
   std::string json_path, csv_path, plot_path;
   std::uint64_t seed = 1;

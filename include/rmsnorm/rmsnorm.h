@@ -94,6 +94,13 @@ struct Params {
   // Check with the CUDA runtime that every pointer is memory of the view's device. Costs
   // about a microsecond per call; a framework binding that already knows may turn it off.
   bool check_pointers = true;
+  // CUDA, sm_90: launch the kernels as programmatic dependents. Each kernel may then be
+  // scheduled while the previous kernel in the stream is still running, and waits for it
+  // to finish (and its writes to be visible) before reading anything; it lets the next
+  // kernel launched this way start early in turn. This hides the launch latency between
+  // back-to-back kernels (a decode step's small calls, in a CUDA graph or not) and changes
+  // no result. Ignored on the CPU and below sm_90.
+  bool pdl = true;
 };
 
 // A CUDA stream as an opaque handle (cudaStream_t). nullptr is the legacy default stream.

@@ -2,5 +2,5 @@
 #include "cuda/backward_launch.cuh"
 
 namespace rmsnorm::detail::cuda {
-template void launch_backward<float>(const BackwardProblem&, const Plan&, int, cudaStream_t);
+template void launch_backward<float>(const BackwardProblem&, const Plan&, int, const Queue&);
 }  // namespace rmsnorm::detail::cuda

@@ -112,6 +112,7 @@ __device__ __forceinline__ void write_partial(float* out, std::int64_t first, st
 // resident), 4 vectors within 128 (x, dy and the dw sums: 94 registers, no spills).
 template <class TX, class TW, int VEC, int TPR, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) BackwardRowsImpl(const BackwardArgs a) {
+  begin_dependent_grid();
   constexpr int kRowsPerBlock = BLOCK / TPR;
   constexpr int kRowCapacity = TPR * ITEMS * VEC;
   using Sum = RowSum<TPR, BLOCK>;
@@ -172,6 +173,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
 // ---------------------------------------------------------------------------------------
 template <class TX, class TW, int VEC, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) ClusterBackwardImpl(const BackwardArgs a) {
+  begin_dependent_grid();
   using Sum = ClusterSum<BLOCK, 2>;
   __shared__ typename Sum::TempStorage temp;
   const ClusterPlace place = cluster_place();
@@ -214,6 +216,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) ClusterBac
 // ---------------------------------------------------------------------------------------
 template <class TX, class TW, int VEC, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) LongRowBackwardImpl(const BackwardArgs a) {
+  begin_dependent_grid();
   using Sum = RowSum<BLOCK, BLOCK>;
   __shared__ typename Sum::TempStorage temp;
   const std::int64_t vectors = a.cols / VEC;
@@ -267,6 +270,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) LongRowBac
 template <class TDW>
 __global__ void __launch_bounds__(1024)
     DwFinalizeImpl(const float* partial, std::int64_t partials, std::int64_t cols, TDW* dw) {
+  begin_dependent_grid();
   __shared__ float stage[32][33];  // +1 column: no bank conflicts on the transposed read
   const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * 32 + threadIdx.x;
   float s = 0.f;

@@ -40,61 +40,55 @@ inline BackwardArgs make_backward_args(const BackwardProblem& p) {
 }
 
 template <class TX, class TW, int VEC, const RegisterConfig* TABLE, int N, int I = 0>
-std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int sm_count, cudaStream_t stream) {
+std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
   if constexpr (I < N) {
     constexpr RegisterConfig c = TABLE[I];
     if (plan.threads_per_row == c.threads_per_row && plan.items_per_thread == c.items) {
       constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
       const std::int64_t blocks =
           backward_blocks((a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock, c.threads_per_block, c.items, sm_count);
-      BackwardRowsImpl<TX, TW, VEC, c.threads_per_row, c.items, c.threads_per_block>
-          <<<grid_for(blocks), c.threads_per_block, 0, stream>>>(a);
-      check_launch(strategy_name(plan.strategy), "BackwardRowsImpl", plan);
+      launch_kernel(BackwardRowsImpl<TX, TW, VEC, c.threads_per_row, c.items, c.threads_per_block>,
+                    {grid_for(blocks), c.threads_per_block}, q, "BackwardRowsImpl", &plan, a);
       return blocks;
     }
-    return launch_backward_rows<TX, TW, VEC, TABLE, N, I + 1>(a, plan, sm_count, stream);
+    return launch_backward_rows<TX, TW, VEC, TABLE, N, I + 1>(a, plan, sm_count, q);
   } else {
     throw Error(Code::internal, "no backward register configuration matches the plan");
   }
 }
 
 template <class TDW>
-void launch_dw_finalize(const float* partial, std::int64_t partials, std::int64_t cols, void* dw, cudaStream_t stream) {
-  DwFinalizeImpl<TDW>
-      <<<grid_for((cols + 31) / 32), dim3(32, 32), 0, stream>>>(partial, partials, cols, static_cast<TDW*>(dw));
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw Error(Code::cuda_error, std::string("DwFinalizeImpl failed to launch: ") + cudaGetErrorString(err));
+void launch_dw_finalize(const float* partial, std::int64_t partials, std::int64_t cols, void* dw, const Queue& q) {
+  launch_kernel(DwFinalizeImpl<TDW>, {grid_for((cols + 31) / 32), dim3(32, 32)}, q, "DwFinalizeImpl", nullptr, partial,
+                partials, cols, static_cast<TDW*>(dw));
 }
 
 template <class TX, class TW>
-void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream) {
+void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
   constexpr int kVec = 16 / sizeof(TX);
   const BackwardArgs a = make_backward_args(p);
   std::int64_t blocks = 0;
   switch (plan.strategy) {
     case Strategy::warp_rows:
       blocks = launch_backward_rows<TX, TW, kVec, kBackwardWarpRowsConfigs, kNumBackwardWarpRowsConfigs>(
-          a, plan, sm_count, stream);
+          a, plan, sm_count, q);
       break;
     case Strategy::block_row:
       blocks = launch_backward_rows<TX, TW, kVec, kBackwardBlockRowConfigs, kNumBackwardBlockRowConfigs>(
-          a, plan, sm_count, stream);
+          a, plan, sm_count, q);
       break;
     case Strategy::long_row:
       blocks = backward_blocks(a.total_rows, kLongRowThreads, /*items=*/2, sm_count);
-      if (plan.vector_width == kVec)
-        LongRowBackwardImpl<TX, TW, kVec, kLongRowThreads><<<grid_for(blocks), kLongRowThreads, 0, stream>>>(a);
-      else
-        LongRowBackwardImpl<TX, TW, 1, kLongRowThreads><<<grid_for(blocks), kLongRowThreads, 0, stream>>>(a);
-      check_launch(strategy_name(plan.strategy), "LongRowBackwardImpl", plan);
+      launch_kernel(plan.vector_width == kVec ? LongRowBackwardImpl<TX, TW, kVec, kLongRowThreads>
+                                              : LongRowBackwardImpl<TX, TW, 1, kLongRowThreads>,
+                    {grid_for(blocks), kLongRowThreads}, q, "LongRowBackwardImpl", &plan, a);
       break;
     case Strategy::cluster_row: {
       constexpr RegisterConfig c = kBackwardClusterRowConfig;
       blocks = cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);  // one partial each
-      launch_cluster(ClusterBackwardImpl<TX, TW, kVec, c.items, c.threads_per_block>,
-                     grid_for(blocks * plan.cluster_size), c.threads_per_block, plan.cluster_size, stream, a,
-                     "ClusterBackwardImpl", plan);
+      launch_kernel(ClusterBackwardImpl<TX, TW, kVec, c.items, c.threads_per_block>,
+                    {grid_for(blocks * plan.cluster_size), c.threads_per_block, plan.cluster_size}, q,
+                    "ClusterBackwardImpl", &plan, a);
       break;
     }
     case Strategy::automatic:
@@ -102,18 +96,18 @@ void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_co
   }
   if (!p.dw) return;
   if (p.dw_dtype == DType::f32)
-    launch_dw_finalize<float>(a.partial, blocks, p.cols, p.dw, stream);
+    launch_dw_finalize<float>(a.partial, blocks, p.cols, p.dw, q);
   else
-    launch_dw_finalize<TW>(a.partial, blocks, p.cols, p.dw, stream);
+    launch_dw_finalize<TW>(a.partial, blocks, p.cols, p.dw, q);
 }
 
 template <class TX>
-void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream) {
+void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
   if constexpr (std::is_same<TX, float>::value) {
-    launch_backward_typed<float, float>(p, plan, sm_count, stream);
+    launch_backward_typed<float, float>(p, plan, sm_count, q);
   } else {
-    if (!p.weight || p.w_dtype == StorageOf<TX>::value) return launch_backward_typed<TX, TX>(p, plan, sm_count, stream);
-    launch_backward_typed<TX, float>(p, plan, sm_count, stream);
+    if (!p.weight || p.w_dtype == StorageOf<TX>::value) return launch_backward_typed<TX, TX>(p, plan, sm_count, q);
+    launch_backward_typed<TX, float>(p, plan, sm_count, q);
   }
 }
 

@@ -234,4 +234,18 @@ __device__ __forceinline__ void with_mode(bool llama, bool has_w, F&& f) {
   }
 }
 
+// Programmatic dependent launch (sm_90). Every kernel is launched allowed to start while
+// the previous kernel in its stream is still running (launch_kernel in launch.h), so
+// its launch and block scheduling overlap that kernel's tail. It must therefore wait for
+// the previous grid to finish, and its writes to be visible, before its first global
+// read: the weight too, which an optimiser step may just have written. Having waited, it
+// lets the next kernel of the stream be scheduled in turn. Without the launch attribute,
+// or below sm_90, both are no-ops.
+__device__ __forceinline__ void begin_dependent_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cudaGridDependencySynchronize();
+  cudaTriggerProgrammaticLaunchCompletion();
+#endif
+}
+
 }  // namespace rmsnorm::detail::cuda

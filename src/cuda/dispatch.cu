@@ -3,16 +3,16 @@
 #include <string>
 
 #include "cuda/common.cuh"
-#include "cuda/launch_check.h"
+#include "cuda/launch.h"
 #include "kernel_configs.h"
 #include "problem.h"
 
 namespace rmsnorm::detail {
 namespace cuda {
 template <class TX>
-void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream);
+void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q);
 template <class TX>
-void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream);
+void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q);
 }  // namespace cuda
 
 namespace {
@@ -45,6 +45,10 @@ int device_attribute(int device, cudaDeviceAttr attribute, const char* what) {
   return n;
 }
 int sm_count(int device) { return device_attribute(device, cudaDevAttrMultiProcessorCount, "SM count"); }
+// Programmatic dependent launch needs sm_90.
+cuda::Queue queue_for(Stream stream, bool pdl, int device) {
+  return {static_cast<cudaStream_t>(stream), pdl && cuda_cc_major(device) >= 9};
+}
 }  // namespace
 
 std::size_t cuda_backward_workspace(std::int64_t total_rows, std::int64_t cols, int device) {
@@ -56,23 +60,24 @@ std::size_t cuda_backward_workspace(std::int64_t total_rows, std::int64_t cols, 
 
 void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Stream stream) {
   DeviceGuard guard(device);
-  auto* s = static_cast<cudaStream_t>(stream);
   if (p.total_rows() == 0) {
     if (p.dw) {
-      const cudaError_t err = cudaMemsetAsync(p.dw, 0, static_cast<std::size_t>(p.cols) * dtype_size(p.dw_dtype), s);
+      const cudaError_t err = cudaMemsetAsync(p.dw, 0, static_cast<std::size_t>(p.cols) * dtype_size(p.dw_dtype),
+                                              static_cast<cudaStream_t>(stream));
       if (err != cudaSuccess)
         throw Error(Code::cuda_error, std::string("dw: zero fill failed: ") + cudaGetErrorString(err));
     }
     return;
   }
   const int sms = sm_count(device);
+  const cuda::Queue q = queue_for(stream, p.pdl, device);
   switch (p.x_dtype) {
     case DType::f32:
-      return cuda::launch_backward<float>(p, plan, sms, s);
+      return cuda::launch_backward<float>(p, plan, sms, q);
     case DType::f16:
-      return cuda::launch_backward<__half>(p, plan, sms, s);
+      return cuda::launch_backward<__half>(p, plan, sms, q);
     case DType::bf16:
-      return cuda::launch_backward<__nv_bfloat16>(p, plan, sms, s);
+      return cuda::launch_backward<__nv_bfloat16>(p, plan, sms, q);
     case DType::f64:
       break;
   }
@@ -85,15 +90,15 @@ int cuda_cc_major(int device) {
 
 void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream) {
   DeviceGuard guard(device);
-  auto* s = static_cast<cudaStream_t>(stream);
   const int sms = plan.strategy == Strategy::cluster_row ? sm_count(device) : 0;
+  const cuda::Queue q = queue_for(stream, p.pdl, device);
   switch (p.x_dtype) {
     case DType::f32:
-      return cuda::launch_forward<float>(p, plan, sms, s);
+      return cuda::launch_forward<float>(p, plan, sms, q);
     case DType::f16:
-      return cuda::launch_forward<__half>(p, plan, sms, s);
+      return cuda::launch_forward<__half>(p, plan, sms, q);
     case DType::bf16:
-      return cuda::launch_forward<__nv_bfloat16>(p, plan, sms, s);
+      return cuda::launch_forward<__nv_bfloat16>(p, plan, sms, q);
     case DType::f64:
       break;
   }

@@ -146,6 +146,7 @@ __device__ __forceinline__ void store_items(TY* y, const TW* w, const Vec<TW, VE
 // 1024-element bf16 rows took 1.3 waves of the grid instead of one).
 template <class TX, class TW, class TY, int VEC, int TPR, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) RegisterRowsImpl(const ForwardArgs a) {
+  begin_dependent_grid();
   constexpr int kRowsPerBlock = BLOCK / TPR;
   using Sum = RowSum<TPR, BLOCK>;
   __shared__ typename Sum::TempStorage temp;
@@ -190,6 +191,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) RegisterRo
 // ---------------------------------------------------------------------------------------
 template <class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) ClusterRowImpl(const ForwardArgs a) {
+  begin_dependent_grid();
   using Sum = ClusterSum<BLOCK, 1>;
   __shared__ typename Sum::TempStorage temp;
   const ClusterPlace place = cluster_place();
@@ -224,6 +226,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) ClusterRow
 // ---------------------------------------------------------------------------------------
 template <class TX, class TW, class TY, int VEC, int BLOCK>
 __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
+  begin_dependent_grid();
   using Sum = RowSum<BLOCK, BLOCK>;
   __shared__ typename Sum::TempStorage temp;
   const std::int64_t vectors = a.cols / VEC;

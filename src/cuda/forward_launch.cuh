@@ -6,7 +6,7 @@
 #include <string>
 
 #include "cuda/forward_kernels.cuh"
-#include "cuda/launch_check.h"
+#include "cuda/launch.h"
 #include "kernel_configs.h"
 #include "problem.h"
 
@@ -56,45 +56,42 @@ inline unsigned grid_for(std::int64_t work_items) {
 // Finds the register configuration the plan names among the compile-time tables and
 // launches its instantiation.
 template <class TX, class TW, class TY, int VEC, const RegisterConfig* TABLE, int N, int I = 0>
-void launch_register_rows(const ForwardArgs& a, const Plan& plan, cudaStream_t stream) {
+void launch_register_rows(const ForwardArgs& a, const Plan& plan, const Queue& q) {
   if constexpr (I < N) {
     constexpr RegisterConfig c = TABLE[I];
     if (plan.threads_per_row == c.threads_per_row && plan.items_per_thread == c.items) {
       constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
       const std::int64_t blocks = (a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock;
-      RegisterRowsImpl<TX, TW, TY, VEC, c.threads_per_row, c.items, c.threads_per_block>
-          <<<grid_for(blocks), c.threads_per_block, 0, stream>>>(a);
-      check_launch(strategy_name(plan.strategy), "RegisterRowsImpl", plan);
+      launch_kernel(RegisterRowsImpl<TX, TW, TY, VEC, c.threads_per_row, c.items, c.threads_per_block>,
+                    {grid_for(blocks), c.threads_per_block}, q, "RegisterRowsImpl", &plan, a);
       return;
     }
-    launch_register_rows<TX, TW, TY, VEC, TABLE, N, I + 1>(a, plan, stream);
+    launch_register_rows<TX, TW, TY, VEC, TABLE, N, I + 1>(a, plan, q);
   } else {
     throw Error(Code::internal, "no register configuration matches the plan");
   }
 }
 
 template <class TX, class TW, class TY>
-void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream) {
+void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
   constexpr int kVec = 16 / sizeof(TX);
   const ForwardArgs a = make_args(p);
   switch (plan.strategy) {
     case Strategy::warp_rows:
-      return launch_register_rows<TX, TW, TY, kVec, kWarpRowsConfigs, kNumWarpRowsConfigs>(a, plan, stream);
+      return launch_register_rows<TX, TW, TY, kVec, kWarpRowsConfigs, kNumWarpRowsConfigs>(a, plan, q);
     case Strategy::block_row:
-      return launch_register_rows<TX, TW, TY, kVec, kBlockRowConfigs, kNumBlockRowConfigs>(a, plan, stream);
+      return launch_register_rows<TX, TW, TY, kVec, kBlockRowConfigs, kNumBlockRowConfigs>(a, plan, q);
     case Strategy::long_row:
-      if (plan.vector_width == kVec)
-        LongRowImpl<TX, TW, TY, kVec, kLongRowThreads><<<grid_for(a.total_rows), kLongRowThreads, 0, stream>>>(a);
-      else
-        LongRowImpl<TX, TW, TY, 1, kLongRowThreads><<<grid_for(a.total_rows), kLongRowThreads, 0, stream>>>(a);
-      check_launch(strategy_name(plan.strategy), "LongRowImpl", plan);
+      launch_kernel(plan.vector_width == kVec ? LongRowImpl<TX, TW, TY, kVec, kLongRowThreads>
+                                              : LongRowImpl<TX, TW, TY, 1, kLongRowThreads>,
+                    {grid_for(a.total_rows), kLongRowThreads}, q, "LongRowImpl", &plan, a);
       return;
     case Strategy::cluster_row: {
       constexpr RegisterConfig c = kClusterRowConfig;
       const std::int64_t clusters = cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
-      launch_cluster(ClusterRowImpl<TX, TW, TY, kVec, c.items, c.threads_per_block>,
-                     grid_for(clusters * plan.cluster_size), c.threads_per_block, plan.cluster_size, stream, a,
-                     "ClusterRowImpl", plan);
+      launch_kernel(ClusterRowImpl<TX, TW, TY, kVec, c.items, c.threads_per_block>,
+                    {grid_for(clusters * plan.cluster_size), c.threads_per_block, plan.cluster_size}, q,
+                    "ClusterRowImpl", &plan, a);
       return;
     }
     case Strategy::automatic:
@@ -105,13 +102,13 @@ void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, cudaS
 
 // Chooses the (weight, output) types for input type TX among the supported combinations.
 template <class TX>
-void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, cudaStream_t stream) {
+void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
   if constexpr (std::is_same<TX, float>::value) {
-    launch_typed<float, float, float>(p, plan, sm_count, stream);
+    launch_typed<float, float, float>(p, plan, sm_count, q);
   } else {
-    if (!p.weight || p.w_dtype == StorageOf<TX>::value) return launch_typed<TX, TX, TX>(p, plan, sm_count, stream);
-    if (p.y_dtype == StorageOf<TX>::value) return launch_typed<TX, float, TX>(p, plan, sm_count, stream);
-    launch_typed<TX, float, float>(p, plan, sm_count, stream);
+    if (!p.weight || p.w_dtype == StorageOf<TX>::value) return launch_typed<TX, TX, TX>(p, plan, sm_count, q);
+    if (p.y_dtype == StorageOf<TX>::value) return launch_typed<TX, float, TX>(p, plan, sm_count, q);
+    launch_typed<TX, float, float>(p, plan, sm_count, q);
   }
 }
 

@@ -1,0 +1,93 @@
+// Kernel launches: one launcher for every kernel, which reports a failed launch as
+// rmsnorm::Error(Code::cuda_error) with the kernel's name, its configuration and the CUDA
+// error string; and the grid sizes of the persistent kernels.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+
+#include "kernel_configs.h"
+#include "rmsnorm/rmsnorm.h"
+
+namespace rmsnorm::detail::cuda {
+
+// The shape of a launch: a grid of blocks, optionally grouped in 1-D clusters (sm_90).
+struct LaunchShape {
+  dim3 grid;
+  dim3 block;
+  int cluster = 0;  // blocks per cluster; 0: not a cluster launch
+};
+
+// What a failed launch reports: the kernel, its configuration and the runtime's words.
+inline std::string describe_launch(const char* kernel, const LaunchShape& shape, const Plan* plan) {
+  std::string s = std::string(kernel) + " (";
+  if (plan)
+    s += std::string(strategy_name(plan->strategy)) + ", " + std::to_string(plan->threads_per_row) +
+         " threads/row, " + std::to_string(plan->items_per_thread) + " items, vector " +
+         std::to_string(plan->vector_width) + ", ";
+  s += std::to_string(shape.grid.x) + " blocks of " + std::to_string(shape.block.x * shape.block.y) + " threads";
+  if (shape.cluster > 0) s += ", " + std::to_string(shape.cluster) + " blocks a cluster";
+  return s + ")";
+}
+
+// Where kernels go: the stream, and whether they are launched as programmatic dependents
+// (Params::pdl on an sm_90 device): scheduled before the previous kernel in the stream has
+// finished, they wait for it in begin_dependent_grid (common.cuh).
+struct Queue {
+  cudaStream_t stream = nullptr;
+  bool dependent = false;
+};
+
+// Launches every kernel of the library.
+template <class... KernelArgs, class... Args>
+void launch_kernel(void (*kernel)(KernelArgs...), const LaunchShape& shape, const Queue& queue, const char* name,
+                   const Plan* plan, const Args&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = shape.grid;
+  config.blockDim = shape.block;
+  config.stream = queue.stream;
+  cudaLaunchAttribute attributes[2]{};
+  unsigned n = 0;
+  if (shape.cluster > 0) {
+    attributes[n].id = cudaLaunchAttributeClusterDimension;
+    attributes[n].val.clusterDim.x = static_cast<unsigned>(shape.cluster);
+    attributes[n].val.clusterDim.y = 1;
+    attributes[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  if (queue.dependent) {
+    attributes[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  config.attrs = attributes;
+  config.numAttrs = n;
+  cudaError_t err = cudaLaunchKernelEx(&config, kernel, args...);
+  // A launch error is returned here; one the runtime defers is read back (and cleared) next.
+  const cudaError_t last = cudaGetLastError();
+  if (err == cudaSuccess) err = last;
+  if (err != cudaSuccess)
+    throw Error(Code::cuda_error, describe_launch(name, shape, plan) + " failed to launch: " + cudaGetErrorName(err) +
+                                      ": " + cudaGetErrorString(err));
+}
+
+// Blocks of `block` threads that fill every SM with `threads_per_sm` threads each.
+inline std::int64_t filling_blocks(int block, int sm_count, int threads_per_sm) {
+  return static_cast<std::int64_t>(sm_count) * std::max(threads_per_sm / block, 1);
+}
+
+// Clusters of the persistent cluster grids: twice what the kernels' launch bounds keep
+// resident (2048 threads an SM), and no more than there are rows. Measured on the H100
+// (bf16, 2026-11-25): sized to the resident count alone, the backward lost 20 % (8192 x
+// 32768: 1.47 against 1.82 TB/s) and the forward 16 % (2048 x 131072: 2.05 against 2.44) -
+// clusters must fit within one GPC, so fewer than that are resident at once and the rest
+// ran their whole share of rows as a second wave; a forward cluster a row (no loop) moved
+// 2.64 / 2.45 / 2.24 TB/s on rows of 65536 / 131072 / 262144, against 2.85 / 2.44 / 2.31.
+inline std::int64_t cluster_count(std::int64_t rows, int block, int cluster, int sm_count) {
+  const std::int64_t fill = filling_blocks(block, sm_count, kMaxThreadsPerSm) / cluster;
+  return std::min(rows, std::max<std::int64_t>(fill, 1));
+}
+
+}  // namespace rmsnorm::detail::cuda
