@@ -44,30 +44,33 @@ inline constexpr int kNumWarpRowsConfigs = sizeof(kWarpRowsConfigs) / sizeof(Reg
 inline constexpr int kNumBlockRowConfigs = sizeof(kBlockRowConfigs) / sizeof(RegisterConfig);
 
 // The backward holds two rows (x and dy) and a dw accumulator per element, about three
-// times the forward's registers per vector: half the items per lane, and rows of up to
-// 1024 vectors (8192 16-bit elements) in registers; longer rows stream. (A 1024-thread
-// block, capped at 64 registers a thread, spilled 124 bytes a thread in bf16 with two
-// vectors a lane, so it is not offered.)
+// times the forward's registers per vector: rows of up to 2048 vectors (16384 16-bit
+// elements) in one block's registers; longer rows go to a cluster. (A 1024-thread block,
+// capped at 64 registers a thread, spilled 124 bytes a thread in bf16 with two vectors a
+// lane, so it is not offered.) Each block leaves a partial dw row for the finalisation
+// to add up: the 2048-element row takes 4 rows a block, so that the SMs' resident blocks
+// leave 264 partial rows rather than 1056 (17 MB written and read again at 16384 rows in
+// bf16, 8 % of the traffic). Four vectors a lane in half the threads matched or beat two
+// on the H100 (bf16 16384 x 4096: 2.43 against 2.36 TB/s; x 8192: 2.60 against 2.61), so
+// they come first among equal capacities at 512 vectors.
 inline constexpr RegisterConfig kBackwardWarpRowsConfigs[] = {
     {4, 1, 128}, {8, 1, 128}, {16, 1, 128}, {32, 1, 128}, {32, 2, 128}, {32, 4, 128},
 };
-// The four-vector entries hold as much as the two-vector entry of twice the threads, so the
-// planner never picks them (the first listed wins among equals): they are there to be timed
-// against it (`rmsnorm bench --op backward --config`), as the forward's were.
 inline constexpr RegisterConfig kBackwardBlockRowConfigs[] = {
-    {128, 2, 128}, {256, 2, 256}, {512, 2, 512}, {128, 4, 128}, {256, 4, 256},
+    {128, 2, 512}, {128, 4, 128}, {256, 2, 256}, {512, 2, 512}, {256, 4, 256}, {512, 4, 512},
 };
 inline constexpr int kNumBackwardWarpRowsConfigs = sizeof(kBackwardWarpRowsConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumBackwardBlockRowConfigs = sizeof(kBackwardBlockRowConfigs) / sizeof(RegisterConfig);
 
 // cluster_row (sm_90): a row over a cluster of 512-thread blocks, each holding its slice
 // in registers: 8 vectors a lane forward (up to 4096 vectors, 32768 16-bit elements, a
-// block), 2 backward (x, dy and the dw sums: 1024 vectors a block). Clusters stay within
+// block), 4 backward (x, dy and the dw sums: 2048 vectors a block; with 2, rows of 32768
+// and 65536 elements took clusters of 4 and 8 and moved 1.84 and 1.66 TB/s). Clusters stay within
 // the portable 8 blocks: 16-block clusters of these blocks failed to launch on the H100
 // (cudaErrorInvalidClusterSize) even with the non-portable size allowed. So a cluster
-// holds rows of up to 32768 vectors forward (262144 16-bit elements), 8192 backward.
+// holds rows of up to 32768 vectors forward (262144 16-bit elements), 16384 backward.
 inline constexpr RegisterConfig kClusterRowConfig = {512, 8, 512};
-inline constexpr RegisterConfig kBackwardClusterRowConfig = {512, 2, 512};
+inline constexpr RegisterConfig kBackwardClusterRowConfig = {512, 4, 512};
 inline constexpr int kMaxClusterSize = 8;
 
 // An SM's threads, and the smallest block: the workspace holds at most sm_count * 2048 /

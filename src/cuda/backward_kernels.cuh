@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
 // dw partial covers its slice of the columns, for the rows of its cluster.
 // ---------------------------------------------------------------------------------------
 template <class TX, class TW, int VEC, int ITEMS, int BLOCK>
-__global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) ClusterBackwardImpl(const BackwardArgs a) {
+__global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) ClusterBackwardImpl(const BackwardArgs a) {
   begin_dependent_grid();
   using Sum = ClusterSum<BLOCK, 2>;
   __shared__ typename Sum::TempStorage temp;
@@ -275,6 +275,7 @@ __global__ void __launch_bounds__(1024)
   const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * 32 + threadIdx.x;
   float s = 0.f;
   if (c < cols)
+#pragma unroll 8  // loads in flight: the sum waits on them, not the reverse
     for (std::int64_t p = threadIdx.y; p < partials; p += 32) s += partial[p * cols + c];
   stage[threadIdx.y][threadIdx.x] = s;
   __syncthreads();

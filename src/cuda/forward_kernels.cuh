@@ -19,8 +19,9 @@
 namespace rmsnorm::detail::cuda {
 
 // Sum over the THREADS lanes that share a row. Warp-sized groups reduce with shuffles (CUB
-// WarpReduce on a logical warp), whole blocks with CUB BlockReduce; either way the result
-// is returned to every lane of the row.
+// WarpReduce on a logical warp), whole blocks with CUB BlockReduce, rows of several warps
+// in a larger block with CUB WarpReduce and shared memory; either way the result is
+// returned to every lane of the row.
 template <int THREADS, int BLOCK, bool IN_WARP = (THREADS <= 32)>
 struct RowSum;
 
@@ -37,9 +38,9 @@ struct RowSum<THREADS, BLOCK, true> {
   }
 };
 
-template <int THREADS, int BLOCK>
-struct RowSum<THREADS, BLOCK, false> {
-  static_assert(THREADS == BLOCK, "a row wider than a warp spans the whole block");
+// A row over a whole block: CUB BlockReduce.
+template <int THREADS, int BLOCK, bool WHOLE_BLOCK = (THREADS == BLOCK)>
+struct BlockRowSum {
   using BlockReduce = cub::BlockReduce<float, BLOCK>;
   struct TempStorage {
     typename BlockReduce::TempStorage reduce;
@@ -54,6 +55,35 @@ struct RowSum<THREADS, BLOCK, false> {
     return out;
   }
 };
+
+// Several rows of whole warps in a block (the backward's 2048-element rows, which leave
+// fewer dw partial rows that way): CUB WarpReduce in each warp, then each lane adds its
+// row's warp totals in warp order.
+template <int THREADS, int BLOCK>
+struct BlockRowSum<THREADS, BLOCK, false> {
+  static_assert(THREADS % 32 == 0 && BLOCK % THREADS == 0, "rows of whole warps");
+  static constexpr int kWarpsPerRow = THREADS / 32;
+  using WarpReduce = cub::WarpReduce<float>;
+  struct TempStorage {
+    typename WarpReduce::TempStorage warp[BLOCK / 32];
+    float part[BLOCK / 32];
+  };
+  __device__ __forceinline__ static float sum(TempStorage& t, float v) {
+    const int warp = threadIdx.x / 32;
+    const float total = WarpReduce(t.warp[warp]).Sum(v);  // valid in lane 0
+    if (threadIdx.x % 32 == 0) t.part[warp] = total;
+    __syncthreads();
+    const int first = warp - warp % kWarpsPerRow;
+    float out = 0.f;
+#pragma unroll
+    for (int i = 0; i < kWarpsPerRow; ++i) out += t.part[first + i];
+    __syncthreads();  // t.part is reused by the next row
+    return out;
+  }
+};
+
+template <int THREADS, int BLOCK>
+struct RowSum<THREADS, BLOCK, false> : BlockRowSum<THREADS, BLOCK> {};
 
 // Load, reduce and store steps of a lane's share of a row held in registers: vectors
 // first, first + STRIDE, ... (ITEMS of them) that lie below `end`. Consecutive lanes take
