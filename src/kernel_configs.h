@@ -47,17 +47,16 @@ inline constexpr int kNumBlockRowConfigs = sizeof(kBlockRowConfigs) / sizeof(Reg
 // times the forward's registers per vector: rows of up to 2048 vectors (16384 16-bit
 // elements) in one block's registers; longer rows go to a cluster. (A 1024-thread block,
 // capped at 64 registers a thread, spilled 124 bytes a thread in bf16 with two vectors a
-// lane, so it is not offered.) Each block leaves a partial dw row for the finalisation
-// to add up: the 2048-element row takes 4 rows a block, so that the SMs' resident blocks
-// leave 264 partial rows rather than 1056 (17 MB written and read again at 16384 rows in
-// bf16, 8 % of the traffic). Four vectors a lane in half the threads matched or beat two
-// on the H100 (bf16 16384 x 4096: 2.43 against 2.36 TB/s; x 8192: 2.60 against 2.61), so
-// they come first among equal capacities at 512 vectors.
+// lane, so it is not offered.) Each block leaves a partial dw row for the finalisation to
+// add up, so the block_row blocks are all 512 threads, shorter rows sharing one: the SMs'
+// resident blocks then leave 132 to 264 partial rows. On the H100 (bf16, 16384 rows,
+// 2026-11-25), 128-thread blocks left 1056 of them on 2048-element rows (17 MB written
+// and read again, and a long finalisation): 2.15 TB/s, against 2.71 four rows a block.
 inline constexpr RegisterConfig kBackwardWarpRowsConfigs[] = {
     {4, 1, 128}, {8, 1, 128}, {16, 1, 128}, {32, 1, 128}, {32, 2, 128}, {32, 4, 128},
 };
 inline constexpr RegisterConfig kBackwardBlockRowConfigs[] = {
-    {128, 2, 512}, {128, 4, 128}, {256, 2, 256}, {512, 2, 512}, {256, 4, 256}, {512, 4, 512},
+    {128, 2, 512}, {128, 4, 512}, {256, 2, 512}, {512, 2, 512}, {256, 4, 512}, {512, 4, 512},
 };
 inline constexpr int kNumBackwardWarpRowsConfigs = sizeof(kBackwardWarpRowsConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumBackwardBlockRowConfigs = sizeof(kBackwardBlockRowConfigs) / sizeof(RegisterConfig);

@@ -113,9 +113,10 @@ fi
 bundle
 if want tune_bw; then
   cli="$build/tools/rmsnorm"
-  # The backward's block_row: two vectors a lane against four in half the threads.
-  run tune_bw_auto "$cli" bench --op backward --dtype bf16 --rows 16384 --cols 4096,8192
-  for c in 256x2:4096 128x4:4096 512x2:8192 256x4:8192; do
+  # The backward's block_row: two vectors a lane against four in half the threads (both
+  # in 512-thread blocks, rows sharing them).
+  run tune_bw_auto "$cli" bench --op backward --dtype bf16 --rows 16384 --cols 2048,4096,8192,16384
+  for c in 128x4:4096 256x2:4096 512x2:8192 256x4:8192; do
     run "tune_bw_${c%%:*}" "$cli" bench --op backward --dtype bf16 --rows 16384 --cols "${c#*:}" --config "${c%%:*}"
   done
   # Rows beyond one block: the cluster against streaming (the planner's choice is in the bench stage).

@@ -151,18 +151,21 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
   if constexpr (kRowsPerBlock == 1) {
     write_partial<VEC, ITEMS, TPR>(out, lane, vectors, dw_acc);
   } else {
-    // Several row groups in the block: add their partial rows in slot order.
-    __shared__ float stage[kRowsPerBlock][kRowCapacity];
+    // Several row groups in the block: their partial rows are added into one shared row in
+    // slot order (a fixed order: dw stays bit-reproducible), then written out whole.
+    __shared__ float stage[kRowCapacity];
+    for (int r = 0; r < kRowsPerBlock; ++r) {
+      if (slot == r)
 #pragma unroll
-    for (int i = 0; i < ITEMS; ++i)
+        for (int i = 0; i < ITEMS; ++i)
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) stage[slot][(i * TPR + lane) * VEC + k] = dw_acc[i][k];
-    __syncthreads();
-    for (int c = threadIdx.x; c < a.cols; c += BLOCK) {
-      float s = 0.f;
-      for (int r = 0; r < kRowsPerBlock; ++r) s += stage[r][c];
-      out[c] = s;
+          for (int k = 0; k < VEC; ++k) {
+            float& cell = stage[(i * TPR + lane) * VEC + k];
+            cell = r == 0 ? dw_acc[i][k] : cell + dw_acc[i][k];
+          }
+      __syncthreads();
     }
+    for (int c = threadIdx.x; c < a.cols; c += BLOCK) out[c] = stage[c];
   }
 }
 

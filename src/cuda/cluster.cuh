@@ -6,16 +6,19 @@
 
 #include <cub/block/block_reduce.cuh>
 
+#include "kernel_configs.h"
+
 namespace rmsnorm::detail::cuda {
 
 // Every block reduces its part with CUB, publishes it in its shared memory, and after one
-// cluster barrier thread 0 of every block adds the parts of all ranks in rank order through
-// distributed shared memory, so all blocks get the same bits. The published slot alternates
+// cluster barrier every block reads the parts of all ranks through distributed shared
+// memory and adds them in rank order, so all blocks get the same bits. The published slot alternates
 // between rows: a block can only write row k+2's part after the barrier of row k+1, which
 // every reader of row k's part has passed. Call finish() once before the kernel returns so
 // that no block leaves while another may still read its shared memory.
 template <int BLOCK, int VALUES>
 struct ClusterSum {
+  static_assert(kMaxClusterSize <= 32, "a warp's lanes read the cluster's ranks");
   using BlockReduce = cub::BlockReduce<float, BLOCK>;
   struct TempStorage {
     typename BlockReduce::TempStorage reduce;
@@ -34,15 +37,23 @@ struct ClusterSum {
       if (k + 1 < VALUES) __syncthreads();  // the reduce storage is reused
     }
     cluster.sync();
-    if (threadIdx.x == 0) {
-      float total[VALUES] = {};
-      for (unsigned r = 0; r < cluster.num_blocks(); ++r) {
-        const float* remote = cluster.map_shared_rank(&t.published[parity][0], r);
+    if (threadIdx.x < 32) {
+      // Lane r reads rank r's parts: one remote round trip for the whole cluster rather
+      // than one per rank in a row. Lane 0 then adds them in rank order from registers.
+      const unsigned ranks = cluster.num_blocks();
+      float part[VALUES] = {};
+      if (threadIdx.x < ranks) {
+        const float* remote = cluster.map_shared_rank(&t.published[parity][0], threadIdx.x);
 #pragma unroll
-        for (int k = 0; k < VALUES; ++k) total[k] += remote[k];
+        for (int k = 0; k < VALUES; ++k) part[k] = remote[k];
       }
+      float total[VALUES] = {};
+      for (unsigned r = 0; r < ranks; ++r)
 #pragma unroll
-      for (int k = 0; k < VALUES; ++k) t.total[k] = total[k];
+        for (int k = 0; k < VALUES; ++k) total[k] += __shfl_sync(0xffffffffu, part[k], static_cast<int>(r));
+      if (threadIdx.x == 0)
+#pragma unroll
+        for (int k = 0; k < VALUES; ++k) t.total[k] = total[k];
     }
     __syncthreads();
 #pragma unroll
