@@ -283,8 +283,8 @@ TEST_F(Cuda, DependentLaunchesReadWhatThePreviousCallWrote) {
             EXPECT_FALSE(want_x == x.bytes) << "the chain left x unchanged";
             continue;
           }
-          const std::string what = std::string(dtype_name(t)) + " cols=" + std::to_string(cols) + " " +
-                                   strategy_name(s) + ": with pdl, ";
+          const std::string what =
+              std::string(dtype_name(t)) + " cols=" + std::to_string(cols) + " " + strategy_name(s) + ": with pdl, ";
           EXPECT_TRUE(got_x.bytes == want_x) << what << "x differs from the synchronised chain";
           EXPECT_TRUE(got_w.bytes == want_w) << what << "the weight (dw) differs from the synchronised chain";
         }

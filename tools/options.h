@@ -45,7 +45,7 @@ struct BenchOptions {
   // forced past the planner to time configurations against each other (0: the planner's).
   int config_threads = 0, config_items = 0;
   bool pdl = true;  // --no-pdl: Params::pdl off
-  int reps = 0;  // 0: the device's default (50 on CUDA, 3 on the CPU)
+  int reps = 0;     // 0: the device's default (50 on CUDA, 3 on the CPU)
   std::string json_path, csv_path, plot_path;
   std::uint64_t seed = 1;
   bool help = false;

@@ -70,12 +70,12 @@ void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_co
   std::int64_t blocks = 0;
   switch (plan.strategy) {
     case Strategy::warp_rows:
-      blocks = launch_backward_rows<TX, TW, kVec, kBackwardWarpRowsConfigs, kNumBackwardWarpRowsConfigs>(
-          a, plan, sm_count, q);
+      blocks = launch_backward_rows<TX, TW, kVec, kBackwardWarpRowsConfigs, kNumBackwardWarpRowsConfigs>(a, plan,
+                                                                                                         sm_count, q);
       break;
     case Strategy::block_row:
-      blocks = launch_backward_rows<TX, TW, kVec, kBackwardBlockRowConfigs, kNumBackwardBlockRowConfigs>(
-          a, plan, sm_count, q);
+      blocks = launch_backward_rows<TX, TW, kVec, kBackwardBlockRowConfigs, kNumBackwardBlockRowConfigs>(a, plan,
+                                                                                                         sm_count, q);
       break;
     case Strategy::long_row:
       blocks = backward_blocks(a.total_rows, kLongRowThreads, /*items=*/2, sm_count);

@@ -24,9 +24,8 @@ struct LaunchShape {
 inline std::string describe_launch(const char* kernel, const LaunchShape& shape, const Plan* plan) {
   std::string s = std::string(kernel) + " (";
   if (plan)
-    s += std::string(strategy_name(plan->strategy)) + ", " + std::to_string(plan->threads_per_row) +
-         " threads/row, " + std::to_string(plan->items_per_thread) + " items, vector " +
-         std::to_string(plan->vector_width) + ", ";
+    s += std::string(strategy_name(plan->strategy)) + ", " + std::to_string(plan->threads_per_row) + " threads/row, " +
+         std::to_string(plan->items_per_thread) + " items, vector " + std::to_string(plan->vector_width) + ", ";
   s += std::to_string(shape.grid.x) + " blocks of " + std::to_string(shape.block.x * shape.block.y) + " threads";
   if (shape.cluster > 0) s += ", " + std::to_string(shape.cluster) + " blocks a cluster";
   return s + ")";
