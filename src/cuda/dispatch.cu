@@ -1,5 +1,7 @@
 // The CUDA backend's entry: route a validated problem to the launcher of its input dtype.
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <string>
 
 #include "cuda/common.cuh"
@@ -44,7 +46,20 @@ int device_attribute(int device, cudaDeviceAttr attribute, const char* what) {
   }
   return n;
 }
-int sm_count(int device) { return device_attribute(device, cudaDevAttrMultiProcessorCount, "SM count"); }
+// The attributes read on every call (the SM count, the compute capability) never change
+// while the process runs: each is read from the runtime once per device.
+template <cudaDeviceAttr ATTRIBUTE>
+int cached_attribute(int device, const char* what) {
+  static std::array<std::atomic<int>, 64> cache{};  // 0: not read yet (both are positive)
+  if (device < 0 || device >= static_cast<int>(cache.size())) return device_attribute(device, ATTRIBUTE, what);
+  int n = cache[device].load(std::memory_order_relaxed);
+  if (n == 0) {
+    n = device_attribute(device, ATTRIBUTE, what);
+    cache[device].store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
+int sm_count(int device) { return cached_attribute<cudaDevAttrMultiProcessorCount>(device, "SM count"); }
 // Programmatic dependent launch needs sm_90.
 cuda::Queue queue_for(Stream stream, bool pdl, int device) {
   return {static_cast<cudaStream_t>(stream), pdl && cuda_cc_major(device) >= 9};
@@ -85,7 +100,7 @@ void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Strea
 }
 
 int cuda_cc_major(int device) {
-  return device_attribute(device, cudaDevAttrComputeCapabilityMajor, "compute capability");
+  return cached_attribute<cudaDevAttrComputeCapabilityMajor>(device, "compute capability");
 }
 
 void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream) {
