@@ -89,12 +89,11 @@ struct BackwardSetLayout {
   std::size_t pitch = 0;   // matrix rounded up to 256 bytes: x at 0, dy at pitch, dx at 2 pitch
   std::size_t bytes = 0;   // the whole set, rstd (M floats) at 3 pitch
   std::size_t copy = 0;    // bytes the copy ceiling moves each way
+  // The unfused baseline's buffers: the tensors its forward saves (one copy per set), its
+  // backward's scratch and the forward scratch that makes the saved tensors (one each).
+  std::size_t saved = 0, scratch = 0, forward_scratch = 0;
   static std::size_t round_up(std::size_t n) { return (n + 255) / 256 * 256; }
-  BackwardSetLayout(DType t, std::int64_t rows, std::int64_t cols)
-      : matrix(static_cast<std::size_t>(rows * cols) * dtype_size(t)),
-        pitch(round_up(matrix)),
-        bytes(3 * pitch + round_up(static_cast<std::size_t>(rows) * sizeof(float))),
-        copy(3 * matrix / 2) {}
+  BackwardSetLayout(DType t, std::int64_t rows, std::int64_t cols);  // bench_common.cpp
 };
 
 // Records for one implementation's median time per call.

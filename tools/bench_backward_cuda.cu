@@ -38,9 +38,8 @@ ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape&
   const std::size_t s = dtype_size(t), row_bytes = static_cast<std::size_t>(n) * s;
   const BackwardSetLayout layout(t, m, n);
   const std::size_t buf = layout.matrix, pitch = layout.pitch, set_bytes = layout.bytes, copy_bytes = layout.copy;
-  const std::size_t saved_bytes = BackwardSetLayout::round_up(bench::unfused_saved_bytes(t, m, n));
-  const std::size_t scratch_bytes = bench::unfused_backward_scratch_bytes(t, m, n);
-  const std::size_t forward_scratch_bytes = bench::unfused_scratch_bytes(t, m, n);  // making the saved tensors
+  const std::size_t saved_bytes = layout.saved, scratch_bytes = layout.scratch,
+                    forward_scratch_bytes = layout.forward_scratch;
   const Device dev = ctx.device.device;
   Params params;
   params.strategy = ctx.strategy;

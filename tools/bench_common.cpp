@@ -6,8 +6,19 @@
 #include "harness.h"
 #include "oracle.h"
 #include "tolerances.h"
+#include "unfused.h"
+#include "unfused_backward.h"
 
 namespace rmsnorm::cli {
+
+BackwardSetLayout::BackwardSetLayout(DType t, std::int64_t rows, std::int64_t cols)
+    : matrix(static_cast<std::size_t>(rows * cols) * dtype_size(t)),
+      pitch(round_up(matrix)),
+      bytes(3 * pitch + round_up(static_cast<std::size_t>(rows) * sizeof(float))),
+      copy(3 * matrix / 2),
+      saved(round_up(bench::unfused_saved_bytes(t, rows, cols))),
+      scratch(bench::unfused_backward_scratch_bytes(t, rows, cols)),
+      forward_scratch(bench::unfused_scratch_bytes(t, rows, cols)) {}
 
 std::vector<std::pair<std::int64_t, std::int64_t>> rows_to_check(std::int64_t rows) {
   constexpr std::int64_t kEdge = 64;  // first and last rows: a wrong grid or tail shows there

@@ -57,6 +57,24 @@ constexpr std::int64_t kMinGraphCalls = 10;
 
 using Enqueue = std::function<void(std::int64_t set, cudaStream_t)>;
 
+// Median over `reps` runs of `run` (which enqueues `calls` calls on `stream`) of the time
+// per call in us, from CUDA events recorded around it.
+template <class Run>
+double median_per_call(const Run& run, std::int64_t calls, int reps, cudaStream_t stream) {
+  EventOwner start, stop;
+  std::vector<double> us;
+  for (int r = 0; r < reps; ++r) {
+    ck(cudaEventRecord(start.e, stream), "cudaEventRecord");
+    run();
+    ck(cudaEventRecord(stop.e, stream), "cudaEventRecord");
+    ck(cudaEventSynchronize(stop.e), "cudaEventSynchronize");
+    float ms = 0;
+    ck(cudaEventElapsedTime(&ms, start.e, stop.e), "cudaEventElapsedTime");
+    us.push_back(1000.0 * ms / static_cast<double>(calls));
+  }
+  return median(us);
+}
+
 // Median time per call (us) of `calls` back-to-back calls, rotating over sets, in a graph.
 inline double time_in_graph(const Enqueue& enqueue, std::int64_t calls, int reps, cudaStream_t stream) {
   GraphOwner g;
@@ -73,38 +91,19 @@ inline double time_in_graph(const Enqueue& enqueue, std::int64_t calls, int reps
   }
   ck(cudaStreamEndCapture(stream, &g.graph), "cudaStreamEndCapture");
   ck(cudaGraphInstantiate(&g.exec, g.graph, 0), "cudaGraphInstantiate");
-  EventOwner start, stop;
   for (int i = 0; i < 3; ++i) ck(cudaGraphLaunch(g.exec, stream), "cudaGraphLaunch (warm-up)");
   ck(cudaStreamSynchronize(stream), "warm-up");
-  std::vector<double> us;
-  for (int r = 0; r < reps; ++r) {
-    ck(cudaEventRecord(start.e, stream), "cudaEventRecord");
-    ck(cudaGraphLaunch(g.exec, stream), "cudaGraphLaunch");
-    ck(cudaEventRecord(stop.e, stream), "cudaEventRecord");
-    ck(cudaEventSynchronize(stop.e), "cudaEventSynchronize (graph replay)");
-    float ms = 0;
-    ck(cudaEventElapsedTime(&ms, start.e, stop.e), "cudaEventElapsedTime");
-    us.push_back(1000.0 * ms / static_cast<double>(calls));
-  }
-  return median(us);
+  return median_per_call([&] { ck(cudaGraphLaunch(g.exec, stream), "cudaGraphLaunch"); }, calls, reps, stream);
 }
 
 // Median time per call (us) of `calls` back-to-back stream-ordered calls, timed with
 // events around the loop. Used for the copy only (see measure_copy).
 inline double time_in_stream(const Enqueue& enqueue, std::int64_t calls, int reps, cudaStream_t stream) {
-  EventOwner start, stop;
-  for (std::int64_t k = 0; k < calls; ++k) enqueue(k, stream);  // warm-up
-  std::vector<double> us;
-  for (int r = 0; r < reps; ++r) {
-    ck(cudaEventRecord(start.e, stream), "cudaEventRecord");
+  const auto loop = [&] {
     for (std::int64_t k = 0; k < calls; ++k) enqueue(k, stream);
-    ck(cudaEventRecord(stop.e, stream), "cudaEventRecord");
-    ck(cudaEventSynchronize(stop.e), "cudaEventSynchronize (stream loop)");
-    float ms = 0;
-    ck(cudaEventElapsedTime(&ms, start.e, stop.e), "cudaEventElapsedTime");
-    us.push_back(1000.0 * ms / static_cast<double>(calls));
-  }
-  return median(us);
+  };
+  loop();  // warm-up
+  return median_per_call(loop, calls, reps, stream);
 }
 
 // Median host-clock time (us) of one plain call followed by a stream synchronisation:
