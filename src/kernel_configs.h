@@ -26,7 +26,8 @@ struct RegisterConfig {
 
 // Sub-warp / warp rows: threads_per_row <= 32, several rows per block.
 inline constexpr RegisterConfig kWarpRowsConfigs[] = {
-    {4, 1, 128}, {8, 1, 128}, {16, 1, 128}, {32, 1, 128}, {32, 2, 128}, {32, 4, 128},
+    {4, 1, 128},  {8, 1, 128}, {16, 1, 128}, {32, 1, 128}, {32, 2, 128},
+    {32, 4, 128}, {4, 2, 128}, {2, 4, 128},  {8, 2, 128},  {4, 4, 128},
 };
 // A row per block, the block sized to the row so that few lanes idle, four vectors a lane
 // (the weight preloaded too: see kForwardPreloadsWeight), 128 lanes of two vectors for the
@@ -63,15 +64,22 @@ inline constexpr RegisterConfig kBackwardBlockRowConfigs[] = {
 inline constexpr int kNumBackwardWarpRowsConfigs = sizeof(kBackwardWarpRowsConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumBackwardBlockRowConfigs = sizeof(kBackwardBlockRowConfigs) / sizeof(RegisterConfig);
 
-// cluster_row (sm_90): a row over a cluster of 512-thread blocks, each holding its slice
-// in registers: 8 vectors a lane forward (up to 4096 vectors, 32768 16-bit elements, a
-// block), 4 backward (x, dy and the dw sums: 2048 vectors a block; with 2, rows of 32768
-// and 65536 elements took clusters of 4 and 8 and moved 1.84 and 1.66 TB/s). Clusters stay within
-// the portable 8 blocks: 16-block clusters of these blocks failed to launch on the H100
-// (cudaErrorInvalidClusterSize) even with the non-portable size allowed. So a cluster
+// cluster_row (sm_90): a row over a cluster of blocks, each holding its slice in
+// registers: 8 vectors a lane forward (up to 4096 vectors, 32768 16-bit elements, a
+// 512-thread block), 4 backward (x, dy and the dw sums: 2048 vectors a block). Clusters stay
+// within the portable 8 blocks: 16-block clusters of these blocks failed to launch on the
+// H100 (cudaErrorInvalidClusterSize) even with the non-portable size allowed. So a cluster
 // holds rows of up to 32768 vectors forward (262144 16-bit elements), 16384 backward.
-inline constexpr RegisterConfig kClusterRowConfig = {512, 8, 512};
-inline constexpr RegisterConfig kBackwardClusterRowConfig = {512, 4, 512};
+// The planner takes the first entry of a cluster table; the others are there to be timed
+// against it (`bench --strategy cluster_row --config TxI`, T threads a block). Backward, on
+// the H100 (bf16, 2026-11-25, rows of 16384 / 32768 / 65536 elements, each grid the
+// clusters resident at once): 512x4 moved 2.82 / 2.76 / 2.60 TB/s; 256x4, two blocks an SM
+// in clusters twice the size, 2.78 / 2.63 / 2.17; 512x2 (64 registers, two blocks an SM)
+// lost too, 2.04 / 1.96 on 32768 / 65536 with the grids of the time.
+inline constexpr RegisterConfig kClusterRowConfigs[] = {{512, 8, 512}};
+inline constexpr RegisterConfig kBackwardClusterRowConfigs[] = {{512, 4, 512}, {256, 4, 256}};
+inline constexpr int kNumClusterRowConfigs = sizeof(kClusterRowConfigs) / sizeof(RegisterConfig);
+inline constexpr int kNumBackwardClusterRowConfigs = sizeof(kBackwardClusterRowConfigs) / sizeof(RegisterConfig);
 inline constexpr int kMaxClusterSize = 8;
 
 // An SM's threads, and the smallest block: the workspace holds at most sm_count * 2048 /

@@ -50,10 +50,11 @@ Plan from_config(Strategy s, int vw, const RegisterConfig& c) {
 
 // The choice itself: the smallest warp configuration that holds the row, else the smallest
 // block configuration, else streaming. Forced strategies are honoured when they can serve.
-template <int NW, int NB>
+template <int NW, int NB, int NC>
 Plan choose(DType x_dtype, std::int64_t cols, int vw, Strategy requested, int cc_major,
             const RegisterConfig (&warp_table)[NW], const RegisterConfig (&block_table)[NB],
-            const RegisterConfig& cluster_config, bool cluster_by_default) {
+            const RegisterConfig (&cluster_table)[NC], bool cluster_by_default) {
+  const RegisterConfig& cluster_config = cluster_table[0];
   const std::int64_t vectors = cols / vw;
   const Plan long_row{Strategy::long_row, vw, kLongRowThreads, 0, kLongRowThreads};
   const bool full = vw * dtype_size(x_dtype) == 16;
@@ -110,7 +111,7 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   // cluster_row moved 2.85 / 2.44 / 2.31 TB/s on rows of 65536 / 131072 / 262144 elements,
   // long_row 2.08 / 1.74 / 1.67 (long_row reads the row twice, and rows that many no longer
   // stay in L2 between the reads). long_row remains for older GPUs and unaligned rows.
-  return choose(p.x_dtype, p.cols, vw, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs, kClusterRowConfig,
+  return choose(p.x_dtype, p.cols, vw, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs, kClusterRowConfigs,
                 /*cluster_by_default=*/true);
 }
 
@@ -124,7 +125,7 @@ Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {
   // (8 extra bytes an element); cluster_row keeps it in registers, so it is the default for
   // long rows (not yet timed against each other).
   return choose(p.x_dtype, p.cols, vw, requested, cc_major, kBackwardWarpRowsConfigs, kBackwardBlockRowConfigs,
-                kBackwardClusterRowConfig, /*cluster_by_default=*/true);
+                kBackwardClusterRowConfigs, /*cluster_by_default=*/true);
 }
 
 }  // namespace rmsnorm::detail

@@ -169,7 +169,8 @@ ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape&
                                     TensorView::vector(rstd_of(0), DType::f32, dev, m), matrix(dx_of(0)), dwv, params);
       forced = forced_config(detail::plan_backward(p, Strategy::automatic, detail::cuda_cc_major(dev.index)), t,
                              ctx.config_threads, ctx.config_items, n, detail::kBackwardWarpRowsConfigs,
-                             detail::kBackwardBlockRowConfigs);
+                             detail::kBackwardBlockRowConfigs, detail::kBackwardClusterRowConfigs,
+                             ctx.strategy == Strategy::cluster_row, detail::cuda_cc_major(dev.index));
       strategy = forced_name(*forced);
     }
     fused_ok = check("fused", fused, 0);

@@ -21,11 +21,35 @@ inline std::string forced_name(const Plan& plan) {
   return std::string(strategy_name(plan.strategy)) + " " + config_name(plan.threads_per_row, plan.items_per_thread);
 }
 
-// `plan` is the planner's (its vector width is kept); the tables are the op's warp_rows and
-// block_row configurations.
-template <int NW, int NB>
+// `plan` is the planner's (its vector width is kept); the tables are the op's warp_rows,
+// block_row and cluster_row configurations. With `cluster` (--strategy cluster_row) TxI
+// names a cluster configuration, T threads a block, and the row is split over as many
+// blocks as it needs (sm_90, at most kMaxClusterSize); otherwise a warp_rows or block_row one.
+template <int NW, int NB, int NC>
 Plan forced_config(Plan plan, DType dtype, int threads, int items, std::int64_t cols,
-                   const detail::RegisterConfig (&warp_table)[NW], const detail::RegisterConfig (&block_table)[NB]) {
+                   const detail::RegisterConfig (&warp_table)[NW], const detail::RegisterConfig (&block_table)[NB],
+                   const detail::RegisterConfig (&cluster_table)[NC], bool cluster, int cc_major) {
+  const std::string name = config_name(threads, items);
+  if (static_cast<std::size_t>(plan.vector_width) * dtype_size(dtype) != 16)
+    throw Error(Code::unsupported, "--config " + name + " needs rows at the full 16-byte vector width");
+  const std::int64_t vectors = cols / plan.vector_width;
+  if (cluster) {
+    const detail::RegisterConfig* found = nullptr;
+    for (const auto& c : cluster_table)
+      if (c.threads_per_block == threads && c.items == items) found = &c;
+    if (!found) throw Error(Code::unsupported, "--config " + name + " is not in the library's cluster table");
+    if (cc_major < 9) throw Error(Code::unsupported, "--config " + name + ": clusters need an sm_90 device");
+    const std::int64_t size = (vectors + found->capacity() - 1) / found->capacity();
+    if (size > detail::kMaxClusterSize)
+      throw Error(Code::unsupported, "--config " + name + " cannot hold a row of " + std::to_string(cols) +
+                                         " elements in " + std::to_string(detail::kMaxClusterSize) + " blocks");
+    plan.strategy = Strategy::cluster_row;
+    plan.threads_per_row = found->threads_per_block * static_cast<int>(size);
+    plan.items_per_thread = found->items;
+    plan.threads_per_block = found->threads_per_block;
+    plan.cluster_size = static_cast<int>(size);
+    return plan;
+  }
   const auto is = [&](const detail::RegisterConfig& c) { return c.threads_per_row == threads && c.items == items; };
   const detail::RegisterConfig* found = nullptr;
   Strategy s = Strategy::warp_rows;
@@ -36,10 +60,8 @@ Plan forced_config(Plan plan, DType dtype, int threads, int items, std::int64_t 
     for (const auto& c : block_table)
       if (is(c)) found = &c;
   }
-  const std::string name = config_name(threads, items);
   if (!found) throw Error(Code::unsupported, "--config " + name + " is not in the library's tables");
-  if (static_cast<std::size_t>(plan.vector_width) * dtype_size(dtype) != 16 ||
-      static_cast<std::int64_t>(found->capacity()) * plan.vector_width < cols)
+  if (found->capacity() < vectors)
     throw Error(Code::unsupported, "--config " + name + " cannot hold a row of " + std::to_string(cols) +
                                        " elements at vector width " + std::to_string(plan.vector_width));
   plan.strategy = s;

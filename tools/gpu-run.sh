@@ -113,11 +113,14 @@ fi
 bundle
 if want tune_bw; then
   cli="$build/tools/rmsnorm"
-  # The backward's block_row: two vectors a lane against four in half the threads (both
-  # in 512-thread blocks, rows sharing them).
-  run tune_bw_auto "$cli" bench --op backward --dtype bf16 --rows 16384 --cols 2048,4096,8192,16384
-  for c in 128x4:4096 256x2:4096 512x2:8192 256x4:8192; do
-    run "tune_bw_${c%%:*}" "$cli" bench --op backward --dtype bf16 --rows 16384 --cols "${c#*:}" --config "${c%%:*}"
+  # The backward's cluster configurations (kBackwardClusterRowConfigs) on the rows that need
+  # a cluster, and on 16384 elements against the planner's one-block row.
+  run tune_bw_auto "$cli" bench --op backward --dtype bf16 --rows 16384 --cols 16384
+  for c in 512x4 256x4; do
+    for shape in 16384:16384 8192:32768 4096:65536; do
+      run "tune_bw_${c}_${shape#*:}" "$cli" bench --op backward --dtype bf16 --rows "${shape%%:*}" \
+        --cols "${shape#*:}" --strategy cluster_row --config "$c"
+    done
   done
   # Rows beyond one block: the cluster against streaming (the planner's choice is in the bench stage).
   run tune_train_long_row "$cli" bench --op backward --dtype bf16 --suite train --strategy long_row \

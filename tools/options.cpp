@@ -410,7 +410,8 @@ options:
                     Params::strategy of the fused call (CUDA); a shape it cannot serve is
                     reported as n/a
   --config TxI      CUDA: run the register configuration of T threads a row and I vectors
-                    a lane (warp_rows for T <= 32, else block_row) instead of the
+                    a lane (warp_rows for T <= 32, else block_row; with --strategy
+                    cluster_row, T threads a block of a cluster) instead of the
                     planner's, to time the configurations against each other; it must be
                     one the library instantiates for the op (src/kernel_configs.h), and
                     shapes whose rows it cannot hold are reported as n/a

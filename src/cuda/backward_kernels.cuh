@@ -9,6 +9,7 @@
 #pragma once
 
 #include "cuda/forward_kernels.cuh"
+#include "cuda/row_stage.cuh"
 
 namespace rmsnorm::detail::cuda {
 
@@ -35,22 +36,22 @@ __device__ __forceinline__ void with_weight(bool has_w, F&& f) {
     f(std::false_type{});
 }
 
-// g . x over a lane's vectors (g = dy * (w + offset)).
-// (The weight is preloaded once per lane: see load_weight in forward_kernels.cuh.)
-template <class TX, class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
-__device__ __forceinline__ float dot_gx(const TW* w, const Vec<TW, VEC> (&wv)[ITEMS], std::int64_t first,
-                                        std::int64_t end, const Vec<TX, VEC> (&xv)[ITEMS],
-                                        const Vec<TX, VEC> (&gv)[ITEMS], const BackwardArgs& a) {
+// g . x over a lane's vectors (g = dy * (w + offset)); `wsrc` gives the lane's weight
+// vectors (LaneWeight or SharedLaneWeight in forward_kernels.cuh), when there is a weight.
+template <class TX, int VEC, int ITEMS, int STRIDE, class WSRC>
+__device__ __forceinline__ float dot_gx(const WSRC& wsrc, std::int64_t first, std::int64_t end,
+                                        const Vec<TX, VEC> (&xv)[ITEMS], const Vec<TX, VEC> (&gv)[ITEMS],
+                                        const BackwardArgs& a) {
   float gx = 0.f;
-  with_weight(w != nullptr, [&](auto has_w) {
+  with_weight(wsrc.w != nullptr, [&](auto has_w) {
     constexpr bool kHasW = decltype(has_w)::value;
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
       float wf[VEC], xf[VEC], gf[VEC];
       if constexpr (kHasW) {
-        if (PRELOAD || idx < end) {
-          unpack(weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx), wf);
+        if (WSRC::kZeroPadded || idx < end) {
+          unpack(wsrc(i, idx), wf);
         } else {
 #pragma unroll
           for (int k = 0; k < VEC; ++k) wf[k] = 0.f;
@@ -66,19 +67,18 @@ __device__ __forceinline__ float dot_gx(const TW* w, const Vec<TW, VEC> (&wv)[IT
 }
 
 // dx = rstd * g - coef * x for a lane's vectors, and the lane's dw partial sums.
-template <class TX, class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
-__device__ __forceinline__ void store_dx(TX* dx, const TW* w, const Vec<TW, VEC> (&wv)[ITEMS], std::int64_t first,
-                                         std::int64_t end, const Vec<TX, VEC> (&xv)[ITEMS],
-                                         const Vec<TX, VEC> (&gv)[ITEMS], float rstd, float coef,
-                                         float (&dw_acc)[ITEMS][VEC], const BackwardArgs& a) {
-  with_weight(w != nullptr, [&](auto has_w) {
+template <class TX, int VEC, int ITEMS, int STRIDE, class WSRC>
+__device__ __forceinline__ void store_dx(TX* dx, const WSRC& wsrc, std::int64_t first, std::int64_t end,
+                                         const Vec<TX, VEC> (&xv)[ITEMS], const Vec<TX, VEC> (&gv)[ITEMS], float rstd,
+                                         float coef, float (&dw_acc)[ITEMS][VEC], const BackwardArgs& a) {
+  with_weight(wsrc.w != nullptr, [&](auto has_w) {
     constexpr bool kHasW = decltype(has_w)::value;
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
       if (idx >= end) continue;
       float wf[VEC], xf[VEC], gf[VEC], out[VEC];
-      if constexpr (kHasW) unpack(weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx), wf);
+      if constexpr (kHasW) unpack(wsrc(i, idx), wf);
       unpack(opaque(xv[i]), xf);
       unpack(opaque(gv[i]), gf);
 #pragma unroll
@@ -121,9 +121,8 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
   const int lane = threadIdx.x % TPR;
   const int slot = threadIdx.x / TPR;
   const std::int64_t vectors = a.cols / VEC;
-  const TW* w = static_cast<const TW*>(a.weight);
-  Vec<TW, VEC> wv[ITEMS];
-  load_weight<TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(w, lane, vectors, wv);
+  const LaneWeight<TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>> wsrc(
+      static_cast<const TW*>(a.weight), lane, vectors);
   float dw_acc[ITEMS][VEC] = {};
 
   for (std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock; first < a.total_rows;
@@ -138,12 +137,11 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
     load_items<TX, VEC, ITEMS, TPR>(dy, lane, vectors, valid, gv);
     const float rstd = a.rstd ? (valid ? a.rstd[row] : 0.f)
                               : rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(xv)), a.inv_cols, a.eps);
-    const float gx = Sum::sum(temp, dot_gx<TX, TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(
-                                        w, wv, lane, vectors, xv, gv, a));
+    const float gx = Sum::sum(temp, dot_gx<TX, VEC, ITEMS, TPR>(wsrc, lane, vectors, xv, gv, a));
     if (!valid) continue;
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<TX, TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(
-        dx, w, wv, lane, vectors, xv, gv, rstd, rstd * rstd * rstd * gx * a.inv_cols, dw_acc, a);
+    store_dx<TX, VEC, ITEMS, TPR>(dx, wsrc, lane, vectors, xv, gv, rstd, rstd * rstd * rstd * gx * a.inv_cols, dw_acc,
+                                  a);
   }
 
   if (!a.partial) return;
@@ -172,40 +170,82 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
 // ---------------------------------------------------------------------------------------
 // cluster_row (sm_90): x and dy of a long row split over the blocks of a cluster, in
 // registers; the two row sums combined through distributed shared memory. Each block's
-// dw partial covers its slice of the columns, for the rows of its cluster.
+// dw partial covers its slice of the columns, for the rows of its cluster. The next row's
+// slices are copied into shared memory (RowStage) while this one is reduced and stored, and
+// the weight's slice is kept there: the cluster barrier's acquire leaves nothing of it in
+// L1, and registers are taken by x, dy and the dw sums. Dynamic shared memory:
+// cluster_backward_shared_bytes.
 // ---------------------------------------------------------------------------------------
+template <class TX, class TW, int VEC, int ITEMS, int BLOCK>
+using ClusterBackwardStage = RowStage<Vec<TX, VEC>, ITEMS * BLOCK, 2>;
+
+template <class TX, class TW, int VEC, int ITEMS, int BLOCK>
+constexpr std::size_t cluster_backward_shared_bytes(bool has_weight) {
+  return ClusterBackwardStage<TX, TW, VEC, ITEMS, BLOCK>::kBytes +
+         (has_weight ? sizeof(Vec<TW, VEC>) * ITEMS * BLOCK : 0);
+}
+
 template <class TX, class TW, int VEC, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) ClusterBackwardImpl(const BackwardArgs a) {
   begin_dependent_grid();
   using Sum = ClusterSum<BLOCK, 2>;
+  using Stage = ClusterBackwardStage<TX, TW, VEC, ITEMS, BLOCK>;
   __shared__ typename Sum::TempStorage temp;
+  __shared__ typename Stage::Barriers bars;
+  extern __shared__ uint4 dynamic_shared[];
   const ClusterPlace place = cluster_place();
   const std::int64_t vectors = a.cols / VEC;
   const std::int64_t per_block = (vectors + place.size - 1) / place.size;
   const std::int64_t begin = place.rank * per_block;
   const std::int64_t end = begin + per_block < vectors ? begin + per_block : vectors;
   const std::int64_t first = begin + threadIdx.x;
-  const TW* w = static_cast<const TW*>(a.weight);
-  Vec<TW, VEC> wv[ITEMS];
-  load_weight<TW, VEC, ITEMS, BLOCK, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(w, first, end, wv);
+  const std::int64_t slice = end > begin ? end - begin : 0;
+  Stage stage(bars, reinterpret_cast<Vec<TX, VEC>*>(dynamic_shared));
+  const SharedLaneWeight<TW, VEC, ITEMS, BLOCK> wsrc(
+      static_cast<const TW*>(a.weight), first, end,
+      reinterpret_cast<Vec<TW, VEC>*>(reinterpret_cast<unsigned char*>(dynamic_shared) + Stage::kBytes));
   float dw_acc[ITEMS][VEC] = {};
   int parity = 0;
 
-  for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters) {
-    const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
-    const TX* dy = static_cast<const TX*>(a.dy) + row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride);
+  // Starts the copies of `row`'s slices into `buffer` (thread 0).
+  const auto prefetch = [&](std::int64_t row, int buffer) {
+    if (threadIdx.x != 0) return;
+    const Vec<TX, VEC>* x = reinterpret_cast<const Vec<TX, VEC>*>(
+        static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride));
+    const Vec<TX, VEC>* dy = reinterpret_cast<const Vec<TX, VEC>*>(
+        static_cast<const TX*>(a.dy) + row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride));
+    const Vec<TX, VEC>* const src[2] = {x + begin, dy + begin};
+    stage.issue(buffer, src, slice);
+  };
+  prefetch(place.cluster, 0);
+  float next_rstd = a.rstd ? a.rstd[place.cluster] : 0.f;
+
+  unsigned step = 0;
+  for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters, ++step) {
+    const int buffer = static_cast<int>(step & 1u);
+    stage.wait(buffer, step >> 1);
     Vec<TX, VEC> xv[ITEMS], gv[ITEMS];
-    load_items<TX, VEC, ITEMS, BLOCK>(x, first, end, true, xv);
-    load_items<TX, VEC, ITEMS, BLOCK>(dy, first, end, true, gv);
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const bool in = first + static_cast<std::int64_t>(i) * BLOCK < end;
+      xv[i] = in ? stage.slot(buffer, 0)[threadIdx.x + i * BLOCK] : Vec<TX, VEC>{};
+      gv[i] = in ? stage.slot(buffer, 1)[threadIdx.x + i * BLOCK] : Vec<TX, VEC>{};
+    }
+    // The other buffer was last read before the previous row's block barriers.
+    const float saved_rstd = next_rstd;
+    const std::int64_t next = row + place.clusters;
+    if (next < a.total_rows) {
+      prefetch(next, buffer ^ 1);
+      if (a.rstd) next_rstd = a.rstd[next];
+    }
     // Both sums travel through one cluster barrier (the rstd one is unused when given).
     float sums[2] = {a.rstd ? 0.f : sum_squares<TX, VEC, ITEMS>(xv),
-                     dot_gx<TX, TW, VEC, ITEMS, BLOCK, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(w, wv, first,
-                                                                                                       end, xv, gv, a)};
+                     dot_gx<TX, VEC, ITEMS, BLOCK>(wsrc, first, end, xv, gv, a)};
     Sum::sum(temp, sums, parity);
-    const float rstd = a.rstd ? a.rstd[row] : rstd_from_sum(sums[0], a.inv_cols, a.eps);
+    const float rstd = a.rstd ? saved_rstd : rstd_from_sum(sums[0], a.inv_cols, a.eps);
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<TX, TW, VEC, ITEMS, BLOCK, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>>(
-        dx, w, wv, first, end, xv, gv, rstd, rstd * rstd * rstd * sums[1] * a.inv_cols, dw_acc, a);
+    store_dx<TX, VEC, ITEMS, BLOCK>(dx, wsrc, first, end, xv, gv, rstd, rstd * rstd * rstd * sums[1] * a.inv_cols,
+                                    dw_acc, a);
   }
   // One partial row per cluster: each block fills its slice.
   if (a.partial) write_partial<VEC, ITEMS, BLOCK>(a.partial + place.cluster * a.cols, first, end, dw_acc);

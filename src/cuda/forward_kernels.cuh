@@ -143,6 +143,44 @@ __device__ __forceinline__ Vec<TW, VEC> weight_item(const TW* w, const Vec<TW, V
     return load_vec<TW, VEC>(w + idx * VEC);
 }
 
+// A lane's weight vectors for the backward's steps, from where its kernel keeps them: in
+// registers or read from global memory per row (LaneWeight, as load_weight and weight_item
+// above), or in shared memory (SharedLaneWeight). Vectors past the row's end are zeros in
+// registers and shared memory (kZeroPadded), and must not be read from global memory.
+template <class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
+struct LaneWeight {
+  static constexpr bool kZeroPadded = PRELOAD;
+  const TW* w;
+  Vec<TW, VEC> wv[ITEMS];
+  __device__ __forceinline__ LaneWeight(const TW* weight, std::int64_t first, std::int64_t end) : w(weight) {
+    load_weight<TW, VEC, ITEMS, STRIDE, PRELOAD>(w, first, end, wv);
+  }
+  __device__ __forceinline__ Vec<TW, VEC> operator()(int i, std::int64_t idx) const {
+    return weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx);
+  }
+};
+
+// The lane's weight vectors copied once into shared memory (`slice`: STRIDE * ITEMS vectors
+// for the block). A cluster barrier's acquire leaves nothing of the weight in L1, so a
+// weight re-read from global memory after it came from L2, on every row.
+template <class TW, int VEC, int ITEMS, int STRIDE>
+struct SharedLaneWeight {
+  static constexpr bool kZeroPadded = true;
+  const TW* w;
+  Vec<TW, VEC>* lane;
+  __device__ __forceinline__ SharedLaneWeight(const TW* weight, std::int64_t first, std::int64_t end,
+                                              Vec<TW, VEC>* slice)
+      : w(weight), lane(slice + threadIdx.x) {
+    if (!w) return;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {  // each lane reads back only what it wrote: no barrier
+      const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
+      lane[i * STRIDE] = load_vec_or_zero<TW, VEC>(w + idx * VEC, idx < end);
+    }
+  }
+  __device__ __forceinline__ Vec<TW, VEC> operator()(int i, std::int64_t) const { return lane[i * STRIDE]; }
+};
+
 template <class TX, class TW, class TY, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
 __device__ __forceinline__ void store_items(TY* y, const TW* w, const Vec<TW, VEC> (&wv)[ITEMS], std::int64_t first,
                                             std::int64_t end, const Vec<TX, VEC> (&v)[ITEMS], float rstd,

@@ -72,6 +72,24 @@ void launch_register_rows(const ForwardArgs& a, const Plan& plan, const Queue& q
   }
 }
 
+// The cluster configuration the plan names (kClusterRowConfigs).
+template <class TX, class TW, class TY, int VEC, int I>
+void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
+  if constexpr (I < kNumClusterRowConfigs) {
+    constexpr RegisterConfig c = kClusterRowConfigs[I];
+    if (plan.threads_per_block == c.threads_per_block && plan.items_per_thread == c.items) {
+      const std::int64_t clusters = cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
+      launch_kernel(ClusterRowImpl<TX, TW, TY, VEC, c.items, c.threads_per_block>,
+                    {grid_for(clusters * plan.cluster_size), c.threads_per_block, plan.cluster_size}, q,
+                    "ClusterRowImpl", &plan, a);
+      return;
+    }
+    launch_clusters<TX, TW, TY, VEC, I + 1>(a, plan, sm_count, q);
+  } else {
+    throw Error(Code::internal, "no cluster configuration matches the plan");
+  }
+}
+
 template <class TX, class TW, class TY>
 void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
   constexpr int kVec = 16 / sizeof(TX);
@@ -86,14 +104,8 @@ void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const
                                               : LongRowImpl<TX, TW, TY, 1, kLongRowThreads>,
                     {grid_for(a.total_rows), kLongRowThreads}, q, "LongRowImpl", &plan, a);
       return;
-    case Strategy::cluster_row: {
-      constexpr RegisterConfig c = kClusterRowConfig;
-      const std::int64_t clusters = cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
-      launch_kernel(ClusterRowImpl<TX, TW, TY, kVec, c.items, c.threads_per_block>,
-                    {grid_for(clusters * plan.cluster_size), c.threads_per_block, plan.cluster_size}, q,
-                    "ClusterRowImpl", &plan, a);
-      return;
-    }
+    case Strategy::cluster_row:
+      return launch_clusters<TX, TW, TY, kVec, 0>(a, plan, sm_count, q);
     case Strategy::automatic:
       break;
   }

@@ -6,7 +6,10 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 
 #include "kernel_configs.h"
 #include "rmsnorm/rmsnorm.h"
@@ -17,7 +20,8 @@ namespace rmsnorm::detail::cuda {
 struct LaunchShape {
   dim3 grid;
   dim3 block;
-  int cluster = 0;  // blocks per cluster; 0: not a cluster launch
+  int cluster = 0;               // blocks per cluster; 0: not a cluster launch
+  std::size_t shared_bytes = 0;  // dynamic shared memory per block
 };
 
 // What a failed launch reports: the kernel, its configuration and the runtime's words.
@@ -28,6 +32,7 @@ inline std::string describe_launch(const char* kernel, const LaunchShape& shape,
          std::to_string(plan->items_per_thread) + " items, vector " + std::to_string(plan->vector_width) + ", ";
   s += std::to_string(shape.grid.x) + " blocks of " + std::to_string(shape.block.x * shape.block.y) + " threads";
   if (shape.cluster > 0) s += ", " + std::to_string(shape.cluster) + " blocks a cluster";
+  if (shape.shared_bytes > 0) s += ", " + std::to_string(shape.shared_bytes) + " bytes of dynamic shared memory";
   return s + ")";
 }
 
@@ -47,6 +52,12 @@ void launch_kernel(void (*kernel)(KernelArgs...), const LaunchShape& shape, cons
   config.gridDim = shape.grid;
   config.blockDim = shape.block;
   config.stream = queue.stream;
+  config.dynamicSmemBytes = shape.shared_bytes;
+  cudaError_t err = cudaSuccess;
+  // Beyond the default 48 KB a block, the kernel must be allowed more (per device; cheap).
+  if (shape.shared_bytes > 48 * 1024)
+    err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shape.shared_bytes));
   cudaLaunchAttribute attributes[2]{};
   unsigned n = 0;
   if (shape.cluster > 0) {
@@ -63,7 +74,7 @@ void launch_kernel(void (*kernel)(KernelArgs...), const LaunchShape& shape, cons
   }
   config.attrs = attributes;
   config.numAttrs = n;
-  cudaError_t err = cudaLaunchKernelEx(&config, kernel, args...);
+  if (err == cudaSuccess) err = cudaLaunchKernelEx(&config, kernel, args...);
   // A launch error is returned here; one the runtime defers is read back (and cleared) next.
   const cudaError_t last = cudaGetLastError();
   if (err == cudaSuccess) err = last;
@@ -75,6 +86,42 @@ void launch_kernel(void (*kernel)(KernelArgs...), const LaunchShape& shape, cons
 // Blocks of `block` threads that fill every SM with `threads_per_sm` threads each.
 inline std::int64_t filling_blocks(int block, int sm_count, int threads_per_sm) {
   return static_cast<std::int64_t>(sm_count) * std::max(threads_per_sm / block, 1);
+}
+
+// Clusters of `shape` (its block, cluster size and dynamic shared memory) that the current
+// device holds at once, as the occupancy calculator counts them, or 0 when it cannot say.
+// A cluster's blocks must share a GPC, so this is less than SMs / cluster size: on the
+// H100 (132 SMs), 30 clusters of four blocks of one block an SM, not 33. Cached: it costs a
+// driver query and never changes while the process runs.
+template <class... KernelArgs>
+int resident_clusters(void (*kernel)(KernelArgs...), const LaunchShape& shape) {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  const auto key = std::make_tuple(device, shape.block.x, shape.cluster, shape.shared_bytes);
+  static std::mutex mutex;
+  static std::map<decltype(key), int> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto found = cache.find(key);
+  if (found != cache.end()) return found->second;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(shape.cluster));
+  config.blockDim = shape.block;
+  config.dynamicSmemBytes = shape.shared_bytes;
+  cudaLaunchAttribute cluster{};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = static_cast<unsigned>(shape.cluster);
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if ((shape.shared_bytes <= 48 * 1024 || cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                               static_cast<int>(shape.shared_bytes)) == cudaSuccess) &&
+      cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess)
+    clusters = 0;
+  cudaGetLastError();  // a failed query is not the caller's error: it falls back
+  cache.emplace(key, clusters);
+  return clusters;
 }
 
 // Clusters of the persistent cluster grids: twice what the kernels' launch bounds keep
