@@ -97,7 +97,8 @@ template <class... KernelArgs>
 int resident_clusters(void (*kernel)(KernelArgs...), const LaunchShape& shape) {
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return 0;
-  const auto key = std::make_tuple(device, shape.block.x, shape.cluster, shape.shared_bytes);
+  const auto key =
+      std::make_tuple(device, reinterpret_cast<const void*>(kernel), shape.block.x, shape.cluster, shape.shared_bytes);
   static std::mutex mutex;
   static std::map<decltype(key), int> cache;
   const std::lock_guard<std::mutex> lock(mutex);

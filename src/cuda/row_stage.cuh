@@ -38,9 +38,7 @@ struct RowStage {
 #endif
   }
 
-  __device__ __forceinline__ const T* slot(int buffer, int array) const {
-    return slots + (buffer * ARRAYS + array) * SLOTS;
-  }
+  __device__ __forceinline__ T* slot(int buffer, int array) const { return slots + (buffer * ARRAYS + array) * SLOTS; }
 
   // Thread 0 only: starts the copies of `vectors` vectors from each source into `buffer`.
   // Every reader of the buffer's previous contents must have passed a block barrier since.
@@ -52,8 +50,8 @@ struct RowStage {
     if (bytes == 0) return;
 #pragma unroll
     for (int a = 0; a < ARRAYS; ++a)
-      ::cuda::ptx::cp_async_bulk(::cuda::ptx::space_cluster, ::cuda::ptx::space_global, const_cast<T*>(slot(buffer, a)),
-                                 src[a], bytes, &bars.full[buffer]);
+      ::cuda::ptx::cp_async_bulk(::cuda::ptx::space_cluster, ::cuda::ptx::space_global, slot(buffer, a), src[a], bytes,
+                                 &bars.full[buffer]);
 #else
     (void)buffer, (void)src, (void)vectors;
 #endif
