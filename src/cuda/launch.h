@@ -125,13 +125,14 @@ int resident_clusters(void (*kernel)(KernelArgs...), const LaunchShape& shape) {
   return clusters;
 }
 
-// Clusters of the persistent cluster grids: twice what the kernels' launch bounds keep
-// resident (2048 threads an SM), and no more than there are rows. Measured on the H100
-// (bf16, 2026-11-25): sized to the resident count alone, the backward lost 20 % (8192 x
-// 32768: 1.47 against 1.82 TB/s) and the forward 16 % (2048 x 131072: 2.05 against 2.44) -
-// clusters must fit within one GPC, so fewer than that are resident at once and the rest
-// ran their whole share of rows as a second wave; a forward cluster a row (no loop) moved
-// 2.64 / 2.45 / 2.24 TB/s on rows of 65536 / 131072 / 262144, against 2.85 / 2.44 / 2.31.
+// Clusters of the forward's persistent cluster grid (and the backward's when
+// resident_clusters cannot say): SMs x 2048 threads / block / cluster size, four times what
+// one-block-an-SM kernels keep resident, and no more than there are rows. Measured on the
+// H100 (bf16, 2026-11-25): sized to SMs / cluster size (more than fit at once: clusters
+// must share a GPC) the rest ran their whole share of rows as a second wave, and the
+// forward lost 16 % (2048 x 131072: 2.05 against 2.44 TB/s); a forward cluster a row (no
+// loop) moved 2.64 / 2.45 / 2.24 TB/s on rows of 65536 / 131072 / 262144, against 2.85 /
+// 2.44 / 2.31.
 inline std::int64_t cluster_count(std::int64_t rows, int block, int cluster, int sm_count) {
   const std::int64_t fill = filling_blocks(block, sm_count, kMaxThreadsPerSm) / cluster;
   return std::min(rows, std::max<std::int64_t>(fill, 1));
