@@ -15,6 +15,11 @@
 // Each choice was timed against the alternatives on the H100 (bench/results/README.md).
 #pragma once
 
+#include <type_traits>
+#include <utility>
+
+#include "rmsnorm/rmsnorm.h"
+
 namespace rmsnorm::detail {
 
 struct RegisterConfig {
@@ -84,6 +89,29 @@ inline constexpr RegisterConfig kBackwardClusterRowConfigs[] = {{512, 4, 512}, {
 inline constexpr int kNumClusterRowConfigs = sizeof(kClusterRowConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumBackwardClusterRowConfigs = sizeof(kBackwardClusterRowConfigs) / sizeof(RegisterConfig);
 inline constexpr int kMaxClusterSize = 8;
+
+// Whether a plan names a configuration: register rows by their lanes a row and vectors a
+// lane; clusters by their threads a block and vectors a lane (a cluster row's lanes are the
+// block's times the cluster size).
+inline bool names_rows(const Plan& p, const RegisterConfig& c) {
+  return p.threads_per_row == c.threads_per_row && p.items_per_thread == c.items;
+}
+inline bool names_cluster(const Plan& p, const RegisterConfig& c) {
+  return p.threads_per_block == c.threads_per_block && p.items_per_thread == c.items;
+}
+
+// Calls f(std::integral_constant<int, I>{}) for the first entry I of TABLE (N entries) that
+// `names` says the plan names, so that f can instantiate that entry's kernel (TABLE[I] is a
+// constant expression there), and returns what f returns; Error(internal) when none is.
+template <const RegisterConfig* TABLE, int N, int I = 0, class F>
+decltype(auto) with_config(const Plan& plan, bool (*names)(const Plan&, const RegisterConfig&), F&& f) {
+  static_assert(I < N, "an empty configuration table");
+  if (names(plan, TABLE[I])) return f(std::integral_constant<int, I>{});
+  if constexpr (I + 1 < N)
+    return with_config<TABLE, N, I + 1>(plan, names, std::forward<F>(f));
+  else
+    throw Error(Code::internal, "no configuration of its table matches the plan");
+}
 
 // An SM's threads, and the smallest block: the workspace holds at most sm_count * 2048 /
 // 128 partial dw rows, whatever the plan.

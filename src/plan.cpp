@@ -49,11 +49,12 @@ Plan from_config(Strategy s, int vw, const RegisterConfig& c) {
 }
 
 // The choice itself: the smallest warp configuration that holds the row, else the smallest
-// block configuration, else streaming. Forced strategies are honoured when they can serve.
+// block configuration, else the first cluster configuration (sm_90, a cluster of at most
+// kMaxClusterSize blocks), else streaming. Forced strategies are honoured when they can serve.
 template <int NW, int NB, int NC>
 Plan choose(DType x_dtype, std::int64_t cols, int vw, Strategy requested, int cc_major,
             const RegisterConfig (&warp_table)[NW], const RegisterConfig (&block_table)[NB],
-            const RegisterConfig (&cluster_table)[NC], bool cluster_by_default) {
+            const RegisterConfig (&cluster_table)[NC]) {
   const RegisterConfig& cluster_config = cluster_table[0];
   const std::int64_t vectors = cols / vw;
   const Plan long_row{Strategy::long_row, vw, kLongRowThreads, 0, kLongRowThreads};
@@ -95,7 +96,7 @@ Plan choose(DType x_dtype, std::int64_t cols, int vw, Strategy requested, int cc
   }
   if (warp) return from_config(Strategy::warp_rows, vw, *warp);
   if (block) return from_config(Strategy::block_row, vw, *block);
-  if (cluster_ok && cluster_by_default) return cluster;
+  if (cluster_ok) return cluster;
   return long_row;
 }
 
@@ -111,8 +112,7 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   // cluster_row moved 2.85 / 2.44 / 2.31 TB/s on rows of 65536 / 131072 / 262144 elements,
   // long_row 2.08 / 1.74 / 1.67 (long_row reads the row twice, and rows that many no longer
   // stay in L2 between the reads). long_row remains for older GPUs and unaligned rows.
-  return choose(p.x_dtype, p.cols, vw, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs, kClusterRowConfigs,
-                /*cluster_by_default=*/true);
+  return choose(p.x_dtype, p.cols, vw, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs, kClusterRowConfigs);
 }
 
 Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {
@@ -126,7 +126,7 @@ Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {
   // long rows: on the H100 (bf16, 2026-11-25) 2.76 / 2.61 TB/s on rows of 32768 / 65536
   // elements against long_row's 0.95 / 0.91.
   return choose(p.x_dtype, p.cols, vw, requested, cc_major, kBackwardWarpRowsConfigs, kBackwardBlockRowConfigs,
-                kBackwardClusterRowConfigs, /*cluster_by_default=*/true);
+                kBackwardClusterRowConfigs);
 }
 
 }  // namespace rmsnorm::detail

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kernel_configs.h"
 #include "rmsnorm/rmsnorm.h"
 #include "support.h"  // PrintTo of the enums
 
@@ -216,6 +217,39 @@ TEST(Plan, BlockRowLimits) {
     expect_unsupported(Strategy::block_row, views(t, 17, 4097), where(t, 4097) + " (odd cols)");
     expect_unsupported(Strategy::block_row, views(t, 17, 8192, -1, 1, 1), where(t, 8192, 1) + " (misaligned)");
   }
+}
+
+// The launchers find the kernel of a plan with detail::with_config: the entry of the table
+// that the plan names, whatever its place; a plan that names none is an internal error.
+template <const detail::RegisterConfig* TABLE, int N>
+void expect_with_config_finds_each(bool (*names)(const Plan&, const detail::RegisterConfig&), bool cluster) {
+  for (int i = 0; i < N; ++i) {
+    const detail::RegisterConfig& c = TABLE[i];
+    // A plan as the planner makes it: a cluster row spans cluster_size blocks.
+    const Plan p{cluster ? Strategy::cluster_row : Strategy::block_row,
+                 8,
+                 cluster ? c.threads_per_block * 3 : c.threads_per_row,
+                 c.items,
+                 c.threads_per_block,
+                 cluster ? 3 : 1};
+    const int found = detail::with_config<TABLE, N>(p, names, [](auto k) { return decltype(k)::value; });
+    EXPECT_EQ(found, i) << "entry " << i;
+  }
+  const Plan none{Strategy::block_row, 8, 3, 5, 7, 1};
+  const auto nothing = [](auto) {};
+  EXPECT_THROW((detail::with_config<TABLE, N>(none, names, nothing)), Error);
+}
+
+TEST(Plan, LaunchersFindTheConfigurationThePlanNames) {
+  expect_with_config_finds_each<detail::kWarpRowsConfigs, detail::kNumWarpRowsConfigs>(detail::names_rows, false);
+  expect_with_config_finds_each<detail::kBlockRowConfigs, detail::kNumBlockRowConfigs>(detail::names_rows, false);
+  expect_with_config_finds_each<detail::kBackwardWarpRowsConfigs, detail::kNumBackwardWarpRowsConfigs>(
+      detail::names_rows, false);
+  expect_with_config_finds_each<detail::kBackwardBlockRowConfigs, detail::kNumBackwardBlockRowConfigs>(
+      detail::names_rows, false);
+  expect_with_config_finds_each<detail::kClusterRowConfigs, detail::kNumClusterRowConfigs>(detail::names_cluster, true);
+  expect_with_config_finds_each<detail::kBackwardClusterRowConfigs, detail::kNumBackwardClusterRowConfigs>(
+      detail::names_cluster, true);
 }
 
 // Blocks are sized to the row (src/kernel_configs.h): for 16-bit rows of whole kilo-elements

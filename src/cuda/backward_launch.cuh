@@ -39,22 +39,19 @@ inline BackwardArgs make_backward_args(const BackwardProblem& p) {
   return a;
 }
 
-template <class TX, class TW, int VEC, const RegisterConfig* TABLE, int N, int I = 0>
+// The register configuration the plan names among a compile-time table; returns the blocks
+// launched, one partial dw row each.
+template <class TX, class TW, int VEC, const RegisterConfig* TABLE, int N>
 std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
-  if constexpr (I < N) {
-    constexpr RegisterConfig c = TABLE[I];
-    if (plan.threads_per_row == c.threads_per_row && plan.items_per_thread == c.items) {
-      constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
-      const std::int64_t blocks =
-          backward_blocks((a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock, c.threads_per_block, c.items, sm_count);
-      launch_kernel(BackwardRowsImpl<TX, TW, VEC, c.threads_per_row, c.items, c.threads_per_block>,
-                    {grid_for(blocks), c.threads_per_block}, q, "BackwardRowsImpl", &plan, a);
-      return blocks;
-    }
-    return launch_backward_rows<TX, TW, VEC, TABLE, N, I + 1>(a, plan, sm_count, q);
-  } else {
-    throw Error(Code::internal, "no backward register configuration matches the plan");
-  }
+  return with_config<TABLE, N>(plan, names_rows, [&](auto i) {
+    constexpr RegisterConfig c = TABLE[decltype(i)::value];
+    constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
+    const std::int64_t blocks =
+        backward_blocks((a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock, c.threads_per_block, c.items, sm_count);
+    launch_kernel(BackwardRowsImpl<TX, TW, VEC, c.threads_per_row, c.items, c.threads_per_block>,
+                  {grid_for(blocks), c.threads_per_block}, q, "BackwardRowsImpl", &plan, a);
+    return blocks;
+  });
 }
 
 // The cluster configuration the plan names (kBackwardClusterRowConfigs). The grid is the
@@ -64,26 +61,21 @@ std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int s
 // 2.51 / 2.43 / 2.09 with cluster_count's four times as many clusters (which the forward
 // keeps): once the next row's loads are in flight during this one's barrier (RowStage),
 // further clusters only add partial rows and waves.
-template <class TX, class TW, int VEC, int I>
+template <class TX, class TW, int VEC>
 std::int64_t launch_backward_clusters(const BackwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
-  if constexpr (I < kNumBackwardClusterRowConfigs) {
-    constexpr RegisterConfig c = kBackwardClusterRowConfigs[I];
-    if (plan.threads_per_block == c.threads_per_block && plan.items_per_thread == c.items) {
-      const auto kernel = ClusterBackwardImpl<TX, TW, VEC, c.items, c.threads_per_block>;
-      LaunchShape shape{dim3(1), c.threads_per_block, plan.cluster_size,
-                        cluster_backward_shared_bytes<TX, TW, VEC, c.items, c.threads_per_block>(a.weight != nullptr)};
-      const int resident = resident_clusters(kernel, shape);
-      const std::int64_t clusters = resident > 0
-                                        ? std::min<std::int64_t>(a.total_rows, resident)
-                                        : cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
-      shape.grid = grid_for(clusters * plan.cluster_size);
-      launch_kernel(kernel, shape, q, "ClusterBackwardImpl", &plan, a);
-      return clusters;
-    }
-    return launch_backward_clusters<TX, TW, VEC, I + 1>(a, plan, sm_count, q);
-  } else {
-    throw Error(Code::internal, "no backward cluster configuration matches the plan");
-  }
+  return with_config<kBackwardClusterRowConfigs, kNumBackwardClusterRowConfigs>(plan, names_cluster, [&](auto i) {
+    constexpr RegisterConfig c = kBackwardClusterRowConfigs[decltype(i)::value];
+    const auto kernel = ClusterBackwardImpl<TX, TW, VEC, c.items, c.threads_per_block>;
+    LaunchShape shape{dim3(1), c.threads_per_block, plan.cluster_size,
+                      cluster_backward_shared_bytes<TX, TW, VEC, c.items, c.threads_per_block>(a.weight != nullptr)};
+    const int resident = resident_clusters(kernel, shape);
+    const std::int64_t clusters = resident > 0
+                                      ? std::min<std::int64_t>(a.total_rows, resident)
+                                      : cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
+    shape.grid = grid_for(clusters * plan.cluster_size);
+    launch_kernel(kernel, shape, q, "ClusterBackwardImpl", &plan, a);
+    return clusters;
+  });
 }
 
 template <class TDW>
@@ -113,7 +105,7 @@ void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_co
                     {grid_for(blocks), kLongRowThreads}, q, "LongRowBackwardImpl", &plan, a);
       break;
     case Strategy::cluster_row:
-      blocks = launch_backward_clusters<TX, TW, kVec, 0>(a, plan, sm_count, q);
+      blocks = launch_backward_clusters<TX, TW, kVec>(a, plan, sm_count, q);
       break;
     case Strategy::automatic:
       throw Error(Code::internal, "plan without a strategy");

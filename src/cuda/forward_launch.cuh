@@ -53,41 +53,28 @@ inline unsigned grid_for(std::int64_t work_items) {
   return static_cast<unsigned>(work_items < kMaxGrid ? work_items : kMaxGrid);
 }
 
-// Finds the register configuration the plan names among the compile-time tables and
-// launches its instantiation.
-template <class TX, class TW, class TY, int VEC, const RegisterConfig* TABLE, int N, int I = 0>
+// The register configuration the plan names among a compile-time table: its instantiation.
+template <class TX, class TW, class TY, int VEC, const RegisterConfig* TABLE, int N>
 void launch_register_rows(const ForwardArgs& a, const Plan& plan, const Queue& q) {
-  if constexpr (I < N) {
-    constexpr RegisterConfig c = TABLE[I];
-    if (plan.threads_per_row == c.threads_per_row && plan.items_per_thread == c.items) {
-      constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
-      const std::int64_t blocks = (a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock;
-      launch_kernel(RegisterRowsImpl<TX, TW, TY, VEC, c.threads_per_row, c.items, c.threads_per_block>,
-                    {grid_for(blocks), c.threads_per_block}, q, "RegisterRowsImpl", &plan, a);
-      return;
-    }
-    launch_register_rows<TX, TW, TY, VEC, TABLE, N, I + 1>(a, plan, q);
-  } else {
-    throw Error(Code::internal, "no register configuration matches the plan");
-  }
+  with_config<TABLE, N>(plan, names_rows, [&](auto i) {
+    constexpr RegisterConfig c = TABLE[decltype(i)::value];
+    constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
+    const std::int64_t blocks = (a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock;
+    launch_kernel(RegisterRowsImpl<TX, TW, TY, VEC, c.threads_per_row, c.items, c.threads_per_block>,
+                  {grid_for(blocks), c.threads_per_block}, q, "RegisterRowsImpl", &plan, a);
+  });
 }
 
 // The cluster configuration the plan names (kClusterRowConfigs).
-template <class TX, class TW, class TY, int VEC, int I>
+template <class TX, class TW, class TY, int VEC>
 void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
-  if constexpr (I < kNumClusterRowConfigs) {
-    constexpr RegisterConfig c = kClusterRowConfigs[I];
-    if (plan.threads_per_block == c.threads_per_block && plan.items_per_thread == c.items) {
-      const std::int64_t clusters = cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
-      launch_kernel(ClusterRowImpl<TX, TW, TY, VEC, c.items, c.threads_per_block>,
-                    {grid_for(clusters * plan.cluster_size), c.threads_per_block, plan.cluster_size}, q,
-                    "ClusterRowImpl", &plan, a);
-      return;
-    }
-    launch_clusters<TX, TW, TY, VEC, I + 1>(a, plan, sm_count, q);
-  } else {
-    throw Error(Code::internal, "no cluster configuration matches the plan");
-  }
+  with_config<kClusterRowConfigs, kNumClusterRowConfigs>(plan, names_cluster, [&](auto i) {
+    constexpr RegisterConfig c = kClusterRowConfigs[decltype(i)::value];
+    const std::int64_t clusters = cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
+    launch_kernel(ClusterRowImpl<TX, TW, TY, VEC, c.items, c.threads_per_block>,
+                  {grid_for(clusters * plan.cluster_size), c.threads_per_block, plan.cluster_size}, q, "ClusterRowImpl",
+                  &plan, a);
+  });
 }
 
 template <class TX, class TW, class TY>
@@ -105,7 +92,7 @@ void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const
                     {grid_for(a.total_rows), kLongRowThreads}, q, "LongRowImpl", &plan, a);
       return;
     case Strategy::cluster_row:
-      return launch_clusters<TX, TW, TY, kVec, 0>(a, plan, sm_count, q);
+      return launch_clusters<TX, TW, TY, kVec>(a, plan, sm_count, q);
     case Strategy::automatic:
       break;
   }

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <tuple>
 
@@ -44,6 +45,25 @@ struct Queue {
   bool dependent = false;
 };
 
+// Lets `kernel` use `bytes` of dynamic shared memory a block on the current device: beyond
+// the default 48 KB it must be allowed, once per device and size (a runtime call, kept off
+// the launch path after the first).
+template <class... KernelArgs>
+cudaError_t allow_shared_bytes(void (*kernel)(KernelArgs...), std::size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  static std::mutex mutex;
+  static std::set<std::tuple<int, const void*, std::size_t>> allowed;
+  const auto key = std::make_tuple(device, reinterpret_cast<const void*>(kernel), bytes);
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (allowed.count(key)) return cudaSuccess;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (err == cudaSuccess) allowed.insert(key);
+  return err;
+}
+
 // Launches every kernel of the library.
 template <class... KernelArgs, class... Args>
 void launch_kernel(void (*kernel)(KernelArgs...), const LaunchShape& shape, const Queue& queue, const char* name,
@@ -53,11 +73,7 @@ void launch_kernel(void (*kernel)(KernelArgs...), const LaunchShape& shape, cons
   config.blockDim = shape.block;
   config.stream = queue.stream;
   config.dynamicSmemBytes = shape.shared_bytes;
-  cudaError_t err = cudaSuccess;
-  // Beyond the default 48 KB a block, the kernel must be allowed more (per device; cheap).
-  if (shape.shared_bytes > 48 * 1024)
-    err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shape.shared_bytes));
+  cudaError_t err = allow_shared_bytes(kernel, shape.shared_bytes);
   cudaLaunchAttribute attributes[2]{};
   unsigned n = 0;
   if (shape.cluster > 0) {
@@ -116,8 +132,7 @@ int resident_clusters(void (*kernel)(KernelArgs...), const LaunchShape& shape) {
   config.attrs = &cluster;
   config.numAttrs = 1;
   int clusters = 0;
-  if ((shape.shared_bytes <= 48 * 1024 || cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                               static_cast<int>(shape.shared_bytes)) == cudaSuccess) &&
+  if (allow_shared_bytes(kernel, shape.shared_bytes) != cudaSuccess ||
       cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess)
     clusters = 0;
   cudaGetLastError();  // a failed query is not the caller's error: it falls back
