@@ -8,9 +8,9 @@
 #include <algorithm>
 #include <map>
 #include <mutex>
-#include <set>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "kernel_configs.h"
 #include "rmsnorm/rmsnorm.h"
@@ -30,7 +30,8 @@ inline std::string describe_launch(const char* kernel, const LaunchShape& shape,
   std::string s = std::string(kernel) + " (";
   if (plan)
     s += std::string(strategy_name(plan->strategy)) + ", " + std::to_string(plan->threads_per_row) + " threads/row, " +
-         std::to_string(plan->items_per_thread) + " items, vector " + std::to_string(plan->vector_width) + ", ";
+         std::to_string(plan->items_per_thread) + " items, vector " + std::to_string(plan->vector_width) +
+         (plan->load_width == plan->vector_width ? ", " : " loaded an element at a time, ");
   s += std::to_string(shape.grid.x) + " blocks of " + std::to_string(shape.block.x * shape.block.y) + " threads";
   if (shape.cluster > 0) s += ", " + std::to_string(shape.cluster) + " blocks a cluster";
   if (shape.shared_bytes > 0) s += ", " + std::to_string(shape.shared_bytes) + " bytes of dynamic shared memory";
@@ -46,8 +47,11 @@ struct Queue {
 };
 
 // Lets `kernel` use `bytes` of dynamic shared memory a block on the current device: beyond
-// the default 48 KB it must be allowed, once per device and size (a runtime call, kept off
-// the launch path after the first).
+// the default 48 KB it must be allowed. The allowance is an attribute of the kernel (one
+// value per kernel and device, not one per size): setting it for a smaller size lowers it
+// again, and a later launch with more shared memory then fails. So the largest size
+// allowed so far is kept per (device, kernel), the attribute is only ever raised, and the
+// runtime call stays off the launch path once a kernel's largest size has been seen.
 template <class... KernelArgs>
 cudaError_t allow_shared_bytes(void (*kernel)(KernelArgs...), std::size_t bytes) {
   if (bytes <= 48 * 1024) return cudaSuccess;
@@ -55,12 +59,12 @@ cudaError_t allow_shared_bytes(void (*kernel)(KernelArgs...), std::size_t bytes)
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
   static std::mutex mutex;
-  static std::set<std::tuple<int, const void*, std::size_t>> allowed;
-  const auto key = std::make_tuple(device, reinterpret_cast<const void*>(kernel), bytes);
+  static std::map<std::pair<int, const void*>, std::size_t> allowed;
   const std::lock_guard<std::mutex> lock(mutex);
-  if (allowed.count(key)) return cudaSuccess;
+  std::size_t& largest = allowed[std::make_pair(device, reinterpret_cast<const void*>(kernel))];
+  if (bytes <= largest) return cudaSuccess;
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-  if (err == cudaSuccess) allowed.insert(key);
+  if (err == cudaSuccess) largest = bytes;
   return err;
 }
 
