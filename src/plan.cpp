@@ -1,6 +1,8 @@
-// The strategy choice: one small function of (cols, dtype, vector width). It never looks
-// at the number of rows, so the reduction order of a row, and therefore its bits, are the
-// same whether it is normalised alone (decode) or inside a batch (prefill).
+// The strategy choice: one small function of (cols, dtype). It never looks at the number
+// of rows, the strides or the alignment, so the reduction order of a row, and therefore its
+// bits, are the same whether it is normalised alone (decode), inside a batch (prefill) or
+// inside any view (layout invariance). Alignment only decides how the chunks are loaded
+// (Plan::load_width).
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
@@ -23,10 +25,13 @@ struct Access {
   std::int64_t row_stride, batch_stride;
 };
 
-// 16-byte vectors need every row start 16-byte aligned in every array (x, y, the weight,
-// dy, dx). Anything less falls back to scalar accesses, which are always correct.
-int vector_width(DType x_dtype, std::int64_t cols, std::initializer_list<Access> arrays) {
-  const int full = static_cast<int>(16 / dtype_size(x_dtype));
+// A row is summed in chunks of 16 bytes of x (chunk_width elements) whatever its layout.
+// Loading a chunk as one 16-byte vector needs every row start 16-byte aligned in every
+// array (x, y, the weight, dy, dx) and cols a multiple of the chunk; anything less loads
+// the same chunks an element at a time (load_width 1), same order, same bits.
+int chunk_width(DType x_dtype) { return static_cast<int>(16 / dtype_size(x_dtype)); }
+int load_width(DType x_dtype, std::int64_t cols, std::initializer_list<Access> arrays) {
+  const int full = chunk_width(x_dtype);
   if (cols % full != 0) return 1;
   for (const Access& a : arrays) {
     const std::size_t chunk = std::min<std::size_t>(16, full * dtype_size(a.dtype));
@@ -48,21 +53,27 @@ Plan from_config(Strategy s, int vw, const RegisterConfig& c) {
   return Plan{s, vw, c.threads_per_row, c.items, c.threads_per_block};
 }
 
-// The choice itself: the smallest warp configuration that holds the row, else the smallest
-// block configuration, else the first cluster configuration (sm_90, a cluster of at most
-// kMaxClusterSize blocks), else streaming. Forced strategies are honoured when they can serve.
+Plan with_load_width(Plan p, int lw) {
+  p.load_width = lw;
+  return p;
+}
+
+// The choice itself, from the row's chunk count: the smallest warp configuration that
+// holds the row, else the smallest block configuration, else the first cluster
+// configuration (sm_90, a cluster of at most kMaxClusterSize blocks), else streaming.
+// Forced strategies are honoured when they can serve. The choice is made at the chunk
+// width; the load width (alignment) is attached afterwards and changes nothing else.
 template <int NW, int NB, int NC>
-Plan choose(DType x_dtype, std::int64_t cols, int vw, Strategy requested, int cc_major,
-            const RegisterConfig (&warp_table)[NW], const RegisterConfig (&block_table)[NB],
-            const RegisterConfig (&cluster_table)[NC]) {
+Plan choose(DType x_dtype, std::int64_t cols, Strategy requested, int cc_major, const RegisterConfig (&warp_table)[NW],
+            const RegisterConfig (&block_table)[NB], const RegisterConfig (&cluster_table)[NC]) {
   const RegisterConfig& cluster_config = cluster_table[0];
-  const std::int64_t vectors = cols / vw;
+  const int vw = chunk_width(x_dtype);
+  const std::int64_t vectors = (cols + vw - 1) / vw;
   const Plan long_row{Strategy::long_row, vw, kLongRowThreads, 0, kLongRowThreads};
-  const bool full = vw * dtype_size(x_dtype) == 16;
-  const RegisterConfig* warp = full ? first_fit(warp_table, vectors) : nullptr;
-  const RegisterConfig* block = full ? first_fit(block_table, vectors) : nullptr;
+  const RegisterConfig* warp = first_fit(warp_table, vectors);
+  const RegisterConfig* block = first_fit(block_table, vectors);
   const std::int64_t cluster_size = (vectors + cluster_config.capacity() - 1) / cluster_config.capacity();
-  const bool cluster_ok = full && cc_major >= 9 && cluster_size <= kMaxClusterSize;
+  const bool cluster_ok = cc_major >= 9 && cluster_size <= kMaxClusterSize;
   const Plan cluster{Strategy::cluster_row,
                      vw,
                      cluster_config.threads_per_row * static_cast<int>(cluster_size),
@@ -70,11 +81,9 @@ Plan choose(DType x_dtype, std::int64_t cols, int vw, Strategy requested, int cc
                      cluster_config.threads_per_block,
                      static_cast<int>(cluster_size)};
   const auto refuse = [&](const char* name, int cap) {
-    std::string why = full ? "a row of " + std::to_string(cols) + " elements (" + std::to_string(vectors) +
-                                 " vectors) exceeds its " + std::to_string(cap) + "-vector capacity"
-                           : "it needs 16-byte aligned rows (cols, strides and pointers multiples of " +
-                                 std::to_string(16 / dtype_size(x_dtype)) + " elements)";
-    throw Error(Code::unsupported, std::string("strategy: ") + name + " cannot serve this view: " + why);
+    throw Error(Code::unsupported, std::string("strategy: ") + name + " cannot serve this view: a row of " +
+                                       std::to_string(cols) + " elements (" + std::to_string(vectors) +
+                                       " 16-byte chunks) exceeds its " + std::to_string(cap) + "-chunk capacity");
   };
   switch (requested) {
     case Strategy::warp_rows:
@@ -103,30 +112,32 @@ Plan choose(DType x_dtype, std::int64_t cols, int vw, Strategy requested, int cc
 }  // namespace
 
 Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
-  const int vw = vector_width(p.x_dtype, p.cols,
-                              {{p.x, p.x_dtype, p.x_row_stride, p.x_batch_stride},
-                               {p.y, p.y_dtype, p.y_row_stride, p.y_batch_stride},
-                               {p.weight, p.w_dtype, 0, 0}});
+  const int lw = load_width(p.x_dtype, p.cols,
+                            {{p.x, p.x_dtype, p.x_row_stride, p.x_batch_stride},
+                             {p.y, p.y_dtype, p.y_row_stride, p.y_batch_stride},
+                             {p.weight, p.w_dtype, 0, 0}});
   // Rows beyond one block go to a cluster on sm_90: on the H100 (2026-11-25, bf16,
   // bench/results/), once its registers fell from 96 to 62 a thread (two blocks an SM),
   // cluster_row moved 2.85 / 2.44 / 2.31 TB/s on rows of 65536 / 131072 / 262144 elements,
   // long_row 2.08 / 1.74 / 1.67 (long_row reads the row twice, and rows that many no longer
   // stay in L2 between the reads). long_row remains for older GPUs and unaligned rows.
-  return choose(p.x_dtype, p.cols, vw, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs, kClusterRowConfigs);
+  return with_load_width(
+      choose(p.x_dtype, p.cols, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs, kClusterRowConfigs), lw);
 }
 
 Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {
-  const int vw = vector_width(p.x_dtype, p.cols,
-                              {{p.x, p.x_dtype, p.x_row_stride, p.x_batch_stride},
-                               {p.dy, p.x_dtype, p.dy_row_stride, p.dy_batch_stride},
-                               {p.dx, p.x_dtype, p.dx_row_stride, p.dx_batch_stride},
-                               {p.weight, p.w_dtype, 0, 0}});
+  const int lw = load_width(p.x_dtype, p.cols,
+                            {{p.x, p.x_dtype, p.x_row_stride, p.x_batch_stride},
+                             {p.dy, p.x_dtype, p.dy_row_stride, p.dy_batch_stride},
+                             {p.dx, p.x_dtype, p.dx_row_stride, p.dx_batch_stride},
+                             {p.weight, p.w_dtype, 0, 0}});
   // The backward's long_row re-reads and rewrites its fp32 dw partial row for every row
   // (8 extra bytes an element); cluster_row keeps it in registers, so it is the default for
   // long rows: on the H100 (bf16, 2026-11-25) 2.76 / 2.61 TB/s on rows of 32768 / 65536
   // elements against long_row's 0.95 / 0.91.
-  return choose(p.x_dtype, p.cols, vw, requested, cc_major, kBackwardWarpRowsConfigs, kBackwardBlockRowConfigs,
-                kBackwardClusterRowConfigs);
+  return with_load_width(choose(p.x_dtype, p.cols, requested, cc_major, kBackwardWarpRowsConfigs,
+                                kBackwardBlockRowConfigs, kBackwardClusterRowConfigs),
+                         lw);
 }
 
 }  // namespace rmsnorm::detail

@@ -40,9 +40,10 @@ std::string show(const Plan& p) {
          " threads_per_row=" + std::to_string(p.threads_per_row) +
          " items_per_thread=" + std::to_string(p.items_per_thread) +
          " threads_per_block=" + std::to_string(p.threads_per_block) +
-         " cluster_size=" + std::to_string(p.cluster_size);
+         " cluster_size=" + std::to_string(p.cluster_size) + " load_width=" + std::to_string(p.load_width);
 }
 
+// The fields that decide a row's reduction order: all but the load width.
 bool same(const Plan& a, const Plan& b) {
   return a.strategy == b.strategy && a.vector_width == b.vector_width && a.threads_per_row == b.threads_per_row &&
          a.items_per_thread == b.items_per_thread && a.threads_per_block == b.threads_per_block &&
@@ -69,8 +70,8 @@ TEST(Plan, AutomaticIgnoresRowCount) {
         const Plan one = plan(views(t, 1, cols, -1, lead, lead));
         for (std::int64_t rows : {2, 3, 4, 7, 8, 17, 64, 132, 256, 1000, 1024, 4097, 65536}) {
           const Plan many = plan(views(t, rows, cols, -1, lead, lead));
-          EXPECT_TRUE(same(one, many)) << where(t, cols, lead) << ": 1 row gives " << show(one) << ", " << rows
-                                       << " rows give " << show(many);
+          EXPECT_TRUE(same(one, many) && one.load_width == many.load_width)
+              << where(t, cols, lead) << ": 1 row gives " << show(one) << ", " << rows << " rows give " << show(many);
           const Plan batched = plan(views(t, 1, cols, -1, lead, lead, rows));
           EXPECT_TRUE(same(one, batched)) << where(t, cols, lead) << ": 1 row gives " << show(one) << ", a batch of "
                                           << rows << " gives " << show(batched);
@@ -83,24 +84,53 @@ TEST(Plan, FullVectorsForAlignedRows) {
     for (std::int64_t cols : {8, 64, 128, 1024, 4096, 8192, 65536}) {
       const Plan p = plan(views(t, 17, cols));
       EXPECT_EQ(p.vector_width, full_width(t)) << where(t, cols) << ": " << show(p);
+      EXPECT_EQ(p.load_width, full_width(t)) << where(t, cols) << ": " << show(p);
     }
 }
 
+// Unaligned rows keep the 16-byte chunks (the order in which a row is summed) and load
+// them an element at a time.
 TEST(Plan, ScalarAccessWhenMisaligned) {
   for (DType t : kDtypes) {
     for (std::int64_t cols : {1, 3, 7, 17, 127, 1031, 4097, 8191}) {
       const Plan p = plan(views(t, 17, cols));
-      EXPECT_EQ(p.vector_width, 1) << where(t, cols) << " (odd): " << show(p);
+      EXPECT_EQ(p.load_width, 1) << where(t, cols) << " (odd): " << show(p);
+      EXPECT_EQ(p.vector_width, full_width(t)) << where(t, cols) << " (odd): " << show(p);
     }
     for (std::int64_t cols : {64, 1024, 4096}) {
       const Plan px = plan(views(t, 17, cols, -1, 1, 0));
-      EXPECT_EQ(px.vector_width, 1) << where(t, cols) << " x one element off: " << show(px);
+      EXPECT_EQ(px.load_width, 1) << where(t, cols) << " x one element off: " << show(px);
       const Plan py = plan(views(t, 17, cols, -1, 0, 1));
-      EXPECT_EQ(py.vector_width, 1) << where(t, cols) << " y one element off: " << show(py);
+      EXPECT_EQ(py.load_width, 1) << where(t, cols) << " y one element off: " << show(py);
       const Plan ps = plan(views(t, 17, cols, cols + 1));
-      EXPECT_EQ(ps.vector_width, 1) << where(t, cols) << " row_stride cols+1: " << show(ps);
+      EXPECT_EQ(ps.load_width, 1) << where(t, cols) << " row_stride cols+1: " << show(ps);
     }
   }
+}
+
+// Layout invariance starts here: the same row length gives the same configuration (every
+// field but the load width) at every alignment, row stride, batch stride and row count, for
+// the automatic plan and every forced strategy that serves the row.
+TEST(Plan, IgnoresLayout) {
+  for (DType t : kDtypes)
+    for (std::int64_t cols : kCols)
+      for (Strategy s :
+           {Strategy::automatic, Strategy::warp_rows, Strategy::block_row, Strategy::long_row, Strategy::cluster_row}) {
+        Plan base;
+        try {
+          base = plan(views(t, 5, cols), s);
+        } catch (const Error&) {
+          continue;  // a forced strategy that cannot hold the row; tested below
+        }
+        for (std::int64_t lead : {0, 1, 3})
+          for (std::int64_t extra : {0, 1, 5, 8})
+            for (std::int64_t batch : {1, 3}) {
+              const Plan p = plan(views(t, 5, cols, cols + extra, lead, 7 - lead, batch), s);
+              EXPECT_TRUE(same(base, p)) << where(t, cols, lead) << " " << strategy_name(s) << " row_stride cols+"
+                                         << extra << " batch " << batch << ": " << show(p) << " against the contiguous "
+                                         << show(base);
+            }
+      }
 }
 
 // The fields agree with what the strategy means (Plan's and Strategy's comments).
@@ -122,7 +152,9 @@ TEST(Plan, FieldsAreConsistent) {
           if (s != Strategy::automatic) {
             EXPECT_EQ(p.strategy, s) << w;
           }
-          EXPECT_TRUE(p.vector_width >= 1 && full_width(t) % p.vector_width == 0) << w;
+          EXPECT_EQ(p.vector_width, full_width(t)) << w;
+          EXPECT_TRUE(p.load_width == 1 || p.load_width == p.vector_width) << w;
+          const std::int64_t chunks = (cols + p.vector_width - 1) / p.vector_width;
           EXPECT_GE(p.threads_per_row, 1) << w;
           EXPECT_LE(p.threads_per_block, 1024) << w;
           EXPECT_EQ(p.threads_per_block % 32, 0) << w;
@@ -134,12 +166,12 @@ TEST(Plan, FieldsAreConsistent) {
           switch (p.strategy) {
             case Strategy::warp_rows:
               EXPECT_LE(p.threads_per_row, 32) << w;
-              EXPECT_GE(std::int64_t{p.items_per_thread} * p.vector_width * p.threads_per_row, cols)
+              EXPECT_GE(std::int64_t{p.items_per_thread} * p.threads_per_row, chunks)
                   << w << ": the row does not fit in the lanes' registers";
               break;
             case Strategy::block_row:
               EXPECT_EQ(p.threads_per_row, p.threads_per_block) << w << ": a row per block";
-              EXPECT_GE(std::int64_t{p.items_per_thread} * p.vector_width * p.threads_per_row, cols)
+              EXPECT_GE(std::int64_t{p.items_per_thread} * p.threads_per_row, chunks)
                   << w << ": the row does not fit in the block's registers";
               break;
             case Strategy::long_row:
@@ -150,7 +182,7 @@ TEST(Plan, FieldsAreConsistent) {
               // A cluster has at most 16 blocks on sm_90 (8 portably).
               EXPECT_TRUE(p.cluster_size >= 1 && p.cluster_size <= 16) << w;
               EXPECT_EQ(p.threads_per_row, p.threads_per_block * p.cluster_size) << w << ": a row per cluster";
-              EXPECT_GE(std::int64_t{p.items_per_thread} * p.vector_width * p.threads_per_row, cols)
+              EXPECT_GE(std::int64_t{p.items_per_thread} * p.threads_per_row, chunks)
                   << w << ": the row does not fit in the cluster's registers";
               break;
             default:
@@ -192,30 +224,29 @@ void expect_unsupported(Strategy s, const Views& v, const std::string& w) {
   }
 }
 
-// warp_rows holds up to 128 16-byte vectors per row and needs 16-byte aligned rows.
+// warp_rows holds up to 128 16-byte chunks per row, at any alignment.
 TEST(Plan, WarpRowsLimits) {
   for (DType t : kDtypes) {
     const std::int64_t vw = full_width(t), max_cols = 128 * vw;
     for (std::int64_t cols : {vw, 8 * vw, max_cols / 2, max_cols})
       expect_serves(Strategy::warp_rows, views(t, 17, cols), where(t, cols));
-    expect_unsupported(Strategy::warp_rows, views(t, 17, max_cols + vw), where(t, max_cols + vw));
+    expect_serves(Strategy::warp_rows, views(t, 17, 127), where(t, 127) + " (odd cols)");
+    expect_serves(Strategy::warp_rows, views(t, 17, 64, -1, 1, 1), where(t, 64, 1) + " (misaligned)");
+    expect_serves(Strategy::warp_rows, views(t, 17, max_cols - 1), where(t, max_cols - 1) + " (odd cols)");
+    expect_unsupported(Strategy::warp_rows, views(t, 17, max_cols + 1), where(t, max_cols + 1));
     expect_unsupported(Strategy::warp_rows, views(t, 17, 4096), where(t, 4096));
-    expect_unsupported(Strategy::warp_rows, views(t, 17, 127), where(t, 127) + " (odd cols)");
-    expect_unsupported(Strategy::warp_rows, views(t, 17, 64, -1, 1, 1), where(t, 64, 1) + " (misaligned)");
   }
 }
 
-// block_row holds up to 4096 16-byte vectors per row. (Whether it also serves unaligned
-// rows with single-element accesses is the planner's choice; beyond 4096 elements it
-// cannot.)
+// block_row holds up to 4096 16-byte chunks per row, at any alignment.
 TEST(Plan, BlockRowLimits) {
   for (DType t : kDtypes) {
     const std::int64_t vw = full_width(t), max_cols = 4096 * vw;
     for (std::int64_t cols : {vw, std::int64_t{1024}, std::int64_t{4096}, max_cols})
       expect_serves(Strategy::block_row, views(t, 17, cols), where(t, cols));
-    expect_unsupported(Strategy::block_row, views(t, 17, max_cols + vw), where(t, max_cols + vw));
-    expect_unsupported(Strategy::block_row, views(t, 17, 4097), where(t, 4097) + " (odd cols)");
-    expect_unsupported(Strategy::block_row, views(t, 17, 8192, -1, 1, 1), where(t, 8192, 1) + " (misaligned)");
+    expect_serves(Strategy::block_row, views(t, 17, 4097), where(t, 4097) + " (odd cols)");
+    expect_serves(Strategy::block_row, views(t, 17, 8192, -1, 1, 1), where(t, 8192, 1) + " (misaligned)");
+    expect_unsupported(Strategy::block_row, views(t, 17, max_cols + 1), where(t, max_cols + 1));
   }
 }
 
@@ -269,7 +300,7 @@ TEST(Plan, BlockRowIsSizedToTheRow) {
 }
 
 // cluster_row (sm_90; plans for CPU views are for sm_90) holds a long row in the registers
-// of a cluster of blocks: aligned rows only, and only as many as 16 blocks hold.
+// of a cluster of blocks, at any alignment, and only as many as 16 blocks hold.
 TEST(Plan, ClusterRowLimits) {
   for (DType t : kDtypes) {
     const std::int64_t vw = full_width(t);
@@ -281,8 +312,8 @@ TEST(Plan, ClusterRowLimits) {
       } catch (const Error&) {
       }
     }
-    expect_unsupported(Strategy::cluster_row, views(t, 3, 8192 * vw, -1, 1, 1),
-                       where(t, 8192 * vw, 1) + " (misaligned)");
+    expect_serves(Strategy::cluster_row, views(t, 3, 8192 * vw, -1, 1, 1), where(t, 8192 * vw, 1) + " (misaligned)");
+    expect_serves(Strategy::cluster_row, views(t, 3, 8192 * vw + 1), where(t, 8192 * vw + 1) + " (odd cols)");
     expect_unsupported(Strategy::cluster_row, views(t, 3, std::int64_t{1} << 24), where(t, std::int64_t{1} << 24));
   }
 }
@@ -316,10 +347,12 @@ TEST(Plan, CoversMixedOutputDtypes) {
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), Code::unsupported) << e.what();
     }
-    // A misaligned weight limits the vector width.
+    // A misaligned weight limits the load width, and nothing else.
     const TensorView w_odd =
         TensorView::vector(reinterpret_cast<void*>(kY + (1 << 20) + 4), DType::f32, Device::cpu(), 4096);
-    EXPECT_EQ(plan_forward(x, w_odd, y).vector_width, 1) << dtype_name(t) << ": weight misaligned by 4 bytes";
+    const Plan odd = plan_forward(x, w_odd, y);
+    EXPECT_EQ(odd.load_width, 1) << dtype_name(t) << ": weight misaligned by 4 bytes";
+    EXPECT_TRUE(same(odd, plan_forward(x, w, y))) << dtype_name(t) << ": weight misaligned by 4 bytes: " << show(odd);
   }
 }
 

@@ -167,7 +167,7 @@ ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape&
       const detail::BackwardProblem p =
           detail::validate_backward(matrix(dy_of(0)), matrix(x_of(0)), wv,
                                     TensorView::vector(rstd_of(0), DType::f32, dev, m), matrix(dx_of(0)), dwv, params);
-      forced = forced_config(detail::plan_backward(p, Strategy::automatic, detail::cuda_cc_major(dev.index)), t,
+      forced = forced_config(detail::plan_backward(p, Strategy::automatic, detail::cuda_cc_major(dev.index)),
                              ctx.config_threads, ctx.config_items, n, detail::kBackwardWarpRowsConfigs,
                              detail::kBackwardBlockRowConfigs, detail::kBackwardClusterRowConfigs,
                              ctx.strategy == Strategy::cluster_row, detail::cuda_cc_major(dev.index));

@@ -314,6 +314,11 @@ std::vector<CheckGroup> build_backward_check_groups(bool quick, bool on_cuda) {
           c.dw.reset();
           g.backward_cases.push_back(c);
         }
+        if (k % 4 == 1) {  // x one element off 16 bytes, dy strided off it: element-wise loads
+          c.x_at.offset = 1;
+          c.dy_at.row_stride = n + 3;
+          g.backward_cases.push_back(c);
+        }
         ++k;
       }
     groups.push_back(g);

@@ -302,6 +302,11 @@ std::vector<CheckGroup> build_forward_check_groups(bool quick, bool on_cuda) {
           c.y_at.row_stride = n + 8;
           g.cases.push_back(c);
         }
+        if (k % 4 == 1) {  // x one element off 16 bytes, y strided off it: chunks loaded an element at a time
+          c.x_at.offset = 1;
+          c.y_at.row_stride = n + 3;
+          g.cases.push_back(c);
+        }
         ++k;
       }
     groups.push_back(g);

@@ -1,8 +1,8 @@
 // `bench --config TxI` (CUDA): the plan of one register configuration of the library's
 // tables (src/kernel_configs.h) in place of the planner's choice, so that configurations
 // can be timed against each other. The configuration must be instantiated and hold a row of
-// `cols` elements at the full 16-byte vector width; otherwise Error(unsupported), which the
-// benchmark reports as n/a.
+// `cols` elements in 16-byte chunks; otherwise Error(unsupported), which the benchmark
+// reports as n/a.
 #pragma once
 
 #include <cstdint>
@@ -26,13 +26,11 @@ inline std::string forced_name(const Plan& plan) {
 // names a cluster configuration, T threads a block, and the row is split over as many
 // blocks as it needs (sm_90, at most kMaxClusterSize); otherwise a warp_rows or block_row one.
 template <int NW, int NB, int NC>
-Plan forced_config(Plan plan, DType dtype, int threads, int items, std::int64_t cols,
-                   const detail::RegisterConfig (&warp_table)[NW], const detail::RegisterConfig (&block_table)[NB],
-                   const detail::RegisterConfig (&cluster_table)[NC], bool cluster, int cc_major) {
+Plan forced_config(Plan plan, int threads, int items, std::int64_t cols, const detail::RegisterConfig (&warp_table)[NW],
+                   const detail::RegisterConfig (&block_table)[NB], const detail::RegisterConfig (&cluster_table)[NC],
+                   bool cluster, int cc_major) {
   const std::string name = config_name(threads, items);
-  if (static_cast<std::size_t>(plan.vector_width) * dtype_size(dtype) != 16)
-    throw Error(Code::unsupported, "--config " + name + " needs rows at the full 16-byte vector width");
-  const std::int64_t vectors = cols / plan.vector_width;
+  const std::int64_t vectors = (cols + plan.vector_width - 1) / plan.vector_width;
   if (cluster) {
     const detail::RegisterConfig* found = nullptr;
     for (const auto& c : cluster_table)
@@ -63,7 +61,7 @@ Plan forced_config(Plan plan, DType dtype, int threads, int items, std::int64_t 
   if (!found) throw Error(Code::unsupported, "--config " + name + " is not in the library's tables");
   if (found->capacity() < vectors)
     throw Error(Code::unsupported, "--config " + name + " cannot hold a row of " + std::to_string(cols) +
-                                       " elements at vector width " + std::to_string(plan.vector_width));
+                                       " elements in chunks of " + std::to_string(plan.vector_width));
   plan.strategy = s;
   plan.threads_per_row = found->threads_per_row;
   plan.items_per_thread = found->items;

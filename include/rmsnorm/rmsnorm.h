@@ -73,8 +73,9 @@ enum class Cast : int {
 };
 
 // Parallel strategy of the CUDA backend (the CPU backend has one). `automatic` picks from
-// (cols, dtype, vector width) only, never from the row count, so a row gives the same bits
-// whether it is normalised alone (decode) or inside a batch (prefill).
+// (cols, dtypes) only, never from the row count, the strides or the alignment, so a row
+// gives the same bits whether it is normalised alone (decode), inside a batch (prefill) or
+// inside any strided, batched or misaligned view (layout invariance).
 enum class Strategy : int {
   automatic = 0,
   warp_rows = 1,    // a row per group of 1..32 lanes, several rows per block, row in registers
@@ -199,15 +200,19 @@ Status backward_status(const TensorView& dy, const TensorView& x, const std::opt
 // for an sm_90 device (clusters available).
 struct Plan {
   Strategy strategy = Strategy::automatic;
-  int vector_width = 1;      // elements per vector access (16 bytes / element size, or less)
+  int vector_width = 1;      // elements per chunk: 16 bytes of x, the unit a lane sums
   int threads_per_row = 0;   // lanes cooperating on one row
-  int items_per_thread = 0;  // vectors each lane holds in registers (0: streamed)
+  int items_per_thread = 0;  // chunks each lane holds in registers (0: streamed)
   int threads_per_block = 0;
   int cluster_size = 1;  // blocks per row (cluster_row), else 1
+  // Elements per memory access: vector_width when every row start is 16-byte aligned and
+  // cols a multiple of it, else 1. It changes how chunks are loaded, never the order in
+  // which they are summed: the rest of the plan depends on (cols, dtypes) only.
+  int load_width = 1;
 };
-// `requested` is Params::strategy; a forced strategy that cannot serve `cols` at the
-// available vector width throws Error(Code::unsupported) naming the limit.
-// The weight, when given, takes part: its alignment can limit the vector width, and its
+// `requested` is Params::strategy; a forced strategy whose capacity cannot hold `cols`
+// throws Error(Code::unsupported) naming the limit.
+// The weight, when given, takes part: its alignment can limit the load width, and its
 // dtype decides which output dtypes are valid.
 Plan plan_forward(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
                   Strategy requested = Strategy::automatic);

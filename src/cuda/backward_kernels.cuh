@@ -67,7 +67,7 @@ __device__ __forceinline__ float dot_gx(const WSRC& wsrc, std::int64_t first, st
 }
 
 // dx = rstd * g - coef * x for a lane's vectors, and the lane's dw partial sums.
-template <class TX, int VEC, int ITEMS, int STRIDE, class WSRC>
+template <bool ALIGNED, class TX, int VEC, int ITEMS, int STRIDE, class WSRC>
 __device__ __forceinline__ void store_dx(TX* dx, const WSRC& wsrc, std::int64_t first, std::int64_t end,
                                          const Vec<TX, VEC> (&xv)[ITEMS], const Vec<TX, VEC> (&gv)[ITEMS], float rstd,
                                          float coef, float (&dw_acc)[ITEMS][VEC], const BackwardArgs& a) {
@@ -87,21 +87,23 @@ __device__ __forceinline__ void store_dx(TX* dx, const WSRC& wsrc, std::int64_t 
         out[k] = rstd * g - coef * xf[k];
         if constexpr (kHasW) dw_acc[i][k] += gf[k] * xf[k] * rstd;
       }
-      store_vec<TX, VEC>(dx + idx * VEC, pack<TX, VEC>(out));
+      store_chunk<ALIGNED, TX, VEC>(dx, idx, a.cols, pack<TX, VEC>(out));
     }
   });
 }
 
-// Writes a lane's dw partial sums into its block's partial row.
+// Writes a lane's dw partial sums into its block's partial row (`cols` floats; the last
+// chunk of an unaligned row may be partial).
 template <int VEC, int ITEMS, int STRIDE>
-__device__ __forceinline__ void write_partial(float* out, std::int64_t first, std::int64_t end,
+__device__ __forceinline__ void write_partial(float* out, std::int64_t first, std::int64_t end, std::int64_t cols,
                                               const float (&dw_acc)[ITEMS][VEC]) {
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
     const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
     if (idx < end)
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) out[idx * VEC + k] = dw_acc[i][k];
+      for (int k = 0; k < VEC; ++k)
+        if (idx * VEC + k < cols) out[idx * VEC + k] = dw_acc[i][k];
   }
 }
 
@@ -110,7 +112,7 @@ __device__ __forceinline__ void write_partial(float* out, std::int64_t first, st
 // ---------------------------------------------------------------------------------------
 // Launch bounds as the forward's: 2 vectors a lane within 64 registers (1024 threads an SM
 // resident), 4 vectors within 128 (x, dy and the dw sums: 94 registers, no spills).
-template <class TX, class TW, int VEC, int TPR, int ITEMS, int BLOCK>
+template <bool ALIGNED, class TX, class TW, int VEC, int TPR, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) BackwardRowsImpl(const BackwardArgs a) {
   begin_dependent_grid();
   constexpr int kRowsPerBlock = BLOCK / TPR;
@@ -120,9 +122,9 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
 
   const int lane = threadIdx.x % TPR;
   const int slot = threadIdx.x / TPR;
-  const std::int64_t vectors = a.cols / VEC;
-  const LaneWeight<TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>> wsrc(
-      static_cast<const TW*>(a.weight), lane, vectors);
+  const std::int64_t vectors = chunks_of(a.cols, VEC);
+  const LaneWeight<ALIGNED, TW, VEC, ITEMS, TPR, kBackwardPreloadsWeight<TW, VEC, BLOCK, ITEMS>> wsrc(
+      static_cast<const TW*>(a.weight), lane, vectors, a.cols);
   float dw_acc[ITEMS][VEC] = {};
 
   for (std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock; first < a.total_rows;
@@ -133,21 +135,21 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
     const TX* dy =
         static_cast<const TX*>(a.dy) + (valid ? row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride) : 0);
     Vec<TX, VEC> xv[ITEMS], gv[ITEMS];
-    load_items<TX, VEC, ITEMS, TPR>(x, lane, vectors, valid, xv);
-    load_items<TX, VEC, ITEMS, TPR>(dy, lane, vectors, valid, gv);
+    load_items<ALIGNED, TX, VEC, ITEMS, TPR>(x, lane, vectors, a.cols, valid, xv);
+    load_items<ALIGNED, TX, VEC, ITEMS, TPR>(dy, lane, vectors, a.cols, valid, gv);
     const float rstd = a.rstd ? (valid ? a.rstd[row] : 0.f)
                               : rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(xv)), a.inv_cols, a.eps);
     const float gx = Sum::sum(temp, dot_gx<TX, VEC, ITEMS, TPR>(wsrc, lane, vectors, xv, gv, a));
     if (!valid) continue;
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<TX, VEC, ITEMS, TPR>(dx, wsrc, lane, vectors, xv, gv, rstd, rstd * rstd * rstd * gx * a.inv_cols, dw_acc,
-                                  a);
+    store_dx<ALIGNED, TX, VEC, ITEMS, TPR>(dx, wsrc, lane, vectors, xv, gv, rstd, rstd * rstd * rstd * gx * a.inv_cols,
+                                           dw_acc, a);
   }
 
   if (!a.partial) return;
   float* out = a.partial + static_cast<std::int64_t>(blockIdx.x) * a.cols;
   if constexpr (kRowsPerBlock == 1) {
-    write_partial<VEC, ITEMS, TPR>(out, lane, vectors, dw_acc);
+    write_partial<VEC, ITEMS, TPR>(out, lane, vectors, a.cols, dw_acc);
   } else {
     // Several row groups in the block: their partial rows are added into one shared row in
     // slot order (a fixed order: dw stays bit-reproducible), then written out whole.
@@ -173,8 +175,9 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
 // dw partial covers its slice of the columns, for the rows of its cluster. The next row's
 // slices are copied into shared memory (RowStage) while this one is reduced and stored, and
 // the weight's slice is kept there: the cluster barrier's acquire leaves nothing of it in
-// L1, and registers are taken by x, dy and the dw sums. Dynamic shared memory:
-// cluster_backward_shared_bytes.
+// L1, and registers are taken by x, dy and the dw sums. Bulk copies need 16-byte aligned
+// slices: unaligned rows are loaded from global memory (load_chunk) after the row's
+// barrier instead. Dynamic shared memory: cluster_backward_shared_bytes.
 // ---------------------------------------------------------------------------------------
 template <class TX, class TW, int VEC, int ITEMS, int BLOCK>
 using ClusterBackwardStage = RowStage<Vec<TX, VEC>, ITEMS * BLOCK, 2>;
@@ -185,7 +188,7 @@ constexpr std::size_t cluster_backward_shared_bytes(bool has_weight) {
          (has_weight ? sizeof(Vec<TW, VEC>) * ITEMS * BLOCK : 0);
 }
 
-template <class TX, class TW, int VEC, int ITEMS, int BLOCK>
+template <bool ALIGNED, class TX, class TW, int VEC, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) ClusterBackwardImpl(const BackwardArgs a) {
   begin_dependent_grid();
   using Sum = ClusterSum<BLOCK, 2>;
@@ -194,22 +197,22 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
   __shared__ typename Stage::Barriers bars;
   extern __shared__ uint4 dynamic_shared[];
   const ClusterPlace place = cluster_place();
-  const std::int64_t vectors = a.cols / VEC;
+  const std::int64_t vectors = chunks_of(a.cols, VEC);
   const std::int64_t per_block = (vectors + place.size - 1) / place.size;
   const std::int64_t begin = place.rank * per_block;
   const std::int64_t end = begin + per_block < vectors ? begin + per_block : vectors;
   const std::int64_t first = begin + threadIdx.x;
   const std::int64_t slice = end > begin ? end - begin : 0;
   Stage stage(bars, reinterpret_cast<Vec<TX, VEC>*>(dynamic_shared));
-  const SharedLaneWeight<TW, VEC, ITEMS, BLOCK> wsrc(
-      static_cast<const TW*>(a.weight), first, end,
+  const SharedLaneWeight<ALIGNED, TW, VEC, ITEMS, BLOCK> wsrc(
+      static_cast<const TW*>(a.weight), first, end, a.cols,
       reinterpret_cast<Vec<TW, VEC>*>(reinterpret_cast<unsigned char*>(dynamic_shared) + Stage::kBytes));
   float dw_acc[ITEMS][VEC] = {};
   int parity = 0;
 
-  // Starts the copies of `row`'s slices into `buffer` (thread 0).
+  // Starts the copies of `row`'s slices into `buffer` (thread 0; aligned rows only).
   const auto prefetch = [&](std::int64_t row, int buffer) {
-    if (threadIdx.x != 0) return;
+    if (!ALIGNED || threadIdx.x != 0) return;
     const Vec<TX, VEC>* x = reinterpret_cast<const Vec<TX, VEC>*>(
         static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride));
     const Vec<TX, VEC>* dy = reinterpret_cast<const Vec<TX, VEC>*>(
@@ -223,13 +226,20 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
   unsigned step = 0;
   for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters, ++step) {
     const int buffer = static_cast<int>(step & 1u);
-    stage.wait(buffer, step >> 1);
     Vec<TX, VEC> xv[ITEMS], gv[ITEMS];
+    if constexpr (ALIGNED) {
+      stage.wait(buffer, step >> 1);
 #pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const bool in = first + static_cast<std::int64_t>(i) * BLOCK < end;
-      xv[i] = in ? stage.slot(buffer, 0)[threadIdx.x + i * BLOCK] : Vec<TX, VEC>{};
-      gv[i] = in ? stage.slot(buffer, 1)[threadIdx.x + i * BLOCK] : Vec<TX, VEC>{};
+      for (int i = 0; i < ITEMS; ++i) {
+        const bool in = first + static_cast<std::int64_t>(i) * BLOCK < end;
+        xv[i] = in ? stage.slot(buffer, 0)[threadIdx.x + i * BLOCK] : Vec<TX, VEC>{};
+        gv[i] = in ? stage.slot(buffer, 1)[threadIdx.x + i * BLOCK] : Vec<TX, VEC>{};
+      }
+    } else {
+      const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
+      const TX* dy = static_cast<const TX*>(a.dy) + row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride);
+      load_items<false, TX, VEC, ITEMS, BLOCK>(x, first, end, a.cols, true, xv);
+      load_items<false, TX, VEC, ITEMS, BLOCK>(dy, first, end, a.cols, true, gv);
     }
     // The other buffer was last read before the previous row's block barriers.
     const float saved_rstd = next_rstd;
@@ -244,11 +254,11 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
     Sum::sum(temp, sums, parity);
     const float rstd = a.rstd ? saved_rstd : rstd_from_sum(sums[0], a.inv_cols, a.eps);
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<TX, VEC, ITEMS, BLOCK>(dx, wsrc, first, end, xv, gv, rstd, rstd * rstd * rstd * sums[1] * a.inv_cols,
-                                    dw_acc, a);
+    store_dx<ALIGNED, TX, VEC, ITEMS, BLOCK>(dx, wsrc, first, end, xv, gv, rstd,
+                                             rstd * rstd * rstd * sums[1] * a.inv_cols, dw_acc, a);
   }
   // One partial row per cluster: each block fills its slice.
-  if (a.partial) write_partial<VEC, ITEMS, BLOCK>(a.partial + place.cluster * a.cols, first, end, dw_acc);
+  if (a.partial) write_partial<VEC, ITEMS, BLOCK>(a.partial + place.cluster * a.cols, first, end, a.cols, dw_acc);
   Sum::finish();
 }
 
@@ -257,12 +267,12 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
 // block's partial dw row lives in the workspace and is updated in place: each column is
 // owned by one thread of the block for every row, so there is no race and no atomic.
 // ---------------------------------------------------------------------------------------
-template <class TX, class TW, int VEC, int BLOCK>
+template <bool ALIGNED, class TX, class TW, int VEC, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) LongRowBackwardImpl(const BackwardArgs a) {
   begin_dependent_grid();
   using Sum = RowSum<BLOCK, BLOCK>;
   __shared__ typename Sum::TempStorage temp;
-  const std::int64_t vectors = a.cols / VEC;
+  const std::int64_t vectors = chunks_of(a.cols, VEC);
   const TW* w = static_cast<const TW*>(a.weight);
   float* part = a.partial ? a.partial + static_cast<std::int64_t>(blockIdx.x) * a.cols : nullptr;
   bool first_row = true;
@@ -275,9 +285,9 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) LongRowBac
 #pragma unroll 2
     for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
       float xf[VEC], gf[VEC], wf[VEC];
-      unpack(load_vec<TX, VEC>(x + idx * VEC), xf);
-      unpack(load_vec<TX, VEC>(dy + idx * VEC), gf);
-      if (w) unpack(load_vec<TW, VEC>(w + idx * VEC), wf);
+      unpack(load_chunk<ALIGNED, TX, VEC>(x, idx, a.cols, true), xf);
+      unpack(load_chunk<ALIGNED, TX, VEC>(dy, idx, a.cols, true), gf);
+      if (w) unpack(load_chunk<ALIGNED, TW, VEC>(w, idx, a.cols, true), wf);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         ss += xf[k] * xf[k];
@@ -290,18 +300,20 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) LongRowBac
 #pragma unroll 2
     for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
       float xf[VEC], gf[VEC], wf[VEC], out[VEC], contrib[VEC];
-      unpack(load_vec<TX, VEC>(x + idx * VEC), xf);
-      unpack(load_vec<TX, VEC>(dy + idx * VEC), gf);
-      if (w) unpack(load_vec<TW, VEC>(w + idx * VEC), wf);
+      unpack(load_chunk<ALIGNED, TX, VEC>(x, idx, a.cols, true), xf);
+      unpack(load_chunk<ALIGNED, TX, VEC>(dy, idx, a.cols, true), gf);
+      if (w) unpack(load_chunk<ALIGNED, TW, VEC>(w, idx, a.cols, true), wf);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         out[k] = rstd * gf[k] * (w ? wf[k] + a.weight_offset : 1.f) - coef * xf[k];
         contrib[k] = gf[k] * xf[k] * rstd;
       }
-      store_vec<TX, VEC>(dx + idx * VEC, pack<TX, VEC>(out));
+      store_chunk<ALIGNED, TX, VEC>(dx, idx, a.cols, pack<TX, VEC>(out));
       if (part)
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) part[idx * VEC + k] = (first_row ? 0.f : part[idx * VEC + k]) + contrib[k];
+        for (int k = 0; k < VEC; ++k)
+          if (ALIGNED || idx * VEC + k < a.cols)
+            part[idx * VEC + k] = (first_row ? 0.f : part[idx * VEC + k]) + contrib[k];
     }
     first_row = false;
   }

@@ -41,14 +41,14 @@ inline BackwardArgs make_backward_args(const BackwardProblem& p) {
 
 // The register configuration the plan names among a compile-time table; returns the blocks
 // launched, one partial dw row each.
-template <class TX, class TW, int VEC, const RegisterConfig* TABLE, int N>
+template <bool ALIGNED, class TX, class TW, int VEC, const RegisterConfig* TABLE, int N>
 std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
   return with_config<TABLE, N>(plan, names_rows, [&](auto i) {
     constexpr RegisterConfig c = TABLE[decltype(i)::value];
     constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
     const std::int64_t blocks =
         backward_blocks((a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock, c.threads_per_block, c.items, sm_count);
-    launch_kernel(BackwardRowsImpl<TX, TW, VEC, c.threads_per_row, c.items, c.threads_per_block>,
+    launch_kernel(BackwardRowsImpl<ALIGNED, TX, TW, VEC, c.threads_per_row, c.items, c.threads_per_block>,
                   {grid_for(blocks), c.threads_per_block}, q, "BackwardRowsImpl", &plan, a);
     return blocks;
   });
@@ -61,11 +61,11 @@ std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int s
 // 2.51 / 2.43 / 2.09 with cluster_count's four times as many clusters (which the forward
 // keeps): once the next row's loads are in flight during this one's barrier (RowStage),
 // further clusters only add partial rows and waves.
-template <class TX, class TW, int VEC>
+template <bool ALIGNED, class TX, class TW, int VEC>
 std::int64_t launch_backward_clusters(const BackwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
   return with_config<kBackwardClusterRowConfigs, kNumBackwardClusterRowConfigs>(plan, names_cluster, [&](auto i) {
     constexpr RegisterConfig c = kBackwardClusterRowConfigs[decltype(i)::value];
-    const auto kernel = ClusterBackwardImpl<TX, TW, VEC, c.items, c.threads_per_block>;
+    const auto kernel = ClusterBackwardImpl<ALIGNED, TX, TW, VEC, c.items, c.threads_per_block>;
     LaunchShape shape{dim3(1), c.threads_per_block, plan.cluster_size,
                       cluster_backward_shared_bytes<TX, TW, VEC, c.items, c.threads_per_block>(a.weight != nullptr)};
     const int resident = resident_clusters(kernel, shape);
@@ -84,28 +84,27 @@ void launch_dw_finalize(const float* partial, std::int64_t partials, std::int64_
                 partials, cols, static_cast<TDW*>(dw));
 }
 
-template <class TX, class TW>
+template <bool ALIGNED, class TX, class TW>
 void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
   constexpr int kVec = 16 / sizeof(TX);
   const BackwardArgs a = make_backward_args(p);
   std::int64_t blocks = 0;
   switch (plan.strategy) {
     case Strategy::warp_rows:
-      blocks = launch_backward_rows<TX, TW, kVec, kBackwardWarpRowsConfigs, kNumBackwardWarpRowsConfigs>(a, plan,
-                                                                                                         sm_count, q);
+      blocks = launch_backward_rows<ALIGNED, TX, TW, kVec, kBackwardWarpRowsConfigs, kNumBackwardWarpRowsConfigs>(
+          a, plan, sm_count, q);
       break;
     case Strategy::block_row:
-      blocks = launch_backward_rows<TX, TW, kVec, kBackwardBlockRowConfigs, kNumBackwardBlockRowConfigs>(a, plan,
-                                                                                                         sm_count, q);
+      blocks = launch_backward_rows<ALIGNED, TX, TW, kVec, kBackwardBlockRowConfigs, kNumBackwardBlockRowConfigs>(
+          a, plan, sm_count, q);
       break;
     case Strategy::long_row:
       blocks = backward_blocks(a.total_rows, kLongRowThreads, /*items=*/2, sm_count);
-      launch_kernel(plan.vector_width == kVec ? LongRowBackwardImpl<TX, TW, kVec, kLongRowThreads>
-                                              : LongRowBackwardImpl<TX, TW, 1, kLongRowThreads>,
-                    {grid_for(blocks), kLongRowThreads}, q, "LongRowBackwardImpl", &plan, a);
+      launch_kernel(LongRowBackwardImpl<ALIGNED, TX, TW, kVec, kLongRowThreads>, {grid_for(blocks), kLongRowThreads}, q,
+                    "LongRowBackwardImpl", &plan, a);
       break;
     case Strategy::cluster_row:
-      blocks = launch_backward_clusters<TX, TW, kVec>(a, plan, sm_count, q);
+      blocks = launch_backward_clusters<ALIGNED, TX, TW, kVec>(a, plan, sm_count, q);
       break;
     case Strategy::automatic:
       throw Error(Code::internal, "plan without a strategy");
@@ -119,12 +118,16 @@ void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_co
 
 template <class TX>
 void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
-  if constexpr (std::is_same<TX, float>::value) {
-    launch_backward_typed<float, float>(p, plan, sm_count, q);
-  } else {
-    if (!p.weight || p.w_dtype == StorageOf<TX>::value) return launch_backward_typed<TX, TX>(p, plan, sm_count, q);
-    launch_backward_typed<TX, float>(p, plan, sm_count, q);
-  }
+  with_alignment(plan, [&](auto aligned) {
+    constexpr bool kAligned = decltype(aligned)::value;
+    if constexpr (std::is_same<TX, float>::value) {
+      launch_backward_typed<kAligned, float, float>(p, plan, sm_count, q);
+    } else {
+      if (!p.weight || p.w_dtype == StorageOf<TX>::value)
+        return launch_backward_typed<kAligned, TX, TX>(p, plan, sm_count, q);
+      launch_backward_typed<kAligned, TX, float>(p, plan, sm_count, q);
+    }
+  });
 }
 
 }  // namespace rmsnorm::detail::cuda

@@ -65,6 +65,32 @@ __device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
   return load_vec_or_zero<T, N>(p, true);
 }
 
+// A chunk of a row: the N elements from element idx * N, loaded into one vector's
+// registers. ALIGNED rows (every row start 16-byte aligned and cols a multiple of N) take
+// one 16-byte access; others take one access an element, and elements at or past `cols`
+// read as zero. Either way the chunk lands in the same registers in the same order, so a
+// row is summed the same way at every alignment: alignment changes how a row is loaded,
+// never how it is reduced (layout invariance; the planner picks the configuration from
+// (cols, dtypes) alone).
+template <bool ALIGNED, class T, int N>
+__device__ __forceinline__ Vec<T, N> load_chunk(const T* row, std::int64_t idx, std::int64_t cols, bool ok) {
+  if constexpr (ALIGNED) {
+    return load_vec_or_zero<T, N>(row + idx * N, ok);
+  } else {
+    using W = typename RawWord<sizeof(T)>::type;
+    Vec<T, N> v;
+    const W* src = reinterpret_cast<const W*>(row + idx * N);
+    W* dst = reinterpret_cast<W*>(&v);
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      W w{};
+      if (ok && idx * N + k < cols) w = src[k];
+      dst[k] = w;
+    }
+    return v;
+  }
+}
+
 template <class T, int N>
 __device__ __forceinline__ void store_vec(T* p, const Vec<T, N>& v) {
   constexpr int kBytes = static_cast<int>(sizeof(T)) * N;
@@ -75,6 +101,25 @@ __device__ __forceinline__ void store_vec(T* p, const Vec<T, N>& v) {
 #pragma unroll
   for (int i = 0; i < kBytes / kWord; ++i) dst[i] = src[i];
 }
+
+// Stores a chunk of a row (idx below the row's chunk count): the counterpart of load_chunk;
+// unaligned rows store element by element and nothing at or past `cols`.
+template <bool ALIGNED, class T, int N>
+__device__ __forceinline__ void store_chunk(T* row, std::int64_t idx, std::int64_t cols, const Vec<T, N>& v) {
+  if constexpr (ALIGNED) {
+    store_vec<T, N>(row + idx * N, v);
+  } else {
+    using W = typename RawWord<sizeof(T)>::type;
+    const W* src = reinterpret_cast<const W*>(&v);
+    W* dst = reinterpret_cast<W*>(row + idx * N);
+#pragma unroll
+    for (int k = 0; k < N; ++k)
+      if (idx * N + k < cols) dst[k] = src[k];
+  }
+}
+
+// Chunks of a row of `cols` elements, N elements a chunk (the last may be partial).
+__host__ __device__ __forceinline__ std::int64_t chunks_of(std::int64_t cols, int n) { return (cols + n - 1) / n; }
 
 // Hides a vector's value from the optimiser. A lane's weight stays in registers across rows;
 // left alone, the compiler hoists its conversion to fp32 out of the row loop, which for

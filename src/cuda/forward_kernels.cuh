@@ -4,9 +4,11 @@
 // about moving each byte of x and y exactly once, with wide accesses and enough of them
 // in flight. The math is fp32 whatever the storage type.
 //
-// Batch invariance: a row's reduction order depends only on the kernel configuration,
-// which the planner derives from (cols, dtype, vector width), never from the row count
-// or the row's position, so a row gives the same bits alone or inside any batch.
+// Layout invariance: a row's reduction order depends only on the kernel configuration,
+// which the planner derives from (cols, dtypes), never from the row count, the row's
+// position, its strides or its alignment, so a row gives the same bits alone, inside any
+// batch and inside any view. Every kernel is instantiated for aligned rows (16-byte
+// accesses) and unaligned ones (an access an element, load_chunk), same order.
 #pragma once
 
 #include <cub/block/block_reduce.cuh>
@@ -85,16 +87,17 @@ struct BlockRowSum<THREADS, BLOCK, false> {
 template <int THREADS, int BLOCK>
 struct RowSum<THREADS, BLOCK, false> : BlockRowSum<THREADS, BLOCK> {};
 
-// Load, reduce and store steps of a lane's share of a row held in registers: vectors
+// Load, reduce and store steps of a lane's share of a row held in registers: chunks
 // first, first + STRIDE, ... (ITEMS of them) that lie below `end`. Consecutive lanes take
-// consecutive 16-byte chunks, so every warp access is fully coalesced.
-template <class T, int VEC, int ITEMS, int STRIDE>
-__device__ __forceinline__ void load_items(const T* row, std::int64_t first, std::int64_t end, bool valid,
-                                           Vec<T, VEC> (&v)[ITEMS]) {
+// consecutive 16-byte chunks, so every warp access is fully coalesced. ALIGNED: see
+// load_chunk (common.cuh); `cols` bounds the last chunk of an unaligned row.
+template <bool ALIGNED, class T, int VEC, int ITEMS, int STRIDE>
+__device__ __forceinline__ void load_items(const T* row, std::int64_t first, std::int64_t end, std::int64_t cols,
+                                           bool valid, Vec<T, VEC> (&v)[ITEMS]) {
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
     const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
-    v[i] = load_vec_or_zero<T, VEC>(row + idx * VEC, valid && idx < end);
+    v[i] = load_chunk<ALIGNED, T, VEC>(row, idx, cols, valid && idx < end);
   }
 }
 
@@ -125,63 +128,65 @@ inline constexpr bool kForwardPreloadsWeight = ITEMS* VEC * sizeof(TW) <= 64;
 template <class TW, int VEC, int BLOCK, int ITEMS>
 inline constexpr bool kBackwardPreloadsWeight = BLOCK <= 256 && ITEMS <= 2 && sizeof(TW) * VEC <= 16;
 
-template <class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
-__device__ __forceinline__ void load_weight(const TW* w, std::int64_t first, std::int64_t end,
+template <bool ALIGNED, class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
+__device__ __forceinline__ void load_weight(const TW* w, std::int64_t first, std::int64_t end, std::int64_t cols,
                                             Vec<TW, VEC> (&wv)[ITEMS]) {
   if constexpr (PRELOAD) {
-    if (w) load_items<TW, VEC, ITEMS, STRIDE>(w, first, end, true, wv);
+    if (w) load_items<ALIGNED, TW, VEC, ITEMS, STRIDE>(w, first, end, cols, true, wv);
   }
 }
 
-// The weight vector of item i: preloaded, or read now.
-template <class TW, int VEC, int ITEMS, bool PRELOAD>
+// The weight vector of item i (chunk idx, below the row's chunk count): preloaded, or read now.
+template <bool ALIGNED, class TW, int VEC, int ITEMS, bool PRELOAD>
 __device__ __forceinline__ Vec<TW, VEC> weight_item(const TW* w, const Vec<TW, VEC> (&wv)[ITEMS], int i,
-                                                    std::int64_t idx) {
+                                                    std::int64_t idx, std::int64_t cols) {
   if constexpr (PRELOAD)
     return opaque(wv[i]);
   else
-    return load_vec<TW, VEC>(w + idx * VEC);
+    return load_chunk<ALIGNED, TW, VEC>(w, idx, cols, true);
 }
 
 // A lane's weight vectors for the backward's steps, from where its kernel keeps them: in
 // registers or read from global memory per row (LaneWeight, as load_weight and weight_item
 // above), or in shared memory (SharedLaneWeight). Vectors past the row's end are zeros in
 // registers and shared memory (kZeroPadded), and must not be read from global memory.
-template <class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
+template <bool ALIGNED, class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
 struct LaneWeight {
   static constexpr bool kZeroPadded = PRELOAD;
   const TW* w;
+  std::int64_t cols;
   Vec<TW, VEC> wv[ITEMS];
-  __device__ __forceinline__ LaneWeight(const TW* weight, std::int64_t first, std::int64_t end) : w(weight) {
-    load_weight<TW, VEC, ITEMS, STRIDE, PRELOAD>(w, first, end, wv);
+  __device__ __forceinline__ LaneWeight(const TW* weight, std::int64_t first, std::int64_t end, std::int64_t n)
+      : w(weight), cols(n) {
+    load_weight<ALIGNED, TW, VEC, ITEMS, STRIDE, PRELOAD>(w, first, end, cols, wv);
   }
   __device__ __forceinline__ Vec<TW, VEC> operator()(int i, std::int64_t idx) const {
-    return weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx);
+    return weight_item<ALIGNED, TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx, cols);
   }
 };
 
 // The lane's weight vectors copied once into shared memory (`slice`: STRIDE * ITEMS vectors
 // for the block). A cluster barrier's acquire leaves nothing of the weight in L1, so a
 // weight re-read from global memory after it came from L2, on every row.
-template <class TW, int VEC, int ITEMS, int STRIDE>
+template <bool ALIGNED, class TW, int VEC, int ITEMS, int STRIDE>
 struct SharedLaneWeight {
   static constexpr bool kZeroPadded = true;
   const TW* w;
   Vec<TW, VEC>* lane;
-  __device__ __forceinline__ SharedLaneWeight(const TW* weight, std::int64_t first, std::int64_t end,
+  __device__ __forceinline__ SharedLaneWeight(const TW* weight, std::int64_t first, std::int64_t end, std::int64_t cols,
                                               Vec<TW, VEC>* slice)
       : w(weight), lane(slice + threadIdx.x) {
     if (!w) return;
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {  // each lane reads back only what it wrote: no barrier
       const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
-      lane[i * STRIDE] = load_vec_or_zero<TW, VEC>(w + idx * VEC, idx < end);
+      lane[i * STRIDE] = load_chunk<ALIGNED, TW, VEC>(w, idx, cols, idx < end);
     }
   }
   __device__ __forceinline__ Vec<TW, VEC> operator()(int i, std::int64_t) const { return lane[i * STRIDE]; }
 };
 
-template <class TX, class TW, class TY, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
+template <bool ALIGNED, class TX, class TW, class TY, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
 __device__ __forceinline__ void store_items(TY* y, const TW* w, const Vec<TW, VEC> (&wv)[ITEMS], std::int64_t first,
                                             std::int64_t end, const Vec<TX, VEC> (&v)[ITEMS], float rstd,
                                             const ForwardArgs& a) {
@@ -192,14 +197,14 @@ __device__ __forceinline__ void store_items(TY* y, const TW* w, const Vec<TW, VE
       const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
       if (idx >= end) continue;
       float wf[VEC], xf[VEC], out[VEC];
-      if constexpr (kHasW) unpack(weight_item<TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx), wf);
+      if constexpr (kHasW) unpack(weight_item<ALIGNED, TW, VEC, ITEMS, PRELOAD>(w, wv, i, idx, a.cols), wf);
       // Converted again from the raw registers (see opaque): keeping the fp32 copies made
       // while summing squares would double the row's registers.
       unpack(opaque(v[i]), xf);
 #pragma unroll
       for (int k = 0; k < VEC; ++k)
         out[k] = normalise<TX, TW, kLlama, kHasW>(xf[k], rstd, kHasW ? wf[k] : 1.f, a.weight_offset);
-      store_vec<TY, VEC>(y + idx * VEC, pack<TY, VEC>(out));
+      store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, pack<TY, VEC>(out));
     }
   });
 }
@@ -212,7 +217,7 @@ __device__ __forceinline__ void store_items(TY* y, const TW* w, const Vec<TW, VE
 // resident_threads / BLOCK blocks per SM: at most 64 registers a thread, so that half of an
 // SM's 2048 threads are resident (at 80 registers only 768 were, and a 4096-row batch of
 // 1024-element bf16 rows took 1.3 waves of the grid instead of one).
-template <class TX, class TW, class TY, int VEC, int TPR, int ITEMS, int BLOCK>
+template <bool ALIGNED, class TX, class TW, class TY, int VEC, int TPR, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) RegisterRowsImpl(const ForwardArgs a) {
   begin_dependent_grid();
   constexpr int kRowsPerBlock = BLOCK / TPR;
@@ -221,7 +226,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) RegisterRo
 
   const int lane = threadIdx.x % TPR;
   const int slot = threadIdx.x / TPR;
-  const std::int64_t vectors = a.cols / VEC;
+  const std::int64_t vectors = chunks_of(a.cols, VEC);
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
   bool weight_pending = true;
@@ -234,21 +239,21 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) RegisterRo
     const bool valid = row < a.total_rows;
     const TX* x = static_cast<const TX*>(a.x) + (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
     Vec<TX, VEC> v[ITEMS];
-    load_items<TX, VEC, ITEMS, TPR>(x, lane, vectors, valid, v);
+    load_items<ALIGNED, TX, VEC, ITEMS, TPR>(x, lane, vectors, a.cols, valid, v);
     // The weight after the first row's loads are issued, so that both are in flight
     // together: issued first, the copies of the weight into the registers it keeps across
     // rows stalled on its arrival and held back x's loads (two memory latencies in a row
     // for a single row).
     if (weight_pending) {
-      load_weight<TW, VEC, ITEMS, TPR, kForwardPreloadsWeight<TW, VEC, ITEMS>>(w, lane, vectors, wv);
+      load_weight<ALIGNED, TW, VEC, ITEMS, TPR, kForwardPreloadsWeight<TW, VEC, ITEMS>>(w, lane, vectors, a.cols, wv);
       weight_pending = false;
     }
     const float rstd = rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v)), a.inv_cols, a.eps);
     if (!valid) continue;
     if (a.rstd && lane == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
-    store_items<TX, TW, TY, VEC, ITEMS, TPR, kForwardPreloadsWeight<TW, VEC, ITEMS>>(y, w, wv, lane, vectors, v, rstd,
-                                                                                     a);
+    store_items<ALIGNED, TX, TW, TY, VEC, ITEMS, TPR, kForwardPreloadsWeight<TW, VEC, ITEMS>>(y, w, wv, lane, vectors,
+                                                                                              v, rstd, a);
   }
 }
 
@@ -257,47 +262,48 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) RegisterRo
 // of a thread-block cluster, each holding its slice in registers; the row's sum of squares
 // is combined through distributed shared memory. x is still read once.
 // ---------------------------------------------------------------------------------------
-template <class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
+template <bool ALIGNED, class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) ClusterRowImpl(const ForwardArgs a) {
   begin_dependent_grid();
   using Sum = ClusterSum<BLOCK, 1>;
   __shared__ typename Sum::TempStorage temp;
   const ClusterPlace place = cluster_place();
-  const std::int64_t vectors = a.cols / VEC;
+  const std::int64_t vectors = chunks_of(a.cols, VEC);
   const std::int64_t per_block = (vectors + place.size - 1) / place.size;
   const std::int64_t begin = place.rank * per_block;
   const std::int64_t end = begin + per_block < vectors ? begin + per_block : vectors;
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
-  load_weight<TW, VEC, ITEMS, BLOCK, kForwardPreloadsWeight<TW, VEC, ITEMS>>(w, begin + threadIdx.x, end, wv);
+  load_weight<ALIGNED, TW, VEC, ITEMS, BLOCK, kForwardPreloadsWeight<TW, VEC, ITEMS>>(w, begin + threadIdx.x, end,
+                                                                                      a.cols, wv);
   int parity = 0;
 
   for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters) {
     const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
     Vec<TX, VEC> v[ITEMS];
-    load_items<TX, VEC, ITEMS, BLOCK>(x, begin + threadIdx.x, end, true, v);
+    load_items<ALIGNED, TX, VEC, ITEMS, BLOCK>(x, begin + threadIdx.x, end, a.cols, true, v);
     float ss[1] = {sum_squares<TX, VEC, ITEMS>(v)};
     Sum::sum(temp, ss, parity);
     const float rstd = rstd_from_sum(ss[0], a.inv_cols, a.eps);
     if (a.rstd && place.rank == 0 && threadIdx.x == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
-    store_items<TX, TW, TY, VEC, ITEMS, BLOCK, kForwardPreloadsWeight<TW, VEC, ITEMS>>(y, w, wv, begin + threadIdx.x,
-                                                                                       end, v, rstd, a);
+    store_items<ALIGNED, TX, TW, TY, VEC, ITEMS, BLOCK, kForwardPreloadsWeight<TW, VEC, ITEMS>>(
+        y, w, wv, begin + threadIdx.x, end, v, rstd, a);
   }
   Sum::finish();
 }
 
 // ---------------------------------------------------------------------------------------
-// long_row: a row per block, any length, any alignment (VEC = 1 is the scalar fallback).
+// long_row: a row per block, any length, any alignment (chunks as load_chunk reads them).
 // The row is streamed twice: once for the sum of squares, once to scale it (the second
 // read mostly hits L2, which holds the rows in flight).
 // ---------------------------------------------------------------------------------------
-template <class TX, class TW, class TY, int VEC, int BLOCK>
+template <bool ALIGNED, class TX, class TW, class TY, int VEC, int BLOCK>
 __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
   begin_dependent_grid();
   using Sum = RowSum<BLOCK, BLOCK>;
   __shared__ typename Sum::TempStorage temp;
-  const std::int64_t vectors = a.cols / VEC;
+  const std::int64_t vectors = chunks_of(a.cols, VEC);
   const TW* w = static_cast<const TW*>(a.weight);
 
   for (std::int64_t row = blockIdx.x; row < a.total_rows; row += gridDim.x) {
@@ -307,7 +313,7 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
 #pragma unroll 4
     for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
       float f[VEC];
-      unpack(load_vec<TX, VEC>(x + idx * VEC), f);
+      unpack(load_chunk<ALIGNED, TX, VEC>(x, idx, a.cols, true), f);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) ss += f[k] * f[k];
     }
@@ -318,12 +324,12 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
 #pragma unroll 4
       for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
         float xf[VEC], wf[VEC], out[VEC];
-        unpack(load_vec<TX, VEC>(x + idx * VEC), xf);
-        if constexpr (kHasW) unpack(load_vec<TW, VEC>(w + idx * VEC), wf);
+        unpack(load_chunk<ALIGNED, TX, VEC>(x, idx, a.cols, true), xf);
+        if constexpr (kHasW) unpack(load_chunk<ALIGNED, TW, VEC>(w, idx, a.cols, true), wf);
 #pragma unroll
         for (int k = 0; k < VEC; ++k)
           out[k] = normalise<TX, TW, kLlama, kHasW>(xf[k], rstd, kHasW ? wf[k] : 1.f, a.weight_offset);
-        store_vec<TY, VEC>(y + idx * VEC, pack<TY, VEC>(out));
+        store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, pack<TY, VEC>(out));
       }
     });
   }

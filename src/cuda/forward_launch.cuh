@@ -54,61 +54,72 @@ inline unsigned grid_for(std::int64_t work_items) {
 }
 
 // The register configuration the plan names among a compile-time table: its instantiation.
-template <class TX, class TW, class TY, int VEC, const RegisterConfig* TABLE, int N>
+template <bool ALIGNED, class TX, class TW, class TY, int VEC, const RegisterConfig* TABLE, int N>
 void launch_register_rows(const ForwardArgs& a, const Plan& plan, const Queue& q) {
   with_config<TABLE, N>(plan, names_rows, [&](auto i) {
     constexpr RegisterConfig c = TABLE[decltype(i)::value];
     constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
     const std::int64_t blocks = (a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock;
-    launch_kernel(RegisterRowsImpl<TX, TW, TY, VEC, c.threads_per_row, c.items, c.threads_per_block>,
+    launch_kernel(RegisterRowsImpl<ALIGNED, TX, TW, TY, VEC, c.threads_per_row, c.items, c.threads_per_block>,
                   {grid_for(blocks), c.threads_per_block}, q, "RegisterRowsImpl", &plan, a);
   });
 }
 
 // The cluster configuration the plan names (kClusterRowConfigs).
-template <class TX, class TW, class TY, int VEC>
+template <bool ALIGNED, class TX, class TW, class TY, int VEC>
 void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
   with_config<kClusterRowConfigs, kNumClusterRowConfigs>(plan, names_cluster, [&](auto i) {
     constexpr RegisterConfig c = kClusterRowConfigs[decltype(i)::value];
     const std::int64_t clusters = cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
-    launch_kernel(ClusterRowImpl<TX, TW, TY, VEC, c.items, c.threads_per_block>,
+    launch_kernel(ClusterRowImpl<ALIGNED, TX, TW, TY, VEC, c.items, c.threads_per_block>,
                   {grid_for(clusters * plan.cluster_size), c.threads_per_block, plan.cluster_size}, q, "ClusterRowImpl",
                   &plan, a);
   });
 }
 
-template <class TX, class TW, class TY>
+template <bool ALIGNED, class TX, class TW, class TY>
 void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
   constexpr int kVec = 16 / sizeof(TX);
   const ForwardArgs a = make_args(p);
   switch (plan.strategy) {
     case Strategy::warp_rows:
-      return launch_register_rows<TX, TW, TY, kVec, kWarpRowsConfigs, kNumWarpRowsConfigs>(a, plan, q);
+      return launch_register_rows<ALIGNED, TX, TW, TY, kVec, kWarpRowsConfigs, kNumWarpRowsConfigs>(a, plan, q);
     case Strategy::block_row:
-      return launch_register_rows<TX, TW, TY, kVec, kBlockRowConfigs, kNumBlockRowConfigs>(a, plan, q);
+      return launch_register_rows<ALIGNED, TX, TW, TY, kVec, kBlockRowConfigs, kNumBlockRowConfigs>(a, plan, q);
     case Strategy::long_row:
-      launch_kernel(plan.vector_width == kVec ? LongRowImpl<TX, TW, TY, kVec, kLongRowThreads>
-                                              : LongRowImpl<TX, TW, TY, 1, kLongRowThreads>,
-                    {grid_for(a.total_rows), kLongRowThreads}, q, "LongRowImpl", &plan, a);
+      launch_kernel(LongRowImpl<ALIGNED, TX, TW, TY, kVec, kLongRowThreads>, {grid_for(a.total_rows), kLongRowThreads},
+                    q, "LongRowImpl", &plan, a);
       return;
     case Strategy::cluster_row:
-      return launch_clusters<TX, TW, TY, kVec>(a, plan, sm_count, q);
+      return launch_clusters<ALIGNED, TX, TW, TY, kVec>(a, plan, sm_count, q);
     case Strategy::automatic:
       break;
   }
   throw Error(Code::internal, "plan without a strategy");
 }
 
+// Calls f with whether the plan loads whole chunks (Plan::load_width) as a compile-time
+// constant: every kernel has an aligned and an unaligned instantiation (load_chunk).
+template <class F>
+decltype(auto) with_alignment(const Plan& plan, F&& f) {
+  if (plan.load_width == plan.vector_width) return f(std::true_type{});
+  return f(std::false_type{});
+}
+
 // Chooses the (weight, output) types for input type TX among the supported combinations.
 template <class TX>
 void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
-  if constexpr (std::is_same<TX, float>::value) {
-    launch_typed<float, float, float>(p, plan, sm_count, q);
-  } else {
-    if (!p.weight || p.w_dtype == StorageOf<TX>::value) return launch_typed<TX, TX, TX>(p, plan, sm_count, q);
-    if (p.y_dtype == StorageOf<TX>::value) return launch_typed<TX, float, TX>(p, plan, sm_count, q);
-    launch_typed<TX, float, float>(p, plan, sm_count, q);
-  }
+  with_alignment(plan, [&](auto aligned) {
+    constexpr bool kAligned = decltype(aligned)::value;
+    if constexpr (std::is_same<TX, float>::value) {
+      launch_typed<kAligned, float, float, float>(p, plan, sm_count, q);
+    } else {
+      if (!p.weight || p.w_dtype == StorageOf<TX>::value)
+        return launch_typed<kAligned, TX, TX, TX>(p, plan, sm_count, q);
+      if (p.y_dtype == StorageOf<TX>::value) return launch_typed<kAligned, TX, float, TX>(p, plan, sm_count, q);
+      launch_typed<kAligned, TX, float, float>(p, plan, sm_count, q);
+    }
+  });
 }
 
 }  // namespace rmsnorm::detail::cuda
