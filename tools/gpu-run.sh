@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
-# One visit to the GPU machine does everything: configure and build (sm_90), the GPU tests,
-# compute-sanitizer (memcheck over every CUDA test, racecheck over forward and backward), `rmsnorm
-# check`, the benchmark suites, and the Python package when torch is there. Every log and
-# JSON goes under OUTDIR/logs and is bundled into OUTDIR/gpu-run.tar.gz; a summary is
-# printed last.
+# One visit to the GPU machine (the H200) does everything: configure and build (sm_90), the
+# GPU tests, `rmsnorm check`, compute-sanitizer (memcheck, racecheck, initcheck, synccheck
+# over the GPU tests and `rmsnorm check --quick`), the benchmark suites, and the Python
+# package when torch is there. The records to commit under bench/results/ are written to
+# OUTDIR/results/ with their final names, <date>-<gpu>-<commit>-<what>.txt; every log goes
+# to OUTDIR/logs; both are bundled into OUTDIR/gpu-run.tar.gz (one file to bring back); a
+# summary is printed last.
 #
-#   tools/gpu-run.sh OUTDIR [stage ...]
-#   stages: build test check bench sanitize python (default: all of them, in that order),
+#   RMSNORM_COMMIT=<sha> tools/gpu-run.sh OUTDIR [stage ...]
+#   stages: build test check sanitize bench python (default: all of them, in that order),
 #   and tune / tune_bw (not by default): the forward's / backward's register configurations
 #   and strategies timed against each other, bf16, on the shapes where the planner chooses.
-#   RMSNORM_COMMIT=<sha> tags the benchmark records when the tree has no .git.
+#
+# The machine's copy of the tree has no .git: pass the commit in RMSNORM_COMMIT, and run a
+# tree with nothing uncommitted in it, so that the record names exactly the tree that ran.
+# Back here: `tar -xzf gpu-run.tar.gz -C bench/results --strip-components=1 results`, then
+# commit them (the README's "Recording a GPU run"; tools/gpu-record-check.sh reads them).
 set -u
 out=$(realpath -m "${1:?usage: tools/gpu-run.sh OUTDIR [stage ...]}")
 shift
-stages=" ${*:-build test check bench sanitize python} "
+stages=" ${*:-build test check sanitize bench python} "
 logs="$out/logs"
-mkdir -p "$logs"
-summary="$out/summary.txt"
-: >"$summary"
+results="$out/results"
+mkdir -p "$logs" "$results"
 build=build-gpu
 commit=${RMSNORM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+# "NVIDIA H200" -> h200, "NVIDIA H100 80GB HBM3" -> h100.
+gpu=$(echo "$gpu_name" | grep -oiE '\b[A-Z][0-9]{2,4}\b' | head -1 | tr 'A-Z' 'a-z')
+gpu=${gpu:-gpu}
+prefix="$results/$(date -u +%Y-%m-%d)-$gpu-$commit"
+summary="$prefix-summary.txt"
+: >"$summary"
+cli="$build/tools/rmsnorm"
 
 note() { echo "$*" | tee -a "$summary"; }
 # run NAME CMD...: runs CMD with its output in logs/NAME.log and notes its status and time.
@@ -29,12 +42,12 @@ run() {
   start=$(date +%s)
   "$@" >"$logs/$name.log" 2>&1
   rc=$?
-  note "$(printf '%-26s rc=%-3s %5ss' "$name" "$rc" "$(($(date +%s) - start))")"
+  note "$(printf '%-28s rc=%-3s %5ss' "$name" "$rc" "$(($(date +%s) - start))")"
   return $rc
 }
 want() { [[ "$stages" == *" $1 "* ]]; }
-# Bundles the logs so far: a run cut short by its time limit still brings back what it did.
-bundle() { tar -czf "$out/gpu-run.tar.gz" -C "$out" logs 2>/dev/null; }
+# Bundles what there is so far: a run cut short by its time limit still brings back what it did.
+bundle() { tar -czf "$out/gpu-run.tar.gz" -C "$out" logs results 2>/dev/null; }
 
 {
   date -u
@@ -43,7 +56,7 @@ bundle() { tar -czf "$out/gpu-run.tar.gz" -C "$out" logs 2>/dev/null; }
   nvcc --version
   cmake --version
 } >"$logs/env.log" 2>&1
-note "rmsnorm GPU run, commit $commit, $(date -u +%Y-%m-%dT%H:%MZ)"
+note "rmsnorm GPU run, commit $commit, $(date -u +%Y-%m-%dT%H:%MZ), stages:$stages"
 note "$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
 
 if want build; then
@@ -54,36 +67,73 @@ fi
 
 bundle
 if want test; then
-  # The Python suite runs in the python stage, against the installed package.
+  # Every ctest entry but the Python suite, which runs in the python stage against the
+  # installed package.
   run ctest ctest --test-dir "$build" --output-on-failure -j 4 -E '^python[.]pytest$'
-  grep -E "tests passed|tests failed|Skipped|Failed|\*\*\*" "$logs/ctest.log" | tail -15 | tee -a "$summary"
+  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/ctest.log"; } >"$prefix-ctest.txt"
+  grep -E "tests passed|tests failed" "$logs/ctest.log" | tail -3 | tee -a "$summary"
 fi
 
 bundle
 if want check; then
-  run check "$build/tools/rmsnorm" check
-  tail -3 "$logs/check.log" | tee -a "$summary"
+  run check "$cli" check
+  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/check.log"; } >"$prefix-check.txt"
+  tail -1 "$logs/check.log" | tee -a "$summary"
+fi
+
+bundle
+if want sanitize; then
+  # The four compute-sanitizer tools over every GPU test binary and `check --quick`, one
+  # tool a process (they run side by side on the GPU). The test of indexing past 2^31
+  # elements is left out: it needs 8 GB shadowed byte by byte.
+  sanitize_tool() {
+    local tool=$1 t
+    for t in "rmsnorm_launch_tests" "rmsnorm_cuda_tests --gtest_filter=-*IndexesPast*" \
+      "rmsnorm_tests --gtest_filter=*cuda*:*Cuda*:*CUDA*" "rmsnorm_backward_tests --gtest_filter=*cuda*:*Cuda*:*CUDA*"; do
+      echo "=== $tool: $t"
+      # shellcheck disable=SC2086
+      timeout 600 compute-sanitizer --tool "$tool" --error-exitcode 7 "$build/tests/"$t 2>&1 |
+        grep -vE '^\[ *(RUN|OK) *\]' | tail -40
+      echo "=== $tool: $t: exit ${PIPESTATUS[0]}"
+    done
+    echo "=== $tool: rmsnorm check --quick"
+    timeout 600 compute-sanitizer --tool "$tool" --error-exitcode 7 "$cli" check --quick --device cuda 2>&1 | tail -15
+    echo "=== $tool: rmsnorm check --quick: exit ${PIPESTATUS[0]}"
+  }
+  start=$(date +%s)
+  for tool in memcheck racecheck initcheck synccheck; do
+    sanitize_tool "$tool" >"$logs/sanitize_$tool.log" 2>&1 &
+  done
+  wait
+  note "$(printf '%-28s %5ss' sanitize "$(($(date +%s) - start))")"
+  {
+    echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "compute-sanitizer over the GPU tests and rmsnorm check --quick (exit 0: clean; 7: errors; 124: timed out)"
+    for tool in memcheck racecheck initcheck synccheck; do
+      grep -hE "^=== .*exit|ERROR SUMMARY|RACECHECK SUMMARY|tests? (ran|passed)|PASSED|FAILED" "$logs/sanitize_$tool.log"
+    done
+  } >"$prefix-sanitizers.txt"
+  grep -E "exit [0-9]+$" "$prefix-sanitizers.txt" | awk '{print $NF}' | sort | uniq -c | sed 's/^/sanitizer runs by exit status: /' | tee -a "$summary"
 fi
 
 bundle
 if want bench; then
   for dt in ${RMSNORM_BENCH_DTYPES:-bf16 f16}; do
-    run "bench_forward_$dt" "$build/tools/rmsnorm" bench --suite seed,qk,decode,wide --dtype "$dt" \
+    run "bench_forward_$dt" "$cli" bench --suite seed,qk,decode,wide --dtype "$dt" \
       --json "$logs/bench_forward_$dt.json" --csv "$logs/bench_forward_$dt.csv" --plot "$logs/bench_forward_$dt.svg"
-    run "bench_backward_$dt" "$build/tools/rmsnorm" bench --op backward --suite train --dtype "$dt" \
+    run "bench_backward_$dt" "$cli" bench --op backward --suite train --dtype "$dt" \
       --json "$logs/bench_backward_$dt.json" --csv "$logs/bench_backward_$dt.csv" --plot "$logs/bench_backward_$dt.svg"
   done
-  # What programmatic dependent launch (Params::pdl) saves: the same kernels launched plainly.
-  run bench_forward_bf16_nopdl "$build/tools/rmsnorm" bench --suite seed,qk,decode --dtype bf16 --no-pdl \
-    --json "$logs/bench_forward_bf16_nopdl.json"
-  run bench_backward_bf16_nopdl "$build/tools/rmsnorm" bench --op backward --suite train --dtype bf16 --no-pdl \
-    --json "$logs/bench_backward_bf16_nopdl.json"
-  cat "$logs"/bench_*.log >>"$summary"
+  {
+    echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"
+    cat "$logs"/bench_forward_*.log "$logs"/bench_backward_*.log
+  } >"$prefix-bench.txt"
+  cp "$logs"/bench_*.json "$results/" 2>/dev/null
+  for f in "$results"/bench_*.json; do [ -e "$f" ] && mv "$f" "$prefix-${f##*/bench_}"; done
 fi
 
 bundle
 if want tune; then
-  cli="$build/tools/rmsnorm"
   wide=2048,3072,4096,5120,6144,7168,8192,12288,16384,24576,32768
   run tune_auto "$cli" bench --dtype bf16 --rows 16384 --cols "$wide" --json "$logs/tune_auto.json"
   # Each block_row configuration on the rows it holds with few idle lanes, against the
@@ -101,18 +151,12 @@ if want tune; then
       --json "$logs/tune_$s.json"
     run "tune_wide_$s" "$cli" bench --dtype bf16 --suite wide --strategy "$s" --json "$logs/tune_wide_$s.json"
   done
-  run tune_seed "$cli" bench --dtype bf16 --suite seed,decode --json "$logs/tune_seed.json"
-  # Decode: the kernel's own duration, to set against the per-call time in a graph.
-  run tune_ncu_decode timeout 90 ncu --clock-control none -k regex:RegisterRowsImpl -c 8 \
-    --metrics gpu__time_duration.sum,sm__cycles_elapsed.max,dram__bytes_read.sum \
-    "$cli" bench --dtype bf16 --rows 1 --cols 4096,8192 --reps 3
   grep -hE "^ +[0-9]+ +[0-9]+ " "$logs"/tune_*.log | sort -n -k2 -k1 >"$logs/tune_table.txt"
-  cat "$logs"/tune_*.log >>"$summary"
+  cat "$logs"/tune_*.log >"$prefix-tune.txt"
 fi
 
 bundle
 if want tune_bw; then
-  cli="$build/tools/rmsnorm"
   # The backward's cluster configurations (kBackwardClusterRowConfigs) on the rows that need
   # a cluster, and on 16384 elements against the planner's one-block row.
   run tune_bw_auto "$cli" bench --op backward --dtype bf16 --rows 16384 --cols 16384
@@ -122,41 +166,22 @@ if want tune_bw; then
         --cols "${shape#*:}" --strategy cluster_row --config "$c"
     done
   done
-  # Rows beyond one block: the cluster against streaming (the planner's choice is in the bench stage).
-  run tune_train_long_row "$cli" bench --op backward --dtype bf16 --suite train --strategy long_row \
-    --json "$logs/tune_train_long_row.json"
-  grep -hE "^ +[0-9]+ +[0-9]+ " "$logs"/tune_bw_*.log "$logs"/tune_train*.log | sort -n -k2 -k1 >"$logs/tune_bw_table.txt"
-  cat "$logs"/tune_bw_*.log "$logs"/tune_train*.log >>"$summary"
-fi
-
-bundle
-if want sanitize; then
-  # Large-memory tests are left out: memcheck shadows every byte and runs 10-100x slower.
-  run memcheck_cuda timeout 150 compute-sanitizer --tool memcheck --error-exitcode 7 \
-    "$build/tests/rmsnorm_cuda_tests" --gtest_filter='-*IndexesPast*'
-  run memcheck_forward timeout 150 compute-sanitizer --tool memcheck --error-exitcode 7 \
-    "$build/tests/rmsnorm_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
-  if [ -x "$build/tests/rmsnorm_backward_tests" ]; then
-    run memcheck_backward timeout 150 compute-sanitizer --tool memcheck --error-exitcode 7 \
-      "$build/tests/rmsnorm_backward_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
-    run racecheck_backward timeout 240 compute-sanitizer --tool racecheck --error-exitcode 7 \
-      "$build/tests/rmsnorm_backward_tests" --gtest_filter='*Cuda*:*CUDA*:*cuda*'
-  fi
-  run racecheck_forward timeout 240 compute-sanitizer --tool racecheck --error-exitcode 7 \
-    "$build/tests/rmsnorm_cuda_tests" --gtest_filter='-*IndexesPast*'
-  grep -hE "ERROR SUMMARY|RACECHECK SUMMARY" "$logs"/memcheck_*.log "$logs"/racecheck_*.log 2>/dev/null | sort | uniq -c | tee -a "$summary"
+  run tune_train_long_row "$cli" bench --op backward --dtype bf16 --suite train --strategy long_row
+  cat "$logs"/tune_bw_*.log "$logs"/tune_train*.log >"$prefix-tune-bw.txt"
 fi
 
 bundle
 if want python && python3 -c "import torch" 2>/dev/null; then
-  run pip_install python3 -m pip install --no-build-isolation --no-deps -v .
-  run pytest python3 -m pytest -q python/tests
+  run pip_install python3 -m pip install --no-build-isolation --no-deps -v . \
+    -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90
+  run pytest python3 -m pytest -q -rs python/tests
+  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/pytest.log"; } >"$prefix-pytest.txt"
   tail -3 "$logs/pytest.log" | tee -a "$summary"
   run python_bench timeout 300 env PYTHONUNBUFFERED=1 python3 -m rmsnorm.bench --out "$logs/python-bench"
-  tail -40 "$logs/python_bench.log" >>"$summary"
+  cp "$logs/python_bench.log" "$prefix-python-bench.txt"
 fi
 
 bundle
-rm -rf "$logs"
 echo "----- summary -----"
 cat "$summary"
+bundle
