@@ -68,8 +68,8 @@ fi
 bundle
 if want test; then
   # Every ctest entry but the Python suite, which runs in the python stage against the
-  # installed package.
-  run ctest ctest --test-dir "$build" --output-on-failure -j 4 -E '^python[.]pytest$'
+  # installed package, and the landing-rule check, which asks for the record this run makes.
+  run ctest ctest --test-dir "$build" --output-on-failure -j 8 -E '^(python[.]pytest|gpu_record[.]covers_gpu_code)$'
   { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/ctest.log"; } >"$prefix-ctest.txt"
   grep -E "tests passed|tests failed" "$logs/ctest.log" | tail -3 | tee -a "$summary"
 fi
@@ -92,12 +92,12 @@ if want sanitize; then
       "rmsnorm_tests --gtest_filter=*cuda*:*Cuda*:*CUDA*" "rmsnorm_backward_tests --gtest_filter=*cuda*:*Cuda*:*CUDA*"; do
       echo "=== $tool: $t"
       # shellcheck disable=SC2086
-      timeout 600 compute-sanitizer --tool "$tool" --error-exitcode 7 "$build/tests/"$t 2>&1 |
+      timeout "${RMSNORM_SANITIZE_TIMEOUT:-600}" compute-sanitizer --tool "$tool" --error-exitcode 7 "$build/tests/"$t 2>&1 |
         grep -vE '^\[ *(RUN|OK) *\]' | tail -40
       echo "=== $tool: $t: exit ${PIPESTATUS[0]}"
     done
     echo "=== $tool: rmsnorm check --quick"
-    timeout 600 compute-sanitizer --tool "$tool" --error-exitcode 7 "$cli" check --quick --device cuda 2>&1 | tail -15
+    timeout "${RMSNORM_SANITIZE_TIMEOUT:-600}" compute-sanitizer --tool "$tool" --error-exitcode 7 "$cli" check --quick --device cuda 2>&1 | tail -15
     echo "=== $tool: rmsnorm check --quick: exit ${PIPESTATUS[0]}"
   }
   start=$(date +%s)
