@@ -83,35 +83,30 @@ fi
 
 bundle
 if want sanitize; then
-  # The four compute-sanitizer tools over every GPU test binary and `check --quick`, one
-  # tool a process (they run side by side on the GPU). The test of indexing past 2^31
-  # elements is left out: it needs 8 GB shadowed byte by byte.
-  sanitize_tool() {
-    local tool=$1 t
-    for t in "rmsnorm_launch_tests" "rmsnorm_cuda_tests --gtest_filter=-*IndexesPast*" \
-      "rmsnorm_tests --gtest_filter=*cuda*:*Cuda*:*CUDA*" "rmsnorm_backward_tests --gtest_filter=*cuda*:*Cuda*:*CUDA*"; do
-      echo "=== $tool: $t"
-      # shellcheck disable=SC2086
-      timeout "${RMSNORM_SANITIZE_TIMEOUT:-600}" compute-sanitizer --tool "$tool" --error-exitcode 7 "$build/tests/"$t 2>&1 |
-        grep -vE '^\[ *(RUN|OK) *\]' | tail -40
-      echo "=== $tool: $t: exit ${PIPESTATUS[0]}"
-    done
-    echo "=== $tool: rmsnorm check --quick"
-    timeout "${RMSNORM_SANITIZE_TIMEOUT:-600}" compute-sanitizer --tool "$tool" --error-exitcode 7 "$cli" check --quick --device cuda 2>&1 | tail -15
-    echo "=== $tool: rmsnorm check --quick: exit ${PIPESTATUS[0]}"
-  }
+  # The four compute-sanitizer tools over every GPU test binary and `check --quick`, each
+  # pair its own process, all side by side on the GPU (20 processes on 16 cores). The test
+  # of indexing past 2^31 elements is left out: it needs 8 GB shadowed byte by byte.
+  targets=("tests/rmsnorm_launch_tests" "tests/rmsnorm_cuda_tests --gtest_filter=-*IndexesPast*"
+    "tests/rmsnorm_tests --gtest_filter=*cuda*:*Cuda*:*CUDA*"
+    "tests/rmsnorm_backward_tests --gtest_filter=*cuda*:*Cuda*:*CUDA*" "tools/rmsnorm check --quick --device cuda")
   start=$(date +%s)
   for tool in memcheck racecheck initcheck synccheck; do
-    sanitize_tool "$tool" >"$logs/sanitize_$tool.log" 2>&1 &
+    for i in "${!targets[@]}"; do
+      (
+        echo "=== $tool: ${targets[$i]}"
+        # shellcheck disable=SC2086
+        timeout "${RMSNORM_SANITIZE_TIMEOUT:-600}" compute-sanitizer --tool "$tool" --error-exitcode 7 \
+          "$build/"${targets[$i]} 2>&1 | grep -vE '^\[ *(RUN|OK) *\]' | tail -40
+        echo "=== $tool: ${targets[$i]}: exit ${PIPESTATUS[0]}"
+      ) >"$logs/sanitize_${tool}_$i.log" 2>&1 &
+    done
   done
   wait
   note "$(printf '%-28s %5ss' sanitize "$(($(date +%s) - start))")"
   {
     echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"
     echo "compute-sanitizer over the GPU tests and rmsnorm check --quick (exit 0: clean; 7: errors; 124: timed out)"
-    for tool in memcheck racecheck initcheck synccheck; do
-      grep -hE "^=== .*exit|ERROR SUMMARY|RACECHECK SUMMARY|tests? (ran|passed)|PASSED|FAILED" "$logs/sanitize_$tool.log"
-    done
+    grep -hE "^=== .*exit|ERROR SUMMARY|RACECHECK SUMMARY|tests? (ran|passed)|PASSED|FAILED" "$logs"/sanitize_*.log
   } >"$prefix-sanitizers.txt"
   grep -E "exit [0-9]+$" "$prefix-sanitizers.txt" | awk '{print $NF}' | sort | uniq -c | sed 's/^/sanitizer runs by exit status: /' | tee -a "$summary"
 fi
