@@ -28,7 +28,9 @@ def _check_rows(t: torch.Tensor, x: torch.Tensor, name: str) -> None:
     if t.dtype != _rstd_dtype(x):
         raise TypeError(f"rmsnorm: {name} has dtype {t.dtype}; expected {_rstd_dtype(x)}")
     if t.shape != x.shape[:-1]:
-        raise ValueError(f"rmsnorm: {name} has shape {tuple(t.shape)}; expected x.shape[:-1] = {tuple(x.shape[:-1])}")
+        raise ValueError(
+            f"rmsnorm: {name} has shape {tuple(t.shape)}; expected x.shape[:-1] = {tuple(x.shape[:-1])}"
+        )
 
 
 def _check_shard(x: torch.Tensor, full_cols: int) -> None:
@@ -36,7 +38,8 @@ def _check_shard(x: torch.Tensor, full_cols: int) -> None:
         raise ValueError("rmsnorm: x's last dimension must not be empty (every rank needs a column of each row)")
     if full_cols < x.shape[-1]:
         raise ValueError(
-            f"rmsnorm: full_cols (the whole row's length) must be >= x's last dimension ({x.shape[-1]}), got {full_cols}"
+            "rmsnorm: full_cols (the whole row's length) must be >= x's last dimension "
+            f"({x.shape[-1]}), got {full_cols}"
         )
 
 

@@ -62,6 +62,9 @@ def free_port() -> int:
 def _rank_main(body, rank, world_size, port, backend, results, args):
     try:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # ranks talk over the loopback only
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
         # Ranks share the machine's cores: one intra-op thread each.
         torch.set_num_threads(1)
         dist.init_process_group(
