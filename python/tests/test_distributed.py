@@ -132,6 +132,15 @@ def _dtensor_body(rank, world):
     # A plain op on a last-dimension shard has no rule: DTensor gathers the rows (correct).
     y = torch.ops.rmsnorm.rms_norm(distribute_tensor(x, mesh, [Shard(2)]), wd, 1e-6, 0.0, "fp32")
     report["rms_norm gathered"] = y.full_tensor()
+    if world == 4:
+        # A 2 x 2 mesh: rows over one mesh dimension, columns over the other. The sums are
+        # pending on the second only, and its all-reduce runs over that mesh dimension.
+        mesh2 = init_device_mesh("cpu", (2, 2))
+        xd = distribute_tensor(x, mesh2, [Shard(0), Shard(2)]).requires_grad_()
+        wd = distribute_tensor(w, mesh2, [Replicate(), Replicate()]).requires_grad_()
+        y = rmsnorm.rms_norm(xd, wd, 1e-6)
+        y.backward(distribute_tensor(dy, mesh2, [Shard(0), Shard(2)]))
+        report["2-D mesh"] = (y.placements, y.full_tensor(), xd.grad.full_tensor(), wd.grad.full_tensor())
     del y_ref, dx_ref, dw_ref
     return report
 
@@ -174,6 +183,12 @@ def test_dtensor_sharding_rules(world):
         assert torch.equal(dx, dx_ref)
         assert_close(dw, dw_ref, scale=dw_ref.abs().max().item(), what="rms_norm_bwd dw")
         assert torch.equal(report["rms_norm gathered"], y_ref)
+        if world == 4:
+            placements, y, dx, dw = report["2-D mesh"]
+            assert placements == (Shard(0), Shard(2))
+            assert_close(y, y_ref, what="2-D mesh y")
+            assert_close(dx, dx_ref, scale=dx_ref.abs().max().item(), what="2-D mesh dx")
+            assert_close(dw, dw_ref, scale=dw_ref.abs().max().item(), what="2-D mesh dw")
 
 
 # ---------------------------------------------------------------------------------------
