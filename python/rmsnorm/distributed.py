@@ -30,7 +30,7 @@ from torch.distributed.tensor.experimental import register_sharding
 
 from . import _ops
 
-__all__ = ["rms_norm_sharded", "sharding_roles"]
+__all__ = ["rms_norm_sharded"]
 
 _ops_ns = torch.ops.rmsnorm
 
