@@ -85,6 +85,26 @@ def test_rows_split_across_a_process_group(world):
         assert_close(dw, dw64, w.dtype, scale=dw64.abs().max().item(), what=f"dw {dtype}")
 
 
+def _compile_body(rank, world):
+    x, w = make_inputs((6, 256), torch.float32, "cpu")
+    dy = make_inputs((6, 256), torch.float32, "cpu", seed=1)[0]
+    cols = 256 // world
+    a = rank * cols
+
+    def fn(xs, ws):
+        return rmsnorm.rms_norm(xs, ws, 1e-6, group=dist.group.WORLD)
+
+    args = (x[:, a : a + cols], w[a : a + cols], dy[:, a : a + cols])
+    return _grads(torch.compile(fn, fullgraph=True), *args), _grads(fn, *args)
+
+
+def test_process_group_path_under_torch_compile():
+    # The ops are opaque to the compiler and the all-reduces are traced: the same bytes as eager.
+    for compiled, eager in run_ranks(_compile_body, 2):
+        for got, want in zip(compiled, eager):
+            assert torch.equal(got, want)
+
+
 # ---------------------------------------------------------------------------------------
 # DTensor
 # ---------------------------------------------------------------------------------------
