@@ -2,10 +2,12 @@
 
 - rms_norm(x_shard, w_shard, group=pg): rows split across ranks, forward and backward, against
   the unsharded op within the tolerance table;
+- torch.compile (fullgraph) of the process-group path;
 - DTensor: every op's sharding rules (rows sharded on a leading dimension, replicated, the
   last dimension sharded, a 2-D mesh), a sequence-parallel RMSNorm trained for a few steps;
 - FSDP2: a tiny Llama patched with rmsnorm.patch, wrapped with fully_shard, trained for a few
-  steps: losses and gradients against the single-process run.
+  steps: losses and gradients against the single-process run;
+- on a GPU, NCCL at world size 1; and a smoke run of python -m rmsnorm.bench_sharded.
 
 Each test launches its ranks once (see _distributed.py) and checks several cases in them.
 """
