@@ -3,6 +3,7 @@
 
 #include "problem.h"
 #include "rmsnorm/rmsnorm.h"
+#include "sharded_problem.h"
 
 #ifndef RMSNORM_VERSION_STRING
 #define RMSNORM_VERSION_STRING "0.1.0"
@@ -161,6 +162,89 @@ Plan plan_forward(const TensorView& x, const std::optional<TensorView>& weight, 
 
 Plan plan_forward(const TensorView& x, const TensorView& y, Strategy requested) {
   return plan_forward(x, std::nullopt, y, requested);
+}
+
+// ---------------------------------------------------------------------------------------
+// Rows split across ranks
+// ---------------------------------------------------------------------------------------
+
+namespace {
+// The sharded-row steps have a CPU implementation only, so far. Arguments are validated
+// first on every device, so a bad argument is reported as such on CUDA too.
+void require_cpu(const TensorView& x, const char* entry) {
+  if (x.device.kind != DeviceKind::cpu)
+    throw Error(Code::unsupported, std::string(entry) + ": not yet implemented on CUDA");
+}
+}  // namespace
+
+void partial_sum_squares(const TensorView& x, const TensorView& sums, const Params& params, Stream stream) {
+  (void)stream;
+  const detail::PartialSumsProblem p = detail::validate_partial_sum_squares(x, sums, params);
+  require_cpu(x, "partial_sum_squares");
+  if (p.total_rows() > 0) detail::cpu_partial_sums(p);
+}
+
+void forward_from_sums(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
+                       const TensorView& sums, std::int64_t full_cols, const Params& params,
+                       const std::optional<TensorView>& rstd, Stream stream) {
+  (void)stream;
+  const detail::ForwardFromSumsProblem p =
+      detail::validate_forward_from_sums(x, weight, y, sums, full_cols, params, rstd);
+  require_cpu(x, "forward_from_sums");
+  if (p.forward.total_rows() > 0) detail::cpu_forward_from_sums(p);
+}
+
+void partial_grad_dot(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
+                      const TensorView& dots, const Params& params, Stream stream) {
+  (void)stream;
+  const detail::PartialSumsProblem p = detail::validate_partial_grad_dot(dy, x, weight, dots, params);
+  require_cpu(x, "partial_grad_dot");
+  if (p.total_rows() > 0) detail::cpu_partial_sums(p);
+}
+
+void backward_from_sums(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
+                        const TensorView& rstd, const TensorView& dots, std::int64_t full_cols, const TensorView& dx,
+                        const std::optional<TensorView>& dw, const Params& params, void* workspace,
+                        std::size_t workspace_bytes, Stream stream) {
+  (void)stream;
+  detail::BackwardFromSumsProblem p =
+      detail::validate_backward_from_sums(dy, x, weight, rstd, dots, full_cols, dx, dw, params);
+  require_cpu(x, "backward_from_sums");
+  const std::size_t required = backward_workspace_size(x, dw, params);
+  if (workspace_bytes < required)
+    throw Error(Code::invalid_argument, "workspace: needs " + std::to_string(required) +
+                                            " bytes (see backward_workspace_size), got " +
+                                            std::to_string(workspace_bytes));
+  if (required > 0 && workspace == nullptr) throw Error(Code::invalid_argument, "workspace: data is null");
+  p.backward.workspace = workspace;
+  p.backward.workspace_bytes = workspace_bytes;
+  // Zero rows still define dw (a sum over nothing: zeros), as in backward.
+  detail::cpu_backward_from_sums(p);
+}
+
+Status partial_sum_squares_status(const TensorView& x, const TensorView& sums, const Params& params,
+                                  Stream stream) noexcept {
+  return detail::to_status([&] { partial_sum_squares(x, sums, params, stream); });
+}
+
+Status forward_from_sums_status(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
+                                const TensorView& sums, std::int64_t full_cols, const Params& params,
+                                const std::optional<TensorView>& rstd, Stream stream) noexcept {
+  return detail::to_status([&] { forward_from_sums(x, weight, y, sums, full_cols, params, rstd, stream); });
+}
+
+Status partial_grad_dot_status(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
+                               const TensorView& dots, const Params& params, Stream stream) noexcept {
+  return detail::to_status([&] { partial_grad_dot(dy, x, weight, dots, params, stream); });
+}
+
+Status backward_from_sums_status(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
+                                 const TensorView& rstd, const TensorView& dots, std::int64_t full_cols,
+                                 const TensorView& dx, const std::optional<TensorView>& dw, const Params& params,
+                                 void* workspace, std::size_t workspace_bytes, Stream stream) noexcept {
+  return detail::to_status([&] {
+    backward_from_sums(dy, x, weight, rstd, dots, full_cols, dx, dw, params, workspace, workspace_bytes, stream);
+  });
 }
 
 bool built_with_cuda() noexcept {

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "problem.h"
+#include "sharded_problem.h"
 
 namespace rmsnorm::detail {
 namespace {
@@ -145,19 +146,24 @@ void check_weight(const std::optional<TensorView>& weight, const TensorView& x, 
   }
 }
 
-void check_rstd(const std::optional<TensorView>& rstd, const TensorView& x) {
-  if (!rstd) return;
-  const TensorView& r = *rstd;
+// A vector of one accumulator-typed value per row of x (f32, f64 for f64 x), contiguous:
+// rstd, and the sharded rows' sums.
+void check_row_vector(const TensorView& r, const TensorView& x, const char* name) {
+  const std::string who(name);
   const DType want = x.dtype == DType::f64 ? DType::f64 : DType::f32;
-  if (r.dtype != want) fail(std::string("rstd: dtype must be ") + dtype_name(want) + ", got " + dtype_name(r.dtype));
+  if (r.dtype != want) fail(who + ": dtype must be " + dtype_name(want) + ", got " + dtype_name(r.dtype));
   const std::int64_t n = r.batch * r.rows * (r.rows > 0 && r.batch > 0 ? r.cols : 0);
   const bool contiguous =
       r.total_rows() <= 1 || (r.row_stride == r.cols && (r.batch <= 1 || r.batch_stride == r.rows * r.cols));
   if (!contiguous || n != x.total_rows())
-    fail("rstd: expected a contiguous vector of batch*rows = " + std::to_string(x.total_rows()) + " elements, got " +
+    fail(who + ": expected a contiguous vector of batch*rows = " + std::to_string(x.total_rows()) + " elements, got " +
          shape_of(r));
-  if (r.data == nullptr && n > 0) fail("rstd: data is null");
-  same_device(r, x, "rstd");
+  if (r.data == nullptr && n > 0) fail(who + ": data is null");
+  same_device(r, x, name);
+}
+
+void check_rstd(const std::optional<TensorView>& rstd, const TensorView& x) {
+  if (rstd) check_row_vector(*rstd, x, "rstd");
 }
 
 void check_params(const Params& params) {
@@ -340,6 +346,120 @@ BackwardProblem validate_backward(const TensorView& dy, const TensorView& x, con
   p.eps = params.eps;
   p.pdl = params.pdl;
   p.weight_offset = params.weight_offset;
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------
+// Sharded rows (sharded_problem.h): the forward's and backward's checks, plus the per-row
+// sums and the full row length.
+// ---------------------------------------------------------------------------------------
+
+namespace {
+
+void check_full_cols(std::int64_t full_cols, const TensorView& x) {
+  if (full_cols < x.cols)
+    fail("full_cols: the whole row's length must be >= the shard's cols (" + std::to_string(x.cols) + "), got " +
+         std::to_string(full_cols));
+}
+
+// dy must be x's twin (shape, device, dtype), as in the backward.
+void check_like_x(const TensorView& v, const TensorView& x, const char* name) {
+  check_layout(v, name);
+  if (v.batch != x.batch || v.rows != x.rows || v.cols != x.cols)
+    fail(std::string(name) + ": shape must match x " + shape_of(x) + ", got " + shape_of(v));
+  same_device(v, x, name);
+  if (v.dtype != x.dtype)
+    unsupported(std::string(name) + ": dtype must be x's (" + dtype_name(x.dtype) + "), got " + dtype_name(v.dtype));
+}
+
+void row_strides(const TensorView& v, std::int64_t& bs, std::int64_t& rs) {
+  rs = v.rows > 1 ? v.row_stride : v.cols;
+  bs = v.batch > 1 ? v.batch_stride : v.rows * rs;
+}
+
+}  // namespace
+
+PartialSumsProblem validate_partial_sum_squares(const TensorView& x, const TensorView& sums, const Params& params) {
+  check_layout(x, "x");
+  check_x_dtype(x);
+  check_row_vector(sums, x, "sums");
+  if (views_overlap(as_vector(sums, x.total_rows()), x)) fail("sums: overlaps x");
+  check_residency(params, x.total_rows(), {{&x, "x"}, {&sums, "sums"}});
+
+  PartialSumsProblem p;
+  p.x = x.data;
+  p.sums = sums.data;
+  p.x_dtype = x.dtype;
+  p.w_dtype = x.dtype;
+  p.batch = x.batch;
+  p.rows = x.rows;
+  p.cols = x.cols;
+  row_strides(x, p.x_batch_stride, p.x_row_stride);
+  p.pdl = params.pdl;
+  return p;
+}
+
+PartialSumsProblem validate_partial_grad_dot(const TensorView& dy, const TensorView& x,
+                                             const std::optional<TensorView>& weight, const TensorView& dots,
+                                             const Params& params) {
+  check_layout(x, "x");
+  check_like_x(dy, x, "dy");
+  check_x_dtype(x);
+  check_weight_dtype(weight, x.dtype);
+  check_weight(weight, x, params);
+  check_params(params);
+  check_row_vector(dots, x, "dots");
+  const TensorView dv = as_vector(dots, x.total_rows());
+  if (views_overlap(dv, x) || views_overlap(dv, dy) || (weight && views_overlap(dv, *weight)))
+    fail("dots: overlaps another argument");
+  check_residency(params, x.total_rows(), {{&dy, "dy"}, {&x, "x"}, {ptr(weight), "weight"}, {&dots, "dots"}});
+
+  PartialSumsProblem p;
+  p.x = x.data;
+  p.dy = dy.data;
+  p.weight = weight ? weight->data : nullptr;
+  p.sums = dots.data;
+  p.x_dtype = x.dtype;
+  p.w_dtype = weight ? weight->dtype : x.dtype;
+  p.batch = x.batch;
+  p.rows = x.rows;
+  p.cols = x.cols;
+  row_strides(x, p.x_batch_stride, p.x_row_stride);
+  row_strides(dy, p.dy_batch_stride, p.dy_row_stride);
+  p.weight_offset = params.weight_offset;
+  p.pdl = params.pdl;
+  return p;
+}
+
+ForwardFromSumsProblem validate_forward_from_sums(const TensorView& x, const std::optional<TensorView>& weight,
+                                                  const TensorView& y, const TensorView& sums, std::int64_t full_cols,
+                                                  const Params& params, const std::optional<TensorView>& rstd) {
+  ForwardFromSumsProblem p{validate_forward(x, weight, y, params, rstd), sums.data, full_cols};
+  check_row_vector(sums, x, "sums");
+  check_full_cols(full_cols, x);
+  if (x.total_rows() > 0) {
+    const TensorView sv = as_vector(sums, x.total_rows());
+    if (views_overlap(sv, y)) fail("sums: overlaps y");
+    if (rstd && views_overlap(sv, as_vector(*rstd, x.total_rows()))) fail("sums: overlaps rstd");
+  }
+  check_residency(params, x.total_rows(), {{&sums, "sums"}});
+  return p;
+}
+
+BackwardFromSumsProblem validate_backward_from_sums(const TensorView& dy, const TensorView& x,
+                                                    const std::optional<TensorView>& weight, const TensorView& rstd,
+                                                    const TensorView& dots, std::int64_t full_cols,
+                                                    const TensorView& dx, const std::optional<TensorView>& dw,
+                                                    const Params& params) {
+  BackwardFromSumsProblem p{validate_backward(dy, x, weight, rstd, dx, dw, params), dots.data, full_cols};
+  check_row_vector(dots, x, "dots");
+  check_full_cols(full_cols, x);
+  if (x.total_rows() > 0) {
+    const TensorView dv = as_vector(dots, x.total_rows());
+    if (views_overlap(dv, dx)) fail("dots: overlaps dx");
+    if (dw && views_overlap(dv, *dw)) fail("dots: overlaps dw");
+  }
+  check_residency(params, x.total_rows(), {{&dots, "dots"}});
   return p;
 }
 

@@ -1,8 +1,9 @@
 // Runs the cases of check_cases.cpp and check_backward_cases.cpp: for each, host inputs are
 // made (poisoned buffers, random normal elements), the oracle's answer is computed, the
 // buffers are copied to the device poison and all, rmsnorm::forward (here) or
-// rmsnorm::backward (check_backward.cpp) runs there, and everything is copied back and
-// judged with the shared tolerance table and stray-write counter.
+// rmsnorm::backward (check_backward.cpp; the sharded-row steps: check_sharded.cpp) runs there,
+// and everything is copied back and judged with the shared tolerance table and stray-write
+// counter.
 #include "check.h"
 
 #include <algorithm>
@@ -111,7 +112,7 @@ int run_check(const CheckOptions& options, const RunDevice& dev) {
                               {"result", 6, true}});
   table.print_header();
 
-  std::uint64_t forward_index = 0, backward_index = 0;
+  std::uint64_t forward_index = 0, backward_index = 0, sharded_index = 0;
   std::size_t cases_run = 0, cases_failed = 0, cases_skipped = 0;
   double worst = 0.0;
   std::vector<std::string> failed_groups;
@@ -143,6 +144,8 @@ int run_check(const CheckOptions& options, const RunDevice& dev) {
       tally(run_forward_case(c, dev, options.seed * 1000003u + 2 * forward_index++), c);
     for (const BackwardCheckCase& c : g.backward_cases)
       tally(run_backward_case(c, dev, options.seed * 1000003u + (std::uint64_t(1) << 40) + 3 * backward_index++), c);
+    for (const ShardedCheckCase& c : g.sharded_cases)
+      tally(run_sharded_case(c, dev, options.seed * 1000003u + (std::uint64_t(1) << 41) + 3 * sharded_index++), c);
     const bool pass = failed == 0 && run > 0;
     table.print_row({g.name, std::to_string(run), std::to_string(skipped), ratio_text(group_worst),
                      pass ? "PASS" : (run == 0 ? "FAIL (every case skipped)" : "FAIL")});

@@ -356,6 +356,8 @@ std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda, const std::
     std::vector<CheckGroup> b = build_backward_check_groups(quick, on_cuda);
     groups.insert(groups.end(), b.begin(), b.end());
   }
+  std::vector<CheckGroup> sharded = build_sharded_check_groups(quick, on_cuda, op);
+  groups.insert(groups.end(), sharded.begin(), sharded.end());
   return groups;
 }
 

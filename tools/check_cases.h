@@ -52,23 +52,43 @@ struct BackwardCheckCase {
   bool skip_if_unsupported = false;
 };
 
-// One line of the check's output: forward cases, or backward ones.
+// A case of rows split across ranks (check_sharded.cpp): x's rows cut into `shards` column
+// shards, the steps run shard by shard with the per-row sums added between them. Forward:
+// y and rstd; backward (from the rstd a forward would have saved): dx and dw.
+struct ShardedCheckCase {
+  bool backward = false;
+  DType x = DType::f32;         // of x (and dy, dx)
+  std::optional<DType> weight;  // none: w = 1
+  DType y = DType::f32;         // forward only
+  std::optional<DType> dw;      // backward only, with a weight; none: not asked for
+  std::int64_t batch = 1, rows = 1, cols = 1, shards = 2;
+  Placement x_at;  // the layout of x and of every other (batch, rows, cols) buffer
+  Params params;
+  double x_scale = 1.0, w_mean = 1.0;
+};
+
+// One line of the check's output: forward cases, backward ones, or sharded-row ones.
 struct CheckGroup {
   std::string name;
   std::vector<CheckCase> cases;
   std::string skipped_why;  // non-empty: the group does not apply on this device
   std::vector<BackwardCheckCase> backward_cases = {};
-  std::size_t size() const { return cases.size() + backward_cases.size(); }
+  std::vector<ShardedCheckCase> sharded_cases = {};
+  std::size_t size() const { return cases.size() + backward_cases.size() + sharded_cases.size(); }
 };
 
 // `op`: "forward", "backward" or "all" (the forward groups, then the backward ones).
 std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda, const std::string& op = "all");
 std::vector<CheckGroup> build_backward_check_groups(bool quick, bool on_cuda);
+// The sharded-row groups for `op` (forward, backward or all); skipped on CUDA for now.
+std::vector<CheckGroup> build_sharded_check_groups(bool quick, bool on_cuda, const std::string& op);
 
 // "x=f16 w=f32 y=f16 2x(3x1000) xs=1008 llama eps=1e-05 offset=1 rstd in-place ..."
 std::string describe(const CheckCase& c);
 // "x=bf16 w=bf16 dw=f32 3x5x96 dy_row_stride=104 in-place rstd offset=1 ..."
 std::string describe(const BackwardCheckCase& c);
+// "backward x=bf16 w=bf16 dw=f32 5x1000 in 3 shards eps=1e-06"
+std::string describe(const ShardedCheckCase& c);
 
 // Case sizes: the oracle reads every element through a non-inlined call, so a case is
 // kept to `budget` elements; the full sweep runs in well under a minute on two cores.

@@ -49,5 +49,6 @@ struct CaseResult {
 // Each case's inputs depend only on `seed`.
 CaseResult run_forward_case(const CheckCase& c, const RunDevice& dev, std::uint64_t seed);
 CaseResult run_backward_case(const BackwardCheckCase& c, const RunDevice& dev, std::uint64_t seed);
+CaseResult run_sharded_case(const ShardedCheckCase& c, const RunDevice& dev, std::uint64_t seed);
 
 }  // namespace rmsnorm::cli

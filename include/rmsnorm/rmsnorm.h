@@ -192,6 +192,76 @@ Status backward_status(const TensorView& dy, const TensorView& x, const std::opt
                        Stream stream = nullptr) noexcept;
 
 // ---------------------------------------------------------------------------------------
+// Rows split across ranks (the hidden dimension sharded)
+// ---------------------------------------------------------------------------------------
+//
+// When tensor parallelism splits the N columns of every row over ranks (q/k norms over a
+// whole projection whose heads are split, any norm after a row-split layer), each rank holds
+// a shard of each row, and rstd needs the sum of squares of the whole row. The forward is
+// then two steps around one all-reduce, made by the caller with any collective library (this
+// library communicates nothing):
+//
+//   partial_sum_squares(x_shard, sums)                       sums[r] = sum of x^2 over the shard
+//   all-reduce(sums, sum)                                    4 bytes a row (8 for f64)
+//   forward_from_sums(x_shard, w_shard, y_shard, sums, N)    rstd = 1 / sqrt(sums / N + eps)
+//
+// and the backward two steps around another:
+//
+//   partial_grad_dot(dy_shard, x_shard, w_shard, dots)       dots[r] = sum of dy * (w + offset) * x
+//   all-reduce(dots, sum)
+//   backward_from_sums(dy_shard, x_shard, w_shard, rstd, dots, N, dx_shard, dw_shard)
+//
+// A shard's dw is the gradient of its own columns of the weight: no communication. The views,
+// dtypes, Params and aliasing rules are those of forward and backward; `sums` and `dots` are
+// contiguous vectors of one f32 (f64 for f64 x) per row, like rstd. Each step sums a shard in
+// the same fixed order as forward does a row, so a single shard (x_shard = x) gives forward's
+// and backward's results bit for bit; with several shards the order of the all-reduce joins
+// in, and results equal the unsharded op's within the tolerance of one sum of N terms.
+
+// sums[r] = sum over the shard's columns of x[r, j]^2, accumulated in f32 (f64 for f64 x).
+//  x     (batch, rows, cols) view of the shard, as forward's x
+//  sums  batch*rows contiguous f32 (f64 for f64 x); must not overlap x
+void partial_sum_squares(const TensorView& x, const TensorView& sums, const Params& params = {},
+                         Stream stream = nullptr);
+
+// forward over a shard, given the sums of squares of the whole rows (all-reduced):
+//   rstd = 1 / sqrt(sums[r] * (1 / full_cols) + eps),  y = x * rstd * (w + offset)
+// with forward's casts. full_cols is N, the length of the whole row (>= the shard's cols).
+// weight is the shard's columns of the weight; rstd, optional, is written as forward writes
+// it (the backward needs it: a shard cannot recompute it). sums must not overlap y or rstd.
+void forward_from_sums(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
+                       const TensorView& sums, std::int64_t full_cols, const Params& params = {},
+                       const std::optional<TensorView>& rstd = std::nullopt, Stream stream = nullptr);
+
+// dots[r] = sum over the shard's columns of dy[r, j] * (w_j + offset) * x[r, j] (dy * x without
+// a weight), accumulated in f32 (f64 for f64 x). dy and x as in backward.
+void partial_grad_dot(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
+                      const TensorView& dots, const Params& params = {}, Stream stream = nullptr);
+
+// backward over a shard, given the forward's rstd and the all-reduced dots of the whole rows:
+//   dx_j = rstd * g_j - rstd^3 / full_cols * x_j * dots[r],   g_j = dy_j * (w_j + offset)
+//   dw_j = sum over rows of dy_j * x_j * rstd                  (this shard's columns)
+// Arguments as in backward, except that rstd is required; the workspace is sized by
+// backward_workspace_size(x, dw, params) with the shard's x.
+void backward_from_sums(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
+                        const TensorView& rstd, const TensorView& dots, std::int64_t full_cols, const TensorView& dx,
+                        const std::optional<TensorView>& dw, const Params& params, void* workspace,
+                        std::size_t workspace_bytes, Stream stream = nullptr);
+
+// The same four, reporting errors as a Status instead of throwing.
+Status partial_sum_squares_status(const TensorView& x, const TensorView& sums, const Params& params = {},
+                                  Stream stream = nullptr) noexcept;
+Status forward_from_sums_status(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
+                                const TensorView& sums, std::int64_t full_cols, const Params& params = {},
+                                const std::optional<TensorView>& rstd = std::nullopt, Stream stream = nullptr) noexcept;
+Status partial_grad_dot_status(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
+                               const TensorView& dots, const Params& params = {}, Stream stream = nullptr) noexcept;
+Status backward_from_sums_status(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
+                                 const TensorView& rstd, const TensorView& dots, std::int64_t full_cols,
+                                 const TensorView& dx, const std::optional<TensorView>& dw, const Params& params,
+                                 void* workspace, std::size_t workspace_bytes, Stream stream = nullptr) noexcept;
+
+// ---------------------------------------------------------------------------------------
 // Introspection
 // ---------------------------------------------------------------------------------------
 

@@ -388,3 +388,159 @@ TORCH_LIBRARY_IMPL(rmsnorm, CPU, m) { RMSNORM_REGISTER_IMPLS(m); }
 #if defined(RMSNORM_TORCH_CUDA)
 TORCH_LIBRARY_IMPL(rmsnorm, CUDA, m) { RMSNORM_REGISTER_IMPLS(m); }
 #endif
+
+// ---------------------------------------------------------------------------------------
+// Rows split across ranks (rmsnorm.h, "Rows split across ranks")
+// ---------------------------------------------------------------------------------------
+//
+// The library's steps as ops; the all-reduces between them are the caller's
+// (rmsnorm/distributed.py: torch.distributed on a process group, or DTensor's own
+// redistribution of a Partial sum). Their fake kernels and autograd live in
+// rmsnorm/_sharded_ops.py.
+
+namespace {
+
+at::ScalarType acc_dtype(const Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// A per-row input (sums, dots, rstd): shape x.shape[:-1], f32 (f64 for f64 x), on x's device;
+// returned contiguous.
+Tensor checked_row_tensor(const Tensor& t, const Tensor& x, const char* name) {
+  check_same_device(t, x, name);
+  TORCH_CHECK_TYPE(t.scalar_type() == acc_dtype(x), "rmsnorm: ", name, " has dtype ", t.scalar_type(), "; expected ",
+                   acc_dtype(x));
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes().slice(0, x.dim() - 1), "rmsnorm: ", name, " has shape ",
+                    shape_str(t.sizes()), "; expected x.shape[:-1] = ", shape_str(x.sizes().slice(0, x.dim() - 1)));
+  return t.contiguous();
+}
+
+rmsnorm::TensorView row_view(const Tensor& t) {
+  return rmsnorm::TensorView::vector(t.data_ptr(), to_dtype(t, "sums"), lib_device(t), t.numel());
+}
+
+Tensor new_row_tensor(const Tensor& x) {
+  return at::empty(x.sizes().slice(0, x.dim() - 1), x.options().dtype(acc_dtype(x)));
+}
+
+void check_full_cols(int64_t full_cols, const Tensor& x) {
+  TORCH_CHECK_VALUE(full_cols >= x.size(-1),
+                    "rmsnorm: full_cols (the whole row's length) must be >= x's last "
+                    "dimension (",
+                    std::to_string(x.size(-1)), "), got ", std::to_string(full_cols));
+}
+
+// rmsnorm::partial_sum_squares: sums = (x.float() ** 2).sum(-1) in the library's fixed order.
+Tensor partial_sum_squares(const Tensor& x_in) {
+  check_x(x_in);
+  DeviceContext ctx(x_in);
+  Tensor x = x_in;
+  const rmsnorm::TensorView xv = input_view(x, find_split(x).value_or(0));
+  Tensor sums = new_row_tensor(x);
+  const rmsnorm::Params params = params_of(1e-6, 0.0, rmsnorm::Cast::fp32);
+  call_library([&] { rmsnorm::partial_sum_squares(xv, row_view(sums), params, ctx.stream); });
+  return sums;
+}
+
+// rmsnorm::rms_norm_from_sums: (y, rstd) of a shard of each row, given the whole rows' sums of
+// squares (reduced over the shards) and their length.
+std::tuple<Tensor, Tensor> rms_norm_from_sums(const Tensor& x_in, const std::optional<Tensor>& weight,
+                                              const Tensor& sums_in, int64_t full_cols, double eps, double offset,
+                                              c10::string_view cast_name) {
+  check_x(x_in);
+  const rmsnorm::Cast cast = parse_cast(cast_name);
+  const std::optional<Tensor> w = checked_weight(weight, x_in, offset);
+  const Tensor sums = checked_row_tensor(sums_in, x_in, "sums");
+  check_full_cols(full_cols, x_in);
+  DeviceContext ctx(x_in);
+  Tensor x = x_in;
+  const std::int64_t split = find_split(x).value_or(0);
+  const rmsnorm::TensorView xv = input_view(x, split);
+  Tensor y = at::empty(x.sizes(), x.options().dtype(output_dtype(x, w, cast)));
+  Tensor rstd = new_row_tensor(x);
+  call_library([&] {
+    rmsnorm::forward_from_sums(xv, weight_view(w), *view_at(y, split), row_view(sums), full_cols,
+                               params_of(eps, offset, cast), row_view(rstd), ctx.stream);
+  });
+  return {y, rstd};
+}
+
+// rmsnorm::partial_grad_dot: dots = (dy * (w + offset) * x).sum(-1) over the shard, in fp32.
+Tensor partial_grad_dot(const Tensor& dy_in, const Tensor& x_in, const std::optional<Tensor>& weight, double offset) {
+  check_x(x_in);
+  check_same_device(dy_in, x_in, "dy");
+  TORCH_CHECK_VALUE(dy_in.sizes() == x_in.sizes(), "rmsnorm: dy has shape ", shape_str(dy_in.sizes()), " but x has ",
+                    shape_str(x_in.sizes()));
+  TORCH_CHECK_TYPE(dy_in.scalar_type() == x_in.scalar_type(), "rmsnorm: dy has dtype ", dy_in.scalar_type(),
+                   " but x has ", x_in.scalar_type(), "; they must match");
+  const std::optional<Tensor> w = checked_weight(weight, x_in, offset);
+  DeviceContext ctx(x_in);
+  Tensor x = x_in, dy = dy_in;
+  const std::int64_t split = find_split(x).value_or(0);
+  const rmsnorm::TensorView xv = input_view(x, split), dyv = input_view(dy, split);
+  Tensor dots = new_row_tensor(x);
+  call_library([&] {
+    rmsnorm::partial_grad_dot(dyv, xv, weight_view(w), row_view(dots), params_of(1e-6, offset, rmsnorm::Cast::fp32),
+                              ctx.stream);
+  });
+  return dots;
+}
+
+// rmsnorm::rms_norm_from_sums_bwd: (dx, dw) of a shard given the forward's rstd and the whole
+// rows' dots; dw is this shard's columns (empty when there is no weight or want_dw is false).
+std::tuple<Tensor, Tensor> rms_norm_from_sums_bwd(const Tensor& dy_in, const Tensor& x_in,
+                                                  const std::optional<Tensor>& weight, const Tensor& rstd_in,
+                                                  const Tensor& dots_in, int64_t full_cols, double offset,
+                                                  bool want_dw) {
+  check_x(x_in);
+  check_same_device(dy_in, x_in, "dy");
+  TORCH_CHECK_VALUE(dy_in.sizes() == x_in.sizes(), "rmsnorm: dy has shape ", shape_str(dy_in.sizes()), " but x has ",
+                    shape_str(x_in.sizes()));
+  TORCH_CHECK_TYPE(dy_in.scalar_type() == x_in.scalar_type(), "rmsnorm: dy has dtype ", dy_in.scalar_type(),
+                   " but x has ", x_in.scalar_type(), "; they must match");
+  const std::optional<Tensor> w = checked_weight(weight, x_in, offset);
+  const Tensor rstd = checked_row_tensor(rstd_in, x_in, "rstd");
+  const Tensor dots = checked_row_tensor(dots_in, x_in, "dots");
+  check_full_cols(full_cols, x_in);
+  DeviceContext ctx(x_in);
+  Tensor x = x_in, dy = dy_in;
+  const std::int64_t split = find_split(x).value_or(0);
+  const rmsnorm::TensorView xv = input_view(x, split), dyv = input_view(dy, split);
+  Tensor dx = at::empty(x.sizes(), x.options());
+  const bool with_dw = want_dw && w.has_value();
+  Tensor dw = with_dw ? at::empty({x.size(-1)}, w->options()) : at::empty({0}, x.options());
+  std::optional<rmsnorm::TensorView> dwv;
+  if (with_dw) dwv = rmsnorm::TensorView::vector(dw.data_ptr(), to_dtype(dw, "dw"), lib_device(dw), dw.numel());
+  const rmsnorm::Params params = params_of(1e-6, offset, rmsnorm::Cast::fp32);
+  call_library([&] {
+    const std::size_t bytes = rmsnorm::backward_workspace_size(xv, dwv, params);
+    Tensor workspace = at::empty({static_cast<std::int64_t>(bytes)}, x.options().dtype(at::kByte));
+    rmsnorm::backward_from_sums(dyv, xv, weight_view(w), row_view(rstd), row_view(dots), full_cols, *view_at(dx, split),
+                                dwv, params, bytes ? workspace.data_ptr() : nullptr, bytes, ctx.stream);
+  });
+  return {dx, dw};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(rmsnorm, m) {
+  m.set_python_module("rmsnorm._sharded_ops");
+  m.def("partial_sum_squares(Tensor x) -> Tensor sums");
+  m.def(
+      "rms_norm_from_sums(Tensor x, Tensor? weight, Tensor sums, int full_cols, float eps, float offset, str cast)"
+      " -> (Tensor y, Tensor rstd)");
+  m.def("partial_grad_dot(Tensor dy, Tensor x, Tensor? weight, float offset) -> Tensor dots");
+  m.def(
+      "rms_norm_from_sums_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor rstd, Tensor dots, int full_cols,"
+      " float offset, bool want_dw) -> (Tensor dx, Tensor dw)");
+}
+
+#define RMSNORM_REGISTER_SHARDED_IMPLS(m)              \
+  m.impl("partial_sum_squares", &partial_sum_squares); \
+  m.impl("rms_norm_from_sums", &rms_norm_from_sums);   \
+  m.impl("partial_grad_dot", &partial_grad_dot);       \
+  m.impl("rms_norm_from_sums_bwd", &rms_norm_from_sums_bwd)
+
+TORCH_LIBRARY_IMPL(rmsnorm, CPU, m) { RMSNORM_REGISTER_SHARDED_IMPLS(m); }
+
+#if defined(RMSNORM_TORCH_CUDA)
+TORCH_LIBRARY_IMPL(rmsnorm, CUDA, m) { RMSNORM_REGISTER_SHARDED_IMPLS(m); }
+#endif

@@ -9,9 +9,16 @@ The ops are torch custom ops (torch.ops.rmsnorm.*): they work under torch.compil
 (fullgraph) and CUDA-graph capture. `python -m rmsnorm.bench` checks and times them.
 """
 
+import torch as _torch
+
+from . import _sharded_ops  # noqa: F401  (fake kernels of the sharded-row ops)
 from ._ops import has_cuda_kernels, library_path, rms_norm, rms_norm_
 from .modules import RMSNorm
 from .patch import patch
+
+# DTensor sharding rules and the process-group path (rms_norm(..., group=pg)).
+if _torch.distributed.is_available():
+    from . import distributed  # noqa: F401
 
 __version__ = "0.1.0"
 __all__ = ["RMSNorm", "has_cuda_kernels", "library_path", "patch", "rms_norm", "rms_norm_"]

@@ -172,6 +172,18 @@ _rms_norm_op = torch.ops.rmsnorm.rms_norm.default
 _rms_norm_fwd_op = torch.ops.rmsnorm.rms_norm_fwd.default
 _rms_norm_inplace_op = torch.ops.rmsnorm.rms_norm_.default
 
+# Set by rmsnorm.distributed (when torch.distributed is available): serves a call with a
+# process group, or on a DTensor sharded on its last dimension; returns None otherwise.
+_distributed_route = None
+
+
+def _route(x, weight, eps, offset, cast, group, full_cols):
+    if _distributed_route is None:
+        if group is not None:
+            raise RuntimeError("rmsnorm: group= needs torch.distributed, which this build of torch lacks")
+        return None
+    return _distributed_route(x, weight, eps, offset, cast, group, full_cols)
+
 
 def rms_norm(
     x: torch.Tensor,
@@ -180,6 +192,8 @@ def rms_norm(
     *,
     offset: float = 0.0,
     cast: str = "fp32",
+    group=None,
+    full_cols: int | None = None,
 ) -> torch.Tensor:
     """RMSNorm over the last dimension: ``x / sqrt(mean(x**2, -1) + eps) * (weight + offset)``.
 
@@ -193,8 +207,17 @@ def rms_norm(
         LlamaRMSNorm's roundings: ``x * rstd`` rounded to x's dtype, then times the weight in
         the promoted dtype, so a float32 weight with 16-bit x gives a float32 result).
 
+    group: a torch.distributed process group over whose ranks the last dimension is split:
+        x and weight are this rank's columns, the result too (see rmsnorm.distributed,
+        rms_norm_sharded). full_cols: the whole row's length, by default x.shape[-1] times
+        the group's size. A DTensor sharded on its last dimension takes the same path.
+
     The result is a new contiguous tensor of x's shape. Differentiable in x and weight.
     """
+    if group is not None or type(x) is not torch.Tensor:
+        routed = _route(x, weight, eps, offset, cast, group, full_cols)
+        if routed is not None:
+            return routed
     if torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)):
         return _rms_norm_fwd_op(x, weight, eps, offset, cast)[0]
     return _rms_norm_op(x, weight, eps, offset, cast)
@@ -207,7 +230,19 @@ def rms_norm_(
     *,
     offset: float = 0.0,
     cast: str = "fp32",
+    group=None,
+    full_cols: int | None = None,
 ) -> torch.Tensor:
-    """In-place :func:`rms_norm` of ``x`` (no copy fallback, no autograd); returns ``x``."""
+    """In-place :func:`rms_norm` of ``x`` (no copy fallback, no autograd); returns ``x``.
+
+    With a process group (or a DTensor sharded on its last dimension), the result of the
+    sharded path is copied into x.
+    """
+    if group is not None or type(x) is not torch.Tensor:
+        with torch.no_grad():
+            routed = _route(x, weight, eps, offset, cast, group, full_cols)
+        if routed is not None:
+            x.copy_(routed)
+            return x
     _rms_norm_inplace_op(x, weight, eps, offset, cast)
     return x
