@@ -40,19 +40,9 @@ struct Ops {
   // numeric.h's canonical_nan.
   static Block canonical(Block v) { return {canonical(v.lo), canonical(v.hi)}; }
 
-  // 8 floats -> 8 dtype.h bf16 bit patterns (see simd_avx512.h).
-  static __m128i bf16_bits(__m256 v) { return pack(bf16_lanes(v)); }
-  // The same, each in the low half of a 32-bit lane.
-  static __m256i bf16_lanes(__m256 v) {
-    const __m256i x = _mm256_castps_si256(v);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
-    const __m256i rounded =
-        _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), lsb), 16);
-    const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(0x40));
-    const __m256i nan =
-        _mm256_cmpgt_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
-    return _mm256_blendv_epi8(rounded, quiet, nan);
-  }
+  // 8 floats -> 8 bf16 bit patterns: dtype.h's rounding, for numbers and the canonical NaN
+  // (see simd_avx512.h).
+  static __m128i bf16_bits(__m256 v) { return pack(_mm256_srli_epi32(bf16_round_up(v), 16)); }
   // 8 floats -> 8 f16 bit patterns, as dtype.h rounds every number (see simd_avx512.h).
   static __m128i f16_bits(__m256 v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static __m256 from_f16(__m128i h) { return _mm256_cvtph_ps(h); }
@@ -125,7 +115,14 @@ struct Ops {
   static __m256 canonical(__m256 v) {
     return _mm256_blendv_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
   }
-  static __m256 bf16_round(__m256 v) { return _mm256_castsi256_ps(_mm256_slli_epi32(bf16_lanes(v), 16)); }
+  static __m256i bf16_round_up(__m256 v) {  // see simd_avx512.h
+    const __m256i x = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+    return _mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), lsb);
+  }
+  static __m256 bf16_round(__m256 v) {
+    return _mm256_castsi256_ps(_mm256_and_si256(bf16_round_up(canonical(v)), _mm256_set1_epi32(int(0xffff0000u))));
+  }
 };
 
 }  // namespace rmsnorm::detail::cpu::avx2

@@ -33,18 +33,10 @@ struct Ops {
                               _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
   }
 
-  // f32 -> 16 dtype.h bf16 bit patterns, each in the low half of a 32-bit lane: round to
-  // nearest even by integer addition; a NaN keeps its sign and high payload bits, quieted.
-  static __m512i bf16_bits(Block v) {
-    const __m512i x = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
-    const __m512i rounded =
-        _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)), lsb), 16);
-    const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(0x40));
-    const __mmask16 nan =
-        _mm512_cmpgt_epi32_mask(_mm512_and_si512(x, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
-    return _mm512_mask_mov_epi32(rounded, nan, quiet);
-  }
+  // f32 -> 16 bf16 bit patterns, each in the low half of a 32-bit lane: dtype.h's round to
+  // nearest even by integer addition. For numbers and the canonical NaN (which gives dtype.h's
+  // 0x7fc0) only: stores get canonical values, round_as makes them so.
+  static __m512i bf16_bits(Block v) { return _mm512_srli_epi32(bf16_round_up(v), 16); }
   // f32 -> 16 f16 bit patterns, as dtype.h rounds every number (a NaN stays a NaN, its
   // payload kept where dtype.h's has none: results are canonical NaNs before they get here).
   static __m256i f16_bits(Block v) { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
@@ -82,12 +74,20 @@ struct Ops {
   template <class T>
   static Block round_as(Block v) {
     if constexpr (std::is_same_v<T, F16>) return from_f16(f16_bits(v));
-    if constexpr (std::is_same_v<T, BF16>) return _mm512_castsi512_ps(_mm512_slli_epi32(bf16_bits(v), 16));
+    if constexpr (std::is_same_v<T, BF16>)
+      return _mm512_castsi512_ps(_mm512_and_si512(bf16_round_up(canonical(v)), _mm512_set1_epi32(int(0xffff0000u))));
     if constexpr (std::is_same_v<T, float>) return v;
   }
 
  private:
   static __mmask16 mask(int count) { return static_cast<__mmask16>((1u << count) - 1u); }
+  // v's bits plus half a bf16 unit, less one when the kept part is even: the high 16 bits
+  // are then v rounded to nearest even.
+  static __m512i bf16_round_up(Block v) {
+    const __m512i x = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+    return _mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)), lsb);
+  }
 };
 
 }  // namespace rmsnorm::detail::cpu::avx512
