@@ -1,3 +1,5 @@
+// The choices the CPU backend makes once per process: the instruction set (isa.h) and when
+// to store around the caches (parallel.h).
 #include "cpu/isa.h"
 
 #include <atomic>
@@ -5,6 +7,7 @@
 #include <cstring>
 
 #include "cpu/kernels.h"
+#include "cpu/parallel.h"
 
 #if RMSNORM_CPU_X86
 #include <cpuid.h>
@@ -105,14 +108,17 @@ Isa set_active_isa(Isa isa) {
 
 }  // namespace rmsnorm::detail::cpu
 
-#include "cpu/parallel.h"
-
 namespace rmsnorm::detail::cpu {
 namespace {
+// From 4 MB of output on: an ordinary store first reads each line it writes (three bytes of
+// memory traffic for two), and a large output mostly leaves the caches before it is read
+// anyway. Smaller outputs are stored normally, so that the next step finds them in cache.
+// Measured in docs/performance.md. RMSNORM_CPU_STREAM=0 or 1 (read once) forces plain or
+// non-temporal stores, for measurements.
 std::atomic<std::size_t> g_stream_threshold{[] {
   const char* env = std::getenv("RMSNORM_CPU_STREAM");
-  if (env && std::atoi(env) == 0) return ~std::size_t(0);
-  if (env && std::atoi(env) == 1) return std::size_t(0);
+  if (env && std::strcmp(env, "0") == 0) return ~std::size_t(0);
+  if (env && std::strcmp(env, "1") == 0) return std::size_t(0);
   return std::size_t(4) << 20;
 }()};
 }  // namespace
