@@ -188,8 +188,10 @@ bool same_forward_bits(Isa isa, const ForwardSpec& s, std::uint64_t seed) {
   return true;
 }
 
-const std::vector<std::int64_t> kOddCols = {1,  2,  3,   5,   7,   8,   13,  15,  16,   17,   31,   32,   33,   47,  61,
-                                            64, 97, 100, 127, 128, 129, 251, 256, 1000, 1031, 2053, 4096, 4099, 8191};
+// Rows beyond 8192 elements compute the weight per block (simd_rows.inl's kWeightBuffer).
+const std::vector<std::int64_t> kOddCols = {1,   2,    3,    5,    7,    8,    13,   15,   16,   17,   31,
+                                            32,  33,   47,   61,   64,   97,   100,  127,  128,  129,  251,
+                                            256, 1000, 1031, 2053, 4096, 4099, 8191, 8192, 8209, 12288};
 
 class CpuPaths : public ::testing::TestWithParam<Isa> {
  protected:

@@ -60,6 +60,51 @@ inline float sum_squares(const TX* x, std::int64_t n) {
 }
 
 // ---------------------------------------------------------------------------------------
+// The weight as the loops use it: to_acc(w) + offset in f32, for Cast::llama rounded to the
+// weight's dtype. Rows of up to kWeightBuffer elements read it from a buffer on the stack,
+// filled once per call by the same operations: a 16-bit weight then costs an f32 load a
+// block instead of a conversion and an add in every row. Longer rows compute it per block.
+// ---------------------------------------------------------------------------------------
+
+constexpr std::int64_t kWeightBuffer = 8192;  // 32 KB of each thread's stack
+
+template <class TW, bool ROUND>
+struct ComputedWeight {
+  const TW* w;
+  Block offset;
+  Block value(Block v) const {
+    if constexpr (ROUND) return Ops::template round_as<TW>(Ops::add(v, offset));
+    return Ops::add(v, offset);
+  }
+  Block full(std::int64_t j) const { return value(Ops::load(w + j)); }
+  Block part(std::int64_t j, int count) const { return value(Ops::load_part(w + j, count)); }
+};
+
+struct BufferedWeight {
+  const float* w;
+  Block full(std::int64_t j) const { return Ops::load(w + j); }
+  Block part(std::int64_t j, int count) const { return Ops::load_part(w + j, count); }
+};
+
+struct NoWeight {
+  Block full(std::int64_t) const { return Ops::zero(); }
+  Block part(std::int64_t, int) const { return Ops::zero(); }
+};
+
+// Calls f(weight) with the weight's source: none, buffered, or computed per block.
+template <class TW, bool ROUND, class F>
+inline void with_weight(const TW* w, float offset, std::int64_t n, F f) {
+  if (w == nullptr) return f(NoWeight{});
+  const ComputedWeight<TW, ROUND> computed{w, Ops::splat(offset)};
+  if (n > kWeightBuffer) return f(computed);
+  alignas(64) float buffer[kWeightBuffer];
+  for_blocks(
+      n, 0, [&](std::int64_t j) { Ops::store(buffer + j, computed.full(j)); },
+      [&](std::int64_t j, int count) { Ops::store_part(buffer + j, computed.part(j, count), count); });
+  f(BufferedWeight{buffer});
+}
+
+// ---------------------------------------------------------------------------------------
 // Forward: ScalarForward's steps (forward.cpp) on blocks
 // ---------------------------------------------------------------------------------------
 
@@ -67,25 +112,30 @@ template <class TX, class TW, class TY, bool LLAMA, bool HAS_W>
 struct Forward {
   static constexpr bool supported = !std::is_same_v<TX, double>;
 
-  static Block scaled(Block x, Block w, Block rstd, Block offset) {
+  // w: the weight as with_weight gives it (offset added; rounded for the llama cast).
+  static Block scaled(Block x, Block w, Block rstd) {
     if constexpr (!LLAMA) {
       Block v = Ops::mul(x, rstd);
-      if constexpr (HAS_W) v = Ops::mul(v, Ops::add(w, offset));
+      if constexpr (HAS_W) v = Ops::mul(v, w);
       return v;
     } else {
       Block v = Ops::template round_as<TX>(Ops::mul(x, rstd));
-      if constexpr (HAS_W)
-        v = Ops::template round_as<Promoted<TX, TW>>(Ops::mul(v, Ops::template round_as<TW>(Ops::add(w, offset))));
+      if constexpr (HAS_W) v = Ops::template round_as<Promoted<TX, TW>>(Ops::mul(v, w));
       return v;
     }
   }
 
   static void run(const ForwardProblem& p, std::int64_t begin, std::int64_t end, bool stream) {
+    const TW* w = HAS_W ? static_cast<const TW*>(p.weight) : nullptr;
+    with_weight<TW, LLAMA>(w, static_cast<float>(p.weight_offset), p.cols,
+                           [&](const auto& weight) { rows(p, begin, end, stream, weight); });
+  }
+
+  template <class Weight>
+  static void rows(const ForwardProblem& p, std::int64_t begin, std::int64_t end, bool stream, const Weight& weight) {
     const std::int64_t n = p.cols;
     const float inv_n = static_cast<float>(1.0 / static_cast<double>(n));
     const float eps = static_cast<float>(p.eps);
-    const Block offset = Ops::splat(static_cast<float>(p.weight_offset));
-    const TW* w = static_cast<const TW*>(p.weight);
     bool streamed = false;
     for (std::int64_t row = begin; row < end; ++row) {
       const std::int64_t b = row / p.rows, r = row % p.rows;
@@ -96,26 +146,20 @@ struct Forward {
       const Block rs = Ops::splat(rstd);
       // y may be x: each block is read before it is written.
       const auto part = [&](std::int64_t j, int count) {
-        const Block wv = HAS_W ? Ops::load_part(w + j, count) : Ops::zero();
-        Ops::store_part(y + j, Ops::canonical(scaled(Ops::load_part(x + j, count), wv, rs, offset)), count);
+        const Block v = scaled(Ops::load_part(x + j, count), weight.part(j, count), rs);
+        Ops::store_part(y + j, Ops::canonical(v), count);
       };
       const std::int64_t head = stream ? stream_head(y) : -1;
       if (head >= 0) {
         for_blocks(
             n, head,
-            [&](std::int64_t j) {
-              const Block wv = HAS_W ? Ops::load(w + j) : Ops::zero();
-              Ops::stream(y + j, Ops::canonical(scaled(Ops::load(x + j), wv, rs, offset)));
-            },
+            [&](std::int64_t j) { Ops::stream(y + j, Ops::canonical(scaled(Ops::load(x + j), weight.full(j), rs))); },
             part);
         streamed = true;
       } else {
         for_blocks(
             n, 0,
-            [&](std::int64_t j) {
-              const Block wv = HAS_W ? Ops::load(w + j) : Ops::zero();
-              Ops::store(y + j, Ops::canonical(scaled(Ops::load(x + j), wv, rs, offset)));
-            },
+            [&](std::int64_t j) { Ops::store(y + j, Ops::canonical(scaled(Ops::load(x + j), weight.full(j), rs))); },
             part);
       }
     }
@@ -133,11 +177,17 @@ struct Backward {
   static constexpr bool supported = !std::is_same_v<TX, double>;
 
   static void run(const BackwardProblem& p, std::int64_t begin, std::int64_t end, void* partial, bool stream) {
+    const TW* w = HAS_W ? static_cast<const TW*>(p.weight) : nullptr;
+    with_weight<TW, false>(w, static_cast<float>(p.weight_offset), p.cols,
+                           [&](const auto& weight) { rows(p, begin, end, partial, stream, weight); });
+  }
+
+  template <class Weight>
+  static void rows(const BackwardProblem& p, std::int64_t begin, std::int64_t end, void* partial, bool stream,
+                   const Weight& weight) {
     const std::int64_t n = p.cols;
     const float inv_n = static_cast<float>(1.0 / static_cast<double>(n));
     const float eps = static_cast<float>(p.eps);
-    const Block offset = Ops::splat(static_cast<float>(p.weight_offset));
-    const TW* w = static_cast<const TW*>(p.weight);
     const float* rstd_in = static_cast<const float*>(p.rstd);
     float* acc = static_cast<float*>(partial);
     bool streamed = false;
@@ -151,15 +201,13 @@ struct Backward {
       // gx = sum(dy * (w + offset) * x), in lane_sum's order.
       Block gx = Ops::zero();
       std::int64_t j = 0;
-      for (; j + kLanes <= n; j += kLanes) {
-        const Block wv = HAS_W ? Ops::load(w + j) : Ops::zero();
-        gx = Ops::add(gx, g_times_x(Ops::load(dy + j), wv, Ops::load(x + j), offset));
-      }
+      for (; j + kLanes <= n; j += kLanes)
+        gx = Ops::add(gx, g_times_x(Ops::load(dy + j), weight.full(j), Ops::load(x + j)));
       if (j < n) {
         const int count = static_cast<int>(n - j);
-        const Block wv = HAS_W ? Ops::load_part(w + j, count) : Ops::zero();
         // Zero the unused lanes' terms: (0 + offset) * 0 * 0 need not be 0 for every offset.
-        const Block term = g_times_x(Ops::load_part(dy + j, count), wv, Ops::load_part(x + j, count), offset);
+        const Block term =
+            g_times_x(Ops::load_part(dy + j, count), weight.part(j, count), Ops::load_part(x + j, count));
         gx = Ops::add(gx, Ops::first(term, count));
       }
       const float coef = dx_coef(rstd, total(gx), inv_n);
@@ -167,21 +215,19 @@ struct Backward {
       const Block rs = Ops::splat(rstd), cs = Ops::splat(coef);
       // dx may be dy: each block is read before it is written.
       const auto dx_of = [&](Block xv, Block dyv, Block wv) {
-        const Block g = HAS_W ? Ops::mul(Ops::mul(rs, dyv), Ops::add(wv, offset)) : Ops::mul(rs, dyv);
+        const Block g = HAS_W ? Ops::mul(Ops::mul(rs, dyv), wv) : Ops::mul(rs, dyv);
         return Ops::canonical(Ops::sub(g, Ops::mul(cs, xv)));
       };
       const auto part = [&](std::int64_t j, int count) {
         const Block xv = Ops::load_part(x + j, count), dyv = Ops::load_part(dy + j, count);
         if constexpr (WANT_DW)
           Ops::store_part(acc + j, Ops::add(Ops::load_part(acc + j, count), Ops::mul(Ops::mul(dyv, xv), rs)), count);
-        const Block wv = HAS_W ? Ops::load_part(w + j, count) : Ops::zero();
-        Ops::store_part(dx + j, dx_of(xv, dyv, wv), count);
+        Ops::store_part(dx + j, dx_of(xv, dyv, weight.part(j, count)), count);
       };
       const auto full = [&](std::int64_t j, auto store) {
         const Block xv = Ops::load(x + j), dyv = Ops::load(dy + j);
         if constexpr (WANT_DW) Ops::store(acc + j, Ops::add(Ops::load(acc + j), Ops::mul(Ops::mul(dyv, xv), rs)));
-        const Block wv = HAS_W ? Ops::load(w + j) : Ops::zero();
-        store(dx + j, dx_of(xv, dyv, wv));
+        store(dx + j, dx_of(xv, dyv, weight.full(j)));
       };
       const std::int64_t head = stream ? stream_head(dx) : -1;
       if (head >= 0) {
@@ -197,8 +243,8 @@ struct Backward {
   }
 
   // dy * (w + offset) * x, or dy * x without a weight (ScalarBackward's dy * 1 * x).
-  static Block g_times_x(Block dyv, Block wv, Block xv, Block offset) {
-    if constexpr (HAS_W) return Ops::mul(Ops::mul(dyv, Ops::add(wv, offset)), xv);
+  static Block g_times_x(Block dyv, Block wv, Block xv) {
+    if constexpr (HAS_W) return Ops::mul(Ops::mul(dyv, wv), xv);
     return Ops::mul(dyv, xv);
   }
 };
