@@ -9,6 +9,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "bench.h"
 #include "bench_host.h"
@@ -108,24 +112,28 @@ ShapeResult bench_backward_shape_cpu(const BenchContext& ctx, const BenchShape& 
     return bad.empty();
   };
 
-  const auto time_it = [&](const char* impl, auto&& run) {
-    for (std::size_t i = 0; i < sets; ++i) run(i);  // warm-up pass
-    std::vector<double> us;
-    for (int r = 0; r < ctx.reps; ++r) {
+  // Passes over the sets, the implementations' passes interleaved (see bench_cpu.cpp). The
+  // copy's passes overwrite the second half of dy: the timings do not depend on the values
+  // (finite either way).
+  const bool fused_ok = check("fused", fused, 0), unfused_ok = check("unfused", unfused, 2);
+  const bool copy_ok = check("copy", copy, 0);  // last: the copy overwrites the second half of dy
+  std::vector<std::pair<const char*, std::function<void(std::size_t)>>> passed;
+  if (fused_ok) passed.emplace_back("fused", fused);
+  if (copy_ok) passed.emplace_back("copy", copy);
+  if (unfused_ok) passed.emplace_back("unfused", unfused);
+  std::vector<std::vector<double>> us(passed.size());
+  for (const auto& impl : passed)
+    for (std::size_t i = 0; i < sets; ++i) impl.second(i);  // warm-up pass
+  for (int r = 0; r < ctx.reps; ++r)
+    for (std::size_t k = 0; k < passed.size(); ++k) {
       const auto t0 = Clock::now();
-      for (std::size_t i = 0; i < sets; ++i) run(i);
-      us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count() / sets);
+      for (std::size_t i = 0; i < sets; ++i) passed[k].second(i);
+      us[k].push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count() / sets);
     }
-    result.records.push_back(make_record(ctx, shape, impl, "loop", median(us), sets, sets, ctx.reps));
-  };
-
-  if (check("fused", fused, 0)) {
-    time_it("fused", fused);
-    result.records.back().strategy = "cpu";
+  for (std::size_t k = 0; k < passed.size(); ++k) {
+    result.records.push_back(make_record(ctx, shape, passed[k].first, "loop", median(us[k]), sets, sets, ctx.reps));
+    if (std::string(passed[k].first) == "fused") result.records.back().strategy = "cpu";
   }
-  if (check("unfused", unfused, 2)) time_it("unfused", unfused);
-  // Last: the copy overwrites the second half of dy.
-  if (check("copy", copy, 0)) time_it("copy", copy);
   return result;
 }
 

@@ -4,6 +4,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "bench.h"
 #include "bench_host.h"
@@ -85,36 +89,49 @@ ShapeResult bench_shape_cpu(const BenchContext& ctx, const BenchShape& shape) {
     return bad.empty();
   };
 
-  const auto time_it = [&](const char* impl, auto&& run) {
-    if (shape.latency) {
-      // One call at a time: what a single decode step costs on this CPU.
-      const int reps = std::max(4 * ctx.reps, 200);
-      std::vector<double> us;
-      for (int i = 0; i < 10; ++i) run(i);
-      for (int i = 0; i < reps; ++i) {
-        const auto t0 = Clock::now();
-        run(static_cast<std::size_t>(i));
-        us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
-      }
-      result.records.push_back(make_record(ctx, shape, impl, "plain", median(us), sets, 1, reps));
-      return;
-    }
-    for (std::size_t i = 0; i < sets; ++i) run(i);  // warm-up pass
+  // One call at a time: what a single decode step costs on this CPU.
+  const auto time_latency = [&](const char* impl, const std::function<void(std::size_t)>& run) {
+    const int reps = std::max(4 * ctx.reps, 200);
     std::vector<double> us;
-    for (int r = 0; r < ctx.reps; ++r) {
+    for (int i = 0; i < 10; ++i) run(i);
+    for (int i = 0; i < reps; ++i) {
       const auto t0 = Clock::now();
-      for (std::size_t i = 0; i < sets; ++i) run(i);
-      us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count() / sets);
+      run(static_cast<std::size_t>(i));
+      us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
     }
-    result.records.push_back(make_record(ctx, shape, impl, "loop", median(us), sets, sets, ctx.reps));
+    result.records.push_back(make_record(ctx, shape, impl, "plain", median(us), sets, 1, reps));
+  };
+  // Passes over the sets, the implementations' passes interleaved (fused, copy, unfused,
+  // fused, ...): on a shared machine the load changes from second to second, and blocks of
+  // one implementation's passes after another's compared them under different loads.
+  const auto time_passes = [&](const std::vector<std::pair<const char*, std::function<void(std::size_t)>>>& impls) {
+    std::vector<std::vector<double>> us(impls.size());
+    for (const auto& impl : impls)
+      for (std::size_t i = 0; i < sets; ++i) impl.second(i);  // warm-up pass
+    for (int r = 0; r < ctx.reps; ++r)
+      for (std::size_t k = 0; k < impls.size(); ++k) {
+        const auto t0 = Clock::now();
+        for (std::size_t i = 0; i < sets; ++i) impls[k].second(i);
+        us[k].push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count() / sets);
+      }
+    for (std::size_t k = 0; k < impls.size(); ++k) {
+      result.records.push_back(make_record(ctx, shape, impls[k].first, "loop", median(us[k]), sets, sets, ctx.reps));
+      if (std::string(impls[k].first) == "fused") result.records.back().strategy = "cpu";
+    }
   };
 
-  if (check("fused", fused, Cast::fp32)) {
-    time_it("fused", fused);
-    result.records.back().strategy = "cpu";
+  std::vector<std::pair<const char*, std::function<void(std::size_t)>>> passed;
+  if (check("fused", fused, Cast::fp32)) passed.emplace_back("fused", fused);
+  if (check("copy", copy, Cast::fp32)) passed.emplace_back("copy", copy);
+  if (check("unfused", unfused, Cast::llama)) passed.emplace_back("unfused", unfused);
+  if (shape.latency) {
+    for (const auto& impl : passed) {
+      time_latency(impl.first, impl.second);
+      if (std::string(impl.first) == "fused") result.records.back().strategy = "cpu";
+    }
+  } else {
+    time_passes(passed);
   }
-  if (check("unfused", unfused, Cast::llama)) time_it("unfused", unfused);
-  if (check("copy", copy, Cast::fp32)) time_it("copy", copy);
   return result;
 }
 
