@@ -9,7 +9,8 @@
 #
 #   RMSNORM_COMMIT=<sha> tools/gpu-run.sh OUTDIR [stage ...]
 #   stages: build test check sanitize bench python (default: all of them, in that order),
-#   and tune / tune_bw (not by default): the forward's / backward's register configurations
+#   readme (not by default: the README's two commands, recorded as check and ctest), and
+#   tune / tune_bw (not by default): the forward's / backward's register configurations
 #   and strategies timed against each other, bf16, on the shapes where the planner chooses.
 #
 # The machine's copy of the tree has no .git: pass the commit in RMSNORM_COMMIT, and run a
@@ -79,6 +80,22 @@ if want check; then
   run check "$cli" check
   { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/check.log"; } >"$prefix-check.txt"
   tail -1 "$logs/check.log" | tee -a "$summary"
+fi
+
+bundle
+if want readme; then
+  # The README's two set-up commands as a new user runs them (default architectures, the
+  # PyTorch extension built in the tree when torch imports), recorded like the test and
+  # check stages: the main job verbatim, then the test command with -j 8 and without the
+  # landing-rule entry (it asks for the record this run makes).
+  run readme_main bash -c 'cmake -S . -B build && cmake --build build -j"$(nproc)" && build/tools/rmsnorm check && build/tools/rmsnorm bench'
+  tail -25 "$logs/readme_main.log" | tee -a "$summary"
+  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ); the README's main job"
+    awk '/^device:/ && !seen {seen = 1} seen {print} /^Correctness check/ {exit}' "$logs/readme_main.log"; } >"$prefix-check.txt"
+  run readme_tests ctest --test-dir build --output-on-failure -j 8 -E '^gpu_record[.]covers_gpu_code$'
+  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ); the README's test command"
+    cat "$logs/readme_tests.log"; } >"$prefix-ctest.txt"
+  grep -E "tests passed|tests failed|python.pytest" "$logs/readme_tests.log" | tail -4 | tee -a "$summary"
 fi
 
 bundle
