@@ -1,11 +1,13 @@
 // CPU backend of the backward pass. dx row by row in parallel; dw accumulated per chunk of
 // rows into the caller's workspace, then the chunks are added in order. The chunking is a
-// fixed function of the row count, so dw is bit-identical whatever the thread count.
+// fixed function of the row count, so dw is bit-identical whatever the thread count. The
+// residual add's backward is the same loop with another gradient step (cpu/steps.h).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 
 #include "cpu/numeric.h"
+#include "cpu/steps.h"
 #include "problem.h"
 
 namespace rmsnorm::detail {
@@ -15,9 +17,10 @@ constexpr std::int64_t kMaxChunks = 64;
 
 std::int64_t chunk_count(std::int64_t total_rows) { return std::min(total_rows, kMaxChunks); }
 
+// TX is the norm input's dtype (x, or r_out); `Grad` (cpu/steps.h) reads dy and stores dx.
 // HAS_W (a weight) and WANT_DW (a dw output) are template parameters so that the row loops
 // have no branch inside and vectorise.
-template <class TX, class TW, class TDW, class Acc, bool HAS_W, bool WANT_DW>
+template <class TX, class Grad, class TW, class TDW, class Acc, bool HAS_W, bool WANT_DW>
 void backward_rows(const BackwardProblem& p) {
   const std::int64_t m = p.total_rows(), n = p.cols;
   const Acc inv_n = static_cast<Acc>(1.0 / static_cast<double>(n));
@@ -31,6 +34,7 @@ void backward_rows(const BackwardProblem& p) {
     if constexpr (HAS_W) return cpu::to_acc<Acc>(w[j]) + offset;
     return Acc(1);
   };
+  const Grad grad{p};
 
 #pragma omp parallel for schedule(static) if (m * n > 65536)
   for (std::int64_t c = 0; c < chunks; ++c) {
@@ -39,8 +43,8 @@ void backward_rows(const BackwardProblem& p) {
     for (std::int64_t row = c * m / chunks; row < (c + 1) * m / chunks; ++row) {
       const std::int64_t b = row / p.rows, r = row % p.rows;
       const TX* x = static_cast<const TX*>(p.x) + b * p.x_batch_stride + r * p.x_row_stride;
-      const TX* dy = static_cast<const TX*>(p.dy) + b * p.dy_batch_stride + r * p.dy_row_stride;
-      TX* dx = static_cast<TX*>(p.dx) + b * p.dx_batch_stride + r * p.dx_row_stride;
+      const auto g = grad.row(b, r);
+      const auto* dy = g.dy;
       const Acc rstd = rstd_in ? rstd_in[row]
                                : Acc(1) / std::sqrt(cpu::lane_sum<Acc>(n,
                                                                        [&](std::int64_t j) {
@@ -57,7 +61,7 @@ void backward_rows(const BackwardProblem& p) {
         const Acc xv = cpu::to_acc<Acc>(x[j]);
         const Acc dyv = cpu::to_acc<Acc>(dy[j]);
         if constexpr (WANT_DW) acc[j] += dyv * xv * rstd;
-        dx[j] = cpu::from_acc<TX>(rstd * dyv * weight(j) - coef * xv);
+        g.store(j, rstd * dyv * weight(j) - coef * xv);
       }
     }
   }
@@ -72,11 +76,29 @@ void backward_rows(const BackwardProblem& p) {
 }
 
 // Picks the loop for the call's weight and dw.
+template <class TX, class Grad, class TW, class TDW, class Acc>
+void with_weight(const BackwardProblem& p) {
+  if (p.dw) return backward_rows<TX, Grad, TW, TDW, Acc, true, true>(p);  // dw needs a weight
+  if (p.weight) return backward_rows<TX, Grad, TW, TDW, Acc, true, false>(p);
+  backward_rows<TX, Grad, TW, TDW, Acc, false, false>(p);
+}
+
+// Picks the gradient step: the plain dx, or the residual add's (dx of TD, x's dtype, which is
+// TX's or 16-bit with an f32 r_out; dr of TX when asked for).
 template <class TX, class TW, class TDW, class Acc>
 void backward_rows(const BackwardProblem& p) {
-  if (p.dw) return backward_rows<TX, TW, TDW, Acc, true, true>(p);  // dw needs a weight
-  if (p.weight) return backward_rows<TX, TW, TDW, Acc, true, false>(p);
-  backward_rows<TX, TW, TDW, Acc, false, false>(p);
+  using cpu::BF16;
+  using cpu::F16;
+  if (!p.dr_out) return with_weight<TX, cpu::PlainGrad<TX>, TW, TDW, Acc>(p);
+  if constexpr (std::is_same_v<TX, float>) {
+    if (p.dx_dtype == DType::f16 && p.dr) return with_weight<TX, cpu::ResidualGrad<F16, float, true>, TW, TDW, Acc>(p);
+    if (p.dx_dtype == DType::f16) return with_weight<TX, cpu::ResidualGrad<F16, float, false>, TW, TDW, Acc>(p);
+    if (p.dx_dtype == DType::bf16 && p.dr)
+      return with_weight<TX, cpu::ResidualGrad<BF16, float, true>, TW, TDW, Acc>(p);
+    if (p.dx_dtype == DType::bf16) return with_weight<TX, cpu::ResidualGrad<BF16, float, false>, TW, TDW, Acc>(p);
+  }
+  if (p.dr) return with_weight<TX, cpu::ResidualGrad<TX, TX, true>, TW, TDW, Acc>(p);
+  with_weight<TX, cpu::ResidualGrad<TX, TX, false>, TW, TDW, Acc>(p);
 }
 
 }  // namespace
@@ -91,7 +113,16 @@ void cpu_backward(const BackwardProblem& p) {
   using cpu::BF16;
   using cpu::F16;
   const DType x = p.x_dtype, w = p.w_dtype, dw = p.dw_dtype;
-  if (x == DType::f32) return backward_rows<float, float, float, float>(p);
+  if (x == DType::f32) {
+    // A 16-bit weight with an f32 norm input: the residual add's backward with an f32
+    // residual stream and 16-bit activations (the weight has x's dtype).
+    if (w == DType::f16)
+      return dw == DType::f16 ? backward_rows<float, F16, F16, float>(p) : backward_rows<float, F16, float, float>(p);
+    if (w == DType::bf16)
+      return dw == DType::bf16 ? backward_rows<float, BF16, BF16, float>(p)
+                               : backward_rows<float, BF16, float, float>(p);
+    return backward_rows<float, float, float, float>(p);
+  }
   if (x == DType::f64) return backward_rows<double, double, double, double>(p);
   if (x == DType::f16) {
     if (w != DType::f16) return backward_rows<F16, float, float, float>(p);
