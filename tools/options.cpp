@@ -147,8 +147,8 @@ CheckOptions parse_check_options(const std::vector<std::string>& args) {
       o.device = parse_device(r.value());
     } else if (n == "--op") {
       o.op = r.value();
-      if (o.op != "forward" && o.op != "backward" && o.op != "all")
-        throw UsageError("--op: expected forward, backward or all, got '" + o.op + "'");
+      if (o.op != "forward" && o.op != "backward" && o.op != "add" && o.op != "quant" && o.op != "all")
+        throw UsageError("--op: expected forward, backward, add, quant or all, got '" + o.op + "'");
     } else if (n == "--seed") {
       o.seed = parse_seed(r.value());
     } else {
@@ -267,7 +267,8 @@ error); 2 a bad command line.
 }
 
 std::string check_help() {
-  return with_strategies(R"HELP(usage: rmsnorm check [--device D] [--op forward|backward|all] [--quick] [--seed S]
+  return with_strategies(
+      R"HELP(usage: rmsnorm check [--device D] [--op forward|backward|add|quant|all] [--quick] [--seed S]
 
 Runs rmsnorm::forward and rmsnorm::backward over a sweep of cases and compares every
 output element with the fp64 oracle (reference::forward, reference::backward) under the
@@ -326,13 +327,36 @@ recomputed by the backward):
   backward strategy S   each strategy forced (CUDA only), as for the forward
   backward determinism (2 runs)  the same call twice (outputs poisoned again, the
                         workspace left with other stale bytes): dx and dw bytes identical
+Fused groups (after the plain ones of their direction; on CUDA skipped, saying so, until
+the backend serves the fusion). r_out must equal the oracle's exactly (x + r rounded once
+to r's dtype); a quantised code must be the code of a value within y's tolerance of the
+exact y / s (the exact code, or its neighbour where y / s lies that close to a boundary),
+with s the scale the call used; computed scales within quant_scale_tolerance (pow2: the
+power of two of such a scale):
+  add dtypes x=X r=R    fused_add_forward for each x and residual dtype (the residual x's,
+                        or f32 with f16/bf16 x), every weight and y, both casts, offset 1
+  add awkward cols      rows of 1 to 262147 elements, residual of x's dtype or f32
+  add layouts / in place  each of x, the residual, r_out, y with its own strides and
+                        offsets, batched views; y is x, r_out is the residual, and both
+                        (vLLM's fused_add_rms_norm)
+  quant K Q             quant_forward with K = static, row, group scales and Q = f8e4m3,
+                        i8: every input dtype and weight, both casts, saturating static
+                        scales, pow2 scales, scale_ub, group sizes 64 and 128, row- and
+                        column-major group scales
+  add + quant           fused_add_quant_forward, every kind, strided, residual in place
+  add backward r_out=R x=X  fused_add_backward: dx (and dr) = dnorm + dr_out, dw, for
+                        every (r_out, x) pair, weight and dw dtype, saved or recomputed rstd
+  add backward layouts / in place / determinism  strides, dx written over dr_out, two
+                        runs giving the same bytes
 The last line is "Correctness check PASSED (worst error X of tolerance)" (exit status 0)
 or "Correctness check FAILED (...)" (exit status 1); a bad command line exits with 2.
 
 options:
   --device D   auto (default): CUDA if this build has the CUDA backend and a device is
                visible, else the CPU; cpu; cuda; cuda:N (device ordinal N)
-  --op OP      forward, backward or all (default): which groups run
+  --op OP      forward (plain and fused forward groups), backward (plain and fused
+               backward groups), add (the residual add's groups, forward and backward),
+               quant (the quantised outputs' groups) or all (default)
   --quick      a smaller sweep: fewer shapes, fewer rows
   --seed S     seed of the random inputs (default 1); a case's inputs depend only on S and
                the case's place among its op's cases

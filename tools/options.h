@@ -26,7 +26,7 @@ struct DeviceChoice {
 
 struct CheckOptions {
   DeviceChoice device;
-  std::string op = "all";  // forward, backward or all
+  std::string op = "all";  // forward, backward, add, quant or all
   bool quick = false;
   std::uint64_t seed = 1;
   bool help = false;
