@@ -270,9 +270,10 @@ Fused RMSNorm: a correctness check against the fp64 oracle and benchmarks, on a 
 when there is one, on the CPU otherwise. Every command says first which device it runs on.
 
 commands:
-  check      correctness sweep of forward and backward against the fp64 oracle
-             (rmsnorm check --help)
-  bench      throughput and latency tables, forward or backward: fused vs unfused vs copy
+  check      correctness sweep of forward, backward and the fused forms (residual add,
+             8-bit outputs) against the fp64 oracle (rmsnorm check --help)
+  bench      throughput and latency tables, forward, backward or a fused form: fused vs
+             unfused vs copy
              (rmsnorm bench --help)
 
 options:
