@@ -273,8 +273,7 @@ commands:
   check      correctness sweep of forward, backward and the fused forms (residual add,
              8-bit outputs) against the fp64 oracle (rmsnorm check --help)
   bench      throughput and latency tables, forward, backward or a fused form: fused vs
-             unfused vs copy
-             (rmsnorm bench --help)
+             unfused vs copy (rmsnorm bench --help)
 
 options:
   -h, --help   this text

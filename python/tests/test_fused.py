@@ -12,7 +12,7 @@ try:
 except ImportError as e:  # the package without its compiled library: not built or installed
     pytest.skip(f"the rmsnorm extension is not built ({e})", allow_module_level=True)
 
-from _support import DEVICES, assert_close, make_inputs, reference, require_cuda_kernels  # noqa: E402
+from _support import DEVICES, HAS_CUDA, assert_close, make_inputs, reference, require_cuda_kernels  # noqa: E402
 
 ops = torch.ops.rmsnorm
 FP8 = torch.float8_e4m3fn
@@ -330,6 +330,36 @@ def test_quant_is_pytorchs_formula_on_the_fp32_y(device, qdtype, kind):
         assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8)), f"pow2={pow2} ub={use_ub}"
 
 
+def test_quant_conversions_match_torchs_casts():
+    """The 8-bit conversions on 2^20 float32 values (every exponent the formats reach, ties and
+    the values around them, beyond +-448): a row of ones with eps 0 normalises to exactly 1,
+    so y is the weight itself, and with a static scale of 1 the op quantises the weight.
+    Against `w.clamp(-448, 448).to(torch.float8_e4m3fn)` and `torch.round(w).clamp(-127, 127)`."""
+    g = torch.Generator().manual_seed(3)
+    n = 1 << 16
+    ties = torch.arange(0, 256, dtype=torch.int32).to(torch.uint8).view(FP8).float()
+    ties = ties[torch.isfinite(ties)].sort().values
+    mids = (ties[1:] + ties[:-1]) / 2
+    special = torch.cat([mids, mids.nextafter(torch.tensor(0.0)), mids.nextafter(torch.tensor(1e9)), ties])
+    special = torch.cat([special, -special, torch.arange(-130, 131, dtype=torch.float32) + 0.5])
+    special = special[special != 0]  # the op's w + offset turns -0 into +0: a weight of zero says nothing here
+    for chunk in range(16):
+        bits = torch.randint(0, 1 << 31, (n,), generator=g, dtype=torch.int64)
+        exps = torch.randint(100, 136, (n,), generator=g, dtype=torch.int64)  # 2^-27 .. 2^8
+        v = ((bits & 0x807FFFFF) | (exps << 23)).to(torch.int32).view(torch.float32)
+        if chunk == 0:
+            v[: special.numel()] = special
+        x = torch.ones(2, n)
+        x[1] = -1
+        one = torch.ones(1)
+        p = 0.0
+        q8, _ = rmsnorm.rms_norm_quant(x, v, p, qdtype=FP8, scale=one)
+        qi, _ = rmsnorm.rms_norm_quant(x, v, p, qdtype=torch.int8, scale=one)
+        y = torch.stack([v, -v])
+        assert torch.equal(q8.view(torch.uint8), y.clamp(-448, 448).to(FP8).view(torch.uint8)), chunk
+        assert torch.equal(qi, torch.round(y).clamp(-127, 127).to(torch.int8)), chunk
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_quant_llama_cast_quantises_hugging_faces_y(device):
     """cast="llama" with a float32 weight: y is LlamaRMSNorm's (float32), then quantised."""
@@ -408,6 +438,38 @@ def test_quant_compile_fullgraph(device):
     got = torch.compile(fn, fullgraph=True)(x, r, w)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_fused_ops_capture_in_cuda_graphs():
+    require_fused("cuda")
+    require_fused("cuda", "quant")
+    x, r, w = _inputs((64, 4096), torch.bfloat16, "cuda", torch.float32)
+    x_in, r_in = x.clone(), r.clone()
+
+    def step():
+        y, r_out = rmsnorm.fused_add_rms_norm(x_in, r_in, w)
+        q, s = rmsnorm.rms_norm_quant(x_in, w, scale="group")
+        return y, r_out, q, s
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = step()
+    x2, r2, _ = _inputs((64, 4096), torch.bfloat16, "cuda", torch.float32, seed=5)
+    x_in.copy_(x2)
+    r_in.copy_(r2)
+    graph.replay()
+    torch.cuda.synchronize()
+    want_y, want_r = rmsnorm.fused_add_rms_norm(x2, r2, w)
+    want_q, want_s = rmsnorm.rms_norm_quant(x2, w, scale="group")
+    assert torch.equal(static[0], want_y) and torch.equal(static[1], want_r)
+    assert torch.equal(static[2].view(torch.uint8), want_q.view(torch.uint8)) and torch.equal(static[3], want_s)
 
 
 # ---------------------------------------------------------------------------------------
