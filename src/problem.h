@@ -1,5 +1,6 @@
-// The validated forward problem handed from the API layer to a backend: plain data only,
-// so that the CUDA kernels can take it by value.
+// The validated forward and backward problems handed from the API layer to a backend, the
+// fused forms' fields included: plain data only, so that the CUDA kernels can take them by
+// value.
 #pragma once
 
 #include <cstddef>
@@ -63,7 +64,7 @@ struct BackwardProblem {
   const void* rstd = nullptr;    // nullptr: recompute from x
   void* dx = nullptr;
   void* dw = nullptr;          // nullptr: not requested
-  DType x_dtype = DType::f32;  // also dy's and dx's
+  DType x_dtype = DType::f32;  // the norm input's (x, or r_out); dy's and dx's is dx_dtype
   DType w_dtype = DType::f32;
   DType dw_dtype = DType::f32;
   std::int64_t batch = 1, rows = 0, cols = 0;
