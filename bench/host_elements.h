@@ -16,6 +16,10 @@ inline float load_float(const void* p, DType t, std::int64_t i) {
       return bf16_bits_to_float(static_cast<const std::uint16_t*>(p)[i]);
     case DType::f64:
       return static_cast<float>(static_cast<const double*>(p)[i]);
+    case DType::f8e4m3:
+      return f8e4m3_bits_to_float(static_cast<const std::uint8_t*>(p)[i]);
+    case DType::i8:
+      return static_cast<const std::int8_t*>(p)[i];
     case DType::f32:
       break;
   }
@@ -32,6 +36,12 @@ inline void store_float(void* p, DType t, std::int64_t i, float v) {
       return;
     case DType::f64:
       static_cast<double*>(p)[i] = v;
+      return;
+    case DType::f8e4m3:  // saturating, as `.clamp(-448, 448).to(torch.float8_e4m3fn)`
+      static_cast<std::uint8_t*>(p)[i] = float_to_f8e4m3_bits(v);
+      return;
+    case DType::i8:  // round half to even, saturated to -127..127
+      static_cast<std::int8_t*>(p)[i] = float_to_i8(v);
       return;
     case DType::f32:
       break;

@@ -21,6 +21,12 @@ void fill_normal_host(void* data, DType t, std::int64_t n, std::uint64_t seed, f
       case DType::bf16:
         static_cast<std::uint16_t*>(data)[i] = float_to_bf16_bits(v);
         break;
+      case DType::f8e4m3:  // output-only dtypes: filled only to poison-check a benchmark
+        static_cast<std::uint8_t*>(data)[i] = float_to_f8e4m3_bits(v);
+        break;
+      case DType::i8:
+        static_cast<std::int8_t*>(data)[i] = float_to_i8(v);
+        break;
     }
   }
 }

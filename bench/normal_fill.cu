@@ -46,7 +46,9 @@ void fill_normal_device(void* data, DType t, std::int64_t n, std::uint64_t seed,
       fill_normal_kernel<<<grid, 256, 0, s>>>(static_cast<__nv_bfloat16*>(data), n, seed, mean, stddev);
       break;
     case DType::f64:
-      throw Error(Code::unsupported, "fill_normal_device: f64 is not a CUDA dtype here");
+    case DType::f8e4m3:
+    case DType::i8:
+      throw Error(Code::unsupported, "fill_normal_device: f32, f16 or bf16 only");
   }
   check_launch("fill_normal_kernel");
 }

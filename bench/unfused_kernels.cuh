@@ -35,6 +35,8 @@ void with_type_and_index(DType dtype, long long elements, const char* who, F&& f
     case DType::bf16:
       return indexed(__nv_bfloat16{});
     case DType::f64:
+    case DType::f8e4m3:
+    case DType::i8:
       break;
   }
   throw Error(Code::unsupported, std::string(who) + ": dtype must be f32, f16 or bf16");

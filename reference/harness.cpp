@@ -6,6 +6,8 @@
 #include <cstring>
 #include <random>
 
+#include "oracle.h"
+
 namespace rmsnorm::reference {
 
 std::int64_t span_elements(const TensorView& v) {
@@ -118,6 +120,59 @@ Comparison compare_vector_scaled(const void* got, DType dtype, const std::vector
   return c;
 }
 
+Comparison compare_quantized(const TensorView& q, const std::vector<double>& y, const std::vector<double>& scales,
+                             std::int64_t group_size, Tolerance y_tol) {
+  Comparison c;
+  const std::int64_t groups = q.cols / group_size;
+  std::int64_t i = 0;
+  for_each_offset(q, [&](std::int64_t off) {
+    const std::int64_t row = i / q.cols, col = i % q.cols;
+    const double s = scales[static_cast<std::size_t>(row * groups + col / group_size)];
+    const double yv = y[static_cast<std::size_t>(i)];
+    const double t = yv / s;
+    const double e = (y_tol.atol + y_tol.rtol * std::fabs(yv)) / s + std::fabs(t) * std::ldexp(1.0, -24);
+    const double got = load_as_double(q.data, q.dtype, off);
+    const double exact = quant_code(q.dtype, t), lo = quant_code(q.dtype, t - e), hi = quant_code(q.dtype, t + e);
+    ++c.checked;
+    double ratio = 0.0;
+    if (got != exact) {
+      ratio = got >= lo && got <= hi ? 0.5 : INFINITY;  // NaN fails too
+      if (ratio <= 1.0) ++c.boundary;
+    }
+    if (ratio > 1.0) ++c.failures;
+    if (ratio > c.worst_ratio || c.worst_index < 0) {
+      c.worst_ratio = ratio;
+      c.worst_abs = std::fabs(got - exact);
+      c.worst_index = i;
+    }
+    ++i;
+  });
+  return c;
+}
+
+Comparison compare_scales(const std::vector<double>& got, const std::vector<double>& ref, Tolerance tol, bool pow2) {
+  if (!pow2) return compare_vector(got.data(), DType::f64, ref, tol);
+  Comparison c;
+  const auto up = [](double s) { return std::ldexp(1.0, static_cast<int>(std::ceil(std::log2(s)))); };
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    const double e = tol.atol + tol.rtol * ref[i];
+    const double exact = up(ref[i]), lo = up(ref[i] - e), hi = up(ref[i] + e);
+    ++c.checked;
+    double ratio = 0.0;
+    if (got[i] != exact) {
+      ratio = got[i] >= lo && got[i] <= hi ? 0.5 : INFINITY;
+      if (ratio <= 1.0) ++c.boundary;
+    }
+    if (ratio > 1.0) ++c.failures;
+    if (ratio > c.worst_ratio || c.worst_index < 0) {
+      c.worst_ratio = ratio;
+      c.worst_abs = std::fabs(got[i] - exact);
+      c.worst_index = static_cast<std::int64_t>(i);
+    }
+  }
+  return c;
+}
+
 std::int64_t count_stray_writes(const std::vector<unsigned char>& buffer, const TensorView& v) {
   std::vector<char> inside(buffer.size(), 0);
   const std::size_t es = dtype_size(v.dtype);
@@ -144,6 +199,7 @@ void merge(Comparison& into, const Comparison& o) {
   }
   into.checked += o.checked;
   into.failures += o.failures;
+  into.boundary += o.boundary;
 }
 
 }  // namespace rmsnorm::reference

@@ -43,6 +43,9 @@ struct Comparison {
   double worst_ratio = 0;     // max |got-ref| / (atol + rtol |ref|); <= 1 passes
   double worst_abs = 0;       // max |got-ref|
   std::int64_t worst_index = -1;
+  // Quantised codes (and pow2 scales) one step from the exact one, accepted because the
+  // exact value lies within the tolerance of the boundary between the two (counted 0.5).
+  std::int64_t boundary = 0;
   bool passed() const { return failures == 0 && checked > 0; }
   std::string describe() const;  // "worst 0.31 of tolerance (abs 1.2e-03 at 17)"
 };
@@ -58,6 +61,21 @@ Comparison compare_scaled(const TensorView& got, const std::vector<double>& ref,
                           Tolerance tol);
 Comparison compare_vector_scaled(const void* got, DType dtype, const std::vector<double>& ref,
                                  const std::vector<double>& scale, Tolerance tol);
+
+// Quantised codes q (a host view of total_rows x cols, f8e4m3 or i8) against the oracle's y
+// (row-major) and the scales the call used (rows x groups row-major: its written scales, or
+// the static scale repeated; group_size == cols for one scale a row). With t = y / s exact,
+// a code passes when it is quant_code of a value in [t - e, t + e], e = tol(y) / s + |t| 2^-24
+// (y's tolerance, and the fp32 division's one rounding): the code of t, or its neighbour
+// where t lies within e of the boundary between them (counted in `boundary`, ratio 0.5).
+Comparison compare_quantized(const TensorView& q, const std::vector<double>& y, const std::vector<double>& scales,
+                             std::int64_t group_size, Tolerance y_tol);
+
+// Computed scales against the oracle's: within `tol` (quant_scale_tolerance); with pow2,
+// the power of two of some scale within `tol` of the exact one (the exact one's, or the next
+// one where the exact scale is that close to a power of two: counted in `boundary`).
+Comparison compare_scales(const std::vector<double>& got, const std::vector<double>& ref_unrounded, Tolerance tol,
+                          bool pow2);
 
 // Counts bytes of `buffer` outside the elements of `v` that are no longer kPoisonByte.
 std::int64_t count_stray_writes(const std::vector<unsigned char>& buffer, const TensorView& v);

@@ -36,6 +36,37 @@ struct BackwardResult {
 BackwardResult backward(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
                         const Params& params);
 
+// The residual add (fused_add_forward): r_out = x + residual rounded once to the residual's
+// dtype, then the norm of r_out (its dtype's accumulator; Cast::llama rounds to x's dtype).
+struct FusedAddResult {
+  std::vector<double> r_out;  // total_rows * cols, the exact values of the rounded sums
+  ForwardResult norm;         // y before its final rounding, and rstd, of r_out
+};
+FusedAddResult fused_add_forward(const TensorView& x, const TensorView& residual,
+                                 const std::optional<TensorView>& weight, const Params& params);
+
+// Gradients of fused_add_forward: backward() on r_out, plus dr_out (dx_scale grows by |dr_out|).
+BackwardResult fused_add_backward(const TensorView& dy, const TensorView& dr_out, const TensorView& r_out,
+                                  const std::optional<TensorView>& weight, const Params& params);
+
+// Quantised outputs, on exact values: what a quantised forward should give for the oracle's y.
+struct QuantSpec {
+  QuantScale kind = QuantScale::per_row;
+  DType q = DType::f8e4m3;
+  std::int64_t group_size = 128;  // per_group
+  bool pow2 = false;
+  std::optional<double> scale_ub;
+};
+// The value of the code t quantises to: fp8 e4m3 round to nearest even saturated at +-448
+// (NaN kept), or int8 round half to even saturated at +-127 (NaN -> 0).
+double quant_code(DType q, double t);
+// A computed scale from the max |y| of its row or group: max(min(amax, ub) / qmax,
+// 1 / (qmax * 512)), rounded up to a power of two when spec.pow2.
+double quant_scale(const QuantSpec& spec, double amax);
+// The computed scales of rows x cols values y (row-major), (rows, groups) row-major.
+std::vector<double> quant_scales(const std::vector<double>& y, std::int64_t rows, std::int64_t cols,
+                                 const QuantSpec& spec);
+
 // Rounds v to dtype t and back (identity for f64).
 double round_to(DType t, double v);
 

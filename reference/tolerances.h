@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 
 #include "rmsnorm/rmsnorm.h"
 
@@ -28,6 +29,10 @@ inline double unit_roundoff(DType t) {
       return std::ldexp(1.0, -8);
     case DType::f64:
       return std::ldexp(1.0, -53);
+    case DType::f8e4m3:
+      return std::ldexp(1.0, -4);
+    case DType::i8:  // integers: no relative roundoff (quant_code_range judges them)
+      break;
   }
   return 1.0;
 }
@@ -63,6 +68,29 @@ inline Tolerance forward_tolerance(DType x, DType y, Cast cast, std::int64_t col
   t.atol = (y == DType::f16 || x == DType::f16) ? std::ldexp(1.0, -23) : 1e-300;
   return t;
 }
+
+// Tolerance for the y a quantised forward divides by its scale (y is never stored, so no
+// store rounding): under Cast::fp32 the fp32 math's error only (forward_tolerance with an f32
+// y); under Cast::llama the cast's roundings too, the last one to the promoted dtype of x
+// and the weight (x's without a weight), as forward_tolerance has them for such a y.
+inline Tolerance quant_y_tolerance(DType x, std::optional<DType> w, Cast cast, std::int64_t cols) {
+  if (cast != Cast::llama) return forward_tolerance(x, DType::f32, cast, cols);
+  const DType promoted = !w || *w == x ? x : DType::f32;
+  return forward_tolerance(x, promoted, cast, cols);
+}
+
+// Tolerance for a computed scale, max|y| / qmax: y's relative error (the max of values each
+// within y's tolerance is within it too), plus the fp32 division and the fp32 constant of
+// the minimum scale (one rounding each: 2 u(f32)); y's atol, divided by qmax >= 127, stays
+// below y's.
+inline Tolerance quant_scale_tolerance(const Tolerance& y_tol) {
+  return {y_tol.rtol + 2.0 * unit_roundoff(DType::f32), y_tol.atol};
+}
+
+// The quantised codes themselves are judged by compare_quantized (harness.h): a code passes
+// when it is the code of some value within y's tolerance (divided by the scale, plus the
+// division's rounding) of the exact quotient, i.e. the exact code, or its neighbour where
+// the exact quotient lies that close to a rounding boundary between two codes.
 
 // Tolerance for the rstd output (stored in fp32, or fp64 for f64).
 inline Tolerance rstd_tolerance(DType x, std::int64_t cols) {

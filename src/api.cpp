@@ -148,6 +148,143 @@ Status backward_status(const TensorView& dy, const TensorView& x, const std::opt
   return detail::to_status([&] { backward(dy, x, weight, rstd, dx, dw, params, workspace, workspace_bytes, stream); });
 }
 
+// ---------------------------------------------------------------------------------------
+// The fused forms: one problem each, served by the backends' row loops with a prologue (the
+// residual add) or an epilogue (the quantised store)
+// ---------------------------------------------------------------------------------------
+
+namespace {
+
+// Runs a validated fused forward problem: on the CPU, or on CUDA once its kernels serve it.
+void run_fused_forward(const detail::ForwardProblem& p, const TensorView& x, const Params& params, Stream stream,
+                       const char* op) {
+  if (p.total_rows() == 0) return;
+  if (x.device.kind == DeviceKind::cpu) {
+    detail::cpu_forward(p);
+    return;
+  }
+  const bool served = (!p.residual || detail::kCudaResidualAdd) && (!p.quantize || detail::kCudaQuantize);
+  if (!served) throw Error(Code::unsupported, std::string(op) + ": not yet implemented on CUDA");
+#if defined(RMSNORM_HAVE_CUDA)
+  detail::cuda_forward(p, detail::plan_problem(p, params.strategy, detail::cuda_cc_major(x.device.index)),
+                       x.device.index, stream);
+#else
+  (void)params;
+  (void)stream;
+#endif
+}
+
+}  // namespace
+
+void fused_add_forward(const TensorView& x, const TensorView& residual, const std::optional<TensorView>& weight,
+                       const TensorView& y, const TensorView& residual_out, const Params& params,
+                       const std::optional<TensorView>& rstd, Stream stream) {
+  const detail::ForwardProblem p =
+      detail::validate_fused_forward(x, &residual, &residual_out, weight, y, nullptr, params, rstd);
+  run_fused_forward(p, x, params, stream, "fused_add_forward");
+}
+
+Status fused_add_forward_status(const TensorView& x, const TensorView& residual,
+                                const std::optional<TensorView>& weight, const TensorView& y,
+                                const TensorView& residual_out, const Params& params,
+                                const std::optional<TensorView>& rstd, Stream stream) noexcept {
+  return detail::to_status([&] { fused_add_forward(x, residual, weight, y, residual_out, params, rstd, stream); });
+}
+
+void quant_forward(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& q,
+                   const Quant& quant, const Params& params, const std::optional<TensorView>& rstd, Stream stream) {
+  const detail::ForwardProblem p = detail::validate_fused_forward(x, nullptr, nullptr, weight, q, &quant, params, rstd);
+  run_fused_forward(p, x, params, stream, "quant_forward");
+}
+
+Status quant_forward_status(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& q,
+                            const Quant& quant, const Params& params, const std::optional<TensorView>& rstd,
+                            Stream stream) noexcept {
+  return detail::to_status([&] { quant_forward(x, weight, q, quant, params, rstd, stream); });
+}
+
+void fused_add_quant_forward(const TensorView& x, const TensorView& residual, const std::optional<TensorView>& weight,
+                             const TensorView& q, const TensorView& residual_out, const Quant& quant,
+                             const Params& params, const std::optional<TensorView>& rstd, Stream stream) {
+  const detail::ForwardProblem p =
+      detail::validate_fused_forward(x, &residual, &residual_out, weight, q, &quant, params, rstd);
+  run_fused_forward(p, x, params, stream, "fused_add_quant_forward");
+}
+
+Status fused_add_quant_forward_status(const TensorView& x, const TensorView& residual,
+                                      const std::optional<TensorView>& weight, const TensorView& q,
+                                      const TensorView& residual_out, const Quant& quant, const Params& params,
+                                      const std::optional<TensorView>& rstd, Stream stream) noexcept {
+  return detail::to_status(
+      [&] { fused_add_quant_forward(x, residual, weight, q, residual_out, quant, params, rstd, stream); });
+}
+
+void fused_add_backward(const TensorView& dy, const TensorView& dr_out, const TensorView& r_out,
+                        const std::optional<TensorView>& weight, const std::optional<TensorView>& rstd,
+                        const TensorView& dx, const std::optional<TensorView>& dr, const std::optional<TensorView>& dw,
+                        const Params& params, void* workspace, std::size_t workspace_bytes, Stream stream) {
+  detail::BackwardProblem p = detail::validate_fused_add_backward(dy, dr_out, r_out, weight, rstd, dx, dr, dw, params);
+  const std::size_t required = backward_workspace_size(r_out, dw, params);
+  if (workspace_bytes < required)
+    throw Error(Code::invalid_argument, "workspace: needs " + std::to_string(required) +
+                                            " bytes (see backward_workspace_size of r_out), got " +
+                                            std::to_string(workspace_bytes));
+  if (required > 0 && workspace == nullptr) throw Error(Code::invalid_argument, "workspace: data is null");
+  p.workspace = workspace;
+  p.workspace_bytes = workspace_bytes;
+  if (r_out.device.kind == DeviceKind::cpu) {
+    detail::cpu_backward(p);
+    return;
+  }
+  if (!detail::kCudaResidualBackward) throw Error(Code::unsupported, "fused_add_backward: not yet implemented on CUDA");
+#if defined(RMSNORM_HAVE_CUDA)
+  detail::cuda_backward(p, detail::plan_backward(p, params.strategy, detail::cuda_cc_major(r_out.device.index)),
+                        r_out.device.index, stream);
+#else
+  (void)stream;
+#endif
+}
+
+Status fused_add_backward_status(const TensorView& dy, const TensorView& dr_out, const TensorView& r_out,
+                                 const std::optional<TensorView>& weight, const std::optional<TensorView>& rstd,
+                                 const TensorView& dx, const std::optional<TensorView>& dr,
+                                 const std::optional<TensorView>& dw, const Params& params, void* workspace,
+                                 std::size_t workspace_bytes, Stream stream) noexcept {
+  return detail::to_status([&] {
+    fused_add_backward(dy, dr_out, r_out, weight, rstd, dx, dr, dw, params, workspace, workspace_bytes, stream);
+  });
+}
+
+const char* quant_scale_name(QuantScale k) noexcept {
+  switch (k) {
+    case QuantScale::static_tensor:
+      return "static";
+    case QuantScale::per_row:
+      return "row";
+    case QuantScale::per_group:
+      return "group";
+  }
+  return "unknown";
+}
+
+QuantScale parse_quant_scale(const std::string& s) {
+  if (s == "static" || s == "static_tensor" || s == "tensor") return QuantScale::static_tensor;
+  if (s == "row" || s == "per_row" || s == "token") return QuantScale::per_row;
+  if (s == "group" || s == "per_group") return QuantScale::per_group;
+  throw Error(Code::invalid_argument, "quant scale: unknown '" + s + "' (expected static, row or group)");
+}
+
+float quant_max(DType q) noexcept {
+  if (q == DType::f8e4m3) return 448.0f;
+  if (q == DType::i8) return 127.0f;
+  return 0.0f;
+}
+
+float quant_min_scale(DType q) noexcept {
+  const float qmax = quant_max(q);
+  return qmax > 0 ? 1.0f / (qmax * 512.0f) : 0.0f;  // qmax * 512 is exact in float
+}
+
 Plan plan_forward(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
                   Strategy requested) {
   Params params;

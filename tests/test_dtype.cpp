@@ -3,6 +3,7 @@
 // rounds to nearest even), exhaustively where the space is small.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -267,6 +268,193 @@ TEST(Bf16, MatchesReferenceOnSampledFloats) {
 }
 
 // ---------------------------------------------------------------------------------------
+// fp8 e4m3 ("fn") and int8, the quantised outputs' dtypes
+// ---------------------------------------------------------------------------------------
+
+// The exact value of an e4m3 code from its fields (NaN for S.1111.111).
+double f8_value(std::uint8_t b) {
+  const double sign = (b & 0x80) ? -1.0 : 1.0;
+  const int e = (b >> 3) & 0xf, m = b & 7;
+  if (e == 15 && m == 7) return std::numeric_limits<double>::quiet_NaN();
+  if (e == 0) return sign * std::ldexp(m, -9);
+  return sign * std::ldexp(8 + m, e - 7 - 3);
+}
+
+// The reference conversion: saturate to +-448, then the nearest of the 254 finite codes by
+// exhaustive search, ties to the code with an even mantissa; the sign (of zero too) kept.
+std::uint8_t f8_reference(float f) {
+  if (std::isnan(f)) return std::signbit(f) ? 0xff : 0x7f;
+  const double a = std::min(std::fabs(static_cast<double>(f)), 448.0);
+  std::uint8_t best = 0;
+  for (std::uint8_t c = 1; c <= 0x7e; ++c) {
+    const double d = std::fabs(f8_value(c) - a), db = std::fabs(f8_value(best) - a);
+    if (d < db || (d == db && (c & 1) == 0)) best = c;
+  }
+  return static_cast<std::uint8_t>(best | (std::signbit(f) ? 0x80 : 0));
+}
+
+TEST(F8e4m3, DecodesAllCodes) {
+  for (int b = 0; b < 256; ++b) {
+    const auto c = static_cast<std::uint8_t>(b);
+    const float f = f8e4m3_bits_to_float(c);
+    const double want = f8_value(c);
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(f)) << "code 0x" << std::hex << b;
+    } else {
+      ASSERT_EQ(static_cast<double>(f), want) << "code 0x" << std::hex << b;
+      ASSERT_EQ(std::signbit(f), (b & 0x80) != 0) << "code 0x" << std::hex << b;
+    }
+  }
+  EXPECT_EQ(f8e4m3_bits_to_float(0x7e), 448.0f);
+  EXPECT_EQ(f8e4m3_bits_to_float(0x01), std::ldexp(1.0f, -9));
+  EXPECT_EQ(f8e4m3_bits_to_float(0x08), std::ldexp(1.0f, -6));
+  EXPECT_EQ(f8e4m3_bits_to_float(0x38), 1.0f);
+}
+
+TEST(F8e4m3, RoundTripsAllCodes) {
+  for (int b = 0; b < 256; ++b) {
+    const auto c = static_cast<std::uint8_t>(b);
+    if ((b & 0x7f) == 0x7f) continue;  // NaN
+    EXPECT_EQ(float_to_f8e4m3_bits(f8e4m3_bits_to_float(c)), c) << "code 0x" << std::hex << b;
+  }
+}
+
+// Around every boundary: the midpoint between two adjacent codes goes to the even one, a
+// float just below or above it to the nearer one; both signs, subnormals included.
+TEST(F8e4m3, TiesRoundToEven) {
+  for (std::uint8_t c = 0; c < 0x7e; ++c) {
+    const double lo = f8_value(c), hi = f8_value(static_cast<std::uint8_t>(c + 1));
+    const float mid = static_cast<float>((lo + hi) / 2);  // exact: a few significant bits
+    ASSERT_EQ(static_cast<double>(mid), (lo + hi) / 2);
+    const std::uint8_t even = (c & 1) ? static_cast<std::uint8_t>(c + 1) : c;
+    ASSERT_EQ(float_to_f8e4m3_bits(mid), even) << "midpoint " << mid;
+    ASSERT_EQ(float_to_f8e4m3_bits(-mid), even | 0x80) << "midpoint " << -mid;
+    ASSERT_EQ(float_to_f8e4m3_bits(std::nextafter(mid, 0.0f)), c) << "below " << mid;
+    ASSERT_EQ(float_to_f8e4m3_bits(std::nextafter(mid, 1000.0f)), c + 1) << "above " << mid;
+  }
+}
+
+// Saturation instead of NaN beyond 448 (PyTorch's cast after the clamp every quantiser
+// applies: `.clamp(-448, 448).to(torch.float8_e4m3fn)`); NaN stays NaN with its sign.
+TEST(F8e4m3, SaturatesAndKeepsNaN) {
+  const float inf = std::numeric_limits<float>::infinity();
+  for (float v : {448.0f, 449.0f, 464.0f, 465.0f, 479.0f, 480.0f, 1e4f, 3.4e38f, inf}) {
+    EXPECT_EQ(float_to_f8e4m3_bits(v), 0x7e) << v;
+    EXPECT_EQ(float_to_f8e4m3_bits(-v), 0xfe) << -v;
+  }
+  EXPECT_EQ(float_to_f8e4m3_bits(std::nextafter(448.0f, 0.0f)), 0x7e);
+  EXPECT_EQ(float_to_f8e4m3_bits(432.0f), 0x7e);  // the tie between 416 and 448: even (448)
+  EXPECT_EQ(float_to_f8e4m3_bits(std::nextafter(432.0f, 0.0f)), 0x7d);
+  EXPECT_EQ(float_to_f8e4m3_bits(std::numeric_limits<float>::quiet_NaN()), 0x7f);
+  EXPECT_EQ(float_to_f8e4m3_bits(-std::numeric_limits<float>::quiet_NaN()), 0xff);
+  EXPECT_EQ(float_to_f8e4m3_bits(float_from_bits(0x7f800001u)), 0x7f);
+  EXPECT_EQ(float_to_f8e4m3_bits(0.0f), 0x00);
+  EXPECT_EQ(float_to_f8e4m3_bits(-0.0f), 0x80);
+  EXPECT_EQ(float_to_f8e4m3_bits(std::ldexp(1.0f, -10)), 0x00);  // tie with 0: even
+  EXPECT_EQ(float_to_f8e4m3_bits(std::nextafter(std::ldexp(1.0f, -10), 1.0f)), 0x01);
+  EXPECT_EQ(float_to_f8e4m3_bits(-std::ldexp(1.0f, -12)), 0x80);  // signed zero
+  EXPECT_EQ(float_to_f8e4m3_bits(std::numeric_limits<float>::denorm_min()), 0x00);
+  EXPECT_EQ(float_to_f8e4m3_bits(7.5f * std::ldexp(1.0f, -9)), 0x08);  // up into the normals
+}
+
+// Every 4099th float bit pattern (about a million, every exponent, both signs) against the
+// exhaustive reference.
+TEST(F8e4m3, MatchesReferenceOnSampledFloats) {
+  std::int64_t mismatches = 0;
+  for (std::uint64_t u = 0; u <= 0xffffffffull; u += 4099) {
+    const float f = float_from_bits(static_cast<std::uint32_t>(u));
+    const std::uint8_t got = float_to_f8e4m3_bits(f), want = f8_reference(f);
+    if (got != want && ++mismatches <= 5)
+      ADD_FAILURE() << std::hex << "float 0x" << u << " (" << f << "): got 0x" << int(got) << ", want 0x" << int(want);
+  }
+  EXPECT_EQ(mismatches, 0);
+}
+
+// Dense around the normal range: every float with 12 significant bits between 2^-12 and 512.
+TEST(F8e4m3, MatchesReferenceNearEveryCode) {
+  for (int e = -12; e < 9; ++e)
+    for (int m = 0; m < 4096; ++m) {
+      const float f = std::ldexp(static_cast<float>(4096 + m), e - 12);
+      ASSERT_EQ(float_to_f8e4m3_bits(f), f8_reference(f)) << f;
+      ASSERT_EQ(float_to_f8e4m3_bits(-f), f8_reference(-f)) << -f;
+    }
+}
+
+TEST(Int8, RoundsHalfToEvenAndSaturates) {
+  EXPECT_EQ(float_to_i8(0.5f), 0);
+  EXPECT_EQ(float_to_i8(1.5f), 2);
+  EXPECT_EQ(float_to_i8(2.5f), 2);
+  EXPECT_EQ(float_to_i8(-0.5f), 0);
+  EXPECT_EQ(float_to_i8(-1.5f), -2);
+  EXPECT_EQ(float_to_i8(-2.5f), -2);
+  EXPECT_EQ(float_to_i8(std::nextafter(2.5f, 3.0f)), 3);
+  EXPECT_EQ(float_to_i8(std::nextafter(2.5f, 0.0f)), 2);
+  EXPECT_EQ(float_to_i8(126.5f), 126);
+  EXPECT_EQ(float_to_i8(127.4f), 127);
+  EXPECT_EQ(float_to_i8(127.5f), 127);
+  EXPECT_EQ(float_to_i8(1e9f), 127);
+  EXPECT_EQ(float_to_i8(-127.5f), -127);  // symmetric: never -128
+  EXPECT_EQ(float_to_i8(-128.0f), -127);
+  EXPECT_EQ(float_to_i8(-std::numeric_limits<float>::infinity()), -127);
+  EXPECT_EQ(float_to_i8(std::numeric_limits<float>::infinity()), 127);
+  EXPECT_EQ(float_to_i8(std::numeric_limits<float>::quiet_NaN()), 0);
+  EXPECT_EQ(float_to_i8(1e-30f), 0);
+}
+
+TEST(Int8, MatchesNearbyintOnADenseRange) {
+  for (float f = -130.0f; f <= 130.0f; f += 1.0f / 64) {
+    const double want = std::nearbyint(std::min(127.0, std::max(-127.0, static_cast<double>(f))));
+    ASSERT_EQ(float_to_i8(f), static_cast<int>(want)) << f;
+  }
+}
+
+TEST(QuantDTypes, LoadStoreAndNames) {
+  unsigned char buf[4];
+  std::memset(buf, 0xFF, sizeof buf);
+  store_from_double(buf, DType::f8e4m3, 1, -1.5);
+  EXPECT_EQ(buf[1], 0xbc);
+  EXPECT_EQ(load_as_double(buf, DType::f8e4m3, 1), -1.5);
+  store_from_double(buf, DType::f8e4m3, 2, 1e9);
+  EXPECT_EQ(load_as_double(buf, DType::f8e4m3, 2), 448.0);
+  // rounded once from the double: just above a tie that a rounding through float would make
+  store_from_double(buf, DType::f8e4m3, 0, 1.0 + std::ldexp(1.0, -4) + std::ldexp(1.0, -40));
+  EXPECT_EQ(load_as_double(buf, DType::f8e4m3, 0), 1.125);
+  store_from_double(buf, DType::i8, 3, -2.5);
+  EXPECT_EQ(load_as_double(buf, DType::i8, 3), -2.0);
+  store_from_double(buf, DType::i8, 3, -300.0);
+  EXPECT_EQ(load_as_double(buf, DType::i8, 3), -127.0);
+  EXPECT_EQ(dtype_size(DType::f8e4m3), 1u);
+  EXPECT_EQ(dtype_size(DType::i8), 1u);
+  EXPECT_STREQ(dtype_name(DType::f8e4m3), "f8e4m3");
+  EXPECT_STREQ(dtype_name(DType::i8), "i8");
+  EXPECT_EQ(parse_dtype("f8e4m3"), DType::f8e4m3);
+  EXPECT_EQ(parse_dtype("float8_e4m3fn"), DType::f8e4m3);
+  EXPECT_EQ(parse_dtype("int8"), DType::i8);
+  EXPECT_EQ(parse_dtype("i8"), DType::i8);
+  EXPECT_EQ(quant_max(DType::f8e4m3), 448.0f);
+  EXPECT_EQ(quant_max(DType::i8), 127.0f);
+  EXPECT_EQ(quant_max(DType::bf16), 0.0f);
+  EXPECT_EQ(quant_min_scale(DType::f8e4m3), 1.0f / 229376.0f);
+  EXPECT_EQ(quant_min_scale(DType::i8), 1.0f / 65024.0f);
+  for (QuantScale k : {QuantScale::static_tensor, QuantScale::per_row, QuantScale::per_group})
+    EXPECT_EQ(parse_quant_scale(quant_scale_name(k)), k);
+  EXPECT_THROW(parse_quant_scale("block"), Error);
+}
+
+// The oracle's quantiser (reference::quant_code, on doubles) agrees with the library's on
+// every float it is given, so compare_quantized judges by the same rules.
+TEST(QuantDTypes, OracleQuantiserAgrees) {
+  for (std::uint64_t u = 0; u <= 0xffffffffull; u += 65537) {
+    const float f = float_from_bits(static_cast<std::uint32_t>(u));
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(reference::quant_code(DType::f8e4m3, f),
+              static_cast<double>(f8e4m3_bits_to_float(float_to_f8e4m3_bits(f))))
+        << f;
+    ASSERT_EQ(reference::quant_code(DType::i8, f), static_cast<double>(float_to_i8(f))) << f;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Element access, names
 // ---------------------------------------------------------------------------------------
 
@@ -294,7 +482,7 @@ TEST(DType, ParsesNamesAndAliases) {
 }
 
 TEST(DType, ParseErrorNamesWhat) {
-  for (const char* bad : {"", "f8", "F8", "int8", "bf32"}) {
+  for (const char* bad : {"", "f8", "F8", "int4", "bf32", "e5m2"}) {
     try {
       parse_dtype(bad, "weight_dtype");
       ADD_FAILURE() << "parse_dtype accepted \"" << bad << "\"";

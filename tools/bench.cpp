@@ -75,6 +75,8 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   BenchContext ctx;
   ctx.device = dev;
   ctx.op = o.op;
+  ctx.quant = o.quant;
+  ctx.qdtype = o.qdtype;
   ctx.dtype = o.dtype;
   ctx.strategy = o.strategy;
   ctx.config_threads = o.config_threads;
@@ -94,22 +96,37 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   if (dev.is_cuda()) throw Error(Code::unsupported, "bench: this tool was built without CUDA");
 #endif
 
-  const bool bwd = o.op == "backward";
-  const char* model = bwd ? "3*M*N*s" : "2*M*N*s";
-  std::cout << "rmsnorm bench | " << dev.name << (dev.is_cuda() ? " (CUDA)" : " (CPU figures)") << " | op " << o.op
-            << " | dtype " << dtype_name(o.dtype) << " | model bytes "
-            << (bwd ? "3*M*N*s (read x + read dy + write dx; weight, dw and rstd ignored)"
-                    : "2*M*N*s (read x + write y; weight ignored)")
+  const bool bwd = o.op == "backward", add = o.op == "add", quant = o.op == "quant";
+  if (dev.is_cuda() && (add || quant))
+    throw Error(Code::unsupported,
+                "bench --op " + o.op + ": the CUDA backend does not serve the fused forms yet (run with --device cpu)");
+  const std::string model = bwd ? "3*M*N*s" : add ? "4*M*N*s" : quant ? "M*N*s+M*N+scales" : "2*M*N*s";
+  std::cout << "rmsnorm bench | " << dev.name << (dev.is_cuda() ? " (CUDA)" : " (CPU figures)") << " | op " << o.op;
+  if (quant) std::cout << " " << quant_scale_name(o.quant) << " " << dtype_name(o.qdtype);
+  std::cout << " | dtype " << dtype_name(o.dtype) << " | model bytes "
+            << (bwd     ? "3*M*N*s (read x + read dy + write dx; weight, dw and rstd ignored)"
+                : add   ? "4*M*N*s (read x + read r + write y + write r_out; weight ignored)"
+                : quant ? "M*N*s + M*N + scales (read x + write q + write the fp32 scales; weight ignored)"
+                        : "2*M*N*s (read x + write y; weight ignored)")
             << " | " << ctx.date << " | commit " << ctx.commit << '\n';
+  if (add)
+    std::cout << "add: fused = rmsnorm::fused_add_forward (residual of x's dtype, y and r_out written); unfused = "
+                 "eager `r = x + r`, then the unfused norm (bench/unfused_fusions.h)\n";
+  if (quant)
+    std::cout << "quant: fused = rmsnorm::quant_forward (" << quant_scale_name(o.quant)
+              << (o.quant == QuantScale::per_group ? " scales, groups of 128" : " scales")
+              << "); unfused = the unfused norm, then eager quantisation ops (bench/unfused_fusions.h)\n";
   if (bwd)
     std::cout
         << "backward: fused = rmsnorm::backward, weight and dw of x's dtype, rstd saved by a forward run, workspace\n"
            "allocated once; unfused = eager autograd's ops (bench/unfused_backward.h) on the tensors its forward "
            "saved\n";
-  const std::string sets = bwd ? "x/dy/dx" : "x/y";
+  const std::string sets = bwd ? "x/dy/dx" : add ? "x/r/y/r_out" : quant ? "x/q/scales" : "x/y";
   const std::string copy =
-      bwd ? "of 1.5*M*N*s bytes (x and half of dy read, the rest of dy and dx written: 3*M*N*s moved)"
-          : "of the M*N*s-byte x (read + write: 2*M*N*s moved)";
+      bwd     ? "of 1.5*M*N*s bytes (x and half of dy read, the rest of dy and dx written: 3*M*N*s moved)"
+      : add   ? "of 2*M*N*s bytes (x and r read, y and r_out written: 4*M*N*s moved)"
+      : quant ? "of half the model bytes (read + write: the model bytes moved)"
+              : "of the M*N*s-byte x (read + write: 2*M*N*s moved)";
   if (dev.is_cuda())
     std::cout << "protocol: checked against the fp64 oracle first; median of " << ctx.reps
               << " CUDA-graph replays timed with CUDA events, each replaying back-to-back calls over " << sets
@@ -142,7 +159,7 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
               << "suite " << shapes.front().suite
               << (latency ? ": latency, microseconds per call (graph: back-to-back in a CUDA graph; plain: "
                             "one call + stream sync, host clock)\n"
-                          : std::string(": throughput, GB/s = ") + model + " / time per call\n");
+                          : ": throughput, GB/s = " + model + " / time per call\n");
     std::vector<TextTable::Column> cols = {{"M", 7}, {"N", 7}};
     if (latency) {
       for (const char* impl : {"fused", "unfused", "copy"}) {
@@ -167,10 +184,10 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
         if (dev.is_cuda())
           r = bwd ? bench_backward_shape_cuda(ctx, shape) : bench_shape_cuda(ctx, shape);
         else
-          r = bwd ? bench_backward_shape_cpu(ctx, shape) : bench_shape_cpu(ctx, shape);
-#else
-        r = bwd ? bench_backward_shape_cpu(ctx, shape) : bench_shape_cpu(ctx, shape);
 #endif
+          r = bwd              ? bench_backward_shape_cpu(ctx, shape)
+              : (add || quant) ? bench_fused_shape_cpu(ctx, shape)
+                               : bench_shape_cpu(ctx, shape);
       } catch (const std::exception& e) {
         r.failed = true;
         r.notes.push_back(e.what());
@@ -201,7 +218,9 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
     }
   }
 
-  ReportInfo info{dev.name, ctx.date, ctx.commit, o.op, dtype_name(o.dtype), !dev.is_cuda()};
+  const std::string op_name =
+      quant ? o.op + " " + quant_scale_name(o.quant) + " " + dtype_name(o.qdtype) : o.op;  // "quant row f8e4m3"
+  ReportInfo info{dev.name, ctx.date, ctx.commit, op_name, dtype_name(o.dtype), !dev.is_cuda()};
   if (!o.json_path.empty()) write_json(o.json_path, info, all);
   if (!o.csv_path.empty()) write_csv(o.csv_path, all);
   if (!o.plot_path.empty()) write_svg(o.plot_path, info, all);

@@ -22,7 +22,9 @@ struct BenchShape {
 
 struct BenchContext {
   RunDevice device;
-  std::string op = "forward";  // forward or backward
+  std::string op = "forward";              // forward, backward, add or quant
+  QuantScale quant = QuantScale::per_row;  // op quant
+  DType qdtype = DType::f8e4m3;            // op quant
   DType dtype = DType::f16;
   Strategy strategy = Strategy::automatic;
   int config_threads = 0, config_items = 0;  // see BenchOptions
@@ -42,13 +44,19 @@ struct ShapeResult {
 
 ShapeResult bench_shape_cpu(const BenchContext& ctx, const BenchShape& shape);
 ShapeResult bench_backward_shape_cpu(const BenchContext& ctx, const BenchShape& shape);
+// The fused forms (--op add, --op quant), CPU only for now (bench_fused_cpu.cpp).
+ShapeResult bench_fused_shape_cpu(const BenchContext& ctx, const BenchShape& shape);
 // CUDA builds only.
 ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape);
 ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape& shape);
 
-// Model bytes per element of the op's matrix: 2 (forward: read x, write y) or 3
-// (backward: read x and dy, write dx).
-int model_bytes_factor(const std::string& op);
+// Model bytes of one call on an M x N shape: forward 2*M*N*s (read x, write y), backward
+// 3*M*N*s (read x and dy, write dx), add 4*M*N*s (read x and r, write y and r_out), quant
+// M*N*s + M*N + the fp32 scales (read x, write q and scales).
+double model_bytes(const BenchContext& ctx, std::int64_t rows, std::int64_t cols);
+// The scales' bytes of --op quant: 4 (static), 4*M (row), 4*M*N/128 (group).
+std::size_t quant_scale_bytes(QuantScale kind, std::int64_t rows, std::int64_t cols);
+constexpr std::int64_t kBenchGroupSize = 128;
 
 // Prints the tables to stdout and writes the requested files; returns the exit status.
 int run_bench(const BenchOptions& options, const RunDevice& device);

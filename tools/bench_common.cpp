@@ -102,7 +102,18 @@ std::string check_backward(const BackwardExpected& expected, const void* dx_rows
   return {};
 }
 
-int model_bytes_factor(const std::string& op) { return op == "backward" ? 3 : 2; }
+std::size_t quant_scale_bytes(QuantScale kind, std::int64_t rows, std::int64_t cols) {
+  if (kind == QuantScale::static_tensor) return 4;
+  if (kind == QuantScale::per_row) return static_cast<std::size_t>(rows) * 4;
+  return static_cast<std::size_t>(rows * (cols / kBenchGroupSize)) * 4;
+}
+
+double model_bytes(const BenchContext& ctx, std::int64_t rows, std::int64_t cols) {
+  const double mn = static_cast<double>(rows) * static_cast<double>(cols),
+               s = static_cast<double>(dtype_size(ctx.dtype));
+  if (ctx.op == "quant") return mn * s + mn + static_cast<double>(quant_scale_bytes(ctx.quant, rows, cols));
+  return (ctx.op == "backward" ? 3 : ctx.op == "add" ? 4 : 2) * mn * s;
+}
 
 double median(std::vector<double> v) {
   if (v.empty()) return NAN;
@@ -121,8 +132,7 @@ Record make_record(const BenchContext& ctx, const BenchShape& shape, const std::
   r.impl = impl;
   r.mode = mode;
   r.suite = shape.suite;
-  r.bytes = model_bytes_factor(ctx.op) * static_cast<double>(shape.rows) * static_cast<double>(shape.cols) *
-            static_cast<double>(dtype_size(ctx.dtype));
+  r.bytes = model_bytes(ctx, shape.rows, shape.cols);
   r.us = us;
   r.gbps = r.bytes / (us * 1e3);  // bytes / (us * 1e-6 s) / 1e9
   r.sets = sets;

@@ -28,6 +28,7 @@ std::string ratio_text(double v) { return std::isfinite(v) ? format("%.3g", v) :
 }  // namespace
 
 CaseResult run_forward_case(const CheckCase& c, const RunDevice& dev, std::uint64_t seed) {
+  if (c.residual || c.quant) return run_fused_forward_case(c, dev, seed);
   CaseResult r;
   HostBuffer x = make_buffer(c.x, c.batch, c.rows, c.cols, c.x_at);
   ref::fill_normal(x.view, seed, 0.0, c.x_scale);

@@ -81,6 +81,7 @@ Run run_once(const BackwardCheckCase& c, const Buffers& before, const RunDevice&
 }  // namespace
 
 CaseResult run_backward_case(const BackwardCheckCase& c, const RunDevice& dev, std::uint64_t seed) {
+  if (c.residual) return run_fused_backward_case(c, dev, seed);
   CaseResult r;
   Buffers in{make_buffer(c.x, c.batch, c.rows, c.cols, c.x_at),
              make_buffer(c.x, c.batch, c.rows, c.cols, c.dy_at),

@@ -363,10 +363,11 @@ std::string describe(const BackwardCheckCase& c) {
     if (p.batch_stride >= 0) s += std::string(" ") + name + "_batch_stride=" + std::to_string(p.batch_stride);
     if (p.offset) s += std::string(" ") + name + "_offset=" + std::to_string(p.offset);
   };
-  place("x", c.x_at);
+  if (c.residual) s += std::string(" r_out=") + dtype_name(*c.residual) + (c.want_dr ? " dr" : "");
+  place(c.residual ? "r_out" : "x", c.x_at);
   place("dy", c.dy_at);
   if (c.in_place)
-    s += " in-place(dx=dy)";
+    s += c.residual ? " in-place(dx=dr_out)" : " in-place(dx=dy)";
   else
     place("dx", c.dx_at);
   char buf[32];

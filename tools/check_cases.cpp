@@ -351,13 +351,14 @@ std::int64_t rows_for(const Sizes& s, std::int64_t cols, std::size_t k) {
 
 std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda, const std::string& op) {
   std::vector<CheckGroup> groups;
-  if (op != "backward") groups = build_forward_check_groups(quick, on_cuda);
-  if (op != "forward") {
-    std::vector<CheckGroup> b = build_backward_check_groups(quick, on_cuda);
-    groups.insert(groups.end(), b.begin(), b.end());
-  }
-  std::vector<CheckGroup> sharded = build_sharded_check_groups(quick, on_cuda, op);
-  groups.insert(groups.end(), sharded.begin(), sharded.end());
+  const auto add = [&](std::vector<CheckGroup> more) { groups.insert(groups.end(), more.begin(), more.end()); };
+  const bool all = op == "all", forward = all || op == "forward", backward = all || op == "backward";
+  if (forward) add(build_forward_check_groups(quick, on_cuda));
+  if (forward || op == "add") add(build_fused_check_groups(quick, on_cuda, "add"));
+  if (forward || op == "quant") add(build_fused_check_groups(quick, on_cuda, "quant"));
+  if (backward) add(build_backward_check_groups(quick, on_cuda));
+  if (backward || op == "add") add(build_fused_check_groups(quick, on_cuda, "add backward"));
+  if (forward || backward) add(build_sharded_check_groups(quick, on_cuda, op));
   return groups;
 }
 
@@ -387,6 +388,25 @@ std::string describe(const CheckCase& c) {
   }
   if (c.rstd) s += " rstd";
   if (c.params.strategy != Strategy::automatic) s += std::string(" strategy=") + strategy_name(c.params.strategy);
+  if (c.residual) {
+    s += std::string(" residual=") + dtype_name(c.residual->dtype);
+    place("r", c.residual->at);
+    if (c.residual->in_place)
+      s += " r-in-place";
+    else
+      place("r_out", c.residual->out_at);
+  }
+  if (c.quant) {
+    const QuantCheck& q = *c.quant;
+    s += std::string(" quant=") + quant_scale_name(q.kind) + "/" + dtype_name(q.dtype);
+    if (q.kind == QuantScale::per_group) s += " group=" + std::to_string(q.group_size);
+    if (q.column_major) s += " column-major";
+    if (q.pow2) s += " pow2";
+    if (q.scale_ub) {
+      std::snprintf(eps, sizeof eps, "%g", *q.scale_ub);
+      s += std::string(" scale_ub=") + eps;
+    }
+  }
   return s;
 }
 

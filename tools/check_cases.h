@@ -21,6 +21,25 @@ struct Placement {
   std::int64_t buffer_elements = -1;  // -1: just what the view spans (plus the guard)
 };
 
+// The residual add of a fused case (fused_add_forward): residual of `dtype`, r_out written
+// to its own buffer or (in_place) over the residual.
+struct ResidualCheck {
+  DType dtype = DType::f32;
+  bool in_place = false;
+  Placement at, out_at;  // the residual's, r_out's (out_at ignored in place)
+};
+
+// The quantised output of a fused case (quant_forward): q of `dtype`, scales as rmsnorm.h says.
+struct QuantCheck {
+  QuantScale kind = QuantScale::per_row;
+  DType dtype = DType::f8e4m3;
+  std::int64_t group_size = 128;   // per_group
+  bool column_major = false;       // per_group
+  bool pow2 = false;               // per_row, per_group
+  std::optional<double> scale_ub;  // per_row, per_group
+  double static_fraction = 0.8;    // static: the scale is this fraction of max|y| / qmax
+};
+
 struct CheckCase {
   DType x = DType::f32;
   std::optional<DType> weight;  // none: w = 1
@@ -34,6 +53,10 @@ struct CheckCase {
   double x_scale = 1.0, w_mean = 1.0, w_std = 0.1;
   // A forced strategy that cannot serve the case is a skip, not a failure.
   bool skip_if_unsupported = false;
+  // Fusions (check_fused.cpp runs these): a residual add before the norm, a quantised
+  // output after it (then `y` is q and its dtype quant->dtype).
+  std::optional<ResidualCheck> residual;
+  std::optional<QuantCheck> quant;
 };
 
 // A backward case: dy and x in, dx (and dw) out.
@@ -50,6 +73,11 @@ struct BackwardCheckCase {
   // Input distributions: x ~ N(0, x_scale^2), dy ~ N(0, 1), w ~ N(w_mean, w_std^2).
   double x_scale = 1.0, w_mean = 1.0, w_std = 0.1;
   bool skip_if_unsupported = false;
+  // The residual add's backward (fused_add_backward, check_fused.cpp): x is r_out, of this
+  // dtype, and `x` above is dy's and dx's; dr_out ~ N(0, 0.25) is added; dr, in r_out's
+  // dtype, is written too when want_dr. in_place then means dx is dr_out.
+  std::optional<DType> residual;
+  bool want_dr = false;
 };
 
 // A case of rows split across ranks (check_sharded.cpp): x's rows cut into `shards` column
@@ -77,11 +105,15 @@ struct CheckGroup {
   std::size_t size() const { return cases.size() + backward_cases.size() + sharded_cases.size(); }
 };
 
-// `op`: "forward", "backward" or "all" (the forward groups, then the backward ones).
+// `op`: "forward", "backward" or "all" (the forward groups, then the backward ones), or
+// "add" / "quant" (the residual add's groups, forward and backward; the quantised output's).
+// The fused groups follow the plain ones of their direction.
 std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda, const std::string& op = "all");
 std::vector<CheckGroup> build_backward_check_groups(bool quick, bool on_cuda);
 // The sharded-row groups for `op` (forward, backward or all); skipped on CUDA for now.
 std::vector<CheckGroup> build_sharded_check_groups(bool quick, bool on_cuda, const std::string& op);
+// The fused groups (check_fused_cases.cpp): `which` is "add", "quant" or "add backward".
+std::vector<CheckGroup> build_fused_check_groups(bool quick, bool on_cuda, const std::string& which);
 
 // "x=f16 w=f32 y=f16 2x(3x1000) xs=1008 llama eps=1e-05 offset=1 rstd in-place ..."
 std::string describe(const CheckCase& c);

@@ -147,8 +147,8 @@ CheckOptions parse_check_options(const std::vector<std::string>& args) {
       o.device = parse_device(r.value());
     } else if (n == "--op") {
       o.op = r.value();
-      if (o.op != "forward" && o.op != "backward" && o.op != "all")
-        throw UsageError("--op: expected forward, backward or all, got '" + o.op + "'");
+      if (o.op != "forward" && o.op != "backward" && o.op != "add" && o.op != "quant" && o.op != "all")
+        throw UsageError("--op: expected forward, backward, add, quant or all, got '" + o.op + "'");
     } else if (n == "--seed") {
       o.seed = parse_seed(r.value());
     } else {
@@ -170,8 +170,21 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
       o.device = parse_device(r.value());
     } else if (n == "--op") {
       o.op = r.value();
-      if (o.op != "forward" && o.op != "backward")
-        throw UsageError("--op: expected forward or backward, got '" + o.op + "'");
+      if (o.op != "forward" && o.op != "backward" && o.op != "add" && o.op != "quant")
+        throw UsageError("--op: expected forward, backward, add or quant, got '" + o.op + "'");
+    } else if (n == "--quant") {
+      const std::string v = r.value();
+      if (v != "static" && v != "row" && v != "group")
+        throw UsageError("--quant: expected static, row or group, got '" + v + "'");
+      o.quant = parse_quant_scale(v);
+    } else if (n == "--qdtype") {
+      const std::string v = r.value();
+      if (v == "fp8" || v == "f8e4m3")
+        o.qdtype = DType::f8e4m3;
+      else if (v == "int8" || v == "i8")
+        o.qdtype = DType::i8;
+      else
+        throw UsageError("--qdtype: expected fp8 or int8, got '" + v + "'");
     } else if (n == "--dtype") {
       const std::string v = r.value();
       try {
@@ -219,14 +232,19 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
       r.unknown();
     }
   }
+  if (o.op != "quant" && (std::find(args.begin(), args.end(), "--quant") != args.end() ||
+                          std::find(args.begin(), args.end(), "--qdtype") != args.end()))
+    throw UsageError("--quant and --qdtype describe --op quant");
   if (!o.suites.empty() && (o.rows || !o.cols.empty()))
     throw UsageError("--rows/--cols give a custom table and cannot be combined with --suite");
   // The suites of each op; "all" is every one of them, in this order.
-  const std::vector<std::string> known = o.op == "backward"
-                                             ? std::vector<std::string>{"train", "seed"}
-                                             : std::vector<std::string>{"seed", "qk", "wide", "decode", "train"};
-  const std::vector<std::string> all =
-      o.op == "backward" ? known : std::vector<std::string>{"seed", "qk", "wide", "decode"};
+  const std::vector<std::string> known = o.op == "backward" ? std::vector<std::string>{"train", "seed"}
+                                         : o.op == "forward"
+                                             ? std::vector<std::string>{"seed", "qk", "wide", "decode", "train"}
+                                             : std::vector<std::string>{"seed", "wide", "decode", "train"};
+  const std::vector<std::string> all = o.op == "backward"  ? known
+                                       : o.op == "forward" ? std::vector<std::string>{"seed", "qk", "wide", "decode"}
+                                                           : std::vector<std::string>{"seed", "wide", "decode"};
   std::vector<std::string> suites;
   for (const std::string& s : o.suites) {
     if (s == "all") {
@@ -252,10 +270,10 @@ Fused RMSNorm: a correctness check against the fp64 oracle and benchmarks, on a 
 when there is one, on the CPU otherwise. Every command says first which device it runs on.
 
 commands:
-  check      correctness sweep of forward and backward against the fp64 oracle
-             (rmsnorm check --help)
-  bench      throughput and latency tables, forward or backward: fused vs unfused vs copy
-             (rmsnorm bench --help)
+  check      correctness sweep of forward, backward and the fused forms (residual add,
+             8-bit outputs) against the fp64 oracle (rmsnorm check --help)
+  bench      throughput and latency tables, forward, backward or a fused form: fused vs
+             unfused vs copy (rmsnorm bench --help)
 
 options:
   -h, --help   this text
@@ -267,7 +285,8 @@ error); 2 a bad command line.
 }
 
 std::string check_help() {
-  return with_strategies(R"HELP(usage: rmsnorm check [--device D] [--op forward|backward|all] [--quick] [--seed S]
+  return with_strategies(
+      R"HELP(usage: rmsnorm check [--device D] [--op forward|backward|add|quant|all] [--quick] [--seed S]
 
 Runs rmsnorm::forward and rmsnorm::backward over a sweep of cases and compares every
 output element with the fp64 oracle (reference::forward, reference::backward) under the
@@ -326,13 +345,36 @@ recomputed by the backward):
   backward strategy S   each strategy forced (CUDA only), as for the forward
   backward determinism (2 runs)  the same call twice (outputs poisoned again, the
                         workspace left with other stale bytes): dx and dw bytes identical
+Fused groups (after the plain ones of their direction; on CUDA skipped, saying so, until
+the backend serves the fusion). r_out must equal the oracle's exactly (x + r rounded once
+to r's dtype); a quantised code must be the code of a value within y's tolerance of the
+exact y / s (the exact code, or its neighbour where y / s lies that close to a boundary),
+with s the scale the call used; computed scales within quant_scale_tolerance (pow2: the
+power of two of such a scale):
+  add dtypes x=X r=R    fused_add_forward for each x and residual dtype (the residual x's,
+                        or f32 with f16/bf16 x), every weight and y, both casts, offset 1
+  add awkward cols      rows of 1 to 262147 elements, residual of x's dtype or f32
+  add layouts / in place  each of x, the residual, r_out, y with its own strides and
+                        offsets, batched views; y is x, r_out is the residual, and both
+                        (vLLM's fused_add_rms_norm)
+  quant K Q             quant_forward with K = static, row, group scales and Q = f8e4m3,
+                        i8: every input dtype and weight, both casts, saturating static
+                        scales, pow2 scales, scale_ub, group sizes 64 and 128, row- and
+                        column-major group scales
+  add + quant           fused_add_quant_forward, every kind, strided, residual in place
+  add backward r_out=R x=X  fused_add_backward: dx (and dr) = dnorm + dr_out, dw, for
+                        every (r_out, x) pair, weight and dw dtype, saved or recomputed rstd
+  add backward layouts / in place / determinism  strides, dx written over dr_out, two
+                        runs giving the same bytes
 The last line is "Correctness check PASSED (worst error X of tolerance)" (exit status 0)
 or "Correctness check FAILED (...)" (exit status 1); a bad command line exits with 2.
 
 options:
   --device D   auto (default): CUDA if this build has the CUDA backend and a device is
                visible, else the CPU; cpu; cuda; cuda:N (device ordinal N)
-  --op OP      forward, backward or all (default): which groups run
+  --op OP      forward (plain and fused forward groups), backward (plain and fused
+               backward groups), add (the residual add's groups, forward and backward),
+               quant (the quantised outputs' groups) or all (default)
   --quick      a smaller sweep: fewer shapes, fewer rows
   --seed S     seed of the random inputs (default 1); a case's inputs depend only on S and
                the case's place among its op's cases
@@ -341,7 +383,9 @@ options:
 }
 
 std::string bench_help() {
-  return with_strategies(R"HELP(usage: rmsnorm bench [--device D] [--op forward|backward] [--dtype T] [--suite S,...]
+  return with_strategies(
+      R"HELP(usage: rmsnorm bench [--device D] [--op forward|backward|add|quant] [--dtype T] [--suite S,...]
+                     [--quant static|row|group] [--qdtype fp8|int8]
                      [--rows M] [--cols N,...] [--strategy S] [--config TxI] [--no-pdl] [--reps R] [--seed S]
                      [--json FILE] [--csv FILE] [--plot FILE.svg]
 
@@ -360,6 +404,14 @@ for dw, the grad of .to(dtype), of xf * rstd with a row sum, of rsqrt, mean and 
 two grads of xf added, the grad of x.float(); one kernel or loop per op, fp32 temporaries,
 reading the tensors autograd saved: xf, hc, rstd) and against a copy of the same bytes.
 
+--op add times rmsnorm::fused_add_forward (residual of x's dtype, out of place: y and r_out
+written) against eager PyTorch's `r = x + r` followed by the unfused norm of r, and a copy.
+--op quant times rmsnorm::quant_forward (--quant static|row|group, default row; group size
+128; --qdtype fp8|int8, default fp8) against the unfused norm followed by eager PyTorch's
+quantisation ops (y.float(), [abs, amax, / qmax, clamp(min)], / s, [round,] clamp, .to():
+bench/unfused_fusions.h), and a copy. CPU only for now: the CUDA backend does not serve the
+fused forms yet, and on CUDA these ops are refused with that reason.
+
 Byte model, for fused, unfused and copy alike (s = bytes per element):
   forward   2*M*N*s (read x + write y; the weight is ignored); the copy moves the
             M*N*s-byte x (read + write = 2*M*N*s)
@@ -367,6 +419,9 @@ Byte model, for fused, unfused and copy alike (s = bytes per element):
             copy is one memcpy of 1.5*M*N*s bytes inside a buffer set laid out
             [x | dy | dx]: x and the first half of dy are read, the second half of dy and
             dx are written (1.5 read + 1.5 written = 3*M*N*s)
+  add       4*M*N*s (read x and r, write y and r_out); the copy moves 2*M*N*s bytes
+  quant     M*N*s + M*N + scale bytes (read x, write q and the fp32 scales: 4 for a static
+            scale, 4*M per row, 4*M*N/128 per group); the copy moves half of that
 GB/s = model bytes / time per call.
 
 Protocol (docs/performance.md): random normal inputs (seeded, generated on the device on
@@ -393,7 +448,9 @@ run + sync); on the CPU, plain calls only.
 
 options:
   --device D        auto (default: CUDA when available, else the CPU), cpu, cuda, cuda:N
-  --op OP           forward (default) or backward
+  --op OP           forward (default), backward, add (residual add) or quant (8-bit output)
+  --quant K         --op quant: static, row (default) or group (128 columns) scales
+  --qdtype Q        --op quant: fp8 (float8_e4m3fn, default) or int8
   --dtype T         f16 (default), bf16 or f32: x, the weight and y (dy, dx and dw)
   --suite S,...     seed: M = 4096, N = 1024..8192 step 1024 (forward's default)
                     qk: 262144 x 64, 262144 x 128 (QK-norm over heads; forward only)
@@ -403,7 +460,8 @@ options:
                           forward only)
                     train: 16384 x 2048/4096/8192/16384, 8192 x 32768, 4096 x 65536,
                           262144 x 128 (backward's default)
-                    all: forward: seed, qk, wide, decode; backward: train, seed
+                    all: forward: seed, qk, wide, decode; backward: train, seed;
+                          add, quant: seed, wide, decode
   --rows M          a custom table: M rows (default 4096) ...
   --cols N,...      ... by these N (default 1024..8192 step 1024); not with --suite
   --strategy S      auto (default), @STRATEGIES@:

@@ -26,7 +26,7 @@ struct DeviceChoice {
 
 struct CheckOptions {
   DeviceChoice device;
-  std::string op = "all";  // forward, backward or all
+  std::string op = "all";  // forward, backward, add, quant or all
   bool quick = false;
   std::uint64_t seed = 1;
   bool help = false;
@@ -34,7 +34,9 @@ struct CheckOptions {
 
 struct BenchOptions {
   DeviceChoice device;
-  std::string op = "forward";  // forward or backward
+  std::string op = "forward";              // forward, backward, add (residual add) or quant (8-bit output)
+  QuantScale quant = QuantScale::per_row;  // --quant static|row|group (op quant)
+  DType qdtype = DType::f8e4m3;            // --qdtype fp8|int8 (op quant)
   DType dtype = DType::f16;
   std::optional<std::int64_t> rows;  // with cols: a custom table instead of a suite
   std::vector<std::int64_t> cols;

@@ -9,7 +9,7 @@ namespace rmsnorm::cli {
 
 // One measured figure: an implementation on a shape, timed one way.
 struct Record {
-  std::string op = "forward";  // or backward
+  std::string op = "forward";  // backward, add, quant
   std::string dtype;
   std::int64_t rows = 0, cols = 0;
   std::string impl;  // fused, unfused, copy
@@ -20,7 +20,7 @@ struct Record {
   std::string strategy;    // fused: the strategy that ran (CUDA plan, or "cpu"); else empty
   double gbps = 0;         // bytes / time
   double us = 0;           // per call, median over reps
-  double bytes = 0;        // model bytes per call: 2*M*N*s (forward), 3*M*N*s (backward)
+  double bytes = 0;        // model bytes per call (bench.h: model_bytes)
   std::int64_t sets = 0;   // distinct x/y buffer sets rotated over
   std::int64_t calls = 0;  // calls per timed sample (graph replay or loop)
   int reps = 0;            // timed samples; the median is reported

@@ -3,6 +3,9 @@
 //   rstd = 1 / sqrt(mean(x_j^2) + eps)        (fp32 accumulation; fp64 for f64 input)
 //   y_j  = x_j * rstd * (w_j + weight_offset)
 //
+// with fused variants: a residual add before the norm (fused_add_forward, and its backward)
+// and 8-bit outputs after it (quant_forward, fused_add_quant_forward).
+//
 // This header is the whole public C++ API. It includes no CUDA or framework header:
 // device memory is a plain pointer plus a Device tag, and a CUDA stream is passed as a
 // `void*` (a cudaStream_t converts to it). Calls on CUDA views are stream-ordered and
@@ -260,6 +263,146 @@ Status backward_from_sums_status(const TensorView& dy, const TensorView& x, cons
                                  const TensorView& rstd, const TensorView& dots, std::int64_t full_cols,
                                  const TensorView& dx, const std::optional<TensorView>& dw, const Params& params,
                                  void* workspace, std::size_t workspace_bytes, Stream stream = nullptr) noexcept;
+
+// ---------------------------------------------------------------------------------------
+// Fused residual add (forward and backward)
+// ---------------------------------------------------------------------------------------
+
+// The residual add of a decoder layer and the norm after it, in one pass:
+//
+//   r_out = x + residual                       (in fp32, fp64 for f64; rounded once to r's dtype)
+//   y     = rmsnorm(r_out) * (weight + offset) (the norm of the rounded r_out: what the next
+//                                               layer reads; Hugging Face's and vLLM's order)
+//
+//  x             (batch, rows, cols) view, f32 / f16 / bf16 (f64 on the CPU)
+//  residual      same shape; x's dtype, or f32 with f16/bf16 x (an fp32 residual stream, as
+//                Megatron and TransformerEngine keep it)
+//  weight        as in forward
+//  y             as in forward: x's dtype, or f32 for 16-bit x with an f32 weight. May be
+//                exactly x.
+//  residual_out  same shape and dtype as residual. May be exactly residual: in place. vLLM's
+//                fused_add_rms_norm is the call with y == x and residual_out == residual.
+//  rstd          optional: as in forward, of the rows of r_out
+//
+// Every feature of forward holds: strided and batched views (each argument its own strides),
+// no weight, weight_offset, both casts (Cast::llama rounds r_out * rstd to x's dtype, the
+// activations' one: with a residual of x's dtype this is LlamaRMSNorm applied to r_out), and
+// layout invariance: y's and r_out's bits depend only on the row's values, so y equals
+// forward() applied to r_out wherever that call is defined with the same dtypes.
+// Only the two exact aliasings above are allowed; any other shared byte is refused.
+void fused_add_forward(const TensorView& x, const TensorView& residual, const std::optional<TensorView>& weight,
+                       const TensorView& y, const TensorView& residual_out, const Params& params = {},
+                       const std::optional<TensorView>& rstd = std::nullopt, Stream stream = nullptr);
+Status fused_add_forward_status(const TensorView& x, const TensorView& residual,
+                                const std::optional<TensorView>& weight, const TensorView& y,
+                                const TensorView& residual_out, const Params& params = {},
+                                const std::optional<TensorView>& rstd = std::nullopt, Stream stream = nullptr) noexcept;
+
+// Gradients of fused_add_forward. x and the residual get the same gradient: the norm's
+// (backward() computed on r_out) plus the gradient that reaches r_out from the rest of the
+// network (the residual stream), added in fp32 and rounded once:
+//
+//   dx = dr = dnorm(dy; r_out) + dr_out,   dw = sum over rows of dy * r_out * rstd
+//
+//  dy       gradient of y: r_out's shape, dx's dtype
+//  dr_out   gradient of r_out: same shape, r_out's dtype
+//  r_out    the forward's residual_out (the norm's input): f32 / f16 / bf16 (f64 on the CPU)
+//  weight   as in backward: x's dtype (dx's) or f32
+//  rstd     optional: the forward's rstd; recomputed from r_out when absent
+//  dx       the gradient of x: r_out's dtype, or f16 / bf16 with an f32 r_out (x was 16-bit,
+//           the residual f32). May be exactly dy or exactly dr_out.
+//  dr       optional: the same gradient in r_out's dtype, stored too (the residual's gradient
+//           when its dtype is not x's); may be exactly dr_out. Without it, dr is dx.
+//  dw       optional, as in backward (deterministic)
+//  workspace, workspace_bytes: backward_workspace_size(r_out, dw, params) bytes
+void fused_add_backward(const TensorView& dy, const TensorView& dr_out, const TensorView& r_out,
+                        const std::optional<TensorView>& weight, const std::optional<TensorView>& rstd,
+                        const TensorView& dx, const std::optional<TensorView>& dr, const std::optional<TensorView>& dw,
+                        const Params& params, void* workspace, std::size_t workspace_bytes, Stream stream = nullptr);
+Status fused_add_backward_status(const TensorView& dy, const TensorView& dr_out, const TensorView& r_out,
+                                 const std::optional<TensorView>& weight, const std::optional<TensorView>& rstd,
+                                 const TensorView& dx, const std::optional<TensorView>& dr,
+                                 const std::optional<TensorView>& dw, const Params& params, void* workspace,
+                                 std::size_t workspace_bytes, Stream stream = nullptr) noexcept;
+
+// ---------------------------------------------------------------------------------------
+// 8-bit outputs (forward, optionally after the residual add)
+// ---------------------------------------------------------------------------------------
+
+// The norm's output quantised to q = f8e4m3 or i8 (q's dtype says which) instead of being
+// stored. y_j is computed in fp32 exactly as forward computes it before its store (under
+// Cast::fp32 never rounded to 16 bits; under Cast::llama with Hugging Face's roundings, as
+// vLLM's fused norm-and-quantise kernels do), then
+//
+//   q_j = sat(y_j / s)   with `/` the correctly rounded fp32 division (not y * (1/s), which
+//                        differs in the last bit for some values and so can move a value
+//                        across a code boundary; this is the `(y / scale)` of PyTorch and
+//                        vLLM reference code), s the scale of y_j's row (and group)
+//   f8e4m3: round to nearest even, saturated at +-448, NaN kept: `t.clamp(-448, 448)
+//           .to(torch.float8_e4m3fn)` bit for bit (see float_to_f8e4m3_bits)
+//   i8:     round half to even, saturated at +-127 (symmetric, never -128); NaN -> 0
+//
+// Scales (s), all fp32:
+//   static_tensor  one scale for the tensor, read from memory (it may be produced by an
+//                  earlier kernel): `scales` is a vector of 1 f32 element.
+//   per_row        one per row, computed and written: `scales` is a contiguous f32 vector of
+//                  batch*rows elements (row b*rows + r, like rstd).
+//   per_group      one per row and group of `group_size` consecutive columns (group_size
+//                  divides cols; 128 is DeepSeek-V3's activation layout), computed and
+//                  written: `scales` is (total rows, cols / group_size) row-major (a matrix
+//                  view, row_stride >= cols / group_size), or with `column_major_scales` its
+//                  transpose in memory: a (cols / group_size, total rows) matrix view whose
+//                  row_stride >= total rows may pad each group's column of scales (for the
+//                  alignment a GEMM's loads want).
+// A computed scale is, with a = the max of |y_j| over the row (group) (NaN ignored),
+//
+//   s = max(min(a, scale_ub) / qmax, min_scale)      qmax = quant_max(q)
+//
+// `scale_ub` (optional, a vector of 1 f32 element in memory) caps a: vLLM's and FBGEMM's
+// upper bound on the activations' range (1200 for Llama 3.1's fp8 checkpoints); values
+// beyond it saturate. min_scale = quant_min_scale(q) = 1 / (qmax * 512) (vLLM's minimum for
+// fp8 per-token scales, applied to int8 alike) keeps an all-zero row from dividing by zero.
+// `pow2_scales` then rounds s up to a power of two (the exponent-only UE8M0 scales of
+// DeepSeek-V3's recipe), so that s >= a / qmax still holds and nothing saturates.
+enum class QuantScale : int { static_tensor = 0, per_row = 1, per_group = 2 };
+const char* quant_scale_name(QuantScale k) noexcept;  // "static", "row", "group"
+QuantScale parse_quant_scale(const std::string& name);
+
+struct Quant {
+  QuantScale kind = QuantScale::per_row;
+  TensorView scales;                   // f32; read (static_tensor) or written (per_row, per_group)
+  std::int64_t group_size = 128;       // per_group only
+  bool column_major_scales = false;    // per_group only
+  bool pow2_scales = false;            // per_row and per_group only
+  std::optional<TensorView> scale_ub;  // per_row and per_group only: 1 f32 element
+};
+
+// 448 for f8e4m3, 127 for i8 (0 for any other dtype).
+float quant_max(DType q) noexcept;
+// The smallest computed scale: 1 / (quant_max(q) * 512) (0 for any other dtype).
+float quant_min_scale(DType q) noexcept;
+
+//  x, weight, params, rstd   as in forward (x f32 / f16 / bf16: there is no f64 quantised path)
+//  q        x's shape, dtype f8e4m3 or i8; shares no byte with any other argument
+//  quant    the scales, as above; they share no byte with any other argument
+void quant_forward(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& q,
+                   const Quant& quant, const Params& params = {}, const std::optional<TensorView>& rstd = std::nullopt,
+                   Stream stream = nullptr);
+Status quant_forward_status(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& q,
+                            const Quant& quant, const Params& params = {},
+                            const std::optional<TensorView>& rstd = std::nullopt, Stream stream = nullptr) noexcept;
+
+// The residual add, then the quantised output: fused_add_forward with q in place of y
+// (residual_out may be exactly residual; q aliases nothing).
+void fused_add_quant_forward(const TensorView& x, const TensorView& residual, const std::optional<TensorView>& weight,
+                             const TensorView& q, const TensorView& residual_out, const Quant& quant,
+                             const Params& params = {}, const std::optional<TensorView>& rstd = std::nullopt,
+                             Stream stream = nullptr);
+Status fused_add_quant_forward_status(const TensorView& x, const TensorView& residual,
+                                      const std::optional<TensorView>& weight, const TensorView& q,
+                                      const TensorView& residual_out, const Quant& quant, const Params& params = {},
+                                      const std::optional<TensorView>& rstd = std::nullopt,
+                                      Stream stream = nullptr) noexcept;
 
 // ---------------------------------------------------------------------------------------
 // Introspection

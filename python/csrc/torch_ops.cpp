@@ -55,6 +55,10 @@ DType to_dtype(const Tensor& t, const char* name) {
     case at::kDouble:
       TORCH_CHECK_TYPE(!t.is_cuda(), "rmsnorm: ", name, " is float64 on CUDA; float64 is supported on the CPU only");
       return DType::f64;
+    case at::kFloat8_e4m3fn:  // the quantised outputs' dtypes (the library refuses them as inputs)
+      return DType::f8e4m3;
+    case at::kChar:
+      return DType::i8;
     default:
       TORCH_CHECK_TYPE(false, "rmsnorm: ", name, " has dtype ", t.scalar_type(),
                        "; expected float32, float16 or bfloat16 (float64 on the CPU)");
@@ -80,7 +84,9 @@ void check_x(const Tensor& x, const char* name = "x") {
   TORCH_CHECK_VALUE(x.dim() >= 1, "rmsnorm: ", name, " must have at least one dimension (the normalised one)");
   TORCH_CHECK_VALUE(x.size(-1) >= 1, "rmsnorm: ", name, "'s last dimension must not be empty, got shape ",
                     shape_str(x.sizes()));
-  to_dtype(x, name);
+  const DType t = to_dtype(x, name);
+  TORCH_CHECK_TYPE(t != DType::f8e4m3 && t != DType::i8, "rmsnorm: ", name, " has dtype ", x.scalar_type(),
+                   "; expected float32, float16 or bfloat16 (float64 on the CPU)");
 }
 
 // The weight, checked against x; returns it contiguous (a copy of at most cols elements when
@@ -361,6 +367,272 @@ std::tuple<Tensor, Tensor> rms_norm_bwd(const Tensor& dy_in, const Tensor& x_in,
   return {dx, dw};
 }
 
+// ---------------------------------------------------------------------------------------
+// The residual add (fused_add_forward) and its backward
+// ---------------------------------------------------------------------------------------
+
+// The residual, checked against x: x's shape and device; x's dtype, or float32 with 16-bit x.
+void check_residual(const Tensor& residual, const Tensor& x, const char* name = "residual") {
+  check_same_device(residual, x, name);
+  TORCH_CHECK_VALUE(residual.sizes() == x.sizes(), "rmsnorm: ", name, " has shape ", shape_str(residual.sizes()),
+                    " but x has ", shape_str(x.sizes()), "; they must match");
+  const DType rt = to_dtype(residual, name), xt = to_dtype(x, "x");
+  TORCH_CHECK_TYPE(rt == xt || (rt == DType::f32 && (xt == DType::f16 || xt == DType::bf16)), "rmsnorm: ", name,
+                   " has dtype ", residual.scalar_type(), " and x ", x.scalar_type(), "; the ", name,
+                   " must have x's dtype, or be float32 with float16/bfloat16 x");
+}
+
+rmsnorm::TensorView vector_view(const Tensor& t, const char* name) {
+  return rmsnorm::TensorView::vector(t.data_ptr(), to_dtype(t, name), lib_device(t), t.numel());
+}
+
+// The quantised output's description; `scales` is filled in by the caller.
+struct QuantArgs {
+  rmsnorm::QuantScale kind = rmsnorm::QuantScale::per_row;
+  at::ScalarType qdtype = at::kFloat8_e4m3fn;
+  std::int64_t group_size = 128;
+  bool column_major = false, pow2 = false;
+  std::optional<Tensor> scale, scale_ub;  // the static scale; the cap
+};
+
+rmsnorm::QuantScale parse_scale_kind(c10::string_view kind) {
+  if (kind == "static") return rmsnorm::QuantScale::static_tensor;
+  if (kind == "row") return rmsnorm::QuantScale::per_row;
+  if (kind == "group") return rmsnorm::QuantScale::per_group;
+  TORCH_CHECK_VALUE(false, "rmsnorm: scale must be a tensor (static), \"row\" or \"group\", got \"", std::string(kind),
+                    "\"");
+}
+
+// A one-element float32 tensor on x's device (the static scale, scale_ub).
+Tensor checked_scalar(const Tensor& t, const Tensor& x, const char* name) {
+  check_same_device(t, x, name);
+  TORCH_CHECK_VALUE(t.numel() == 1, "rmsnorm: ", name, " must have one element, got shape ", shape_str(t.sizes()));
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, "rmsnorm: ", name, " has dtype ", t.scalar_type(),
+                   "; expected float32");
+  return t.contiguous();
+}
+
+// y = rms_norm(x + residual) (and residual_out = x + residual) into fresh tensors, or, with
+// `quant`, q and its scales in place of y. rstd when `rstd_out` is given.
+struct FusedOutputs {
+  Tensor y, residual_out, rstd, scales;
+};
+
+FusedOutputs fused_forward(const Tensor& x_in, const std::optional<Tensor>& residual_in,
+                           const std::optional<Tensor>& weight, double eps, double offset, c10::string_view cast_name,
+                           const QuantArgs* quant, bool want_rstd) {
+  check_x(x_in);
+  const rmsnorm::Cast cast = parse_cast(cast_name);
+  const std::optional<Tensor> w = checked_weight(weight, x_in, offset);
+  if (residual_in) check_residual(*residual_in, x_in);
+  DeviceContext ctx(x_in);
+
+  Tensor x = x_in;
+  const std::int64_t split = find_split(x).value_or(0);
+  const rmsnorm::TensorView xv = input_view(x, split);
+  FusedOutputs out;
+  const at::ScalarType out_dtype = quant ? quant->qdtype : output_dtype(x, w, cast);
+  out.y = at::empty(x.sizes(), x.options().dtype(out_dtype));
+  const rmsnorm::TensorView yv = *view_at(out.y, split);
+  std::optional<Tensor> residual;
+  std::optional<rmsnorm::TensorView> rv, rov;
+  if (residual_in) {
+    residual = *residual_in;
+    rv = input_view(*residual, split);
+    out.residual_out = at::empty(x.sizes(), residual->options());
+    rov = *view_at(out.residual_out, split);
+  }
+  std::optional<rmsnorm::TensorView> rstd_v;
+  if (want_rstd) {
+    const auto rstd_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    out.rstd = at::empty(x.sizes().slice(0, x.dim() - 1), x.options().dtype(rstd_dtype));
+    rstd_v = vector_view(out.rstd, "rstd");
+  }
+  rmsnorm::Quant q;
+  Tensor static_scale, ub;
+  if (quant) {
+    q.kind = quant->kind;
+    q.group_size = quant->group_size;
+    q.column_major_scales = quant->column_major;
+    q.pow2_scales = quant->pow2;
+    const auto lead = x.sizes().slice(0, x.dim() - 1);
+    const std::int64_t rows = x.numel() / x.size(-1);
+    if (quant->kind == rmsnorm::QuantScale::static_tensor) {
+      TORCH_CHECK_VALUE(quant->scale.has_value(), "rmsnorm: a static scale needs the scale tensor");
+      static_scale = checked_scalar(*quant->scale, x, "scale");
+      q.scales = vector_view(static_scale, "scale");
+    } else if (quant->kind == rmsnorm::QuantScale::per_row) {
+      std::vector<std::int64_t> shape(lead.begin(), lead.end());
+      shape.push_back(1);  // (..., 1): broadcasts against q, as vLLM's per-token scales
+      out.scales = at::empty(shape, x.options().dtype(at::kFloat));
+      q.scales = vector_view(out.scales, "scales");
+    } else {
+      TORCH_CHECK_VALUE(quant->group_size >= 1 && x.size(-1) % quant->group_size == 0,
+                        "rmsnorm: group_size must divide x's last dimension (", std::to_string(x.size(-1)), "), got ",
+                        std::to_string(quant->group_size));
+      const std::int64_t groups = x.size(-1) / quant->group_size;
+      std::vector<std::int64_t> shape(lead.begin(), lead.end());
+      shape.push_back(groups);
+      if (quant->column_major) {
+        // (groups, rows) in memory, seen as (..., groups): each group's scales contiguous.
+        const Tensor storage = at::empty({groups, rows}, x.options().dtype(at::kFloat));
+        out.scales = storage.t().view(shape);
+        q.scales = rmsnorm::TensorView::matrix(storage.data_ptr(), DType::f32, lib_device(x), groups, rows);
+      } else {
+        out.scales = at::empty(shape, x.options().dtype(at::kFloat));
+        q.scales = rmsnorm::TensorView::matrix(out.scales.data_ptr(), DType::f32, lib_device(x), rows, groups);
+      }
+    }
+    if (quant->scale_ub) {
+      ub = checked_scalar(*quant->scale_ub, x, "scale_ub");
+      q.scale_ub = vector_view(ub, "scale_ub");
+    }
+  }
+  if (x.numel() == 0) return out;
+  const rmsnorm::Params params = params_of(eps, offset, cast);
+  call_library([&] {
+    if (quant && rv)
+      rmsnorm::fused_add_quant_forward(xv, *rv, weight_view(w), yv, *rov, q, params, rstd_v, ctx.stream);
+    else if (quant)
+      rmsnorm::quant_forward(xv, weight_view(w), yv, q, params, rstd_v, ctx.stream);
+    else
+      rmsnorm::fused_add_forward(xv, *rv, weight_view(w), yv, *rov, params, rstd_v, ctx.stream);
+  });
+  return out;
+}
+
+// rmsnorm::fused_add_rms_norm: (y, residual_out), the inference op.
+std::tuple<Tensor, Tensor> fused_add_rms_norm(const Tensor& x, const Tensor& residual,
+                                              const std::optional<Tensor>& weight, double eps, double offset,
+                                              c10::string_view cast) {
+  FusedOutputs o = fused_forward(x, residual, weight, eps, offset, cast, nullptr, false);
+  return {o.y, o.residual_out};
+}
+
+// rmsnorm::fused_add_rms_norm_fwd: (y, residual_out, rstd), the op that autograd wraps.
+std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_fwd(const Tensor& x, const Tensor& residual,
+                                                          const std::optional<Tensor>& weight, double eps,
+                                                          double offset, c10::string_view cast) {
+  FusedOutputs o = fused_forward(x, residual, weight, eps, offset, cast, nullptr, true);
+  return {o.y, o.residual_out, o.rstd};
+}
+
+// rmsnorm::fused_add_rms_norm_: vLLM's fused_add_rms_norm, in place: residual = x + residual,
+// x = rms_norm(residual) * (w + offset). Both must be (batch, rows) views (no copy fallback).
+void fused_add_rms_norm_(const Tensor& x, const Tensor& residual, const std::optional<Tensor>& weight, double eps,
+                         double offset, c10::string_view cast_name) {
+  check_x(x);
+  const rmsnorm::Cast cast = parse_cast(cast_name);
+  const std::optional<Tensor> w = checked_weight(weight, x, offset);
+  check_residual(residual, x);
+  TORCH_CHECK_TYPE(output_dtype(x, w, cast) == x.scalar_type(),
+                   "rmsnorm: fused_add_rms_norm_ cannot write the float32 result of cast=\"llama\" with a float32 "
+                   "weight into ",
+                   x.scalar_type(), " x in place; use fused_add_rms_norm");
+  const auto split = find_split(x);
+  const auto view_or_fail = [&](const Tensor& t, const char* name) {
+    const std::optional<rmsnorm::TensorView> v = split ? view_at(t, *split) : std::nullopt;
+    TORCH_CHECK_VALUE(v.has_value(), "rmsnorm: fused_add_rms_norm_ needs ", name,
+                      "'s last dimension contiguous and its leading dimensions expressible as x's (batch, rows) "
+                      "with one stride each and no overlapping rows; got shape ",
+                      shape_str(t.sizes()), " strides ", shape_str(t.strides()));
+    return *v;
+  };
+  const rmsnorm::TensorView xv = view_or_fail(x, "x"), rv = view_or_fail(residual, "residual");
+  if (x.numel() == 0) return;
+  DeviceContext ctx(x);
+  call_library([&] {
+    rmsnorm::fused_add_forward(xv, rv, weight_view(w), xv, rv, params_of(eps, offset, cast), std::nullopt, ctx.stream);
+  });
+}
+
+// rmsnorm::fused_add_rms_norm_bwd: (dx, dr, dw) from dy, dr_out (the gradient at
+// residual_out), residual_out and the forward's rstd. dx has dx_dtype (x's), dr the
+// residual's dtype when want_dr (else empty: dr is dx), dw the weight's (empty without).
+std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_bwd(const Tensor& dy_in, const Tensor& dr_out_in,
+                                                          const Tensor& r_out_in, const std::optional<Tensor>& weight,
+                                                          const std::optional<Tensor>& rstd_in, double eps,
+                                                          double offset, bool want_dw, at::ScalarType dx_dtype,
+                                                          bool want_dr) {
+  check_x(r_out_in, "residual_out");
+  check_same_device(dy_in, r_out_in, "dy");
+  check_same_device(dr_out_in, r_out_in, "dr_out");
+  TORCH_CHECK_VALUE(dy_in.sizes() == r_out_in.sizes() && dr_out_in.sizes() == r_out_in.sizes(),
+                    "rmsnorm: dy has shape ", shape_str(dy_in.sizes()), " and dr_out ", shape_str(dr_out_in.sizes()),
+                    " but residual_out has ", shape_str(r_out_in.sizes()));
+  TORCH_CHECK_TYPE(dy_in.scalar_type() == dx_dtype, "rmsnorm: dy has dtype ", dy_in.scalar_type(), "; expected ",
+                   dx_dtype);
+  TORCH_CHECK_TYPE(dr_out_in.scalar_type() == r_out_in.scalar_type(), "rmsnorm: dr_out has dtype ",
+                   dr_out_in.scalar_type(), " but residual_out ", r_out_in.scalar_type());
+  const Tensor x_like = at::empty({0}, dy_in.options());  // x's dtype and device, for the weight's checks
+  std::optional<Tensor> w;
+  if (weight.has_value() && weight->defined()) {
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == r_out_in.size(-1), "rmsnorm: weight must have shape (",
+                      std::to_string(r_out_in.size(-1)), ",), got ", shape_str(weight->sizes()));
+    w = weight->contiguous();
+  } else {
+    TORCH_CHECK_VALUE(offset == 0.0, "rmsnorm: offset must be 0 without a weight, got ", std::to_string(offset));
+  }
+  std::optional<Tensor> rstd;
+  if (rstd_in.has_value() && rstd_in->defined()) rstd = rstd_in->contiguous();
+  DeviceContext ctx(r_out_in);
+
+  Tensor r_out = r_out_in, dy = dy_in, dr_out = dr_out_in;
+  const std::int64_t split = find_split(r_out).value_or(0);
+  const rmsnorm::TensorView rv = input_view(r_out, split), dyv = input_view(dy, split),
+                            drov = input_view(dr_out, split);
+  Tensor dx = at::empty(r_out.sizes(), r_out.options().dtype(dx_dtype));
+  Tensor dr = want_dr ? at::empty(r_out.sizes(), r_out.options()) : at::empty({0}, r_out.options());
+  const bool with_dw = want_dw && w.has_value();
+  Tensor dw = with_dw ? at::empty({r_out.size(-1)}, w->options()) : at::empty({0}, r_out.options());
+  if (r_out.numel() == 0) {
+    if (with_dw) dw.zero_();
+    return {dx, dr, dw};
+  }
+  std::optional<rmsnorm::TensorView> drv, dwv, rstd_v;
+  if (want_dr) drv = *view_at(dr, split);
+  if (with_dw) dwv = vector_view(dw, "dw");
+  if (rstd) rstd_v = vector_view(*rstd, "rstd");
+  const rmsnorm::Params params = params_of(eps, offset, rmsnorm::Cast::fp32);
+  call_library([&] {
+    const std::size_t bytes = rmsnorm::backward_workspace_size(rv, dwv, params);
+    Tensor workspace = at::empty({static_cast<std::int64_t>(bytes)}, r_out.options().dtype(at::kByte));
+    rmsnorm::fused_add_backward(dyv, drov, rv, weight_view(w), rstd_v, *view_at(dx, split), drv, dwv, params,
+                                bytes ? workspace.data_ptr() : nullptr, bytes, ctx.stream);
+  });
+  return {dx, dr, dw};
+}
+
+// ---------------------------------------------------------------------------------------
+// The quantised output (quant_forward, fused_add_quant_forward)
+// ---------------------------------------------------------------------------------------
+
+// rmsnorm::rms_norm_quant: (q, scales, residual_out). scales is empty for a static scale
+// (the caller has it), residual_out empty without a residual.
+std::tuple<Tensor, Tensor, Tensor> rms_norm_quant(const Tensor& x, const std::optional<Tensor>& weight,
+                                                  const std::optional<Tensor>& residual, double eps, double offset,
+                                                  c10::string_view cast, at::ScalarType qdtype,
+                                                  c10::string_view scale_kind, const std::optional<Tensor>& scale,
+                                                  int64_t group_size, const std::optional<Tensor>& scale_ub,
+                                                  bool column_major_scales, bool pow2_scales) {
+  TORCH_CHECK_TYPE(qdtype == at::kFloat8_e4m3fn || qdtype == at::kChar, "rmsnorm: qdtype must be ",
+                   "torch.float8_e4m3fn or torch.int8, got ", qdtype);
+  QuantArgs q;
+  q.kind = parse_scale_kind(scale_kind);
+  q.qdtype = qdtype;
+  q.group_size = group_size;
+  q.column_major = column_major_scales;
+  q.pow2 = pow2_scales;
+  if (scale.has_value() && scale->defined()) q.scale = *scale;
+  if (scale_ub.has_value() && scale_ub->defined()) q.scale_ub = *scale_ub;
+  const std::optional<Tensor> r =
+      residual.has_value() && residual->defined() ? std::optional<Tensor>(*residual) : std::nullopt;
+  FusedOutputs o = fused_forward(x, r, weight, eps, offset, cast, &q, false);
+  const Tensor none = at::empty({0}, x.options().dtype(at::kFloat));
+  return {o.y, o.scales.defined() ? o.scales : none,
+          o.residual_out.defined() ? o.residual_out : at::empty({0}, x.options())};
+}
+
 }  // namespace
 
 // The schemas, declared once. `Tensor(a!)` marks the argument that rms_norm_ writes.
@@ -374,14 +646,35 @@ TORCH_LIBRARY(rmsnorm, m) {
       "rms_norm_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor? rstd, float eps, float offset, bool want_dw)"
       " -> (Tensor dx, Tensor dw)");
   m.def("rms_norm_(Tensor(a!) x, Tensor? weight, float eps, float offset, str cast) -> ()");
+  m.def(
+      "fused_add_rms_norm(Tensor x, Tensor residual, Tensor? weight, float eps, float offset, str cast)"
+      " -> (Tensor y, Tensor residual_out)");
+  m.def(
+      "fused_add_rms_norm_fwd(Tensor x, Tensor residual, Tensor? weight, float eps, float offset, str cast)"
+      " -> (Tensor y, Tensor residual_out, Tensor rstd)");
+  m.def(
+      "fused_add_rms_norm_(Tensor(a!) x, Tensor(b!) residual, Tensor? weight, float eps, float offset, str cast)"
+      " -> ()");
+  m.def(
+      "fused_add_rms_norm_bwd(Tensor dy, Tensor dr_out, Tensor residual_out, Tensor? weight, Tensor? rstd, "
+      "float eps, float offset, bool want_dw, ScalarType dx_dtype, bool want_dr) -> (Tensor dx, Tensor dr, Tensor dw)");
+  m.def(
+      "rms_norm_quant(Tensor x, Tensor? weight, Tensor? residual, float eps, float offset, str cast, "
+      "ScalarType qdtype, str scale_kind, Tensor? scale, int group_size, Tensor? scale_ub, "
+      "bool column_major_scales, bool pow2_scales) -> (Tensor q, Tensor scales, Tensor residual_out)");
 }
 
 // One implementation serves both backends: the library routes on the views' device.
-#define RMSNORM_REGISTER_IMPLS(m)        \
-  m.impl("rms_norm", &rms_norm);         \
-  m.impl("rms_norm_fwd", &rms_norm_fwd); \
-  m.impl("rms_norm_bwd", &rms_norm_bwd); \
-  m.impl("rms_norm_", &rms_norm_)
+#define RMSNORM_REGISTER_IMPLS(m)                            \
+  m.impl("rms_norm", &rms_norm);                             \
+  m.impl("rms_norm_fwd", &rms_norm_fwd);                     \
+  m.impl("rms_norm_bwd", &rms_norm_bwd);                     \
+  m.impl("rms_norm_", &rms_norm_);                           \
+  m.impl("fused_add_rms_norm", &fused_add_rms_norm);         \
+  m.impl("fused_add_rms_norm_fwd", &fused_add_rms_norm_fwd); \
+  m.impl("fused_add_rms_norm_", &fused_add_rms_norm_);       \
+  m.impl("fused_add_rms_norm_bwd", &fused_add_rms_norm_bwd); \
+  m.impl("rms_norm_quant", &rms_norm_quant)
 
 TORCH_LIBRARY_IMPL(rmsnorm, CPU, m) { RMSNORM_REGISTER_IMPLS(m); }
 

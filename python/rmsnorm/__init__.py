@@ -4,6 +4,8 @@
     y = rmsnorm.rms_norm(x, weight, eps=1e-6)            # functional, differentiable
     norm = rmsnorm.RMSNorm(4096, eps=1e-6).cuda()       # drop-in nn.Module
     rmsnorm.patch(model)                                 # swap a Hugging Face model's RMSNorms
+    y, residual = rmsnorm.fused_add_rms_norm(x, residual, weight)   # residual add + norm
+    q, scales = rmsnorm.rms_norm_quant(x, weight, qdtype=torch.float8_e4m3fn, scale="row")
 
 The ops are torch custom ops (torch.ops.rmsnorm.*): they work under torch.compile
 (fullgraph) and CUDA-graph capture. `python -m rmsnorm.bench` checks and times them.
@@ -12,7 +14,7 @@ The ops are torch custom ops (torch.ops.rmsnorm.*): they work under torch.compil
 import torch as _torch
 
 from . import _sharded_ops  # noqa: F401  (fake kernels of the sharded-row ops)
-from ._ops import has_cuda_kernels, library_path, rms_norm, rms_norm_
+from ._ops import fused_add_rms_norm, has_cuda_kernels, library_path, rms_norm, rms_norm_, rms_norm_quant
 from .modules import RMSNorm
 from .patch import patch
 
@@ -21,4 +23,13 @@ if _torch.distributed.is_available():
     from . import distributed  # noqa: F401
 
 __version__ = "0.1.0"
-__all__ = ["RMSNorm", "has_cuda_kernels", "library_path", "patch", "rms_norm", "rms_norm_"]
+__all__ = [
+    "RMSNorm",
+    "fused_add_rms_norm",
+    "has_cuda_kernels",
+    "library_path",
+    "patch",
+    "rms_norm",
+    "rms_norm_",
+    "rms_norm_quant",
+]

@@ -6,9 +6,17 @@ The schemas and the CPU/CUDA kernels are registered in C++ (python/csrc/torch_op
     rmsnorm::rms_norm_fwd(x, weight, eps, offset, cast) -> (y, rstd)  what autograd wraps
     rmsnorm::rms_norm_bwd(dy, x, weight, rstd, eps, offset, want_dw) -> (dx, dw)
     rmsnorm::rms_norm_(x!, weight, eps, offset, cast) -> ()          in place
+    rmsnorm::fused_add_rms_norm(x, residual, weight, eps, offset, cast) -> (y, residual_out)
+    rmsnorm::fused_add_rms_norm_fwd(...) -> (y, residual_out, rstd)   what autograd wraps
+    rmsnorm::fused_add_rms_norm_(x!, residual!, weight, eps, offset, cast) -> ()   vLLM's, in place
+    rmsnorm::fused_add_rms_norm_bwd(dy, dr_out, residual_out, weight, rstd, eps, offset,
+                                    want_dw, dx_dtype, want_dr) -> (dx, dr, dw)
+    rmsnorm::rms_norm_quant(x, weight, residual, eps, offset, cast, qdtype, scale_kind, scale,
+                            group_size, scale_ub, column_major_scales, pow2_scales)
+                            -> (q, scales, residual_out)
 
 This module adds what belongs in Python: fake kernels (shapes and dtypes only, so that
-torch.compile traces the ops without running them) and the autograd formula.
+torch.compile traces the ops without running them) and the autograd formulas.
 """
 
 from __future__ import annotations
@@ -19,7 +27,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["rms_norm", "rms_norm_", "library_path", "has_cuda_kernels"]
+__all__ = [
+    "fused_add_rms_norm",
+    "has_cuda_kernels",
+    "library_path",
+    "rms_norm",
+    "rms_norm_",
+    "rms_norm_quant",
+]
 
 _LIBRARY_NAME = "librmsnorm_torch.so"
 
@@ -138,6 +153,91 @@ def _rms_norm_inplace_fake(x, weight, eps, offset, cast):
         raise TypeError('rmsnorm: rms_norm_ cannot write the float32 result of cast="llama" into 16-bit x in place')
 
 
+def _check_residual(x: torch.Tensor, residual: torch.Tensor) -> None:
+    if residual.device != x.device:
+        raise ValueError(
+            f"rmsnorm: residual is on {residual.device} but x is on {x.device}; all tensors must be on the same device"
+        )
+    if residual.shape != x.shape:
+        raise ValueError(
+            f"rmsnorm: residual has shape {tuple(residual.shape)} but x has {tuple(x.shape)}; they must match"
+        )
+    if not (residual.dtype == x.dtype or (residual.dtype == torch.float32 and x.dtype in _HALF)):
+        raise TypeError(
+            f"rmsnorm: residual has dtype {residual.dtype} and x {x.dtype}; the residual must have x's dtype, "
+            "or be float32 with float16/bfloat16 x"
+        )
+
+
+@torch.library.register_fake("rmsnorm::fused_add_rms_norm")
+def _fused_add_fake(x, residual, weight, eps, offset, cast):
+    _check(x, weight, eps, offset, cast)
+    _check_residual(x, residual)
+    return x.new_empty(x.shape, dtype=_out_dtype(x, weight, cast)), residual.new_empty(x.shape)
+
+
+@torch.library.register_fake("rmsnorm::fused_add_rms_norm_fwd")
+def _fused_add_fwd_fake(x, residual, weight, eps, offset, cast):
+    y, residual_out = _fused_add_fake(x, residual, weight, eps, offset, cast)
+    return y, residual_out, x.new_empty(x.shape[:-1], dtype=_rstd_dtype(x))
+
+
+@torch.library.register_fake("rmsnorm::fused_add_rms_norm_")
+def _fused_add_inplace_fake(x, residual, weight, eps, offset, cast):
+    _check(x, weight, eps, offset, cast)
+    _check_residual(x, residual)
+    if _out_dtype(x, weight, cast) != x.dtype:
+        raise TypeError(
+            'rmsnorm: fused_add_rms_norm_ cannot write the float32 result of cast="llama" into 16-bit x in place'
+        )
+
+
+@torch.library.register_fake("rmsnorm::fused_add_rms_norm_bwd")
+def _fused_add_bwd_fake(dy, dr_out, residual_out, weight, rstd, eps, offset, want_dw, dx_dtype, want_dr):
+    if dy.shape != residual_out.shape or dr_out.shape != residual_out.shape:
+        raise ValueError("rmsnorm: dy and dr_out must have residual_out's shape")
+    dx = residual_out.new_empty(residual_out.shape, dtype=dx_dtype)
+    dr = residual_out.new_empty(residual_out.shape) if want_dr else residual_out.new_empty((0,))
+    dw = weight.new_empty(weight.shape) if (want_dw and weight is not None) else residual_out.new_empty((0,))
+    return dx, dr, dw
+
+
+_QDTYPES = (torch.float8_e4m3fn, torch.int8)
+_SCALE_KINDS = ("static", "row", "group")
+
+
+@torch.library.register_fake("rmsnorm::rms_norm_quant")
+def _rms_norm_quant_fake(
+    x, weight, residual, eps, offset, cast, qdtype, scale_kind, scale, group_size, scale_ub, column_major, pow2
+):
+    _check(x, weight, eps, offset, cast)
+    if x.dtype == torch.float64:
+        raise NotImplementedError("rmsnorm: x: f64 has no quantised output (quantised outputs take f32, f16 or bf16 x)")
+    if residual is not None:
+        _check_residual(x, residual)
+    if qdtype not in _QDTYPES:
+        raise TypeError(f"rmsnorm: qdtype must be torch.float8_e4m3fn or torch.int8, got {qdtype}")
+    if scale_kind not in _SCALE_KINDS:
+        raise ValueError(f'rmsnorm: scale must be a tensor (static), "row" or "group", got "{scale_kind}"')
+    q = x.new_empty(x.shape, dtype=qdtype)
+    lead = tuple(x.shape[:-1])
+    if scale_kind == "static":
+        scales = x.new_empty((0,), dtype=torch.float32)
+    elif scale_kind == "row":
+        scales = x.new_empty(lead + (1,), dtype=torch.float32)
+    else:
+        if group_size < 1 or x.shape[-1] % group_size != 0:
+            raise ValueError(f"rmsnorm: group_size must divide x's last dimension ({x.shape[-1]}), got {group_size}")
+        groups = x.shape[-1] // group_size
+        if column_major:
+            rows = x.numel() // x.shape[-1]
+            scales = x.new_empty((groups, rows), dtype=torch.float32).t().view(lead + (groups,))
+        else:
+            scales = x.new_empty(lead + (groups,), dtype=torch.float32)
+    residual_out = residual.new_empty(x.shape) if residual is not None else x.new_empty((0,))
+    return q, scales, residual_out
+
+
 # ---------------------------------------------------------------------------------------
 # Autograd
 # ---------------------------------------------------------------------------------------
@@ -164,6 +264,37 @@ def _backward(ctx, dy, _drstd):
 torch.library.register_autograd("rmsnorm::rms_norm_fwd", _backward, setup_context=_setup_context)
 
 
+def _fused_add_setup_context(ctx, inputs, output):
+    x, residual, weight, eps, offset, _cast = inputs
+    _y, residual_out, rstd = output
+    ctx.mark_non_differentiable(rstd)
+    ctx.save_for_backward(residual_out, weight, rstd)
+    ctx.eps = eps
+    ctx.offset = offset
+    ctx.x_dtype = x.dtype
+    ctx.r_dtype = residual.dtype
+
+
+def _fused_add_backward(ctx, dy, dr_out, _drstd):
+    residual_out, weight, rstd = ctx.saved_tensors
+    # Outputs that took no part in the loss get no gradient: zeros of their shape.
+    dy = torch.zeros_like(residual_out, dtype=ctx.x_dtype) if dy is None else dy.to(ctx.x_dtype)
+    dr_out = torch.zeros_like(residual_out) if dr_out is None else dr_out.to(ctx.r_dtype)
+    want_dw = weight is not None and ctx.needs_input_grad[2]
+    want_dr = ctx.r_dtype != ctx.x_dtype and ctx.needs_input_grad[1]  # else dr is dx
+    dx, dr, dw = torch.ops.rmsnorm.fused_add_rms_norm_bwd(
+        dy, dr_out, residual_out, weight, rstd, ctx.eps, ctx.offset, want_dw, ctx.x_dtype, want_dr
+    )
+    dx_out = dx if ctx.needs_input_grad[0] else None
+    dr_res = (dr if want_dr else dx) if ctx.needs_input_grad[1] else None
+    return dx_out, dr_res, (dw if want_dw else None), None, None, None
+
+
+torch.library.register_autograd(
+    "rmsnorm::fused_add_rms_norm_fwd", _fused_add_backward, setup_context=_fused_add_setup_context
+)
+
+
 # ---------------------------------------------------------------------------------------
 # Functional API
 # ---------------------------------------------------------------------------------------
@@ -171,6 +302,10 @@ torch.library.register_autograd("rmsnorm::rms_norm_fwd", _backward, setup_contex
 _rms_norm_op = torch.ops.rmsnorm.rms_norm.default
 _rms_norm_fwd_op = torch.ops.rmsnorm.rms_norm_fwd.default
 _rms_norm_inplace_op = torch.ops.rmsnorm.rms_norm_.default
+_fused_add_op = torch.ops.rmsnorm.fused_add_rms_norm.default
+_fused_add_fwd_op = torch.ops.rmsnorm.fused_add_rms_norm_fwd.default
+_fused_add_inplace_op = torch.ops.rmsnorm.fused_add_rms_norm_.default
+_rms_norm_quant_op = torch.ops.rmsnorm.rms_norm_quant.default
 
 # Set by rmsnorm.distributed (when torch.distributed is available): serves a call with a
 # process group, or on a DTensor sharded on its last dimension; returns None otherwise.
@@ -246,3 +381,90 @@ def rms_norm_(
             return x
     _rms_norm_inplace_op(x, weight, eps, offset, cast)
     return x
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    *,
+    offset: float = 0.0,
+    cast: str = "fp32",
+    inplace: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual add and the norm after it, in one pass: returns ``(y, residual_out)``.
+
+    ``residual_out = x + residual`` is added in float32 and rounded once to the residual's
+    dtype; ``y = rms_norm(residual_out, weight, eps, offset=offset, cast=cast)``, the norm of
+    the rounded sum (what the next layer reads: Hugging Face's and vLLM's order). ``y``
+    equals :func:`rms_norm` applied to ``residual_out`` (bit for bit when the residual has
+    x's dtype).
+
+    x: float32, float16 or bfloat16 (float64 on the CPU); residual: x's shape, x's dtype or
+        float32 with 16-bit x (an fp32 residual stream); weight, offset, cast as in
+        :func:`rms_norm` (``cast="llama"`` rounds to x's dtype).
+    inplace: vLLM's ``fused_add_rms_norm`` contract: x is overwritten with y and residual
+        with residual_out, and the two are returned (no autograd, no copy fallback).
+
+    Out of place it is differentiable in x, residual and weight: x and residual receive the
+    same gradient, the norm's plus the one arriving at residual_out, in one pass.
+    """
+    if inplace:
+        _fused_add_inplace_op(x, residual, weight, eps, offset, cast)
+        return x, residual
+    wants_grad = x.requires_grad or residual.requires_grad or (weight is not None and weight.requires_grad)
+    if torch.is_grad_enabled() and wants_grad:
+        y, residual_out, _ = _fused_add_fwd_op(x, residual, weight, eps, offset, cast)
+        return y, residual_out
+    return _fused_add_op(x, residual, weight, eps, offset, cast)
+
+
+def rms_norm_quant(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    *,
+    qdtype: torch.dtype = torch.float8_e4m3fn,
+    scale: torch.Tensor | str = "row",
+    group_size: int = 128,
+    scale_ub: torch.Tensor | None = None,
+    column_major_scales: bool = False,
+    pow2_scales: bool = False,
+    residual: torch.Tensor | None = None,
+    offset: float = 0.0,
+    cast: str = "fp32",
+):
+    """RMSNorm with an 8-bit output: returns ``(q, scales)``, or ``(q, scales, residual_out)``
+    when given a residual (then the norm is of ``residual_out = x + residual``, as in
+    :func:`fused_add_rms_norm`; the residual itself is left alone).
+
+    y is computed in float32 as :func:`rms_norm` computes it before its final rounding
+    (never rounded to 16 bits under ``cast="fp32"``), then ``q = sat(y / s)``: the correctly
+    rounded float32 division, then for ``torch.float8_e4m3fn`` round to nearest even
+    saturated at +-448 (``(y / s).clamp(-448, 448).to(torch.float8_e4m3fn)`` bit for bit),
+    for ``torch.int8`` round half to even saturated at +-127.
+
+    scale: a one-element float32 tensor (a static per-tensor scale; returned as the scales),
+        ``"row"`` (one scale a row, shape ``x.shape[:-1] + (1,)``) or ``"group"`` (one a row
+        and group of ``group_size`` columns, shape ``x.shape[:-1] + (N // group_size,)``;
+        with ``column_major_scales`` laid out group-major in memory, as DeepSeek-V3's GEMMs
+        read them). A computed scale is ``max(min(amax, scale_ub) / qmax, 1 / (qmax * 512))``
+        (qmax 448 or 127), rounded up to a power of two with ``pow2_scales``; ``scale_ub`` is
+        an optional one-element float32 tensor capping the amax.
+
+    Not differentiable.
+    """
+    if isinstance(scale, torch.Tensor):
+        kind, static = "static", scale
+    elif scale in ("row", "group"):
+        kind, static = scale, None
+    else:
+        raise ValueError(f'rmsnorm: scale must be a tensor (static), "row" or "group", got {scale!r}')
+    q, scales, residual_out = _rms_norm_quant_op(
+        x, weight, residual, eps, offset, cast, qdtype, kind, static, group_size, scale_ub,
+        column_major_scales, pow2_scales,
+    )
+    if static is not None:
+        scales = static
+    return (q, scales) if residual is None else (q, scales, residual_out)

@@ -12,6 +12,10 @@ The protocol is docs/performance.md's:
 - The copy of the same bytes (clone) in the same run is the ceiling.
 - Decode shapes: microseconds per call in a CUDA graph, and as plain eager calls (host
   overhead included), the latter also under torch.inference_mode() for rmsnorm and clone.
+- The fused forms (--no-fused to skip): the residual add (4*M*N*s: read x and r, write y
+  and r_out) and a per-row fp8 output (M*N*s + M*N + 4*M), rmsnorm's fused ops against
+  eager PyTorch and torch.compile of the same formula, and the copy of the same bytes. On a
+  device whose backend does not serve a fused form yet, its rmsnorm cell says so.
 
 On a machine without CUDA it runs the same tables on the CPU with plain loops: a smoke
 test, not a measurement.
@@ -45,6 +49,10 @@ FORWARD_SIZES = [(4096, 1024), (4096, 4096), (4096, 8192), (16384, 16384), (1638
                  (4096, 131072), (2048, 262144), (262144, 128), (262144, 64)]
 BACKWARD_SIZES = [(16384, 2048), (16384, 8192), (16384, 16384), (8192, 32768), (4096, 65536), (262144, 128)]
 DECODE_SIZES = [(1, 4096), (32, 8192)]
+FUSED_SIZES = [(4096, 4096), (16384, 8192), (16384, 16384), (16384, 32768)]
+QUICK_FUSED = [(4096, 4096), (16384, 8192)]
+CPU_FUSED = [(256, 1024)]
+FUSED_IMPLS = ("rmsnorm", "torch_eager", "torch_compile", "copy")
 QUICK_FORWARD = [(4096, 1024), (4096, 4096), (16384, 8192), (262144, 128)]
 QUICK_BACKWARD = [(16384, 2048), (16384, 8192)]
 CPU_FORWARD = [(256, 1024), (64, 8192), (8192, 128)]  # small: the CPU run is a smoke test
@@ -66,6 +74,41 @@ def eager_rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor
     """The seed's baseline: float32 statistics, normalise, cast back, times the weight."""
     variance = x.float().pow(2).mean(-1, keepdim=True)
     return (x.float() * torch.rsqrt(variance + eps)).to(x.dtype) * w
+
+
+def eager_add_rms_norm(x, r, w, eps):
+    """A decoder layer's seam as Hugging Face writes it: the residual add, then the norm."""
+    r = x + r
+    return eager_rms_norm(r, w, eps), r
+
+
+def eager_rms_norm_fp8(x, w, eps):
+    """The norm, then vLLM's reference per-token fp8 quantisation of its output."""
+    y = eager_rms_norm(x, w, eps).float()
+    s = (y.abs().amax(-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512))
+    return (y / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), s
+
+
+def fused_impls(kind: str, eps: float, wanted: list[str], copy_elements: int) -> list[Impl]:
+    """(x, r, w) -> outputs, for the residual add ("add") and the per-row fp8 output ("quant")."""
+    ours = {
+        "add": lambda x, r, w: rmsnorm.fused_add_rms_norm(x, r, w, eps),
+        "quant": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, scale="row"),
+    }[kind]
+    eager = {"add": lambda x, r, w: eager_add_rms_norm(x, r, w, eps),
+             "quant": lambda x, r, w: eager_rms_norm_fp8(x, w, eps)}[kind]
+    impls = []
+    for name in wanted:
+        if name == "rmsnorm":
+            impls.append(Impl(name, ours))
+        elif name == "torch_eager":
+            impls.append(Impl(name, eager))
+        elif name == "torch_compile":
+            impls.append(Impl(name, torch.compile(eager, dynamic=False)))
+        elif name == "copy":  # the same bytes: x and r cloned (add), half the model bytes of x (quant)
+            impls.append(Impl(name, (lambda x, r, w: (x.clone(), r.clone())) if kind == "add"
+                              else (lambda x, r, w: x.view(-1)[:copy_elements].clone())))
+    return impls
 
 
 @dataclass
@@ -217,6 +260,9 @@ CHECK_TOL = {torch.float32: 2e-5, torch.float16: 4 * 2.0**-11, torch.bfloat16: 4
 def reference(x, w, eps):
     x64 = x.double()
     return x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * w.double()
+
+
+TOL_16 = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 
 
 def _close(got, ref, dtype, scale=1.0) -> Optional[str]:
@@ -409,6 +455,49 @@ class Bench:
             _free()
 
 
+    # fused forms ----------------------------------------------------------------------
+    def fused(self, kind, rows, cols):
+        """The residual add ("add") or the per-row fp8 output ("quant"), checked then timed."""
+        n = rows * cols
+        model_bytes = 4 * n * self.esize if kind == "add" else n * self.esize + n + 4 * rows
+        sets, calls = rotation(model_bytes, model_bytes // 2, self.device)
+        if self.device == "cpu":
+            sets, calls = 2, 4
+        inputs = []
+        for i in range(sets):
+            x, w = make_inputs(rows, cols, self.dtype, self.device, seed=i)
+            inputs.append((x, make_inputs(rows, cols, self.dtype, self.device, seed=500 + i)[0], w))
+        x0, r0, w0 = inputs[0]
+        eps = self.args.eps
+        wanted = [i for i in self.args.impls if i in FUSED_IMPLS]
+        for impl in fused_impls(kind, eps, wanted, min(n, model_bytes // (2 * self.esize))):
+            try:
+                with torch.no_grad():
+                    if impl.name != "copy":
+                        problem = self._check_fused(kind, impl.fn(x0, r0, w0), x0, r0, w0)
+                        if problem:
+                            self.record(kind, rows, cols, impl.name, None, "-", model_bytes, f"wrong: {problem}")
+                            continue
+                    seconds, mode = self._time([lambda a=a, f=impl.fn: f(*a) for a in inputs], sets, calls)
+                self.record(kind, rows, cols, impl.name, seconds, mode, model_bytes)
+            except Exception as e:  # noqa: BLE001 - reported (a backend without the fusion says so)
+                self.record(kind, rows, cols, impl.name, None, "-", model_bytes, _short(e))
+            _free()
+
+    def _check_fused(self, kind, out, x, r, w) -> Optional[str]:
+        k = CHECK_ROWS
+        if kind == "add":
+            y, r_out = out
+            s64 = x[:k].double() + r[:k].double()
+            return _close(r_out[:k], s64, self.dtype) or _close(y[:k], reference(s64, w, self.args.eps), self.dtype)
+        q, s = out
+        y64 = reference(x[:k], w, self.args.eps)
+        # within half a code step (1/16 relative) plus the 16-bit rounding of an eager y
+        err = (q[:k].double() * s[:k].double() - y64).abs()
+        bound = y64.abs() / 16 + s[:k].double() / 512 + 4 * TOL_16[self.dtype] * y64.abs()
+        return None if bool((err <= bound).all()) else f"q*s off by {err.max().item():.3g}"
+
+
 class _nullcontext:
     def __enter__(self):
         return self
@@ -597,6 +686,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-forward", action="store_true")
     ap.add_argument("--no-backward", action="store_true")
     ap.add_argument("--no-decode", action="store_true")
+    ap.add_argument("--no-fused", action="store_true", help="skip the residual add and fp8 output tables")
+    ap.add_argument("--fused-sizes", type=parse_sizes, help="shapes of the fused tables (default: 4096x4096, ...)")
     ap.add_argument("--reps", type=int, help="graph replays (or loops) per figure; the median is reported")
     ap.add_argument("--eps", type=float, default=1e-6)
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
@@ -661,6 +752,13 @@ def main(argv=None) -> int:
         for m, n in dec:
             bench.decode(m, n)
         print_decode(bench.records, args.impls)
+    if not args.no_fused:
+        fused = args.fused_sizes or (CPU_FUSED if device == "cpu" else QUICK_FUSED if args.quick else FUSED_SIZES)
+        for kind, title in (("add", f"Residual add + norm, {args.dtype}, GB/s of 4*M*N*s"),
+                            ("quant", f"Norm + per-row fp8 output, {args.dtype}, GB/s of M*N*s + M*N + 4*M")):
+            for m, n in fused:
+                bench.fused(kind, m, n)
+            print_table(bench.records, kind, list(FUSED_IMPLS), f"{title} ({how}, median of {args.reps})")
     print_notes(bench.records, bench.impls)
     if args.out:
         write_outputs(args.out, bench.records, meta)

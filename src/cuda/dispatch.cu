@@ -94,9 +94,12 @@ void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Strea
     case DType::bf16:
       return cuda::launch_backward<__nv_bfloat16>(p, plan, sms, q);
     case DType::f64:
-      break;
+      throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
+    case DType::f8e4m3:
+    case DType::i8:
+      break;  // outputs only: validation refuses them as x
   }
-  throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
+  throw Error(Code::internal, std::string("x: no CUDA kernels for ") + dtype_name(p.x_dtype));
 }
 
 int cuda_cc_major(int device) {
@@ -115,9 +118,12 @@ void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream 
     case DType::bf16:
       return cuda::launch_forward<__nv_bfloat16>(p, plan, sms, q);
     case DType::f64:
-      break;
+      throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
+    case DType::f8e4m3:
+    case DType::i8:
+      break;  // outputs only: validation refuses them as x
   }
-  throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
+  throw Error(Code::internal, std::string("x: no CUDA kernels for ") + dtype_name(p.x_dtype));
 }
 
 }  // namespace rmsnorm::detail

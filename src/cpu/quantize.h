@@ -1,0 +1,59 @@
+// The quantised store's scalar rules (rmsnorm.h states them; this is the CPU backend's one
+// copy): the 8-bit formats, the division by the scale, and how a computed scale is chosen.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "rmsnorm/dtype.h"
+
+namespace rmsnorm::detail::cpu {
+
+// An fp8 e4m3 element, stored as its bit pattern (std::int8_t is the int8 element).
+struct F8E4M3 {
+  std::uint8_t bits;
+};
+
+template <class TQ>
+struct QuantFormat;
+
+template <>
+struct QuantFormat<F8E4M3> {
+  static constexpr float qmax = 448.0f;
+  // Round to nearest even, saturated at +-448, NaN kept.
+  static F8E4M3 encode(float t) { return F8E4M3{float_to_f8e4m3_bits(t)}; }
+};
+
+template <>
+struct QuantFormat<std::int8_t> {
+  static constexpr float qmax = 127.0f;
+  // Round half to even, saturated at +-127, NaN -> 0.
+  static std::int8_t encode(float t) { return float_to_i8(t); }
+};
+
+// The value stored for y under scale s: y / s with the correctly rounded fp32 division
+// (never y * (1/s), which can land one code away at a rounding boundary).
+template <class TQ>
+inline TQ quantize(float y, float s) {
+  return QuantFormat<TQ>::encode(y / s);
+}
+
+// Rounds a positive scale up to a power of two: a normal float keeps its exponent when its
+// mantissa is zero and takes the next one otherwise (the carry does it); the computed
+// scales are never subnormal (they are at least the minimum scale).
+inline float round_up_pow2(float s) { return bits_to_float((float_to_bits(s) + 0x7fffffu) & 0xff800000u); }
+
+// A computed (per-row or per-group) scale from the max of |y| over its elements:
+//   s = max(min(amax, ub) / qmax, min_scale), rounded up to a power of two when pow2.
+// min_scale = 1 / (qmax * 512): vLLM's floor for fp8 per-token scales, so that an all-zero
+// row gives zeros rather than 0 / 0.
+template <class TQ>
+inline float dynamic_scale(float amax, const float* ub, bool pow2) {
+  constexpr float qmax = QuantFormat<TQ>::qmax;
+  const float min_scale = 1.0f / (qmax * 512.0f);
+  const float a = ub ? std::fmin(amax, *ub) : amax;
+  const float s = std::fmax(a / qmax, min_scale);
+  return pow2 ? round_up_pow2(s) : s;
+}
+
+}  // namespace rmsnorm::detail::cpu
