@@ -110,9 +110,9 @@ void run_backward(const BackwardProblem& p) {
 }
 
 // The row loop of the residual add's backward (the plain backward takes the instruction-set
-// loops above; its sums and dx are the portable loop's). TX is the norm input's dtype (x, or r_out); `Grad` (cpu/steps.h) reads dy and stores dx.
-// HAS_W (a weight) and WANT_DW (a dw output) are template parameters so that the row loops
-// have no branch inside and vectorise.
+// loops above; its sums and dx are the portable loop's). TX is the norm input's dtype (x, or r_out); `Grad`
+// (cpu/steps.h) reads dy and stores dx. HAS_W (a weight) and WANT_DW (a dw output) are template parameters so that the
+// row loops have no branch inside and vectorise.
 template <class TX, class Grad, class TW, class TDW, class Acc, bool HAS_W, bool WANT_DW>
 void fused_rows(const BackwardProblem& p) {
   const std::int64_t m = p.total_rows(), n = p.cols;
@@ -193,7 +193,6 @@ void with_grad(const BackwardProblem& p) {
   with_weight<TX, cpu::ResidualGrad<TX, TX, false>, TW, TDW, Acc>(p);
 }
 
-
 // The residual add's backward: its dtype dispatch (validate refused the rest).
 void fused_backward(const BackwardProblem& p) {
   using cpu::BF16;
@@ -205,8 +204,7 @@ void fused_backward(const BackwardProblem& p) {
     if (w == DType::f16)
       return dw == DType::f16 ? with_grad<float, F16, F16, float>(p) : with_grad<float, F16, float, float>(p);
     if (w == DType::bf16)
-      return dw == DType::bf16 ? with_grad<float, BF16, BF16, float>(p)
-                               : with_grad<float, BF16, float, float>(p);
+      return dw == DType::bf16 ? with_grad<float, BF16, BF16, float>(p) : with_grad<float, BF16, float, float>(p);
     return with_grad<float, float, float, float>(p);
   }
   if (x == DType::f64) return with_grad<double, double, double, double>(p);
