@@ -676,12 +676,6 @@ TORCH_LIBRARY(rmsnorm, m) {
   m.impl("fused_add_rms_norm_bwd", &fused_add_rms_norm_bwd); \
   m.impl("rms_norm_quant", &rms_norm_quant)
 
-TORCH_LIBRARY_IMPL(rmsnorm, CPU, m) { RMSNORM_REGISTER_IMPLS(m); }
-
-#if defined(RMSNORM_TORCH_CUDA)
-TORCH_LIBRARY_IMPL(rmsnorm, CUDA, m) { RMSNORM_REGISTER_IMPLS(m); }
-#endif
-
 // ---------------------------------------------------------------------------------------
 // Rows split across ranks (rmsnorm.h, "Rows split across ranks")
 // ---------------------------------------------------------------------------------------
@@ -832,8 +826,15 @@ TORCH_LIBRARY_FRAGMENT(rmsnorm, m) {
   m.impl("partial_grad_dot", &partial_grad_dot);       \
   m.impl("rms_norm_from_sums_bwd", &rms_norm_from_sums_bwd)
 
-TORCH_LIBRARY_IMPL(rmsnorm, CPU, m) { RMSNORM_REGISTER_SHARDED_IMPLS(m); }
+// Every op's kernels, once per backend.
+TORCH_LIBRARY_IMPL(rmsnorm, CPU, m) {
+  RMSNORM_REGISTER_IMPLS(m);
+  RMSNORM_REGISTER_SHARDED_IMPLS(m);
+}
 
 #if defined(RMSNORM_TORCH_CUDA)
-TORCH_LIBRARY_IMPL(rmsnorm, CUDA, m) { RMSNORM_REGISTER_SHARDED_IMPLS(m); }
+TORCH_LIBRARY_IMPL(rmsnorm, CUDA, m) {
+  RMSNORM_REGISTER_IMPLS(m);
+  RMSNORM_REGISTER_SHARDED_IMPLS(m);
+}
 #endif

@@ -10,6 +10,7 @@
 #include "cpu/kernels.h"
 #include "cpu/numeric.h"
 #include "cpu/parallel.h"
+#include "cpu/partial_dw.h"
 #include "cpu/steps.h"
 #include "problem.h"
 
@@ -71,19 +72,6 @@ BackwardRows backward_rows(const BackwardProblem& p, Isa isa) {
   if (isa == Isa::avx512) rows = backward_rows_avx512(p);
   if (isa == Isa::avx2) rows = backward_rows_avx2(p);
   return rows ? rows : backward_rows_scalar(p);
-}
-
-// dw[j]: the chunks' partial rows added in chunk order.
-template <class Acc, class TDW>
-void finish_dw(const BackwardProblem& p, const Acc* partial, std::int64_t chunks) {
-  const std::int64_t n = p.cols;
-  TDW* dw = static_cast<TDW*>(p.dw);
-#pragma omp parallel for schedule(static) if (chunks * n > 65536)
-  for (std::int64_t j = 0; j < n; ++j) {
-    Acc s = 0;
-    for (std::int64_t c = 0; c < chunks; ++c) s += partial[c * n + j];
-    dw[j] = from_acc<TDW>(canonical_nan(s));
-  }
 }
 
 template <class Acc>
@@ -157,14 +145,7 @@ void fused_rows(const BackwardProblem& p) {
       }
     }
   }
-  if constexpr (!WANT_DW) return;
-  TDW* dw = static_cast<TDW*>(p.dw);
-#pragma omp parallel for schedule(static) if (chunks * n > 65536)
-  for (std::int64_t j = 0; j < n; ++j) {
-    Acc s = 0;
-    for (std::int64_t c = 0; c < chunks; ++c) s += partial[c * n + j];
-    dw[j] = cpu::from_acc<TDW>(cpu::canonical_nan(s));
-  }
+  if constexpr (WANT_DW) finish_dw<Acc, TDW>(p, partial, chunks);
 }
 
 // Picks the loop for the call's weight and dw.

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "cpu/numeric.h"
+#include "cpu/partial_dw.h"
 #include "sharded_problem.h"
 
 namespace rmsnorm::detail {
@@ -74,20 +75,20 @@ void forward_rows(const ForwardFromSumsProblem& q) {
     const std::int64_t b = row / p.rows, r = row % p.rows;
     const TX* x = static_cast<const TX*>(p.x) + b * p.x_batch_stride + r * p.x_row_stride;
     TY* y = static_cast<TY*>(p.y) + b * p.y_batch_stride + r * p.y_row_stride;
-    const Acc rstd = Acc(1) / std::sqrt(sums[row] * inv_n + eps);
+    const Acc rstd = cpu::rstd_of(sums[row], inv_n, eps);
     if (p.rstd) static_cast<Acc*>(p.rstd)[row] = rstd;
     // y may be x: each element is read before it is written, by the same iteration.
     for (std::int64_t j = 0; j < n; ++j) {
       if constexpr (!LLAMA) {
         Acc v = cpu::to_acc<Acc>(x[j]) * rstd;
         if constexpr (HAS_W) v *= cpu::to_acc<Acc>(w[j]) + offset;
-        y[j] = cpu::from_acc<TY>(v);
+        y[j] = cpu::from_acc<TY>(cpu::canonical_nan(v));
       } else {
         // Hugging Face's steps, as in forward.cpp.
         Acc v = cpu::round_as<TX>(cpu::to_acc<Acc>(x[j]) * rstd);
         if constexpr (HAS_W)
           v = cpu::round_as<cpu::Promoted<TX, TW>>(v * cpu::round_as<TW>(cpu::to_acc<Acc>(w[j]) + offset));
-        y[j] = cpu::from_acc<TY>(v);
+        y[j] = cpu::from_acc<TY>(cpu::canonical_nan(v));
       }
     }
   }
@@ -135,24 +136,17 @@ void backward_rows(const BackwardFromSumsProblem& q) {
       const TX* dy = static_cast<const TX*>(p.dy) + b * p.dy_batch_stride + r * p.dy_row_stride;
       TX* dx = static_cast<TX*>(p.dx) + b * p.dx_batch_stride + r * p.dx_row_stride;
       const Acc rstd = rstd_in[row];
-      const Acc coef = rstd * rstd * rstd * dots[row] * inv_n;
+      const Acc coef = cpu::dx_coef(rstd, dots[row], inv_n);
       // dx may be dy: each element is read before it is written, by the same iteration.
       for (std::int64_t j = 0; j < n; ++j) {
         const Acc xv = cpu::to_acc<Acc>(x[j]);
         const Acc dyv = cpu::to_acc<Acc>(dy[j]);
         if constexpr (WANT_DW) acc[j] += dyv * xv * rstd;
-        dx[j] = cpu::from_acc<TX>(rstd * dyv * weight(j) - coef * xv);
+        dx[j] = cpu::from_acc<TX>(cpu::canonical_nan(rstd * dyv * weight(j) - coef * xv));
       }
     }
   }
-  if constexpr (!WANT_DW) return;
-  TDW* dw = static_cast<TDW*>(p.dw);
-#pragma omp parallel for schedule(static) if (chunks * n > 65536)
-  for (std::int64_t j = 0; j < n; ++j) {
-    Acc s = 0;
-    for (std::int64_t c = 0; c < chunks; ++c) s += partial[c * n + j];
-    dw[j] = cpu::from_acc<TDW>(s);
-  }
+  if constexpr (WANT_DW) cpu::finish_dw<Acc, TDW>(p, partial, chunks);
 }
 
 template <class TX, class TW, class TDW, class Acc>
