@@ -2,5 +2,5 @@
 #include "cuda/backward_launch.cuh"
 
 namespace rmsnorm::detail::cuda {
-template void launch_backward<__nv_bfloat16>(const BackwardProblem&, const Plan&, int, const Queue&);
+template void launch_backward<__nv_bfloat16>(const BackwardProblem&, const Plan&, int, const Queue&, const GivenSums&);
 }  // namespace rmsnorm::detail::cuda

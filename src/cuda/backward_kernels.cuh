@@ -25,6 +25,9 @@ struct BackwardArgs {
   std::int64_t x_batch_stride, x_row_stride;
   std::int64_t dx_batch_stride, dx_row_stride;
   float eps, inv_cols, weight_offset;
+  // GivenSums::sums: the rows' sum(g x), taken instead of the kernel's own (inv_cols is
+  // then 1/full_cols). The same for the whole grid, so a branch on it is uniform.
+  const float* row_dots;
 };
 
 // Calls f with the weight's presence as a compile-time constant (branch-free inner loops).
@@ -139,7 +142,8 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
     load_items<ALIGNED, TX, VEC, ITEMS, TPR>(dy, lane, vectors, a.cols, valid, gv);
     const float rstd = a.rstd ? (valid ? a.rstd[row] : 0.f)
                               : rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(xv)), a.inv_cols, a.eps);
-    const float gx = Sum::sum(temp, dot_gx<TX, VEC, ITEMS, TPR>(wsrc, lane, vectors, xv, gv, a));
+    const float gx = a.row_dots ? (valid ? a.row_dots[row] : 0.f)
+                                : Sum::sum(temp, dot_gx<TX, VEC, ITEMS, TPR>(wsrc, lane, vectors, xv, gv, a));
     if (!valid) continue;
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
     store_dx<ALIGNED, TX, VEC, ITEMS, TPR>(dx, wsrc, lane, vectors, xv, gv, rstd, rstd * rstd * rstd * gx * a.inv_cols,
@@ -249,13 +253,16 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
       if (a.rstd) next_rstd = a.rstd[next];
     }
     // Both sums travel through one cluster barrier (the rstd one is unused when given).
+    // Given dots replace the second one's result; the barrier stays (the stage's reuse
+    // relies on it, and the kernel's registers stay as they were).
     float sums[2] = {a.rstd ? 0.f : sum_squares<TX, VEC, ITEMS>(xv),
                      dot_gx<TX, VEC, ITEMS, BLOCK>(wsrc, first, end, xv, gv, a)};
     Sum::sum(temp, sums, parity);
     const float rstd = a.rstd ? saved_rstd : rstd_from_sum(sums[0], a.inv_cols, a.eps);
+    const float gx = a.row_dots ? a.row_dots[row] : sums[1];
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<ALIGNED, TX, VEC, ITEMS, BLOCK>(dx, wsrc, first, end, xv, gv, rstd,
-                                             rstd * rstd * rstd * sums[1] * a.inv_cols, dw_acc, a);
+    store_dx<ALIGNED, TX, VEC, ITEMS, BLOCK>(dx, wsrc, first, end, xv, gv, rstd, rstd * rstd * rstd * gx * a.inv_cols,
+                                             dw_acc, a);
   }
   // One partial row per cluster: each block fills its slice.
   if (a.partial) write_partial<VEC, ITEMS, BLOCK>(a.partial + place.cluster * a.cols, first, end, a.cols, dw_acc);
@@ -282,8 +289,9 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) LongRowBac
     const TX* dy = static_cast<const TX*>(a.dy) + row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride);
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
     float ss = 0.f, gx = 0.f;
+    const std::int64_t summed = a.rstd && a.row_dots ? 0 : vectors;  // the first pass only sums
 #pragma unroll 2
-    for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
+    for (std::int64_t idx = threadIdx.x; idx < summed; idx += BLOCK) {
       float xf[VEC], gf[VEC], wf[VEC];
       unpack(load_chunk<ALIGNED, TX, VEC>(x, idx, a.cols, true), xf);
       unpack(load_chunk<ALIGNED, TX, VEC>(dy, idx, a.cols, true), gf);
@@ -295,7 +303,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) LongRowBac
       }
     }
     const float rstd = a.rstd ? a.rstd[row] : rstd_from_sum(Sum::sum(temp, ss), a.inv_cols, a.eps);
-    gx = Sum::sum(temp, gx);
+    gx = a.row_dots ? a.row_dots[row] : Sum::sum(temp, gx);  // uniform: a.row_dots is the grid's
     const float coef = rstd * rstd * rstd * gx * a.inv_cols;
 #pragma unroll 2
     for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {

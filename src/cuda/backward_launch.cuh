@@ -16,7 +16,7 @@ inline std::int64_t backward_blocks(std::int64_t row_groups, int threads_per_blo
   return std::min(row_groups, filling_blocks(threads_per_block, sm_count, resident_threads(items)));
 }
 
-inline BackwardArgs make_backward_args(const BackwardProblem& p) {
+inline BackwardArgs make_backward_args(const BackwardProblem& p, const GivenSums& given) {
   BackwardArgs a{};
   a.dy = p.dy;
   a.x = p.x;
@@ -34,8 +34,9 @@ inline BackwardArgs make_backward_args(const BackwardProblem& p) {
   a.dx_batch_stride = p.dx_batch_stride;
   a.dx_row_stride = p.dx_row_stride;
   a.eps = static_cast<float>(p.eps);
-  a.inv_cols = static_cast<float>(1.0 / static_cast<double>(p.cols));
+  a.inv_cols = static_cast<float>(1.0 / static_cast<double>(given.sums ? given.full_cols : p.cols));
   a.weight_offset = static_cast<float>(p.weight_offset);
+  a.row_dots = given.sums;
   return a;
 }
 
@@ -85,9 +86,10 @@ void launch_dw_finalize(const float* partial, std::int64_t partials, std::int64_
 }
 
 template <bool ALIGNED, class TX, class TW>
-void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
+void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q,
+                           const GivenSums& given) {
   constexpr int kVec = 16 / sizeof(TX);
-  const BackwardArgs a = make_backward_args(p);
+  const BackwardArgs a = make_backward_args(p, given);
   std::int64_t blocks = 0;
   switch (plan.strategy) {
     case Strategy::warp_rows:
@@ -116,16 +118,17 @@ void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_co
     launch_dw_finalize<TW>(a.partial, blocks, p.cols, p.dw, q);
 }
 
+// `given`: the rows' sum(g x) when they come from outside (backward_from_sums).
 template <class TX>
-void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
+void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q, const GivenSums& given) {
   with_alignment(plan, [&](auto aligned) {
     constexpr bool kAligned = decltype(aligned)::value;
     if constexpr (std::is_same<TX, float>::value) {
-      launch_backward_typed<kAligned, float, float>(p, plan, sm_count, q);
+      launch_backward_typed<kAligned, float, float>(p, plan, sm_count, q, given);
     } else {
       if (!p.weight || p.w_dtype == StorageOf<TX>::value)
-        return launch_backward_typed<kAligned, TX, TX>(p, plan, sm_count, q);
-      launch_backward_typed<kAligned, TX, float>(p, plan, sm_count, q);
+        return launch_backward_typed<kAligned, TX, TX>(p, plan, sm_count, q, given);
+      launch_backward_typed<kAligned, TX, float>(p, plan, sm_count, q, given);
     }
   });
 }

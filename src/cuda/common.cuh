@@ -207,6 +207,16 @@ __device__ __forceinline__ float round_as(float v) {
   return to_float(from_float<T>(v));
 }
 
+// Rows' sums computed outside the kernel, which then skips its own reduction of them: the
+// sharded-row steps (forward_from_sums, backward_from_sums), whose sums were all-reduced
+// over the ranks that hold a row's columns. `sums` has one f32 a row (the sum of squares
+// forward, sum(g x) backward); `full_cols` is the whole row's length, the N of the mean.
+// sums == nullptr: the kernel reduces its rows of `cols` elements itself.
+struct GivenSums {
+  const float* sums = nullptr;
+  std::int64_t full_cols = 0;
+};
+
 // Everything a forward kernel needs, passed by value (kernel parameter space).
 struct ForwardArgs {
   const void* x;
@@ -222,6 +232,9 @@ struct ForwardArgs {
   float inv_cols;  // 1/cols rounded to fp32: the mean is sum * (1/cols), as PyTorch computes it
   float weight_offset;
   bool llama;
+  // GivenSums::sums: the rows' sums of squares, taken instead of the kernel's own (inv_cols
+  // is then 1/full_cols). The same for the whole grid, so a branch on it is uniform.
+  const float* row_sums;
 };
 
 // Element offset of a row's first element in a (batch, rows, cols) view. Rows of the first

@@ -12,9 +12,9 @@
 namespace rmsnorm::detail {
 namespace cuda {
 template <class TX>
-void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q);
+void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q, const GivenSums& given);
 template <class TX>
-void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q);
+void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q, const GivenSums& given);
 }  // namespace cuda
 
 namespace {
@@ -73,7 +73,8 @@ std::size_t cuda_backward_workspace(std::int64_t total_rows, std::int64_t cols, 
   return static_cast<std::size_t>(std::min(total_rows, most) * cols) * sizeof(float);
 }
 
-void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Stream stream) {
+namespace {
+void run_backward(const BackwardProblem& p, const Plan& plan, int device, Stream stream, const cuda::GivenSums& given) {
   DeviceGuard guard(device);
   if (p.total_rows() == 0) {
     if (p.dw) {
@@ -88,11 +89,11 @@ void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Strea
   const cuda::Queue q = queue_for(stream, p.pdl, device);
   switch (p.x_dtype) {
     case DType::f32:
-      return cuda::launch_backward<float>(p, plan, sms, q);
+      return cuda::launch_backward<float>(p, plan, sms, q, given);
     case DType::f16:
-      return cuda::launch_backward<__half>(p, plan, sms, q);
+      return cuda::launch_backward<__half>(p, plan, sms, q, given);
     case DType::bf16:
-      return cuda::launch_backward<__nv_bfloat16>(p, plan, sms, q);
+      return cuda::launch_backward<__nv_bfloat16>(p, plan, sms, q, given);
     case DType::f64:
       throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
     case DType::f8e4m3:
@@ -100,23 +101,29 @@ void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Strea
       break;  // outputs only: validation refuses them as x
   }
   throw Error(Code::internal, std::string("x: no CUDA kernels for ") + dtype_name(p.x_dtype));
+}
+}  // namespace
+
+void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Stream stream) {
+  run_backward(p, plan, device, stream, {});
 }
 
 int cuda_cc_major(int device) {
   return cached_attribute<cudaDevAttrComputeCapabilityMajor>(device, "compute capability");
 }
 
-void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream) {
+namespace {
+void run_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream, const cuda::GivenSums& given) {
   DeviceGuard guard(device);
   const int sms = plan.strategy == Strategy::cluster_row ? sm_count(device) : 0;
   const cuda::Queue q = queue_for(stream, p.pdl, device);
   switch (p.x_dtype) {
     case DType::f32:
-      return cuda::launch_forward<float>(p, plan, sms, q);
+      return cuda::launch_forward<float>(p, plan, sms, q, given);
     case DType::f16:
-      return cuda::launch_forward<__half>(p, plan, sms, q);
+      return cuda::launch_forward<__half>(p, plan, sms, q, given);
     case DType::bf16:
-      return cuda::launch_forward<__nv_bfloat16>(p, plan, sms, q);
+      return cuda::launch_forward<__nv_bfloat16>(p, plan, sms, q, given);
     case DType::f64:
       throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
     case DType::f8e4m3:
@@ -124,6 +131,11 @@ void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream 
       break;  // outputs only: validation refuses them as x
   }
   throw Error(Code::internal, std::string("x: no CUDA kernels for ") + dtype_name(p.x_dtype));
+}
+}  // namespace
+
+void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream) {
+  run_forward(p, plan, device, stream, {});
 }
 
 }  // namespace rmsnorm::detail

@@ -2,5 +2,5 @@
 #include "cuda/forward_launch.cuh"
 
 namespace rmsnorm::detail::cuda {
-template void launch_forward<float>(const ForwardProblem&, const Plan&, int, const Queue&);
+template void launch_forward<float>(const ForwardProblem&, const Plan&, int, const Queue&, const GivenSums&);
 }  // namespace rmsnorm::detail::cuda

@@ -248,7 +248,10 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) RegisterRo
       load_weight<ALIGNED, TW, VEC, ITEMS, TPR, kForwardPreloadsWeight<TW, VEC, ITEMS>>(w, lane, vectors, a.cols, wv);
       weight_pending = false;
     }
-    const float rstd = rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v)), a.inv_cols, a.eps);
+    // Given sums replace the reduction's result: the row is in registers for y anyway, and
+    // the reduction left in place keeps the plain kernel's code and register allocation.
+    const float ss = Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v));
+    const float rstd = rstd_from_sum(a.row_sums ? (valid ? a.row_sums[row] : 0.f) : ss, a.inv_cols, a.eps);
     if (!valid) continue;
     if (a.rstd && lane == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
@@ -284,6 +287,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) ClusterRow
     load_items<ALIGNED, TX, VEC, ITEMS, BLOCK>(x, begin + threadIdx.x, end, a.cols, true, v);
     float ss[1] = {sum_squares<TX, VEC, ITEMS>(v)};
     Sum::sum(temp, ss, parity);
+    if (a.row_sums) ss[0] = a.row_sums[row];  // given sums replace the result, as above
     const float rstd = rstd_from_sum(ss[0], a.inv_cols, a.eps);
     if (a.rstd && place.rank == 0 && threadIdx.x == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
@@ -310,14 +314,16 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
     const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
     float ss = 0.f;
+    const std::int64_t summed = a.row_sums ? 0 : vectors;  // the first pass only sums: given sums skip it
 #pragma unroll 4
-    for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
+    for (std::int64_t idx = threadIdx.x; idx < summed; idx += BLOCK) {
       float f[VEC];
       unpack(load_chunk<ALIGNED, TX, VEC>(x, idx, a.cols, true), f);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) ss += f[k] * f[k];
     }
-    const float rstd = rstd_from_sum(Sum::sum(temp, ss), a.inv_cols, a.eps);
+    // Given sums replace the block's reduction in every thread (a.row_sums is the grid's).
+    const float rstd = rstd_from_sum(a.row_sums ? a.row_sums[row] : Sum::sum(temp, ss), a.inv_cols, a.eps);
     if (a.rstd && threadIdx.x == 0) a.rstd[row] = rstd;
     with_mode(a.llama, w != nullptr, [&](auto llama, auto has_w) {
       constexpr bool kLlama = decltype(llama)::value, kHasW = decltype(has_w)::value;

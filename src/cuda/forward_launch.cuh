@@ -27,7 +27,7 @@ struct StorageOf<__nv_bfloat16> {
   static constexpr DType value = DType::bf16;
 };
 
-inline ForwardArgs make_args(const ForwardProblem& p) {
+inline ForwardArgs make_args(const ForwardProblem& p, const GivenSums& given) {
   ForwardArgs a{};
   a.x = p.x;
   a.y = p.y;
@@ -41,9 +41,10 @@ inline ForwardArgs make_args(const ForwardProblem& p) {
   a.y_batch_stride = p.y_batch_stride;
   a.y_row_stride = p.y_row_stride;
   a.eps = static_cast<float>(p.eps);
-  a.inv_cols = static_cast<float>(1.0 / static_cast<double>(p.cols));
+  a.inv_cols = static_cast<float>(1.0 / static_cast<double>(given.sums ? given.full_cols : p.cols));
   a.weight_offset = static_cast<float>(p.weight_offset);
   a.llama = p.cast == Cast::llama;
+  a.row_sums = given.sums;
   return a;
 }
 
@@ -78,9 +79,9 @@ void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const
 }
 
 template <bool ALIGNED, class TX, class TW, class TY>
-void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
+void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q, const GivenSums& given) {
   constexpr int kVec = 16 / sizeof(TX);
-  const ForwardArgs a = make_args(p);
+  const ForwardArgs a = make_args(p, given);
   switch (plan.strategy) {
     case Strategy::warp_rows:
       return launch_register_rows<ALIGNED, TX, TW, TY, kVec, kWarpRowsConfigs, kNumWarpRowsConfigs>(a, plan, q);
@@ -107,17 +108,18 @@ decltype(auto) with_alignment(const Plan& plan, F&& f) {
 }
 
 // Chooses the (weight, output) types for input type TX among the supported combinations.
+// `given`: the rows' sums of squares when they come from outside (forward_from_sums).
 template <class TX>
-void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
+void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q, const GivenSums& given) {
   with_alignment(plan, [&](auto aligned) {
     constexpr bool kAligned = decltype(aligned)::value;
     if constexpr (std::is_same<TX, float>::value) {
-      launch_typed<kAligned, float, float, float>(p, plan, sm_count, q);
+      launch_typed<kAligned, float, float, float>(p, plan, sm_count, q, given);
     } else {
       if (!p.weight || p.w_dtype == StorageOf<TX>::value)
-        return launch_typed<kAligned, TX, TX, TX>(p, plan, sm_count, q);
-      if (p.y_dtype == StorageOf<TX>::value) return launch_typed<kAligned, TX, float, TX>(p, plan, sm_count, q);
-      launch_typed<kAligned, TX, float, float>(p, plan, sm_count, q);
+        return launch_typed<kAligned, TX, TX, TX>(p, plan, sm_count, q, given);
+      if (p.y_dtype == StorageOf<TX>::value) return launch_typed<kAligned, TX, float, TX>(p, plan, sm_count, q, given);
+      launch_typed<kAligned, TX, float, float>(p, plan, sm_count, q, given);
     }
   });
 }
