@@ -305,48 +305,59 @@ Plan plan_forward(const TensorView& x, const TensorView& y, Strategy requested) 
 // Rows split across ranks
 // ---------------------------------------------------------------------------------------
 
+// The steps run on the views' device: arguments are validated first, then routed as forward
+// and backward route theirs (a CUDA view in a build without CUDA was refused by validation).
+
 namespace {
-// The sharded-row steps have a CPU implementation only, so far. Arguments are validated
-// first on every device, so a bad argument is reported as such on CUDA too.
-void require_cpu(const TensorView& x, const char* entry) {
-  if (x.device.kind != DeviceKind::cpu)
-    throw Error(Code::unsupported, std::string(entry) + ": not yet implemented on CUDA");
+void run_partial_sums(const detail::PartialSumsProblem& p, const TensorView& x, Stream stream) {
+  if (p.total_rows() == 0) return;
+  if (x.device.kind == DeviceKind::cpu) {
+    detail::cpu_partial_sums(p);
+    return;
+  }
+#if defined(RMSNORM_HAVE_CUDA)
+  detail::cuda_partial_sums(p, x.device.index, stream);
+#else
+  (void)stream;
+#endif
 }
 }  // namespace
 
 void partial_sum_squares(const TensorView& x, const TensorView& sums, const Params& params, Stream stream) {
-  (void)stream;
-  const detail::PartialSumsProblem p = detail::validate_partial_sum_squares(x, sums, params);
-  require_cpu(x, "partial_sum_squares");
-  if (p.total_rows() > 0) detail::cpu_partial_sums(p);
+  run_partial_sums(detail::validate_partial_sum_squares(x, sums, params), x, stream);
 }
 
 void forward_from_sums(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
                        const TensorView& sums, std::int64_t full_cols, const Params& params,
                        const std::optional<TensorView>& rstd, Stream stream) {
-  (void)stream;
   const detail::ForwardFromSumsProblem p =
       detail::validate_forward_from_sums(x, weight, y, sums, full_cols, params, rstd);
-  require_cpu(x, "forward_from_sums");
-  if (p.forward.total_rows() > 0) detail::cpu_forward_from_sums(p);
+  if (p.forward.total_rows() == 0) return;
+  if (x.device.kind == DeviceKind::cpu) {
+    detail::cpu_forward_from_sums(p);
+    return;
+  }
+#if defined(RMSNORM_HAVE_CUDA)
+  // The plan of the shard's rows (cols = the shard's), as forward plans them.
+  detail::cuda_forward_from_sums(
+      p, detail::plan_problem(p.forward, params.strategy, detail::cuda_cc_major(x.device.index)), x.device.index,
+      stream);
+#else
+  (void)stream;
+#endif
 }
 
 void partial_grad_dot(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
                       const TensorView& dots, const Params& params, Stream stream) {
-  (void)stream;
-  const detail::PartialSumsProblem p = detail::validate_partial_grad_dot(dy, x, weight, dots, params);
-  require_cpu(x, "partial_grad_dot");
-  if (p.total_rows() > 0) detail::cpu_partial_sums(p);
+  run_partial_sums(detail::validate_partial_grad_dot(dy, x, weight, dots, params), x, stream);
 }
 
 void backward_from_sums(const TensorView& dy, const TensorView& x, const std::optional<TensorView>& weight,
                         const TensorView& rstd, const TensorView& dots, std::int64_t full_cols, const TensorView& dx,
                         const std::optional<TensorView>& dw, const Params& params, void* workspace,
                         std::size_t workspace_bytes, Stream stream) {
-  (void)stream;
   detail::BackwardFromSumsProblem p =
       detail::validate_backward_from_sums(dy, x, weight, rstd, dots, full_cols, dx, dw, params);
-  require_cpu(x, "backward_from_sums");
   const std::size_t required = backward_workspace_size(x, dw, params);
   if (workspace_bytes < required)
     throw Error(Code::invalid_argument, "workspace: needs " + std::to_string(required) +
@@ -356,7 +367,17 @@ void backward_from_sums(const TensorView& dy, const TensorView& x, const std::op
   p.backward.workspace = workspace;
   p.backward.workspace_bytes = workspace_bytes;
   // Zero rows still define dw (a sum over nothing: zeros), as in backward.
-  detail::cpu_backward_from_sums(p);
+  if (x.device.kind == DeviceKind::cpu) {
+    detail::cpu_backward_from_sums(p);
+    return;
+  }
+#if defined(RMSNORM_HAVE_CUDA)
+  detail::cuda_backward_from_sums(
+      p, detail::plan_backward(p.backward, params.strategy, detail::cuda_cc_major(x.device.index)), x.device.index,
+      stream);
+#else
+  (void)stream;
+#endif
 }
 
 Status partial_sum_squares_status(const TensorView& x, const TensorView& sums, const Params& params,

@@ -61,4 +61,14 @@ void cpu_partial_sums(const PartialSumsProblem& p);
 void cpu_forward_from_sums(const ForwardFromSumsProblem& p);
 void cpu_backward_from_sums(const BackwardFromSumsProblem& p);
 
+#if defined(RMSNORM_HAVE_CUDA)
+// The CUDA backend (src/cuda/dispatch.cu; the partial sums' kernel is src/cuda/sharded.cu,
+// the apply steps run the forward and backward kernels of `plan`: plan_problem of
+// p.forward, plan_backward of p.backward). The backward's workspace is
+// cuda_backward_workspace's. f32, f16 and bf16 x; f64 throws Code::unsupported.
+void cuda_partial_sums(const PartialSumsProblem& p, int device, Stream stream);
+void cuda_forward_from_sums(const ForwardFromSumsProblem& p, const Plan& plan, int device, Stream stream);
+void cuda_backward_from_sums(const BackwardFromSumsProblem& p, const Plan& plan, int device, Stream stream);
+#endif
+
 }  // namespace rmsnorm::detail

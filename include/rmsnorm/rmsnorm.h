@@ -216,10 +216,14 @@ Status backward_status(const TensorView& dy, const TensorView& x, const std::opt
 //
 // A shard's dw is the gradient of its own columns of the weight: no communication. The views,
 // dtypes, Params and aliasing rules are those of forward and backward; `sums` and `dots` are
-// contiguous vectors of one f32 (f64 for f64 x) per row, like rstd. Each step sums a shard in
-// the same fixed order as forward does a row, so a single shard (x_shard = x) gives forward's
-// and backward's results bit for bit; with several shards the order of the all-reduce joins
-// in, and results equal the unsharded op's within the tolerance of one sum of N terms.
+// contiguous vectors of one f32 (f64 for f64 x) per row, like rstd. CPU and CUDA views (f64
+// on the CPU only). A shard's partial sums are layout invariant: their order depends only on
+// the shard's cols and dtype, never on the row count, strides or alignment. On the CPU each
+// step sums a shard in the same fixed order as forward does a row, so a single shard
+// (x_shard = x) gives forward's and backward's results bit for bit; on CUDA the partial sums
+// have a kernel of their own, and a single shard equals forward within the tolerance of one
+// sum. With several shards the order of the all-reduce joins in, and results equal the
+// unsharded op's within the tolerance of one sum of N terms.
 
 // sums[r] = sum over the shard's columns of x[r, j]^2, accumulated in f32 (f64 for f64 x).
 //  x     (batch, rows, cols) view of the shard, as forward's x

@@ -8,6 +8,7 @@
 #include "cuda/launch.h"
 #include "kernel_configs.h"
 #include "problem.h"
+#include "sharded_problem.h"
 
 namespace rmsnorm::detail {
 namespace cuda {
@@ -15,6 +16,8 @@ template <class TX>
 void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q, const GivenSums& given);
 template <class TX>
 void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q, const GivenSums& given);
+template <class TX>
+void launch_partial_sums(const PartialSumsProblem& p, const Queue& q);
 }  // namespace cuda
 
 namespace {
@@ -136,6 +139,36 @@ void run_forward(const ForwardProblem& p, const Plan& plan, int device, Stream s
 
 void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream) {
   run_forward(p, plan, device, stream, {});
+}
+
+// The sharded-row steps: the partial sums have a kernel of their own (sharded.cu); the apply
+// steps are the forward and backward kernels reading the reduced sums instead of reducing.
+
+void cuda_partial_sums(const PartialSumsProblem& p, int device, Stream stream) {
+  DeviceGuard guard(device);
+  const cuda::Queue q = queue_for(stream, p.pdl, device);
+  switch (p.x_dtype) {
+    case DType::f32:
+      return cuda::launch_partial_sums<float>(p, q);
+    case DType::f16:
+      return cuda::launch_partial_sums<__half>(p, q);
+    case DType::bf16:
+      return cuda::launch_partial_sums<__nv_bfloat16>(p, q);
+    case DType::f64:
+      throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
+    case DType::f8e4m3:
+    case DType::i8:
+      break;  // outputs only: validation refuses them as x
+  }
+  throw Error(Code::internal, std::string("x: no CUDA kernels for ") + dtype_name(p.x_dtype));
+}
+
+void cuda_forward_from_sums(const ForwardFromSumsProblem& p, const Plan& plan, int device, Stream stream) {
+  run_forward(p.forward, plan, device, stream, {static_cast<const float*>(p.sums), p.full_cols});
+}
+
+void cuda_backward_from_sums(const BackwardFromSumsProblem& p, const Plan& plan, int device, Stream stream) {
+  run_backward(p.backward, plan, device, stream, {static_cast<const float*>(p.dots), p.full_cols});
 }
 
 }  // namespace rmsnorm::detail
