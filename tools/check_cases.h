@@ -110,7 +110,7 @@ struct CheckGroup {
 // The fused groups follow the plain ones of their direction.
 std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda, const std::string& op = "all");
 std::vector<CheckGroup> build_backward_check_groups(bool quick, bool on_cuda);
-// The sharded-row groups for `op` (forward, backward or all); skipped on CUDA for now.
+// The sharded-row groups for `op` (forward, backward or all), on either device.
 std::vector<CheckGroup> build_sharded_check_groups(bool quick, bool on_cuda, const std::string& op);
 // The fused groups (check_fused_cases.cpp): `which` is "add", "quant" or "add backward".
 std::vector<CheckGroup> build_fused_check_groups(bool quick, bool on_cuda, const std::string& which);

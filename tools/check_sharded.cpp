@@ -240,20 +240,16 @@ std::vector<CheckGroup> build_sharded_check_groups(bool quick, bool on_cuda, con
     }
     combos.push_back({x, std::nullopt, x});
   }
+  // Row lengths of one element, odd, prime, off and on the 16-byte chunk, and long rows (on
+  // CUDA the cluster kernels, or the streaming ones beyond a cluster, for the apply steps).
   using Cols = std::vector<std::int64_t>;
-  const Cols cols = quick ? Cols{7, 1000, 4096} : Cols{1, 7, 127, 1000, 4096, 12288};
+  const Cols cols = quick ? Cols{7, 1000, 4096, 70000} : Cols{1, 7, 127, 1000, 4096, 12288, 70000, 140001};
   const std::vector<std::int64_t> shard_counts = {2, 3, 4, 8};
 
   std::vector<CheckGroup> groups;
   for (bool backward : {false, true}) {
     if (op == (backward ? "forward" : "backward")) continue;
     CheckGroup g{backward ? "backward sharded rows" : "sharded rows", {}, {}};
-    if (on_cuda) {
-      // The CUDA views of these steps throw Code::unsupported until their kernels exist.
-      g.skipped_why = "not yet implemented on CUDA";
-      groups.push_back(g);
-      continue;
-    }
     std::size_t k = 0;
     for (const Combo& t : combos)
       for (std::int64_t n : cols) {
