@@ -141,7 +141,7 @@ def time_shape(device, dtype, rows, cols, reps) -> dict[str, float | None]:
             else:
                 timer.warm_up(cs[:1])
                 out[name] = timer.graph(cs) if timer.cuda else timer.loop(cs)
-        except NotImplementedError:  # the steps' kernels are not on this device yet
+        except NotImplementedError:  # this build has no kernels of the steps for the device
             out[name] = None
     return out
 

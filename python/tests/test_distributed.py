@@ -377,10 +377,7 @@ def _nccl_body(rank, world):
     for dtype in (torch.bfloat16, torch.float32):
         x, w = make_inputs((64, 4096), dtype, "cuda")
         dy = make_inputs((64, 4096), dtype, "cuda", seed=1)[0]
-        try:
-            got = _grads(lambda x, w: rmsnorm.rms_norm(x, w, 1e-6, group=dist.group.WORLD), x, w, dy)
-        except NotImplementedError as e:  # the CUDA kernels of the steps are not there yet
-            return str(e).splitlines()[0]
+        got = _grads(lambda x, w: rmsnorm.rms_norm(x, w, 1e-6, group=dist.group.WORLD), x, w, dy)
         want = _grads(lambda x, w: rmsnorm.rms_norm(x, w, 1e-6), x, w, dy)
         out.append([t.cpu() for t in got + want])
     return out
@@ -390,10 +387,9 @@ def _nccl_body(rank, world):
 @pytest.mark.skipif(not dist.is_nccl_available(), reason="this build of torch has no NCCL")
 def test_nccl_world_size_1():
     (result,) = run_ranks(_nccl_body, 1, backend="nccl")
-    if isinstance(result, str):
-        pytest.skip(result)
     for y, dx, dw, y_want, dx_want, dw_want in result:
-        # One rank holds whole rows: the steps are the plain op's.
+        # One rank holds whole rows: the steps compute the plain op (its bytes on the CPU; on CUDA
+        # the partial sums have their own order, so within the tolerance).
         assert_close(y, y_want, what="y")
         assert_close(dx, dx_want, scale=dx_want.abs().max().item(), what="dx")
         assert_close(dw, dw_want, scale=dw_want.abs().max().item(), what="dw")
@@ -415,4 +411,4 @@ def test_bench_sharded_smoke():
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "64x1024" in run.stdout
-    assert "Correctness check PASSED" in run.stdout or "not yet implemented on CUDA" in run.stdout, run.stdout
+    assert "Correctness check PASSED" in run.stdout, run.stdout

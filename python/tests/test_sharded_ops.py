@@ -16,22 +16,11 @@ from _support import DEVICES, assert_close, device_dtypes, make_inputs, referenc
 ops = torch.ops.rmsnorm
 
 
-def _cuda_pending(device):
-    """Skips CUDA cases while the sharded-row steps have no CUDA kernels (a call says so)."""
-    if device == "cuda":
-        try:
-            ops.partial_sum_squares(torch.randn(2, 8, device="cuda"))
-        except NotImplementedError as e:
-            assert "not yet implemented on CUDA" in str(e)
-            pytest.skip("the sharded-row steps are not yet implemented on CUDA")
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_weight", [True, False])
 def test_opcheck(device, dtype, with_weight):
     require_cuda_kernels(device)
-    _cuda_pending(device)
     x, w = make_inputs((3, 5, 64), dtype, device)
     w = w if with_weight else None
     xs, ws = x[..., 16:48], (w[16:48] if with_weight else None)  # a shard: strided rows
@@ -82,7 +71,6 @@ def _reference_grads(x, w, dy, eps, offset):
 @pytest.mark.parametrize("offset", [0.0, 1.0])
 def test_shards_compose_to_the_unsharded_op(device, dtype, bounds, offset):
     require_cuda_kernels(device)
-    _cuda_pending(device)
     x, w = make_inputs((2, 7, 1000), dtype, device)
     if offset:
         w = w - 1
