@@ -72,8 +72,9 @@ struct RowTotal<TPR, BLOCK, false> {
 
 // TPR threads a row, BLOCK / TPR rows a block, the grid looping over the rows. A thread
 // adds its chunks lane, lane + TPR, ... in order into one fp32 sum, then the row's threads
-// are reduced in CUB's fixed order. Elements past `cols` (the last chunk of an unaligned
-// row) load as zeros and add +0: the sum is the aligned path's.
+// are reduced in CUB's fixed order. Elements past `cols` (in the last chunk, when cols is
+// not a multiple of it) load as zeros and add +0; a misaligned row loads the same chunks an
+// element at a time: either way the sum is the one an aligned row of that length gets.
 template <bool ALIGNED, Terms TERMS, class TX, class TW, int VEC, int TPR, int BLOCK>
 __global__ void __launch_bounds__(BLOCK) PartialSumsImpl(const PartialSumsArgs a) {
   begin_dependent_grid();
