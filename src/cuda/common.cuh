@@ -39,6 +39,10 @@ template <>
 struct RawWord<2> {
   using type = unsigned short;
 };
+template <>
+struct RawWord<1> {
+  using type = unsigned char;
+};
 
 // The vector at p where `ok`, else zeros; the choice is made on whole words. Zeros written
 // element by element made the compiler merge 16-bit halves (PRMT) that waited on the load:
@@ -222,6 +226,24 @@ struct ForwardArgs {
   float inv_cols;  // 1/cols rounded to fp32: the mean is sum * (1/cols), as PyTorch computes it
   float weight_offset;
   bool llama;
+
+  // The residual add's prologue (ForwardSteps::kResidual): r_out = x + residual, rounded to
+  // x's dtype, stored to residual_out, and normalised in x's place.
+  const void* residual;
+  void* residual_out;
+  std::int64_t r_batch_stride, r_row_stride;
+  std::int64_t r_out_batch_stride, r_out_row_stride;
+
+  // The quantised store's epilogue (ForwardSteps::kQuant): y is q, one byte an element.
+  bool fp8;                // f8e4m3, else i8
+  bool dynamic;            // scales computed per group (per_row: one group of the row)
+  const float* scale;      // static: the one scale
+  float* scales;           // dynamic: written, scales[row * scale_row_stride + g * scale_group_stride]
+  const float* scale_ub;   // dynamic: optional cap on the group's amax
+  bool pow2;               // dynamic: scales rounded up to a power of two
+  std::int64_t group_size, groups;  // dynamic: columns a group, groups a row
+  std::int64_t scale_row_stride, scale_group_stride;
+  float qmax, min_scale;   // 448 or 127; the floor of a computed scale, 1 / (qmax * 512)
 };
 
 // Element offset of a row's first element in a (batch, rows, cols) view. Rows of the first

@@ -5,15 +5,16 @@
 #include <string>
 
 #include "cuda/common.cuh"
+#include "cuda/forward_steps.cuh"
 #include "cuda/launch.h"
 #include "kernel_configs.h"
 #include "problem.h"
 
 namespace rmsnorm::detail {
 namespace cuda {
-template <class TX>
+template <class TX, class STEPS>
 void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q);
-template <class TX>
+template <class TX, bool RESIDUAL>
 void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q);
 }  // namespace cuda
 
@@ -86,13 +87,19 @@ void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Strea
   }
   const int sms = sm_count(device);
   const cuda::Queue q = queue_for(stream, p.pdl, device);
+  // The residual add's backward on CUDA takes dy, dx, dr_out and dr of r_out's dtype (api.cpp
+  // refuses an f32 r_out with 16-bit gradients there).
+  const bool residual = p.dr_out != nullptr;
   switch (p.x_dtype) {
     case DType::f32:
-      return cuda::launch_backward<float>(p, plan, sms, q);
+      return residual ? cuda::launch_backward<float, true>(p, plan, sms, q)
+                      : cuda::launch_backward<float, false>(p, plan, sms, q);
     case DType::f16:
-      return cuda::launch_backward<__half>(p, plan, sms, q);
+      return residual ? cuda::launch_backward<__half, true>(p, plan, sms, q)
+                      : cuda::launch_backward<__half, false>(p, plan, sms, q);
     case DType::bf16:
-      return cuda::launch_backward<__nv_bfloat16>(p, plan, sms, q);
+      return residual ? cuda::launch_backward<__nv_bfloat16, true>(p, plan, sms, q)
+                      : cuda::launch_backward<__nv_bfloat16, false>(p, plan, sms, q);
     case DType::f64:
       throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
     case DType::f8e4m3:
@@ -106,17 +113,31 @@ int cuda_cc_major(int device) {
   return cached_attribute<cudaDevAttrComputeCapabilityMajor>(device, "compute capability");
 }
 
+namespace {
+// The forward's fused steps as the problem asks for them.
+template <class TX>
+void launch_forward_steps(const ForwardProblem& p, const Plan& plan, int sms, const cuda::Queue& q) {
+  using cuda::ForwardSteps;
+  if (p.residual && p.quantize) return cuda::launch_forward<TX, ForwardSteps<true, true>>(p, plan, sms, q);
+  if (p.residual) return cuda::launch_forward<TX, ForwardSteps<true, false>>(p, plan, sms, q);
+  if (p.quantize) return cuda::launch_forward<TX, ForwardSteps<false, true>>(p, plan, sms, q);
+  cuda::launch_forward<TX, cuda::PlainSteps>(p, plan, sms, q);
+}
+}  // namespace
+
 void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream) {
   DeviceGuard guard(device);
   const int sms = plan.strategy == Strategy::cluster_row ? sm_count(device) : 0;
   const cuda::Queue q = queue_for(stream, p.pdl, device);
+  // A residual of another dtype than x's (an f32 residual with 16-bit x) is served by the CPU
+  // backend only; api.cpp refuses it on CUDA before this point.
   switch (p.x_dtype) {
     case DType::f32:
-      return cuda::launch_forward<float>(p, plan, sms, q);
+      return launch_forward_steps<float>(p, plan, sms, q);
     case DType::f16:
-      return cuda::launch_forward<__half>(p, plan, sms, q);
+      return launch_forward_steps<__half>(p, plan, sms, q);
     case DType::bf16:
-      return cuda::launch_forward<__nv_bfloat16>(p, plan, sms, q);
+      return launch_forward_steps<__nv_bfloat16>(p, plan, sms, q);
     case DType::f64:
       throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
     case DType::f8e4m3:
