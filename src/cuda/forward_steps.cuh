@@ -127,14 +127,19 @@ __device__ __forceinline__ std::int64_t group_of(std::int64_t idx, const Forward
 }
 
 // Adds a chunk's max |y| to its group's (`table` indexed by group within the row). Elements
-// past the end of an unaligned row are zeros and add nothing.
+// past the end of an unaligned row are zeros and add nothing. The lanes of a warp offering
+// to one cell take their max first and one of them offers it: a per-row scale would
+// otherwise have every chunk of the row contend for one shared-memory cell.
 template <int VEC>
 __device__ __forceinline__ void offer_chunk(unsigned* table, std::int64_t idx, const float (&y)[VEC],
                                             const ForwardArgs& a) {
   float m = 0.0f;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) m = fmaxf(m, fabsf(y[k]));
-  if (m > 0.0f) atomicMax(table + group_of<VEC>(idx, a), __float_as_uint(m));
+  unsigned* cell = table + group_of<VEC>(idx, a);
+  const unsigned peers = __match_any_sync(__activemask(), reinterpret_cast<unsigned long long>(cell));
+  const unsigned top = __reduce_max_sync(peers, __float_as_uint(m));
+  if (static_cast<int>(threadIdx.x % 32) == __ffs(peers) - 1 && top > 0u) atomicMax(cell, top);
 }
 
 // The scale of a chunk's group: the static one, or computed from the group's max |y| over
