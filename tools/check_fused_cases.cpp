@@ -294,10 +294,18 @@ std::vector<CheckGroup> build_fused_check_groups(bool quick, bool on_cuda, const
   // there the f32 residuals of 16-bit cases become x's dtype, the rest of the case unchanged.
   if (on_cuda)
     for (CheckGroup& g : groups) {
+      bool changed = false;
       for (CheckCase& c : g.cases)
-        if (c.residual) c.residual->dtype = c.x;
+        if (c.residual && c.residual->dtype != c.x) {
+          c.residual->dtype = c.x;
+          changed = true;
+        }
       for (BackwardCheckCase& c : g.backward_cases)
-        if (c.residual) c.residual = c.x;
+        if (c.residual && *c.residual != c.x) {
+          c.residual = c.x;
+          changed = true;
+        }
+      if (changed) g.name += " (f32 residuals as x's dtype)";
     }
   if (on_cuda && !served)
     for (CheckGroup& g : groups) {
