@@ -115,7 +115,9 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   const int lw = load_width(p.x_dtype, p.cols,
                             {{p.x, p.x_dtype, p.x_row_stride, p.x_batch_stride},
                              {p.y, p.y_dtype, p.y_row_stride, p.y_batch_stride},
-                             {p.weight, p.w_dtype, 0, 0}});
+                             {p.weight, p.w_dtype, 0, 0},
+                             {p.residual, p.r_dtype, p.r_row_stride, p.r_batch_stride},
+                             {p.residual_out, p.r_dtype, p.r_out_row_stride, p.r_out_batch_stride}});
   // Rows beyond one block go to a cluster on sm_90: on the H100 (2026-11-25, bf16,
   // bench/results/), once its registers fell from 96 to 62 a thread (two blocks an SM),
   // cluster_row moved 2.85 / 2.44 / 2.31 TB/s on rows of 65536 / 131072 / 262144 elements,
@@ -130,7 +132,9 @@ Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {
                             {{p.x, p.x_dtype, p.x_row_stride, p.x_batch_stride},
                              {p.dy, p.x_dtype, p.dy_row_stride, p.dy_batch_stride},
                              {p.dx, p.x_dtype, p.dx_row_stride, p.dx_batch_stride},
-                             {p.weight, p.w_dtype, 0, 0}});
+                             {p.weight, p.w_dtype, 0, 0},
+                             {p.dr_out, p.x_dtype, p.dr_out_row_stride, p.dr_out_batch_stride},
+                             {p.dr, p.x_dtype, p.dr_row_stride, p.dr_batch_stride}});
   // The backward's long_row re-reads and rewrites its fp32 dw partial row for every row
   // (8 extra bytes an element); cluster_row keeps it in registers, so it is the default for
   // long rows: on the H100 (bf16, 2026-11-25) 2.76 / 2.61 TB/s on rows of 32768 / 65536

@@ -53,6 +53,12 @@ struct ForwardProblem {
   bool pow2_scales = false;         // round computed scales up to a power of two
   std::int64_t groups() const { return group_size > 0 ? cols / group_size : 1; }
 
+  // The sharded rows' apply step (forward_from_sums), when `row_sums` is set: the rows' sums
+  // of squares over all `full_cols` columns of the whole row, all-reduced across the ranks
+  // holding it, replace the kernel's own reduction (CUDA; the CPU has its own loop).
+  const float* row_sums = nullptr;
+  std::int64_t full_cols = 0;
+
   bool fused() const { return residual != nullptr || quantize; }
   std::int64_t total_rows() const { return batch * rows; }
 };
@@ -88,17 +94,23 @@ struct BackwardProblem {
   std::int64_t dr_out_batch_stride = 0, dr_out_row_stride = 0;
   std::int64_t dr_batch_stride = 0, dr_row_stride = 0;
 
+  // The sharded rows' apply step (backward_from_sums), when `row_dots` is set: the rows'
+  // sum(g x) over all `full_cols` columns replace the kernel's own (CUDA).
+  const float* row_dots = nullptr;
+  std::int64_t full_cols = 0;
+
   bool fused() const { return dr_out != nullptr; }
   std::int64_t total_rows() const { return batch * rows; }
 };
 
 // Which fused problems the CUDA backend serves. Its kernels for them are steps of the
-// existing strategy kernels, added separately; until a flag is set, api.cpp refuses CUDA
-// views of those problems with Code::unsupported (never a silent fallback), and the plain
-// problems take their usual path.
-constexpr bool kCudaResidualAdd = false;       // ForwardProblem::residual
-constexpr bool kCudaQuantize = false;          // ForwardProblem::quantize
-constexpr bool kCudaResidualBackward = false;  // BackwardProblem::dr_out
+// existing strategy kernels (cuda/forward_steps.cuh); where a flag is not set, api.cpp
+// refuses CUDA views of those problems with Code::unsupported (never a silent fallback), and
+// the plain problems take their usual path. The residual add on CUDA takes a residual of x's
+// dtype (an f32 residual with 16-bit x is refused there).
+constexpr bool kCudaResidualAdd = true;       // ForwardProblem::residual
+constexpr bool kCudaQuantize = true;          // ForwardProblem::quantize
+constexpr bool kCudaResidualBackward = true;  // BackwardProblem::dr_out (r_out of dy's dtype)
 
 // Throws rmsnorm::Error naming the first bad argument. Also checks pointer residency when
 // params.check_pointers is set (CUDA builds only).

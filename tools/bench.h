@@ -1,6 +1,7 @@
 // `rmsnorm bench`: shapes, the driver that prints the tables, and the timing backends it
-// calls one shape at a time: forward (bench_cpu.cpp, bench_cuda.cu) and backward
-// (bench_backward_cpu.cpp, bench_backward_cuda.cu).
+// calls one shape at a time: forward (bench_cpu.cpp, bench_cuda.cu), backward
+// (bench_backward_cpu.cpp, bench_backward_cuda.cu) and the fused forms (bench_fused_cpu.cpp,
+// bench_fused_cuda.cu).
 #pragma once
 
 #include <cstdint>
@@ -35,20 +36,24 @@ struct BenchContext {
 };
 
 // What a backend measured on one shape. A failed oracle check leaves that implementation
-// untimed, sets `failed` and says why in `notes`.
+// untimed, sets `failed` and says why in `notes`. A fused form the device's backend refuses
+// (Code::unsupported: its kernels are not there yet) is no failure: `fused_not_served` makes
+// its cells read "not served", and the baseline and the copy are timed as usual.
 struct ShapeResult {
   std::vector<Record> records;
   std::vector<std::string> notes;
   bool failed = false;
+  bool fused_not_served = false;
 };
 
 ShapeResult bench_shape_cpu(const BenchContext& ctx, const BenchShape& shape);
 ShapeResult bench_backward_shape_cpu(const BenchContext& ctx, const BenchShape& shape);
-// The fused forms (--op add, --op quant), CPU only for now (bench_fused_cpu.cpp).
+// The fused forms (--op add, --op quant).
 ShapeResult bench_fused_shape_cpu(const BenchContext& ctx, const BenchShape& shape);
 // CUDA builds only.
 ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape);
 ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape& shape);
+ShapeResult bench_fused_shape_cuda(const BenchContext& ctx, const BenchShape& shape);
 
 // Model bytes of one call on an M x N shape: forward 2*M*N*s (read x, write y), backward
 // 3*M*N*s (read x and dy, write dx), add 4*M*N*s (read x and r, write y and r_out), quant
@@ -69,6 +74,42 @@ std::vector<std::pair<std::int64_t, std::int64_t>> rows_to_check(std::int64_t ro
 // Returns an empty string when they agree, else what went wrong.
 std::string check_rows(const void* x, const void* y, const void* weight, DType t, std::int64_t rows, std::int64_t cols,
                        const Params& params);
+
+// The fused forms' checks before timing (bench_fused_cuda.cu), on host copies of the checked
+// rows gathered contiguously (rows_to_check's, in order: `rows` rows of `cols` elements).
+// Each returns an empty string when the outputs pass, else what went wrong.
+//
+// --op add, residual of x's dtype t, Cast::fp32: r_out must be x + r rounded once to t, bit
+// for bit; y the norm of r_out (weight of t) within forward_tolerance.
+struct AddOutputs {
+  const void* y = nullptr;
+  const void* r_out = nullptr;
+};
+std::string check_add_rows(const void* x, const void* r, const AddOutputs& got, const void* weight, DType t,
+                           std::int64_t rows, std::int64_t cols, const Params& params);
+// The fused call's outputs against the unfused baseline's: r_out bytes identical, y within
+// twice forward_tolerance of the baseline's (each is within it of the exact value).
+std::string compare_add_outputs(const AddOutputs& fused, const AddOutputs& unfused, DType t, std::int64_t rows,
+                                std::int64_t cols);
+// --op quant: codes of dtype q and the scales they were made with, (rows, groups) row-major
+// (a static scale repeated; groups = 1 unless per group).
+struct QuantOutputs {
+  const void* q = nullptr;
+  std::vector<double> scales;
+};
+// Against the oracle (Cast::fp32): the codes by compare_quantized, computed scales by
+// compare_scales. `y_stored`: the codes were made from y stored in t first (the unfused
+// baseline's plain forward), whose rounding widens y's tolerance to forward_tolerance's;
+// otherwise from the fp32 y of the fused call (quant_y_tolerance).
+std::string check_quant_rows(const void* x, const QuantOutputs& got, const void* weight, DType t, DType q,
+                             QuantScale kind, std::int64_t group_size, std::int64_t rows, std::int64_t cols,
+                             const Params& params, bool y_stored);
+// The fused call's codes against the baseline's, as values (code * scale): within one
+// quantisation step (the code spacing at the larger of the two codes, times the larger
+// scale), plus both y tolerances (the baseline's y was rounded to t before it was divided).
+// Bit equality is not expected: the scales come from differently rounded y.
+std::string compare_quant_outputs(const QuantOutputs& fused, const QuantOutputs& unfused, DType t, DType q,
+                                  std::int64_t group_size, std::int64_t rows, std::int64_t cols);
 
 // The oracle's backward for a benchmark input: x and dy are host copies of a whole
 // contiguous (rows, cols) matrix of dtype t, the weight has t too. dx for the rows of

@@ -1,10 +1,12 @@
 // Helpers every benchmark backend uses: the oracle checks before timing, and records.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "bench.h"
 #include "harness.h"
 #include "oracle.h"
+#include "table.h"
 #include "tolerances.h"
 #include "unfused.h"
 #include "unfused_backward.h"
@@ -35,6 +37,115 @@ std::string check_rows(const void* x, const void* y, const void* weight, DType t
   const ref::ForwardResult expected = ref::forward(xv, wv, t, params);
   const ref::Comparison c = ref::compare(yv, expected.y, ref::forward_tolerance(t, t, params.cast, cols));
   return c.passed() ? std::string() : c.describe();
+}
+
+std::string check_add_rows(const void* x, const void* r, const AddOutputs& got, const void* weight, DType t,
+                           std::int64_t rows, std::int64_t cols, const Params& params) {
+  namespace ref = rmsnorm::reference;
+  const auto view = [&](const void* p) {
+    return TensorView::matrix(const_cast<void*>(p), t, Device::cpu(), rows, cols);
+  };
+  const TensorView wv = TensorView::vector(const_cast<void*>(weight), t, Device::cpu(), cols);
+  const ref::FusedAddResult want = ref::fused_add_forward(view(x), view(r), wv, params);
+  const ref::Comparison rc = ref::compare(view(got.r_out), want.r_out, ref::Tolerance{0.0, 1e-300});
+  if (!rc.passed()) return "r_out " + rc.describe();
+  const ref::Comparison yc = ref::compare(view(got.y), want.norm.y, ref::forward_tolerance(t, t, params.cast, cols));
+  if (!yc.passed()) return "y " + yc.describe();
+  return {};
+}
+
+std::string compare_add_outputs(const AddOutputs& fused, const AddOutputs& unfused, DType t, std::int64_t rows,
+                                std::int64_t cols) {
+  namespace ref = rmsnorm::reference;
+  const std::int64_t count = rows * cols;
+  const std::size_t s = dtype_size(t);
+  if (std::memcmp(fused.r_out, unfused.r_out, static_cast<std::size_t>(count) * s) != 0) {
+    std::int64_t i = 0;
+    while (std::memcmp(static_cast<const unsigned char*>(fused.r_out) + static_cast<std::size_t>(i) * s,
+                       static_cast<const unsigned char*>(unfused.r_out) + static_cast<std::size_t>(i) * s, s) == 0)
+      ++i;
+    return format("r_out differs from the unfused baseline's at element %lld (%g vs %g)", static_cast<long long>(i),
+                  load_as_double(fused.r_out, t, i), load_as_double(unfused.r_out, t, i));
+  }
+  std::vector<double> base(static_cast<std::size_t>(count));
+  for (std::int64_t i = 0; i < count; ++i) base[static_cast<std::size_t>(i)] = load_as_double(unfused.y, t, i);
+  ref::Tolerance tol = ref::forward_tolerance(t, t, Cast::fp32, cols);
+  tol.rtol *= 2;
+  tol.atol *= 2;
+  const ref::Comparison c =
+      ref::compare(TensorView::matrix(const_cast<void*>(fused.y), t, Device::cpu(), rows, cols), base, tol);
+  return c.passed() ? std::string() : "y against the unfused baseline's: " + c.describe();
+}
+
+std::string check_quant_rows(const void* x, const QuantOutputs& got, const void* weight, DType t, DType q,
+                             QuantScale kind, std::int64_t group_size, std::int64_t rows, std::int64_t cols,
+                             const Params& params, bool y_stored) {
+  namespace ref = rmsnorm::reference;
+  const TensorView xv = TensorView::matrix(const_cast<void*>(x), t, Device::cpu(), rows, cols);
+  const TensorView wv = TensorView::vector(const_cast<void*>(weight), t, Device::cpu(), cols);
+  const ref::ForwardResult want = ref::forward(xv, wv, t, params);
+  const ref::Tolerance y_tol =
+      y_stored ? ref::forward_tolerance(t, t, params.cast, cols) : ref::quant_y_tolerance(t, t, params.cast, cols);
+  const ref::Comparison qc =
+      ref::compare_quantized(TensorView::matrix(const_cast<void*>(got.q), q, Device::cpu(), rows, cols), want.y,
+                             got.scales, group_size, y_tol);
+  if (!qc.passed()) return "q " + qc.describe();
+  if (kind != QuantScale::static_tensor) {
+    ref::QuantSpec spec;
+    spec.kind = kind;
+    spec.q = q;
+    spec.group_size = group_size;
+    const std::vector<double> want_s = ref::quant_scales(want.y, rows, cols, spec);
+    const ref::Comparison sc = ref::compare_scales(got.scales, want_s, ref::quant_scale_tolerance(y_tol), false);
+    if (!sc.passed()) return "scales " + sc.describe();
+  }
+  return {};
+}
+
+namespace {
+
+// The distance between a code of magnitude `a` and the next larger one: 1 for int8; for fp8
+// e4m3 (3 mantissa bits) 2^(e - 3) in the binade [2^e, 2^(e+1)), and the subnormals' 2^-9
+// below 2^-6.
+double code_spacing(DType q, double a) {
+  if (q != DType::f8e4m3) return 1.0;
+  if (a < std::ldexp(1.0, -6)) return std::ldexp(1.0, -9);
+  return std::ldexp(1.0, static_cast<int>(std::floor(std::log2(a))) - 3);
+}
+
+}  // namespace
+
+std::string compare_quant_outputs(const QuantOutputs& fused, const QuantOutputs& unfused, DType t, DType q,
+                                  std::int64_t group_size, std::int64_t rows, std::int64_t cols) {
+  namespace ref = rmsnorm::reference;
+  const std::int64_t groups = cols / group_size;
+  const ref::Tolerance tf = ref::quant_y_tolerance(t, t, Cast::fp32, cols),
+                       tu = ref::forward_tolerance(t, t, Cast::fp32, cols);
+  std::int64_t failures = 0, worst_at = -1;
+  double worst = 0.0;  // |difference| in steps
+  for (std::int64_t i = 0; i < rows * cols; ++i) {
+    const std::size_t g = static_cast<std::size_t>((i / cols) * groups + (i % cols) / group_size);
+    const double sf = fused.scales[g], su = unfused.scales[g];
+    const double cf = load_as_double(fused.q, q, i), cu = load_as_double(unfused.q, q, i);
+    const double vf = cf * sf, vu = cu * su, v = std::max(std::fabs(vf), std::fabs(vu));
+    const double step = code_spacing(q, std::max(std::fabs(cf), std::fabs(cu))) * std::max(sf, su);
+    // y's tolerances, and the fp32 divisions' roundings
+    const double slack = (tf.rtol + tu.rtol + std::ldexp(1.0, -22)) * v + tf.atol + tu.atol;
+    const double diff = std::fabs(vf - vu);
+    if (!(diff <= step + slack)) ++failures;  // NaN fails
+    const double steps = std::isnan(diff) ? INFINITY : diff / step;
+    if (worst_at < 0 || steps > worst) {
+      worst = steps;
+      worst_at = i;
+    }
+  }
+  if (!failures) return {};
+  const std::size_t g = static_cast<std::size_t>((worst_at / cols) * groups + (worst_at % cols) / group_size);
+  return format(
+      "q against the unfused baseline's: %lld of %lld codes more than one step apart (worst %.3g steps at "
+      "%lld: %g x %g vs %g x %g)",
+      static_cast<long long>(failures), static_cast<long long>(rows * cols), worst, static_cast<long long>(worst_at),
+      load_as_double(fused.q, q, worst_at), fused.scales[g], load_as_double(unfused.q, q, worst_at), unfused.scales[g]);
 }
 
 BackwardExpected backward_expected(const void* x, const void* dy, const void* weight, DType t, std::int64_t rows,

@@ -9,7 +9,8 @@
 #
 #   RMSNORM_COMMIT=<sha> tools/gpu-run.sh OUTDIR [stage ...]
 #   stages: build test check sanitize bench python (default: all of them, in that order),
-#   readme (not by default: the README's two commands, recorded as check and ctest), and
+#   readme (not by default: the README's two commands, recorded as check and ctest), pytree
+#   (not by default: the Python suite and bench against the build stage's extension), and
 #   tune / tune_bw (not by default): the forward's / backward's register configurations
 #   and strategies timed against each other, bf16, on the shapes where the planner chooses.
 #
@@ -180,6 +181,19 @@ if want tune_bw; then
   done
   run tune_train_long_row "$cli" bench --op backward --dtype bf16 --suite train --strategy long_row
   cat "$logs"/tune_bw_*.log "$logs"/tune_train*.log >"$prefix-tune-bw.txt"
+fi
+
+bundle
+if want pytree; then
+  # The Python suite and bench against the extension the build stage made in the tree (no
+  # second compile, as the python stage's pip install does).
+  run pytest_tree ctest --test-dir "$build" --output-on-failure -R '^python[.]pytest$'
+  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/pytest_tree.log"; } >"$prefix-pytest.txt"
+  grep -E "passed|failed" "$logs/pytest_tree.log" | tail -2 | tee -a "$summary"
+  lib=$(find "$build" -name 'librmsnorm_torch*.so' | head -1)
+  run python_bench timeout "${RMSNORM_PYBENCH_TIMEOUT:-300}" env PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python" \
+    RMSNORM_TORCH_LIBRARY="$lib" python3 -m rmsnorm.bench ${RMSNORM_PYBENCH_ARGS:-} --out "$logs/python-bench"
+  cp "$logs/python_bench.log" "$prefix-python-bench.txt"
 fi
 
 bundle

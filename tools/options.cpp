@@ -405,12 +405,19 @@ two grads of xf added, the grad of x.float(); one kernel or loop per op, fp32 te
 reading the tensors autograd saved: xf, hc, rstd) and against a copy of the same bytes.
 
 --op add times rmsnorm::fused_add_forward (residual of x's dtype, out of place: y and r_out
-written) against eager PyTorch's `r = x + r` followed by the unfused norm of r, and a copy.
---op quant times rmsnorm::quant_forward (--quant static|row|group, default row; group size
-128; --qdtype fp8|int8, default fp8) against the unfused norm followed by eager PyTorch's
-quantisation ops (y.float(), [abs, amax, / qmax, clamp(min)], / s, [round,] clamp, .to():
-bench/unfused_fusions.h), and a copy. CPU only for now: the CUDA backend does not serve the
-fused forms yet, and on CUDA these ops are refused with that reason.
+written); --op quant times rmsnorm::quant_forward (--quant static|row|group, default row;
+group size 128; --qdtype fp8|int8, default fp8); each against an unfused baseline and a
+copy. On the CPU the baseline is eager PyTorch's whole formula: `r = x + r` followed by the
+unfused norm of r, or the unfused norm followed by its quantisation ops (y.float(), [abs,
+amax, / qmax, clamp(min)], / s, [round,] clamp, .to(): bench/unfused_fusions.h). On CUDA it
+is rmsnorm::forward with the fused step as separate kernels, as eager PyTorch runs a model
+that calls it (bench_fused_cuda.cu), so that the speedup is what the fusion saves: add, an
+elementwise `r_out = x + r` kernel (fp32 math, rounded to r's dtype), then rmsnorm::forward
+of r_out; quant, rmsnorm::forward to y of x's dtype, then (row, group) an amax kernel
+writing s = max(amax / qmax, 1 / (qmax * 512)) per row or group, and a kernel computing
+y / s, saturated and converted. Where the CUDA backend does not serve a fused form yet
+(Code::unsupported), the fused cells read "not served", the notes say why, and the
+baseline and the copy are timed all the same (exit status 0).
 
 Byte model, for fused, unfused and copy alike (s = bytes per element):
   forward   2*M*N*s (read x + write y; the weight is ignored); the copy moves the
@@ -428,9 +435,15 @@ Protocol (docs/performance.md): random normal inputs (seeded, generated on the d
 CUDA), weight 1 + 0.1 N(0,1); every implementation's output is first checked against the
 fp64 oracle (forward: y on all rows, or the first and last 64 rows of a larger matrix;
 backward: dx on those rows and dw, a sum over all rows, with the backward tolerances; the
-unfused backward is allowed its two extra roundings of the 16-bit products); a failed
-check is reported and that implementation is not timed (exit status 1). On CUDA: calls
-rotate over enough distinct buffer sets (x/y, or x/dy/dx/rstd) that one pass moves >= 4x
+unfused backward is allowed its two extra roundings of the 16-bit products; add: r_out bit
+for bit and y; quant: each code that of a value within y's tolerance of y / s, computed
+scales within theirs); a failed check is reported and that implementation is not timed
+(exit status 1). On CUDA the fused forms are also checked against the unfused baseline:
+r_out bit for bit and y within twice the forward's tolerance; codes, as values (code *
+scale), within one quantisation step of the baseline's (the code spacing times the scale,
+plus y's tolerances: the baseline's y was rounded to x's dtype first, so equal bits are not
+expected). On CUDA: calls rotate over enough distinct buffer sets (x/y, x/dy/dx/rstd,
+x/r/y/r_out or x/q/scales) that one pass moves >= 4x
 the L2 size (fewer if memory is short; the count is in the JSON); back-to-back calls are
 captured in one CUDA graph, the graph is replayed after a warm-up, each replay timed with
 CUDA events, and the time per call is the median replay time / calls. The copy column is
@@ -471,8 +484,9 @@ options:
                     a lane (warp_rows for T <= 32, else block_row; with --strategy
                     cluster_row, T threads a block of a cluster) instead of the
                     planner's, to time the configurations against each other; it must be
-                    one the library instantiates for the op (src/kernel_configs.h), and
-                    shapes whose rows it cannot hold are reported as n/a
+                    one the library instantiates for the op (src/kernel_configs.h; add and
+                    quant use the forward's), and shapes whose rows it cannot hold are
+                    reported as n/a
   --no-pdl          CUDA: launch the fused kernels without programmatic dependent launch
                     (Params::pdl = false), to time what it saves
   --reps R          timed repetitions, the median is reported (default 50 on CUDA, 3 on
@@ -480,7 +494,7 @@ options:
   --seed S          seed of the random inputs (default 1)
   --json FILE       write {"device", "date", "commit", "op", "dtype", "byte_model",
                     "records": [...]}: one record per (shape, impl[, mode]) with op
-                    (forward, backward), dtype, rows, cols, impl (fused, unfused, copy),
+                    (forward, backward, add, quant), dtype, rows, cols, impl (fused, unfused, copy),
                     mode (graph, stream, plain or loop), gbps, us, bytes, sets, reps, ...
   --csv FILE        the same records, one per line after a header
   --plot FILE.svg   an SVG line chart of GB/s against N, one line per implementation

@@ -25,10 +25,41 @@ struct BackwardArgs {
   std::int64_t x_batch_stride, x_row_stride;
   std::int64_t dx_batch_stride, dx_row_stride;
   float eps, inv_cols, weight_offset;
-  // GivenSums::sums: the rows' sum(g x), taken instead of the kernel's own (inv_cols is
-  // then 1/full_cols). The same for the whole grid, so a branch on it is uniform.
+  // The residual add's backward (RESIDUAL kernels): dx = dnorm + dr_out, and dr (when set)
+  // the same values; dr_out and dr have x's dtype.
+  const void* dr_out;
+  void* dr;
+  std::int64_t dr_out_batch_stride, dr_out_row_stride;
+  std::int64_t dr_batch_stride, dr_row_stride;
+  // The sharded rows' apply step: the rows' sum(g x), taken instead of the kernel's own
+  // (inv_cols is then 1/full_cols). The same for the whole grid, so a branch on it is uniform.
   const float* row_dots;
 };
+
+// The store of a chunk of dx (`out`: dnorm in fp32). With the residual add's backward the
+// gradient arriving at r_out is added first, in fp32, and the sum rounded once, to dx and
+// to dr. dx may be dy or dr_out, dr may be dr_out: each chunk is read (dy earlier, dr_out
+// here) by the lane that then writes it.
+template <bool ALIGNED, bool RESIDUAL, class TX, int VEC>
+__device__ __forceinline__ void store_dx_chunk(TX* dx, std::int64_t row, std::int64_t idx, float (&out)[VEC],
+                                               const BackwardArgs& a) {
+  if constexpr (RESIDUAL) {
+    const TX* dr_out =
+        static_cast<const TX*>(a.dr_out) + row_offset(row, a.rows, a.dr_out_batch_stride, a.dr_out_row_stride);
+    float df[VEC];
+    unpack(load_chunk<ALIGNED, TX, VEC>(dr_out, idx, a.cols, true), df);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) out[k] += df[k];
+    const Vec<TX, VEC> v = pack<TX, VEC>(out);
+    store_chunk<ALIGNED, TX, VEC>(dx, idx, a.cols, v);
+    if (a.dr)
+      store_chunk<ALIGNED, TX, VEC>(
+          static_cast<TX*>(a.dr) + row_offset(row, a.rows, a.dr_batch_stride, a.dr_row_stride), idx, a.cols, v);
+  } else {
+    (void)row;
+    store_chunk<ALIGNED, TX, VEC>(dx, idx, a.cols, pack<TX, VEC>(out));
+  }
+}
 
 // Calls f with the weight's presence as a compile-time constant (branch-free inner loops).
 template <class F>
@@ -70,10 +101,11 @@ __device__ __forceinline__ float dot_gx(const WSRC& wsrc, std::int64_t first, st
 }
 
 // dx = rstd * g - coef * x for a lane's vectors, and the lane's dw partial sums.
-template <bool ALIGNED, class TX, int VEC, int ITEMS, int STRIDE, class WSRC>
-__device__ __forceinline__ void store_dx(TX* dx, const WSRC& wsrc, std::int64_t first, std::int64_t end,
-                                         const Vec<TX, VEC> (&xv)[ITEMS], const Vec<TX, VEC> (&gv)[ITEMS], float rstd,
-                                         float coef, float (&dw_acc)[ITEMS][VEC], const BackwardArgs& a) {
+template <bool ALIGNED, bool RESIDUAL, class TX, int VEC, int ITEMS, int STRIDE, class WSRC>
+__device__ __forceinline__ void store_dx(TX* dx, std::int64_t row, const WSRC& wsrc, std::int64_t first,
+                                         std::int64_t end, const Vec<TX, VEC> (&xv)[ITEMS],
+                                         const Vec<TX, VEC> (&gv)[ITEMS], float rstd, float coef,
+                                         float (&dw_acc)[ITEMS][VEC], const BackwardArgs& a) {
   with_weight(wsrc.w != nullptr, [&](auto has_w) {
     constexpr bool kHasW = decltype(has_w)::value;
 #pragma unroll
@@ -90,7 +122,7 @@ __device__ __forceinline__ void store_dx(TX* dx, const WSRC& wsrc, std::int64_t 
         out[k] = rstd * g - coef * xf[k];
         if constexpr (kHasW) dw_acc[i][k] += gf[k] * xf[k] * rstd;
       }
-      store_chunk<ALIGNED, TX, VEC>(dx, idx, a.cols, pack<TX, VEC>(out));
+      store_dx_chunk<ALIGNED, RESIDUAL, TX, VEC>(dx, row, idx, out, a);
     }
   });
 }
@@ -115,7 +147,7 @@ __device__ __forceinline__ void write_partial(float* out, std::int64_t first, st
 // ---------------------------------------------------------------------------------------
 // Launch bounds as the forward's: 2 vectors a lane within 64 registers (1024 threads an SM
 // resident), 4 vectors within 128 (x, dy and the dw sums: 94 registers, no spills).
-template <bool ALIGNED, class TX, class TW, int VEC, int TPR, int ITEMS, int BLOCK>
+template <bool ALIGNED, bool RESIDUAL, class TX, class TW, int VEC, int TPR, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) BackwardRowsImpl(const BackwardArgs a) {
   begin_dependent_grid();
   constexpr int kRowsPerBlock = BLOCK / TPR;
@@ -146,8 +178,8 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
                                 : Sum::sum(temp, dot_gx<TX, VEC, ITEMS, TPR>(wsrc, lane, vectors, xv, gv, a));
     if (!valid) continue;
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<ALIGNED, TX, VEC, ITEMS, TPR>(dx, wsrc, lane, vectors, xv, gv, rstd, rstd * rstd * rstd * gx * a.inv_cols,
-                                           dw_acc, a);
+    store_dx<ALIGNED, RESIDUAL, TX, VEC, ITEMS, TPR>(dx, row, wsrc, lane, vectors, xv, gv, rstd,
+                                                     rstd * rstd * rstd * gx * a.inv_cols, dw_acc, a);
   }
 
   if (!a.partial) return;
@@ -192,7 +224,7 @@ constexpr std::size_t cluster_backward_shared_bytes(bool has_weight) {
          (has_weight ? sizeof(Vec<TW, VEC>) * ITEMS * BLOCK : 0);
 }
 
-template <bool ALIGNED, class TX, class TW, int VEC, int ITEMS, int BLOCK>
+template <bool ALIGNED, bool RESIDUAL, class TX, class TW, int VEC, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) ClusterBackwardImpl(const BackwardArgs a) {
   begin_dependent_grid();
   using Sum = ClusterSum<BLOCK, 2>;
@@ -254,15 +286,15 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
     }
     // Both sums travel through one cluster barrier (the rstd one is unused when given).
     // Given dots replace the second one's result; the barrier stays (the stage's reuse
-    // relies on it, and the kernel's registers stay as they were).
+    // relies on it).
     float sums[2] = {a.rstd ? 0.f : sum_squares<TX, VEC, ITEMS>(xv),
                      dot_gx<TX, VEC, ITEMS, BLOCK>(wsrc, first, end, xv, gv, a)};
     Sum::sum(temp, sums, parity);
     const float rstd = a.rstd ? saved_rstd : rstd_from_sum(sums[0], a.inv_cols, a.eps);
     const float gx = a.row_dots ? a.row_dots[row] : sums[1];
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<ALIGNED, TX, VEC, ITEMS, BLOCK>(dx, wsrc, first, end, xv, gv, rstd, rstd * rstd * rstd * gx * a.inv_cols,
-                                             dw_acc, a);
+    store_dx<ALIGNED, RESIDUAL, TX, VEC, ITEMS, BLOCK>(dx, row, wsrc, first, end, xv, gv, rstd,
+                                                       rstd * rstd * rstd * gx * a.inv_cols, dw_acc, a);
   }
   // One partial row per cluster: each block fills its slice.
   if (a.partial) write_partial<VEC, ITEMS, BLOCK>(a.partial + place.cluster * a.cols, first, end, a.cols, dw_acc);
@@ -274,7 +306,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
 // block's partial dw row lives in the workspace and is updated in place: each column is
 // owned by one thread of the block for every row, so there is no race and no atomic.
 // ---------------------------------------------------------------------------------------
-template <bool ALIGNED, class TX, class TW, int VEC, int BLOCK>
+template <bool ALIGNED, bool RESIDUAL, class TX, class TW, int VEC, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) LongRowBackwardImpl(const BackwardArgs a) {
   begin_dependent_grid();
   using Sum = RowSum<BLOCK, BLOCK>;
@@ -289,7 +321,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) LongRowBac
     const TX* dy = static_cast<const TX*>(a.dy) + row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride);
     TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
     float ss = 0.f, gx = 0.f;
-    const std::int64_t summed = a.rstd && a.row_dots ? 0 : vectors;  // the first pass only sums
+    const std::int64_t summed = a.rstd && a.row_dots ? 0 : vectors;  // given both, the first pass is skipped
 #pragma unroll 2
     for (std::int64_t idx = threadIdx.x; idx < summed; idx += BLOCK) {
       float xf[VEC], gf[VEC], wf[VEC];
@@ -316,7 +348,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) LongRowBac
         out[k] = rstd * gf[k] * (w ? wf[k] + a.weight_offset : 1.f) - coef * xf[k];
         contrib[k] = gf[k] * xf[k] * rstd;
       }
-      store_chunk<ALIGNED, TX, VEC>(dx, idx, a.cols, pack<TX, VEC>(out));
+      store_dx_chunk<ALIGNED, RESIDUAL, TX, VEC>(dx, row, idx, out, a);
       if (part)
 #pragma unroll
         for (int k = 0; k < VEC; ++k)

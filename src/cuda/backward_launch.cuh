@@ -16,7 +16,7 @@ inline std::int64_t backward_blocks(std::int64_t row_groups, int threads_per_blo
   return std::min(row_groups, filling_blocks(threads_per_block, sm_count, resident_threads(items)));
 }
 
-inline BackwardArgs make_backward_args(const BackwardProblem& p, const GivenSums& given) {
+inline BackwardArgs make_backward_args(const BackwardProblem& p) {
   BackwardArgs a{};
   a.dy = p.dy;
   a.x = p.x;
@@ -34,22 +34,28 @@ inline BackwardArgs make_backward_args(const BackwardProblem& p, const GivenSums
   a.dx_batch_stride = p.dx_batch_stride;
   a.dx_row_stride = p.dx_row_stride;
   a.eps = static_cast<float>(p.eps);
-  a.inv_cols = static_cast<float>(1.0 / static_cast<double>(given.sums ? given.full_cols : p.cols));
+  a.inv_cols = static_cast<float>(1.0 / static_cast<double>(p.row_dots ? p.full_cols : p.cols));
+  a.row_dots = p.row_dots;
   a.weight_offset = static_cast<float>(p.weight_offset);
-  a.row_dots = given.sums;
+  a.dr_out = p.dr_out;
+  a.dr = p.dr;
+  a.dr_out_batch_stride = p.dr_out_batch_stride;
+  a.dr_out_row_stride = p.dr_out_row_stride;
+  a.dr_batch_stride = p.dr_batch_stride;
+  a.dr_row_stride = p.dr_row_stride;
   return a;
 }
 
 // The register configuration the plan names among a compile-time table; returns the blocks
 // launched, one partial dw row each.
-template <bool ALIGNED, class TX, class TW, int VEC, const RegisterConfig* TABLE, int N>
+template <bool ALIGNED, bool RESIDUAL, class TX, class TW, int VEC, const RegisterConfig* TABLE, int N>
 std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
   return with_config<TABLE, N>(plan, names_rows, [&](auto i) {
     constexpr RegisterConfig c = TABLE[decltype(i)::value];
     constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
     const std::int64_t blocks =
         backward_blocks((a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock, c.threads_per_block, c.items, sm_count);
-    launch_kernel(BackwardRowsImpl<ALIGNED, TX, TW, VEC, c.threads_per_row, c.items, c.threads_per_block>,
+    launch_kernel(BackwardRowsImpl<ALIGNED, RESIDUAL, TX, TW, VEC, c.threads_per_row, c.items, c.threads_per_block>,
                   {grid_for(blocks), c.threads_per_block}, q, "BackwardRowsImpl", &plan, a);
     return blocks;
   });
@@ -62,11 +68,11 @@ std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int s
 // 2.51 / 2.43 / 2.09 with cluster_count's four times as many clusters (which the forward
 // keeps): once the next row's loads are in flight during this one's barrier (RowStage),
 // further clusters only add partial rows and waves.
-template <bool ALIGNED, class TX, class TW, int VEC>
+template <bool ALIGNED, bool RESIDUAL, class TX, class TW, int VEC>
 std::int64_t launch_backward_clusters(const BackwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
   return with_config<kBackwardClusterRowConfigs, kNumBackwardClusterRowConfigs>(plan, names_cluster, [&](auto i) {
     constexpr RegisterConfig c = kBackwardClusterRowConfigs[decltype(i)::value];
-    const auto kernel = ClusterBackwardImpl<ALIGNED, TX, TW, VEC, c.items, c.threads_per_block>;
+    const auto kernel = ClusterBackwardImpl<ALIGNED, RESIDUAL, TX, TW, VEC, c.items, c.threads_per_block>;
     LaunchShape shape{dim3(1), c.threads_per_block, plan.cluster_size,
                       cluster_backward_shared_bytes<TX, TW, VEC, c.items, c.threads_per_block>(a.weight != nullptr)};
     const int resident = resident_clusters(kernel, shape);
@@ -85,28 +91,29 @@ void launch_dw_finalize(const float* partial, std::int64_t partials, std::int64_
                 partials, cols, static_cast<TDW*>(dw));
 }
 
-template <bool ALIGNED, class TX, class TW>
-void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q,
-                           const GivenSums& given) {
+template <bool ALIGNED, bool RESIDUAL, class TX, class TW>
+void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
   constexpr int kVec = 16 / sizeof(TX);
-  const BackwardArgs a = make_backward_args(p, given);
+  const BackwardArgs a = make_backward_args(p);
   std::int64_t blocks = 0;
   switch (plan.strategy) {
     case Strategy::warp_rows:
-      blocks = launch_backward_rows<ALIGNED, TX, TW, kVec, kBackwardWarpRowsConfigs, kNumBackwardWarpRowsConfigs>(
-          a, plan, sm_count, q);
+      blocks =
+          launch_backward_rows<ALIGNED, RESIDUAL, TX, TW, kVec, kBackwardWarpRowsConfigs, kNumBackwardWarpRowsConfigs>(
+              a, plan, sm_count, q);
       break;
     case Strategy::block_row:
-      blocks = launch_backward_rows<ALIGNED, TX, TW, kVec, kBackwardBlockRowConfigs, kNumBackwardBlockRowConfigs>(
-          a, plan, sm_count, q);
+      blocks =
+          launch_backward_rows<ALIGNED, RESIDUAL, TX, TW, kVec, kBackwardBlockRowConfigs, kNumBackwardBlockRowConfigs>(
+              a, plan, sm_count, q);
       break;
     case Strategy::long_row:
       blocks = backward_blocks(a.total_rows, kLongRowThreads, /*items=*/2, sm_count);
-      launch_kernel(LongRowBackwardImpl<ALIGNED, TX, TW, kVec, kLongRowThreads>, {grid_for(blocks), kLongRowThreads}, q,
-                    "LongRowBackwardImpl", &plan, a);
+      launch_kernel(LongRowBackwardImpl<ALIGNED, RESIDUAL, TX, TW, kVec, kLongRowThreads>,
+                    {grid_for(blocks), kLongRowThreads}, q, "LongRowBackwardImpl", &plan, a);
       break;
     case Strategy::cluster_row:
-      blocks = launch_backward_clusters<ALIGNED, TX, TW, kVec>(a, plan, sm_count, q);
+      blocks = launch_backward_clusters<ALIGNED, RESIDUAL, TX, TW, kVec>(a, plan, sm_count, q);
       break;
     case Strategy::automatic:
       throw Error(Code::internal, "plan without a strategy");
@@ -118,17 +125,17 @@ void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_co
     launch_dw_finalize<TW>(a.partial, blocks, p.cols, p.dw, q);
 }
 
-// `given`: the rows' sum(g x) when they come from outside (backward_from_sums).
-template <class TX>
-void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q, const GivenSums& given) {
+// RESIDUAL: the residual add's backward (store_dx_chunk).
+template <class TX, bool RESIDUAL>
+void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
   with_alignment(plan, [&](auto aligned) {
     constexpr bool kAligned = decltype(aligned)::value;
     if constexpr (std::is_same<TX, float>::value) {
-      launch_backward_typed<kAligned, float, float>(p, plan, sm_count, q, given);
+      launch_backward_typed<kAligned, RESIDUAL, float, float>(p, plan, sm_count, q);
     } else {
       if (!p.weight || p.w_dtype == StorageOf<TX>::value)
-        return launch_backward_typed<kAligned, TX, TX>(p, plan, sm_count, q, given);
-      launch_backward_typed<kAligned, TX, float>(p, plan, sm_count, q, given);
+        return launch_backward_typed<kAligned, RESIDUAL, TX, TX>(p, plan, sm_count, q);
+      launch_backward_typed<kAligned, RESIDUAL, TX, float>(p, plan, sm_count, q);
     }
   });
 }

@@ -74,6 +74,27 @@ struct ClusterSum {
   }
 };
 
+// A barrier of the whole cluster, with its memory ordering: shared memory written before
+// it by any block is visible after it to every block of the cluster.
+__device__ __forceinline__ void cluster_barrier() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cooperative_groups::this_cluster().sync();
+#else
+  __trap();    // the planner never picks clusters below sm_90
+#endif
+}
+
+// The cell at the address of `local` in the shared memory of block `rank` of the cluster.
+template <class T>
+__device__ __forceinline__ T* cluster_cell(T* local, unsigned rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().map_shared_rank(local, rank);
+#else
+  (void)rank;
+  return local;
+#endif
+}
+
 // This block's place in its cluster (1-D clusters along x).
 struct ClusterPlace {
   unsigned rank, size;

@@ -39,6 +39,10 @@ template <>
 struct RawWord<2> {
   using type = unsigned short;
 };
+template <>
+struct RawWord<1> {
+  using type = unsigned char;
+};
 
 // The vector at p where `ok`, else zeros; the choice is made on whole words. Zeros written
 // element by element made the compiler merge 16-bit halves (PRMT) that waited on the load:
@@ -207,16 +211,6 @@ __device__ __forceinline__ float round_as(float v) {
   return to_float(from_float<T>(v));
 }
 
-// Rows' sums computed outside the kernel, which then skips its own reduction of them: the
-// sharded-row steps (forward_from_sums, backward_from_sums), whose sums were all-reduced
-// over the ranks that hold a row's columns. `sums` has one f32 a row (the sum of squares
-// forward, sum(g x) backward); `full_cols` is the whole row's length, the N of the mean.
-// sums == nullptr: the kernel reduces its rows of `cols` elements itself.
-struct GivenSums {
-  const float* sums = nullptr;
-  std::int64_t full_cols = 0;
-};
-
 // Everything a forward kernel needs, passed by value (kernel parameter space).
 struct ForwardArgs {
   const void* x;
@@ -232,8 +226,28 @@ struct ForwardArgs {
   float inv_cols;  // 1/cols rounded to fp32: the mean is sum * (1/cols), as PyTorch computes it
   float weight_offset;
   bool llama;
-  // GivenSums::sums: the rows' sums of squares, taken instead of the kernel's own (inv_cols
-  // is then 1/full_cols). The same for the whole grid, so a branch on it is uniform.
+
+  // The residual add's prologue (ForwardSteps::kResidual): r_out = x + residual, rounded to
+  // x's dtype, stored to residual_out, and normalised in x's place.
+  const void* residual;
+  void* residual_out;
+  std::int64_t r_batch_stride, r_row_stride;
+  std::int64_t r_out_batch_stride, r_out_row_stride;
+
+  // The quantised store's epilogue (ForwardSteps::kQuant): y is q, one byte an element.
+  bool fp8;                         // f8e4m3, else i8
+  bool dynamic;                     // scales computed per group (per_row: one group of the row)
+  const float* scale;               // static: the one scale
+  float* scales;                    // dynamic: written, scales[row * scale_row_stride + g * scale_group_stride]
+  const float* scale_ub;            // dynamic: optional cap on the group's amax
+  bool pow2;                        // dynamic: scales rounded up to a power of two
+  std::int64_t group_size, groups;  // dynamic: columns a group, groups a row
+  std::int64_t scale_row_stride, scale_group_stride;
+  float qmax, min_scale;  // 448 or 127; the floor of a computed scale, 1 / (qmax * 512)
+
+  // The sharded rows' apply step: the rows' sums of squares, taken instead of the kernel's
+  // own (inv_cols is then 1/full_cols). The same for the whole grid, so a branch on it is
+  // uniform. nullptr: the kernel reduces its rows itself.
   const float* row_sums;
 };
 

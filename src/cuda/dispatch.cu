@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cuda/common.cuh"
+#include "cuda/forward_steps.cuh"
 #include "cuda/launch.h"
 #include "kernel_configs.h"
 #include "problem.h"
@@ -12,10 +13,10 @@
 
 namespace rmsnorm::detail {
 namespace cuda {
-template <class TX>
-void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q, const GivenSums& given);
-template <class TX>
-void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q, const GivenSums& given);
+template <class TX, class STEPS>
+void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q);
+template <class TX, bool RESIDUAL>
+void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q);
 template <class TX>
 void launch_partial_sums(const PartialSumsProblem& p, const Queue& q);
 }  // namespace cuda
@@ -76,8 +77,7 @@ std::size_t cuda_backward_workspace(std::int64_t total_rows, std::int64_t cols, 
   return static_cast<std::size_t>(std::min(total_rows, most) * cols) * sizeof(float);
 }
 
-namespace {
-void run_backward(const BackwardProblem& p, const Plan& plan, int device, Stream stream, const cuda::GivenSums& given) {
+void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Stream stream) {
   DeviceGuard guard(device);
   if (p.total_rows() == 0) {
     if (p.dw) {
@@ -90,13 +90,19 @@ void run_backward(const BackwardProblem& p, const Plan& plan, int device, Stream
   }
   const int sms = sm_count(device);
   const cuda::Queue q = queue_for(stream, p.pdl, device);
+  // The residual add's backward on CUDA takes dy, dx, dr_out and dr of r_out's dtype (api.cpp
+  // refuses an f32 r_out with 16-bit gradients there).
+  const bool residual = p.dr_out != nullptr;
   switch (p.x_dtype) {
     case DType::f32:
-      return cuda::launch_backward<float>(p, plan, sms, q, given);
+      return residual ? cuda::launch_backward<float, true>(p, plan, sms, q)
+                      : cuda::launch_backward<float, false>(p, plan, sms, q);
     case DType::f16:
-      return cuda::launch_backward<__half>(p, plan, sms, q, given);
+      return residual ? cuda::launch_backward<__half, true>(p, plan, sms, q)
+                      : cuda::launch_backward<__half, false>(p, plan, sms, q);
     case DType::bf16:
-      return cuda::launch_backward<__nv_bfloat16>(p, plan, sms, q, given);
+      return residual ? cuda::launch_backward<__nv_bfloat16, true>(p, plan, sms, q)
+                      : cuda::launch_backward<__nv_bfloat16, false>(p, plan, sms, q);
     case DType::f64:
       throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
     case DType::f8e4m3:
@@ -104,11 +110,6 @@ void run_backward(const BackwardProblem& p, const Plan& plan, int device, Stream
       break;  // outputs only: validation refuses them as x
   }
   throw Error(Code::internal, std::string("x: no CUDA kernels for ") + dtype_name(p.x_dtype));
-}
-}  // namespace
-
-void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Stream stream) {
-  run_backward(p, plan, device, stream, {});
 }
 
 int cuda_cc_major(int device) {
@@ -116,17 +117,30 @@ int cuda_cc_major(int device) {
 }
 
 namespace {
-void run_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream, const cuda::GivenSums& given) {
+// The forward's fused steps as the problem asks for them.
+template <class TX>
+void launch_forward_steps(const ForwardProblem& p, const Plan& plan, int sms, const cuda::Queue& q) {
+  using cuda::ForwardSteps;
+  if (p.residual && p.quantize) return cuda::launch_forward<TX, ForwardSteps<true, true>>(p, plan, sms, q);
+  if (p.residual) return cuda::launch_forward<TX, ForwardSteps<true, false>>(p, plan, sms, q);
+  if (p.quantize) return cuda::launch_forward<TX, ForwardSteps<false, true>>(p, plan, sms, q);
+  cuda::launch_forward<TX, cuda::PlainSteps>(p, plan, sms, q);
+}
+}  // namespace
+
+void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream) {
   DeviceGuard guard(device);
   const int sms = plan.strategy == Strategy::cluster_row ? sm_count(device) : 0;
   const cuda::Queue q = queue_for(stream, p.pdl, device);
+  // A residual of another dtype than x's (an f32 residual with 16-bit x) is served by the CPU
+  // backend only; api.cpp refuses it on CUDA before this point.
   switch (p.x_dtype) {
     case DType::f32:
-      return cuda::launch_forward<float>(p, plan, sms, q, given);
+      return launch_forward_steps<float>(p, plan, sms, q);
     case DType::f16:
-      return cuda::launch_forward<__half>(p, plan, sms, q, given);
+      return launch_forward_steps<__half>(p, plan, sms, q);
     case DType::bf16:
-      return cuda::launch_forward<__nv_bfloat16>(p, plan, sms, q, given);
+      return launch_forward_steps<__nv_bfloat16>(p, plan, sms, q);
     case DType::f64:
       throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
     case DType::f8e4m3:
@@ -134,11 +148,6 @@ void run_forward(const ForwardProblem& p, const Plan& plan, int device, Stream s
       break;  // outputs only: validation refuses them as x
   }
   throw Error(Code::internal, std::string("x: no CUDA kernels for ") + dtype_name(p.x_dtype));
-}
-}  // namespace
-
-void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream) {
-  run_forward(p, plan, device, stream, {});
 }
 
 // The sharded-row steps: the partial sums have a kernel of their own (sharded.cu); the apply
@@ -164,11 +173,17 @@ void cuda_partial_sums(const PartialSumsProblem& p, int device, Stream stream) {
 }
 
 void cuda_forward_from_sums(const ForwardFromSumsProblem& p, const Plan& plan, int device, Stream stream) {
-  run_forward(p.forward, plan, device, stream, {static_cast<const float*>(p.sums), p.full_cols});
+  ForwardProblem f = p.forward;
+  f.row_sums = static_cast<const float*>(p.sums);
+  f.full_cols = p.full_cols;
+  cuda_forward(f, plan, device, stream);
 }
 
 void cuda_backward_from_sums(const BackwardFromSumsProblem& p, const Plan& plan, int device, Stream stream) {
-  run_backward(p.backward, plan, device, stream, {static_cast<const float*>(p.dots), p.full_cols});
+  BackwardProblem b = p.backward;
+  b.row_dots = static_cast<const float*>(p.dots);
+  b.full_cols = p.full_cols;
+  cuda_backward(b, plan, device, stream);
 }
 
 }  // namespace rmsnorm::detail

@@ -16,6 +16,7 @@
 
 #include "cuda/cluster.cuh"
 #include "cuda/common.cuh"
+#include "cuda/forward_steps.cuh"
 #include "kernel_configs.h"
 
 namespace rmsnorm::detail::cuda {
@@ -186,10 +187,12 @@ struct SharedLaneWeight {
   __device__ __forceinline__ Vec<TW, VEC> operator()(int i, std::int64_t) const { return lane[i * STRIDE]; }
 };
 
-template <bool ALIGNED, class TX, class TW, class TY, int VEC, int ITEMS, int STRIDE, bool PRELOAD>
-__device__ __forceinline__ void store_items(TY* y, const TW* w, const Vec<TW, VEC> (&wv)[ITEMS], std::int64_t first,
-                                            std::int64_t end, const Vec<TX, VEC> (&v)[ITEMS], float rstd,
-                                            const ForwardArgs& a) {
+// Calls emit(idx, y) for each of a lane's chunks below `end`, y the chunk's outputs in fp32
+// before any store rounding (the step the epilogues consume).
+template <bool ALIGNED, class TX, class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD, class Emit>
+__device__ __forceinline__ void for_each_value(const TW* w, const Vec<TW, VEC> (&wv)[ITEMS], std::int64_t first,
+                                               std::int64_t end, const Vec<TX, VEC> (&v)[ITEMS], float rstd,
+                                               const ForwardArgs& a, Emit&& emit) {
   with_mode(a.llama, w != nullptr, [&](auto llama, auto has_w) {
     constexpr bool kLlama = decltype(llama)::value, kHasW = decltype(has_w)::value;
 #pragma unroll
@@ -204,10 +207,35 @@ __device__ __forceinline__ void store_items(TY* y, const TW* w, const Vec<TW, VE
 #pragma unroll
       for (int k = 0; k < VEC; ++k)
         out[k] = normalise<TX, TW, kLlama, kHasW>(xf[k], rstd, kHasW ? wf[k] : 1.f, a.weight_offset);
-      store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, pack<TY, VEC>(out));
+      emit(idx, out);
     }
   });
 }
+
+// The prologue of the register kernels: a lane's chunks of the row, x's or, with the residual
+// add, r_out's (stored on the way). Invalid rows (past the end) load zeros and store nothing.
+template <bool ALIGNED, class STEPS, class TX, int VEC, int ITEMS, int STRIDE>
+__device__ __forceinline__ void load_row(const ForwardArgs& a, std::int64_t row, bool valid, std::int64_t first,
+                                         std::int64_t end, Vec<TX, VEC> (&v)[ITEMS]) {
+  const TX* x = static_cast<const TX*>(a.x) + (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
+  load_items<ALIGNED, TX, VEC, ITEMS, STRIDE>(x, first, end, a.cols, valid, v);
+  if constexpr (STEPS::kResidual) {
+    Vec<TX, VEC> rv[ITEMS];
+    load_items<ALIGNED, TX, VEC, ITEMS, STRIDE>(valid ? residual_row<TX>(a, row) : static_cast<const TX*>(a.residual),
+                                                first, end, a.cols, valid, rv);
+    TX* r_out = valid ? residual_out_row<TX>(a, row) : nullptr;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
+      v[i] = add_residual<ALIGNED, TX, VEC>(v[i], rv[i], r_out, idx, a.cols, valid && idx < end);
+    }
+  }
+}
+
+// Dynamic-scale quantisation needs the max |y| of each group before any of it is stored:
+// the kernels offer their chunks' maxima to a GroupMax table, pass a barrier, and quantise.
+// The table's shared memory: three tables of `entries` cells.
+inline std::size_t group_max_bytes(std::int64_t entries) { return 3 * static_cast<std::size_t>(entries) * 4; }
 
 // ---------------------------------------------------------------------------------------
 // warp_rows and block_row: the row lives in registers between the reduction and the
@@ -217,12 +245,23 @@ __device__ __forceinline__ void store_items(TY* y, const TW* w, const Vec<TW, VE
 // resident_threads / BLOCK blocks per SM: at most 64 registers a thread, so that half of an
 // SM's 2048 threads are resident (at 80 registers only 768 were, and a 4096-row batch of
 // 1024-element bf16 rows took 1.3 waves of the grid instead of one).
-template <bool ALIGNED, class TX, class TW, class TY, int VEC, int TPR, int ITEMS, int BLOCK>
-__global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) RegisterRowsImpl(const ForwardArgs a) {
+// The fused steps hold more at once (the residual's chunks beside x's; the group maxima), so
+// their instantiations may take up to 128 registers a thread (512 threads an SM) rather than
+// spill: at 64, the residual add's block rows spilled 56-144 bytes a thread.
+template <class STEPS>
+constexpr int forward_resident_threads() {
+  return STEPS::kResidual || STEPS::kQuant ? resident_threads(4) : resident_threads(2);
+}
+
+template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int TPR, int ITEMS, int BLOCK>
+__global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS>() / BLOCK)
+    RegisterRowsImpl(const ForwardArgs a) {
   begin_dependent_grid();
   constexpr int kRowsPerBlock = BLOCK / TPR;
+  constexpr bool kPreload = kForwardPreloadsWeight<TW, VEC, ITEMS>;
   using Sum = RowSum<TPR, BLOCK>;
   __shared__ typename Sum::TempStorage temp;
+  extern __shared__ unsigned group_cells[];  // dynamic scales only: GroupMax
 
   const int lane = threadIdx.x % TPR;
   const int slot = threadIdx.x / TPR;
@@ -230,6 +269,11 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) RegisterRo
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
   bool weight_pending = true;
+  QuantConstants qc;
+  if constexpr (STEPS::kQuant) qc = QuantConstants(a);
+  const bool dynamic = STEPS::kQuant && a.dynamic;
+  GroupMax group_max(group_cells, dynamic ? kRowsPerBlock * a.groups : 0, BLOCK);
+  if (dynamic) __syncthreads();
 
   // The loop bound is uniform across the block, so every lane reaches every reduction
   // (rows past the end compute on zeros and store nothing).
@@ -237,39 +281,64 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) RegisterRo
        first += static_cast<std::int64_t>(gridDim.x) * kRowsPerBlock) {
     const std::int64_t row = first + slot;
     const bool valid = row < a.total_rows;
-    const TX* x = static_cast<const TX*>(a.x) + (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
     Vec<TX, VEC> v[ITEMS];
-    load_items<ALIGNED, TX, VEC, ITEMS, TPR>(x, lane, vectors, a.cols, valid, v);
+    load_row<ALIGNED, STEPS, TX, VEC, ITEMS, TPR>(a, row, valid, lane, vectors, v);
     // The weight after the first row's loads are issued, so that both are in flight
     // together: issued first, the copies of the weight into the registers it keeps across
     // rows stalled on its arrival and held back x's loads (two memory latencies in a row
     // for a single row).
     if (weight_pending) {
-      load_weight<ALIGNED, TW, VEC, ITEMS, TPR, kForwardPreloadsWeight<TW, VEC, ITEMS>>(w, lane, vectors, a.cols, wv);
+      load_weight<ALIGNED, TW, VEC, ITEMS, TPR, kPreload>(w, lane, vectors, a.cols, wv);
       weight_pending = false;
     }
     // Given sums replace the reduction's result: the row is in registers for y anyway, and
-    // the reduction left in place keeps the plain kernel's code and register allocation.
+    // the reduction left in place keeps the kernel's code and register allocation.
     const float ss = Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v));
     const float rstd = rstd_from_sum(a.row_sums ? (valid ? a.row_sums[row] : 0.f) : ss, a.inv_cols, a.eps);
-    if (!valid) continue;
-    if (a.rstd && lane == 0) a.rstd[row] = rstd;
-    TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
-    store_items<ALIGNED, TX, TW, TY, VEC, ITEMS, TPR, kForwardPreloadsWeight<TW, VEC, ITEMS>>(y, w, wv, lane, vectors,
-                                                                                              v, rstd, a);
+    if (valid && a.rstd && lane == 0) a.rstd[row] = rstd;
+    TY* y = static_cast<TY*>(a.y) + (valid ? row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride) : 0);
+    if constexpr (STEPS::kQuant) {
+      unsigned* table = group_max.table() + slot * a.groups;
+      if (dynamic) {  // every lane passes the barrier, valid row or not
+        if (valid)
+          for_each_value<ALIGNED, TX, TW, VEC, ITEMS, TPR, kPreload>(
+              w, wv, lane, vectors, v, rstd, a,
+              [&](std::int64_t idx, const float(&out)[VEC]) { offer_chunk<VEC>(table, idx, out, a); });
+        __syncthreads();
+        group_max.clear_ahead(BLOCK);
+      }
+      const auto amax_of = [&](std::int64_t g) { return __uint_as_float(table[g]); };
+      if (valid)
+        for_each_value<ALIGNED, TX, TW, VEC, ITEMS, TPR, kPreload>(
+            w, wv, lane, vectors, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
+              const float s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
+              store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s, a.fp8));
+            });
+      if (dynamic) group_max.next();
+    } else {
+      if (!valid) continue;
+      for_each_value<ALIGNED, TX, TW, VEC, ITEMS, TPR, kPreload>(
+          w, wv, lane, vectors, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
+            store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, pack<TY, VEC>(out));
+          });
+    }
   }
 }
 
 // ---------------------------------------------------------------------------------------
 // cluster_row (sm_90): a row too long for one block's registers is split over the blocks
 // of a thread-block cluster, each holding its slice in registers; the row's sum of squares
-// is combined through distributed shared memory. x is still read once.
+// is combined through distributed shared memory. x is still read once. The dynamic scales'
+// group maxima too: a group that spans slices takes the max of every block's cell for it.
 // ---------------------------------------------------------------------------------------
-template <bool ALIGNED, class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
-__global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) ClusterRowImpl(const ForwardArgs a) {
+template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
+__global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS>() / BLOCK)
+    ClusterRowImpl(const ForwardArgs a) {
   begin_dependent_grid();
+  constexpr bool kPreload = kForwardPreloadsWeight<TW, VEC, ITEMS>;
   using Sum = ClusterSum<BLOCK, 1>;
   __shared__ typename Sum::TempStorage temp;
+  extern __shared__ unsigned group_cells[];  // dynamic scales only: GroupMax
   const ClusterPlace place = cluster_place();
   const std::int64_t vectors = chunks_of(a.cols, VEC);
   const std::int64_t per_block = (vectors + place.size - 1) / place.size;
@@ -277,22 +346,55 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) ClusterRow
   const std::int64_t end = begin + per_block < vectors ? begin + per_block : vectors;
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
-  load_weight<ALIGNED, TW, VEC, ITEMS, BLOCK, kForwardPreloadsWeight<TW, VEC, ITEMS>>(w, begin + threadIdx.x, end,
-                                                                                      a.cols, wv);
+  load_weight<ALIGNED, TW, VEC, ITEMS, BLOCK, kPreload>(w, begin + threadIdx.x, end, a.cols, wv);
   int parity = 0;
+  QuantConstants qc;
+  if constexpr (STEPS::kQuant) qc = QuantConstants(a);
+  const bool dynamic = STEPS::kQuant && a.dynamic;
+  GroupMax group_max(group_cells, dynamic ? a.groups : 0, BLOCK);
+  if (dynamic) __syncthreads();
 
   for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters) {
-    const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
     Vec<TX, VEC> v[ITEMS];
-    load_items<ALIGNED, TX, VEC, ITEMS, BLOCK>(x, begin + threadIdx.x, end, a.cols, true, v);
+    load_row<ALIGNED, STEPS, TX, VEC, ITEMS, BLOCK>(a, row, true, begin + threadIdx.x, end, v);
     float ss[1] = {sum_squares<TX, VEC, ITEMS>(v)};
     Sum::sum(temp, ss, parity);
     if (a.row_sums) ss[0] = a.row_sums[row];  // given sums replace the result, as above
     const float rstd = rstd_from_sum(ss[0], a.inv_cols, a.eps);
     if (a.rstd && place.rank == 0 && threadIdx.x == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
-    store_items<ALIGNED, TX, TW, TY, VEC, ITEMS, BLOCK, kForwardPreloadsWeight<TW, VEC, ITEMS>>(
-        y, w, wv, begin + threadIdx.x, end, v, rstd, a);
+    if constexpr (STEPS::kQuant) {
+      unsigned* table = group_max.table();
+      if (dynamic) {
+        for_each_value<ALIGNED, TX, TW, VEC, ITEMS, BLOCK, kPreload>(
+            w, wv, begin + threadIdx.x, end, v, rstd, a,
+            [&](std::int64_t idx, const float(&out)[VEC]) { offer_chunk<VEC>(table, idx, out, a); });
+        cluster_barrier();
+        group_max.clear_ahead(BLOCK);
+      }
+      // The blocks whose slices hold some of group g: its cell in each, in this block's
+      // shared memory or through distributed shared memory.
+      const auto amax_of = [&](std::int64_t g) {
+        const std::int64_t c0 = a.groups == 1 ? 0 : g * a.group_size / VEC;
+        const std::int64_t c1 = a.groups == 1 ? vectors - 1 : ((g + 1) * a.group_size - 1) / VEC;
+        const unsigned r0 = static_cast<unsigned>(c0 / per_block), r1 = static_cast<unsigned>(c1 / per_block);
+        unsigned m = 0u;
+        for (unsigned r = r0; r <= r1 && r < place.size; ++r)
+          m = max(m, r == place.rank ? table[g] : *cluster_cell(table + g, r));
+        return __uint_as_float(m);
+      };
+      for_each_value<ALIGNED, TX, TW, VEC, ITEMS, BLOCK, kPreload>(
+          w, wv, begin + threadIdx.x, end, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
+            const float s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
+            store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s, a.fp8));
+          });
+      if (dynamic) group_max.next();
+    } else {
+      for_each_value<ALIGNED, TX, TW, VEC, ITEMS, BLOCK, kPreload>(
+          w, wv, begin + threadIdx.x, end, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
+            store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, pack<TY, VEC>(out));
+          });
+    }
   }
   Sum::finish();
 }
@@ -300,42 +402,89 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) ClusterRow
 // ---------------------------------------------------------------------------------------
 // long_row: a row per block, any length, any alignment (chunks as load_chunk reads them).
 // The row is streamed twice: once for the sum of squares, once to scale it (the second
-// read mostly hits L2, which holds the rows in flight).
+// read mostly hits L2, which holds the rows in flight). With the residual add the first
+// pass stores r_out and the second reads it back; dynamic scales take a pass between the
+// two for the group maxima.
 // ---------------------------------------------------------------------------------------
-template <bool ALIGNED, class TX, class TW, class TY, int VEC, int BLOCK>
+template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int BLOCK>
 __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
   begin_dependent_grid();
   using Sum = RowSum<BLOCK, BLOCK>;
   __shared__ typename Sum::TempStorage temp;
+  extern __shared__ unsigned group_cells[];  // dynamic scales only: GroupMax
   const std::int64_t vectors = chunks_of(a.cols, VEC);
   const TW* w = static_cast<const TW*>(a.weight);
+  QuantConstants qc;
+  if constexpr (STEPS::kQuant) qc = QuantConstants(a);
+  const bool dynamic = STEPS::kQuant && a.dynamic;
+  GroupMax group_max(group_cells, dynamic ? a.groups : 0, BLOCK);
+  if (dynamic) __syncthreads();
 
   for (std::int64_t row = blockIdx.x; row < a.total_rows; row += gridDim.x) {
     const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
+    const TX* r = nullptr;
+    TX* r_out = nullptr;
+    if constexpr (STEPS::kResidual) {
+      r = residual_row<TX>(a, row);
+      r_out = residual_out_row<TX>(a, row);
+    }
     float ss = 0.f;
-    const std::int64_t summed = a.row_sums ? 0 : vectors;  // the first pass only sums: given sums skip it
+    // Given sums skip the first pass (the apply step has no residual add to store in it).
+    const std::int64_t summed = a.row_sums ? 0 : vectors;
 #pragma unroll 4
     for (std::int64_t idx = threadIdx.x; idx < summed; idx += BLOCK) {
+      Vec<TX, VEC> xv = load_chunk<ALIGNED, TX, VEC>(x, idx, a.cols, true);
+      if constexpr (STEPS::kResidual)
+        xv = add_residual<ALIGNED, TX, VEC>(xv, load_chunk<ALIGNED, TX, VEC>(r, idx, a.cols, true), r_out, idx, a.cols,
+                                            true);
       float f[VEC];
-      unpack(load_chunk<ALIGNED, TX, VEC>(x, idx, a.cols, true), f);
+      unpack(xv, f);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) ss += f[k] * f[k];
     }
     // Given sums replace the block's reduction in every thread (a.row_sums is the grid's).
     const float rstd = rstd_from_sum(a.row_sums ? a.row_sums[row] : Sum::sum(temp, ss), a.inv_cols, a.eps);
     if (a.rstd && threadIdx.x == 0) a.rstd[row] = rstd;
+    // The row the norm read: x, or r_out as this lane stored it in the first pass.
+    const TX* src = STEPS::kResidual ? r_out : x;
     with_mode(a.llama, w != nullptr, [&](auto llama, auto has_w) {
       constexpr bool kLlama = decltype(llama)::value, kHasW = decltype(has_w)::value;
-#pragma unroll 4
-      for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
-        float xf[VEC], wf[VEC], out[VEC];
-        unpack(load_chunk<ALIGNED, TX, VEC>(x, idx, a.cols, true), xf);
+      const auto values = [&](std::int64_t idx, float(&out)[VEC]) {
+        float xf[VEC], wf[VEC];
+        unpack(load_chunk<ALIGNED, TX, VEC>(src, idx, a.cols, true), xf);
         if constexpr (kHasW) unpack(load_chunk<ALIGNED, TW, VEC>(w, idx, a.cols, true), wf);
 #pragma unroll
         for (int k = 0; k < VEC; ++k)
           out[k] = normalise<TX, TW, kLlama, kHasW>(xf[k], rstd, kHasW ? wf[k] : 1.f, a.weight_offset);
-        store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, pack<TY, VEC>(out));
+      };
+      if constexpr (STEPS::kQuant) {
+        unsigned* table = group_max.table();
+        if (dynamic) {
+          for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
+            float out[VEC];
+            values(idx, out);
+            offer_chunk<VEC>(table, idx, out, a);
+          }
+          __syncthreads();
+          group_max.clear_ahead(BLOCK);
+        }
+        const auto amax_of = [&](std::int64_t g) { return __uint_as_float(table[g]); };
+#pragma unroll 4
+        for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
+          float out[VEC];
+          values(idx, out);
+          store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols,
+                                        quantise<VEC>(out, chunk_scale<VEC>(row, idx, amax_of, qc, a), a.fp8));
+        }
+        if (dynamic) group_max.next();
+      } else {
+#pragma unroll 4
+        for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
+          float out[VEC];
+          values(idx, out);
+          store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, pack<TY, VEC>(out));
+        }
       }
     });
   }

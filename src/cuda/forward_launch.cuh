@@ -27,7 +27,7 @@ struct StorageOf<__nv_bfloat16> {
   static constexpr DType value = DType::bf16;
 };
 
-inline ForwardArgs make_args(const ForwardProblem& p, const GivenSums& given) {
+inline ForwardArgs make_args(const ForwardProblem& p) {
   ForwardArgs a{};
   a.x = p.x;
   a.y = p.y;
@@ -41,11 +41,45 @@ inline ForwardArgs make_args(const ForwardProblem& p, const GivenSums& given) {
   a.y_batch_stride = p.y_batch_stride;
   a.y_row_stride = p.y_row_stride;
   a.eps = static_cast<float>(p.eps);
-  a.inv_cols = static_cast<float>(1.0 / static_cast<double>(given.sums ? given.full_cols : p.cols));
+  a.inv_cols = static_cast<float>(1.0 / static_cast<double>(p.row_sums ? p.full_cols : p.cols));
+  a.row_sums = p.row_sums;
   a.weight_offset = static_cast<float>(p.weight_offset);
   a.llama = p.cast == Cast::llama;
-  a.row_sums = given.sums;
+  a.residual = p.residual;
+  a.residual_out = p.residual_out;
+  a.r_batch_stride = p.r_batch_stride;
+  a.r_row_stride = p.r_row_stride;
+  a.r_out_batch_stride = p.r_out_batch_stride;
+  a.r_out_row_stride = p.r_out_row_stride;
+  if (p.quantize) {
+    a.fp8 = p.y_dtype == DType::f8e4m3;
+    a.dynamic = p.quant_scale != QuantScale::static_tensor;
+    a.scale = p.scales;
+    a.scales = p.scales;
+    a.scale_ub = p.scale_ub;
+    a.pow2 = p.pow2_scales;
+    a.group_size = a.dynamic ? p.group_size : p.cols;
+    a.groups = a.dynamic ? p.groups() : 1;
+    a.scale_row_stride = p.scale_row_stride;
+    a.scale_group_stride = p.scale_group_stride;
+    a.qmax = a.fp8 ? 448.0f : 127.0f;
+    a.min_scale = 1.0f / (a.qmax * 512.0f);  // as src/cpu/quantize.h computes it
+  }
   return a;
+}
+
+// Shared memory a block for the dynamic scales' group maxima (GroupMax: `entries` cells for
+// the rows a block holds), refused with a named error beyond what a block may have.
+inline std::size_t dynamic_scale_bytes(const ForwardArgs& a, std::int64_t rows_per_block) {
+  if (!a.dynamic) return 0;
+  const std::size_t bytes = group_max_bytes(rows_per_block * a.groups);
+  constexpr std::size_t kMost = 200 * 1024;
+  if (bytes > kMost)
+    throw Error(Code::unsupported, "group_size: " + std::to_string(a.groups) + " groups a row of " +
+                                       std::to_string(a.cols) + " columns need " + std::to_string(bytes) +
+                                       " bytes of shared memory a block for their maxima on CUDA, more than " +
+                                       std::to_string(kMost) + " (use larger groups)");
+  return bytes;
 }
 
 // Grids stay within the hardware's limit; the kernels loop over any remaining rows.
@@ -55,44 +89,52 @@ inline unsigned grid_for(std::int64_t work_items) {
 }
 
 // The register configuration the plan names among a compile-time table: its instantiation.
-template <bool ALIGNED, class TX, class TW, class TY, int VEC, const RegisterConfig* TABLE, int N>
+template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, const RegisterConfig* TABLE, int N>
 void launch_register_rows(const ForwardArgs& a, const Plan& plan, const Queue& q) {
   with_config<TABLE, N>(plan, names_rows, [&](auto i) {
     constexpr RegisterConfig c = TABLE[decltype(i)::value];
     constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
     const std::int64_t blocks = (a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock;
-    launch_kernel(RegisterRowsImpl<ALIGNED, TX, TW, TY, VEC, c.threads_per_row, c.items, c.threads_per_block>,
-                  {grid_for(blocks), c.threads_per_block}, q, "RegisterRowsImpl", &plan, a);
+    launch_kernel(RegisterRowsImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.threads_per_row, c.items, c.threads_per_block>,
+                  {grid_for(blocks), c.threads_per_block, 0, dynamic_scale_bytes(a, kRowsPerBlock)}, q,
+                  "RegisterRowsImpl", &plan, a);
   });
 }
 
 // The cluster configuration the plan names (kClusterRowConfigs).
-template <bool ALIGNED, class TX, class TW, class TY, int VEC>
+template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC>
 void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
   with_config<kClusterRowConfigs, kNumClusterRowConfigs>(plan, names_cluster, [&](auto i) {
     constexpr RegisterConfig c = kClusterRowConfigs[decltype(i)::value];
     const std::int64_t clusters = cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
-    launch_kernel(ClusterRowImpl<ALIGNED, TX, TW, TY, VEC, c.items, c.threads_per_block>,
-                  {grid_for(clusters * plan.cluster_size), c.threads_per_block, plan.cluster_size}, q, "ClusterRowImpl",
-                  &plan, a);
+    launch_kernel(
+        ClusterRowImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.items, c.threads_per_block>,
+        {grid_for(clusters * plan.cluster_size), c.threads_per_block, plan.cluster_size, dynamic_scale_bytes(a, 1)}, q,
+        "ClusterRowImpl", &plan, a);
   });
 }
 
-template <bool ALIGNED, class TX, class TW, class TY>
-void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q, const GivenSums& given) {
+template <bool ALIGNED, class STEPS, class TX, class TW, class TY>
+void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
   constexpr int kVec = 16 / sizeof(TX);
-  const ForwardArgs a = make_args(p, given);
+  const ForwardArgs a = make_args(p);
+  // The kernels take one max and one scale a chunk (16 bytes of x): a group is whole chunks.
+  if (a.dynamic && a.groups > 1 && a.group_size % kVec != 0)
+    throw Error(Code::unsupported, "group_size: on CUDA a group is a multiple of " + std::to_string(kVec) +
+                                       " columns with " + dtype_name(p.x_dtype) + " x (16 bytes of x), got " +
+                                       std::to_string(a.group_size));
   switch (plan.strategy) {
     case Strategy::warp_rows:
-      return launch_register_rows<ALIGNED, TX, TW, TY, kVec, kWarpRowsConfigs, kNumWarpRowsConfigs>(a, plan, q);
+      return launch_register_rows<ALIGNED, STEPS, TX, TW, TY, kVec, kWarpRowsConfigs, kNumWarpRowsConfigs>(a, plan, q);
     case Strategy::block_row:
-      return launch_register_rows<ALIGNED, TX, TW, TY, kVec, kBlockRowConfigs, kNumBlockRowConfigs>(a, plan, q);
+      return launch_register_rows<ALIGNED, STEPS, TX, TW, TY, kVec, kBlockRowConfigs, kNumBlockRowConfigs>(a, plan, q);
     case Strategy::long_row:
-      launch_kernel(LongRowImpl<ALIGNED, TX, TW, TY, kVec, kLongRowThreads>, {grid_for(a.total_rows), kLongRowThreads},
-                    q, "LongRowImpl", &plan, a);
+      launch_kernel(LongRowImpl<ALIGNED, STEPS, TX, TW, TY, kVec, kLongRowThreads>,
+                    {grid_for(a.total_rows), kLongRowThreads, 0, dynamic_scale_bytes(a, 1)}, q, "LongRowImpl", &plan,
+                    a);
       return;
     case Strategy::cluster_row:
-      return launch_clusters<ALIGNED, TX, TW, TY, kVec>(a, plan, sm_count, q);
+      return launch_clusters<ALIGNED, STEPS, TX, TW, TY, kVec>(a, plan, sm_count, q);
     case Strategy::automatic:
       break;
   }
@@ -107,19 +149,24 @@ decltype(auto) with_alignment(const Plan& plan, F&& f) {
   return f(std::false_type{});
 }
 
-// Chooses the (weight, output) types for input type TX among the supported combinations.
-// `given`: the rows' sums of squares when they come from outside (forward_from_sums).
-template <class TX>
-void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q, const GivenSums& given) {
+// Chooses the (weight, output) types for input type TX among the supported combinations,
+// for the kernels that take STEPS (ForwardSteps). A quantised output is one byte an element
+// (f8e4m3 or i8, told apart at run time).
+template <class TX, class STEPS>
+void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
   with_alignment(plan, [&](auto aligned) {
     constexpr bool kAligned = decltype(aligned)::value;
-    if constexpr (std::is_same<TX, float>::value) {
-      launch_typed<kAligned, float, float, float>(p, plan, sm_count, q, given);
+    const bool w_as_x = !p.weight || p.w_dtype == StorageOf<TX>::value;
+    if constexpr (STEPS::kQuant) {
+      if (w_as_x) return launch_typed<kAligned, STEPS, TX, TX, unsigned char>(p, plan, sm_count, q);
+      if constexpr (!std::is_same<TX, float>::value)
+        launch_typed<kAligned, STEPS, TX, float, unsigned char>(p, plan, sm_count, q);
+    } else if constexpr (std::is_same<TX, float>::value) {
+      launch_typed<kAligned, STEPS, float, float, float>(p, plan, sm_count, q);
     } else {
-      if (!p.weight || p.w_dtype == StorageOf<TX>::value)
-        return launch_typed<kAligned, TX, TX, TX>(p, plan, sm_count, q, given);
-      if (p.y_dtype == StorageOf<TX>::value) return launch_typed<kAligned, TX, float, TX>(p, plan, sm_count, q, given);
-      launch_typed<kAligned, TX, float, float>(p, plan, sm_count, q, given);
+      if (w_as_x) return launch_typed<kAligned, STEPS, TX, TX, TX>(p, plan, sm_count, q);
+      if (p.y_dtype == StorageOf<TX>::value) return launch_typed<kAligned, STEPS, TX, float, TX>(p, plan, sm_count, q);
+      launch_typed<kAligned, STEPS, TX, float, float>(p, plan, sm_count, q);
     }
   });
 }

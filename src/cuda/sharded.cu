@@ -1,7 +1,7 @@
 // The partial sums of the sharded-row steps (partial_sum_squares, partial_grad_dot): one f32
 // a row, the sum over the shard's columns of x^2, or of dy * (w + offset) * x. The apply
 // steps need no kernel of their own: the forward and backward kernels read the reduced sums
-// instead of reducing (GivenSums in common.cuh).
+// instead of reducing (ForwardProblem::row_sums, BackwardProblem::row_dots).
 //
 // Memory-bound like the forward: each byte of x (and dy) is read once, in 16-byte chunks,
 // and summed in fp32. Layout invariance: the threads that sum a row, and so the order of

@@ -1,6 +1,0 @@
-// Backward kernels instantiated for f16 input (see backward_launch.cuh).
-#include "cuda/backward_launch.cuh"
-
-namespace rmsnorm::detail::cuda {
-template void launch_backward<__half>(const BackwardProblem&, const Plan&, int, const Queue&, const GivenSums&);
-}  // namespace rmsnorm::detail::cuda
