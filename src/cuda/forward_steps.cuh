@@ -69,7 +69,7 @@ __device__ __forceinline__ unsigned char encode_q8(float t, bool fp8) {
   return static_cast<unsigned char>(static_cast<signed char>(__float2int_rn(t)));
 }
 
-// y / s rounded to nearest, given r = 1/s rounded to nearest (__frcp_rn): q = RN(y * r) is
+// y / s rounded to nearest, given r = 1/s rounded to nearest (here __fdiv_rn(1, s)): q = RN(y * r) is
 // within an ulp of the quotient, the remainder y - q * s is exact in one FMA, and
 // RN(q + rem * r) is then the correctly rounded quotient (Markstein's theorem), in three
 // instructions where the division takes about ten: the store was bound by its arithmetic.
@@ -111,13 +111,11 @@ __device__ __forceinline__ Vec<unsigned char, VEC> quantise(const float (&y)[VEC
 // The per-call constants of the quantised store, read once a thread (after the grid
 // dependency: a previous kernel may have written them).
 struct QuantConstants {
-  float scale = 1.0f;    // static: the scale
-  float inverse = 1.0f;  // static: 1 / scale, rounded to nearest
-  float ub = 0.0f;       // dynamic: the cap on the amax (infinity: none; fminf keeps the amax then)
+  float scale = 1.0f;  // static: the scale
+  float ub = 0.0f;     // dynamic: the cap on the amax (infinity: none; fminf keeps the amax then)
   QuantConstants() = default;
   __device__ __forceinline__ explicit QuantConstants(const ForwardArgs& a)
       : scale(!a.dynamic ? *a.scale : 1.0f),
-        inverse(__frcp_rn(scale)),
         ub(a.dynamic && a.scale_ub ? *a.scale_ub : std::numeric_limits<float>::infinity()) {}
   __device__ __forceinline__ float computed(float amax, const ForwardArgs& a) const {
     const float s = fmaxf(__fdiv_rn(fminf(amax, ub), a.qmax), a.min_scale);
@@ -188,11 +186,11 @@ struct ChunkScale {
 template <int VEC, class AmaxOf>
 __device__ __forceinline__ ChunkScale chunk_scale(std::int64_t row, std::int64_t idx, const AmaxOf& amax_of,
                                                   const QuantConstants& qc, const ForwardArgs& a) {
-  if (!a.dynamic) return {qc.scale, qc.inverse};
+  if (!a.dynamic) return {qc.scale, __fdiv_rn(1.0f, qc.scale)};
   const std::int64_t g = group_of<VEC>(idx, a);
   const float s = qc.computed(amax_of(g), a);
   if (idx * VEC == g * a.group_size) a.scales[row * a.scale_row_stride + g * a.scale_group_stride] = s;
-  return {s, __frcp_rn(s)};
+  return {s, __fdiv_rn(1.0f, s)};
 }
 
 }  // namespace rmsnorm::detail::cuda
