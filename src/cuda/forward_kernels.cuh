@@ -303,7 +303,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS>() / BLO
         if (valid)
           for_each_value<ALIGNED, TX, TW, VEC, ITEMS, TPR, kPreload>(
               w, wv, lane, vectors, v, rstd, a,
-              [&](std::int64_t idx, const float(&out)[VEC]) { offer_chunk<VEC>(table, idx, out, a); });
+              [&](std::int64_t idx, const float(&out)[VEC]) { offer_chunk<VEC, (TPR >= 32)>(table, idx, out, a); });
         __syncthreads();
         group_max.clear_ahead(BLOCK);
       }
@@ -311,8 +311,8 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS>() / BLO
       if (valid)
         for_each_value<ALIGNED, TX, TW, VEC, ITEMS, TPR, kPreload>(
             w, wv, lane, vectors, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
-              const float s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
-              store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s, a.fp8));
+              const ChunkScale s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
+              store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s.s, s.r, a.fp8));
             });
       if (dynamic) group_max.next();
     } else {
@@ -368,13 +368,14 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS>() / BLO
       if (dynamic) {
         for_each_value<ALIGNED, TX, TW, VEC, ITEMS, BLOCK, kPreload>(
             w, wv, begin + threadIdx.x, end, v, rstd, a,
-            [&](std::int64_t idx, const float(&out)[VEC]) { offer_chunk<VEC>(table, idx, out, a); });
+            [&](std::int64_t idx, const float(&out)[VEC]) { offer_chunk<VEC, true>(table, idx, out, a); });
         cluster_barrier();
         group_max.clear_ahead(BLOCK);
       }
       // The blocks whose slices hold some of group g: its cell in each, in this block's
-      // shared memory or through distributed shared memory.
-      const auto amax_of = [&](std::int64_t g) {
+      // shared memory or through distributed shared memory. A row's one group (per-row
+      // scales) spans every block: its max is read once a row, not once a chunk.
+      const auto group_amax = [&](std::int64_t g) {
         const std::int64_t c0 = a.groups == 1 ? 0 : g * a.group_size / VEC;
         const std::int64_t c1 = a.groups == 1 ? vectors - 1 : ((g + 1) * a.group_size - 1) / VEC;
         const unsigned r0 = static_cast<unsigned>(c0 / per_block), r1 = static_cast<unsigned>(c1 / per_block);
@@ -383,10 +384,12 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS>() / BLO
           m = max(m, r == place.rank ? table[g] : *cluster_cell(table + g, r));
         return __uint_as_float(m);
       };
+      const float row_amax = dynamic && a.groups == 1 ? group_amax(0) : 0.0f;
+      const auto amax_of = [&](std::int64_t g) { return a.groups == 1 ? row_amax : group_amax(g); };
       for_each_value<ALIGNED, TX, TW, VEC, ITEMS, BLOCK, kPreload>(
           w, wv, begin + threadIdx.x, end, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
-            const float s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
-            store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s, a.fp8));
+            const ChunkScale s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
+            store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s.s, s.r, a.fp8));
           });
       if (dynamic) group_max.next();
     } else {
@@ -464,7 +467,7 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
           for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
             float out[VEC];
             values(idx, out);
-            offer_chunk<VEC>(table, idx, out, a);
+            offer_chunk<VEC, true>(table, idx, out, a);
           }
           __syncthreads();
           group_max.clear_ahead(BLOCK);
@@ -474,8 +477,8 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
         for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
           float out[VEC];
           values(idx, out);
-          store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols,
-                                        quantise<VEC>(out, chunk_scale<VEC>(row, idx, amax_of, qc, a), a.fp8));
+          const ChunkScale s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
+          store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s.s, s.r, a.fp8));
         }
         if (dynamic) group_max.next();
       } else {
