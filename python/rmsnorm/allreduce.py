@@ -59,8 +59,8 @@ def _check_args(x_partial, residual, weight, eps, offset, cast, inplace) -> None
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_partial, residual, weight)):
         raise RuntimeError(
             f"{_NAME}: gradients are not supported (an input requires grad: x_partial, residual or weight); "
-            "call it under torch.no_grad() or torch.inference_mode(), or compose "
-            "torch.distributed.nn.functional.all_reduce with rmsnorm.fused_add_rms_norm for training"
+            "call it under torch.no_grad() or torch.inference_mode(); for training, compose an all-reduce "
+            "with the backward your parallelism needs and rmsnorm.fused_add_rms_norm"
         )
     if inplace:
         if _ops._out_dtype(x_partial, weight, cast) != x_partial.dtype:
