@@ -51,6 +51,13 @@ inline std::int64_t stream_head(const T* y) {
 // do not depend on it.
 inline void prefetch(const void* at) { _mm_prefetch(static_cast<const char*>(at), _MM_HINT_T0); }
 
+// prefetch for the block of elements [j, j + 16) of `row`, once per 64-byte line: a block of
+// 16-bit elements is half a line, so those rows ask at every other block (j steps by 16).
+template <class T>
+inline void prefetch_block(const T* row, std::int64_t j) {
+  if (sizeof(T) * kLanes >= 64 || (j & kLanes) == 0) prefetch(row + j);
+}
+
 template <class TX>
 inline float sum_squares(const TX* x, std::int64_t n) {
   Block acc = Ops::zero();
@@ -165,7 +172,7 @@ struct Forward {
         for_blocks(
             n, head,
             [&](std::int64_t j) {
-              prefetch(next_x + j);
+              prefetch_block(next_x, j);
               Ops::stream(y + j, Ops::canonical(scaled(Ops::load(x + j), weight.full(j), rs)));
             },
             part);
@@ -174,7 +181,7 @@ struct Forward {
         for_blocks(
             n, 0,
             [&](std::int64_t j) {
-              prefetch(next_x + j);
+              prefetch_block(next_x, j);
               Ops::store(y + j, Ops::canonical(scaled(Ops::load(x + j), weight.full(j), rs)));
             },
             part);
@@ -247,8 +254,8 @@ struct Backward {
         Ops::store_part(dx + j, dx_of(xv, dyv, weight.part(j, count)), count);
       };
       const auto full = [&](std::int64_t j, auto store) {
-        prefetch(next_x + j);
-        prefetch(next_dy + j);
+        prefetch_block(next_x, j);
+        prefetch_block(next_dy, j);
         const Block xv = Ops::load(x + j), dyv = Ops::load(dy + j);
         if constexpr (WANT_DW) Ops::store(acc + j, Ops::add(Ops::load(acc + j), Ops::mul(Ops::mul(dyv, xv), rs)));
         store(dx + j, dx_of(xv, dyv, weight.full(j)));
