@@ -97,9 +97,9 @@ struct BackwardProblem {
 // refuses CUDA views of those problems with Code::unsupported (never a silent fallback), and
 // the plain problems take their usual path. The residual add on CUDA takes a residual of x's
 // dtype (an f32 residual with 16-bit x is refused there).
-constexpr bool kCudaResidualAdd = true;        // ForwardProblem::residual
-constexpr bool kCudaQuantize = true;           // ForwardProblem::quantize
-constexpr bool kCudaResidualBackward = true;   // BackwardProblem::dr_out (r_out of dy's dtype)
+constexpr bool kCudaResidualAdd = true;       // ForwardProblem::residual
+constexpr bool kCudaQuantize = true;          // ForwardProblem::quantize
+constexpr bool kCudaResidualBackward = true;  // BackwardProblem::dr_out (r_out of dy's dtype)
 
 // Throws rmsnorm::Error naming the first bad argument. Also checks pointer residency when
 // params.check_pointers is set (CUDA builds only).
