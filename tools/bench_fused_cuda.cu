@@ -38,6 +38,7 @@
 #include "normal_fill.h"
 #include "problem.h"
 #include "table.h"
+#include "unfused_kernels.cuh"
 
 namespace rmsnorm::cli {
 namespace {
@@ -48,24 +49,9 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ inline float to_float(float v) { return v; }
-__device__ inline float to_float(__half v) { return __half2float(v); }
-__device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <class T>
-__device__ T from_float(float v);
-template <>
-__device__ inline float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ inline __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+// The storage conversions of the unfused baselines (bench/unfused_kernels.cuh).
+using bench::from_float;
+using bench::to_float;
 
 // Elements of T in one 16-byte access.
 template <class T>

@@ -5,6 +5,7 @@
     norm = rmsnorm.RMSNorm(4096, eps=1e-6).cuda()       # drop-in nn.Module
     rmsnorm.patch(model)                                 # swap a Hugging Face model's RMSNorms
     y, residual = rmsnorm.fused_add_rms_norm(x, residual, weight)   # residual add + norm
+    y, residual = rmsnorm.fused_allreduce_add_rms_norm(x_partial, residual, weight, group=tp)  # + all-reduce
     q, scales = rmsnorm.rms_norm_quant(x, weight, qdtype=torch.float8_e4m3fn, scale="row")
 
 The ops are torch custom ops (torch.ops.rmsnorm.*): they work under torch.compile
@@ -15,6 +16,7 @@ import torch as _torch
 
 from . import _sharded_ops  # noqa: F401  (fake kernels of the sharded-row ops)
 from ._ops import fused_add_rms_norm, has_cuda_kernels, library_path, rms_norm, rms_norm_, rms_norm_quant
+from .allreduce import fused_allreduce_add_rms_norm
 from .modules import RMSNorm
 from .patch import patch
 
@@ -26,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "RMSNorm",
     "fused_add_rms_norm",
+    "fused_allreduce_add_rms_norm",
     "has_cuda_kernels",
     "library_path",
     "patch",

@@ -63,6 +63,7 @@ def _rank_main(body, rank, world_size, port, backend, results, args):
     try:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # ranks talk over the loopback only
         os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # the project's NCCL setting, before the group exists
         if backend == "nccl":
             torch.cuda.set_device(rank)
         # Ranks share the machine's cores: one intra-op thread each.
