@@ -185,6 +185,39 @@ TEST_F(Cuda, Deterministic) {
     }
 }
 
+// cluster_row forced over more rows than the device holds clusters at once: every cluster
+// loops over rows, the staged kernels (aligned rows, kClusterRowStaged) copying each next
+// row into shared memory while they work on the current one. Every row is checked against
+// the oracle, out of place and in place (y is x: each row is read, then written, by its own
+// cluster only), and at an odd column count (the unaligned, unstaged instantiation).
+TEST_F(Cuda, ClusterRowsLoopingOverManyRowsMatchTheReference) {
+  for (DType t : kDtypes)
+    for (std::int64_t cols : {std::int64_t{8192}, std::int64_t{65536} + 64, std::int64_t{40000} + 1})
+      for (bool in_place : {false, true}) {
+        const std::int64_t rows = cols > 8192 ? 300 : 1500;
+        HostTensor x = testing::make_tensor(t, 1, rows, cols);
+        HostTensor w = testing::make_vector(t, cols);
+        reference::fill_normal(x.view, testing::seed_of({static_cast<int>(t), cols, 11}));
+        reference::fill_normal(w.view, testing::seed_of({static_cast<int>(t), cols, 12}), 1.0, 0.5);
+        testing::DeviceMirror dx(x), dw(w);
+        HostTensor y = testing::make_tensor(t, 1, rows, cols);
+        testing::DeviceMirror dy(y);
+        const TensorView& out = in_place ? dx.view : dy.view;
+        const std::string where =
+            std::string(dtype_name(t)) + " cols=" + std::to_string(cols) + (in_place ? " in place" : " out of place");
+        Params p;
+        p.strategy = Strategy::cluster_row;
+        if (!servable(dx.view, out, p.strategy)) continue;  // cluster_row needs sm_90
+        const auto ref = reference::forward(x.view, w.view, t, p);
+        if (!in_place) dy.buffer.fill(0xFF);
+        forward(dx.view, dw.view, out, p);
+        testing::device_synchronize();
+        (in_place ? dx : dy).download_into(y);
+        const auto cmp = reference::compare(y.view, ref.y, reference::forward_tolerance(t, t, p.cast, cols));
+        EXPECT_TRUE(cmp.passed()) << where << ": " << cmp.describe();
+      }
+}
+
 // ---------------------------------------------------------------------------------------
 // Stream
 // ---------------------------------------------------------------------------------------
