@@ -52,6 +52,13 @@ class Place {
   std::optional<TensorView> operator()(std::optional<HostTensor>& t) {
     return t ? std::optional<TensorView>((*this)(*t)) : std::nullopt;
   }
+  // A copy of a short-lived tensor (the reduced sums), never looked up again: the mirrors
+  // above are found by the tensor's address, which a later local may reuse (the backward's
+  // reduced dots once found the forward's sums of squares there).
+  TensorView copy(const HostTensor& t) {
+    if (backend_ == Backend::cpu) return t.view;
+    return copies_.emplace_back(std::make_unique<DeviceMirror>(t))->view;
+  }
   void download(HostTensor& t) {
     if (backend_ == Backend::cpu) return;
     device_synchronize();
@@ -68,6 +75,7 @@ class Place {
   std::map<const HostTensor*, std::unique_ptr<DeviceMirror>> mirrors_;
   std::deque<std::vector<unsigned char>> host_;
   std::deque<std::unique_ptr<DeviceBuffer>> device_;
+  std::deque<std::unique_ptr<DeviceMirror>> copies_;
 };
 
 std::optional<TensorView> shard_of(const std::optional<TensorView>& v, std::int64_t begin, std::int64_t end) {
@@ -157,8 +165,8 @@ void sharded_forward(const ShardCase& c, Tensors& t, Place& place) {
     place.download(s);
     EXPECT_EQ(reference::count_stray_writes(s.bytes, s.view), 0) << c.describe() << ": sums";
   }
-  HostTensor total = reduce(sums, acc, m);
-  const TensorView total_view = place(total);
+  const HostTensor total = reduce(sums, acc, m);
+  const TensorView total_view = place.copy(total);
   std::deque<HostTensor> rstd = row_vectors(acc, m, c.shards);
   for (std::int64_t i = 0; i < c.shards; ++i)
     forward_from_sums(column_shard(x, b[i], b[i + 1]), shard_of(w, b[i], b[i + 1]), column_shard(y, b[i], b[i + 1]),
@@ -188,8 +196,8 @@ void sharded_backward(const ShardCase& c, Tensors& t, Place& place) {
     place.download(d);
     EXPECT_EQ(reference::count_stray_writes(d.bytes, d.view), 0) << c.describe() << ": dots";
   }
-  HostTensor total = reduce(dots, acc, m);
-  const TensorView total_view = place(total);
+  const HostTensor total = reduce(dots, acc, m);
+  const TensorView total_view = place.copy(total);
   for (std::int64_t i = 0; i < c.shards; ++i) {
     const TensorView xs = column_shard(x, b[i], b[i + 1]);
     const std::optional<TensorView> dws = shard_of(dw, b[i], b[i + 1]);

@@ -65,8 +65,8 @@ std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int s
 // clusters the device holds at once (resident_clusters), each looping over its share of
 // the rows; returns their count, one partial dw row each. Measured on the H100 (bf16,
 // 2026-11-25, rows of 16384 / 32768 / 65536 elements): 2.82 / 2.76 / 2.60 TB/s, against
-// 2.51 / 2.43 / 2.09 with cluster_count's four times as many clusters (which the forward's
-// unstaged cluster rows keep): once the next row's loads are in flight during this one's barrier (RowStage),
+// 2.51 / 2.43 / 2.09 with cluster_count's four times as many clusters (which the forward
+// keeps): once the next row's loads are in flight during this one's barrier (RowStage),
 // further clusters only add partial rows and waves.
 template <bool ALIGNED, bool RESIDUAL, class TX, class TW, int VEC>
 std::int64_t launch_backward_clusters(const BackwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {

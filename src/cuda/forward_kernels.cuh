@@ -17,7 +17,6 @@
 #include "cuda/cluster.cuh"
 #include "cuda/common.cuh"
 #include "cuda/forward_steps.cuh"
-#include "cuda/row_stage.cuh"
 #include "kernel_configs.h"
 
 namespace rmsnorm::detail::cuda {
@@ -331,57 +330,23 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS>() / BLO
 // of a thread-block cluster, each holding its slice in registers; the row's sum of squares
 // is combined through distributed shared memory. x is still read once. The dynamic scales'
 // group maxima too: a group that spans slices takes the max of every block's cell for it.
-//
-// A block holds one row slice at a time (its registers are the SM's), so between its last
-// load of a row and its first load of the next nothing of its own is in flight: the plain
-// norm (and the apply step of given sums) stages the next row's slice in shared memory
-// (RowStage: bulk copies, double-buffered) while it reduces, synchronises and stores this
-// one, as the backward's cluster rows do. Only aligned rows (bulk copies move 16-byte
-// aligned slices) and only the plain steps: the residual's slices would double the
-// buffers past an SM's shared memory, and the dynamic scales' tables share it too.
-// Dynamic shared memory: the stage buffers (cluster_forward_stage_bytes), then the GroupMax
-// tables.
 // ---------------------------------------------------------------------------------------
-template <bool ALIGNED, class STEPS>
-inline constexpr bool kClusterRowStaged = ALIGNED && !STEPS::kResidual && !STEPS::kQuant;
-
-template <class TX, int VEC, int ITEMS, int BLOCK>
-using ClusterForwardStage = RowStage<Vec<TX, VEC>, ITEMS * BLOCK, 1>;
-
-template <bool ALIGNED, class STEPS, class TX, int VEC, int ITEMS, int BLOCK>
-constexpr std::size_t cluster_forward_stage_bytes() {
-  return kClusterRowStaged<ALIGNED, STEPS> ? ClusterForwardStage<TX, VEC, ITEMS, BLOCK>::kBytes : 0;
-}
-
-// A staged block takes its SM's shared memory (two 64 KB buffers at 512 x 8 vectors), so it
-// is alone there and may take up to 128 registers a thread instead of 64.
-template <bool ALIGNED, class STEPS, int BLOCK>
-constexpr int cluster_row_blocks_per_sm() {
-  return kClusterRowStaged<ALIGNED, STEPS> ? 1 : forward_resident_threads<STEPS>() / BLOCK;
-}
-
 template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
-__global__ void __launch_bounds__(BLOCK, cluster_row_blocks_per_sm<ALIGNED, STEPS, BLOCK>())
+__global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS>() / BLOCK)
     ClusterRowImpl(const ForwardArgs a) {
   begin_dependent_grid();
   constexpr bool kPreload = kForwardPreloadsWeight<TW, VEC, ITEMS>;
-  constexpr bool kStaged = kClusterRowStaged<ALIGNED, STEPS>;
-  constexpr std::size_t kStageBytes = cluster_forward_stage_bytes<ALIGNED, STEPS, TX, VEC, ITEMS, BLOCK>();
   using Sum = ClusterSum<BLOCK, 1>;
-  using Stage = ClusterForwardStage<TX, VEC, ITEMS, BLOCK>;
   __shared__ typename Sum::TempStorage temp;
-  __shared__ typename Stage::Barriers bars;
-  extern __shared__ uint4 dynamic_shared[];
-  unsigned* group_cells = reinterpret_cast<unsigned*>(reinterpret_cast<unsigned char*>(dynamic_shared) + kStageBytes);
+  extern __shared__ unsigned group_cells[];  // dynamic scales only: GroupMax
   const ClusterPlace place = cluster_place();
   const std::int64_t vectors = chunks_of(a.cols, VEC);
   const std::int64_t per_block = (vectors + place.size - 1) / place.size;
   const std::int64_t begin = place.rank * per_block;
   const std::int64_t end = begin + per_block < vectors ? begin + per_block : vectors;
-  const std::int64_t first = begin + threadIdx.x;
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
-  load_weight<ALIGNED, TW, VEC, ITEMS, BLOCK, kPreload>(w, first, end, a.cols, wv);
+  load_weight<ALIGNED, TW, VEC, ITEMS, BLOCK, kPreload>(w, begin + threadIdx.x, end, a.cols, wv);
   int parity = 0;
   QuantConstants qc;
   if constexpr (STEPS::kQuant) qc = QuantConstants(a);
@@ -389,33 +354,9 @@ __global__ void __launch_bounds__(BLOCK, cluster_row_blocks_per_sm<ALIGNED, STEP
   GroupMax group_max(group_cells, dynamic ? a.groups : 0, BLOCK);
   if (dynamic) __syncthreads();
 
-  [[maybe_unused]] Stage stage(bars, reinterpret_cast<Vec<TX, VEC>*>(dynamic_shared));
-  // Starts the copy of `row`'s slice into `buffer` (thread 0, staged kernels only).
-  const auto prefetch = [&](std::int64_t row, int buffer) {
-    if (!kStaged || threadIdx.x != 0) return;
-    const Vec<TX, VEC>* x = reinterpret_cast<const Vec<TX, VEC>*>(
-        static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride));
-    const Vec<TX, VEC>* const src[1] = {x + begin};
-    stage.issue(buffer, src, end > begin ? end - begin : 0);
-  };
-  if (place.cluster < a.total_rows) prefetch(place.cluster, 0);
-
-  unsigned step = 0;
-  for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters, ++step) {
+  for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters) {
     Vec<TX, VEC> v[ITEMS];
-    if constexpr (kStaged) {
-      const int buffer = static_cast<int>(step & 1u);
-      stage.wait(buffer, step >> 1);
-#pragma unroll
-      for (int i = 0; i < ITEMS; ++i) {
-        const bool in = first + static_cast<std::int64_t>(i) * BLOCK < end;
-        v[i] = in ? stage.slot(buffer, 0)[threadIdx.x + i * BLOCK] : Vec<TX, VEC>{};
-      }
-      // The other buffer was last read before the previous row's block barriers.
-      if (row + place.clusters < a.total_rows) prefetch(row + place.clusters, buffer ^ 1);
-    } else {
-      load_row<ALIGNED, STEPS, TX, VEC, ITEMS, BLOCK>(a, row, true, first, end, v);
-    }
+    load_row<ALIGNED, STEPS, TX, VEC, ITEMS, BLOCK>(a, row, true, begin + threadIdx.x, end, v);
     float ss[1] = {sum_squares<TX, VEC, ITEMS>(v)};
     Sum::sum(temp, ss, parity);
     if (a.row_sums) ss[0] = a.row_sums[row];  // given sums replace the result, as above
@@ -426,7 +367,7 @@ __global__ void __launch_bounds__(BLOCK, cluster_row_blocks_per_sm<ALIGNED, STEP
       unsigned* table = group_max.table();
       if (dynamic) {
         for_each_value<ALIGNED, TX, TW, VEC, ITEMS, BLOCK, kPreload>(
-            w, wv, first, end, v, rstd, a,
+            w, wv, begin + threadIdx.x, end, v, rstd, a,
             [&](std::int64_t idx, const float(&out)[VEC]) { offer_chunk<VEC, true>(table, idx, out, a); });
         cluster_barrier();
         group_max.clear_ahead(BLOCK);
@@ -446,14 +387,14 @@ __global__ void __launch_bounds__(BLOCK, cluster_row_blocks_per_sm<ALIGNED, STEP
       const float row_amax = dynamic && a.groups == 1 ? group_amax(0) : 0.0f;
       const auto amax_of = [&](std::int64_t g) { return a.groups == 1 ? row_amax : group_amax(g); };
       for_each_value<ALIGNED, TX, TW, VEC, ITEMS, BLOCK, kPreload>(
-          w, wv, first, end, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
+          w, wv, begin + threadIdx.x, end, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
             const ChunkScale s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
             store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s.s, s.r, a.fp8));
           });
       if (dynamic) group_max.next();
     } else {
       for_each_value<ALIGNED, TX, TW, VEC, ITEMS, BLOCK, kPreload>(
-          w, wv, first, end, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
+          w, wv, begin + threadIdx.x, end, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
             store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, pack<TY, VEC>(out));
           });
     }

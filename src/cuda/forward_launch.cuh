@@ -3,7 +3,6 @@
 // instantiations compile in parallel.
 #pragma once
 
-#include <algorithm>
 #include <string>
 
 #include "cuda/forward_kernels.cuh"
@@ -102,25 +101,16 @@ void launch_register_rows(const ForwardArgs& a, const Plan& plan, const Queue& q
   });
 }
 
-// The cluster configuration the plan names (kClusterRowConfigs). A staged kernel (its next
-// row in flight while it works on this one: kClusterRowStaged) gets the clusters the device
-// holds at once, each looping over its share of the rows, as the backward's; the others
-// get cluster_count's, more than are resident, so that a block's successor on its SM
-// starts loading as soon as it ends.
+// The cluster configuration the plan names (kClusterRowConfigs).
 template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC>
 void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
   with_config<kClusterRowConfigs, kNumClusterRowConfigs>(plan, names_cluster, [&](auto i) {
     constexpr RegisterConfig c = kClusterRowConfigs[decltype(i)::value];
-    const auto kernel = ClusterRowImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.items, c.threads_per_block>;
-    LaunchShape shape{dim3(1), c.threads_per_block, plan.cluster_size,
-                      cluster_forward_stage_bytes<ALIGNED, STEPS, TX, VEC, c.items, c.threads_per_block>() +
-                          dynamic_scale_bytes(a, 1)};
-    const int resident = kClusterRowStaged<ALIGNED, STEPS> ? resident_clusters(kernel, shape) : 0;
-    const std::int64_t clusters = resident > 0
-                                      ? std::min<std::int64_t>(a.total_rows, resident)
-                                      : cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
-    shape.grid = grid_for(clusters * plan.cluster_size);
-    launch_kernel(kernel, shape, q, "ClusterRowImpl", &plan, a);
+    const std::int64_t clusters = cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
+    launch_kernel(
+        ClusterRowImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.items, c.threads_per_block>,
+        {grid_for(clusters * plan.cluster_size), c.threads_per_block, plan.cluster_size, dynamic_scale_bytes(a, 1)}, q,
+        "ClusterRowImpl", &plan, a);
   });
 }
 

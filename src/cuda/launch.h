@@ -144,7 +144,7 @@ int resident_clusters(void (*kernel)(KernelArgs...), const LaunchShape& shape) {
   return clusters;
 }
 
-// Clusters of the forward's unstaged cluster grid (and the staged ones' when
+// Clusters of the forward's persistent cluster grid (and the backward's when
 // resident_clusters cannot say): SMs x 2048 threads / block / cluster size, four times what
 // one-block-an-SM kernels keep resident, and no more than there are rows. Measured on the
 // H100 (bf16, 2026-11-25): sized to SMs / cluster size (more than fit at once: clusters
