@@ -311,8 +311,8 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS>() / BLO
       if (valid)
         for_each_value<ALIGNED, TX, TW, VEC, ITEMS, TPR, kPreload>(
             w, wv, lane, vectors, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
-              const ChunkScale s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
-              store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s.s, s.r, a.fp8));
+              const float s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
+              store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s, a.fp8));
             });
       if (dynamic) group_max.next();
     } else {
@@ -388,8 +388,8 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS>() / BLO
       const auto amax_of = [&](std::int64_t g) { return a.groups == 1 ? row_amax : group_amax(g); };
       for_each_value<ALIGNED, TX, TW, VEC, ITEMS, BLOCK, kPreload>(
           w, wv, begin + threadIdx.x, end, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
-            const ChunkScale s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
-            store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s.s, s.r, a.fp8));
+            const float s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
+            store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s, a.fp8));
           });
       if (dynamic) group_max.next();
     } else {
@@ -477,8 +477,8 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
         for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
           float out[VEC];
           values(idx, out);
-          const ChunkScale s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
-          store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s.s, s.r, a.fp8));
+          const float s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
+          store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s, a.fp8));
         }
         if (dynamic) group_max.next();
       } else {

@@ -69,41 +69,29 @@ __device__ __forceinline__ unsigned char encode_q8(float t, bool fp8) {
   return static_cast<unsigned char>(static_cast<signed char>(__float2int_rn(t)));
 }
 
-// y / s rounded to nearest, given r = 1/s rounded to nearest (here __fdiv_rn(1, s)): q = RN(y * r) is
-// within an ulp of the quotient, the remainder y - q * s is exact in one FMA, and
-// RN(q + rem * r) is then the correctly rounded quotient (Markstein's theorem), in three
-// instructions where the division takes about ten: the store was bound by its arithmetic.
-// The theorem needs an exact remainder and no overflow: a quotient beyond 2^100 (a tiny
-// static scale: the remainder would be inf - inf), |y| below 2^-100 (the remainder would
-// underflow; zero rows too) and NaN take the division itself. Checked against the division
-// on 3e8 random pairs over the whole exponent range: every bit equal. An exact first
-// product keeps its sign.
-__device__ __forceinline__ float divide_rn(float y, float s, float r) {
-  const float q = y * r;
-  if (!(fabsf(q) < 0x1p100f) || !(fabsf(y) >= 0x1p-100f)) return __fdiv_rn(y, s);
-  const float rem = fmaf(-q, s, y);
-  return rem == 0.0f ? q : fmaf(rem, r, q);
-}
-
-// A chunk of y values quantised with scale s (r = 1/s, rounded to nearest). fp8 is converted
-// two values an instruction (cvt.rn.satfinite.e4m3x2.f32); the format is chosen once a chunk.
+// A chunk of y values quantised with scale s, each quotient correctly rounded (__fdiv_rn).
+// fp8 is converted two values an instruction (cvt.rn.satfinite.e4m3x2.f32); the format is
+// chosen once a chunk. (The quotient as y * (1/s) plus one FMA correction, Markstein's, with
+// the division kept where his theorem does not hold, was slower on the H200 at tree ff1c739,
+// static fp8 1.19-2.05 against 1.26-2.16 TB/s at 66e32ce, and tripled these kernels'
+// compile time: its range checks cost what the division did.)
 template <int VEC>
-__device__ __forceinline__ Vec<unsigned char, VEC> quantise(const float (&y)[VEC], float s, float r, bool fp8) {
+__device__ __forceinline__ Vec<unsigned char, VEC> quantise(const float (&y)[VEC], float s, bool fp8) {
   Vec<unsigned char, VEC> q;
   if (fp8) {
     if constexpr (VEC % 2 == 0) {
       unsigned short* pairs = reinterpret_cast<unsigned short*>(q.v);
 #pragma unroll
       for (int k = 0; k < VEC; k += 2)
-        pairs[k / 2] = __nv_cvt_float2_to_fp8x2(make_float2(divide_rn(y[k], s, r), divide_rn(y[k + 1], s, r)),
-                                                __NV_SATFINITE, __NV_E4M3);
+        pairs[k / 2] = __nv_cvt_float2_to_fp8x2(make_float2(__fdiv_rn(y[k], s), __fdiv_rn(y[k + 1], s)), __NV_SATFINITE,
+                                                __NV_E4M3);
     } else {
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) q.v[k] = encode_q8(divide_rn(y[k], s, r), true);
+      for (int k = 0; k < VEC; ++k) q.v[k] = encode_q8(__fdiv_rn(y[k], s), true);
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) q.v[k] = encode_q8(divide_rn(y[k], s, r), false);
+    for (int k = 0; k < VEC; ++k) q.v[k] = encode_q8(__fdiv_rn(y[k], s), false);
   }
   return q;
 }
@@ -176,21 +164,16 @@ __device__ __forceinline__ void offer_chunk(unsigned* table, std::int64_t idx, c
   if (static_cast<int>(threadIdx.x % 32) == __ffs(peers) - 1 && top > 0u) atomicMax(cell, top);
 }
 
-// A chunk's scale and its reciprocal (rounded to nearest).
-struct ChunkScale {
-  float s, r;
-};
-
 // The scale of a chunk's group: the static one, or computed from the group's max |y| over
 // the whole row (amax_of(g)), then written by the lane holding the group's first element.
 template <int VEC, class AmaxOf>
-__device__ __forceinline__ ChunkScale chunk_scale(std::int64_t row, std::int64_t idx, const AmaxOf& amax_of,
-                                                  const QuantConstants& qc, const ForwardArgs& a) {
-  if (!a.dynamic) return {qc.scale, __fdiv_rn(1.0f, qc.scale)};
+__device__ __forceinline__ float chunk_scale(std::int64_t row, std::int64_t idx, const AmaxOf& amax_of,
+                                             const QuantConstants& qc, const ForwardArgs& a) {
+  if (!a.dynamic) return qc.scale;
   const std::int64_t g = group_of<VEC>(idx, a);
   const float s = qc.computed(amax_of(g), a);
   if (idx * VEC == g * a.group_size) a.scales[row * a.scale_row_stride + g * a.scale_group_stride] = s;
-  return {s, __fdiv_rn(1.0f, s)};
+  return s;
 }
 
 }  // namespace rmsnorm::detail::cuda
