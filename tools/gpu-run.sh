@@ -7,7 +7,7 @@
 # to OUTDIR/logs; both are bundled into OUTDIR/gpu-run.tar.gz (one file to bring back); a
 # summary is printed last.
 #
-#   RMSNORM_COMMIT=<sha> tools/gpu-run.sh OUTDIR [stage ...]
+#   RMSNORM_COMMIT=<sha> [RMSNORM_CMAKE_ARGS=...] tools/gpu-run.sh OUTDIR [stage ...]
 #   stages: build test check sanitize bench python (default: all of them, in that order),
 #   readme (not by default: the README's two commands, recorded as check and ctest), pytree
 #   (not by default: the Python suite and bench against the build stage's extension), and
@@ -63,7 +63,7 @@ note "$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noh
 
 if want build; then
   run configure cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRMSNORM_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES=90 -DRMSNORM_GIT_COMMIT="$commit"
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DRMSNORM_GIT_COMMIT="$commit" ${RMSNORM_CMAKE_ARGS:-}
   run build cmake --build "$build" -j 16 || { note "build failed: see logs/build.log"; tail -30 "$logs/build.log"; }
 fi
 
