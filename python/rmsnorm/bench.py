@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import datetime
 import json
 import math
@@ -60,13 +61,15 @@ QUICK_BACKWARD = [(16384, 2048), (16384, 8192)]
 CPU_FORWARD = [(256, 1024), (64, 8192), (8192, 128)]  # small: the CPU run is a smoke test
 CPU_BACKWARD = [(256, 1024), (4096, 128)]
 CPU_DECODE = [(1, 4096)]
-# Passes over the calls before a CPU figure. PyTorch's CPU tensors come from malloc, which
-# maps large blocks afresh (page faults on every first touch) until a few frees have raised
-# its mmap threshold and later blocks of the size are reused from the heap; timing before that
-# would measure page faults rather than the kernel. (An op that frees several large
-# temporaries a call, as F.rms_norm's float32 ones, can still see the heap trimmed and touched
-# afresh: that cost is the op's own.)
+# Passes over the calls before a CPU figure: the first touch of each block malloc hands out
+# is a page fault, and the warm-up leaves the heap holding touched pages of every size the
+# calls ask for (keep_cpu_memory has malloc keep them, large blocks included).
 CPU_WARM_UP_PASSES = 5
+
+WORKING_SET_L2_MULTIPLE = 4  # rotate inputs until the working set is >= 4x L2
+OUTPUT_BUDGET_BYTES = 4 << 30  # outputs kept alive inside one graph (each call gets fresh memory)
+MAX_CALLS_PER_GRAPH = 64
+CHECK_ROWS = 256  # rows compared with the float64 reference per timed shape
 
 
 def keep_cpu_memory() -> bool:
@@ -76,19 +79,12 @@ def keep_cpu_memory() -> bool:
     page-faulted on every call, whatever the warm-up: rmsnorm and torch.compile moved 4-5
     GB/s there against 20-30 for the same loops in `rmsnorm bench --device cpu`. The same
     for every implementation and the copy; False where the C library is not glibc."""
-    import ctypes
-
     try:
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
         return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
     except (OSError, AttributeError):
         return False
-
-WORKING_SET_L2_MULTIPLE = 4  # rotate inputs until the working set is >= 4x L2
-OUTPUT_BUDGET_BYTES = 4 << 30  # outputs kept alive inside one graph (each call gets fresh memory)
-MAX_CALLS_PER_GRAPH = 64
-CHECK_ROWS = 256  # rows compared with the float64 reference per timed shape
 
 
 # ---------------------------------------------------------------------------------------
