@@ -1,5 +1,6 @@
 // Launchers of the backward: the main kernel of the plan's strategy, then the dw
-// finalisation. Included by one translation unit per input dtype.
+// finalisation. Included by the generated translation units, one per (input dtype, form,
+// alignment: backward_instance.cu.in).
 #pragma once
 
 #include <algorithm>
@@ -125,19 +126,16 @@ void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_co
     launch_dw_finalize<TW>(a.partial, blocks, p.cols, p.dw, q);
 }
 
-// RESIDUAL: the residual add's backward (store_dx_chunk).
-template <class TX, bool RESIDUAL>
+// RESIDUAL: the residual add's backward (store_dx_chunk); kAligned: whole chunks loaded.
+template <class TX, bool RESIDUAL, bool kAligned>
 void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
-  with_alignment(plan, [&](auto aligned) {
-    constexpr bool kAligned = decltype(aligned)::value;
-    if constexpr (std::is_same<TX, float>::value) {
-      launch_backward_typed<kAligned, RESIDUAL, float, float>(p, plan, sm_count, q);
-    } else {
-      if (!p.weight || p.w_dtype == StorageOf<TX>::value)
-        return launch_backward_typed<kAligned, RESIDUAL, TX, TX>(p, plan, sm_count, q);
-      launch_backward_typed<kAligned, RESIDUAL, TX, float>(p, plan, sm_count, q);
-    }
-  });
+  if constexpr (std::is_same<TX, float>::value) {
+    launch_backward_typed<kAligned, RESIDUAL, float, float>(p, plan, sm_count, q);
+  } else {
+    if (!p.weight || p.w_dtype == StorageOf<TX>::value)
+      return launch_backward_typed<kAligned, RESIDUAL, TX, TX>(p, plan, sm_count, q);
+    launch_backward_typed<kAligned, RESIDUAL, TX, float>(p, plan, sm_count, q);
+  }
 }
 
 }  // namespace rmsnorm::detail::cuda

@@ -13,9 +13,10 @@
 
 namespace rmsnorm::detail {
 namespace cuda {
-template <class TX, class STEPS>
+// Instantiated by the generated units (forward_instance.cu.in, backward_instance.cu.in).
+template <class TX, class STEPS, bool ALIGNED>
 void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q);
-template <class TX, bool RESIDUAL>
+template <class TX, bool RESIDUAL, bool ALIGNED>
 void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q);
 template <class TX>
 void launch_partial_sums(const PartialSumsProblem& p, const Queue& q);
@@ -68,6 +69,12 @@ int sm_count(int device) { return cached_attribute<cudaDevAttrMultiProcessorCoun
 cuda::Queue queue_for(Stream stream, bool pdl, int device) {
   return {static_cast<cudaStream_t>(stream), pdl && cuda_cc_major(device) >= 9};
 }
+
+template <class TX, bool RESIDUAL>
+void launch_backward_aligned(const BackwardProblem& p, const Plan& plan, int sms, const cuda::Queue& q) {
+  cuda::with_alignment(
+      plan, [&](auto aligned) { cuda::launch_backward<TX, RESIDUAL, decltype(aligned)::value>(p, plan, sms, q); });
+}
 }  // namespace
 
 std::size_t cuda_backward_workspace(std::int64_t total_rows, std::int64_t cols, int device) {
@@ -95,14 +102,14 @@ void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Strea
   const bool residual = p.dr_out != nullptr;
   switch (p.x_dtype) {
     case DType::f32:
-      return residual ? cuda::launch_backward<float, true>(p, plan, sms, q)
-                      : cuda::launch_backward<float, false>(p, plan, sms, q);
+      return residual ? launch_backward_aligned<float, true>(p, plan, sms, q)
+                      : launch_backward_aligned<float, false>(p, plan, sms, q);
     case DType::f16:
-      return residual ? cuda::launch_backward<__half, true>(p, plan, sms, q)
-                      : cuda::launch_backward<__half, false>(p, plan, sms, q);
+      return residual ? launch_backward_aligned<__half, true>(p, plan, sms, q)
+                      : launch_backward_aligned<__half, false>(p, plan, sms, q);
     case DType::bf16:
-      return residual ? cuda::launch_backward<__nv_bfloat16, true>(p, plan, sms, q)
-                      : cuda::launch_backward<__nv_bfloat16, false>(p, plan, sms, q);
+      return residual ? launch_backward_aligned<__nv_bfloat16, true>(p, plan, sms, q)
+                      : launch_backward_aligned<__nv_bfloat16, false>(p, plan, sms, q);
     case DType::f64:
       throw Error(Code::unsupported, "x: f64 is supported on the CPU only");
     case DType::f8e4m3:
@@ -118,13 +125,19 @@ int cuda_cc_major(int device) {
 
 namespace {
 // The forward's fused steps as the problem asks for them.
+template <class TX, class STEPS>
+void launch_forward_aligned(const ForwardProblem& p, const Plan& plan, int sms, const cuda::Queue& q) {
+  cuda::with_alignment(
+      plan, [&](auto aligned) { cuda::launch_forward<TX, STEPS, decltype(aligned)::value>(p, plan, sms, q); });
+}
+
 template <class TX>
 void launch_forward_steps(const ForwardProblem& p, const Plan& plan, int sms, const cuda::Queue& q) {
   using cuda::ForwardSteps;
-  if (p.residual && p.quantize) return cuda::launch_forward<TX, ForwardSteps<true, true>>(p, plan, sms, q);
-  if (p.residual) return cuda::launch_forward<TX, ForwardSteps<true, false>>(p, plan, sms, q);
-  if (p.quantize) return cuda::launch_forward<TX, ForwardSteps<false, true>>(p, plan, sms, q);
-  cuda::launch_forward<TX, cuda::PlainSteps>(p, plan, sms, q);
+  if (p.residual && p.quantize) return launch_forward_aligned<TX, ForwardSteps<true, true>>(p, plan, sms, q);
+  if (p.residual) return launch_forward_aligned<TX, ForwardSteps<true, false>>(p, plan, sms, q);
+  if (p.quantize) return launch_forward_aligned<TX, ForwardSteps<false, true>>(p, plan, sms, q);
+  launch_forward_aligned<TX, cuda::PlainSteps>(p, plan, sms, q);
 }
 }  // namespace
 

@@ -1,6 +1,6 @@
-// Launchers: turn a validated problem and its plan into one kernel launch. Included by one
-// translation unit per input dtype (forward_f32.cu, forward_f16.cu, forward_bf16.cu), so the
-// instantiations compile in parallel.
+// Launchers: turn a validated problem and its plan into one kernel launch. Included by the
+// generated translation units, one per (input dtype, steps, alignment: forward_instance.cu.in),
+// so that the instantiations compile in parallel.
 #pragma once
 
 #include <string>
@@ -141,34 +141,24 @@ void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const
   throw Error(Code::internal, "plan without a strategy");
 }
 
-// Calls f with whether the plan loads whole chunks (Plan::load_width) as a compile-time
-// constant: every kernel has an aligned and an unaligned instantiation (load_chunk).
-template <class F>
-decltype(auto) with_alignment(const Plan& plan, F&& f) {
-  if (plan.load_width == plan.vector_width) return f(std::true_type{});
-  return f(std::false_type{});
-}
-
 // Chooses the (weight, output) types for input type TX among the supported combinations,
-// for the kernels that take STEPS (ForwardSteps). A quantised output is one byte an element
-// (f8e4m3 or i8, told apart at run time).
-template <class TX, class STEPS>
+// for the kernels that take STEPS (ForwardSteps) and load whole chunks or not (kAligned, as
+// the plan says: with_alignment). A quantised output is one byte an element (f8e4m3 or i8,
+// told apart at run time).
+template <class TX, class STEPS, bool kAligned>
 void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
-  with_alignment(plan, [&](auto aligned) {
-    constexpr bool kAligned = decltype(aligned)::value;
-    [[maybe_unused]] const bool w_as_x = !p.weight || p.w_dtype == StorageOf<TX>::value;
-    if constexpr (STEPS::kQuant) {
-      if (w_as_x) return launch_typed<kAligned, STEPS, TX, TX, unsigned char>(p, plan, sm_count, q);
-      if constexpr (!std::is_same<TX, float>::value)
-        launch_typed<kAligned, STEPS, TX, float, unsigned char>(p, plan, sm_count, q);
-    } else if constexpr (std::is_same<TX, float>::value) {
-      launch_typed<kAligned, STEPS, float, float, float>(p, plan, sm_count, q);
-    } else {
-      if (w_as_x) return launch_typed<kAligned, STEPS, TX, TX, TX>(p, plan, sm_count, q);
-      if (p.y_dtype == StorageOf<TX>::value) return launch_typed<kAligned, STEPS, TX, float, TX>(p, plan, sm_count, q);
-      launch_typed<kAligned, STEPS, TX, float, float>(p, plan, sm_count, q);
-    }
-  });
+  [[maybe_unused]] const bool w_as_x = !p.weight || p.w_dtype == StorageOf<TX>::value;
+  if constexpr (STEPS::kQuant) {
+    if (w_as_x) return launch_typed<kAligned, STEPS, TX, TX, unsigned char>(p, plan, sm_count, q);
+    if constexpr (!std::is_same<TX, float>::value)
+      launch_typed<kAligned, STEPS, TX, float, unsigned char>(p, plan, sm_count, q);
+  } else if constexpr (std::is_same<TX, float>::value) {
+    launch_typed<kAligned, STEPS, float, float, float>(p, plan, sm_count, q);
+  } else {
+    if (w_as_x) return launch_typed<kAligned, STEPS, TX, TX, TX>(p, plan, sm_count, q);
+    if (p.y_dtype == StorageOf<TX>::value) return launch_typed<kAligned, STEPS, TX, float, TX>(p, plan, sm_count, q);
+    launch_typed<kAligned, STEPS, TX, float, float>(p, plan, sm_count, q);
+  }
 }
 
 }  // namespace rmsnorm::detail::cuda

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include "kernel_configs.h"
@@ -66,6 +67,15 @@ cudaError_t allow_shared_bytes(void (*kernel)(KernelArgs...), std::size_t bytes)
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (err == cudaSuccess) largest = bytes;
   return err;
+}
+
+// Calls f with whether the plan loads whole chunks (Plan::load_width) as a compile-time
+// constant: every kernel has an aligned and an unaligned instantiation (load_chunk), each
+// compiled in a translation unit of its own (src/CMakeLists.txt).
+template <class F>
+decltype(auto) with_alignment(const Plan& plan, F&& f) {
+  if (plan.load_width == plan.vector_width) return f(std::true_type{});
+  return f(std::false_type{});
 }
 
 // Launches every kernel of the library.
