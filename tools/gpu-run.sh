@@ -186,12 +186,13 @@ fi
 bundle
 if want pytree; then
   # The Python suite and bench against the extension the build stage made in the tree (no
-  # second compile, as the python stage's pip install does).
-  run pytest_tree ctest --test-dir "$build" --output-on-failure -R '^python[.]pytest$'
+  # second compile, as the python stage's pip install does). The suite's output is kept (-V);
+  # a PYTHONPATH set by the caller (peers' wheels unpacked there: QuACK, Liger) is kept too.
+  run pytest_tree ctest --test-dir "$build" -V -R '^python[.]pytest$'
   { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/pytest_tree.log"; } >"$prefix-pytest.txt"
   grep -E "passed|failed" "$logs/pytest_tree.log" | tail -2 | tee -a "$summary"
   lib=$(find "$build" -name 'librmsnorm_torch*.so' | head -1)
-  run python_bench timeout "${RMSNORM_PYBENCH_TIMEOUT:-300}" env PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python" \
+  run python_bench timeout "${RMSNORM_PYBENCH_TIMEOUT:-300}" env PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}" \
     RMSNORM_TORCH_LIBRARY="$lib" python3 -m rmsnorm.bench ${RMSNORM_PYBENCH_ARGS:-} --out "$logs/python-bench"
   cp "$logs/python_bench.log" "$prefix-python-bench.txt"
 fi
