@@ -245,16 +245,21 @@ inline std::size_t group_max_bytes(std::int64_t entries) { return 3 * static_cas
 // resident_threads / BLOCK blocks per SM: at most 64 registers a thread, so that half of an
 // SM's 2048 threads are resident (at 80 registers only 768 were, and a 4096-row batch of
 // 1024-element bf16 rows took 1.3 waves of the grid instead of one).
-// The fused steps hold more at once (the residual's chunks beside x's; the group maxima), so
-// their instantiations may take up to 128 registers a thread (512 threads an SM) rather than
-// spill: at 64, the residual add's block rows spilled 56-144 bytes a thread.
-template <class STEPS>
+// The residual add holds its chunks beside x's, so its instantiations may take up to 128
+// registers a thread (512 threads an SM) rather than spill: at 64, its block rows spilled
+// 56-144 bytes a thread. The quantised store alone keeps the register rows' 64: given 128,
+// its block rows took 90-110 (sm_90, nvcc 13.0), so that a 512-thread block of a
+// 16384-element bf16 row ran alone on its SM, and the static fp8 store moved 39-64 % of the
+// copy on the H200 (66e32ce); at 64 most configurations keep 8 bytes a thread on the stack
+// (88 for the 96-, 160-, 192-, 320- and 960-thread blocks). Its cluster rows (8 vectors a
+// lane) keep 128: at 64 they spilled 192 bytes.
+template <class STEPS, bool CLUSTER>
 constexpr int forward_resident_threads() {
-  return STEPS::kResidual || STEPS::kQuant ? resident_threads(4) : resident_threads(2);
+  return STEPS::kResidual || (STEPS::kQuant && CLUSTER) ? resident_threads(4) : resident_threads(2);
 }
 
 template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int TPR, int ITEMS, int BLOCK>
-__global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS>() / BLOCK)
+__global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>() / BLOCK)
     RegisterRowsImpl(const ForwardArgs a) {
   begin_dependent_grid();
   constexpr int kRowsPerBlock = BLOCK / TPR;
@@ -332,7 +337,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS>() / BLO
 // group maxima too: a group that spans slices takes the max of every block's cell for it.
 // ---------------------------------------------------------------------------------------
 template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
-__global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS>() / BLOCK)
+__global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>() / BLOCK)
     ClusterRowImpl(const ForwardArgs a) {
   begin_dependent_grid();
   constexpr bool kPreload = kForwardPreloadsWeight<TW, VEC, ITEMS>;
