@@ -7,7 +7,8 @@
   last dimension sharded, a 2-D mesh), a sequence-parallel RMSNorm trained for a few steps;
 - FSDP2: a tiny Llama patched with rmsnorm.patch, wrapped with fully_shard, trained for a few
   steps: losses and gradients against the single-process run;
-- on a GPU, NCCL at world size 1; and a smoke run of python -m rmsnorm.bench_sharded.
+- on a GPU, NCCL at world size 1: the process-group path, the DTensor rules, sequence
+  parallel and FSDP2 on CUDA tensors; and a smoke run of python -m rmsnorm.bench_sharded.
 
 Each test launches its ranks once (see _distributed.py) and checks several cases in them.
 """
@@ -30,6 +31,16 @@ import torch.distributed as dist  # noqa: E402
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor  # noqa: E402
 
 WORLD_SIZES = [2, 4]
+
+_NEEDS_NCCL = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    pytest.mark.skipif(not dist.is_nccl_available(), reason="this build of torch has no NCCL"),
+]
+# The DTensor, sequence-parallel and FSDP2 tests: 2 and 4 ranks over gloo on the CPU, and on a
+# GPU one rank over NCCL (the same rules, collectives and kernels on CUDA tensors).
+RUNS = [pytest.param(world, "gloo", "cpu", id=f"gloo-{world}") for world in WORLD_SIZES] + [
+    pytest.param(1, "nccl", "cuda", id="nccl-1", marks=_NEEDS_NCCL)
+]
 
 
 def _grads(fn, x, w, dy):
@@ -112,13 +123,12 @@ def test_process_group_path_under_torch_compile():
 # ---------------------------------------------------------------------------------------
 
 
-def _dtensor_body(rank, world):
+def _dtensor_body(rank, world, device):
     from torch.distributed.device_mesh import init_device_mesh
 
-    mesh = init_device_mesh("cpu", (world,))
-    x, w = make_inputs((4, 6, 256), torch.float32, "cpu")
-    dy = make_inputs((4, 6, 256), torch.float32, "cpu", seed=1)[0]
-    y_ref, dx_ref, dw_ref = _grads(lambda x, w: rmsnorm.rms_norm(x, w, 1e-6), x, w, dy)
+    mesh = init_device_mesh(device, (world,))
+    x, w = make_inputs((4, 6, 256), torch.float32, device)
+    dy = make_inputs((4, 6, 256), torch.float32, device, seed=1)[0]
     report = {}
     for placement in (Shard(0), Shard(1), Replicate(), Shard(2)):
         xd = distribute_tensor(x, mesh, [placement]).requires_grad_()
@@ -157,21 +167,20 @@ def _dtensor_body(rank, world):
     if world == 4:
         # A 2 x 2 mesh: rows over one mesh dimension, columns over the other. The sums are
         # pending on the second only, and its all-reduce runs over that mesh dimension.
-        mesh2 = init_device_mesh("cpu", (2, 2))
+        mesh2 = init_device_mesh(device, (2, 2))
         xd = distribute_tensor(x, mesh2, [Shard(0), Shard(2)]).requires_grad_()
         wd = distribute_tensor(w, mesh2, [Replicate(), Replicate()]).requires_grad_()
         y = rmsnorm.rms_norm(xd, wd, 1e-6)
         y.backward(distribute_tensor(dy, mesh2, [Shard(0), Shard(2)]))
         report["2-D mesh"] = (y.placements, y.full_tensor(), xd.grad.full_tensor(), wd.grad.full_tensor())
-    del y_ref, dx_ref, dw_ref
     return report
 
 
-@pytest.mark.parametrize("world", WORLD_SIZES)
-def test_dtensor_sharding_rules(world):
-    reports = run_ranks(_dtensor_body, world)
-    x, w = make_inputs((4, 6, 256), torch.float32, "cpu")
-    dy = make_inputs((4, 6, 256), torch.float32, "cpu", seed=1)[0]
+@pytest.mark.parametrize(("world", "backend", "device"), RUNS)
+def test_dtensor_sharding_rules(world, backend, device):
+    reports = run_ranks(_dtensor_body, world, args=(device,), backend=backend)
+    x, w = make_inputs((4, 6, 256), torch.float32, device)
+    dy = make_inputs((4, 6, 256), torch.float32, device, seed=1)[0]
     y_ref, dx_ref, dw_ref = _grads(lambda x, w: rmsnorm.rms_norm(x, w, 1e-6), x, w, dy)
     for report in reports:
         for name, expected in (
@@ -241,15 +250,20 @@ def _sp_train(norm, x, target, lr=0.5):
     return losses
 
 
-def _sp_body(rank, world):
+def _sp_norm(device):
+    norm = rmsnorm.RMSNorm(96, eps=1e-6, device=device)
+    with torch.no_grad():
+        norm.weight.copy_(make_inputs((96,), torch.float32, device)[1])
+    return norm
+
+
+def _sp_body(rank, world, device):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import SequenceParallel, parallelize_module
 
-    mesh = init_device_mesh("cpu", (world,))
-    x, target = _sp_data()
-    norm = rmsnorm.RMSNorm(96, eps=1e-6)
-    with torch.no_grad():
-        norm.weight.copy_(make_inputs((96,), torch.float32, "cpu")[1])
+    mesh = init_device_mesh(device, (world,))
+    x, target = (t.to(device) for t in _sp_data())
+    norm = _sp_norm(device)
     # The weight becomes a replicated DTensor; inputs are this rank's tokens (dim 1), and the
     # output stays a DTensor sharded the same way.
     parallelize_module(norm, mesh, SequenceParallel())
@@ -260,13 +274,11 @@ def _sp_body(rank, world):
     return losses, norm.weight.full_tensor().detach()
 
 
-@pytest.mark.parametrize("world", WORLD_SIZES)
-def test_sequence_parallel_training(world):
-    ranks = run_ranks(_sp_body, world)
-    x, target = _sp_data()
-    norm = rmsnorm.RMSNorm(96, eps=1e-6)
-    with torch.no_grad():
-        norm.weight.copy_(make_inputs((96,), torch.float32, "cpu")[1])
+@pytest.mark.parametrize(("world", "backend", "device"), RUNS)
+def test_sequence_parallel_training(world, backend, device):
+    ranks = run_ranks(_sp_body, world, args=(device,), backend=backend)
+    x, target = (t.to(device) for t in _sp_data())
+    norm = _sp_norm(device)
     losses = [loss.item() for loss in _sp_train(norm, x, target)]
     for got_losses, got_weight in ranks:
         # The outputs are the unsharded op's bytes (rows normalised where they are); the loss
@@ -328,18 +340,18 @@ def _train_llama(model, tokens, first_norm_out):
     return losses, grads
 
 
-def _fsdp_body(rank, world):
+def _fsdp_body(rank, world, device):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    mesh = init_device_mesh("cpu", (world,))
-    model = _tiny_llama()
+    mesh = init_device_mesh(device, (world,))
+    model = _tiny_llama().to(device)
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
     rows = _BATCH // world
     first_norm_out = []
-    losses, grads = _train_llama(model, _tokens()[rank * rows : (rank + 1) * rows], first_norm_out)
+    losses, grads = _train_llama(model, _tokens()[rank * rows : (rank + 1) * rows].to(device), first_norm_out)
     # Each rank's loss is its own rows' mean: the batch's is their mean (equal shares).
     for loss in losses:
         dist.all_reduce(loss)
@@ -347,11 +359,11 @@ def _fsdp_body(rank, world):
     return losses, (grads if rank == 0 else None), first_norm_out[0]
 
 
-@pytest.mark.parametrize("world", WORLD_SIZES)
-def test_fsdp2_llama_training(world):
-    ranks = run_ranks(_fsdp_body, world)
+@pytest.mark.parametrize(("world", "backend", "device"), RUNS)
+def test_fsdp2_llama_training(world, backend, device):
+    ranks = run_ranks(_fsdp_body, world, args=(device,), backend=backend)
     first_norm_out = []
-    losses, grads = _train_llama(_tiny_llama(), _tokens(), first_norm_out)
+    losses, grads = _train_llama(_tiny_llama().to(device), _tokens().to(device), first_norm_out)
     rows = _BATCH // world
     for rank, (got_losses, _, got_norm_out) in enumerate(ranks):
         # The first norm sees the embeddings of this rank's rows, which are the same bytes as in
