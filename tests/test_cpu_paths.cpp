@@ -3,7 +3,8 @@
 // cpu::set_active_isa and compared byte for byte with the portable path, over awkward
 // shapes (1, odd, primes, non-multiples of 16), misaligned starts, strided and batched
 // rows, in place, every dtype combination, with and without a weight, both casts, weight
-// offsets, forward and backward, with plain and with non-temporal stores; on values that
+// offsets, forward (plain, and the residual add, whose norm runs the plain loop) and
+// backward, with plain and with non-temporal stores; on values that
 // include zeros, subnormals, overflow, infinities and NaNs. The fp64 oracle judges the
 // portable path elsewhere (test_forward.cpp, test_backward.cpp); equal bits carry that to
 // every path. Also: each path's f32 -> f16 / bf16 rounding against dtype.h's, and layout,
@@ -375,6 +376,74 @@ TEST_P(CpuPaths, EveryHalfPatternAsInput) {
       }
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// The residual add (fused_add_forward with a residual of x's dtype): its prologue, then the
+// plain loop of the path over r_out
+// ---------------------------------------------------------------------------------------
+
+// y, r_out and rstd of one fused_add_forward call on `isa`, as one byte string. In place:
+// y is x and r_out is the residual (vLLM's contract); else strided, misaligned outputs.
+std::vector<unsigned char> residual_add_bytes(Isa isa, bool stream, const ForwardSpec& s, const ForwardInputs& in,
+                                              const HostTensor& residual) {
+  ForcedPath forced(isa, stream);
+  HostTensor x = clone(in.x), r = clone(residual);
+  HostTensor y =
+      s.in_place ? x : make_tensor(s.combo.y, s.batch, s.rows, s.cols, s.batch_stride, s.row_stride, s.y_lead, 5);
+  HostTensor r_out = s.in_place ? r : make_tensor(s.combo.x, s.batch, s.rows, s.cols, -1, s.cols + 3, 2, 3);
+  if (s.in_place) {
+    y.view.data = x.view.data;
+    r_out.view.data = r.view.data;
+  }
+  const DType rstd_dtype = s.combo.x == DType::f64 ? DType::f64 : DType::f32;
+  HostTensor rstd = make_vector(rstd_dtype, s.batch * s.rows, 0, 1);
+  Params p;
+  p.cast = s.cast;
+  p.weight_offset = s.offset;
+  const std::optional<TensorView> w = in.w ? std::optional<TensorView>(in.w->view) : std::nullopt;
+  fused_add_forward(x.view, r.view, w, y.view, r_out.view, p, rstd.view);
+  std::vector<unsigned char> out = s.in_place ? x.bytes : y.bytes;
+  const std::vector<unsigned char>& r_bytes = s.in_place ? r.bytes : r_out.bytes;
+  out.insert(out.end(), r_bytes.begin(), r_bytes.end());
+  out.insert(out.end(), rstd.bytes.begin(), rstd.bytes.end());
+  return out;
+}
+
+// Every dtype combination, both casts, an offset, awkward lengths, strided and misaligned
+// rows and the in-place form, plain and streamed, on values with the dtype's edges.
+TEST_P(CpuPaths, ResidualAddForward) {
+  int failures = 0;
+  for (const Combo& combo : allowed_combos(Backend::cpu))
+    for (std::int64_t cols : {1, 7, 16, 33, 100, 257, 1031, 4099, 8209})
+      for (int variant = 0; variant < 3; ++variant) {
+        ForwardSpec s;
+        s.combo = combo;
+        s.cols = cols;
+        s.rows = 5;
+        s.cast = variant == 1 ? Cast::llama : Cast::fp32;
+        s.offset = combo.w && variant == 2 ? 1.0 : 0.0;
+        s.specials = variant == 2;
+        s.in_place = variant == 1 && combo.y == combo.x;
+        if (!s.in_place) {
+          s.row_stride = cols + variant;
+          s.x_lead = variant;
+          s.y_lead = 1;
+        }
+        const std::uint64_t seed = seed_of({cols, variant, int(combo.x), 31});
+        const ForwardInputs in = forward_inputs(s, seed);
+        HostTensor residual = make_tensor(combo.x, s.batch, s.rows, s.cols, s.batch_stride, s.row_stride, 1, 2);
+        fill_values(residual.view, seed + 7, 1.0, s.specials);
+        const std::vector<unsigned char> want = residual_add_bytes(Isa::scalar, false, s, in, residual);
+        for (bool stream : {false, true}) {
+          const std::string diff = first_difference(want, residual_add_bytes(isa(), stream, s, in, residual));
+          if (!diff.empty()) {
+            ADD_FAILURE() << cpu::isa_name(isa()) << (stream ? " (streamed)" : "")
+                          << " residual add differs from the portable path: " << s.describe() << ": " << diff;
+            if (++failures > 8) return;
+          }
+        }
+      }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 // file holds the portable loop too: fp32 accumulation (fp64 for f64) in the fixed order of
 // cpu::lane_sum, which the vector loops (simd_rows.inl) follow to the bit.
 // The fused forms (a residual-add prologue, a quantised-store epilogue: cpu/steps.h) run
-// one portable loop of steps; the plain form takes the instruction-set loops.
+// one portable loop of steps; the plain form, and the residual add with a plain store
+// (its prologue, then the plain loop over r_out), take the instruction-set loops.
 #include <cmath>
 #include <cstdint>
 
@@ -163,11 +164,55 @@ ForwardRows forward_rows(const ForwardProblem& p, Isa isa) {
   if (isa == Isa::avx2) rows = forward_rows_avx2(p);
   return rows ? rows : forward_rows_scalar(p);
 }
+
+// The residual add with a plain store and a residual of x's dtype (the common form): each
+// row's prologue, then the active instruction set's plain loop over that row of r_out,
+// which is still in the cache. The bits are fused_rows': y of the residual add is forward()
+// of r_out, and every loop follows lane_sum's order. (The f32 residual with 16-bit x, whose
+// llama cast rounds to x's dtype, and the quantised store keep fused_rows.)
+template <class TX>
+void residual_add_rows(const ForwardProblem& p) {
+  ForwardProblem norm = p;
+  norm.x = p.residual_out;
+  norm.x_batch_stride = p.r_out_batch_stride;
+  norm.x_row_stride = p.r_out_row_stride;
+  norm.residual = nullptr;
+  norm.residual_out = nullptr;
+  const ForwardRows rows = forward_rows(norm, active_isa());
+  const ResidualAddRow<TX, TX> add{p};
+  const std::int64_t m = p.total_rows(), n = p.cols;
+  const bool stream = stream_output(static_cast<std::size_t>(m * n) * dtype_size(p.y_dtype));
+  parallel_rows(m, m * n > 65536, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t row = begin; row < end; ++row) {
+      add.row(row / p.rows, row % p.rows);
+      rows(norm, row, row + 1, stream);
+    }
+  });
+}
+
+// Whether residual_add_rows serves the call (else fused_forward).
+bool residual_add_on_row_loops(const ForwardProblem& p) { return p.residual && !p.quantize && p.r_dtype == p.x_dtype; }
+
+void residual_add_forward(const ForwardProblem& p) {
+  switch (p.x_dtype) {
+    case DType::f32:
+      return residual_add_rows<float>(p);
+    case DType::f64:
+      return residual_add_rows<double>(p);
+    case DType::f16:
+      return residual_add_rows<F16>(p);
+    case DType::bf16:
+      return residual_add_rows<BF16>(p);
+    default:
+      return fused_forward(p);  // not reached: validation allows no other x
+  }
+}
 }  // namespace
 
 }  // namespace cpu
 
 void cpu_forward(const ForwardProblem& p) {
+  if (cpu::residual_add_on_row_loops(p)) return cpu::residual_add_forward(p);
   if (p.fused()) return cpu::fused_forward(p);
   const cpu::ForwardRows rows = cpu::forward_rows(p, cpu::active_isa());
   const std::int64_t m = p.total_rows(), n = p.cols;
