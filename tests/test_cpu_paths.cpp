@@ -154,6 +154,21 @@ ForwardInputs forward_inputs(const ForwardSpec& s, std::uint64_t seed) {
   return in;
 }
 
+// What a forward call of the spec takes besides its rows: rstd's buffer, the parameters and
+// the weight's view.
+struct CallExtras {
+  HostTensor rstd;
+  Params p;
+  std::optional<TensorView> w;
+};
+CallExtras call_extras(const ForwardSpec& s, const ForwardInputs& in) {
+  CallExtras e{make_vector(s.combo.x == DType::f64 ? DType::f64 : DType::f32, s.batch * s.rows, 0, 1), Params{},
+               in.w ? std::optional<TensorView>(in.w->view) : std::nullopt};
+  e.p.cast = s.cast;
+  e.p.weight_offset = s.offset;
+  return e;
+}
+
 // y's buffer (x's when in place), then rstd's, as one byte string.
 std::vector<unsigned char> forward_bytes(Isa isa, bool stream, const ForwardSpec& s, const ForwardInputs& in) {
   ForcedPath forced(isa, stream);
@@ -161,15 +176,10 @@ std::vector<unsigned char> forward_bytes(Isa isa, bool stream, const ForwardSpec
   HostTensor y =
       s.in_place ? x : make_tensor(s.combo.y, s.batch, s.rows, s.cols, s.batch_stride, s.row_stride, s.y_lead, 5);
   if (s.in_place) y.view.data = x.view.data;
-  const DType rstd_dtype = s.combo.x == DType::f64 ? DType::f64 : DType::f32;
-  HostTensor rstd = make_vector(rstd_dtype, s.batch * s.rows, 0, 1);
-  Params p;
-  p.cast = s.cast;
-  p.weight_offset = s.offset;
-  const std::optional<TensorView> w = in.w ? std::optional<TensorView>(in.w->view) : std::nullopt;
-  forward(x.view, w, y.view, p, rstd.view);
+  CallExtras e = call_extras(s, in);
+  forward(x.view, e.w, y.view, e.p, e.rstd.view);
   std::vector<unsigned char> out = s.in_place ? x.bytes : y.bytes;
-  out.insert(out.end(), rstd.bytes.begin(), rstd.bytes.end());
+  out.insert(out.end(), e.rstd.bytes.begin(), e.rstd.bytes.end());
   return out;
 }
 
@@ -396,17 +406,12 @@ std::vector<unsigned char> residual_add_bytes(Isa isa, bool stream, const Forwar
     y.view.data = x.view.data;
     r_out.view.data = r.view.data;
   }
-  const DType rstd_dtype = s.combo.x == DType::f64 ? DType::f64 : DType::f32;
-  HostTensor rstd = make_vector(rstd_dtype, s.batch * s.rows, 0, 1);
-  Params p;
-  p.cast = s.cast;
-  p.weight_offset = s.offset;
-  const std::optional<TensorView> w = in.w ? std::optional<TensorView>(in.w->view) : std::nullopt;
-  fused_add_forward(x.view, r.view, w, y.view, r_out.view, p, rstd.view);
+  CallExtras e = call_extras(s, in);
+  fused_add_forward(x.view, r.view, e.w, y.view, r_out.view, e.p, e.rstd.view);
   std::vector<unsigned char> out = s.in_place ? x.bytes : y.bytes;
   const std::vector<unsigned char>& r_bytes = s.in_place ? r.bytes : r_out.bytes;
   out.insert(out.end(), r_bytes.begin(), r_bytes.end());
-  out.insert(out.end(), rstd.bytes.begin(), rstd.bytes.end());
+  out.insert(out.end(), e.rstd.bytes.begin(), e.rstd.bytes.end());
   return out;
 }
 

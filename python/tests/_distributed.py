@@ -31,6 +31,20 @@ UNAVAILABLE = (
     else ("gloo is not available in this build of torch" if not dist.is_gloo_available() else "")
 )
 
+# What a test over NCCL (one rank on this machine's GPU) needs besides: the marks of a
+# parameter (`pytest.param(..., marks=NEEDS_NCCL)`), or of a test (`@needs_nccl`).
+NEEDS_NCCL = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    pytest.mark.skipif(not (dist.is_available() and dist.is_nccl_available()), reason="this build of torch has no NCCL"),
+]
+
+
+def needs_nccl(test):
+    for mark in NEEDS_NCCL:
+        test = mark(test)
+    return test
+
+
 # A rank that is still running after this many seconds is stopped and the test fails: the
 # tests' bodies take a few seconds, so this only bounds a hang (a rank waiting forever in a
 # collective because another died).

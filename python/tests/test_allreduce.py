@@ -18,7 +18,7 @@ try:
 except ImportError as e:  # the package without its compiled library: not built or installed
     pytest.skip(f"the rmsnorm extension is not built ({e})", allow_module_level=True)
 
-from _distributed import UNAVAILABLE, run_ranks  # noqa: E402
+from _distributed import UNAVAILABLE, needs_nccl, run_ranks  # noqa: E402
 from _support import assert_close  # noqa: E402
 
 if UNAVAILABLE:
@@ -285,8 +285,7 @@ def _nccl_body(rank, world):
     return out
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.skipif(not dist.is_nccl_available(), reason="this build of torch has no NCCL")
+@needs_nccl
 def test_nccl_world_size_1():
     (result,) = run_ranks(_nccl_body, 1, backend="nccl")
     if isinstance(result, str):

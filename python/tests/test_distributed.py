@@ -21,7 +21,7 @@ try:
 except ImportError as e:  # the package without its compiled library: not built or installed
     pytest.skip(f"the rmsnorm extension is not built ({e})", allow_module_level=True)
 
-from _distributed import UNAVAILABLE, run_ranks  # noqa: E402
+from _distributed import NEEDS_NCCL, UNAVAILABLE, needs_nccl, run_ranks  # noqa: E402
 from _support import TOL, assert_close, make_inputs, reference  # noqa: E402
 
 if UNAVAILABLE:
@@ -32,14 +32,10 @@ from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distrib
 
 WORLD_SIZES = [2, 4]
 
-_NEEDS_NCCL = [
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
-    pytest.mark.skipif(not dist.is_nccl_available(), reason="this build of torch has no NCCL"),
-]
 # The DTensor, sequence-parallel and FSDP2 tests: 2 and 4 ranks over gloo on the CPU, and on a
 # GPU one rank over NCCL (the same rules, collectives and kernels on CUDA tensors).
 RUNS = [pytest.param(world, "gloo", "cpu", id=f"gloo-{world}") for world in WORLD_SIZES] + [
-    pytest.param(1, "nccl", "cuda", id="nccl-1", marks=_NEEDS_NCCL)
+    pytest.param(1, "nccl", "cuda", id="nccl-1", marks=NEEDS_NCCL)
 ]
 
 
@@ -395,8 +391,7 @@ def _nccl_body(rank, world):
     return out
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.skipif(not dist.is_nccl_available(), reason="this build of torch has no NCCL")
+@needs_nccl
 def test_nccl_world_size_1():
     (result,) = run_ranks(_nccl_body, 1, backend="nccl")
     for y, dx, dw, y_want, dx_want, dw_want in result:
