@@ -528,7 +528,10 @@ TEST(FusedBits, QuantIsTheFp32YQuantised) {
 // normalise to exactly 1, so y_j is the weight w_j = s * t_j, chosen with t_j on a tie
 // between two codes (or next to one) where y * fl(1/s) rounds to another float than t_j.
 // Those elements must go to the code of t_j (ties to even); a reciprocal would miss them.
-TEST(FusedBits, QuantDividesByTheScale) {
+// The codes of values whose quotient by the scale sits at, or next to, a rounding boundary
+// of the code: there y * (1/s) and the correctly rounded y / s give different codes, and
+// the backend must give the quotient's.
+void quant_divides_by_the_scale(Backend b) {
   const std::int64_t cols = 256;
   int telling = 0;  // elements where the reciprocal would give another code
   for (DType q : {DType::f8e4m3, DType::i8})
@@ -565,14 +568,31 @@ TEST(FusedBits, QuantDividesByTheScale) {
       quant.scales = scale.view;
       Params p;
       p.eps = 0.0;
-      quant_forward(x.view, wt.view, out.view, quant, p);
+      if (b == Backend::cuda) {
+        const testing::DeviceMirror dx(x), dw(wt), ds(scale), dq(out);
+        quant.scales = ds.view;
+        quant_forward(dx.view, dw.view, dq.view, quant, p);
+        testing::device_synchronize();
+        dq.download_into(out);
+      } else {
+        quant_forward(x.view, wt.view, out.view, quant, p);
+      }
       for (std::int64_t i = 0; i < 2 * cols; ++i) {
         const float y = i < cols ? w[i] : -w[i - cols];
         const double want = q == DType::f8e4m3 ? f8e4m3_bits_to_float(float_to_f8e4m3_bits(y / s)) : float_to_i8(y / s);
-        ASSERT_EQ(load_as_double(out.view.data, q, i), want) << dtype_name(q) << " s=" << s << " y=" << y;
+        ASSERT_EQ(load_as_double(out.view.data, q, i), want)
+            << testing::backend_name(b) << " " << dtype_name(q) << " s=" << s << " y=" << y;
       }
     }
   EXPECT_GT(telling, 20) << "too few values tell a division from a multiplication by the reciprocal";
+}
+
+TEST(FusedBits, QuantDividesByTheScale) { quant_divides_by_the_scale(Backend::cpu); }
+
+TEST(FusedBits, QuantDividesByTheScaleOnCuda) {
+  skip_without_backend(Backend::cuda);
+  if (IsSkipped()) return;  // the skip above returns from its own function only
+  quant_divides_by_the_scale(Backend::cuda);
 }
 
 // The quantised codes equal the oracle's exact ones except where the exact quotient lies
