@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "backend_test.h"
 #include "forward_case.h"
 #include "harness.h"
 #include "oracle.h"
@@ -131,20 +132,7 @@ void expect_good(Backend b, const BackwardCase& c, std::uint64_t seed) {
   }
 }
 
-class Backward : public ::testing::TestWithParam<Backend> {
- protected:
-  void SetUp() override {
-    if (GetParam() == Backend::cuda) {
-      const std::string why = cuda_unavailable_reason();
-      if (!why.empty()) GTEST_SKIP() << "no CUDA device: " << why;
-    }
-  }
-  std::vector<DType> dtypes() const {
-    std::vector<DType> d = {DType::f32, DType::f16, DType::bf16};
-    if (GetParam() == Backend::cpu) d.push_back(DType::f64);
-    return d;
-  }
-};
+using Backward = testing::BackendTest;
 
 TEST_P(Backward, DtypesAndWeights) {
   for (DType x : dtypes())

@@ -7,6 +7,7 @@
 #include <tuple>
 #include <vector>
 
+#include "backend_test.h"
 #include "forward_case.h"
 #include "support.h"
 
@@ -18,13 +19,6 @@ using testing::Backend;
 using testing::Case;
 using testing::Combo;
 using testing::Sweep;
-
-void skip_without_backend(Backend b) {
-  if (b == Backend::cuda) {
-    const std::string reason = testing::cuda_unavailable_reason();
-    if (!reason.empty()) GTEST_SKIP() << "no CUDA device: " << reason;
-  }
-}
 
 // The awkward column counts: 1..8, primes and near-powers of two, every strategy boundary
 // of the CUDA backend (1024/512 for warp rows, 32768 for block rows), model widths (4096,
@@ -43,7 +37,7 @@ constexpr std::int64_t kMaxElements = std::int64_t{1} << 21;
 
 class ForwardCombo : public ::testing::TestWithParam<std::tuple<Backend, Combo>> {
  protected:
-  void SetUp() override { skip_without_backend(backend()); }
+  void SetUp() override { testing::skip_without_backend(backend()); }
   Backend backend() const { return std::get<0>(GetParam()); }
   const Combo& combo() const { return std::get<1>(GetParam()); }
 };
@@ -104,10 +98,8 @@ INSTANTIATE_TEST_SUITE_P(, ForwardCombo, ::testing::ValuesIn(backend_combos()),
 // Layouts, aliasing, parameters (a few representative dtype combinations each)
 // ---------------------------------------------------------------------------------------
 
-class Forward : public ::testing::TestWithParam<Backend> {
+class Forward : public testing::BackendTest {
  protected:
-  void SetUp() override { skip_without_backend(GetParam()); }
-  Backend backend() const { return GetParam(); }
   // f32, f16, bf16 (same dtype), bf16 with an f32 weight and f32 output, bf16 without a
   // weight, and f64 on the CPU.
   std::vector<Combo> combos() const {

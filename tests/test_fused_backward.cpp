@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "backend_test.h"
 #include "forward_case.h"
 #include "harness.h"
 #include "oracle.h"
@@ -211,15 +212,7 @@ void expect_good(Backend b, const AddBackwardCase& c, std::uint64_t seed, int* r
   EXPECT_TRUE(o.inputs_unchanged) << c.describe() << ": an input changed";
 }
 
-class FusedBackward : public ::testing::TestWithParam<Backend> {
- protected:
-  void SetUp() override {
-    if (GetParam() == Backend::cuda) {
-      const std::string why = cuda_unavailable_reason();
-      if (!why.empty()) GTEST_SKIP() << "no CUDA device: " << why;
-    }
-  }
-};
+using FusedBackward = testing::BackendTest;
 
 // Every (r_out, dx) pair with every weight and dw dtype the API takes, dr or not.
 TEST_P(FusedBackward, Dtypes) {

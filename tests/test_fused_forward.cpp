@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "backend_test.h"
 #include "fused_case.h"
 #include "support.h"
 
@@ -20,13 +21,6 @@ namespace {
 using testing::Backend;
 using testing::FusedCase;
 using testing::QuantCase;
-
-void skip_without_backend(Backend b) {
-  if (b == Backend::cuda) {
-    const std::string reason = testing::cuda_unavailable_reason();
-    if (!reason.empty()) GTEST_SKIP() << "no CUDA device: " << reason;
-  }
-}
 
 // Runs cases, stopping after a few failures; skips the test when CUDA refused them all as
 // not yet implemented.
@@ -51,11 +45,7 @@ class Runner {
 #define SKIP_IF_CUDA_HAS_NO_KERNELS(runner) \
   if ((runner).all_skipped()) GTEST_SKIP() << "the CUDA backend does not serve this fusion yet"
 
-class Fused : public ::testing::TestWithParam<Backend> {
- protected:
-  void SetUp() override { skip_without_backend(GetParam()); }
-  Backend backend() const { return GetParam(); }
-};
+using Fused = testing::BackendTest;
 
 // ---------------------------------------------------------------------------------------
 // Residual add

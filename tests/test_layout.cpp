@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "backend_test.h"
 #include "forward_case.h"
 #include "harness.h"
 #include "support.h"
@@ -98,15 +99,7 @@ std::vector<std::int64_t> lengths(DType x) {
   return {1, 7, 64, 127, 1000, 4096, 8191, 6000 * vw, 6000 * vw + 5, 33000 * vw, 33000 * vw + 3};
 }
 
-class Layouts : public ::testing::TestWithParam<Backend> {
- protected:
-  void SetUp() override {
-    if (GetParam() == Backend::cuda) {
-      const std::string why = cuda_unavailable_reason();
-      if (!why.empty()) GTEST_SKIP() << "no CUDA device: " << why;
-    }
-  }
-};
+using Layouts = testing::BackendTest;
 
 struct Outputs {
   std::vector<std::vector<unsigned char>> rows;  // y (forward) or dx (backward) per row

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "backend_test.h"
 #include "forward_case.h"
 #include "harness.h"
 #include "oracle.h"
@@ -238,21 +239,7 @@ void check_against_oracle(Backend backend, const ShardCase& c, std::uint64_t see
   }
 }
 
-class Sharded : public ::testing::TestWithParam<Backend> {
- protected:
-  void SetUp() override {
-    if (GetParam() == Backend::cuda) {
-      const std::string why = cuda_unavailable_reason();
-      if (!why.empty()) GTEST_SKIP() << "no CUDA device: " << why;
-    }
-  }
-  // The dtypes of x the backend serves (f64 on the CPU only).
-  std::vector<DType> dtypes() const {
-    std::vector<DType> d = {DType::f32, DType::f16, DType::bf16};
-    if (GetParam() == Backend::cpu) d.push_back(DType::f64);
-    return d;
-  }
-};
+using Sharded = testing::BackendTest;
 
 TEST_P(Sharded, EveryDtypeCombinationAgainstTheOracle) {
   int k = 0;
