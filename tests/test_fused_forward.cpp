@@ -580,7 +580,7 @@ void quant_divides_by_the_scale(Backend b) {
 TEST(FusedBits, QuantDividesByTheScale) { quant_divides_by_the_scale(Backend::cpu); }
 
 TEST(FusedBits, QuantDividesByTheScaleOnCuda) {
-  skip_without_backend(Backend::cuda);
+  testing::skip_without_backend(Backend::cuda);
   if (IsSkipped()) return;  // the skip above returns from its own function only
   quant_divides_by_the_scale(Backend::cuda);
 }
