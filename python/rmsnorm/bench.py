@@ -12,8 +12,8 @@ The protocol is docs/performance.md's:
 - The copy of the same bytes (clone; in the CPU's forward table copy_ into a preallocated
   tensor) in the same run is the ceiling. On CUDA it is the faster of the graph and a plain
   loop of the same calls: a clone is a memcpy, which a graph may run as a copy-engine node
-  (on the H200 at tree 608669d, the graph's clone moved 2.7 TB/s on four of the shapes of
-  2^28 elements and more, 3.4-4.2 on the others).
+  (on the H200, the graph's clone moved 2.7 TB/s on six of the seven shapes of 2^28
+  elements and more at tree 608669d; the faster of the two, 4.2 at 024c8c3).
 - Decode shapes: microseconds per call in a CUDA graph, and as plain eager calls (host
   overhead included), the latter also under torch.inference_mode() for rmsnorm and clone.
 - The fused forms (--no-fused to skip): the residual add (4*M*N*s: read x and r, write y
