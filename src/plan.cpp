@@ -112,7 +112,10 @@ Plan choose(DType x_dtype, std::int64_t cols, Strategy requested, int cc_major, 
 }  // namespace
 
 Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
-  const int lw = load_width(p.x_dtype, p.cols,
+  // The row the norm reads: x's, or r_out's with the residual add (f32 with 16-bit x: an f32
+  // row's plan, x read half a chunk's bytes at a time).
+  const DType row = p.residual ? p.r_dtype : p.x_dtype;
+  const int lw = load_width(row, p.cols,
                             {{p.x, p.x_dtype, p.x_row_stride, p.x_batch_stride},
                              {p.y, p.y_dtype, p.y_row_stride, p.y_batch_stride},
                              {p.weight, p.w_dtype, 0, 0},
@@ -124,14 +127,16 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   // long_row 2.08 / 1.74 / 1.67 (long_row reads the row twice, and rows that many no longer
   // stay in L2 between the reads). long_row remains for older GPUs and unaligned rows.
   return with_load_width(
-      choose(p.x_dtype, p.cols, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs, kClusterRowConfigs), lw);
+      choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs, kClusterRowConfigs), lw);
 }
 
 Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {
+  // x is the row (r_out for the residual add's backward, whose gradients dy and dx may be
+  // 16-bit with an f32 r_out: an f32 row's plan).
   const int lw = load_width(p.x_dtype, p.cols,
                             {{p.x, p.x_dtype, p.x_row_stride, p.x_batch_stride},
-                             {p.dy, p.x_dtype, p.dy_row_stride, p.dy_batch_stride},
-                             {p.dx, p.x_dtype, p.dx_row_stride, p.dx_batch_stride},
+                             {p.dy, p.dx_dtype, p.dy_row_stride, p.dy_batch_stride},
+                             {p.dx, p.dx_dtype, p.dx_row_stride, p.dx_batch_stride},
                              {p.weight, p.w_dtype, 0, 0},
                              {p.dr_out, p.x_dtype, p.dr_out_row_stride, p.dr_out_batch_stride},
                              {p.dr, p.x_dtype, p.dr_row_stride, p.dr_batch_stride}});

@@ -106,11 +106,10 @@ struct BackwardProblem {
 // Which fused problems the CUDA backend serves. Its kernels for them are steps of the
 // existing strategy kernels (cuda/forward_steps.cuh); where a flag is not set, api.cpp
 // refuses CUDA views of those problems with Code::unsupported (never a silent fallback), and
-// the plain problems take their usual path. The residual add on CUDA takes a residual of x's
-// dtype (an f32 residual with 16-bit x is refused there).
+// the plain problems take their usual path.
 constexpr bool kCudaResidualAdd = true;       // ForwardProblem::residual
 constexpr bool kCudaQuantize = true;          // ForwardProblem::quantize
-constexpr bool kCudaResidualBackward = true;  // BackwardProblem::dr_out (r_out of dy's dtype)
+constexpr bool kCudaResidualBackward = true;  // BackwardProblem::dr_out
 
 // Throws rmsnorm::Error naming the first bad argument. Also checks pointer residency when
 // params.check_pointers is set (CUDA builds only).

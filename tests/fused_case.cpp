@@ -306,18 +306,10 @@ FusedOutcome run_fused_case(Backend b, const FusedCase& c) {
 bool check_fused_case(Backend b, const FusedCase& c, bool* skipped) {
   const FusedOutcome o = run_fused_case(b, c);
   const std::string where = std::string(backend_name(b)) + " " + c.describe();
-  // CUDA's residual add takes a residual of x's dtype; an f32 residual with 16-bit x is the
-  // CPU backend's alone, and CUDA must refuse it by name, writing nothing.
-  if (b == Backend::cuda && c.residual && *c.residual != c.x) {
-    EXPECT_TRUE(o.refused && o.code == Code::unsupported && o.message.find("residual: dtype") == 0)
-        << where << ": expected CUDA to refuse the residual's dtype, got "
-        << (o.refused ? code_name(o.code) + std::string(": ") + o.message : std::string("a result"));
-    EXPECT_TRUE(o.changed.empty()) << where << ": a refused call wrote " << o.changed;
-    return o.refused && o.code == Code::unsupported && o.changed.empty();
-  }
-  // CUDA takes one max and one scale per 16-byte chunk of x: per-group scales need groups of
-  // whole chunks there (8 columns of 16-bit x, 4 of f32); other sizes are refused by name.
-  const std::int64_t chunk = 16 / static_cast<std::int64_t>(dtype_size(c.x));
+  // CUDA takes one max and one scale per 16-byte chunk of the row the norm reads (x, or r_out
+  // with the residual add): per-group scales need groups of whole chunks there (8 columns of
+  // a 16-bit row, 4 of an f32 one); other sizes are refused by name.
+  const std::int64_t chunk = 16 / static_cast<std::int64_t>(dtype_size(c.residual ? *c.residual : c.x));
   if (b == Backend::cuda && c.quant && c.quant->kind == QuantScale::per_group && c.quant->group_size < c.cols &&
       c.quant->group_size % chunk != 0) {
     EXPECT_TRUE(o.refused && o.code == Code::unsupported && o.message.find("group_size: on CUDA") == 0)

@@ -290,23 +290,6 @@ std::vector<CheckGroup> build_fused_check_groups(bool quick, bool on_cuda, const
   const bool served = which == "add"     ? detail::kCudaResidualAdd
                       : which == "quant" ? detail::kCudaQuantize && detail::kCudaResidualAdd
                                          : detail::kCudaResidualBackward;
-  // CUDA's residual add takes a residual of x's dtype (and its backward an r_out of dy's):
-  // there the f32 residuals of 16-bit cases become x's dtype, the rest of the case unchanged.
-  if (on_cuda)
-    for (CheckGroup& g : groups) {
-      bool changed = false;
-      for (CheckCase& c : g.cases)
-        if (c.residual && c.residual->dtype != c.x) {
-          c.residual->dtype = c.x;
-          changed = true;
-        }
-      for (BackwardCheckCase& c : g.backward_cases)
-        if (c.residual && *c.residual != c.x) {
-          c.residual = c.x;
-          changed = true;
-        }
-      if (changed) g.name += " (f32 residuals as x's dtype)";
-    }
   if (on_cuda && !served)
     for (CheckGroup& g : groups) {
       g.skipped_why = "the CUDA backend does not serve this fusion yet";

@@ -17,7 +17,7 @@ The protocol is docs/performance.md's:
 - Decode shapes: microseconds per call in a CUDA graph, and as plain eager calls (host
   overhead included), the latter also under torch.inference_mode() for rmsnorm and clone.
 - The fused forms (--no-fused to skip): the residual add (4*M*N*s: read x and r, write y
-  and r_out) and a per-row fp8 output (M*N*s + M*N + 4*M), rmsnorm's fused ops against
+  and r_out; with --f32-residual also a float32 residual, 2*M*N*s + 8*M*N) and a per-row fp8 output (M*N*s + M*N + 4*M), rmsnorm's fused ops against
   eager PyTorch and torch.compile of the same formula, and the copy of the same bytes. On a
   device whose backend does not serve a fused form yet, its rmsnorm cell says so.
 
@@ -107,6 +107,14 @@ def eager_add_rms_norm(x, r, w, eps):
     return eager_rms_norm(r, w, eps), r
 
 
+def eager_add_rms_norm_f32r(x, r, w, eps):
+    """The same seam with a float32 residual stream (Megatron's recipe): the sum in float32,
+    normalised, y back in x's dtype."""
+    r = x.float() + r
+    variance = r.pow(2).mean(-1, keepdim=True)
+    return (r * torch.rsqrt(variance + eps)).to(x.dtype) * w, r
+
+
 def eager_rms_norm_fp8(x, w, eps):
     """The norm, then vLLM's reference per-token fp8 quantisation of its output."""
     y = eager_rms_norm(x, w, eps).float()
@@ -115,12 +123,15 @@ def eager_rms_norm_fp8(x, w, eps):
 
 
 def fused_impls(kind: str, eps: float, wanted: list[str], copy_elements: int) -> list[Impl]:
-    """(x, r, w) -> outputs, for the residual add ("add") and the per-row fp8 output ("quant")."""
+    """(x, r, w) -> outputs, for the residual add ("add"; "add_f32r" with a float32 residual)
+    and the per-row fp8 output ("quant")."""
     ours = {
         "add": lambda x, r, w: rmsnorm.fused_add_rms_norm(x, r, w, eps),
+        "add_f32r": lambda x, r, w: rmsnorm.fused_add_rms_norm(x, r, w, eps),
         "quant": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, scale="row"),
     }[kind]
     eager = {"add": lambda x, r, w: eager_add_rms_norm(x, r, w, eps),
+             "add_f32r": lambda x, r, w: eager_add_rms_norm_f32r(x, r, w, eps),
              "quant": lambda x, r, w: eager_rms_norm_fp8(x, w, eps)}[kind]
     impls = []
     for name in wanted:
@@ -131,7 +142,7 @@ def fused_impls(kind: str, eps: float, wanted: list[str], copy_elements: int) ->
         elif name == "torch_compile":
             impls.append(Impl(name, torch.compile(eager, dynamic=False)))
         elif name == "copy":  # the same bytes: x and r cloned (add), half the model bytes of x (quant)
-            impls.append(Impl(name, (lambda x, r, w: (x.clone(), r.clone())) if kind == "add"
+            impls.append(Impl(name, (lambda x, r, w: (x.clone(), r.clone())) if kind != "quant"
                               else (lambda x, r, w: x.view(-1)[:copy_elements].clone())))
     return impls
 
@@ -516,16 +527,19 @@ class Bench:
 
     # fused forms ----------------------------------------------------------------------
     def fused(self, kind, rows, cols):
-        """The residual add ("add") or the per-row fp8 output ("quant"), checked then timed."""
+        """The residual add ("add", "add_f32r") or the per-row fp8 output ("quant"), checked then
+        timed."""
         n = rows * cols
-        model_bytes = 4 * n * self.esize if kind == "add" else n * self.esize + n + 4 * rows
+        model_bytes = {"add": 4 * n * self.esize, "add_f32r": 2 * n * self.esize + 8 * n,
+                       "quant": n * self.esize + n + 4 * rows}[kind]
+        r_dtype = torch.float32 if kind == "add_f32r" else self.dtype
         sets, calls = rotation(model_bytes, model_bytes // 2, self.device)
         if self.device == "cpu":
             sets, calls = 2, 4
         inputs = []
         for i in range(sets):
             x, w = make_inputs(rows, cols, self.dtype, self.device, seed=i)
-            inputs.append((x, make_inputs(rows, cols, self.dtype, self.device, seed=500 + i)[0], w))
+            inputs.append((x, make_inputs(rows, cols, r_dtype, self.device, seed=500 + i)[0], w))
         x0, r0, w0 = inputs[0]
         eps = self.args.eps
         wanted = [i for i in self.args.impls if i in FUSED_IMPLS]
@@ -547,7 +561,7 @@ class Bench:
 
     def _check_fused(self, kind, out, x, r, w) -> Optional[str]:
         k = CHECK_ROWS
-        if kind == "add":
+        if kind != "quant":
             y, r_out = out
             s64 = x[:k].double() + r[:k].double()
             return _close(r_out[:k], s64, self.dtype) or _close(y[:k], reference(s64, w, self.args.eps), self.dtype)
@@ -748,6 +762,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-backward", action="store_true")
     ap.add_argument("--no-decode", action="store_true")
     ap.add_argument("--no-fused", action="store_true", help="skip the residual add and fp8 output tables")
+    ap.add_argument("--f32-residual", action="store_true",
+                    help="also time the residual add with a float32 residual (16-bit --dtype)")
     ap.add_argument("--fused-sizes", type=parse_sizes, help="shapes of the fused tables (default: 4096x4096, ...)")
     ap.add_argument("--reps", type=int, help="graph replays (or loops) per figure; the median is reported")
     ap.add_argument("--eps", type=float, default=1e-6)
@@ -818,7 +834,10 @@ def main(argv=None) -> int:
     if not args.no_fused:
         fused = args.fused_sizes or (CPU_FUSED if device == "cpu" else QUICK_FUSED if args.quick else FUSED_SIZES)
         for kind, title in (("add", f"Residual add + norm, {args.dtype}, GB/s of 4*M*N*s"),
-                            ("quant", f"Norm + per-row fp8 output, {args.dtype}, GB/s of M*N*s + M*N + 4*M")):
+                            ("add_f32r", f"Residual add (float32 residual) + norm, {args.dtype}, GB/s of 2*M*N*s + 8*M*N"),
+            ("quant", f"Norm + per-row fp8 output, {args.dtype}, GB/s of M*N*s + M*N + 4*M")):
+            if kind == "add_f32r" and (args.dtype == "fp32" or not args.f32_residual):
+                continue
             for m, n in fused:
                 bench.fused(kind, m, n)
             print_table(bench.records, kind, list(FUSED_IMPLS), f"{title} ({how}, median of {args.reps})")

@@ -18,18 +18,11 @@ ops = torch.ops.rmsnorm
 FP8 = torch.float8_e4m3fn
 
 
-def require_fused(device, what="add", dtype=None, r_dtype=None):
-    """Skips on a device whose backend does not serve the fusion yet. On CUDA the residual takes
-    x's dtype: a float32 residual with 16-bit x is the CPU backend's alone, and the CUDA call must
-    refuse it by name (checked here) before the test skips."""
+def require_fused(device, what="add"):
+    """Skips on a device whose backend does not serve the fusion yet."""
     require_cuda_kernels(device)
     if device == "cpu":
         return
-    if r_dtype is not None and r_dtype != dtype:
-        x = torch.ones(1, 8, dtype=dtype, device=device)
-        with pytest.raises(NotImplementedError, match="residual: dtype"):
-            rmsnorm.fused_add_rms_norm(x, x.to(r_dtype))
-        pytest.skip("on CUDA the residual takes x's dtype (the float32 residual of 16-bit x is CPU-only)")
     x = torch.ones(1, 8, device=device)
     try:
         if what == "add":
@@ -45,12 +38,6 @@ def _inputs(shape, dtype, device, r_dtype=None, seed=0):
     g = torch.Generator().manual_seed(seed + 100)
     r = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype=r_dtype or dtype, device=device)
     return x, r, w
-
-
-def _residual_dtype(device):
-    """The residual of bf16 x in the mixed tests: float32 where the backend takes it (the CPU),
-    x's dtype on CUDA (see require_fused)."""
-    return torch.float32 if device == "cpu" else torch.bfloat16
 
 
 # (x dtype, residual dtype): the residual of x's dtype, or float32 with 16-bit x.
@@ -74,7 +61,7 @@ _ADD_IDS = [f"{str(a).removeprefix('torch.')}-r{str(b).removeprefix('torch.')}" 
 @pytest.mark.parametrize("r_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("with_weight", [True, False])
 def test_opcheck_fused_add(device, r_dtype, with_weight):
-    require_fused(device, dtype=torch.bfloat16, r_dtype=r_dtype)
+    require_fused(device)
     x, r, w = _inputs((3, 5, 64), torch.bfloat16, device, r_dtype)
     w = w if with_weight else None
     off = 1.0 if with_weight else 0.0
@@ -102,7 +89,7 @@ def test_opcheck_fused_add(device, r_dtype, with_weight):
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_opcheck_quant(device, qdtype, kind, with_residual):
     require_fused(device, "quant")
-    x, r, w = _inputs((3, 5, 256), torch.bfloat16, device, _residual_dtype(device))
+    x, r, w = _inputs((3, 5, 256), torch.bfloat16, device, torch.float32)
     scale = torch.tensor([0.02], device=device) if kind == "static" else None
     ub = torch.tensor([2.0], device=device) if kind != "static" else None
     res = r if with_residual else None
@@ -123,7 +110,7 @@ def test_opcheck_quant(device, qdtype, kind, with_residual):
 def test_fused_add_values(device, dtype, r_dtype, shape):
     if device == "cuda" and dtype == torch.float64:
         pytest.skip("float64 is CPU-only")
-    require_fused(device, dtype=dtype, r_dtype=r_dtype)
+    require_fused(device)
     x, r, w = _inputs(shape, dtype, device, r_dtype)
     y, r_out = rmsnorm.fused_add_rms_norm(x, r, w, 1e-6)
     assert y.dtype == dtype and r_out.dtype == r_dtype and y.shape == x.shape == r_out.shape
@@ -149,7 +136,7 @@ def test_fused_add_values(device, dtype, r_dtype, shape):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("r_dtype", [torch.bfloat16, torch.float32])
 def test_fused_add_in_place_is_vllms_contract(device, r_dtype):
-    require_fused(device, dtype=torch.bfloat16, r_dtype=r_dtype)
+    require_fused(device)
     x, r, w = _inputs((33, 512), torch.bfloat16, device, r_dtype)
     want_y, want_r = rmsnorm.fused_add_rms_norm(x, r, w, 1e-6)
     xi, ri = x.clone(), r.clone()
@@ -167,7 +154,7 @@ def test_fused_add_in_place_is_vllms_contract(device, r_dtype):
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_add_strided_inputs_give_the_same_bits(device):
     require_fused(device)
-    x, r, w = _inputs((6, 4, 256), torch.bfloat16, device, _residual_dtype(device))
+    x, r, w = _inputs((6, 4, 256), torch.bfloat16, device, torch.float32)
     want = rmsnorm.fused_add_rms_norm(x, r, w)
     wide = torch.zeros(6, 4, 300, dtype=r.dtype, device=device)
     wide[..., 20:276] = r
@@ -205,7 +192,7 @@ def test_fused_add_gradcheck_float64_cpu(with_weight, offset, cast, layout):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype,r_dtype", _ADD_DTYPES[:5], ids=_ADD_IDS[:5])
 def test_fused_add_gradients_match_float64(device, dtype, r_dtype):
-    require_fused(device, dtype=dtype, r_dtype=r_dtype)
+    require_fused(device)
     x, r, w = _inputs((64, 1000), dtype, device, r_dtype)
     dy = make_inputs((64, 1000), dtype, device, seed=1)[0]
     dr_out = make_inputs((64, 1000), r_dtype, device, seed=2)[0]
@@ -259,7 +246,7 @@ def test_fused_add_partial_gradients(device):
 def test_fused_add_compile_fullgraph(device):
     require_fused(device)
     torch._dynamo.reset()
-    x, r, w = _inputs((4, 8, 256), torch.bfloat16, device, _residual_dtype(device))
+    x, r, w = _inputs((4, 8, 256), torch.bfloat16, device, torch.float32)
 
     def layer(x, r, w):  # a decoder layer's seam: the sublayer's output added, then the next norm
         y, r_out = rmsnorm.fused_add_rms_norm(x * 2, r, w, 1e-6, offset=0.5)
@@ -417,7 +404,7 @@ def test_quant_16_bit_inputs_against_float64(device, dtype, qdtype):
 @pytest.mark.parametrize("device", DEVICES)
 def test_quant_layouts_residual_and_zero_rows(device):
     require_fused(device, "quant")
-    x, r, w = _inputs((2, 9, 512), torch.bfloat16, device, _residual_dtype(device))
+    x, r, w = _inputs((2, 9, 512), torch.bfloat16, device, torch.float32)
     x[0, 3] = 0
     r[0, 3] = 0
     q, s, r_out = rmsnorm.rms_norm_quant(x, w, residual=r, scale="group", column_major_scales=True)
@@ -443,7 +430,7 @@ def test_quant_layouts_residual_and_zero_rows(device):
 def test_quant_compile_fullgraph(device):
     require_fused(device, "quant")
     torch._dynamo.reset()
-    x, r, w = _inputs((4, 8, 256), torch.bfloat16, device, _residual_dtype(device))
+    x, r, w = _inputs((4, 8, 256), torch.bfloat16, device, torch.float32)
 
     def fn(x, r, w):
         q, s, r_out = rmsnorm.rms_norm_quant(x * 2, w, residual=r, scale="group", column_major_scales=True)

@@ -26,7 +26,8 @@ struct BackwardArgs {
   std::int64_t dx_batch_stride, dx_row_stride;
   float eps, inv_cols, weight_offset;
   // The residual add's backward (RESIDUAL kernels): dx = dnorm + dr_out, and dr (when set)
-  // the same values; dr_out and dr have x's dtype.
+  // the same values; dr_out and dr have x's dtype (x being r_out), dy and dx the
+  // gradients' (x's too, or 16-bit with an f32 r_out: the kernels' TG).
   const void* dr_out;
   void* dr;
   std::int64_t dr_out_batch_stride, dr_out_row_stride;
@@ -37,11 +38,11 @@ struct BackwardArgs {
 };
 
 // The store of a chunk of dx (`out`: dnorm in fp32). With the residual add's backward the
-// gradient arriving at r_out is added first, in fp32, and the sum rounded once, to dx and
-// to dr. dx may be dy or dr_out, dr may be dr_out: each chunk is read (dy earlier, dr_out
-// here) by the lane that then writes it.
-template <bool ALIGNED, bool RESIDUAL, class TX, int VEC>
-__device__ __forceinline__ void store_dx_chunk(TX* dx, std::int64_t row, std::int64_t idx, float (&out)[VEC],
+// gradient arriving at r_out is added first, in fp32, and the sum rounded once, to dx (TG)
+// and to dr (TX, r_out's dtype). dx may be dy or dr_out, dr may be dr_out: each chunk is
+// read (dy earlier, dr_out here) by the lane that then writes it.
+template <bool ALIGNED, bool RESIDUAL, class TX, class TG, int VEC>
+__device__ __forceinline__ void store_dx_chunk(TG* dx, std::int64_t row, std::int64_t idx, float (&out)[VEC],
                                                const BackwardArgs& a) {
   if constexpr (RESIDUAL) {
     const TX* dr_out =
@@ -51,13 +52,16 @@ __device__ __forceinline__ void store_dx_chunk(TX* dx, std::int64_t row, std::in
 #pragma unroll
     for (int k = 0; k < VEC; ++k) out[k] += df[k];
     const Vec<TX, VEC> v = pack<TX, VEC>(out);
-    store_chunk<ALIGNED, TX, VEC>(dx, idx, a.cols, v);
+    if constexpr (std::is_same<TX, TG>::value)
+      store_chunk<ALIGNED, TG, VEC>(dx, idx, a.cols, v);
+    else
+      store_chunk<ALIGNED, TG, VEC>(dx, idx, a.cols, pack<TG, VEC>(out));
     if (a.dr)
       store_chunk<ALIGNED, TX, VEC>(
           static_cast<TX*>(a.dr) + row_offset(row, a.rows, a.dr_batch_stride, a.dr_row_stride), idx, a.cols, v);
   } else {
     (void)row;
-    store_chunk<ALIGNED, TX, VEC>(dx, idx, a.cols, pack<TX, VEC>(out));
+    store_chunk<ALIGNED, TG, VEC>(dx, idx, a.cols, pack<TG, VEC>(out));
   }
 }
 
@@ -72,9 +76,9 @@ __device__ __forceinline__ void with_weight(bool has_w, F&& f) {
 
 // g . x over a lane's vectors (g = dy * (w + offset)); `wsrc` gives the lane's weight
 // vectors (LaneWeight or SharedLaneWeight in forward_kernels.cuh), when there is a weight.
-template <class TX, int VEC, int ITEMS, int STRIDE, class WSRC>
+template <class TX, class TG, int VEC, int ITEMS, int STRIDE, class WSRC>
 __device__ __forceinline__ float dot_gx(const WSRC& wsrc, std::int64_t first, std::int64_t end,
-                                        const Vec<TX, VEC> (&xv)[ITEMS], const Vec<TX, VEC> (&gv)[ITEMS],
+                                        const Vec<TX, VEC> (&xv)[ITEMS], const Vec<TG, VEC> (&gv)[ITEMS],
                                         const BackwardArgs& a) {
   float gx = 0.f;
   with_weight(wsrc.w != nullptr, [&](auto has_w) {
@@ -101,10 +105,10 @@ __device__ __forceinline__ float dot_gx(const WSRC& wsrc, std::int64_t first, st
 }
 
 // dx = rstd * g - coef * x for a lane's vectors, and the lane's dw partial sums.
-template <bool ALIGNED, bool RESIDUAL, class TX, int VEC, int ITEMS, int STRIDE, class WSRC>
-__device__ __forceinline__ void store_dx(TX* dx, std::int64_t row, const WSRC& wsrc, std::int64_t first,
+template <bool ALIGNED, bool RESIDUAL, class TX, class TG, int VEC, int ITEMS, int STRIDE, class WSRC>
+__device__ __forceinline__ void store_dx(TG* dx, std::int64_t row, const WSRC& wsrc, std::int64_t first,
                                          std::int64_t end, const Vec<TX, VEC> (&xv)[ITEMS],
-                                         const Vec<TX, VEC> (&gv)[ITEMS], float rstd, float coef,
+                                         const Vec<TG, VEC> (&gv)[ITEMS], float rstd, float coef,
                                          float (&dw_acc)[ITEMS][VEC], const BackwardArgs& a) {
   with_weight(wsrc.w != nullptr, [&](auto has_w) {
     constexpr bool kHasW = decltype(has_w)::value;
@@ -122,7 +126,7 @@ __device__ __forceinline__ void store_dx(TX* dx, std::int64_t row, const WSRC& w
         out[k] = rstd * g - coef * xf[k];
         if constexpr (kHasW) dw_acc[i][k] += gf[k] * xf[k] * rstd;
       }
-      store_dx_chunk<ALIGNED, RESIDUAL, TX, VEC>(dx, row, idx, out, a);
+      store_dx_chunk<ALIGNED, RESIDUAL, TX, TG, VEC>(dx, row, idx, out, a);
     }
   });
 }
@@ -147,7 +151,8 @@ __device__ __forceinline__ void write_partial(float* out, std::int64_t first, st
 // ---------------------------------------------------------------------------------------
 // Launch bounds as the forward's: 2 vectors a lane within 64 registers (1024 threads an SM
 // resident), 4 vectors within 128 (x, dy and the dw sums: 94 registers, no spills).
-template <bool ALIGNED, bool RESIDUAL, class TX, class TW, int VEC, int TPR, int ITEMS, int BLOCK>
+// TX: x's type (r_out's, for the residual add's backward); TG: dy's and dx's.
+template <bool ALIGNED, bool RESIDUAL, class TX, class TG, class TW, int VEC, int TPR, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) BackwardRowsImpl(const BackwardArgs a) {
   begin_dependent_grid();
   constexpr int kRowsPerBlock = BLOCK / TPR;
@@ -167,19 +172,20 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
     const std::int64_t row = first + slot;
     const bool valid = row < a.total_rows;
     const TX* x = static_cast<const TX*>(a.x) + (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
-    const TX* dy =
-        static_cast<const TX*>(a.dy) + (valid ? row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride) : 0);
-    Vec<TX, VEC> xv[ITEMS], gv[ITEMS];
+    const TG* dy =
+        static_cast<const TG*>(a.dy) + (valid ? row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride) : 0);
+    Vec<TX, VEC> xv[ITEMS];
+    Vec<TG, VEC> gv[ITEMS];
     load_items<ALIGNED, TX, VEC, ITEMS, TPR>(x, lane, vectors, a.cols, valid, xv);
-    load_items<ALIGNED, TX, VEC, ITEMS, TPR>(dy, lane, vectors, a.cols, valid, gv);
+    load_items<ALIGNED, TG, VEC, ITEMS, TPR>(dy, lane, vectors, a.cols, valid, gv);
     const float rstd = a.rstd ? (valid ? a.rstd[row] : 0.f)
                               : rstd_from_sum(Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(xv)), a.inv_cols, a.eps);
     const float gx = a.row_dots ? (valid ? a.row_dots[row] : 0.f)
-                                : Sum::sum(temp, dot_gx<TX, VEC, ITEMS, TPR>(wsrc, lane, vectors, xv, gv, a));
+                                : Sum::sum(temp, dot_gx<TX, TG, VEC, ITEMS, TPR>(wsrc, lane, vectors, xv, gv, a));
     if (!valid) continue;
-    TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<ALIGNED, RESIDUAL, TX, VEC, ITEMS, TPR>(dx, row, wsrc, lane, vectors, xv, gv, rstd,
-                                                     rstd * rstd * rstd * gx * a.inv_cols, dw_acc, a);
+    TG* dx = static_cast<TG*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
+    store_dx<ALIGNED, RESIDUAL, TX, TG, VEC, ITEMS, TPR>(dx, row, wsrc, lane, vectors, xv, gv, rstd,
+                                                         rstd * rstd * rstd * gx * a.inv_cols, dw_acc, a);
   }
 
   if (!a.partial) return;
@@ -213,22 +219,27 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
 // the weight's slice is kept there: the cluster barrier's acquire leaves nothing of it in
 // L1, and registers are taken by x, dy and the dw sums. Bulk copies need 16-byte aligned
 // slices: unaligned rows are loaded from global memory (load_chunk) after the row's
-// barrier instead. Dynamic shared memory: cluster_backward_shared_bytes.
+// barrier instead. So are the 16-bit gradients of an f32 r_out (TG other than TX): the stage
+// holds x and dy in slots of one vector type. Dynamic shared memory:
+// cluster_backward_shared_bytes.
 // ---------------------------------------------------------------------------------------
-template <class TX, class TW, int VEC, int ITEMS, int BLOCK>
+template <class TX, int VEC, int ITEMS, int BLOCK>
 using ClusterBackwardStage = RowStage<Vec<TX, VEC>, ITEMS * BLOCK, 2>;
+template <bool ALIGNED, class TX, class TG>
+inline constexpr bool kStagesRows = ALIGNED&& std::is_same<TX, TG>::value;
 
-template <class TX, class TW, int VEC, int ITEMS, int BLOCK>
+template <bool ALIGNED, class TX, class TG, class TW, int VEC, int ITEMS, int BLOCK>
 constexpr std::size_t cluster_backward_shared_bytes(bool has_weight) {
-  return ClusterBackwardStage<TX, TW, VEC, ITEMS, BLOCK>::kBytes +
+  return (kStagesRows<ALIGNED, TX, TG> ? ClusterBackwardStage<TX, VEC, ITEMS, BLOCK>::kBytes : 0) +
          (has_weight ? sizeof(Vec<TW, VEC>) * ITEMS * BLOCK : 0);
 }
 
-template <bool ALIGNED, bool RESIDUAL, class TX, class TW, int VEC, int ITEMS, int BLOCK>
+template <bool ALIGNED, bool RESIDUAL, class TX, class TG, class TW, int VEC, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) ClusterBackwardImpl(const BackwardArgs a) {
   begin_dependent_grid();
   using Sum = ClusterSum<BLOCK, 2>;
-  using Stage = ClusterBackwardStage<TX, TW, VEC, ITEMS, BLOCK>;
+  using Stage = ClusterBackwardStage<TX, VEC, ITEMS, BLOCK>;
+  constexpr bool kStaged = kStagesRows<ALIGNED, TX, TG>;
   __shared__ typename Sum::TempStorage temp;
   __shared__ typename Stage::Barriers bars;
   extern __shared__ uint4 dynamic_shared[];
@@ -242,13 +253,14 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
   Stage stage(bars, reinterpret_cast<Vec<TX, VEC>*>(dynamic_shared));
   const SharedLaneWeight<ALIGNED, TW, VEC, ITEMS, BLOCK> wsrc(
       static_cast<const TW*>(a.weight), first, end, a.cols,
-      reinterpret_cast<Vec<TW, VEC>*>(reinterpret_cast<unsigned char*>(dynamic_shared) + Stage::kBytes));
+      reinterpret_cast<Vec<TW, VEC>*>(reinterpret_cast<unsigned char*>(dynamic_shared) +
+                                      (kStaged ? Stage::kBytes : 0)));
   float dw_acc[ITEMS][VEC] = {};
   int parity = 0;
 
-  // Starts the copies of `row`'s slices into `buffer` (thread 0; aligned rows only).
+  // Starts the copies of `row`'s slices into `buffer` (thread 0; staged rows only).
   const auto prefetch = [&](std::int64_t row, int buffer) {
-    if (!ALIGNED || threadIdx.x != 0) return;
+    if (!kStaged || threadIdx.x != 0) return;
     const Vec<TX, VEC>* x = reinterpret_cast<const Vec<TX, VEC>*>(
         static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride));
     const Vec<TX, VEC>* dy = reinterpret_cast<const Vec<TX, VEC>*>(
@@ -262,8 +274,9 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
   unsigned step = 0;
   for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters, ++step) {
     const int buffer = static_cast<int>(step & 1u);
-    Vec<TX, VEC> xv[ITEMS], gv[ITEMS];
-    if constexpr (ALIGNED) {
+    Vec<TX, VEC> xv[ITEMS];
+    Vec<TG, VEC> gv[ITEMS];
+    if constexpr (kStaged) {
       stage.wait(buffer, step >> 1);
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
@@ -273,9 +286,9 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
       }
     } else {
       const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
-      const TX* dy = static_cast<const TX*>(a.dy) + row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride);
-      load_items<false, TX, VEC, ITEMS, BLOCK>(x, first, end, a.cols, true, xv);
-      load_items<false, TX, VEC, ITEMS, BLOCK>(dy, first, end, a.cols, true, gv);
+      const TG* dy = static_cast<const TG*>(a.dy) + row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride);
+      load_items<ALIGNED, TX, VEC, ITEMS, BLOCK>(x, first, end, a.cols, true, xv);
+      load_items<ALIGNED, TG, VEC, ITEMS, BLOCK>(dy, first, end, a.cols, true, gv);
     }
     // The other buffer was last read before the previous row's block barriers.
     const float saved_rstd = next_rstd;
@@ -288,13 +301,13 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
     // Given dots replace the second one's result; the barrier stays (the stage's reuse
     // relies on it).
     float sums[2] = {a.rstd ? 0.f : sum_squares<TX, VEC, ITEMS>(xv),
-                     dot_gx<TX, VEC, ITEMS, BLOCK>(wsrc, first, end, xv, gv, a)};
+                     dot_gx<TX, TG, VEC, ITEMS, BLOCK>(wsrc, first, end, xv, gv, a)};
     Sum::sum(temp, sums, parity);
     const float rstd = a.rstd ? saved_rstd : rstd_from_sum(sums[0], a.inv_cols, a.eps);
     const float gx = a.row_dots ? a.row_dots[row] : sums[1];
-    TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<ALIGNED, RESIDUAL, TX, VEC, ITEMS, BLOCK>(dx, row, wsrc, first, end, xv, gv, rstd,
-                                                       rstd * rstd * rstd * gx * a.inv_cols, dw_acc, a);
+    TG* dx = static_cast<TG*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
+    store_dx<ALIGNED, RESIDUAL, TX, TG, VEC, ITEMS, BLOCK>(dx, row, wsrc, first, end, xv, gv, rstd,
+                                                           rstd * rstd * rstd * gx * a.inv_cols, dw_acc, a);
   }
   // One partial row per cluster: each block fills its slice.
   if (a.partial) write_partial<VEC, ITEMS, BLOCK>(a.partial + place.cluster * a.cols, first, end, a.cols, dw_acc);
@@ -306,7 +319,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
 // block's partial dw row lives in the workspace and is updated in place: each column is
 // owned by one thread of the block for every row, so there is no race and no atomic.
 // ---------------------------------------------------------------------------------------
-template <bool ALIGNED, bool RESIDUAL, class TX, class TW, int VEC, int BLOCK>
+template <bool ALIGNED, bool RESIDUAL, class TX, class TG, class TW, int VEC, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) LongRowBackwardImpl(const BackwardArgs a) {
   begin_dependent_grid();
   using Sum = RowSum<BLOCK, BLOCK>;
@@ -318,15 +331,15 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) LongRowBac
 
   for (std::int64_t row = blockIdx.x; row < a.total_rows; row += gridDim.x) {
     const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
-    const TX* dy = static_cast<const TX*>(a.dy) + row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride);
-    TX* dx = static_cast<TX*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
+    const TG* dy = static_cast<const TG*>(a.dy) + row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride);
+    TG* dx = static_cast<TG*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
     float ss = 0.f, gx = 0.f;
     const std::int64_t summed = a.rstd && a.row_dots ? 0 : vectors;  // given both, the first pass is skipped
 #pragma unroll 2
     for (std::int64_t idx = threadIdx.x; idx < summed; idx += BLOCK) {
       float xf[VEC], gf[VEC], wf[VEC];
       unpack(load_chunk<ALIGNED, TX, VEC>(x, idx, a.cols, true), xf);
-      unpack(load_chunk<ALIGNED, TX, VEC>(dy, idx, a.cols, true), gf);
+      unpack(load_chunk<ALIGNED, TG, VEC>(dy, idx, a.cols, true), gf);
       if (w) unpack(load_chunk<ALIGNED, TW, VEC>(w, idx, a.cols, true), wf);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
@@ -341,14 +354,14 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(2) / BLOCK) LongRowBac
     for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
       float xf[VEC], gf[VEC], wf[VEC], out[VEC], contrib[VEC];
       unpack(load_chunk<ALIGNED, TX, VEC>(x, idx, a.cols, true), xf);
-      unpack(load_chunk<ALIGNED, TX, VEC>(dy, idx, a.cols, true), gf);
+      unpack(load_chunk<ALIGNED, TG, VEC>(dy, idx, a.cols, true), gf);
       if (w) unpack(load_chunk<ALIGNED, TW, VEC>(w, idx, a.cols, true), wf);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         out[k] = rstd * gf[k] * (w ? wf[k] + a.weight_offset : 1.f) - coef * xf[k];
         contrib[k] = gf[k] * xf[k] * rstd;
       }
-      store_dx_chunk<ALIGNED, RESIDUAL, TX, VEC>(dx, row, idx, out, a);
+      store_dx_chunk<ALIGNED, RESIDUAL, TX, TG, VEC>(dx, row, idx, out, a);
       if (part)
 #pragma unroll
         for (int k = 0; k < VEC; ++k)

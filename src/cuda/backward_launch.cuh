@@ -49,14 +49,14 @@ inline BackwardArgs make_backward_args(const BackwardProblem& p) {
 
 // The register configuration the plan names among a compile-time table; returns the blocks
 // launched, one partial dw row each.
-template <bool ALIGNED, bool RESIDUAL, class TX, class TW, int VEC, const RegisterConfig* TABLE, int N>
+template <bool ALIGNED, bool RESIDUAL, class TX, class TG, class TW, int VEC, const RegisterConfig* TABLE, int N>
 std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
   return with_config<TABLE, N>(plan, names_rows, [&](auto i) {
     constexpr RegisterConfig c = TABLE[decltype(i)::value];
     constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
     const std::int64_t blocks =
         backward_blocks((a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock, c.threads_per_block, c.items, sm_count);
-    launch_kernel(BackwardRowsImpl<ALIGNED, RESIDUAL, TX, TW, VEC, c.threads_per_row, c.items, c.threads_per_block>,
+    launch_kernel(BackwardRowsImpl<ALIGNED, RESIDUAL, TX, TG, TW, VEC, c.threads_per_row, c.items, c.threads_per_block>,
                   {grid_for(blocks), c.threads_per_block}, q, "BackwardRowsImpl", &plan, a);
     return blocks;
   });
@@ -69,13 +69,14 @@ std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int s
 // 2.51 / 2.43 / 2.09 with cluster_count's four times as many clusters (which the forward
 // keeps): once the next row's loads are in flight during this one's barrier (RowStage),
 // further clusters only add partial rows and waves.
-template <bool ALIGNED, bool RESIDUAL, class TX, class TW, int VEC>
+template <bool ALIGNED, bool RESIDUAL, class TX, class TG, class TW, int VEC>
 std::int64_t launch_backward_clusters(const BackwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
   return with_config<kBackwardClusterRowConfigs, kNumBackwardClusterRowConfigs>(plan, names_cluster, [&](auto i) {
     constexpr RegisterConfig c = kBackwardClusterRowConfigs[decltype(i)::value];
-    const auto kernel = ClusterBackwardImpl<ALIGNED, RESIDUAL, TX, TW, VEC, c.items, c.threads_per_block>;
-    LaunchShape shape{dim3(1), c.threads_per_block, plan.cluster_size,
-                      cluster_backward_shared_bytes<TX, TW, VEC, c.items, c.threads_per_block>(a.weight != nullptr)};
+    const auto kernel = ClusterBackwardImpl<ALIGNED, RESIDUAL, TX, TG, TW, VEC, c.items, c.threads_per_block>;
+    LaunchShape shape{
+        dim3(1), c.threads_per_block, plan.cluster_size,
+        cluster_backward_shared_bytes<ALIGNED, TX, TG, TW, VEC, c.items, c.threads_per_block>(a.weight != nullptr)};
     const int resident = resident_clusters(kernel, shape);
     const std::int64_t clusters = resident > 0
                                       ? std::min<std::int64_t>(a.total_rows, resident)
@@ -92,29 +93,27 @@ void launch_dw_finalize(const float* partial, std::int64_t partials, std::int64_
                 partials, cols, static_cast<TDW*>(dw));
 }
 
-template <bool ALIGNED, bool RESIDUAL, class TX, class TW>
+template <bool ALIGNED, bool RESIDUAL, class TX, class TG, class TW>
 void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
   constexpr int kVec = 16 / sizeof(TX);
   const BackwardArgs a = make_backward_args(p);
   std::int64_t blocks = 0;
   switch (plan.strategy) {
     case Strategy::warp_rows:
-      blocks =
-          launch_backward_rows<ALIGNED, RESIDUAL, TX, TW, kVec, kBackwardWarpRowsConfigs, kNumBackwardWarpRowsConfigs>(
-              a, plan, sm_count, q);
+      blocks = launch_backward_rows<ALIGNED, RESIDUAL, TX, TG, TW, kVec, kBackwardWarpRowsConfigs,
+                                    kNumBackwardWarpRowsConfigs>(a, plan, sm_count, q);
       break;
     case Strategy::block_row:
-      blocks =
-          launch_backward_rows<ALIGNED, RESIDUAL, TX, TW, kVec, kBackwardBlockRowConfigs, kNumBackwardBlockRowConfigs>(
-              a, plan, sm_count, q);
+      blocks = launch_backward_rows<ALIGNED, RESIDUAL, TX, TG, TW, kVec, kBackwardBlockRowConfigs,
+                                    kNumBackwardBlockRowConfigs>(a, plan, sm_count, q);
       break;
     case Strategy::long_row:
       blocks = backward_blocks(a.total_rows, kLongRowThreads, /*items=*/2, sm_count);
-      launch_kernel(LongRowBackwardImpl<ALIGNED, RESIDUAL, TX, TW, kVec, kLongRowThreads>,
+      launch_kernel(LongRowBackwardImpl<ALIGNED, RESIDUAL, TX, TG, TW, kVec, kLongRowThreads>,
                     {grid_for(blocks), kLongRowThreads}, q, "LongRowBackwardImpl", &plan, a);
       break;
     case Strategy::cluster_row:
-      blocks = launch_backward_clusters<ALIGNED, RESIDUAL, TX, TW, kVec>(a, plan, sm_count, q);
+      blocks = launch_backward_clusters<ALIGNED, RESIDUAL, TX, TG, TW, kVec>(a, plan, sm_count, q);
       break;
     case Strategy::automatic:
       throw Error(Code::internal, "plan without a strategy");
@@ -126,15 +125,18 @@ void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_co
     launch_dw_finalize<TW>(a.partial, blocks, p.cols, p.dw, q);
 }
 
-// RESIDUAL: the residual add's backward (store_dx_chunk); kAligned: whole chunks loaded.
-template <class TX, bool RESIDUAL, bool kAligned>
+// TX: x's type (r_out's); TG: the gradients' (dy, dx), x's or 16-bit with an f32 r_out; the
+// weight is TG's or f32. RESIDUAL: the residual add's backward (store_dx_chunk); kAligned:
+// whole chunks loaded.
+template <class TX, class TG, bool RESIDUAL, bool kAligned>
 void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
-  if constexpr (std::is_same<TX, float>::value) {
-    launch_backward_typed<kAligned, RESIDUAL, float, float>(p, plan, sm_count, q);
+  static_assert(std::is_same<TX, TG>::value || RESIDUAL, "gradients differ from x only for an f32 r_out");
+  if constexpr (std::is_same<TG, float>::value) {
+    launch_backward_typed<kAligned, RESIDUAL, float, float, float>(p, plan, sm_count, q);
   } else {
-    if (!p.weight || p.w_dtype == StorageOf<TX>::value)
-      return launch_backward_typed<kAligned, RESIDUAL, TX, TX>(p, plan, sm_count, q);
-    launch_backward_typed<kAligned, RESIDUAL, TX, float>(p, plan, sm_count, q);
+    if (!p.weight || p.w_dtype == StorageOf<TG>::value)
+      return launch_backward_typed<kAligned, RESIDUAL, TX, TG, TG>(p, plan, sm_count, q);
+    launch_backward_typed<kAligned, RESIDUAL, TX, TG, float>(p, plan, sm_count, q);
   }
 }
 

@@ -3,6 +3,7 @@
 #include <array>
 #include <atomic>
 #include <string>
+#include <type_traits>
 
 #include "cuda/common.cuh"
 #include "cuda/forward_steps.cuh"
@@ -16,7 +17,7 @@ namespace cuda {
 // Instantiated by the generated units (forward_instance.cu.in, backward_instance.cu.in).
 template <class TX, class STEPS, bool ALIGNED>
 void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q);
-template <class TX, bool RESIDUAL, bool ALIGNED>
+template <class TX, class TG, bool RESIDUAL, bool ALIGNED>
 void launch_backward(const BackwardProblem& p, const Plan& plan, int sm_count, const Queue& q);
 template <class TX>
 void launch_partial_sums(const PartialSumsProblem& p, const Queue& q);
@@ -70,10 +71,10 @@ cuda::Queue queue_for(Stream stream, bool pdl, int device) {
   return {static_cast<cudaStream_t>(stream), pdl && cuda_cc_major(device) >= 9};
 }
 
-template <class TX, bool RESIDUAL>
+template <class TX, bool RESIDUAL, class TG = TX>
 void launch_backward_aligned(const BackwardProblem& p, const Plan& plan, int sms, const cuda::Queue& q) {
   cuda::with_alignment(
-      plan, [&](auto aligned) { cuda::launch_backward<TX, RESIDUAL, decltype(aligned)::value>(p, plan, sms, q); });
+      plan, [&](auto aligned) { cuda::launch_backward<TX, TG, RESIDUAL, decltype(aligned)::value>(p, plan, sms, q); });
 }
 }  // namespace
 
@@ -97,9 +98,13 @@ void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Strea
   }
   const int sms = sm_count(device);
   const cuda::Queue q = queue_for(stream, p.pdl, device);
-  // The residual add's backward on CUDA takes dy, dx, dr_out and dr of r_out's dtype (api.cpp
-  // refuses an f32 r_out with 16-bit gradients there).
+  // The residual add's backward: x is r_out, dr_out and dr have its dtype; dy and dx have it
+  // too, or are 16-bit with an f32 r_out.
   const bool residual = p.dr_out != nullptr;
+  if (residual && p.x_dtype == DType::f32 && p.dx_dtype == DType::f16)
+    return launch_backward_aligned<float, true, __half>(p, plan, sms, q);
+  if (residual && p.x_dtype == DType::f32 && p.dx_dtype == DType::bf16)
+    return launch_backward_aligned<float, true, __nv_bfloat16>(p, plan, sms, q);
   switch (p.x_dtype) {
     case DType::f32:
       return residual ? launch_backward_aligned<float, true>(p, plan, sms, q)
@@ -134,6 +139,13 @@ void launch_forward_aligned(const ForwardProblem& p, const Plan& plan, int sms, 
 template <class TX>
 void launch_forward_steps(const ForwardProblem& p, const Plan& plan, int sms, const cuda::Queue& q) {
   using cuda::ForwardSteps;
+  if constexpr (!std::is_same<TX, float>::value) {
+    // An f32 residual with 16-bit x: the row the norm reads is r_out's, f32; x is its input.
+    if (p.residual && p.r_dtype == DType::f32) {
+      if (p.quantize) return launch_forward_aligned<float, ForwardSteps<true, true, TX>>(p, plan, sms, q);
+      return launch_forward_aligned<float, ForwardSteps<true, false, TX>>(p, plan, sms, q);
+    }
+  }
   if (p.residual && p.quantize) return launch_forward_aligned<TX, ForwardSteps<true, true>>(p, plan, sms, q);
   if (p.residual) return launch_forward_aligned<TX, ForwardSteps<true, false>>(p, plan, sms, q);
   if (p.quantize) return launch_forward_aligned<TX, ForwardSteps<false, true>>(p, plan, sms, q);
@@ -145,8 +157,8 @@ void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream 
   DeviceGuard guard(device);
   const int sms = plan.strategy == Strategy::cluster_row ? sm_count(device) : 0;
   const cuda::Queue q = queue_for(stream, p.pdl, device);
-  // A residual of another dtype than x's (an f32 residual with 16-bit x) is served by the CPU
-  // backend only; api.cpp refuses it on CUDA before this point.
+  // x's dtype picks the instantiations; an f32 residual with 16-bit x takes an f32 row's
+  // (launch_forward_steps).
   switch (p.x_dtype) {
     case DType::f32:
       return launch_forward_steps<float>(p, plan, sms, q);

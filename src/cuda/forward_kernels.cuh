@@ -188,8 +188,9 @@ struct SharedLaneWeight {
 };
 
 // Calls emit(idx, y) for each of a lane's chunks below `end`, y the chunk's outputs in fp32
-// before any store rounding (the step the epilogues consume).
-template <bool ALIGNED, class TX, class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD, class Emit>
+// before any store rounding (the step the epilogues consume). TX is the row's type, TC the
+// one the Llama cast rounds to (x's: the same but with an f32 residual of 16-bit x).
+template <bool ALIGNED, class TX, class TC, class TW, int VEC, int ITEMS, int STRIDE, bool PRELOAD, class Emit>
 __device__ __forceinline__ void for_each_value(const TW* w, const Vec<TW, VEC> (&wv)[ITEMS], std::int64_t first,
                                                std::int64_t end, const Vec<TX, VEC> (&v)[ITEMS], float rstd,
                                                const ForwardArgs& a, Emit&& emit) {
@@ -206,28 +207,33 @@ __device__ __forceinline__ void for_each_value(const TW* w, const Vec<TW, VEC> (
       unpack(opaque(v[i]), xf);
 #pragma unroll
       for (int k = 0; k < VEC; ++k)
-        out[k] = normalise<TX, TW, kLlama, kHasW>(xf[k], rstd, kHasW ? wf[k] : 1.f, a.weight_offset);
+        out[k] = normalise<TC, TW, kLlama, kHasW>(xf[k], rstd, kHasW ? wf[k] : 1.f, a.weight_offset);
       emit(idx, out);
     }
   });
 }
 
 // The prologue of the register kernels: a lane's chunks of the row, x's or, with the residual
-// add, r_out's (stored on the way). Invalid rows (past the end) load zeros and store nothing.
+// add, r_out's (stored on the way; TX is then r's type, and x's is STEPS::Input). Invalid
+// rows (past the end) load zeros and store nothing.
 template <bool ALIGNED, class STEPS, class TX, int VEC, int ITEMS, int STRIDE>
 __device__ __forceinline__ void load_row(const ForwardArgs& a, std::int64_t row, bool valid, std::int64_t first,
                                          std::int64_t end, Vec<TX, VEC> (&v)[ITEMS]) {
-  const TX* x = static_cast<const TX*>(a.x) + (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
-  load_items<ALIGNED, TX, VEC, ITEMS, STRIDE>(x, first, end, a.cols, valid, v);
-  if constexpr (STEPS::kResidual) {
+  using TI = typename STEPS::template Input<TX>;  // x's storage
+  const TI* x = static_cast<const TI*>(a.x) + (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
+  if constexpr (!STEPS::kResidual) {
+    load_items<ALIGNED, TX, VEC, ITEMS, STRIDE>(x, first, end, a.cols, valid, v);
+  } else {
+    Vec<TI, VEC> xv[ITEMS];
     Vec<TX, VEC> rv[ITEMS];
+    load_items<ALIGNED, TI, VEC, ITEMS, STRIDE>(x, first, end, a.cols, valid, xv);
     load_items<ALIGNED, TX, VEC, ITEMS, STRIDE>(valid ? residual_row<TX>(a, row) : static_cast<const TX*>(a.residual),
                                                 first, end, a.cols, valid, rv);
     TX* r_out = valid ? residual_out_row<TX>(a, row) : nullptr;
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
-      v[i] = add_residual<ALIGNED, TX, VEC>(v[i], rv[i], r_out, idx, a.cols, valid && idx < end);
+      v[i] = add_residual<ALIGNED, TI, TX, VEC>(xv[i], rv[i], r_out, idx, a.cols, valid && idx < end);
     }
   }
 }
@@ -262,6 +268,7 @@ template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int 
 __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>() / BLOCK)
     RegisterRowsImpl(const ForwardArgs a) {
   begin_dependent_grid();
+  using TC = typename STEPS::template Input<TX>;  // the Llama cast's type: x's
   constexpr int kRowsPerBlock = BLOCK / TPR;
   constexpr bool kPreload = kForwardPreloadsWeight<TW, VEC, ITEMS>;
   using Sum = RowSum<TPR, BLOCK>;
@@ -306,7 +313,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
       unsigned* table = group_max.table() + slot * a.groups;
       if (dynamic) {  // every lane passes the barrier, valid row or not
         if (valid)
-          for_each_value<ALIGNED, TX, TW, VEC, ITEMS, TPR, kPreload>(
+          for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, TPR, kPreload>(
               w, wv, lane, vectors, v, rstd, a,
               [&](std::int64_t idx, const float(&out)[VEC]) { offer_chunk<VEC, (TPR >= 32)>(table, idx, out, a); });
         __syncthreads();
@@ -314,7 +321,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
       }
       const auto amax_of = [&](std::int64_t g) { return __uint_as_float(table[g]); };
       if (valid)
-        for_each_value<ALIGNED, TX, TW, VEC, ITEMS, TPR, kPreload>(
+        for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, TPR, kPreload>(
             w, wv, lane, vectors, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
               const float s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
               store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s, a.fp8));
@@ -322,7 +329,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
       if (dynamic) group_max.next();
     } else {
       if (!valid) continue;
-      for_each_value<ALIGNED, TX, TW, VEC, ITEMS, TPR, kPreload>(
+      for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, TPR, kPreload>(
           w, wv, lane, vectors, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
             store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, pack<TY, VEC>(out));
           });
@@ -340,6 +347,7 @@ template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int 
 __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>() / BLOCK)
     ClusterRowImpl(const ForwardArgs a) {
   begin_dependent_grid();
+  using TC = typename STEPS::template Input<TX>;  // the Llama cast's type: x's
   constexpr bool kPreload = kForwardPreloadsWeight<TW, VEC, ITEMS>;
   using Sum = ClusterSum<BLOCK, 1>;
   __shared__ typename Sum::TempStorage temp;
@@ -371,7 +379,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
     if constexpr (STEPS::kQuant) {
       unsigned* table = group_max.table();
       if (dynamic) {
-        for_each_value<ALIGNED, TX, TW, VEC, ITEMS, BLOCK, kPreload>(
+        for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, BLOCK, kPreload>(
             w, wv, begin + threadIdx.x, end, v, rstd, a,
             [&](std::int64_t idx, const float(&out)[VEC]) { offer_chunk<VEC, true>(table, idx, out, a); });
         cluster_barrier();
@@ -391,14 +399,14 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
       };
       const float row_amax = dynamic && a.groups == 1 ? group_amax(0) : 0.0f;
       const auto amax_of = [&](std::int64_t g) { return a.groups == 1 ? row_amax : group_amax(g); };
-      for_each_value<ALIGNED, TX, TW, VEC, ITEMS, BLOCK, kPreload>(
+      for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, BLOCK, kPreload>(
           w, wv, begin + threadIdx.x, end, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
             const float s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
             store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s, a.fp8));
           });
       if (dynamic) group_max.next();
     } else {
-      for_each_value<ALIGNED, TX, TW, VEC, ITEMS, BLOCK, kPreload>(
+      for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, BLOCK, kPreload>(
           w, wv, begin + threadIdx.x, end, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
             store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, pack<TY, VEC>(out));
           });
@@ -428,8 +436,9 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
   GroupMax group_max(group_cells, dynamic ? a.groups : 0, BLOCK);
   if (dynamic) __syncthreads();
 
+  using TI = typename STEPS::template Input<TX>;  // x's storage, and the Llama cast's type
   for (std::int64_t row = blockIdx.x; row < a.total_rows; row += gridDim.x) {
-    const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
+    const TI* x = static_cast<const TI*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
     TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
     const TX* r = nullptr;
     TX* r_out = nullptr;
@@ -442,10 +451,13 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
     const std::int64_t summed = a.row_sums ? 0 : vectors;
 #pragma unroll 4
     for (std::int64_t idx = threadIdx.x; idx < summed; idx += BLOCK) {
-      Vec<TX, VEC> xv = load_chunk<ALIGNED, TX, VEC>(x, idx, a.cols, true);
+      Vec<TX, VEC> xv;
       if constexpr (STEPS::kResidual)
-        xv = add_residual<ALIGNED, TX, VEC>(xv, load_chunk<ALIGNED, TX, VEC>(r, idx, a.cols, true), r_out, idx, a.cols,
-                                            true);
+        xv = add_residual<ALIGNED, TI, TX, VEC>(load_chunk<ALIGNED, TI, VEC>(x, idx, a.cols, true),
+                                                load_chunk<ALIGNED, TX, VEC>(r, idx, a.cols, true), r_out, idx, a.cols,
+                                                true);
+      else
+        xv = load_chunk<ALIGNED, TX, VEC>(x, idx, a.cols, true);
       float f[VEC];
       unpack(xv, f);
 #pragma unroll
@@ -455,7 +467,11 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
     const float rstd = rstd_from_sum(a.row_sums ? a.row_sums[row] : Sum::sum(temp, ss), a.inv_cols, a.eps);
     if (a.rstd && threadIdx.x == 0) a.rstd[row] = rstd;
     // The row the norm read: x, or r_out as this lane stored it in the first pass.
-    const TX* src = STEPS::kResidual ? r_out : x;
+    const TX* src = nullptr;
+    if constexpr (STEPS::kResidual)
+      src = r_out;
+    else
+      src = x;
     with_mode(a.llama, w != nullptr, [&](auto llama, auto has_w) {
       constexpr bool kLlama = decltype(llama)::value, kHasW = decltype(has_w)::value;
       const auto values = [&](std::int64_t idx, float(&out)[VEC]) {
@@ -464,7 +480,7 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
         if constexpr (kHasW) unpack(load_chunk<ALIGNED, TW, VEC>(w, idx, a.cols, true), wf);
 #pragma unroll
         for (int k = 0; k < VEC; ++k)
-          out[k] = normalise<TX, TW, kLlama, kHasW>(xf[k], rstd, kHasW ? wf[k] : 1.f, a.weight_offset);
+          out[k] = normalise<TI, TW, kLlama, kHasW>(xf[k], rstd, kHasW ? wf[k] : 1.f, a.weight_offset);
       };
       if constexpr (STEPS::kQuant) {
         unsigned* table = group_max.table();

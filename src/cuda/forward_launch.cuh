@@ -118,10 +118,12 @@ template <bool ALIGNED, class STEPS, class TX, class TW, class TY>
 void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
   constexpr int kVec = 16 / sizeof(TX);
   const ForwardArgs a = make_args(p);
-  // The kernels take one max and one scale a chunk (16 bytes of x): a group is whole chunks.
+  // The kernels take one max and one scale a chunk (16 bytes of the row: x's, or r_out's with
+  // the residual add): a group is whole chunks.
   if (a.dynamic && a.groups > 1 && a.group_size % kVec != 0)
     throw Error(Code::unsupported, "group_size: on CUDA a group is a multiple of " + std::to_string(kVec) +
-                                       " columns with " + dtype_name(p.x_dtype) + " x (16 bytes of x), got " +
+                                       " columns with " + (p.residual ? "a residual of " : "x of ") +
+                                       dtype_name(StorageOf<TX>::value) + " (16 bytes of the row), got " +
                                        std::to_string(a.group_size));
   switch (plan.strategy) {
     case Strategy::warp_rows:
@@ -141,22 +143,24 @@ void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const
   throw Error(Code::internal, "plan without a strategy");
 }
 
-// Chooses the (weight, output) types for input type TX among the supported combinations,
-// for the kernels that take STEPS (ForwardSteps) and load whole chunks or not (kAligned, as
-// the plan says: with_alignment). A quantised output is one byte an element (f8e4m3 or i8,
-// told apart at run time).
+// Chooses the (weight, output) types for a row of TX among the supported combinations, for
+// the kernels that take STEPS (ForwardSteps) and load whole chunks or not (kAligned, as the
+// plan says: with_alignment). The weight and output follow x's dtype (STEPS::Input: TX, or
+// 16-bit x of an f32 row). A quantised output is one byte an element (f8e4m3 or i8, told
+// apart at run time).
 template <class TX, class STEPS, bool kAligned>
 void launch_forward(const ForwardProblem& p, const Plan& plan, int sm_count, const Queue& q) {
-  [[maybe_unused]] const bool w_as_x = !p.weight || p.w_dtype == StorageOf<TX>::value;
+  using TI = typename STEPS::template Input<TX>;
+  [[maybe_unused]] const bool w_as_x = !p.weight || p.w_dtype == StorageOf<TI>::value;
   if constexpr (STEPS::kQuant) {
-    if (w_as_x) return launch_typed<kAligned, STEPS, TX, TX, unsigned char>(p, plan, sm_count, q);
-    if constexpr (!std::is_same<TX, float>::value)
+    if (w_as_x) return launch_typed<kAligned, STEPS, TX, TI, unsigned char>(p, plan, sm_count, q);
+    if constexpr (!std::is_same<TI, float>::value)
       launch_typed<kAligned, STEPS, TX, float, unsigned char>(p, plan, sm_count, q);
-  } else if constexpr (std::is_same<TX, float>::value) {
+  } else if constexpr (std::is_same<TI, float>::value) {
     launch_typed<kAligned, STEPS, float, float, float>(p, plan, sm_count, q);
   } else {
-    if (w_as_x) return launch_typed<kAligned, STEPS, TX, TX, TX>(p, plan, sm_count, q);
-    if (p.y_dtype == StorageOf<TX>::value) return launch_typed<kAligned, STEPS, TX, float, TX>(p, plan, sm_count, q);
+    if (w_as_x) return launch_typed<kAligned, STEPS, TX, TI, TI>(p, plan, sm_count, q);
+    if (p.y_dtype == StorageOf<TI>::value) return launch_typed<kAligned, STEPS, TX, float, TI>(p, plan, sm_count, q);
     launch_typed<kAligned, STEPS, TX, float, float>(p, plan, sm_count, q);
   }
 }

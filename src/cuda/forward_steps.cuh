@@ -9,17 +9,25 @@
 
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "cuda/common.cuh"
 
 namespace rmsnorm::detail::cuda {
 
 // Which steps a kernel instantiation takes (compile-time: the plain kernels keep their code
-// and registers).
-template <bool RESIDUAL, bool QUANT>
+// and registers). XIN is x's storage type where it is not the row's: with an f32 residual
+// and 16-bit x (the fp32 residual stream), the row the norm reads is r_out, f32, so the
+// kernel holds and reduces an f32 row (its plan is an f32 row's) and reads x as 16-bit; the
+// Llama cast still rounds to x's dtype, as on the CPU.
+template <bool RESIDUAL, bool QUANT, class XIN = void>
 struct ForwardSteps {
+  static_assert(std::is_void<XIN>::value || RESIDUAL, "x differs from the row only with a residual add");
   static constexpr bool kResidual = RESIDUAL;
   static constexpr bool kQuant = QUANT;
+  // x's storage type for a row of TROW.
+  template <class TROW>
+  using Input = std::conditional_t<std::is_void<XIN>::value, TROW, XIN>;
 };
 using PlainSteps = ForwardSteps<false, false>;
 
@@ -27,20 +35,20 @@ using PlainSteps = ForwardSteps<false, false>;
 // Prologue: the residual add.
 // ---------------------------------------------------------------------------------------
 
-// r_out = x + r for one chunk, added in fp32 and rounded once to TX; stored to r_out's row
-// when `ok`, and returned as the chunk the norm reads (the rounded value: the norm is that
-// of exactly what the next layer reads). r_out may be r itself: the chunk is read before
-// it is written, by the one lane that owns it.
-template <bool ALIGNED, class TX, int VEC>
-__device__ __forceinline__ Vec<TX, VEC> add_residual(const Vec<TX, VEC>& xv, const Vec<TX, VEC>& rv, TX* r_out,
+// r_out = x + r for one chunk, added in fp32 and rounded once to r's dtype TR (x's, TX, or
+// f32); stored to r_out's row when `ok`, and returned as the chunk the norm reads (the
+// rounded value: the norm is that of exactly what the next layer reads). r_out may be r
+// itself: the chunk is read before it is written, by the one lane that owns it.
+template <bool ALIGNED, class TX, class TR, int VEC>
+__device__ __forceinline__ Vec<TR, VEC> add_residual(const Vec<TX, VEC>& xv, const Vec<TR, VEC>& rv, TR* r_out,
                                                      std::int64_t idx, std::int64_t cols, bool ok) {
   float xf[VEC], rf[VEC];
   unpack(xv, xf);
   unpack(rv, rf);
 #pragma unroll
   for (int k = 0; k < VEC; ++k) xf[k] += rf[k];
-  const Vec<TX, VEC> out = pack<TX, VEC>(xf);
-  if (ok) store_chunk<ALIGNED, TX, VEC>(r_out, idx, cols, out);
+  const Vec<TR, VEC> out = pack<TR, VEC>(xf);
+  if (ok) store_chunk<ALIGNED, TR, VEC>(r_out, idx, cols, out);
   return out;
 }
 
