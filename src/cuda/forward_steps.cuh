@@ -77,59 +77,31 @@ __device__ __forceinline__ unsigned char encode_q8(float t, bool fp8) {
   return static_cast<unsigned char>(static_cast<signed char>(__float2int_rn(t)));
 }
 
-// Whether the product t = y * RN(1/s) can stand for the correctly rounded quotient
-// Q = RN(y / s) in the 8-bit code: t is within 2.5 ulps of Q (two roundings of 2^-24 each),
-// so both give the same code unless a rounding boundary of the code lies within that
-// distance. fp8 e4m3's boundaries among normal values are the floats whose 20 low mantissa
-// bits are 0x80000 (the midpoints of its 3-bit mantissas), checked with a margin of 4 ulps;
-// below 2^-6 its subnormals are 2^-9 apart, so t * 2^9 (exact) is checked against the
-// halves as int8's t is. int8's boundaries are the halves k + 1/2: the distance of t from
-// the nearest one is checked against 2^-15, above 2.5 ulps for any |t| < 128 (beyond, both
-// saturate). At infinity and NaN the division is taken.
-__device__ __forceinline__ bool away_from_half(float u) { return fabsf(fabsf(u - rintf(u)) - 0.5f) >= 0x1p-15f; }
-__device__ __forceinline__ bool product_decides(float t, bool fp8) {
-  if (!fp8) return away_from_half(t);
-  const unsigned b = __float_as_uint(t) & 0x7fffffffu;
-  const unsigned e = b >> 23;
-  if (e >= 121u) return e < 255u && ((b - 0x7fffcu) & 0xfffffu) >= 9u;
-  return away_from_half(__uint_as_float(b) * 512.0f);
-}
-
-// A chunk of y values quantised with scale s: q = code(RN(y / s)), as the CPU and PyTorch
-// compute it, from the product y * RN(1/s) where product_decides says it gives the same
-// code, else from the correctly rounded division (rare: about 2^-17 of the values). The
-// division per value kept its own reciprocal, range check and slow-path call in the SASS
-// (nvcc 13.0), although s is one value for the chunk. fp8 is converted two values an
-// instruction (cvt.rn.satfinite.e4m3x2.f32); the format is chosen once a chunk.
+// A chunk of y values quantised with scale s, each quotient correctly rounded (__fdiv_rn).
+// fp8 is converted two values an instruction (cvt.rn.satfinite.e4m3x2.f32); the format is
+// chosen once a chunk. (The quotient as y * (1/s) plus one FMA correction, Markstein's, with
+// the division kept where his theorem does not hold, was slower on the H200 at tree ff1c739,
+// static fp8 1.19-2.05 against 1.26-2.16 TB/s at 66e32ce, and tripled these kernels'
+// compile time: its range checks cost what the division did. So was y * RN(1/s) with the
+// division only near a code's rounding boundary, at tree 34961d1: static fp8 1.09-2.12 TB/s
+// against 1.30-2.67 at 024c8c3, per-row 0.61-1.40 against 0.78-1.71.)
 template <int VEC>
 __device__ __forceinline__ Vec<unsigned char, VEC> quantise(const float (&y)[VEC], float s, bool fp8) {
-  const float inv = __frcp_rn(s);
-  float t[VEC];
-  bool exact = true;
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) {
-    t[k] = __fmul_rn(y[k], inv);
-    exact &= product_decides(t[k], fp8);
-  }
-  if (!exact) {
-#pragma unroll
-    for (int k = 0; k < VEC; ++k)
-      if (!product_decides(t[k], fp8)) t[k] = __fdiv_rn(y[k], s);
-  }
   Vec<unsigned char, VEC> q;
   if (fp8) {
     if constexpr (VEC % 2 == 0) {
       unsigned short* pairs = reinterpret_cast<unsigned short*>(q.v);
 #pragma unroll
       for (int k = 0; k < VEC; k += 2)
-        pairs[k / 2] = __nv_cvt_float2_to_fp8x2(make_float2(t[k], t[k + 1]), __NV_SATFINITE, __NV_E4M3);
+        pairs[k / 2] = __nv_cvt_float2_to_fp8x2(make_float2(__fdiv_rn(y[k], s), __fdiv_rn(y[k + 1], s)), __NV_SATFINITE,
+                                                __NV_E4M3);
     } else {
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) q.v[k] = encode_q8(t[k], true);
+      for (int k = 0; k < VEC; ++k) q.v[k] = encode_q8(__fdiv_rn(y[k], s), true);
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) q.v[k] = encode_q8(t[k], false);
+    for (int k = 0; k < VEC; ++k) q.v[k] = encode_q8(__fdiv_rn(y[k], s), false);
   }
   return q;
 }
