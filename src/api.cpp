@@ -191,6 +191,28 @@ Status fused_add_forward_status(const TensorView& x, const TensorView& residual,
   return detail::to_status([&] { fused_add_forward(x, residual, weight, y, residual_out, params, rstd, stream); });
 }
 
+void fused_allreduce_add_forward(const TensorView* partials, std::size_t count, const TensorView& residual,
+                                 const std::optional<TensorView>& weight, const TensorView& y,
+                                 const TensorView& residual_out, const Params& params,
+                                 const std::optional<TensorView>& rstd, Stream stream) {
+  const detail::ForwardProblem p =
+      detail::validate_allreduce_add_forward(partials, count, residual, residual_out, weight, y, params, rstd);
+  // One rank's sum is its partial: the residual add's kernels serve it wherever they run.
+  if (p.ranks > 1 && partials[0].device.kind == DeviceKind::cuda && !detail::kCudaRanksSum)
+    throw Error(Code::unsupported,
+                "partials: a sum over " + std::to_string(p.ranks) +
+                    " ranks is not yet implemented on CUDA (one rank is; the CPU backend serves any count)");
+  run_fused_forward(p, partials[0], params, stream, "fused_allreduce_add_forward");
+}
+
+Status fused_allreduce_add_forward_status(const TensorView* partials, std::size_t count, const TensorView& residual,
+                                          const std::optional<TensorView>& weight, const TensorView& y,
+                                          const TensorView& residual_out, const Params& params,
+                                          const std::optional<TensorView>& rstd, Stream stream) noexcept {
+  return detail::to_status(
+      [&] { fused_allreduce_add_forward(partials, count, residual, weight, y, residual_out, params, rstd, stream); });
+}
+
 void quant_forward(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& q,
                    const Quant& quant, const Params& params, const std::optional<TensorView>& rstd, Stream stream) {
   const detail::ForwardProblem p = detail::validate_fused_forward(x, nullptr, nullptr, weight, q, &quant, params, rstd);

@@ -38,6 +38,14 @@ struct ForwardProblem {
   std::int64_t r_batch_stride = 0, r_row_stride = 0;
   std::int64_t r_out_batch_stride = 0, r_out_row_stride = 0;
 
+  // Prologue, the ranks' sum (fused_allreduce_add_forward), with the residual add: when
+  // `ranks` > 1, the row added to the residual is the sum over k < ranks of the rows at
+  // rank_x[k] (rank_x[0] == x; all with x's dtype and strides), in the accumulator type, in
+  // rank order, never rounded before the residual is added.
+  static constexpr int kMaxRanks = static_cast<int>(kMaxAllReduceRanks);
+  int ranks = 1;
+  const void* rank_x[kMaxRanks] = {};
+
   // Epilogue, the quantised store (quant_forward, fused_add_quant_forward), when `quantize`
   // is set: y is q (y_dtype f8e4m3 or i8, y_* strides q's) and receives sat(y_j / s) instead
   // of y_j (rmsnorm.h has the rules). A per_row problem is a per_group one with one group of
@@ -110,11 +118,19 @@ struct BackwardProblem {
 constexpr bool kCudaResidualAdd = true;       // ForwardProblem::residual
 constexpr bool kCudaQuantize = true;          // ForwardProblem::quantize
 constexpr bool kCudaResidualBackward = true;  // BackwardProblem::dr_out
+constexpr bool kCudaRanksSum = false;         // ForwardProblem::ranks > 1
 
 // Throws rmsnorm::Error naming the first bad argument. Also checks pointer residency when
 // params.check_pointers is set (CUDA builds only).
 ForwardProblem validate_forward(const TensorView& x, const std::optional<TensorView>& weight, const TensorView& y,
                                 const Params& params, const std::optional<TensorView>& rstd);
+
+// fused_allreduce_add_forward's: validate_fused_forward's with partials[0] as x (messages
+// name it), then the other partials against it, and no output overlapping any partial.
+ForwardProblem validate_allreduce_add_forward(const TensorView* partials, std::size_t count, const TensorView& residual,
+                                              const TensorView& residual_out, const std::optional<TensorView>& weight,
+                                              const TensorView& y, const Params& params,
+                                              const std::optional<TensorView>& rstd);
 
 // The checks of the fused forwards: fused_add_* when residual and residual_out are given (both
 // or neither), quant_* when quant is (then `y` is q). Without either, validate_forward's.

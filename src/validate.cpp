@@ -1,4 +1,5 @@
 // Argument checking for every entry point: all of it happens before anything is written.
+#include <cctype>
 #include <cmath>
 #include <initializer_list>
 #include <sstream>
@@ -471,6 +472,62 @@ ForwardProblem validate_fused_forward(const TensorView& x, const TensorView* res
     p.scale_ub = quant->scale_ub ? static_cast<const float*>(quant->scale_ub->data) : nullptr;
     p.pow2_scales = quant->pow2_scales;
   }
+  return p;
+}
+
+ForwardProblem validate_allreduce_add_forward(const TensorView* partials, std::size_t count, const TensorView& residual,
+                                              const TensorView& residual_out, const std::optional<TensorView>& weight,
+                                              const TensorView& y, const Params& params,
+                                              const std::optional<TensorView>& rstd) {
+  if (partials == nullptr || count == 0 || count > kMaxAllReduceRanks)
+    fail("partials: expected 1 to " + std::to_string(kMaxAllReduceRanks) + " views, got " +
+         (partials == nullptr ? std::string("a null array") : std::to_string(count)));
+  ForwardProblem p;
+  try {
+    p = validate_fused_forward(partials[0], &residual, &residual_out, weight, y, nullptr, params, rstd);
+  } catch (const Error& e) {
+    // The messages of the residual add name its x: here that is partials[0].
+    const auto name_char = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
+    std::string m = e.what();
+    for (std::size_t at = 0; (at = m.find('x', at)) != std::string::npos;) {
+      const bool word = (at == 0 || !name_char(m[at - 1])) && (at + 1 == m.size() || !name_char(m[at + 1]));
+      m.replace(at, word ? 1 : 0, word ? "partials[0]" : "");
+      at += word ? 11 : 1;
+    }
+    throw Error(e.code(), m);
+  }
+  const TensorView& x = partials[0];
+  std::vector<std::string> names(count);
+  for (std::size_t k = 0; k < count; ++k) names[k] = "partials[" + std::to_string(k) + "]";
+  for (std::size_t k = 1; k < count; ++k) {
+    const TensorView& v = partials[k];
+    const char* name = names[k].c_str();
+    check_layout(v, name);
+    check_same_shape(v, x, name, "partials[0]");
+    same_device(v, x, name);
+    if (v.dtype != x.dtype)
+      unsupported(names[k] + ": dtype must be partials[0]'s (" + dtype_name(x.dtype) + "), got " + dtype_name(v.dtype));
+    std::int64_t bs = 0, rs = 0;
+    strides_of(v, bs, rs);
+    if (bs != p.x_batch_stride || rs != p.x_row_stride)
+      fail(names[k] + ": strides must be partials[0]'s (the ranks' buffers share one layout): " + shape_of(x) +
+           ", got " + shape_of(v));
+  }
+  // No output may share a byte with a partial: the other ranks read them during the call.
+  if (x.total_rows() > 0) {
+    for (std::size_t k = 0; k < count; ++k) {
+      const TensorView& v = partials[k];
+      if (views_overlap(y, v)) fail("y: overlaps " + names[k] + " (the ranks read the partials while the call runs)");
+      if (views_overlap(residual_out, v))
+        fail("residual_out: overlaps " + names[k] + " (the ranks read the partials while the call runs)");
+      if (rstd && views_overlap(as_vector(*rstd, x.total_rows()), v)) fail("rstd: overlaps " + names[k]);
+    }
+    if (params.check_pointers)
+      for (std::size_t k = 1; k < count; ++k)
+        check_residency(params, x.total_rows(), {{&partials[k], names[k].c_str()}});
+  }
+  p.ranks = static_cast<int>(count);
+  for (std::size_t k = 0; k < count; ++k) p.rank_x[k] = partials[k].data;
   return p;
 }
 

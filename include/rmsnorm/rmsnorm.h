@@ -3,8 +3,9 @@
 //   rstd = 1 / sqrt(mean(x_j^2) + eps)        (fp32 accumulation; fp64 for f64 input)
 //   y_j  = x_j * rstd * (w_j + weight_offset)
 //
-// with fused variants: a residual add before the norm (fused_add_forward, and its backward)
-// and 8-bit outputs after it (quant_forward, fused_add_quant_forward).
+// with fused variants: a residual add before the norm (fused_add_forward, and its backward;
+// fused_allreduce_add_forward with the ranks' sum before it) and 8-bit outputs after it
+// (quant_forward, fused_add_quant_forward).
 //
 // This header is the whole public C++ API. It includes no CUDA or framework header:
 // device memory is a plain pointer plus a Device tag, and a CUDA stream is passed as a
@@ -301,6 +302,39 @@ Status fused_add_forward_status(const TensorView& x, const TensorView& residual,
                                 const std::optional<TensorView>& weight, const TensorView& y,
                                 const TensorView& residual_out, const Params& params = {},
                                 const std::optional<TensorView>& rstd = std::nullopt, Stream stream = nullptr) noexcept;
+
+// The end of a tensor-parallel layer in one pass: the sum of the ranks' partial outputs (an
+// all-reduce's arithmetic, reading every rank's partial directly, as a one-shot all-reduce
+// does), the residual add and the norm:
+//
+//   s     = partials[0] + partials[1] + ... + partials[count - 1]   (fp32, fp64 for f64, in
+//                                                                    this order)
+//   r_out = s + residual               (the same accumulator; rounded once to r's dtype)
+//   y     = rmsnorm(r_out) * (weight + offset)
+//
+//  partials   `count` views (1 to kMaxAllReduceRanks), each in x's place of fused_add_forward:
+//             one shape, dtype and strides for all; on CUDA, memory this device can read
+//             (the peers' buffers mapped by symmetric memory or CUDA IPC)
+//  residual, weight, y, residual_out, params, rstd: as in fused_add_forward, except that no
+//             output may share a byte with a partial (y may not alias partials[0]): the other
+//             ranks read the partials while this call runs
+//
+// The ranks' synchronisation is the caller's: every partial written before the call starts
+// (a barrier across the ranks), and none rewritten until every rank's call has read it. Every
+// rank that passes the same partials in the same order and the same residual gets the same
+// bits. count == 1 is fused_add_forward(partials[0], ...) bit for bit. The CPU backend
+// serves every count; CUDA serves count 1 and refuses larger counts with Code::unsupported
+// (its kernel's prologue is not written yet).
+inline constexpr std::size_t kMaxAllReduceRanks = 16;
+void fused_allreduce_add_forward(const TensorView* partials, std::size_t count, const TensorView& residual,
+                                 const std::optional<TensorView>& weight, const TensorView& y,
+                                 const TensorView& residual_out, const Params& params = {},
+                                 const std::optional<TensorView>& rstd = std::nullopt, Stream stream = nullptr);
+Status fused_allreduce_add_forward_status(const TensorView* partials, std::size_t count, const TensorView& residual,
+                                          const std::optional<TensorView>& weight, const TensorView& y,
+                                          const TensorView& residual_out, const Params& params = {},
+                                          const std::optional<TensorView>& rstd = std::nullopt,
+                                          Stream stream = nullptr) noexcept;
 
 // Gradients of fused_add_forward. x and the residual get the same gradient: the norm's
 // (backward() computed on r_out) plus the gradient that reaches r_out from the rest of the

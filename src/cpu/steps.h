@@ -46,7 +46,9 @@ struct LoadRow {
 // rounded once to the residual's dtype TR and stored; the norm then reads the stored r_out,
 // so y is the norm of exactly what the next layer reads. r_out may be the residual itself,
 // and y may be x: every element of x and the residual is read before r_out's is written (the
-// same iteration), and y is written only after the whole row of r_out.
+// same iteration), and y is written only after the whole row of r_out. For
+// fused_allreduce_add_forward x is the ranks' sum of their partials, never rounded before
+// the residual is added (y and r_out may alias no partial there).
 template <class TX, class TR>
 struct ResidualAddRow {
   using In = TR;
@@ -57,7 +59,20 @@ struct ResidualAddRow {
     const TX* x = element_row<const TX>(p.x, b, r, p.x_batch_stride, p.x_row_stride);
     const TR* res = element_row<const TR>(p.residual, b, r, p.r_batch_stride, p.r_row_stride);
     TR* out = element_row<TR>(p.residual_out, b, r, p.r_out_batch_stride, p.r_out_row_stride);
-    for (std::int64_t j = 0; j < p.cols; ++j) out[j] = from_acc<TR>(to_acc<Acc>(x[j]) + to_acc<Acc>(res[j]));
+    if (p.ranks <= 1) {
+      for (std::int64_t j = 0; j < p.cols; ++j) out[j] = from_acc<TR>(to_acc<Acc>(x[j]) + to_acc<Acc>(res[j]));
+      return out;
+    }
+    // The ranks' sum (fused_allreduce_add_forward): their partials added in rank order, then
+    // the residual, one rounding at the end.
+    const TX* parts[ForwardProblem::kMaxRanks];
+    for (int k = 0; k < p.ranks; ++k)
+      parts[k] = element_row<const TX>(p.rank_x[k], b, r, p.x_batch_stride, p.x_row_stride);
+    for (std::int64_t j = 0; j < p.cols; ++j) {
+      Acc s = to_acc<Acc>(parts[0][j]);
+      for (int k = 1; k < p.ranks; ++k) s += to_acc<Acc>(parts[k][j]);
+      out[j] = from_acc<TR>(s + to_acc<Acc>(res[j]));
+    }
     return out;
   }
 };
