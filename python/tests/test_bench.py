@@ -42,6 +42,7 @@ def test_cpu_bench_checks_every_peer():
         "--backward-sizes", "64x1024",
         "--decode-sizes", "1x1024",
         "--fused-sizes", "64x1024",
+        "--f32-residual",
     )
     assert "Correctness check PASSED" in out, out
     # No cell or note says a peer disagreed, or that one could not run.
@@ -56,3 +57,10 @@ def test_cpu_bench_checks_every_peer():
     assert cells[:3] == ["64", "x", "1024"], lines[head + 2]
     for name, cell in zip(IMPLS, cells[3:3 + len(IMPLS)]):
         assert re.fullmatch(r"\d+\.\d", cell), f"{name}: {cell!r} in\n{out}"
+    # The float32 residual's table (--f32-residual): rmsnorm checked, then timed beside eager
+    # PyTorch and the copy.
+    head = next(i for i, line in enumerate(lines) if line.startswith("Residual add (float32 residual)"))
+    assert lines[head + 1].split()[3:6] == ["rmsnorm", "torch_eager", "copy"], lines[head + 1]
+    cells = lines[head + 2].split()
+    assert cells[:3] == ["64", "x", "1024"], lines[head + 2]
+    assert all(re.fullmatch(r"\d+\.\d", cell) for cell in cells[3:6]), lines[head + 2]
