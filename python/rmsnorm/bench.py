@@ -17,7 +17,8 @@ The protocol is docs/performance.md's:
 - Decode shapes: microseconds per call in a CUDA graph, and as plain eager calls (host
   overhead included), the latter also under torch.inference_mode() for rmsnorm and clone.
 - The fused forms (--no-fused to skip): the residual add (4*M*N*s: read x and r, write y
-  and r_out; with --f32-residual also a float32 residual, 2*M*N*s + 8*M*N) and a per-row fp8 output (M*N*s + M*N + 4*M), rmsnorm's fused ops against
+  and r_out; with --f32-residual also a float32 residual, 2*M*N*s + 8*M*N) and a per-row
+  fp8 output (M*N*s + M*N + 4*M), rmsnorm's fused ops against
   eager PyTorch and torch.compile of the same formula, and the copy of the same bytes. On a
   device whose backend does not serve a fused form yet, its rmsnorm cell says so.
 
@@ -833,11 +834,14 @@ def main(argv=None) -> int:
         print_decode(bench.records, args.impls)
     if not args.no_fused:
         fused = args.fused_sizes or (CPU_FUSED if device == "cpu" else QUICK_FUSED if args.quick else FUSED_SIZES)
-        for kind, title in (("add", f"Residual add + norm, {args.dtype}, GB/s of 4*M*N*s"),
-                            ("add_f32r", f"Residual add (float32 residual) + norm, {args.dtype}, GB/s of 2*M*N*s + 8*M*N"),
-            ("quant", f"Norm + per-row fp8 output, {args.dtype}, GB/s of M*N*s + M*N + 4*M")):
-            if kind == "add_f32r" and (args.dtype == "fp32" or not args.f32_residual):
-                continue
+        tables = [
+            ("add", f"Residual add + norm, {args.dtype}, GB/s of 4*M*N*s"),
+            ("add_f32r", f"Residual add (float32 residual) + norm, {args.dtype}, GB/s of 2*M*N*s + 8*M*N"),
+            ("quant", f"Norm + per-row fp8 output, {args.dtype}, GB/s of M*N*s + M*N + 4*M"),
+        ]
+        if args.dtype == "fp32" or not args.f32_residual:
+            tables = [t for t in tables if t[0] != "add_f32r"]
+        for kind, title in tables:
             for m, n in fused:
                 bench.fused(kind, m, n)
             print_table(bench.records, kind, list(FUSED_IMPLS), f"{title} ({how}, median of {args.reps})")
