@@ -115,12 +115,16 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   // The row the norm reads: x's, or r_out's with the residual add (f32 with 16-bit x: an f32
   // row's plan, x read half a chunk's bytes at a time).
   const DType row = p.residual ? p.r_dtype : p.x_dtype;
-  const int lw = load_width(row, p.cols,
-                            {{p.x, p.x_dtype, p.x_row_stride, p.x_batch_stride},
-                             {p.y, p.y_dtype, p.y_row_stride, p.y_batch_stride},
-                             {p.weight, p.w_dtype, 0, 0},
-                             {p.residual, p.r_dtype, p.r_row_stride, p.r_batch_stride},
-                             {p.residual_out, p.r_dtype, p.r_out_row_stride, p.r_out_batch_stride}});
+  int lw = load_width(row, p.cols,
+                      {{p.x, p.x_dtype, p.x_row_stride, p.x_batch_stride},
+                       {p.y, p.y_dtype, p.y_row_stride, p.y_batch_stride},
+                       {p.weight, p.w_dtype, 0, 0},
+                       {p.residual, p.r_dtype, p.r_row_stride, p.r_batch_stride},
+                       {p.residual_out, p.r_dtype, p.r_out_row_stride, p.r_out_batch_stride}});
+  // The ranks' partials share x's strides but not its base address: one of them misaligned
+  // loads every array an element at a time (same chunks, same order, same bits).
+  for (int k = 1; k < p.ranks; ++k)
+    lw = std::min(lw, load_width(row, p.cols, {{p.rank_x[k], p.x_dtype, p.x_row_stride, p.x_batch_stride}}));
   // Rows beyond one block go to a cluster on sm_90: on the H100 (2026-11-25, bf16,
   // bench/results/), once its registers fell from 96 to 62 a thread (two blocks an SM),
   // cluster_row moved 2.85 / 2.44 / 2.31 TB/s on rows of 65536 / 131072 / 262144 elements,

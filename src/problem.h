@@ -118,7 +118,7 @@ struct BackwardProblem {
 constexpr bool kCudaResidualAdd = true;       // ForwardProblem::residual
 constexpr bool kCudaQuantize = true;          // ForwardProblem::quantize
 constexpr bool kCudaResidualBackward = true;  // BackwardProblem::dr_out
-constexpr bool kCudaRanksSum = false;         // ForwardProblem::ranks > 1
+constexpr bool kCudaRanksSum = true;          // ForwardProblem::ranks > 1
 
 // Throws rmsnorm::Error naming the first bad argument. Also checks pointer residency when
 // params.check_pointers is set (CUDA builds only).

@@ -2,10 +2,11 @@
 // normalised in one pass. r_out is checked bit for bit against a model of its arithmetic
 // written here (the partials added in fp32 in rank order, then the residual, one rounding),
 // and y and rstd against fused_add_forward of that r_out (already checked against the fp64
-// oracle by test_fused_forward.cpp). Then one rank against fused_add_forward itself, the
-// refusals, and what CUDA serves.
+// oracle by test_fused_forward.cpp), on both backends. Then one rank against
+// fused_add_forward itself, and the refusals.
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,8 +20,11 @@ using reference::HostTensor;
 using testing::make_tensor;
 using testing::make_vector;
 
-HostTensor random_rows(DType t, std::int64_t rows, std::int64_t cols, std::uint64_t seed, std::int64_t pad) {
-  HostTensor h = make_tensor(t, 1, rows, cols, -1, cols + pad, 0, 4);
+// A (1, rows, cols) view of random values, rows `pad` elements apart beyond cols, the first
+// `lead` elements past the buffer's 16-byte aligned start.
+HostTensor random_rows(DType t, std::int64_t rows, std::int64_t cols, std::uint64_t seed, std::int64_t pad,
+                       std::int64_t lead = 0) {
+  HostTensor h = make_tensor(t, 1, rows, cols, -1, cols + pad, lead, 4);
   reference::fill_normal(h.view, seed);
   return h;
 }
@@ -28,8 +32,8 @@ HostTensor random_rows(DType t, std::int64_t rows, std::int64_t cols, std::uint6
 // The element i of row r of a (1, rows, cols) view.
 std::int64_t at(const TensorView& v, std::int64_t r, std::int64_t j) { return r * v.row_stride + j; }
 
-// One call's inputs: `ranks` partials of x's dtype (one layout for all, rows padded), the
-// residual, a weight.
+// One call's inputs: `ranks` partials of x's dtype (one layout for all), the residual, a
+// weight.
 struct Inputs {
   std::vector<HostTensor> partials;
   HostTensor residual, weight;
@@ -40,13 +44,42 @@ struct Inputs {
   }
 };
 
-Inputs make_inputs(DType x, DType r, int ranks, std::int64_t rows, std::int64_t cols, std::uint64_t seed) {
+// The layouts of a call's rows: padded so that every row is 16-byte aligned (whole-chunk
+// loads where cols allow), padded by odd counts (element loads), or aligned but for the last
+// partial, whose buffer starts an element off (element loads for every array).
+enum class Layout { aligned, odd_pads, misaligned_partial };
+const char* layout_name(Layout l) {
+  return l == Layout::aligned ? "aligned" : l == Layout::odd_pads ? "odd pads" : "last partial misaligned";
+}
+std::int64_t pad_of(Layout l, std::int64_t odd) { return l == Layout::odd_pads ? odd : 8; }
+
+Inputs make_inputs(DType x, DType r, int ranks, std::int64_t rows, std::int64_t cols, std::uint64_t seed,
+                   Layout layout = Layout::odd_pads) {
   Inputs in;
-  for (int k = 0; k < ranks; ++k) in.partials.push_back(random_rows(x, rows, cols, seed + k, 3));
-  in.residual = random_rows(r, rows, cols, seed + 100, 1);
+  for (int k = 0; k < ranks; ++k)
+    in.partials.push_back(random_rows(x, rows, cols, seed + k, pad_of(layout, 3),
+                                      layout == Layout::misaligned_partial && k == ranks - 1 ? 1 : 0));
+  in.residual = random_rows(r, rows, cols, seed + 100, pad_of(layout, 1));
   in.weight = make_vector(x, cols);
   reference::fill_normal(in.weight.view, seed + 200, 1.0, 0.3);
   return in;
+}
+
+// Calls f(views) with views of `tensors` on backend b: the host tensors' own on the CPU; on
+// CUDA, those of device copies, one allocation each (as the peers' buffers are), whose bytes
+// are copied back into the host tensors after the call.
+template <class F>
+void on_backend(testing::Backend b, const std::vector<HostTensor*>& tensors, F&& f) {
+  std::vector<TensorView> views;
+  std::vector<std::unique_ptr<testing::DeviceMirror>> mirrors;
+  for (HostTensor* t : tensors) {
+    if (b == testing::Backend::cuda) mirrors.push_back(std::make_unique<testing::DeviceMirror>(*t));
+    views.push_back(b == testing::Backend::cuda ? mirrors.back()->view : t->view);
+  }
+  f(views);
+  if (b != testing::Backend::cuda) return;
+  testing::device_synchronize();
+  for (std::size_t i = 0; i < tensors.size(); ++i) mirrors[i]->download_into(*tensors[i]);
 }
 
 // r_out as its definition states it: sum the partials in rank order in the accumulator
@@ -71,59 +104,82 @@ std::vector<double> model_r_out(const Inputs& in, DType x, DType r) {
   return out;
 }
 
-TEST(FusedAllReduce, SumsThePartialsInRankOrderThenNormalises) {
-  for (DType x : {DType::f32, DType::f16, DType::bf16, DType::f64})
+// On each backend, every strategy's prologue: rows of a warp, of a block, of a cluster (sm_90)
+// and, forced on CUDA, streamed (long_row), at every layout.
+using FusedAllReduce = testing::BackendTest;
+
+TEST_P(FusedAllReduce, SumsThePartialsInRankOrderThenNormalises) {
+  const bool cuda = backend() == testing::Backend::cuda;
+  for (DType x : dtypes())
     for (bool f32_residual : {false, true})
       for (int ranks : {2, 3, 8, 16})
         for (Cast cast : {Cast::fp32, Cast::llama})
-          for (std::int64_t cols : {1, 7, 100, 4096}) {
-            if (f32_residual && (x == DType::f32 || x == DType::f64)) continue;
-            const DType r = f32_residual ? DType::f32 : x;
-            const std::int64_t rows = 5;
-            const Inputs in =
-                make_inputs(x, r, ranks, rows, cols, testing::seed_of({static_cast<int>(x), ranks, cols}));
-            const std::string what = std::string(dtype_name(x)) + " r " + dtype_name(r) + " ranks " +
-                                     std::to_string(ranks) + (cast == Cast::llama ? " llama" : " fp32") + " cols " +
-                                     std::to_string(cols);
-            HostTensor y = make_tensor(x, 1, rows, cols, -1, cols + 2, 0, 4);
-            HostTensor r_out = make_tensor(r, 1, rows, cols, -1, cols + 1, 0, 4);
-            HostTensor rstd = make_vector(x == DType::f64 ? DType::f64 : DType::f32, rows, 0, 4);
-            Params p;
-            p.cast = cast;
-            p.weight_offset = cast == Cast::llama ? 1.0 : 0.0;
-            const std::vector<TensorView> parts = in.views();
-            fused_allreduce_add_forward(parts.data(), parts.size(), in.residual.view, in.weight.view, y.view,
-                                        r_out.view, p, rstd.view);
+          for (std::int64_t cols : {1, 7, 100, 4096, 20000, 70000})
+            for (Layout layout : {Layout::aligned, Layout::odd_pads, Layout::misaligned_partial})
+              for (Strategy strategy : {Strategy::automatic, Strategy::long_row}) {
+                if (f32_residual && (x == DType::f32 || x == DType::f64)) continue;
+                if (strategy == Strategy::long_row && (!cuda || cols > 4096)) continue;
+                if (!cuda && layout != Layout::odd_pads) continue;  // the CPU reads every layout alike
+                const DType r = f32_residual ? DType::f32 : x;
+                const std::int64_t rows = 5;
+                Inputs in = make_inputs(x, r, ranks, rows, cols,
+                                        testing::seed_of({static_cast<int>(x), ranks, cols, static_cast<int>(layout)}),
+                                        layout);
+                const std::string what = std::string(dtype_name(x)) + " r " + dtype_name(r) + " ranks " +
+                                         std::to_string(ranks) + (cast == Cast::llama ? " llama" : " fp32") +
+                                         " cols " + std::to_string(cols) + " " + layout_name(layout) + " " +
+                                         strategy_name(strategy);
+                HostTensor y = make_tensor(x, 1, rows, cols, -1, cols + pad_of(layout, 2), 0, 4);
+                HostTensor r_out = make_tensor(r, 1, rows, cols, -1, cols + pad_of(layout, 1), 0, 4);
+                HostTensor rstd = make_vector(x == DType::f64 ? DType::f64 : DType::f32, rows, 0, 4);
+                Params p;
+                p.cast = cast;
+                p.weight_offset = cast == Cast::llama ? 1.0 : 0.0;
+                p.strategy = strategy;
+                std::vector<HostTensor*> tensors;
+                for (HostTensor& h : in.partials) tensors.push_back(&h);
+                for (HostTensor* h : {&in.residual, &in.weight, &y, &r_out, &rstd}) tensors.push_back(h);
+                on_backend(backend(), tensors, [&](const std::vector<TensorView>& v) {
+                  const std::size_t n = in.partials.size();
+                  fused_allreduce_add_forward(v.data(), n, v[n], v[n + 1], v[n + 2], v[n + 3], p, v[n + 4]);
+                });
 
-            const std::vector<double> want = model_r_out(in, x, r);
-            for (std::int64_t i = 0; i < rows; ++i)
-              for (std::int64_t j = 0; j < cols; ++j)
-                ASSERT_EQ(load_as_double(r_out.view.data, r, at(r_out.view, i, j)), want[i * cols + j])
-                    << what << ": r_out[" << i << "][" << j << "] is not the partials' sum plus the residual";
-            EXPECT_EQ(reference::count_stray_writes(r_out.bytes, r_out.view), 0) << what;
-            EXPECT_EQ(reference::count_stray_writes(y.bytes, y.view), 0) << what;
+                const std::vector<double> want = model_r_out(in, x, r);
+                for (std::int64_t i = 0; i < rows; ++i)
+                  for (std::int64_t j = 0; j < cols; ++j)
+                    ASSERT_EQ(load_as_double(r_out.view.data, r, at(r_out.view, i, j)), want[i * cols + j])
+                        << what << ": r_out[" << i << "][" << j << "] is not the partials' sum plus the residual";
+                EXPECT_EQ(reference::count_stray_writes(r_out.bytes, r_out.view), 0) << what;
+                EXPECT_EQ(reference::count_stray_writes(y.bytes, y.view), 0) << what;
 
-            // y and rstd: the residual add's, of a zero x and that r_out as the residual
-            // (0 + v is v exactly, and the zero has x's dtype, the Llama cast's).
-            HostTensor zero = make_tensor(x, 1, rows, cols);
-            for (std::int64_t i = 0; i < rows * cols; ++i) store_from_double(zero.view.data, x, i, 0.0);
-            HostTensor r_copy = r_out, r_out2 = make_tensor(r, 1, rows, cols, -1, cols + 1);
-            r_copy.view.data =
-                r_copy.bytes.data() + (static_cast<unsigned char*>(r_out.view.data) - r_out.bytes.data());
-            HostTensor y2 = make_tensor(x, 1, rows, cols, -1, cols + 2);
-            HostTensor rstd2 = make_vector(x == DType::f64 ? DType::f64 : DType::f32, rows);
-            fused_add_forward(zero.view, r_copy.view, in.weight.view, y2.view, r_out2.view, p, rstd2.view);
-            for (std::int64_t i = 0; i < rows; ++i)
-              for (std::int64_t j = 0; j < cols; ++j)
-                ASSERT_EQ(load_as_double(y.view.data, x, at(y.view, i, j)),
-                          load_as_double(y2.view.data, x, at(y2.view, i, j)))
-                    << what << ": y[" << i << "][" << j << "] is not the norm of r_out";
-            for (std::int64_t i = 0; i < rows; ++i)
-              ASSERT_EQ(load_as_double(rstd.view.data, rstd.view.dtype, i),
-                        load_as_double(rstd2.view.data, rstd2.view.dtype, i))
-                  << what << ": rstd[" << i << "]";
-          }
+                // y and rstd: the residual add's on the same backend, of a zero x and that
+                // r_out as the residual (0 + v is v exactly, and the zero has x's dtype, the
+                // Llama cast's).
+                HostTensor zero = make_tensor(x, 1, rows, cols);
+                for (std::int64_t i = 0; i < rows * cols; ++i) store_from_double(zero.view.data, x, i, 0.0);
+                HostTensor r_copy = r_out, r_out2 = make_tensor(r, 1, rows, cols, -1, cols + 1);
+                r_copy.view.data =
+                    r_copy.bytes.data() + (static_cast<unsigned char*>(r_out.view.data) - r_out.bytes.data());
+                HostTensor y2 = make_tensor(x, 1, rows, cols, -1, cols + 2);
+                HostTensor rstd2 = make_vector(x == DType::f64 ? DType::f64 : DType::f32, rows);
+                on_backend(backend(), {&zero, &r_copy, &in.weight, &y2, &r_out2, &rstd2},
+                           [&](const std::vector<TensorView>& v) { fused_add_forward(v[0], v[1], v[2], v[3], v[4], p, v[5]); });
+                for (std::int64_t i = 0; i < rows; ++i)
+                  for (std::int64_t j = 0; j < cols; ++j)
+                    ASSERT_EQ(load_as_double(y.view.data, x, at(y.view, i, j)),
+                              load_as_double(y2.view.data, x, at(y2.view, i, j)))
+                        << what << ": y[" << i << "][" << j << "] is not the norm of r_out";
+                for (std::int64_t i = 0; i < rows; ++i)
+                  ASSERT_EQ(load_as_double(rstd.view.data, rstd.view.dtype, i),
+                            load_as_double(rstd2.view.data, rstd2.view.dtype, i))
+                      << what << ": rstd[" << i << "]";
+              }
 }
+
+INSTANTIATE_TEST_SUITE_P(, FusedAllReduce, ::testing::Values(testing::Backend::cpu, testing::Backend::cuda),
+                         [](const ::testing::TestParamInfo<testing::Backend>& info) {
+                           return std::string(testing::backend_name(info.param));
+                         });
 
 // One rank: its sum is its partial, and the call is fused_add_forward bit for bit, in place
 // (residual_out == residual) or not, on either backend.
@@ -177,7 +233,7 @@ INSTANTIATE_TEST_SUITE_P(, FusedAllReduceOneRank, ::testing::Values(testing::Bac
                          });
 
 // Bad arguments: a named error, and nothing written.
-TEST(FusedAllReduce, RefusesBadArgumentsByName) {
+TEST(FusedAllReduceArguments, RefusesBadArgumentsByName) {
   const std::int64_t rows = 4, cols = 64;
   const Inputs in = make_inputs(DType::bf16, DType::bf16, 3, rows, cols, 11);
   struct Case {
@@ -243,27 +299,6 @@ TEST(FusedAllReduce, RefusesBadArgumentsByName) {
     EXPECT_TRUE(testing::all_poisoned(r_out.bytes)) << c.what << ": r_out written";
     EXPECT_EQ(in.partials[0].bytes, before) << c.what << ": partials[0] written";
   }
-}
-
-// CUDA serves one rank (above); more are refused by name until its kernel's prologue is
-// written, with nothing written.
-TEST(FusedAllReduce, CudaRefusesSeveralRanksByName) {
-  testing::skip_without_backend(testing::Backend::cuda);
-  if (IsSkipped()) return;
-  const std::int64_t rows = 3, cols = 256;
-  const Inputs in = make_inputs(DType::bf16, DType::bf16, 2, rows, cols, 21);
-  testing::DeviceMirror p0(in.partials[0]), p1(in.partials[1]), rd(in.residual), wd(in.weight);
-  HostTensor y = make_tensor(DType::bf16, 1, rows, cols), r_out = make_tensor(DType::bf16, 1, rows, cols);
-  testing::DeviceMirror yd(y), rod(r_out);
-  const TensorView parts[2] = {p0.view, p1.view};
-  const Status s = fused_allreduce_add_forward_status(parts, 2, rd.view, wd.view, yd.view, rod.view);
-  EXPECT_EQ(s.code, Code::unsupported) << s.message;
-  EXPECT_NE(s.message.find("partials"), std::string::npos) << s.message;
-  testing::device_synchronize();
-  yd.download_into(y);
-  rod.download_into(r_out);
-  EXPECT_TRUE(testing::all_poisoned(y.bytes)) << "y written";
-  EXPECT_TRUE(testing::all_poisoned(r_out.bytes)) << "r_out written";
 }
 
 }  // namespace

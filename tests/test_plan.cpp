@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernel_configs.h"
+#include "problem.h"
 #include "rmsnorm/rmsnorm.h"
 #include "support.h"  // PrintTo of the enums
 
@@ -106,6 +107,37 @@ TEST(Plan, ScalarAccessWhenMisaligned) {
       EXPECT_EQ(ps.load_width, 1) << where(t, cols) << " row_stride cols+1: " << show(ps);
     }
   }
+}
+
+// fused_allreduce_add_forward's partials share x's strides but each has its own base: one
+// partial an element off a 16-byte boundary loads the row an element at a time, whatever
+// rank it is, and the configuration is the aligned one's.
+TEST(Plan, ScalarAccessWhenAPartialIsMisaligned) {
+  for (DType t : kDtypes)
+    for (std::int64_t cols : {64, 1024, 4096, 65536}) {
+      const std::int64_t es = static_cast<std::int64_t>(dtype_size(t));
+      detail::ForwardProblem p;
+      p.x = reinterpret_cast<const void*>(kX);
+      p.y = reinterpret_cast<void*>(kY);
+      p.residual = reinterpret_cast<const void*>(kY + (std::uintptr_t{1} << 36));
+      p.residual_out = const_cast<void*>(p.residual);
+      p.x_dtype = p.y_dtype = p.r_dtype = t;
+      p.rows = 8;
+      p.cols = cols;
+      p.x_row_stride = p.y_row_stride = p.r_row_stride = p.r_out_row_stride = cols;
+      p.x_batch_stride = p.y_batch_stride = p.r_batch_stride = p.r_out_batch_stride = 8 * cols;
+      p.ranks = 4;
+      for (int k = 0; k < p.ranks; ++k) p.rank_x[k] = reinterpret_cast<const void*>(kX + (std::uintptr_t{k} << 36));
+      const Plan aligned = detail::plan_problem(p, Strategy::automatic, 9);
+      EXPECT_EQ(aligned.load_width, full_width(t)) << where(t, cols) << ": " << show(aligned);
+      for (int k = 1; k < p.ranks; ++k) {
+        detail::ForwardProblem q = p;
+        q.rank_x[k] = reinterpret_cast<const void*>((kX + (std::uintptr_t{k} << 36)) + static_cast<std::uintptr_t>(es));
+        const Plan off = detail::plan_problem(q, Strategy::automatic, 9);
+        EXPECT_EQ(off.load_width, 1) << where(t, cols) << " partial " << k << " one element off: " << show(off);
+        EXPECT_TRUE(same(off, aligned)) << where(t, cols) << ": " << show(off) << " against " << show(aligned);
+      }
+    }
 }
 
 // Layout invariance starts here: the same row length gives the same configuration (every

@@ -322,9 +322,10 @@ Status fused_add_forward_status(const TensorView& x, const TensorView& residual,
 // The ranks' synchronisation is the caller's: every partial written before the call starts
 // (a barrier across the ranks), and none rewritten until every rank's call has read it. Every
 // rank that passes the same partials in the same order and the same residual gets the same
-// bits. count == 1 is fused_add_forward(partials[0], ...) bit for bit. The CPU backend
-// serves every count; CUDA serves count 1 and refuses larger counts with Code::unsupported
-// (its kernel's prologue is not written yet).
+// bits, on either backend. count == 1 is fused_add_forward(partials[0], ...) bit for bit. On
+// CUDA the sum is the residual add's prologue in the same kernels (one pass: each partial
+// read once, over NVLink for a peer's); a partial not 16-byte aligned where x would need it
+// makes the call load every array an element at a time (same bits, slower).
 inline constexpr std::size_t kMaxAllReduceRanks = 16;
 void fused_allreduce_add_forward(const TensorView* partials, std::size_t count, const TensorView& residual,
                                  const std::optional<TensorView>& weight, const TensorView& y,

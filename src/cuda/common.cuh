@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "rmsnorm/rmsnorm.h"
+
 namespace rmsnorm::detail::cuda {
 
 // N elements moved as one access: 16 bytes (one LDG.128/STG.128) or, for a wider
@@ -233,6 +235,11 @@ struct ForwardArgs {
   void* residual_out;
   std::int64_t r_batch_stride, r_row_stride;
   std::int64_t r_out_batch_stride, r_out_row_stride;
+  // With the residual add, the ranks' sum (fused_allreduce_add_forward): x is the sum of the
+  // rows at rank_x[0..ranks) (rank_x[0] == x, x's strides), added in fp32 in rank order
+  // before the residual. ranks == 1: x alone. The same for the whole grid (a uniform branch).
+  int ranks;
+  const void* rank_x[kMaxAllReduceRanks];
 
   // The quantised store's epilogue (ForwardSteps::kQuant): y is q, one byte an element.
   bool fp8;                         // f8e4m3, else i8

@@ -139,14 +139,19 @@ void launch_forward_aligned(const ForwardProblem& p, const Plan& plan, int sms, 
 template <class TX>
 void launch_forward_steps(const ForwardProblem& p, const Plan& plan, int sms, const cuda::Queue& q) {
   using cuda::ForwardSteps;
+  if (p.ranks > 1 && (!p.residual || p.quantize))
+    throw Error(Code::internal, "the ranks' sum comes with the residual add and without quantising");
   if constexpr (!std::is_same<TX, float>::value) {
     // An f32 residual with 16-bit x: the row the norm reads is r_out's, f32; x is its input.
     if (p.residual && p.r_dtype == DType::f32) {
+      if (p.ranks > 1) return launch_forward_aligned<float, ForwardSteps<true, false, TX, true>>(p, plan, sms, q);
       if (p.quantize) return launch_forward_aligned<float, ForwardSteps<true, true, TX>>(p, plan, sms, q);
       return launch_forward_aligned<float, ForwardSteps<true, false, TX>>(p, plan, sms, q);
     }
   }
   if (p.residual && p.quantize) return launch_forward_aligned<TX, ForwardSteps<true, true>>(p, plan, sms, q);
+  if (p.residual && p.ranks > 1)
+    return launch_forward_aligned<TX, ForwardSteps<true, false, void, true>>(p, plan, sms, q);
   if (p.residual) return launch_forward_aligned<TX, ForwardSteps<true, false>>(p, plan, sms, q);
   if (p.quantize) return launch_forward_aligned<TX, ForwardSteps<false, true>>(p, plan, sms, q);
   launch_forward_aligned<TX, cuda::PlainSteps>(p, plan, sms, q);

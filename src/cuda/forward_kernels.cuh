@@ -213,6 +213,53 @@ __device__ __forceinline__ void for_each_value(const TW* w, const Vec<TW, VEC> (
   });
 }
 
+// The ranks' sum before the residual add (fused_allreduce_add_forward): a lane's chunks of
+// r_out = ((x_0 + x_1) + ... + x_{ranks-1}) + r, in fp32, rounded once to r's type TR and
+// stored to r_out's row (the CPU's order, bit for bit). A rank's ITEMS chunks are loaded
+// together, so that they are in flight at once; the ranks follow one another (their count is
+// known only at run time). The residual's chunks are loaded before the ranks' where they
+// are few (up to 64 bytes a lane), after them otherwise: a cluster row's 8 vectors a lane,
+// live beside the fp32 sums through the ranks' loop, spilled 328-368 bytes a thread, 232-240
+// loaded after (sm_90, nvcc 13.0). The fp32 sums of a lane's whole share of the row live
+// through that loop: blocks of up to 512 threads (rows up to 16384 16-bit columns, the
+// hidden sizes of tensor-parallel layers) keep them in registers; larger blocks, capped
+// at 65536 / threads registers, and cluster rows spill. A partial may be a peer GPU's buffer:
+// the loads are plain global loads, which reach it over NVLink.
+template <bool ALIGNED, class TI, class TR, int VEC, int ITEMS, int STRIDE>
+__device__ __forceinline__ void add_ranks_residual(const ForwardArgs& a, std::int64_t row, bool valid,
+                                                   std::int64_t first, std::int64_t end, Vec<TR, VEC> (&out)[ITEMS]) {
+  constexpr bool kResidualFirst = ITEMS * sizeof(Vec<TR, VEC>) <= 64;
+  const std::int64_t offset = valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0;
+  const TR* r = valid ? residual_row<TR>(a, row) : static_cast<const TR*>(a.residual);
+  Vec<TR, VEC> rv[ITEMS];
+  if constexpr (kResidualFirst) load_items<ALIGNED, TR, VEC, ITEMS, STRIDE>(r, first, end, a.cols, valid, rv);
+  float s[ITEMS][VEC];
+  for (int k = 0; k < a.ranks; ++k) {
+    Vec<TI, VEC> xv[ITEMS];
+    load_items<ALIGNED, TI, VEC, ITEMS, STRIDE>(static_cast<const TI*>(a.rank_x[k]) + offset, first, end, a.cols,
+                                                valid, xv);
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      float f[VEC];
+      unpack(xv[i], f);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) s[i][j] = k == 0 ? f[j] : s[i][j] + f[j];
+    }
+  }
+  if constexpr (!kResidualFirst) load_items<ALIGNED, TR, VEC, ITEMS, STRIDE>(r, first, end, a.cols, valid, rv);
+  TR* r_out = valid ? residual_out_row<TR>(a, row) : nullptr;
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
+    float rf[VEC];
+    unpack(rv[i], rf);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) s[i][j] += rf[j];
+    out[i] = pack<TR, VEC>(s[i]);
+    if (valid && idx < end) store_chunk<ALIGNED, TR, VEC>(r_out, idx, a.cols, out[i]);
+  }
+}
+
 // The prologue of the register kernels: a lane's chunks of the row, x's or, with the residual
 // add, r_out's (stored on the way; TX is then r's type, and x's is STEPS::Input). Invalid
 // rows (past the end) load zeros and store nothing.
@@ -223,6 +270,8 @@ __device__ __forceinline__ void load_row(const ForwardArgs& a, std::int64_t row,
   const TI* x = static_cast<const TI*>(a.x) + (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
   if constexpr (!STEPS::kResidual) {
     load_items<ALIGNED, TX, VEC, ITEMS, STRIDE>(x, first, end, a.cols, valid, v);
+  } else if constexpr (STEPS::kRanks) {
+    add_ranks_residual<ALIGNED, TI, TX, VEC, ITEMS, STRIDE>(a, row, valid, first, end, v);
   } else {
     Vec<TI, VEC> xv[ITEMS];
     Vec<TX, VEC> rv[ITEMS];
@@ -452,11 +501,17 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
 #pragma unroll 4
     for (std::int64_t idx = threadIdx.x; idx < summed; idx += BLOCK) {
       Vec<TX, VEC> xv;
-      if constexpr (STEPS::kResidual)
-        xv = add_residual<ALIGNED, TI, TX, VEC>(load_chunk<ALIGNED, TI, VEC>(x, idx, a.cols, true),
-                                                load_chunk<ALIGNED, TX, VEC>(r, idx, a.cols, true), r_out, idx, a.cols,
-                                                true);
-      else
+      if constexpr (STEPS::kResidual) {
+        if constexpr (STEPS::kRanks) {
+          Vec<TX, VEC> sum[1];
+          add_ranks_residual<ALIGNED, TI, TX, VEC, 1, BLOCK>(a, row, true, idx, vectors, sum);
+          xv = sum[0];
+        } else {
+          xv = add_residual<ALIGNED, TI, TX, VEC>(load_chunk<ALIGNED, TI, VEC>(x, idx, a.cols, true),
+                                                  load_chunk<ALIGNED, TX, VEC>(r, idx, a.cols, true), r_out, idx,
+                                                  a.cols, true);
+        }
+      } else
         xv = load_chunk<ALIGNED, TX, VEC>(x, idx, a.cols, true);
       float f[VEC];
       unpack(xv, f);

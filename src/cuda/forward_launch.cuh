@@ -51,6 +51,8 @@ inline ForwardArgs make_args(const ForwardProblem& p) {
   a.r_row_stride = p.r_row_stride;
   a.r_out_batch_stride = p.r_out_batch_stride;
   a.r_out_row_stride = p.r_out_row_stride;
+  a.ranks = p.ranks;
+  for (int k = 0; k < p.ranks; ++k) a.rank_x[k] = p.rank_x[k];
   if (p.quantize) {
     a.fp8 = p.y_dtype == DType::f8e4m3;
     a.dynamic = p.quant_scale != QuantScale::static_tensor;

@@ -19,12 +19,18 @@ namespace rmsnorm::detail::cuda {
 // and registers). XIN is x's storage type where it is not the row's: with an f32 residual
 // and 16-bit x (the fp32 residual stream), the row the norm reads is r_out, f32, so the
 // kernel holds and reduces an f32 row (its plan is an f32 row's) and reads x as 16-bit; the
-// Llama cast still rounds to x's dtype, as on the CPU.
-template <bool RESIDUAL, bool QUANT, class XIN = void>
+// Llama cast still rounds to x's dtype, as on the CPU. RANKS: x is the sum of the ranks'
+// partials (fused_allreduce_add_forward), added before the residual. It has instantiations
+// of its own: its fp32 sums, live while the ranks' chunks load, took the residual add's
+// kernels from 56-100 registers a thread to 66-128, with spills (sm_90, nvcc 13.0), when
+// the two shared them behind a run-time branch.
+template <bool RESIDUAL, bool QUANT, class XIN = void, bool RANKS = false>
 struct ForwardSteps {
   static_assert(std::is_void<XIN>::value || RESIDUAL, "x differs from the row only with a residual add");
+  static_assert(!RANKS || (RESIDUAL && !QUANT), "the ranks' sum comes with the residual add, without quantising");
   static constexpr bool kResidual = RESIDUAL;
   static constexpr bool kQuant = QUANT;
+  static constexpr bool kRanks = RANKS;
   // x's storage type for a row of TROW.
   template <class TROW>
   using Input = std::conditional_t<std::is_void<XIN>::value, TROW, XIN>;
