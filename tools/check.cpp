@@ -1,9 +1,9 @@
 // Runs the cases of check_cases.cpp and check_backward_cases.cpp: for each, host inputs are
 // made (poisoned buffers, random normal elements), the oracle's answer is computed, the
 // buffers are copied to the device poison and all, rmsnorm::forward (here) or
-// rmsnorm::backward (check_backward.cpp; the sharded-row steps: check_sharded.cpp) runs there,
-// and everything is copied back and judged with the shared tolerance table and stray-write
-// counter.
+// rmsnorm::backward (check_backward.cpp; the sharded-row steps: check_sharded.cpp; the fused
+// forms: check_fused.cpp; the ranks' sum: check_allreduce.cpp) runs there, and everything is
+// copied back and judged with the shared tolerance table and stray-write counter.
 #include "check.h"
 
 #include <algorithm>
@@ -113,7 +113,7 @@ int run_check(const CheckOptions& options, const RunDevice& dev) {
                               {"result", 6, true}});
   table.print_header();
 
-  std::uint64_t forward_index = 0, backward_index = 0, sharded_index = 0;
+  std::uint64_t forward_index = 0, backward_index = 0, sharded_index = 0, allreduce_index = 0;
   std::size_t cases_run = 0, cases_failed = 0, cases_skipped = 0;
   double worst = 0.0;
   std::vector<std::string> failed_groups;
@@ -140,13 +140,16 @@ int run_check(const CheckOptions& options, const RunDevice& dev) {
     };
     // Each case's inputs depend only on the seed and the case's place among the cases of
     // its op (so --op gives the same inputs as the full sweep). A forward case draws from
-    // seeds s and s+1, a backward one from s, s+1, s+2, in a range of its own.
+    // seeds s and s+1, a backward one from s, s+1, s+2, in a range of its own, as are a
+    // sharded-row case's s, s+1, s+2 and an all-reduce case's s .. s+17.
     for (const CheckCase& c : g.cases)
       tally(run_forward_case(c, dev, options.seed * 1000003u + 2 * forward_index++), c);
     for (const BackwardCheckCase& c : g.backward_cases)
       tally(run_backward_case(c, dev, options.seed * 1000003u + (std::uint64_t(1) << 40) + 3 * backward_index++), c);
     for (const ShardedCheckCase& c : g.sharded_cases)
       tally(run_sharded_case(c, dev, options.seed * 1000003u + (std::uint64_t(1) << 41) + 3 * sharded_index++), c);
+    for (const AllReduceCheckCase& c : g.allreduce_cases)  // up to 16 partials, a weight and a residual
+      tally(run_allreduce_case(c, dev, options.seed * 1000003u + (std::uint64_t(1) << 42) + 18 * allreduce_index++), c);
     const bool pass = failed == 0 && run > 0;
     table.print_row({g.name, std::to_string(run), std::to_string(skipped), ratio_text(group_worst),
                      pass ? "PASS" : (run == 0 ? "FAIL (every case skipped)" : "FAIL")});

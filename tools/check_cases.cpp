@@ -355,6 +355,7 @@ std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda, const std::
   const bool all = op == "all", forward = all || op == "forward", backward = all || op == "backward";
   if (forward) add(build_forward_check_groups(quick, on_cuda));
   if (forward || op == "add") add(build_fused_check_groups(quick, on_cuda, "add"));
+  if (forward || op == "add") add(build_allreduce_check_groups(quick, on_cuda));
   if (forward || op == "quant") add(build_fused_check_groups(quick, on_cuda, "quant"));
   if (backward) add(build_backward_check_groups(quick, on_cuda));
   if (backward || op == "add") add(build_fused_check_groups(quick, on_cuda, "add backward"));

@@ -95,14 +95,41 @@ struct ShardedCheckCase {
   double x_scale = 1.0, w_mean = 1.0;
 };
 
-// One line of the check's output: forward cases, backward ones, or sharded-row ones.
+// A case of the ranks' sum before the residual add (fused_allreduce_add_forward,
+// check_allreduce.cpp): `ranks` partials of x's dtype, each in a buffer of its own (as the
+// peers' are), summed, the residual added, the row normalised.
+struct AllReduceCheckCase {
+  DType x = DType::f32;         // the partials'
+  DType residual = DType::f32;  // the residual's and r_out's: x's, or f32 with 16-bit x
+  std::optional<DType> weight;  // none: w = 1
+  DType y = DType::f32;
+  int ranks = 2;  // 1 to kMaxAllReduceRanks
+  std::int64_t batch = 1, rows = 1, cols = 1;
+  // Every partial's layout (the API wants one shape and strides for all); partial `odd_rank`
+  // starts one element further into its buffer, so that its base is off the 16-byte grid
+  // the others are on.
+  Placement x_at;
+  int odd_rank = -1;  // -1: none
+  Placement r_at, r_out_at, y_at;
+  bool in_place = false;  // r_out is the residual (r_out_at is ignored)
+  bool rstd = false;
+  Params params;
+  double w_mean = 1.0;  // w ~ N(w_mean, 0.1^2)
+  bool skip_if_unsupported = false;
+};
+
+// One line of the check's output: forward cases, backward ones, sharded-row ones or the
+// ranks' sum's.
 struct CheckGroup {
   std::string name;
   std::vector<CheckCase> cases;
   std::string skipped_why;  // non-empty: the group does not apply on this device
   std::vector<BackwardCheckCase> backward_cases = {};
   std::vector<ShardedCheckCase> sharded_cases = {};
-  std::size_t size() const { return cases.size() + backward_cases.size() + sharded_cases.size(); }
+  std::vector<AllReduceCheckCase> allreduce_cases = {};
+  std::size_t size() const {
+    return cases.size() + backward_cases.size() + sharded_cases.size() + allreduce_cases.size();
+  }
 };
 
 // `op`: "forward", "backward" or "all" (the forward groups, then the backward ones), or
@@ -114,6 +141,8 @@ std::vector<CheckGroup> build_backward_check_groups(bool quick, bool on_cuda);
 std::vector<CheckGroup> build_sharded_check_groups(bool quick, bool on_cuda, const std::string& op);
 // The fused groups (check_fused_cases.cpp): `which` is "add", "quant" or "add backward".
 std::vector<CheckGroup> build_fused_check_groups(bool quick, bool on_cuda, const std::string& which);
+// The ranks' sum before the residual add (check_allreduce.cpp), one of the "add" groups.
+std::vector<CheckGroup> build_allreduce_check_groups(bool quick, bool on_cuda);
 
 // "x=f16 w=f32 y=f16 2x(3x1000) xs=1008 llama eps=1e-05 offset=1 rstd in-place ..."
 std::string describe(const CheckCase& c);
@@ -121,6 +150,8 @@ std::string describe(const CheckCase& c);
 std::string describe(const BackwardCheckCase& c);
 // "backward x=bf16 w=bf16 dw=f32 5x1000 in 3 shards eps=1e-06"
 std::string describe(const ShardedCheckCase& c);
+// "x=bf16 r=f32 w=f32 y=f32 8 ranks 3x4096 partial 7 one element further r-in-place ..."
+std::string describe(const AllReduceCheckCase& c);
 
 // Case sizes: the oracle reads every element through a non-inlined call, so a case is
 // kept to `budget` elements; the full sweep runs in well under a minute on two cores.

@@ -50,6 +50,7 @@ struct CaseResult {
 CaseResult run_forward_case(const CheckCase& c, const RunDevice& dev, std::uint64_t seed);
 CaseResult run_backward_case(const BackwardCheckCase& c, const RunDevice& dev, std::uint64_t seed);
 CaseResult run_sharded_case(const ShardedCheckCase& c, const RunDevice& dev, std::uint64_t seed);
+CaseResult run_allreduce_case(const AllReduceCheckCase& c, const RunDevice& dev, std::uint64_t seed);
 // The fused cases (check_fused.cpp); run_forward_case / run_backward_case hand them over.
 CaseResult run_fused_forward_case(const CheckCase& c, const RunDevice& dev, std::uint64_t seed);
 CaseResult run_fused_backward_case(const BackwardCheckCase& c, const RunDevice& dev, std::uint64_t seed);

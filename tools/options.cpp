@@ -271,7 +271,8 @@ when there is one, on the CPU otherwise. Every command says first which device i
 
 commands:
   check      correctness sweep of forward, backward and the fused forms (residual add,
-             8-bit outputs) against the fp64 oracle (rmsnorm check --help)
+             the ranks' sum before it, 8-bit outputs) against the fp64 oracle (rmsnorm
+             check --help)
   bench      throughput and latency tables, forward, backward or a fused form: fused vs
              unfused vs copy (rmsnorm bench --help)
 
@@ -357,6 +358,14 @@ power of two of such a scale):
   add layouts / in place  each of x, the residual, r_out, y with its own strides and
                         offsets, batched views; y is x, r_out is the residual, and both
                         (vLLM's fused_add_rms_norm)
+  add all-reduce        fused_allreduce_add_forward: 1, 2, 3, 8 and 16 ranks' partials,
+                        each in a buffer of its own, for each x and residual dtype, every
+                        weight and y, both casts, offset 1, r_out in place or not, cols 1
+                        to 70000, odd row counts, rows on the 16-byte grid, odd pads, one
+                        partial's base an element off the grid, batched views, each strategy
+                        forced (CUDA only); r_out must equal the partials added in fp32
+                        (fp64 for f64) in rank order, plus r, rounded once to r's dtype, bit
+                        for bit; y and rstd the oracle's norm of that r_out
   quant K Q             quant_forward with K = static, row, group scales and Q = f8e4m3,
                         i8: every input dtype and weight, both casts, saturating static
                         scales, pow2 scales, scale_ub, group sizes 64 and 128, row- and
@@ -366,6 +375,12 @@ power of two of such a scale):
                         every (r_out, x) pair, weight and dw dtype, saved or recomputed rstd
   add backward layouts / in place / determinism  strides, dx written over dr_out, two
                         runs giving the same bytes
+Sharded-row groups (last: the forward's with --op forward, the backward's with --op
+backward), rows whose columns are split across ranks (rmsnorm.h, "Rows split across ranks"):
+  sharded rows, backward sharded rows  each row cut into 2, 3, 4 or 8 column shards, the
+                        steps run shard by shard with the per-row sums added between them in
+                        rank order; the joined y and rstd (dx and dw) against the unsharded
+                        oracle; every dtype combination, cols 1 to 140001, strided, batched
 The last line is "Correctness check PASSED (worst error X of tolerance)" (exit status 0)
 or "Correctness check FAILED (...)" (exit status 1); a bad command line exits with 2.
 
@@ -373,8 +388,9 @@ options:
   --device D   auto (default): CUDA if this build has the CUDA backend and a device is
                visible, else the CPU; cpu; cuda; cuda:N (device ordinal N)
   --op OP      forward (plain and fused forward groups), backward (plain and fused
-               backward groups), add (the residual add's groups, forward and backward),
-               quant (the quantised outputs' groups) or all (default)
+               backward groups), add (the residual add's groups, forward and backward,
+               the all-reduce's among them), quant (the quantised outputs' groups) or all
+               (default)
   --quick      a smaller sweep: fewer shapes, fewer rows
   --seed S     seed of the random inputs (default 1); a case's inputs depend only on S and
                the case's place among its op's cases
