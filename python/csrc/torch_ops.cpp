@@ -75,9 +75,10 @@ rmsnorm::Device lib_device(const Tensor& t) {
   return t.is_cuda() ? rmsnorm::Device::cuda(t.get_device()) : rmsnorm::Device::cpu();
 }
 
-void check_same_device(const Tensor& t, const Tensor& x, const char* name) {
-  TORCH_CHECK_VALUE(t.device() == x.device(), "rmsnorm: ", name, " is on ", t.device(), " but x is on ", x.device(),
-                    "; all tensors must be on the same device");
+// `x_name` is what the op calls its x (partials[0] in fused_allreduce_add_rms_norm).
+void check_same_device(const Tensor& t, const Tensor& x, const char* name, const char* x_name = "x") {
+  TORCH_CHECK_VALUE(t.device() == x.device(), "rmsnorm: ", name, " is on ", t.device(), " but ", x_name, " is on ",
+                    x.device(), "; all tensors must be on the same device");
 }
 
 void check_x(const Tensor& x, const char* name = "x") {
@@ -91,19 +92,21 @@ void check_x(const Tensor& x, const char* name = "x") {
 
 // The weight, checked against x; returns it contiguous (a copy of at most cols elements when
 // it was a strided vector, which the kernels cannot read).
-std::optional<Tensor> checked_weight(const std::optional<Tensor>& weight, const Tensor& x, double offset) {
+std::optional<Tensor> checked_weight(const std::optional<Tensor>& weight, const Tensor& x, double offset,
+                                     const char* x_name = "x") {
   if (!weight.has_value() || !weight->defined()) {
     TORCH_CHECK_VALUE(offset == 0.0, "rmsnorm: offset must be 0 without a weight, got ", std::to_string(offset));
     return std::nullopt;
   }
   const Tensor& w = *weight;
-  check_same_device(w, x, "weight");
+  check_same_device(w, x, "weight", x_name);
   TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == x.size(-1), "rmsnorm: weight must have shape (",
-                    std::to_string(x.size(-1)), ",) to match x's last dimension, got ", shape_str(w.sizes()));
-  const DType wt = to_dtype(w, "weight"), xt = to_dtype(x, "x");
+                    std::to_string(x.size(-1)), ",) to match ", x_name, "'s last dimension, got ",
+                    shape_str(w.sizes()));
+  const DType wt = to_dtype(w, "weight"), xt = to_dtype(x, x_name);
   TORCH_CHECK_TYPE(wt == xt || (wt == DType::f32 && (xt == DType::f16 || xt == DType::bf16)),
-                   "rmsnorm: weight has dtype ", w.scalar_type(), " and x ", x.scalar_type(),
-                   "; the weight must have x's dtype, or be float32 with float16/bfloat16 x");
+                   "rmsnorm: weight has dtype ", w.scalar_type(), " and ", x_name, " ", x.scalar_type(),
+                   "; the weight must have ", x_name, "'s dtype, or be float32 with float16/bfloat16 ", x_name);
   return w.contiguous();
 }
 
@@ -372,14 +375,14 @@ std::tuple<Tensor, Tensor> rms_norm_bwd(const Tensor& dy_in, const Tensor& x_in,
 // ---------------------------------------------------------------------------------------
 
 // The residual, checked against x: x's shape and device; x's dtype, or float32 with 16-bit x.
-void check_residual(const Tensor& residual, const Tensor& x, const char* name = "residual") {
-  check_same_device(residual, x, name);
+void check_residual(const Tensor& residual, const Tensor& x, const char* name = "residual", const char* x_name = "x") {
+  check_same_device(residual, x, name, x_name);
   TORCH_CHECK_VALUE(residual.sizes() == x.sizes(), "rmsnorm: ", name, " has shape ", shape_str(residual.sizes()),
-                    " but x has ", shape_str(x.sizes()), "; they must match");
-  const DType rt = to_dtype(residual, name), xt = to_dtype(x, "x");
+                    " but ", x_name, " has ", shape_str(x.sizes()), "; they must match");
+  const DType rt = to_dtype(residual, name), xt = to_dtype(x, x_name);
   TORCH_CHECK_TYPE(rt == xt || (rt == DType::f32 && (xt == DType::f16 || xt == DType::bf16)), "rmsnorm: ", name,
-                   " has dtype ", residual.scalar_type(), " and x ", x.scalar_type(), "; the ", name,
-                   " must have x's dtype, or be float32 with float16/bfloat16 x");
+                   " has dtype ", residual.scalar_type(), " and ", x_name, " ", x.scalar_type(), "; the ", name,
+                   " must have ", x_name, "'s dtype, or be float32 with float16/bfloat16 ", x_name);
 }
 
 rmsnorm::TensorView vector_view(const Tensor& t, const char* name) {
@@ -604,6 +607,83 @@ std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_bwd(const Tensor& dy_in, c
 }
 
 // ---------------------------------------------------------------------------------------
+// The ranks' sum with the residual add (fused_allreduce_add_forward)
+// ---------------------------------------------------------------------------------------
+
+// Whether b is laid out as a: the same stride in every dimension longer than 1 (a dimension
+// of size 1 addresses nothing, and torch may give it any stride).
+bool same_layout(const Tensor& a, const Tensor& b) {
+  for (std::int64_t d = 0; d < a.dim(); ++d)
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  return true;
+}
+
+// partials[k] (k >= 1) against partials[0]: one dtype, shape and layout, as the library
+// requires of the ranks' buffers. On CUDA a peer's partial may be memory of another device
+// mapped into this one (symmetric memory, CUDA IPC, peer access); that this device can read
+// it is the caller's contract, so only its being CUDA memory is checked.
+void check_partial(const Tensor& p, const Tensor& x0, const std::string& name) {
+  if (x0.is_cuda()) {
+    TORCH_CHECK_VALUE(p.is_cuda(), "rmsnorm: ", name, " is on ", p.device(), " but partials[0] is on ", x0.device(),
+                      "; with CUDA partials every partial must be a CUDA tensor");
+  } else {
+    check_same_device(p, x0, name.c_str(), "partials[0]");
+  }
+  TORCH_CHECK_TYPE(p.scalar_type() == x0.scalar_type(), "rmsnorm: ", name, " has dtype ", p.scalar_type(),
+                   " but partials[0] has ", x0.scalar_type(), "; all partials must have one dtype");
+  TORCH_CHECK_VALUE(p.sizes() == x0.sizes(), "rmsnorm: ", name, " has shape ", shape_str(p.sizes()),
+                    " but partials[0] has ", shape_str(x0.sizes()), "; all partials must have one shape");
+  TORCH_CHECK_VALUE(same_layout(x0, p), "rmsnorm: ", name, " has strides ", shape_str(p.strides()),
+                    " but partials[0] has ", shape_str(x0.strides()), "; all partials must share one layout");
+}
+
+// rmsnorm::fused_allreduce_add_rms_norm: (y, residual_out) from the ranks' partial outputs,
+// read directly: s = partials[0] + ... + partials[count - 1] in fp32 in this order,
+// residual_out = s + residual rounded once to the residual's dtype, y = rms_norm(residual_out)
+// * (w + offset). The barriers around the call are the caller's (rmsnorm/allreduce.py).
+std::tuple<Tensor, Tensor> fused_allreduce_add_rms_norm(at::TensorList partials_in, const Tensor& residual_in,
+                                                        const std::optional<Tensor>& weight, double eps, double offset,
+                                                        c10::string_view cast_name) {
+  const std::size_t count = partials_in.size();
+  TORCH_CHECK_VALUE(count >= 1 && count <= rmsnorm::kMaxAllReduceRanks, "rmsnorm: partials: expected 1 to ",
+                    std::to_string(rmsnorm::kMaxAllReduceRanks), " tensors, got ", std::to_string(count));
+  const Tensor& x0 = partials_in[0];
+  check_x(x0, "partials[0]");
+  const rmsnorm::Cast cast = parse_cast(cast_name);
+  const std::optional<Tensor> w = checked_weight(weight, x0, offset, "partials[0]");
+  check_residual(residual_in, x0, "residual", "partials[0]");
+  for (std::size_t k = 1; k < count; ++k) check_partial(partials_in[k], x0, "partials[" + std::to_string(k) + "]");
+  DeviceContext ctx(x0);
+
+  const std::int64_t split = find_split(x0).value_or(0);
+  // Partials that are no (batch, rows) view are read from contiguous copies, all of them
+  // (they share one layout, so either all are views or none is). The copies are made on
+  // partials[0]'s device, where the kernel runs, by copy_, which orders a copy from another
+  // device with this device's stream.
+  const bool copy = !view_at(x0, split).has_value();
+  std::vector<Tensor> partials(partials_in.begin(), partials_in.end());
+  std::vector<rmsnorm::TensorView> views;
+  views.reserve(count);
+  for (Tensor& p : partials) {
+    if (copy) p = at::empty(x0.sizes(), x0.options()).copy_(p);
+    rmsnorm::TensorView v = *view_at(p, split);
+    v.device = lib_device(x0);  // read from x0's device, whichever device holds the memory
+    views.push_back(v);
+  }
+  Tensor residual = residual_in;
+  const rmsnorm::TensorView rv = input_view(residual, split);
+  Tensor y = at::empty(x0.sizes(), x0.options().dtype(output_dtype(x0, w, cast)));
+  Tensor residual_out = at::empty(x0.sizes(), residual.options());
+  if (x0.numel() == 0) return {y, residual_out};
+  const rmsnorm::TensorView yv = *view_at(y, split), rov = *view_at(residual_out, split);
+  call_library([&] {
+    rmsnorm::fused_allreduce_add_forward(views.data(), count, rv, weight_view(w), yv, rov, params_of(eps, offset, cast),
+                                         std::nullopt, ctx.stream);
+  });
+  return {y, residual_out};
+}
+
+// ---------------------------------------------------------------------------------------
 // The quantised output (quant_forward, fused_add_quant_forward)
 // ---------------------------------------------------------------------------------------
 
@@ -662,6 +742,9 @@ TORCH_LIBRARY(rmsnorm, m) {
       "rms_norm_quant(Tensor x, Tensor? weight, Tensor? residual, float eps, float offset, str cast, "
       "ScalarType qdtype, str scale_kind, Tensor? scale, int group_size, Tensor? scale_ub, "
       "bool column_major_scales, bool pow2_scales) -> (Tensor q, Tensor scales, Tensor residual_out)");
+  m.def(
+      "fused_allreduce_add_rms_norm(Tensor[] partials, Tensor residual, Tensor? weight, float eps, float offset, "
+      "str cast) -> (Tensor y, Tensor residual_out)");
 }
 
 // One implementation serves both backends: the library routes on the views' device.
@@ -674,7 +757,8 @@ TORCH_LIBRARY(rmsnorm, m) {
   m.impl("fused_add_rms_norm_fwd", &fused_add_rms_norm_fwd); \
   m.impl("fused_add_rms_norm_", &fused_add_rms_norm_);       \
   m.impl("fused_add_rms_norm_bwd", &fused_add_rms_norm_bwd); \
-  m.impl("rms_norm_quant", &rms_norm_quant)
+  m.impl("rms_norm_quant", &rms_norm_quant);                 \
+  m.impl("fused_allreduce_add_rms_norm", &fused_allreduce_add_rms_norm)
 
 // ---------------------------------------------------------------------------------------
 // Rows split across ranks (rmsnorm.h, "Rows split across ranks")

@@ -14,6 +14,8 @@ The schemas and the CPU/CUDA kernels are registered in C++ (python/csrc/torch_op
     rmsnorm::rms_norm_quant(x, weight, residual, eps, offset, cast, qdtype, scale_kind, scale,
                             group_size, scale_ub, column_major_scales, pow2_scales)
                             -> (q, scales, residual_out)
+    rmsnorm::fused_allreduce_add_rms_norm(partials[], residual, weight, eps, offset, cast)
+                            -> (y, residual_out)     the ranks' sum read directly, + residual
 
 This module adds what belongs in Python: fake kernels (shapes and dtypes only, so that
 torch.compile traces the ops without running them) and the autograd formulas.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -176,6 +179,62 @@ def _fused_add_fake(x, residual, weight, eps, offset, cast):
     return x.new_empty(x.shape, dtype=_out_dtype(x, weight, cast)), residual.new_empty(x.shape)
 
 
+# The library's limit on the ranks whose partials one call sums (kMaxAllReduceRanks).
+MAX_ALLREDUCE_RANKS = 16
+
+
+def _renamed(e: Exception, x_name: str) -> Exception:
+    """The same error with the x of _check's and _check_residual's messages called x_name."""
+    return type(e)(re.sub(r"\bx\b", x_name, str(e)))
+
+
+def _check_partials(partials, residual, weight, eps, offset, cast) -> None:
+    """fused_allreduce_add_rms_norm's rules, in the C++ kernel's order and with its exception
+    types: partials[0] is checked as fused_add_rms_norm's x, the others against it."""
+    if not 1 <= len(partials) <= MAX_ALLREDUCE_RANKS:
+        raise ValueError(f"rmsnorm: partials: expected 1 to {MAX_ALLREDUCE_RANKS} tensors, got {len(partials)}")
+    x0 = partials[0]
+    try:
+        _check(x0, weight, eps, offset, cast)
+        _check_residual(x0, residual)
+    except (TypeError, ValueError) as e:
+        raise _renamed(e, "partials[0]") from None
+    for k, p in enumerate(partials[1:], 1):
+        name = f"partials[{k}]"
+        # On CUDA a peer's buffer may be another device's memory mapped into this one.
+        if x0.device.type == "cuda" and p.device.type != "cuda":
+            raise ValueError(
+                f"rmsnorm: {name} is on {p.device} but partials[0] is on {x0.device}; "
+                "with CUDA partials every partial must be a CUDA tensor"
+            )
+        if x0.device.type != "cuda" and p.device != x0.device:
+            raise ValueError(
+                f"rmsnorm: {name} is on {p.device} but partials[0] is on {x0.device}; "
+                "all tensors must be on the same device"
+            )
+        if p.dtype != x0.dtype:
+            raise TypeError(
+                f"rmsnorm: {name} has dtype {p.dtype} but partials[0] has {x0.dtype}; all partials must have one dtype"
+            )
+        if p.shape != x0.shape:
+            raise ValueError(
+                f"rmsnorm: {name} has shape {tuple(p.shape)} but partials[0] has {tuple(x0.shape)}; "
+                "all partials must have one shape"
+            )
+        if any(n > 1 and a != b for n, a, b in zip(x0.shape, x0.stride(), p.stride())):
+            raise ValueError(
+                f"rmsnorm: {name} has strides {p.stride()} but partials[0] has {x0.stride()}; "
+                "all partials must share one layout"
+            )
+
+
+@torch.library.register_fake("rmsnorm::fused_allreduce_add_rms_norm")
+def _fused_allreduce_add_fake(partials, residual, weight, eps, offset, cast):
+    _check_partials(partials, residual, weight, eps, offset, cast)
+    x0 = partials[0]
+    return x0.new_empty(x0.shape, dtype=_out_dtype(x0, weight, cast)), residual.new_empty(x0.shape)
+
+
 @torch.library.register_fake("rmsnorm::fused_add_rms_norm_fwd")
 def _fused_add_fwd_fake(x, residual, weight, eps, offset, cast):
     y, residual_out = _fused_add_fake(x, residual, weight, eps, offset, cast)
@@ -305,6 +364,7 @@ _rms_norm_inplace_op = torch.ops.rmsnorm.rms_norm_.default
 _fused_add_op = torch.ops.rmsnorm.fused_add_rms_norm.default
 _fused_add_fwd_op = torch.ops.rmsnorm.fused_add_rms_norm_fwd.default
 _fused_add_inplace_op = torch.ops.rmsnorm.fused_add_rms_norm_.default
+_fused_allreduce_add_op = torch.ops.rmsnorm.fused_allreduce_add_rms_norm.default
 _rms_norm_quant_op = torch.ops.rmsnorm.rms_norm_quant.default
 
 # Set by rmsnorm.distributed (when torch.distributed is available): serves a call with a

@@ -2,15 +2,21 @@
 
     y, residual = rmsnorm.fused_allreduce_add_rms_norm(x_partial, residual, weight, eps, group=tp_group)
 
-is ``torch.distributed.all_reduce`` (sum) of the ranks' partial outputs on ``group``, then
-:func:`rmsnorm.fused_add_rms_norm` of the sum. This module is that path: PyTorch's own
-collective followed by the library's fused residual add. A fused kernel doing the all-reduce
-itself (through symmetric memory) is planned; this path stays its fallback for the sizes and
-topologies where the fused kernel does not pay.
+is the sum of the ranks' partial outputs on ``group``, the residual add and the norm, in one
+of two ways (``algorithm=``):
+
+- "nccl": ``torch.distributed.all_reduce`` (sum) on the group, then
+  :func:`rmsnorm.fused_add_rms_norm` of the sum: PyTorch's own collective followed by the
+  library's fused residual add;
+- "oneshot" (CUDA): every rank copies its partial into a symmetric-memory buffer, and one
+  kernel, ``torch.ops.rmsnorm.fused_allreduce_add_rms_norm``, reads all the ranks' buffers
+  directly, sums them in float32 in rank order, adds the residual and normalises: a one-shot
+  all-reduce fused into the norm, between two barriers.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -21,6 +27,7 @@ from . import _ops
 __all__ = ["fused_allreduce_add_rms_norm"]
 
 _NAME = "rmsnorm.fused_allreduce_add_rms_norm"
+_ALGORITHMS = ("nccl", "oneshot")
 
 
 def _world_size(group) -> int:
@@ -40,9 +47,11 @@ def _world_size(group) -> int:
     return dist.get_world_size(group)
 
 
-def _check_args(x_partial, residual, weight, eps, offset, cast, inplace) -> None:
+def _check_args(x_partial, residual, weight, eps, offset, cast, inplace, algorithm) -> None:
     """fused_add_rms_norm's rules, checked before anything is communicated, with the
     arguments called by their names here."""
+    if algorithm not in _ALGORITHMS:
+        raise ValueError(f"{_NAME}: algorithm must be one of {', '.join(map(repr, _ALGORITHMS))}, got {algorithm!r}")
     if not isinstance(x_partial, torch.Tensor):
         raise TypeError(f"{_NAME}: x_partial must be a tensor, got {type(x_partial).__name__}")
     if not isinstance(residual, torch.Tensor):
@@ -68,11 +77,70 @@ def _check_args(x_partial, residual, weight, eps, offset, cast, inplace) -> None
                 f'{_NAME}: inplace=True cannot write the float32 result of cast="llama" (float32 weight) '
                 f"into x_partial of dtype {x_partial.dtype}"
             )
-        if not x_partial.is_contiguous():
+        if algorithm == "nccl" and not x_partial.is_contiguous():
             raise ValueError(
                 f"{_NAME}: inplace=True needs a contiguous x_partial (the all-reduce works on its storage); "
                 f"got shape {tuple(x_partial.shape)} strides {x_partial.stride()}"
             )
+
+
+def _check_oneshot(x_partial, world: int) -> None:
+    if world > _ops.MAX_ALLREDUCE_RANKS:
+        raise ValueError(
+            f"{_NAME}: algorithm='oneshot' sums at most {_ops.MAX_ALLREDUCE_RANKS} ranks' partials, "
+            f"the group has {world}; use algorithm='nccl'"
+        )
+    if x_partial.device.type != "cuda":
+        raise ValueError(
+            f"{_NAME}: algorithm='oneshot' needs CUDA tensors (the ranks read each other's partials "
+            f"through symmetric memory); x_partial is on {x_partial.device}; use algorithm='nccl'"
+        )
+
+
+# The symmetric-memory buffers of "oneshot": (group name, device) -> (group, buffer, handle).
+# Allocating and exchanging one is a collective and slow, so it is kept for the process and
+# replaced only by a larger one (or for a new group object of the same name): every rank
+# passes the same shapes, so every rank grows its buffer at the same call. One byte buffer
+# serves every dtype and shape, as a view of its first bytes.
+_SYMMETRIC_BUFFERS: dict = {}
+
+
+def _symmetric_handle(group, device: torch.device, nbytes: int):
+    pg = group if group is not None else dist.group.WORLD
+    key = (pg.group_name, device)
+    entry = _SYMMETRIC_BUFFERS.get(key)
+    if entry is None or entry[0] is not pg or entry[1].numel() < nbytes:
+        # Read by torch and NVSHMEM when symmetric memory is set up (later settings are not seen):
+        # the project never uses NVLink multicast.
+        os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+        os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
+        import torch.distributed._symmetric_memory as symm_mem
+
+        # A power of two: shapes that grow a little at a time do not each cost an exchange.
+        capacity = 1 << (nbytes - 1).bit_length()
+        buffer = symm_mem.empty(capacity, dtype=torch.uint8, device=device)
+        entry = (pg, buffer, symm_mem.rendezvous(buffer, pg))
+        _SYMMETRIC_BUFFERS[key] = entry
+    return entry[2]
+
+
+@torch.compiler.disable
+def _oneshot(x_partial, residual, weight, eps, offset, cast, inplace, group):
+    if x_partial.numel() == 0:  # nothing to sum, nothing to exchange
+        y, r_out = _ops._fused_allreduce_add_op([x_partial], residual, weight, eps, offset, cast)
+    else:
+        handle = _symmetric_handle(group, x_partial.device, x_partial.numel() * x_partial.element_size())
+        shape = tuple(x_partial.shape)
+        partials = [handle.get_buffer(r, shape, x_partial.dtype) for r in range(handle.world_size)]
+        partials[handle.rank].copy_(x_partial)
+        handle.barrier(channel=0)  # every rank's partial is written
+        y, r_out = _ops._fused_allreduce_add_op(partials, residual, weight, eps, offset, cast)
+        handle.barrier(channel=0)  # every rank has read every partial: the buffers may be rewritten
+    if not inplace:
+        return y, r_out
+    x_partial.copy_(y)
+    residual.copy_(r_out)
+    return x_partial, residual
 
 
 def fused_allreduce_add_rms_norm(
@@ -85,46 +153,65 @@ def fused_allreduce_add_rms_norm(
     offset: float = 0.0,
     cast: str = "fp32",
     inplace: bool = False,
+    algorithm: str = "nccl",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All-reduce of the ranks' partial outputs, the residual add and RMSNorm: returns
     ``(y, residual_out)``.
 
-    ``s = sum over the ranks of group of x_partial``, then exactly
-    ``rmsnorm.fused_add_rms_norm(s, residual, weight, eps, offset=offset, cast=cast,
-    inplace=inplace)``: ``residual_out = s + residual`` (added in float32, rounded once to the
-    residual's dtype) and ``y = rms_norm(residual_out, weight, eps)``. Every rank of the group
-    calls it with its partial output (the output of a row-parallel layer) and the same
-    residual, and every rank gets the same ``y`` and ``residual_out``.
+    ``s = sum over the ranks of group of x_partial``, ``residual_out = s + residual`` (added
+    in float32, rounded once to the residual's dtype) and ``y = rms_norm(residual_out,
+    weight, eps)``. Every rank of the group calls it with its partial output (the output of
+    a row-parallel layer) and the same residual, and every rank gets the same ``y`` and
+    ``residual_out``.
 
-    This is the collective-then-fused-kernel path: one ``torch.distributed.all_reduce``
-    (``ReduceOp.SUM``) on ``group`` of ``M * N`` elements of x_partial's dtype (x_partial's
-    whole shape; NCCL on GPUs, gloo on CPUs), then the fused residual-add kernel; nothing
-    else is communicated. The sum is in x_partial's dtype, in the collective's order. A group
-    of one rank makes no collective call (``s`` is x_partial itself).
+    algorithm: how the ranks' partials are summed.
+
+    - "nccl" (default): one ``torch.distributed.all_reduce`` (``ReduceOp.SUM``) on ``group``
+      of ``M * N`` elements of x_partial's dtype (x_partial's whole shape; the group's
+      backend: NCCL on GPUs, gloo on CPUs), then exactly ``rmsnorm.fused_add_rms_norm(s,
+      residual, weight, eps, offset=offset, cast=cast, inplace=inplace)``; nothing else is
+      communicated. The sum is in x_partial's dtype, in the collective's order. A group of
+      one rank makes no collective call (``s`` is x_partial itself).
+    - "oneshot": CUDA tensors, at most 16 ranks. x_partial is copied into this rank's
+      symmetric-memory buffer (``torch.distributed._symmetric_memory``), the ranks meet at a
+      barrier, ``torch.ops.rmsnorm.fused_allreduce_add_rms_norm`` reads every rank's buffer
+      directly and sums them in float32 in rank order (never rounded to x_partial's dtype),
+      adds the residual and normalises in one kernel, and the ranks meet at a second barrier
+      before any of them may rewrite its buffer. One buffer per (group, device), allocated
+      and exchanged (a collective) on the first call and again whenever a larger partial
+      comes; then a call is a copy, two barriers and the kernel. Before its first symmetric
+      allocation it sets ``TORCH_SYMM_MEM_DISABLE_MULTICAST=1`` and
+      ``NVSHMEM_DISABLE_NVLS=1`` unless they are set (``os.environ.setdefault``): the project
+      does not use NVLink multicast. A group of one rank takes the same path. Eager only (it
+      is excluded from ``torch.compile`` graphs). Not yet measured on several GPUs.
 
     x_partial: this rank's partial sum, float32, float16 or bfloat16 (float64 on the CPU).
     residual: x_partial's shape, its dtype or float32 with 16-bit x_partial (an fp32 residual
         stream). weight, eps, offset, cast: as in :func:`rmsnorm.rms_norm`.
     group: the process group (default None: the default group, which must be initialised).
-    inplace: False (default): x_partial and residual are left alone; the sum goes into a
-        copy of x_partial. True: the all-reduce runs on x_partial's storage, and then, as in
+    inplace: False (default): x_partial and residual are left alone. True: as in
         ``fused_add_rms_norm(..., inplace=True)`` (vLLM's contract), x_partial is overwritten
-        with y and residual with residual_out; the two are returned. x_partial must then be
-        contiguous.
+        with y and residual with residual_out; the two are returned. With "nccl" the
+        all-reduce runs on x_partial's storage, which must then be contiguous; with
+        "oneshot" y and residual_out are computed into new tensors and copied over the
+        inputs (any layout).
 
     The arguments are checked (with fused_add_rms_norm's rules) before anything is
     communicated. Gradients are not supported: with grad mode on, an input that requires
     grad raises a RuntimeError (use it under ``torch.no_grad()`` / ``torch.inference_mode()``,
-    as inference engines do). Traceable by ``torch.compile`` (``fullgraph=True``): the
-    all-reduce becomes a functional collective in the graph.
+    as inference engines do). With "nccl" it is traceable by ``torch.compile``
+    (``fullgraph=True``): the all-reduce becomes a functional collective in the graph.
 
     NCCL: the project requires ``NCCL_NVLS_ENABLE=0`` (NVLink SHARP off). Setting it is the
     caller's job, before the process group (and its NCCL communicator) is created, e.g.
     ``os.environ.setdefault("NCCL_NVLS_ENABLE", "0")`` before
     ``torch.distributed.init_process_group("nccl")``; this function does not set it.
     """
-    _check_args(x_partial, residual, weight, eps, offset, cast, inplace)
+    _check_args(x_partial, residual, weight, eps, offset, cast, inplace, algorithm)
     world = _world_size(group)
+    if algorithm == "oneshot":
+        _check_oneshot(x_partial, world)
+        return _oneshot(x_partial, residual, weight, eps, offset, cast, inplace, group)
     s = x_partial
     if world > 1:
         if not inplace:

@@ -6,8 +6,13 @@
   stream, the llama cast, Gemma's offset; in place and out of place;
 - world size 1: no collective, the plain fused op's bytes;
 - errors naming the argument, before anything is communicated; no process group;
+  algorithm= refusals (an unknown one; "oneshot" on the CPU or on more than 16 ranks);
 - torch.compile (fullgraph) against eager;
-- on a GPU, NCCL at world size 1.
+- on a GPU, NCCL at world size 1, by both algorithms ("oneshot": the symmetric-memory buffer,
+  its barriers and the fused op; its buffer grown once and then reused).
+
+The op that "oneshot" calls is tested against a model of its arithmetic, with up to 16
+partials, in test_allreduce_op.py.
 """
 
 import pytest
@@ -166,6 +171,8 @@ def _error_body(rank, world):
         "strided in place": lambda: rmsnorm.fused_allreduce_add_rms_norm(
             x.transpose(0, 1), residual.transpose(0, 1), weight, inplace=True
         ),
+        "algorithm": lambda: rmsnorm.fused_allreduce_add_rms_norm(x, residual, weight, algorithm="two-shot"),
+        "oneshot on the CPU": lambda: rmsnorm.fused_allreduce_add_rms_norm(x, residual, weight, algorithm="oneshot"),
     }
     out = {}
     for name, call in calls.items():
@@ -204,6 +211,8 @@ def test_errors_name_the_argument():
         "requires grad": ("RuntimeError", "gradients are not supported"),
         "llama in place": ("TypeError", "inplace=True cannot write"),
         "strided in place": ("ValueError", "contiguous x_partial"),
+        "algorithm": ("ValueError", "algorithm must be one of 'nccl', 'oneshot', got 'two-shot'"),
+        "oneshot on the CPU": ("ValueError", "algorithm='oneshot' needs CUDA tensors"),
     }
     for rank, out in enumerate(ranks):
         for name, (kind, text) in expected.items():
@@ -215,6 +224,23 @@ def test_errors_name_the_argument():
         else:
             assert out["not a member"][0] == "ValueError" and "not a member" in out["not a member"][1]
     assert torch.equal(ranks[0]["after"], ranks[1]["after"])
+
+
+def _too_many_ranks_body(rank, world):
+    # A group of 17 as this call sees it: oneshot refuses it before looking at the device.
+    dist.get_world_size = lambda group=None: 17  # this rank's process only
+    x, residual, weight = _inputs(_CASES[0], "random", rank)
+    try:
+        rmsnorm.fused_allreduce_add_rms_norm(x, residual, weight, algorithm="oneshot")
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def test_oneshot_refuses_more_than_16_ranks():
+    (message,) = run_ranks(_too_many_ranks_body, 1)
+    assert message is not None and message.startswith("rmsnorm.fused_allreduce_add_rms_norm: ")
+    assert "at most 16 ranks' partials, the group has 17" in message, message
 
 
 def test_without_a_process_group():
@@ -270,27 +296,51 @@ def test_under_torch_compile():
 # ---------------------------------------------------------------------------------------
 
 
-def _nccl_body(rank, world):
+def _nccl_body(rank, world, algorithm):
+    from rmsnorm import allreduce
+
     out = []
     for case in _CASES[:5]:
         x, residual, weight = (t.cuda() if t is not None else None for t in _inputs(case, "random", 0))
         try:
-            got = _call(case, x, residual, weight)
+            got = _call(case, x, residual, weight, algorithm=algorithm)
             want = rmsnorm.fused_add_rms_norm(x, residual, weight, 1e-6, offset=case[4], cast=case[3])
             xi, ri = x.clone(), residual.clone()
-            _call(case, xi, ri, weight, inplace=True)
+            got_i = _call(case, xi, ri, weight, inplace=True, algorithm=algorithm)
         except NotImplementedError as e:  # the CUDA kernel of the fused form is not there yet
             return str(e).splitlines()[0]
-        out.append([t.cpu() for t in (*got, *want, xi, ri)])
-    return out
+        same_storage = got_i[0] is xi and got_i[1] is ri
+        out.append([t.cpu() for t in (*got, *want, xi, ri)] + [same_storage])
+    # A partial larger than any before grows the symmetric buffer once; smaller ones reuse it.
+    buffers = []
+    for rows in (64, 2, 64):
+        x = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16)
+        residual = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16)
+        got = rmsnorm.fused_allreduce_add_rms_norm(x, residual, None, algorithm=algorithm)
+        want = rmsnorm.fused_add_rms_norm(x, residual, None)
+        out.append([t.cpu() for t in (*got, *want, x, residual)] + [True])
+        buffers.append([(entry[1].numel(), id(entry[2])) for entry in allreduce._SYMMETRIC_BUFFERS.values()])
+    return out, buffers
 
 
 @needs_nccl
-def test_nccl_world_size_1():
-    (result,) = run_ranks(_nccl_body, 1, backend="nccl")
+@pytest.mark.parametrize("algorithm", ["nccl", "oneshot"])
+def test_nccl_world_size_1(algorithm):
+    (result,) = run_ranks(_nccl_body, 1, args=(algorithm,), backend="nccl", timeout_s=180)
     if isinstance(result, str):
         pytest.skip(result)
-    for y, r_out, y_want, r_want, yi, ri in result:
-        # One rank: no collective, the fused op's bytes.
+    out, buffers = result
+    for y, r_out, y_want, r_want, yi, ri, same_storage in out[: len(_CASES[:5])]:
+        # One rank: its partial is the sum ("nccl": no collective; "oneshot": the symmetric
+        # buffer is the op's one partial, which is fused_add_rms_norm bit for bit).
         assert torch.equal(y, y_want) and torch.equal(r_out, r_want)
-        assert torch.equal(yi, y_want) and torch.equal(ri, r_want)
+        assert torch.equal(yi, y_want) and torch.equal(ri, r_want) and same_storage
+    for y, r_out, y_want, r_want, _, _, _ in out[len(_CASES[:5]) :]:
+        assert torch.equal(y, y_want) and torch.equal(r_out, r_want)
+    if algorithm == "nccl":
+        assert buffers == [[], [], []]
+    else:
+        # One buffer for the group and device: 64 x 4096 bfloat16 is the largest partial,
+        # a power of two of bytes; the smaller ones after it kept the same handle.
+        assert len(buffers[0]) == 1 and buffers[0][0][0] == 64 * 4096 * 2, buffers
+        assert buffers[1] == buffers[0] and buffers[2] == buffers[0], buffers
