@@ -36,11 +36,6 @@ std::optional<TensorView> view_of(const std::optional<Mirror>& m) {
   return m ? std::optional<TensorView>(m->view) : std::nullopt;
 }
 
-void fail_with(CaseResult& r, const std::string& why) {
-  if (!r.failed) r.problem = why;
-  r.failed = true;
-}
-
 std::int64_t element(const TensorView& v, std::int64_t b, std::int64_t i, std::int64_t j) {
   return b * v.batch_stride + i * v.row_stride + j;
 }
@@ -152,13 +147,7 @@ CaseResult run_allreduce_case(const AllReduceCheckCase& c, const RunDevice& dev,
   if (!yc.passed()) fail_with(r, "y " + yc.describe());
   ref::merge(r.cmp, yc);
   stray += ref::count_stray_writes(y.bytes, y.view);
-  if (rstd) {
-    const ref::Comparison rc =
-        ref::compare_vector(rstd->view.data, rstd_type, expected.norm.rstd, ref::rstd_tolerance(c.x, c.cols));
-    if (!rc.passed()) fail_with(r, "rstd " + rc.describe());
-    ref::merge(r.cmp, rc);
-    stray += ref::count_stray_writes(rstd->bytes, rstd->view);
-  }
+  if (rstd) stray += check_rstd(r, *rstd, rstd_type, expected.norm.rstd, c.x, c.cols);
   if (stray) fail_with(r, std::to_string(stray) + " bytes written outside the outputs' views");
   for (std::size_t k = 0; k < parts.size(); ++k)
     if (parts[k].bytes != parts_before[k]) fail_with(r, "partial " + std::to_string(k) + " was modified");
@@ -337,11 +326,7 @@ std::string describe(const AllReduceCheckCase& c) {
   else
     place("r_out", c.r_out_at);
   place("y", c.y_at);
-  s += c.params.cast == Cast::llama ? " cast=llama" : " cast=fp32";
-  char eps[32];
-  std::snprintf(eps, sizeof eps, "%g", c.params.eps);
-  s += std::string(" eps=") + eps;
-  if (c.params.weight_offset != 0) s += " offset=" + std::to_string(static_cast<int>(c.params.weight_offset));
+  s += describe_params(c.params);
   if (c.rstd) s += " rstd";
   if (c.params.strategy != Strategy::automatic) s += std::string(" strategy=") + strategy_name(c.params.strategy);
   return s;

@@ -363,6 +363,15 @@ std::vector<CheckGroup> build_check_groups(bool quick, bool on_cuda, const std::
   return groups;
 }
 
+std::string describe_params(const Params& p) {
+  std::string s = p.cast == Cast::llama ? " cast=llama" : " cast=fp32";
+  char eps[32];
+  std::snprintf(eps, sizeof eps, "%g", p.eps);
+  s += std::string(" eps=") + eps;
+  if (p.weight_offset != 0) s += " offset=" + std::to_string(static_cast<int>(p.weight_offset));
+  return s;
+}
+
 std::string describe(const CheckCase& c) {
   std::string s = std::string("x=") + dtype_name(c.x) + " w=" + (c.weight ? dtype_name(*c.weight) : "none") +
                   " y=" + dtype_name(c.y) + " ";
@@ -378,11 +387,8 @@ std::string describe(const CheckCase& c) {
     s += " in-place";
   else
     place("y", c.y_at);
-  s += c.params.cast == Cast::llama ? " cast=llama" : " cast=fp32";
+  s += describe_params(c.params);
   char eps[32];
-  std::snprintf(eps, sizeof eps, "%g", c.params.eps);
-  s += std::string(" eps=") + eps;
-  if (c.params.weight_offset != 0) s += " offset=" + std::to_string(static_cast<int>(c.params.weight_offset));
   if (c.x_scale != 1.0) {
     std::snprintf(eps, sizeof eps, "%g", c.x_scale);
     s += std::string(" x_scale=") + eps;

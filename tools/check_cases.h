@@ -152,6 +152,8 @@ std::string describe(const BackwardCheckCase& c);
 std::string describe(const ShardedCheckCase& c);
 // "x=bf16 r=f32 w=f32 y=f32 8 ranks 3x4096 partial 7 one element further r-in-place ..."
 std::string describe(const AllReduceCheckCase& c);
+// " cast=... eps=...[ offset=N]": a case's norm parameters, as the descriptions give them.
+std::string describe_params(const Params& p);
 
 // Case sizes: the oracle reads every element through a non-inlined call, so a case is
 // kept to `budget` elements; the full sweep runs in well under a minute on two cores.

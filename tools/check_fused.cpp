@@ -47,11 +47,6 @@ std::vector<double> used_scales(const QuantCheck& q, const HostBuffer& s, std::i
   return out;
 }
 
-void fail_with(CaseResult& r, const std::string& why) {
-  if (!r.failed) r.problem = why;
-  r.failed = true;
-}
-
 }  // namespace
 
 CaseResult run_fused_forward_case(const CheckCase& c, const RunDevice& dev, std::uint64_t seed) {
@@ -172,13 +167,7 @@ CaseResult run_fused_forward_case(const CheckCase& c, const RunDevice& dev, std:
     ref::merge(r.cmp, qc);
   }
   stray += ref::count_stray_writes(out.bytes, out.view);
-  if (rstd) {
-    const ref::Comparison rc =
-        ref::compare_vector(rstd->view.data, rstd_type, expected.norm.rstd, ref::rstd_tolerance(c.x, c.cols));
-    if (!rc.passed()) fail_with(r, "rstd " + rc.describe());
-    ref::merge(r.cmp, rc);
-    stray += ref::count_stray_writes(rstd->bytes, rstd->view);
-  }
+  if (rstd) stray += check_rstd(r, *rstd, rstd_type, expected.norm.rstd, c.x, c.cols);
   if (stray) fail_with(r, std::to_string(stray) + " bytes written outside the outputs' views");
   if (!y_in_place && x.bytes != x_before) fail_with(r, "x was modified");
   if (res && !c.residual->in_place && res->bytes != res_before) fail_with(r, "the residual was modified");

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "harness.h"
+#include "tolerances.h"
 
 namespace rmsnorm::cli {
 
@@ -37,5 +38,18 @@ Mirror mirror(const HostBuffer& h, const RunDevice& dev) {
 }
 
 void download(const Mirror& m, HostBuffer& h) { m.memory.download(h.bytes.data(), h.bytes.size()); }
+
+void fail_with(CaseResult& r, const std::string& why) {
+  if (!r.failed) r.problem = why;
+  r.failed = true;
+}
+
+std::int64_t check_rstd(CaseResult& r, const HostBuffer& rstd, DType rstd_type, const std::vector<double>& want,
+                        DType x, std::int64_t cols) {
+  const ref::Comparison rc = ref::compare_vector(rstd.view.data, rstd_type, want, ref::rstd_tolerance(x, cols));
+  if (!rc.passed()) fail_with(r, "rstd " + rc.describe());
+  ref::merge(r.cmp, rc);
+  return ref::count_stray_writes(rstd.bytes, rstd.view);
+}
 
 }  // namespace rmsnorm::cli

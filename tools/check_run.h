@@ -46,6 +46,14 @@ struct CaseResult {
   std::string problem;        // why it failed
 };
 
+// Steps the case runners share (check_run.cpp).
+// Marks r failed, keeping the first reason.
+void fail_with(CaseResult& r, const std::string& why);
+// rstd against the oracle's under rstd_tolerance, merged into r.cmp (a failure marked);
+// returns the bytes written outside its view.
+std::int64_t check_rstd(CaseResult& r, const HostBuffer& rstd, DType rstd_type, const std::vector<double>& want,
+                        DType x, std::int64_t cols);
+
 // Each case's inputs depend only on `seed`.
 CaseResult run_forward_case(const CheckCase& c, const RunDevice& dev, std::uint64_t seed);
 CaseResult run_backward_case(const BackwardCheckCase& c, const RunDevice& dev, std::uint64_t seed);
