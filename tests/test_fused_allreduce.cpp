@@ -122,12 +122,12 @@ TEST_P(FusedAllReduce, SumsThePartialsInRankOrderThenNormalises) {
                 if (!cuda && layout != Layout::odd_pads) continue;  // the CPU reads every layout alike
                 const DType r = f32_residual ? DType::f32 : x;
                 const std::int64_t rows = 5;
-                Inputs in = make_inputs(x, r, ranks, rows, cols,
-                                        testing::seed_of({static_cast<int>(x), ranks, cols, static_cast<int>(layout)}),
-                                        layout);
+                Inputs in =
+                    make_inputs(x, r, ranks, rows, cols,
+                                testing::seed_of({static_cast<int>(x), ranks, cols, static_cast<int>(layout)}), layout);
                 const std::string what = std::string(dtype_name(x)) + " r " + dtype_name(r) + " ranks " +
-                                         std::to_string(ranks) + (cast == Cast::llama ? " llama" : " fp32") +
-                                         " cols " + std::to_string(cols) + " " + layout_name(layout) + " " +
+                                         std::to_string(ranks) + (cast == Cast::llama ? " llama" : " fp32") + " cols " +
+                                         std::to_string(cols) + " " + layout_name(layout) + " " +
                                          strategy_name(strategy);
                 HostTensor y = make_tensor(x, 1, rows, cols, -1, cols + pad_of(layout, 2), 0, 4);
                 HostTensor r_out = make_tensor(r, 1, rows, cols, -1, cols + pad_of(layout, 1), 0, 4);
@@ -163,7 +163,9 @@ TEST_P(FusedAllReduce, SumsThePartialsInRankOrderThenNormalises) {
                 HostTensor y2 = make_tensor(x, 1, rows, cols, -1, cols + 2);
                 HostTensor rstd2 = make_vector(x == DType::f64 ? DType::f64 : DType::f32, rows);
                 on_backend(backend(), {&zero, &r_copy, &in.weight, &y2, &r_out2, &rstd2},
-                           [&](const std::vector<TensorView>& v) { fused_add_forward(v[0], v[1], v[2], v[3], v[4], p, v[5]); });
+                           [&](const std::vector<TensorView>& v) {
+                             fused_add_forward(v[0], v[1], v[2], v[3], v[4], p, v[5]);
+                           });
                 for (std::int64_t i = 0; i < rows; ++i)
                   for (std::int64_t j = 0; j < cols; ++j)
                     ASSERT_EQ(load_as_double(y.view.data, x, at(y.view, i, j)),

@@ -21,6 +21,19 @@ DTYPES = {
     "cuda": [torch.float32, torch.float16, torch.bfloat16],
 }
 
+# (x's dtype, the residual's dtype) of the residual add: the residual of x's dtype, or
+# float32 with 16-bit x (an fp32 residual stream); float64 last, so that [:5] is what CUDA
+# serves. RESIDUAL_IDS: their test ids.
+RESIDUAL_DTYPES = [
+    (torch.float32, torch.float32),
+    (torch.float16, torch.float16),
+    (torch.bfloat16, torch.bfloat16),
+    (torch.float16, torch.float32),
+    (torch.bfloat16, torch.float32),
+    (torch.float64, torch.float64),
+]
+RESIDUAL_IDS = [f"{str(a).removeprefix('torch.')}-r{str(b).removeprefix('torch.')}" for a, b in RESIDUAL_DTYPES]
+
 
 def device_dtypes():
     """(device, dtype) parameters: every dtype each device supports."""

@@ -24,22 +24,19 @@ try:
 except ImportError as e:  # the package without its compiled library: not built or installed
     pytest.skip(f"the rmsnorm extension is not built ({e})", allow_module_level=True)
 
-from _support import DEVICES, HAS_CUDA, assert_close, reference, require_cuda_kernels  # noqa: E402
+from _support import (  # noqa: E402
+    DEVICES,
+    HAS_CUDA,
+    RESIDUAL_DTYPES,
+    RESIDUAL_IDS,
+    assert_close,
+    reference,
+    require_cuda_kernels,
+)
 
 op = torch.ops.rmsnorm.fused_allreduce_add_rms_norm
 
 COUNTS = [1, 2, 3, 5, 16]
-# (partials' dtype, residual's dtype): the residual of the partials' dtype, or float32 with
-# 16-bit partials (an fp32 residual stream).
-DTYPE_PAIRS = [
-    (torch.float32, torch.float32),
-    (torch.bfloat16, torch.bfloat16),
-    (torch.float16, torch.float16),
-    (torch.bfloat16, torch.float32),
-    (torch.float16, torch.float32),
-    (torch.float64, torch.float64),
-]
-PAIR_IDS = [f"{str(a).removeprefix('torch.')}-r{str(b).removeprefix('torch.')}" for a, b in DTYPE_PAIRS]
 SHAPES = [(3, 5, 96), (7, 1000), (1, 1)]
 
 
@@ -93,7 +90,7 @@ def _variants(dtype):
 
 
 @pytest.mark.parametrize("count", COUNTS)
-@pytest.mark.parametrize("dtype,r_dtype", DTYPE_PAIRS, ids=PAIR_IDS)
+@pytest.mark.parametrize("dtype,r_dtype", RESIDUAL_DTYPES, ids=RESIDUAL_IDS)
 def test_against_the_model(count, dtype, r_dtype):
     for shape in SHAPES:
         for w_dtype, offset, cast in _variants(dtype):
@@ -110,7 +107,7 @@ def test_against_the_model(count, dtype, r_dtype):
             assert torch.equal(residual, before[1]), f"{what}: the residual was written"
 
 
-@pytest.mark.parametrize("dtype,r_dtype", DTYPE_PAIRS, ids=PAIR_IDS)
+@pytest.mark.parametrize("dtype,r_dtype", RESIDUAL_DTYPES, ids=RESIDUAL_IDS)
 def test_one_partial_is_fused_add(dtype, r_dtype):
     for w_dtype, offset, cast in _variants(dtype):
         (x,), residual, weight = _inputs(1, (4, 9, 200), dtype, r_dtype, w_dtype or dtype, seed=3)
@@ -250,7 +247,7 @@ def test_compile_fullgraph():
 
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 @pytest.mark.parametrize("count", COUNTS)
-@pytest.mark.parametrize("dtype,r_dtype", DTYPE_PAIRS[:5], ids=PAIR_IDS[:5])
+@pytest.mark.parametrize("dtype,r_dtype", RESIDUAL_DTYPES[:5], ids=RESIDUAL_IDS[:5])
 def test_cuda_against_cpu(count, dtype, r_dtype):
     require_cuda_kernels("cuda")
     for shape in [(3, 5, 96), (64, 4096)]:

@@ -12,7 +12,16 @@ try:
 except ImportError as e:  # the package without its compiled library: not built or installed
     pytest.skip(f"the rmsnorm extension is not built ({e})", allow_module_level=True)
 
-from _support import DEVICES, HAS_CUDA, assert_close, make_inputs, reference, require_cuda_kernels  # noqa: E402
+from _support import (  # noqa: E402
+    DEVICES,
+    HAS_CUDA,
+    RESIDUAL_DTYPES,
+    RESIDUAL_IDS,
+    assert_close,
+    make_inputs,
+    reference,
+    require_cuda_kernels,
+)
 
 ops = torch.ops.rmsnorm
 FP8 = torch.float8_e4m3fn
@@ -40,16 +49,6 @@ def _inputs(shape, dtype, device, r_dtype=None, seed=0):
     return x, r, w
 
 
-# (x dtype, residual dtype): the residual of x's dtype, or float32 with 16-bit x.
-_ADD_DTYPES = [
-    (torch.float32, torch.float32),
-    (torch.float16, torch.float16),
-    (torch.bfloat16, torch.bfloat16),
-    (torch.float16, torch.float32),
-    (torch.bfloat16, torch.float32),
-    (torch.float64, torch.float64),
-]
-_ADD_IDS = [f"{str(a).removeprefix('torch.')}-r{str(b).removeprefix('torch.')}" for a, b in _ADD_DTYPES]
 
 
 # ---------------------------------------------------------------------------------------
@@ -105,7 +104,7 @@ def test_opcheck_quant(device, qdtype, kind, with_residual):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype,r_dtype", _ADD_DTYPES, ids=_ADD_IDS)
+@pytest.mark.parametrize("dtype,r_dtype", RESIDUAL_DTYPES, ids=RESIDUAL_IDS)
 @pytest.mark.parametrize("shape", [(1, 1), (7, 1000), (2, 3, 127), (4096,)], ids=str)
 def test_fused_add_values(device, dtype, r_dtype, shape):
     if device == "cuda" and dtype == torch.float64:
@@ -190,7 +189,7 @@ def test_fused_add_gradcheck_float64_cpu(with_weight, offset, cast, layout):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype,r_dtype", _ADD_DTYPES[:5], ids=_ADD_IDS[:5])
+@pytest.mark.parametrize("dtype,r_dtype", RESIDUAL_DTYPES[:5], ids=RESIDUAL_IDS[:5])
 def test_fused_add_gradients_match_float64(device, dtype, r_dtype):
     require_fused(device)
     x, r, w = _inputs((64, 1000), dtype, device, r_dtype)
