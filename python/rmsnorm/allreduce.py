@@ -27,7 +27,7 @@ from . import _ops
 __all__ = ["fused_allreduce_add_rms_norm"]
 
 _NAME = "rmsnorm.fused_allreduce_add_rms_norm"
-_ALGORITHMS = ("nccl", "oneshot")
+_ALGORITHMS = ("nccl", "oneshot", "twoshot")
 
 
 def _world_size(group) -> int:
@@ -84,15 +84,16 @@ def _check_args(x_partial, residual, weight, eps, offset, cast, inplace, algorit
             )
 
 
-def _check_oneshot(x_partial, world: int) -> None:
+def _check_symmetric(x_partial, world: int, algorithm: str) -> None:
+    """The rules of the algorithms over symmetric memory ("oneshot", "twoshot")."""
     if world > _ops.MAX_ALLREDUCE_RANKS:
         raise ValueError(
-            f"{_NAME}: algorithm='oneshot' sums at most {_ops.MAX_ALLREDUCE_RANKS} ranks' partials, "
+            f"{_NAME}: algorithm={algorithm!r} sums at most {_ops.MAX_ALLREDUCE_RANKS} ranks' partials, "
             f"the group has {world}; use algorithm='nccl'"
         )
     if x_partial.device.type != "cuda":
         raise ValueError(
-            f"{_NAME}: algorithm='oneshot' needs CUDA tensors (the ranks read each other's partials "
+            f"{_NAME}: algorithm={algorithm!r} needs CUDA tensors (the ranks read each other's partials "
             f"through symmetric memory); x_partial is on {x_partial.device}; use algorithm='nccl'"
         )
 
@@ -143,6 +144,61 @@ def _oneshot(x_partial, residual, weight, eps, offset, cast, inplace, group):
     return x_partial, residual
 
 
+def _aligned(nbytes: int) -> int:
+    """nbytes rounded up to 16: each region of the symmetric buffer starts on a 16-byte
+    boundary, so that the kernel reads its rows with whole-chunk accesses."""
+    return (nbytes + 15) // 16 * 16
+
+
+@torch.compiler.disable
+def _twoshot(x_partial, residual, weight, eps, offset, cast, inplace, group):
+    """Each rank sums, adds and normalises its own block of rows (reading those rows of every
+    rank's partial), writes them into its buffer, and then copies the other ranks' blocks:
+    every partial byte is read once over the group instead of by every rank, at the price of
+    a second exchange (the outputs) and a third barrier."""
+    n = x_partial.shape[-1] if x_partial.dim() else 1
+    m = x_partial.numel() // n if n else 0
+    y_dtype = _ops._out_dtype(x_partial, weight, cast)
+    if x_partial.numel() == 0:
+        y, r_out = _ops._fused_allreduce_add_op([x_partial], residual, weight, eps, offset, cast)
+    else:
+        sizes = [m * n * torch.empty((), dtype=t).element_size() for t in (x_partial.dtype, y_dtype, residual.dtype)]
+        starts = [0, _aligned(sizes[0]), _aligned(sizes[0]) + _aligned(sizes[1])]
+        handle = _symmetric_handle(group, x_partial.device, starts[2] + sizes[2])
+        world, rank = handle.world_size, handle.rank
+
+        def region(r, k, dtype):  # rank r's region k as (m, n) rows of dtype
+            size = torch.empty((), dtype=dtype).element_size()
+            return handle.get_buffer(r, (m, n), dtype, storage_offset=starts[k] // size)
+
+        share = -(-m // world)  # rows a rank, the last rank's block shorter (or empty)
+        blocks = [(min(r * share, m), min((r + 1) * share, m)) for r in range(world)]
+        lo, hi = blocks[rank]
+        region(rank, 0, x_partial.dtype).copy_(x_partial.reshape(m, n))
+        handle.barrier(channel=0)  # every rank's partial is written
+        if hi > lo:
+            partials = [region(r, 0, x_partial.dtype)[lo:hi] for r in range(world)]
+            y_own, r_own = _ops._fused_allreduce_add_op(
+                partials, residual.reshape(m, n)[lo:hi], weight, eps, offset, cast
+            )
+            region(rank, 1, y_dtype)[lo:hi].copy_(y_own)
+            region(rank, 2, residual.dtype)[lo:hi].copy_(r_own)
+        handle.barrier(channel=0)  # every block of y and residual_out is written (and every partial read)
+        y = torch.empty((m, n), dtype=y_dtype, device=x_partial.device)
+        r_out = torch.empty((m, n), dtype=residual.dtype, device=x_partial.device)
+        for r, (a, b) in enumerate(blocks):
+            if b > a:
+                y[a:b].copy_(region(r, 1, y_dtype)[a:b])
+                r_out[a:b].copy_(region(r, 2, residual.dtype)[a:b])
+        handle.barrier(channel=0)  # every rank has its copies: the buffers may be rewritten
+        y, r_out = y.reshape(x_partial.shape), r_out.reshape(x_partial.shape)
+    if not inplace:
+        return y, r_out
+    x_partial.copy_(y)
+    residual.copy_(r_out)
+    return x_partial, residual
+
+
 def fused_allreduce_add_rms_norm(
     x_partial: torch.Tensor,
     residual: torch.Tensor,
@@ -184,6 +240,12 @@ def fused_allreduce_add_rms_norm(
       ``NVSHMEM_DISABLE_NVLS=1`` unless they are set (``os.environ.setdefault``): the project
       does not use NVLink multicast. A group of one rank takes the same path. Eager only (it
       is excluded from ``torch.compile`` graphs). Not yet measured on several GPUs.
+    - "twoshot": as "oneshot" (CUDA, at most 16 ranks, the same buffer and rules), but each
+      rank sums, adds and normalises only its block of ceil(M / ranks) rows (those rows of
+      every rank's partial), writes them into its buffer, and after a second barrier copies
+      the other ranks' blocks of y and residual_out; a third barrier ends the call. Every
+      partial byte is read once across the group rather than once by every rank. The bits
+      are "oneshot"'s (the same sum, in rank order, and the same norm a row).
 
     x_partial: this rank's partial sum, float32, float16 or bfloat16 (float64 on the CPU).
     residual: x_partial's shape, its dtype or float32 with 16-bit x_partial (an fp32 residual
@@ -209,9 +271,10 @@ def fused_allreduce_add_rms_norm(
     """
     _check_args(x_partial, residual, weight, eps, offset, cast, inplace, algorithm)
     world = _world_size(group)
-    if algorithm == "oneshot":
-        _check_oneshot(x_partial, world)
-        return _oneshot(x_partial, residual, weight, eps, offset, cast, inplace, group)
+    if algorithm in ("oneshot", "twoshot"):
+        _check_symmetric(x_partial, world, algorithm)
+        run = _oneshot if algorithm == "oneshot" else _twoshot
+        return run(x_partial, residual, weight, eps, offset, cast, inplace, group)
     s = x_partial
     if world > 1:
         if not inplace:

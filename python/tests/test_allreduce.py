@@ -6,10 +6,10 @@
   stream, the llama cast, Gemma's offset; in place and out of place;
 - world size 1: no collective, the plain fused op's bytes;
 - errors naming the argument, before anything is communicated; no process group;
-  algorithm= refusals (an unknown one; "oneshot" on the CPU or on more than 16 ranks);
+  algorithm= refusals (an unknown one; "oneshot" or "twoshot" on the CPU; more than 16 ranks);
 - torch.compile (fullgraph) against eager;
-- on a GPU, NCCL at world size 1, by both algorithms ("oneshot": the symmetric-memory buffer,
-  its barriers and the fused op; its buffer grown once and then reused).
+- on a GPU, NCCL at world size 1, by each algorithm ("oneshot", "twoshot": the symmetric-memory
+  buffer, its barriers and the fused op; the buffer grown once and then reused).
 
 The op that "oneshot" calls is tested against a model of its arithmetic, with up to 16
 partials, in test_allreduce_op.py.
@@ -173,6 +173,7 @@ def _error_body(rank, world):
         ),
         "algorithm": lambda: rmsnorm.fused_allreduce_add_rms_norm(x, residual, weight, algorithm="two-shot"),
         "oneshot on the CPU": lambda: rmsnorm.fused_allreduce_add_rms_norm(x, residual, weight, algorithm="oneshot"),
+        "twoshot on the CPU": lambda: rmsnorm.fused_allreduce_add_rms_norm(x, residual, weight, algorithm="twoshot"),
     }
     out = {}
     for name, call in calls.items():
@@ -211,8 +212,9 @@ def test_errors_name_the_argument():
         "requires grad": ("RuntimeError", "gradients are not supported"),
         "llama in place": ("TypeError", "inplace=True cannot write"),
         "strided in place": ("ValueError", "contiguous x_partial"),
-        "algorithm": ("ValueError", "algorithm must be one of 'nccl', 'oneshot', got 'two-shot'"),
+        "algorithm": ("ValueError", "algorithm must be one of 'nccl', 'oneshot', 'twoshot', got 'two-shot'"),
         "oneshot on the CPU": ("ValueError", "algorithm='oneshot' needs CUDA tensors"),
+        "twoshot on the CPU": ("ValueError", "algorithm='twoshot' needs CUDA tensors"),
     }
     for rank, out in enumerate(ranks):
         for name, (kind, text) in expected.items():
@@ -321,12 +323,13 @@ def _nccl_body(rank, world, algorithm):
 
 
 @needs_nccl
-@pytest.mark.parametrize("algorithm", ["nccl", "oneshot"])
+@pytest.mark.parametrize("algorithm", ["nccl", "oneshot", "twoshot"])
 def test_nccl_world_size_1(algorithm):
     ((out, buffers),) = run_ranks(_nccl_body, 1, args=(algorithm,), backend="nccl", timeout_s=180)
     for y, r_out, y_want, r_want, yi, ri, same_storage in out[: len(_CASES[:5])]:
-        # One rank: its partial is the sum ("nccl": no collective; "oneshot": the symmetric
-        # buffer is the op's one partial, which is fused_add_rms_norm bit for bit).
+        # One rank: its partial is the sum ("nccl": no collective; "oneshot", "twoshot": the
+        # symmetric buffer is the op's one partial, which is fused_add_rms_norm bit for bit;
+        # "twoshot"'s one block is every row).
         assert torch.equal(y, y_want) and torch.equal(r_out, r_want)
         assert torch.equal(yi, y_want) and torch.equal(ri, r_want) and same_storage
     for y, r_out, y_want, r_want, _, _, _ in out[len(_CASES[:5]) :]:
@@ -336,5 +339,82 @@ def test_nccl_world_size_1(algorithm):
     else:
         # One buffer for the group and device: 64 x 4096 bfloat16 is the largest partial,
         # a power of two of bytes; the smaller ones after it kept the same handle.
-        assert len(buffers[0]) == 1 and buffers[0][0][0] == 64 * 4096 * 2, buffers
+        # "twoshot" keeps y and residual_out beside the partial: three regions, 4 x as much.
+        regions = 1 if algorithm == "oneshot" else 4
+        assert len(buffers[0]) == 1 and buffers[0][0][0] == regions * 64 * 4096 * 2, buffers
         assert buffers[1] == buffers[0] and buffers[2] == buffers[0], buffers
+
+
+# ---------------------------------------------------------------------------------------
+# python -m rmsnorm.bench_allreduce
+# ---------------------------------------------------------------------------------------
+
+_BENCH_HEADER = "M x N  all-reduce   fused add  nccl + add     oneshot  nccl+add/oneshot  target"
+
+
+def test_bench_allreduce_smoke():
+    """python -m rmsnorm.bench_allreduce checks, then times, on this machine's device at world
+    size 1: gloo on the CPU; on a GPU, NCCL with oneshot checked and timed too."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run(
+        [sys.executable, "-m", "rmsnorm.bench_allreduce", "--sizes", "8x256", "--reps", "2"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Correctness check PASSED" in run.stdout, run.stdout
+    assert _BENCH_HEADER in run.stdout, run.stdout
+    # 8x256, all-reduce, fused add, nccl + add, oneshot, the ratio, the verdict
+    row = next(line.split() for line in run.stdout.splitlines() if line.split()[:1] == ["8x256"])
+    assert all(float(cell) > 0 for cell in row[1:4]), row
+    if torch.cuda.is_available():
+        assert "oneshot's bit for bit" in run.stdout, run.stdout
+        assert float(row[4]) > 0 and row[5].endswith("x") and row[6] in ("meets", "misses"), row
+    else:
+        assert row[4:] == ["n/a", "n/a", "n/a"], row
+        assert "oneshot: not timed (CUDA only)" in run.stdout, run.stdout
+
+
+def _bench_body(rank, world, corrupt_rank):
+    import contextlib
+    import io
+
+    from rmsnorm import bench_allreduce
+
+    if rank == corrupt_rank:  # this rank's process only: its nccl + add returns a wrong y
+        real = rmsnorm.fused_allreduce_add_rms_norm
+
+        def wrong(*args, **kwargs):
+            y, r_out = real(*args, **kwargs)
+            return y * 1.25, r_out
+
+        rmsnorm.fused_allreduce_add_rms_norm = wrong
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        rc = bench_allreduce.main(["--device", "cpu", "--sizes", "8x256", "--reps", "2"])
+    return rc, text.getvalue(), dist.is_initialized()
+
+
+@pytest.mark.parametrize("corrupt_rank", [None, 1], ids=["right", "rank-1-wrong"])
+def test_bench_allreduce_two_ranks(corrupt_rank):
+    """Two ranks in a process group made by the caller (which the bench leaves to it): the
+    check on every rank, rank 0 prints, and a wrong result on another rank fails the run
+    on both, before anything is timed."""
+    (rc0, text0, kept0), (rc1, text1, kept1) = run_ranks(_bench_body, 2, args=(corrupt_rank,), timeout_s=180)
+    assert kept0 and kept1
+    assert text1 == "", text1
+    assert "gloo, world size 2" in text0, text0
+    if corrupt_rank is None:
+        assert rc0 == 0 and rc1 == 0, text0
+        assert "Correctness check PASSED" in text0 and _BENCH_HEADER in text0, text0
+        assert any(line.split()[:1] == ["8x256"] for line in text0.splitlines()), text0
+    else:
+        assert rc0 == 1 and rc1 == 1, text0
+        assert "Correctness check FAILED" in text0 and "rank 1: 8x256 nccl y: max error" in text0, text0
+        assert "rank 0:" not in text0 and _BENCH_HEADER not in text0, text0
