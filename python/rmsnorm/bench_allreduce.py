@@ -6,9 +6,9 @@
 Every rank holds a partial output of M x N (a row-parallel layer's; made from a seed of its
 rank, so that every rank can make every other's) and the same residual and weight. First the
 check, on every rank, of rmsnorm.fused_allreduce_add_rms_norm by each algorithm: "oneshot"'s
-residual_out bit for bit against the library's arithmetic (the partials summed in float32 in
-rank order, the residual added in float32, one rounding), "nccl"'s within the roundings of
-the collective's sum of the true sum (float64); y the norm of residual_out, within the
+and "twoshot"'s residual_out bit for bit against the library's arithmetic (the partials
+summed in float32 in rank order, the residual added in float32, one rounding), "nccl"'s
+within the roundings of the collective's sum of the true sum (float64); y the norm of residual_out, within the
 tolerance of the float64 norm (prints "Correctness check PASSED"). Then, per shape,
 microseconds per call, the slowest rank's median (back-to-back calls on rotating inputs: in
 a CUDA graph where the calls can be captured in one, else plain calls timed by CUDA events;
@@ -20,6 +20,8 @@ plain calls on the CPU), of:
                  of the partial, then fused_add_rms_norm of the sum
     oneshot      fused_allreduce_add_rms_norm(..., algorithm="oneshot") (CUDA): the partial
                  copied into symmetric memory, a barrier, one kernel, a barrier
+    twoshot      fused_allreduce_add_rms_norm(..., algorithm="twoshot") (CUDA): each rank's
+                 block of rows through the kernel, its outputs exchanged (three barriers)
 
 and whether oneshot meets its target: nccl + add / oneshot >= 1.5 at up to 32 tokens (M),
 and never slower (>= 1) above. Without torchrun the process group is made here: world size
@@ -46,8 +48,10 @@ from .bench_sharded import _init, _us
 EPS = 1e-6
 SIZES = [(m, n) for n in (4096, 8192) for m in (1, 8, 32, 128)]
 CPU_SIZES = [(8, 1024), (32, 4096)]
-ALGORITHMS = ("nccl", "oneshot")
-COLUMNS = ("all-reduce", "fused add", "nccl + add", "oneshot")
+ALGORITHMS = ("nccl", "oneshot", "twoshot")
+# The algorithms over symmetric memory (CUDA only): their residual_out is the library's sum.
+SYMMETRIC = ("oneshot", "twoshot")
+COLUMNS = ("all-reduce", "fused add", "nccl + add", "oneshot", "twoshot")
 # oneshot's target: at decode sizes the all-reduce's latency, not its bytes, is the cost, and
 # one kernel reading the peers' buffers between two barriers is to beat it by this much.
 TARGET_TOKENS, TARGET_RATIO = 32, 1.5
@@ -113,7 +117,7 @@ def check(device, dtype, rows, cols, algorithms, group) -> list[str]:
         except Exception as e:  # noqa: BLE001  (reported: a call that raises fails the check)
             failures.append(f"{what}: {_short(e)}")
             continue
-        if algorithm == "oneshot":
+        if algorithm in SYMMETRIC:
             if not torch.equal(r_out, r_model):
                 wrong = (r_out != r_model).sum().item()
                 failures.append(f"{what} residual_out: {wrong} of {r_out.numel()} elements are not the float32 "
@@ -208,7 +212,7 @@ def time_shape(device, dtype, rows, cols, reps, algorithms, group):
         "all-reduce": (True, lambda k: dist.all_reduce(zeros[k], group=group)),
         "fused add": (False, lambda k: rmsnorm.fused_add_rms_norm(*inputs[k], EPS)),
     }
-    for algorithm, column in (("nccl", "nccl + add"), ("oneshot", "oneshot")):
+    for algorithm, column in (("nccl", "nccl + add"), ("oneshot", "oneshot"), ("twoshot", "twoshot")):
         if algorithm in algorithms:
             plan[column] = (True, lambda k, f=_fused(algorithm, group): f(*inputs[k]))
     out = {}
@@ -270,7 +274,7 @@ def main(argv=None) -> int:
                     help="shapes MxN of the partial outputs (default: M 1, 8, 32, 128 by N 4096, 8192)")
     ap.add_argument("--reps", type=int, default=20, help="repetitions per figure; the median is reported")
     ap.add_argument("--algorithms", type=parse_algorithms, default=list(ALGORITHMS),
-                    help="which of nccl,oneshot to check and time (oneshot: CUDA only)")
+                    help="which of nccl,oneshot,twoshot to check and time (oneshot, twoshot: CUDA only)")
     args = ap.parse_args(argv)
     device, dtype = args.device, DTYPES[args.dtype]
     backend = args.backend or ("nccl" if device == "cuda" else "gloo")
@@ -292,9 +296,9 @@ def main(argv=None) -> int:
     say("  " + ", ".join(f"{name}={os.environ[name]}" for name in NO_MULTICAST))
     algorithms, skipped = [], {}
     for algorithm in args.algorithms:
-        if algorithm == "oneshot" and device != "cuda":
+        if algorithm in SYMMETRIC and device != "cuda":
             skipped[algorithm] = "CUDA only"
-        elif algorithm == "oneshot" and world > rmsnorm._ops.MAX_ALLREDUCE_RANKS:
+        elif algorithm in SYMMETRIC and world > rmsnorm._ops.MAX_ALLREDUCE_RANKS:
             skipped[algorithm] = f"at most {rmsnorm._ops.MAX_ALLREDUCE_RANKS} ranks"
         else:
             algorithms.append(algorithm)
@@ -318,7 +322,8 @@ def _run(args, device, dtype, sizes, algorithms, skipped, group, say) -> int:
         say("Correctness check FAILED:\n  " + "\n  ".join(lines))
         return 1
     what = {"nccl": "nccl's residual_out within the collective's roundings of the float64 sum",
-            "oneshot": "oneshot's bit for bit the float32 rank-order sum"}
+            "oneshot": "oneshot's bit for bit the float32 rank-order sum",
+            "twoshot": "twoshot's bit for bit the same"}
     say("Correctness check PASSED (on every rank: " + "; ".join([what[a] for a in algorithms] + [
         "y within the tolerance of the float64 norm"]) + ")")
 
@@ -350,7 +355,7 @@ def _run(args, device, dtype, sizes, algorithms, skipped, group, say) -> int:
         if modes[c]:
             say(_modes_line(c, modes[c]))
         else:
-            algorithm = "nccl" if c == "nccl + add" else "oneshot"
+            algorithm = "nccl" if c == "nccl + add" else c
             say(f"  {c}: not timed ({skipped.get(algorithm, 'not asked for: --algorithms')})")
     if plain_ratios:
         say("  nccl+add/oneshot: where oneshot ran as plain calls and nccl + add in a graph, the ratio is of "

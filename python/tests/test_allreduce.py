@@ -349,12 +349,12 @@ def test_nccl_world_size_1(algorithm):
 # python -m rmsnorm.bench_allreduce
 # ---------------------------------------------------------------------------------------
 
-_BENCH_HEADER = "M x N  all-reduce   fused add  nccl + add     oneshot  nccl+add/oneshot  target"
+_BENCH_HEADER = "M x N  all-reduce   fused add  nccl + add     oneshot     twoshot  nccl+add/oneshot  target"
 
 
 def test_bench_allreduce_smoke():
     """python -m rmsnorm.bench_allreduce checks, then times, on this machine's device at world
-    size 1: gloo on the CPU; on a GPU, NCCL with oneshot checked and timed too."""
+    size 1: gloo on the CPU; on a GPU, NCCL with oneshot and twoshot checked and timed too."""
     import os
     import subprocess
     import sys
@@ -370,15 +370,17 @@ def test_bench_allreduce_smoke():
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Correctness check PASSED" in run.stdout, run.stdout
     assert _BENCH_HEADER in run.stdout, run.stdout
-    # 8x256, all-reduce, fused add, nccl + add, oneshot, the ratio, the verdict
+    # 8x256, all-reduce, fused add, nccl + add, oneshot, twoshot, the ratio, the verdict
     row = next(line.split() for line in run.stdout.splitlines() if line.split()[:1] == ["8x256"])
     assert all(float(cell) > 0 for cell in row[1:4]), row
     if torch.cuda.is_available():
-        assert "oneshot's bit for bit" in run.stdout, run.stdout
-        assert float(row[4]) > 0 and row[5].endswith("x") and row[6] in ("meets", "misses"), row
+        assert "oneshot's bit for bit" in run.stdout and "twoshot's bit for bit" in run.stdout, run.stdout
+        assert float(row[4]) > 0 and float(row[5]) > 0, row
+        assert row[6].endswith("x") and row[7] in ("meets", "misses"), row
     else:
-        assert row[4:] == ["n/a", "n/a", "n/a"], row
+        assert row[4:] == ["n/a", "n/a", "n/a", "n/a"], row
         assert "oneshot: not timed (CUDA only)" in run.stdout, run.stdout
+        assert "twoshot: not timed (CUDA only)" in run.stdout, run.stdout
 
 
 def _bench_body(rank, world, corrupt_rank):
