@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -583,6 +584,56 @@ TEST(FusedBits, QuantDividesByTheScaleOnCuda) {
   testing::skip_without_backend(Backend::cuda);
   if (IsSkipped()) return;  // the skip above returns from its own function only
   quant_divides_by_the_scale(Backend::cuda);
+}
+
+// Static scales and values at the edges of the quotient's range: scales outside 2^-64..2^64
+// (which the CUDA store divides rather than correcting a product by the reciprocal), zero,
+// infinite, NaN and negative ones; values that are zeros of either sign, subnormal, huge,
+// infinite or NaN. Every code is the one of the correctly rounded y / s, byte for byte.
+void quant_edge_scales(Backend b) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> values = {0.0f,   -0.0f, 1e-40f, -3e-39f, 1e-30f, 0.37f, 1.0f, -3.3f,   448.0f,
+                                     464.0f, 1e10f, -3e38f, 3.4e38f, inf,    -inf,  nan,  0.0625f, 2047.9f};
+  const std::int64_t cols = static_cast<std::int64_t>(values.size());
+  for (DType q : {DType::f8e4m3, DType::i8})
+    for (float s : {0x1p-70f, 0x1p70f, 1e-38f, 3e38f, 0x1p-64f, 0x1p64f, -0.37f, 0.0f, -0.0f, inf, nan, 1e-45f}) {
+      HostTensor x = testing::make_tensor(DType::f32, 1, 2, cols), wt = testing::make_vector(DType::f32, cols);
+      for (std::int64_t i = 0; i < 2 * cols; ++i) store_from_double(x.view.data, DType::f32, i, i < cols ? 1.0 : -1.0);
+      std::memcpy(wt.view.data, values.data(), cols * 4);
+      HostTensor scale = testing::make_vector(DType::f32, 1), out = testing::make_tensor(q, 1, 2, cols);
+      std::memcpy(scale.view.data, &s, 4);
+      Quant quant;
+      quant.kind = QuantScale::static_tensor;
+      quant.scales = scale.view;
+      Params p;
+      p.eps = 0.0;  // rstd of a row of +-1 is 1: y is +-w exactly
+      if (b == Backend::cuda) {
+        const testing::DeviceMirror dx(x), dw(wt), ds(scale), dq(out);
+        quant.scales = ds.view;
+        quant_forward(dx.view, dw.view, dq.view, quant, p);
+        testing::device_synchronize();
+        dq.download_into(out);
+      } else {
+        quant_forward(x.view, wt.view, out.view, quant, p);
+      }
+      const auto* got = static_cast<const std::uint8_t*>(out.view.data);
+      for (std::int64_t i = 0; i < 2 * cols; ++i) {
+        const float y = i < cols ? values[i] : -values[i - cols];
+        const float t = y / s;
+        const std::uint8_t want =
+            q == DType::f8e4m3 ? float_to_f8e4m3_bits(t) : static_cast<std::uint8_t>(float_to_i8(t));
+        ASSERT_EQ(static_cast<int>(got[i]), static_cast<int>(want))
+            << testing::backend_name(b) << " " << dtype_name(q) << " s=" << s << " y=" << y;
+      }
+    }
+}
+
+TEST(FusedBits, QuantEdgeScales) { quant_edge_scales(Backend::cpu); }
+
+TEST(FusedBits, QuantEdgeScalesOnCuda) {
+  testing::skip_without_backend(Backend::cuda);
+  if (IsSkipped()) return;  // the skip above returns from its own function only
+  quant_edge_scales(Backend::cuda);
 }
 
 // The quantised codes equal the oracle's exact ones except where the exact quotient lies

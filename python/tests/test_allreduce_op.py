@@ -204,7 +204,7 @@ def test_cast_and_offset_refusals():
 def test_wrapper_refuses_an_unknown_algorithm():
     # Checked before the process group is looked at: no group is needed to be told.
     x = torch.randn(2, 8)
-    with pytest.raises(ValueError, match=r"algorithm must be one of 'nccl', 'oneshot', got 'ring'"):
+    with pytest.raises(ValueError, match=r"algorithm must be one of 'nccl', 'oneshot', 'twoshot', got 'ring'"):
         rmsnorm.fused_allreduce_add_rms_norm(x, x.clone(), algorithm="ring")
 
 
