@@ -606,7 +606,7 @@ void quant_edge_scales(Backend b) {
       quant.kind = QuantScale::static_tensor;
       quant.scales = scale.view;
       Params p;
-      p.eps = 0.0;  // rstd of a row of +-1 is 1: y is +-w exactly
+      p.eps = 0.0;  // rstd of a row of +-1 is 1: y is +-(w + 0) exactly
       if (b == Backend::cuda) {
         const testing::DeviceMirror dx(x), dw(wt), ds(scale), dq(out);
         quant.scales = ds.view;
@@ -618,7 +618,8 @@ void quant_edge_scales(Backend b) {
       }
       const auto* got = static_cast<const std::uint8_t*>(out.view.data);
       for (std::int64_t i = 0; i < 2 * cols; ++i) {
-        const float y = i < cols ? values[i] : -values[i - cols];
+        // y = x * rstd * (w + offset), offset 0: a weight of -0 gives +0 in the first row.
+        const float y = (i < cols ? 1.0f : -1.0f) * (values[i % cols] + 0.0f);
         const float t = y / s;
         const std::uint8_t want =
             q == DType::f8e4m3 ? float_to_f8e4m3_bits(t) : static_cast<std::uint8_t>(float_to_i8(t));
