@@ -623,7 +623,11 @@ void quant_edge_scales(Backend b) {
         const float t = y / s;
         const std::uint8_t want =
             q == DType::f8e4m3 ? float_to_f8e4m3_bits(t) : static_cast<std::uint8_t>(float_to_i8(t));
-        ASSERT_EQ(static_cast<int>(got[i]), static_cast<int>(want))
+        // A NaN made here (0 / 0, inf / inf) has the sign the processor gives it (x86: negative,
+        // CUDA: positive): any fp8 NaN code is that NaN.
+        const bool nan_code = q == DType::f8e4m3 && t != t && (got[i] & 0x7f) == 0x7f;
+        if (!nan_code)
+          ASSERT_EQ(static_cast<int>(got[i]), static_cast<int>(want))
             << testing::backend_name(b) << " " << dtype_name(q) << " s=" << s << " y=" << y;
       }
     }
