@@ -628,7 +628,7 @@ void quant_edge_scales(Backend b) {
         const bool nan_code = q == DType::f8e4m3 && t != t && (got[i] & 0x7f) == 0x7f;
         if (!nan_code)
           ASSERT_EQ(static_cast<int>(got[i]), static_cast<int>(want))
-            << testing::backend_name(b) << " " << dtype_name(q) << " s=" << s << " y=" << y;
+              << testing::backend_name(b) << " " << dtype_name(q) << " s=" << s << " y=" << y;
       }
     }
 }
