@@ -126,22 +126,17 @@ def _symmetric_handle(group, device: torch.device, nbytes: int):
 
 
 @torch.compiler.disable
-def _oneshot(x_partial, residual, weight, eps, offset, cast, inplace, group):
-    if x_partial.numel() == 0:  # nothing to sum, nothing to exchange
-        y, r_out = _ops._fused_allreduce_add_op([x_partial], residual, weight, eps, offset, cast)
-    else:
-        handle = _symmetric_handle(group, x_partial.device, x_partial.numel() * x_partial.element_size())
-        shape = tuple(x_partial.shape)
-        partials = [handle.get_buffer(r, shape, x_partial.dtype) for r in range(handle.world_size)]
-        partials[handle.rank].copy_(x_partial)
-        handle.barrier(channel=0)  # every rank's partial is written
-        y, r_out = _ops._fused_allreduce_add_op(partials, residual, weight, eps, offset, cast)
-        handle.barrier(channel=0)  # every rank has read every partial: the buffers may be rewritten
-    if not inplace:
-        return y, r_out
-    x_partial.copy_(y)
-    residual.copy_(r_out)
-    return x_partial, residual
+def _oneshot(x_partial, residual, weight, eps, offset, cast, group):
+    """(y, residual_out) of a non-empty partial: every rank's partial in symmetric memory,
+    one kernel over them all between two barriers."""
+    handle = _symmetric_handle(group, x_partial.device, x_partial.numel() * x_partial.element_size())
+    shape = tuple(x_partial.shape)
+    partials = [handle.get_buffer(r, shape, x_partial.dtype) for r in range(handle.world_size)]
+    partials[handle.rank].copy_(x_partial)
+    handle.barrier(channel=0)  # every rank's partial is written
+    y, r_out = _ops._fused_allreduce_add_op(partials, residual, weight, eps, offset, cast)
+    handle.barrier(channel=0)  # every rank has read every partial: the buffers may be rewritten
+    return y, r_out
 
 
 def _aligned(nbytes: int) -> int:
@@ -151,52 +146,43 @@ def _aligned(nbytes: int) -> int:
 
 
 @torch.compiler.disable
-def _twoshot(x_partial, residual, weight, eps, offset, cast, inplace, group):
-    """Each rank sums, adds and normalises its own block of rows (reading those rows of every
-    rank's partial), writes them into its buffer, and then copies the other ranks' blocks:
-    every partial byte is read once over the group instead of by every rank, at the price of
-    a second exchange (the outputs) and a third barrier."""
-    n = x_partial.shape[-1] if x_partial.dim() else 1
-    m = x_partial.numel() // n if n else 0
+def _twoshot(x_partial, residual, weight, eps, offset, cast, group):
+    """(y, residual_out) of a non-empty partial: each rank sums, adds and normalises its own
+    block of rows (reading those rows of every rank's partial), writes them into its buffer,
+    and then copies the other ranks' blocks: every partial byte is read once over the group
+    instead of by every rank, at the price of a second exchange (the outputs) and a third
+    barrier."""
+    n = x_partial.shape[-1]
+    m = x_partial.numel() // n
     y_dtype = _ops._out_dtype(x_partial, weight, cast)
-    if x_partial.numel() == 0:
-        y, r_out = _ops._fused_allreduce_add_op([x_partial], residual, weight, eps, offset, cast)
-    else:
-        sizes = [m * n * torch.empty((), dtype=t).element_size() for t in (x_partial.dtype, y_dtype, residual.dtype)]
-        starts = [0, _aligned(sizes[0]), _aligned(sizes[0]) + _aligned(sizes[1])]
-        handle = _symmetric_handle(group, x_partial.device, starts[2] + sizes[2])
-        world, rank = handle.world_size, handle.rank
+    dtypes = (x_partial.dtype, y_dtype, residual.dtype)  # the buffer's regions: partial, y, residual_out
+    sizes = [m * n * t.itemsize for t in dtypes]
+    starts = [0, _aligned(sizes[0]), _aligned(sizes[0]) + _aligned(sizes[1])]
+    handle = _symmetric_handle(group, x_partial.device, starts[2] + sizes[2])
+    world, rank = handle.world_size, handle.rank
 
-        def region(r, k, dtype):  # rank r's region k as (m, n) rows of dtype
-            size = torch.empty((), dtype=dtype).element_size()
-            return handle.get_buffer(r, (m, n), dtype, storage_offset=starts[k] // size)
+    def region(r, k):  # rank r's region k as (m, n) rows of its dtype
+        return handle.get_buffer(r, (m, n), dtypes[k], storage_offset=starts[k] // dtypes[k].itemsize)
 
-        share = -(-m // world)  # rows a rank, the last rank's block shorter (or empty)
-        blocks = [(min(r * share, m), min((r + 1) * share, m)) for r in range(world)]
-        lo, hi = blocks[rank]
-        region(rank, 0, x_partial.dtype).copy_(x_partial.reshape(m, n))
-        handle.barrier(channel=0)  # every rank's partial is written
-        if hi > lo:
-            partials = [region(r, 0, x_partial.dtype)[lo:hi] for r in range(world)]
-            y_own, r_own = _ops._fused_allreduce_add_op(
-                partials, residual.reshape(m, n)[lo:hi], weight, eps, offset, cast
-            )
-            region(rank, 1, y_dtype)[lo:hi].copy_(y_own)
-            region(rank, 2, residual.dtype)[lo:hi].copy_(r_own)
-        handle.barrier(channel=0)  # every block of y and residual_out is written (and every partial read)
-        y = torch.empty((m, n), dtype=y_dtype, device=x_partial.device)
-        r_out = torch.empty((m, n), dtype=residual.dtype, device=x_partial.device)
-        for r, (a, b) in enumerate(blocks):
-            if b > a:
-                y[a:b].copy_(region(r, 1, y_dtype)[a:b])
-                r_out[a:b].copy_(region(r, 2, residual.dtype)[a:b])
-        handle.barrier(channel=0)  # every rank has its copies: the buffers may be rewritten
-        y, r_out = y.reshape(x_partial.shape), r_out.reshape(x_partial.shape)
-    if not inplace:
-        return y, r_out
-    x_partial.copy_(y)
-    residual.copy_(r_out)
-    return x_partial, residual
+    share = -(-m // world)  # rows a rank, the last rank's block shorter (or empty)
+    blocks = [(min(r * share, m), min((r + 1) * share, m)) for r in range(world)]
+    lo, hi = blocks[rank]
+    region(rank, 0).copy_(x_partial.reshape(m, n))
+    handle.barrier(channel=0)  # every rank's partial is written
+    if hi > lo:
+        partials = [region(r, 0)[lo:hi] for r in range(world)]
+        y_own, r_own = _ops._fused_allreduce_add_op(partials, residual.reshape(m, n)[lo:hi], weight, eps, offset, cast)
+        region(rank, 1)[lo:hi].copy_(y_own)
+        region(rank, 2)[lo:hi].copy_(r_own)
+    handle.barrier(channel=0)  # every block of y and residual_out is written (and every partial read)
+    y = torch.empty((m, n), dtype=y_dtype, device=x_partial.device)
+    r_out = torch.empty((m, n), dtype=residual.dtype, device=x_partial.device)
+    for r, (a, b) in enumerate(blocks):
+        if b > a:
+            y[a:b].copy_(region(r, 1)[a:b])
+            r_out[a:b].copy_(region(r, 2)[a:b])
+    handle.barrier(channel=0)  # every rank has its copies: the buffers may be rewritten
+    return y.reshape(x_partial.shape), r_out.reshape(x_partial.shape)
 
 
 def fused_allreduce_add_rms_norm(
@@ -273,8 +259,16 @@ def fused_allreduce_add_rms_norm(
     world = _world_size(group)
     if algorithm in ("oneshot", "twoshot"):
         _check_symmetric(x_partial, world, algorithm)
-        run = _oneshot if algorithm == "oneshot" else _twoshot
-        return run(x_partial, residual, weight, eps, offset, cast, inplace, group)
+        if x_partial.numel() == 0:  # nothing to sum, nothing to exchange
+            y, r_out = _ops._fused_allreduce_add_op([x_partial], residual, weight, eps, offset, cast)
+        else:
+            run = _oneshot if algorithm == "oneshot" else _twoshot
+            y, r_out = run(x_partial, residual, weight, eps, offset, cast, group)
+        if not inplace:
+            return y, r_out
+        x_partial.copy_(y)
+        residual.copy_(r_out)
+        return x_partial, residual
     s = x_partial
     if world > 1:
         if not inplace:

@@ -8,8 +8,8 @@ rank, so that every rank can make every other's) and the same residual and weigh
 check, on every rank, of rmsnorm.fused_allreduce_add_rms_norm by each algorithm: "oneshot"'s
 and "twoshot"'s residual_out bit for bit against the library's arithmetic (the partials
 summed in float32 in rank order, the residual added in float32, one rounding), "nccl"'s
-within the roundings of the collective's sum of the true sum (float64); y the norm of residual_out, within the
-tolerance of the float64 norm (prints "Correctness check PASSED"). Then, per shape,
+within the roundings of the collective's sum of the true sum (float64); y the norm of
+residual_out, within the tolerance of the float64 norm (prints "Correctness check PASSED"). Then, per shape,
 microseconds per call, the slowest rank's median (back-to-back calls on rotating inputs: in
 a CUDA graph where the calls can be captured in one, else plain calls timed by CUDA events;
 plain calls on the CPU), of:
