@@ -3,6 +3,10 @@
 Imported by the test modules after they have checked that torch and rmsnorm import.
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -104,3 +108,17 @@ def make_inputs(shape, dtype, device, weight_dtype=None, seed=0):
         dtype=weight_dtype or dtype, device=device
     )
     return x, w
+
+
+def run_module(module, *args, timeout=300):
+    """`python -m module args...` in a subprocess (one OpenMP thread: the CPU runs are smoke
+    tests); asserts that it exits 0 and returns its standard output."""
+    run = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout

@@ -24,7 +24,7 @@ except ImportError as e:  # the package without its compiled library: not built 
     pytest.skip(f"the rmsnorm extension is not built ({e})", allow_module_level=True)
 
 from _distributed import UNAVAILABLE, needs_nccl, run_ranks  # noqa: E402
-from _support import assert_close  # noqa: E402
+from _support import assert_close, run_module  # noqa: E402
 
 if UNAVAILABLE:
     pytest.skip(UNAVAILABLE, allow_module_level=True)
@@ -355,32 +355,20 @@ _BENCH_HEADER = "M x N  all-reduce   fused add  nccl + add     oneshot     twosh
 def test_bench_allreduce_smoke():
     """python -m rmsnorm.bench_allreduce checks, then times, on this machine's device at world
     size 1: gloo on the CPU; on a GPU, NCCL with oneshot and twoshot checked and timed too."""
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run(
-        [sys.executable, "-m", "rmsnorm.bench_allreduce", "--sizes", "8x256", "--reps", "2"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "Correctness check PASSED" in run.stdout, run.stdout
-    assert _BENCH_HEADER in run.stdout, run.stdout
+    out = run_module("rmsnorm.bench_allreduce", "--sizes", "8x256", "--reps", "2", timeout=180)
+    assert "Correctness check PASSED" in out, out
+    assert _BENCH_HEADER in out, out
     # 8x256, all-reduce, fused add, nccl + add, oneshot, twoshot, the ratio, the verdict
-    row = next(line.split() for line in run.stdout.splitlines() if line.split()[:1] == ["8x256"])
+    row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["8x256"])
     assert all(float(cell) > 0 for cell in row[1:4]), row
     if torch.cuda.is_available():
-        assert "oneshot's bit for bit" in run.stdout and "twoshot's bit for bit" in run.stdout, run.stdout
+        assert "oneshot's bit for bit" in out and "twoshot's bit for bit" in out, out
         assert float(row[4]) > 0 and float(row[5]) > 0, row
         assert row[6].endswith("x") and row[7] in ("meets", "misses"), row
     else:
         assert row[4:] == ["n/a", "n/a", "n/a", "n/a"], row
-        assert "oneshot: not timed (CUDA only)" in run.stdout, run.stdout
-        assert "twoshot: not timed (CUDA only)" in run.stdout, run.stdout
+        assert "oneshot: not timed (CUDA only)" in out, out
+        assert "twoshot: not timed (CUDA only)" in out, out
 
 
 def _bench_body(rank, world, corrupt_rank):

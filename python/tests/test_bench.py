@@ -6,10 +6,7 @@ CPU forward table has PyTorch's own kernel, F.rms_norm (torch_fused), beside rms
 PyTorch and the copy.
 """
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -19,20 +16,13 @@ try:
 except ImportError as e:  # the package without its compiled library: not built or installed
     pytest.skip(f"the rmsnorm extension is not built ({e})", allow_module_level=True)
 
+from _support import run_module  # noqa: E402
+
 IMPLS = ["rmsnorm", "torch_eager", "torch_fused", "copy"]  # torch.compile left out: minutes of C++
 
 
 def run_bench(*args):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run(
-        [sys.executable, "-m", "rmsnorm.bench", "--device", "cpu", "--reps", "2", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    return run.stdout
+    return run_module("rmsnorm.bench", "--device", "cpu", "--reps", "2", *args)
 
 
 def test_cpu_bench_checks_every_peer():

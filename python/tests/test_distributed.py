@@ -22,7 +22,7 @@ except ImportError as e:  # the package without its compiled library: not built 
     pytest.skip(f"the rmsnorm extension is not built ({e})", allow_module_level=True)
 
 from _distributed import NEEDS_NCCL, UNAVAILABLE, needs_nccl, run_ranks  # noqa: E402
-from _support import TOL, assert_close, make_inputs, reference  # noqa: E402
+from _support import TOL, assert_close, make_inputs, reference, run_module  # noqa: E402
 
 if UNAVAILABLE:
     pytest.skip(UNAVAILABLE, allow_module_level=True)
@@ -404,18 +404,6 @@ def test_nccl_world_size_1():
 
 def test_bench_sharded_smoke():
     """python -m rmsnorm.bench_sharded checks, then times, on this machine's device at world size 1."""
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run(
-        [sys.executable, "-m", "rmsnorm.bench_sharded", "--sizes", "64x1024", "--reps", "2"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "64x1024" in run.stdout
-    assert "Correctness check PASSED" in run.stdout, run.stdout
+    out = run_module("rmsnorm.bench_sharded", "--sizes", "64x1024", "--reps", "2", timeout=120)
+    assert "64x1024" in out
+    assert "Correctness check PASSED" in out, out
