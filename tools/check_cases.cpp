@@ -388,10 +388,10 @@ std::string describe(const CheckCase& c) {
   else
     place("y", c.y_at);
   s += describe_params(c.params);
-  char eps[32];
   if (c.x_scale != 1.0) {
-    std::snprintf(eps, sizeof eps, "%g", c.x_scale);
-    s += std::string(" x_scale=") + eps;
+    char scale[32];
+    std::snprintf(scale, sizeof scale, "%g", c.x_scale);
+    s += std::string(" x_scale=") + scale;
   }
   if (c.rstd) s += " rstd";
   if (c.params.strategy != Strategy::automatic) s += std::string(" strategy=") + strategy_name(c.params.strategy);
@@ -410,8 +410,9 @@ std::string describe(const CheckCase& c) {
     if (q.column_major) s += " column-major";
     if (q.pow2) s += " pow2";
     if (q.scale_ub) {
-      std::snprintf(eps, sizeof eps, "%g", *q.scale_ub);
-      s += std::string(" scale_ub=") + eps;
+      char ub[32];
+      std::snprintf(ub, sizeof ub, "%g", *q.scale_ub);
+      s += std::string(" scale_ub=") + ub;
     }
   }
   return s;
