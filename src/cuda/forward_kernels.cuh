@@ -236,8 +236,8 @@ __device__ __forceinline__ void add_ranks_residual(const ForwardArgs& a, std::in
   float s[ITEMS][VEC];
   for (int k = 0; k < a.ranks; ++k) {
     Vec<TI, VEC> xv[ITEMS];
-    load_items<ALIGNED, TI, VEC, ITEMS, STRIDE>(static_cast<const TI*>(a.rank_x[k]) + offset, first, end, a.cols,
-                                                valid, xv);
+    load_items<ALIGNED, TI, VEC, ITEMS, STRIDE>(static_cast<const TI*>(a.rank_x[k]) + offset, first, end, a.cols, valid,
+                                                xv);
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       float f[VEC];
@@ -369,11 +369,12 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
         group_max.clear_ahead(BLOCK);
       }
       const auto amax_of = [&](std::int64_t g) { return __uint_as_float(table[g]); };
+      const Divisor row_d = row_divisor(amax_of, qc, a);
       if (valid)
         for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, TPR, kPreload>(
             w, wv, lane, vectors, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
-              const float s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
-              store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s, a.fp8));
+              store_chunk<ALIGNED, TY, VEC>(
+                  y, idx, a.cols, quantise<VEC>(out, chunk_divisor<VEC>(row, idx, row_d, amax_of, qc, a), a.fp8));
             });
       if (dynamic) group_max.next();
     } else {
@@ -446,12 +447,11 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
           m = max(m, r == place.rank ? table[g] : *cluster_cell(table + g, r));
         return __uint_as_float(m);
       };
-      const float row_amax = dynamic && a.groups == 1 ? group_amax(0) : 0.0f;
-      const auto amax_of = [&](std::int64_t g) { return a.groups == 1 ? row_amax : group_amax(g); };
+      const Divisor row_d = row_divisor(group_amax, qc, a);
       for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, BLOCK, kPreload>(
           w, wv, begin + threadIdx.x, end, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
-            const float s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
-            store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s, a.fp8));
+            store_chunk<ALIGNED, TY, VEC>(
+                y, idx, a.cols, quantise<VEC>(out, chunk_divisor<VEC>(row, idx, row_d, group_amax, qc, a), a.fp8));
           });
       if (dynamic) group_max.next();
     } else {
@@ -549,12 +549,13 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
           group_max.clear_ahead(BLOCK);
         }
         const auto amax_of = [&](std::int64_t g) { return __uint_as_float(table[g]); };
+        const Divisor row_d = row_divisor(amax_of, qc, a);
 #pragma unroll 4
         for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {
           float out[VEC];
           values(idx, out);
-          const float s = chunk_scale<VEC>(row, idx, amax_of, qc, a);
-          store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, quantise<VEC>(out, s, a.fp8));
+          store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols,
+                                        quantise<VEC>(out, chunk_divisor<VEC>(row, idx, row_d, amax_of, qc, a), a.fp8));
         }
         if (dynamic) group_max.next();
       } else {

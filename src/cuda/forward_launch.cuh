@@ -127,6 +127,10 @@ void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const
                                        " columns with " + (p.residual ? "a residual of " : "x of ") +
                                        dtype_name(StorageOf<TX>::value) + " (16 bytes of the row), got " +
                                        std::to_string(a.group_size));
+  // The kernels find a chunk's group by a 32-bit division (forward_steps.cuh, group_of).
+  if (a.dynamic && a.groups > 1 && a.cols > 0xffffffffll)
+    throw Error(Code::unsupported, "group_size: per-group scales on CUDA take rows of fewer than 2^32 columns, got " +
+                                       std::to_string(a.cols));
   switch (plan.strategy) {
     case Strategy::warp_rows:
       return launch_register_rows<ALIGNED, STEPS, TX, TW, TY, kVec, kWarpRowsConfigs, kNumWarpRowsConfigs>(a, plan, q);

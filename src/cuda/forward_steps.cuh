@@ -83,31 +83,79 @@ __device__ __forceinline__ unsigned char encode_q8(float t, bool fp8) {
   return static_cast<unsigned char>(static_cast<signed char>(__float2int_rn(t)));
 }
 
-// A chunk of y values quantised with scale s, each quotient correctly rounded (__fdiv_rn).
-// fp8 is converted two values an instruction (cvt.rn.satfinite.e4m3x2.f32); the format is
-// chosen once a chunk. (The quotient as y * (1/s) plus one FMA correction, Markstein's, with
-// the division kept where his theorem does not hold, was slower on the H200 at tree ff1c739,
-// static fp8 1.19-2.05 against 1.26-2.16 TB/s at 66e32ce, and tripled these kernels'
-// compile time: its range checks cost what the division did. So was y * RN(1/s) with the
-// division only near a code's rounding boundary, at tree 34961d1: static fp8 1.09-2.12 TB/s
-// against 1.30-2.67 at 024c8c3, per-row 0.61-1.40 against 0.78-1.71.)
+// The divisor of the quantised store: y / s correctly rounded without a division per value.
+// nvcc's __fdiv_rn inlines a reciprocal, a range check and a call to a slow path for every
+// value, and that code (the quantised kernels were 142-163 KB against the plain forward's
+// 21 KB) made instruction fetch their largest stall on the H200. Here RN(1/s) is taken once
+// a row or group, and each quotient is q0 = RN(y * inv) with one correction,
+// q = RN(q0 + RN-free(y - s * q0) * inv) (two FMAs): Markstein's theorem makes q the
+// correctly rounded quotient when inv = RN(1/s) and neither the remainder nor the quotient
+// leaves the normal range, which holds for |s| in 2^-64..2^64 and any |y / s| that reaches a
+// code (a quotient below 2^-10 is code 0 whatever its last bits; one of 2048 or more
+// saturates whatever they are). Checked on the CPU against the IEEE division for 2.8e11
+// quotients (every y of two binades for 16 598 significands of s): none apart. Other
+// scales (zero, infinite, NaN, or far from 1) take the division: one uniform branch a chunk.
+struct Divisor {
+  float s = 1.0f, inv = 1.0f;
+  bool exact = true;  // the correction holds: 2^-64 <= |s| <= 2^64
+  Divisor() = default;
+  // (Set in the body: nvcc's host pass keeps a device constructor's initialisers, where
+  // __frcp_rn is not declared.)
+  __device__ __forceinline__ explicit Divisor(float scale) {
+    s = scale;
+    inv = __frcp_rn(scale);
+    exact = fabsf(scale) >= 0x1p-64f && fabsf(scale) <= 0x1p64f;
+  }
+  __device__ __forceinline__ float quotient(float y) const {
+    const float q0 = __fmul_rn(y, inv);
+    const float q = __fmaf_rn(__fmaf_rn(-s, q0, y), inv, q0);
+    // |q0| >= 2048 saturates either way and is left alone, so is a NaN (the comparison fails):
+    // an infinite y makes the remainder NaN. The correction may turn a zero's sign; q0 has
+    // the quotient's.
+    return fabsf(q0) < 2048.0f ? copysignf(q, q0) : q0;
+  }
+};
+
+// int8 codes of four quotients, packed into one word in memory order.
+__device__ __forceinline__ unsigned encode_i8x4(float t0, float t1, float t2, float t3) {
+  const unsigned lo = __byte_perm(encode_q8(t0, false), encode_q8(t1, false), 0x0040);
+  const unsigned hi = __byte_perm(encode_q8(t2, false), encode_q8(t3, false), 0x0040);
+  return __byte_perm(lo, hi, 0x5410);
+}
+
+// A chunk of y values quantised with divisor d, each quotient correctly rounded. fp8 is
+// converted two values an instruction (cvt.rn.satfinite.e4m3x2.f32); codes are assembled a
+// 32-bit word at a time. The format is chosen once a chunk, so is the division's fallback.
+// (Earlier forms measured on the H200 and dropped: the correction with per-value range
+// checks, slower than the division at tree ff1c739 and triple the compile time; and y * RN(1/s)
+// with the division near a code's rounding boundary, slower at tree 34961d1.)
 template <int VEC>
-__device__ __forceinline__ Vec<unsigned char, VEC> quantise(const float (&y)[VEC], float s, bool fp8) {
+__device__ __forceinline__ Vec<unsigned char, VEC> quantise(const float (&y)[VEC], const Divisor& d, bool fp8) {
+  float t[VEC];
+  if (__builtin_expect(d.exact, 1)) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) t[k] = d.quotient(y[k]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) t[k] = __fdiv_rn(y[k], d.s);
+  }
   Vec<unsigned char, VEC> q;
-  if (fp8) {
-    if constexpr (VEC % 2 == 0) {
-      unsigned short* pairs = reinterpret_cast<unsigned short*>(q.v);
+  if constexpr (VEC % 4 == 0) {
+    unsigned* words = reinterpret_cast<unsigned*>(q.v);
 #pragma unroll
-      for (int k = 0; k < VEC; k += 2)
-        pairs[k / 2] = __nv_cvt_float2_to_fp8x2(make_float2(__fdiv_rn(y[k], s), __fdiv_rn(y[k + 1], s)), __NV_SATFINITE,
-                                                __NV_E4M3);
-    } else {
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) q.v[k] = encode_q8(__fdiv_rn(y[k], s), true);
+    for (int k = 0; k < VEC; k += 4) {
+      if (fp8) {
+        // Each pair's .x is its low byte: the first in memory.
+        const unsigned lo = __nv_cvt_float2_to_fp8x2(make_float2(t[k], t[k + 1]), __NV_SATFINITE, __NV_E4M3);
+        const unsigned hi = __nv_cvt_float2_to_fp8x2(make_float2(t[k + 2], t[k + 3]), __NV_SATFINITE, __NV_E4M3);
+        words[k / 4] = __byte_perm(lo, hi, 0x5410);
+      } else {
+        words[k / 4] = encode_i8x4(t[k], t[k + 1], t[k + 2], t[k + 3]);
+      }
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) q.v[k] = encode_q8(__fdiv_rn(y[k], s), false);
+    for (int k = 0; k < VEC; ++k) q.v[k] = encode_q8(t[k], fp8);
   }
   return q;
 }
@@ -115,11 +163,11 @@ __device__ __forceinline__ Vec<unsigned char, VEC> quantise(const float (&y)[VEC
 // The per-call constants of the quantised store, read once a thread (after the grid
 // dependency: a previous kernel may have written them).
 struct QuantConstants {
-  float scale = 1.0f;  // static: the scale
-  float ub = 0.0f;     // dynamic: the cap on the amax (infinity: none; fminf keeps the amax then)
+  Divisor fixed;    // static: the scale's divisor
+  float ub = 0.0f;  // dynamic: the cap on the amax (infinity: none; fminf keeps the amax then)
   QuantConstants() = default;
   __device__ __forceinline__ explicit QuantConstants(const ForwardArgs& a)
-      : scale(!a.dynamic ? *a.scale : 1.0f),
+      : fixed(!a.dynamic ? *a.scale : 1.0f),
         ub(a.dynamic && a.scale_ub ? *a.scale_ub : std::numeric_limits<float>::infinity()) {}
   __device__ __forceinline__ float computed(float amax, const ForwardArgs& a) const {
     const float s = fmaxf(__fdiv_rn(fminf(amax, ub), a.qmax), a.min_scale);
@@ -155,9 +203,11 @@ struct GroupMax {
 // The group of chunk idx: every chunk lies in one group, as the launcher ensures (per-row
 // scales: one group; per-group: a group size that is a multiple of the chunk, whose chunks
 // start at multiples of VEC).
+// The division is 32-bit (a 64-bit one is a call of some 70 instructions): the launcher
+// takes per-group scales only on rows of fewer than 2^32 columns.
 template <int VEC>
 __device__ __forceinline__ std::int64_t group_of(std::int64_t idx, const ForwardArgs& a) {
-  return a.groups == 1 ? 0 : idx * VEC / a.group_size;
+  return a.groups == 1 ? 0 : static_cast<unsigned>(idx * VEC) / static_cast<unsigned>(a.group_size);
 }
 
 // Adds a chunk's max |y| to its group's (`table` indexed by group within the row). Elements
@@ -180,16 +230,27 @@ __device__ __forceinline__ void offer_chunk(unsigned* table, std::int64_t idx, c
   if (static_cast<int>(threadIdx.x % 32) == __ffs(peers) - 1 && top > 0u) atomicMax(cell, top);
 }
 
-// The scale of a chunk's group: the static one, or computed from the group's max |y| over
-// the whole row (amax_of(g)), then written by the lane holding the group's first element.
+// The divisor of a row's chunks where one serves the whole row: the static scale's, or the
+// per-row scale's, computed from the row's max |y| (amax_of(0)) once a row rather than once
+// a chunk. Per-group scales take theirs a chunk (chunk_divisor).
+template <class AmaxOf>
+__device__ __forceinline__ Divisor row_divisor(const AmaxOf& amax_of, const QuantConstants& qc, const ForwardArgs& a) {
+  if (!a.dynamic) return qc.fixed;
+  return a.groups == 1 ? Divisor(qc.computed(amax_of(0), a)) : Divisor();
+}
+
+// The divisor of a chunk's group (the row's, or its group's from the group's max |y| over
+// the whole row, amax_of(g)); a computed scale is written by the lane holding the group's
+// first element.
 template <int VEC, class AmaxOf>
-__device__ __forceinline__ float chunk_scale(std::int64_t row, std::int64_t idx, const AmaxOf& amax_of,
-                                             const QuantConstants& qc, const ForwardArgs& a) {
-  if (!a.dynamic) return qc.scale;
+__device__ __forceinline__ Divisor chunk_divisor(std::int64_t row, std::int64_t idx, const Divisor& row_d,
+                                                 const AmaxOf& amax_of, const QuantConstants& qc,
+                                                 const ForwardArgs& a) {
+  if (!a.dynamic) return row_d;
   const std::int64_t g = group_of<VEC>(idx, a);
-  const float s = qc.computed(amax_of(g), a);
-  if (idx * VEC == g * a.group_size) a.scales[row * a.scale_row_stride + g * a.scale_group_stride] = s;
-  return s;
+  const Divisor d = a.groups == 1 ? row_d : Divisor(qc.computed(amax_of(g), a));
+  if (idx * VEC == g * a.group_size) a.scales[row * a.scale_row_stride + g * a.scale_group_stride] = d.s;
+  return d;
 }
 
 }  // namespace rmsnorm::detail::cuda
