@@ -88,6 +88,42 @@ struct BlockRowSum<THREADS, BLOCK, false> {
 template <int THREADS, int BLOCK>
 struct RowSum<THREADS, BLOCK, false> : BlockRowSum<THREADS, BLOCK> {};
 
+// The max over the THREADS lanes that share a row of non-negative, non-NaN floats (the
+// per-row scales' max |y|), returned to every lane: compared as their bits, which order
+// such floats as their values. One redux a warp; rows of several warps meet in shared
+// memory, two sets of cells in turn, so that one block barrier a row is enough (a row's
+// cells are written again two rows later, after the next row's barrier, which every lane
+// passes only once it has read them).
+template <int THREADS, int BLOCK, bool IN_WARP = (THREADS <= 32)>
+struct RowMax {
+  __device__ __forceinline__ float max(float v) {
+    const int base = static_cast<int>(threadIdx.x % 32) / THREADS * THREADS;
+    const unsigned lanes = THREADS == 32 ? 0xffffffffu : ((1u << THREADS) - 1u) << base;
+    return __uint_as_float(__reduce_max_sync(lanes, __float_as_uint(v)));
+  }
+};
+
+template <int THREADS, int BLOCK>
+struct RowMax<THREADS, BLOCK, false> {
+  static_assert(THREADS % 32 == 0 && BLOCK % THREADS == 0, "rows of whole warps");
+  static constexpr int kWarpsPerRow = THREADS / 32;
+  unsigned* cells;  // 2 x BLOCK / 32
+  int turn = 0;
+  __device__ __forceinline__ float max(float v) {
+    const int warp = threadIdx.x / 32;
+    const unsigned m = __reduce_max_sync(0xffffffffu, __float_as_uint(v));
+    unsigned* set = cells + turn * (BLOCK / 32);
+    if (threadIdx.x % 32 == 0) set[warp] = m;
+    __syncthreads();
+    const int first = warp - warp % kWarpsPerRow;
+    unsigned out = 0u;
+#pragma unroll
+    for (int i = 0; i < kWarpsPerRow; ++i) out = ::max(out, set[first + i]);
+    turn ^= 1;
+    return __uint_as_float(out);
+  }
+};
+
 // Load, reduce and store steps of a lane's share of a row held in registers: chunks
 // first, first + STRIDE, ... (ITEMS of them) that lie below `end`. Consecutive lanes take
 // consecutive 16-byte chunks, so every warp access is fully coalesced. ALIGNED: see
@@ -288,8 +324,9 @@ __device__ __forceinline__ void load_row(const ForwardArgs& a, std::int64_t row,
 }
 
 // Dynamic-scale quantisation needs the max |y| of each group before any of it is stored:
-// the kernels offer their chunks' maxima to a GroupMax table, pass a barrier, and quantise.
-// The table's shared memory: three tables of `entries` cells.
+// the kernels offer their chunks' maxima to a GroupMax table, pass a barrier, and quantise
+// (the register rows' per-row scales take a RowMax reduction instead). The table's shared
+// memory: three tables of `entries` cells.
 inline std::size_t group_max_bytes(std::int64_t entries) { return 3 * static_cast<std::size_t>(entries) * 4; }
 
 // ---------------------------------------------------------------------------------------
@@ -333,8 +370,14 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
   QuantConstants qc;
   if constexpr (STEPS::kQuant) qc = QuantConstants(a);
   const bool dynamic = STEPS::kQuant && a.dynamic;
-  GroupMax group_max(group_cells, dynamic ? kRowsPerBlock * a.groups : 0, BLOCK);
-  if (dynamic) __syncthreads();
+  // Per-group scales gather their maxima in a GroupMax table; per-row ones reduce like the
+  // sum (RowMax), with no shared-memory atomics and, for rows within a warp, no barrier.
+  const bool grouped = dynamic && a.groups > 1;
+  GroupMax group_max(group_cells, grouped ? kRowsPerBlock * a.groups : 0, BLOCK);
+  if (grouped) __syncthreads();
+  __shared__ unsigned row_max_cells[STEPS::kQuant && TPR > 32 ? 2 * BLOCK / 32 : 1];
+  RowMax<TPR, BLOCK> row_max;
+  if constexpr (TPR > 32) row_max.cells = row_max_cells;
 
   // The loop bound is uniform across the block, so every lane reaches every reduction
   // (rows past the end compute on zeros and store nothing).
@@ -360,7 +403,15 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
     TY* y = static_cast<TY*>(a.y) + (valid ? row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride) : 0);
     if constexpr (STEPS::kQuant) {
       unsigned* table = group_max.table() + slot * a.groups;
-      if (dynamic) {  // every lane passes the barrier, valid row or not
+      float row_amax = 0.0f;
+      if (dynamic && a.groups == 1) {  // per-row scales: the row's max |y|, reduced as its sum is
+        float m = 0.0f;
+        if (valid)
+          for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, TPR, kPreload>(
+              w, wv, lane, vectors, v, rstd, a,
+              [&](std::int64_t, const float(&out)[VEC]) { m = fmaxf(m, chunk_amax(out)); });
+        row_amax = row_max.max(m);  // every lane of the row, valid or not
+      } else if (dynamic) {         // every lane passes the barrier, valid row or not
         if (valid)
           for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, TPR, kPreload>(
               w, wv, lane, vectors, v, rstd, a,
@@ -368,7 +419,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
         __syncthreads();
         group_max.clear_ahead(BLOCK);
       }
-      const auto amax_of = [&](std::int64_t g) { return __uint_as_float(table[g]); };
+      const auto amax_of = [&](std::int64_t g) { return a.groups == 1 ? row_amax : __uint_as_float(table[g]); };
       const Divisor row_d = row_divisor(amax_of, qc, a);
       if (valid)
         for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, TPR, kPreload>(
@@ -376,7 +427,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
               store_chunk<ALIGNED, TY, VEC>(
                   y, idx, a.cols, quantise<VEC>(out, chunk_divisor<VEC>(row, idx, row_d, amax_of, qc, a), a.fp8));
             });
-      if (dynamic) group_max.next();
+      if (grouped) group_max.next();
     } else {
       if (!valid) continue;
       for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, TPR, kPreload>(

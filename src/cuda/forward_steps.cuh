@@ -216,12 +216,19 @@ __device__ __forceinline__ std::int64_t group_of(std::int64_t idx, const Forward
 // otherwise have every chunk of the row contend for one shared-memory cell.
 // WARP_ROW: a warp's lanes all hold one row (32 lanes or more a row), so with one group a row
 // they share one cell and need no match.
-template <int VEC, bool WARP_ROW>
-__device__ __forceinline__ void offer_chunk(unsigned* table, std::int64_t idx, const float (&y)[VEC],
-                                            const ForwardArgs& a) {
+// The max |y| of a chunk; a NaN is left out (fmaxf returns the other operand), as on the CPU.
+template <int VEC>
+__device__ __forceinline__ float chunk_amax(const float (&y)[VEC]) {
   float m = 0.0f;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) m = fmaxf(m, fabsf(y[k]));
+  return m;
+}
+
+template <int VEC, bool WARP_ROW>
+__device__ __forceinline__ void offer_chunk(unsigned* table, std::int64_t idx, const float (&y)[VEC],
+                                            const ForwardArgs& a) {
+  const float m = chunk_amax(y);
   unsigned* cell = table + group_of<VEC>(idx, a);
   const unsigned active = __activemask();
   const unsigned peers =
