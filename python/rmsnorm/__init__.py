@@ -4,6 +4,7 @@
     y = rmsnorm.rms_norm(x, weight, eps=1e-6)            # functional, differentiable
     norm = rmsnorm.RMSNorm(4096, eps=1e-6).cuda()       # drop-in nn.Module
     rmsnorm.patch(model)                                 # swap a Hugging Face model's RMSNorms
+    torch.compile(model, backend=rmsnorm.fusing_backend())  # + its residual adds fused into them
     y, residual = rmsnorm.fused_add_rms_norm(x, residual, weight)   # residual add + norm
     y, residual = rmsnorm.fused_allreduce_add_rms_norm(x_partial, residual, weight, group=tp)  # + all-reduce
     q, scales = rmsnorm.rms_norm_quant(x, weight, qdtype=torch.float8_e4m3fn, scale="row")
@@ -17,6 +18,7 @@ import torch as _torch
 from . import _sharded_ops  # noqa: F401  (fake kernels of the sharded-row ops)
 from ._ops import fused_add_rms_norm, has_cuda_kernels, library_path, rms_norm, rms_norm_, rms_norm_quant
 from .allreduce import fused_allreduce_add_rms_norm
+from .fusion import fuse_residual, fusing_backend
 from .modules import RMSNorm
 from .patch import patch
 
@@ -29,6 +31,8 @@ __all__ = [
     "RMSNorm",
     "fused_add_rms_norm",
     "fused_allreduce_add_rms_norm",
+    "fuse_residual",
+    "fusing_backend",
     "has_cuda_kernels",
     "library_path",
     "patch",

@@ -108,6 +108,7 @@ def _tiny(kind):
         "llama": lambda: transformers.LlamaConfig(**_COMMON),
         "qwen3": lambda: transformers.Qwen3Config(**_COMMON, head_dim=16),
         "gemma": lambda: transformers.GemmaConfig(**_COMMON, head_dim=16),
+        "gemma2": lambda: transformers.Gemma2Config(**_COMMON, head_dim=16),  # test_fusion's
     }[kind]()
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
