@@ -55,6 +55,20 @@ def test_fused_forward_is_bit_identical(device, dtype, cast):
     assert torch.equal(got_y, want_y) and torch.equal(got_s, want_s)
 
 
+def test_dynamic_shapes():
+    """With symbolic sizes (dynamic=True) the shapes still compare: one graph serves every
+    row count, fused."""
+    block = AddNorm(64, torch.float32, "cpu")
+    backend = rmsnorm.fusing_backend("aot_eager")
+    compiled = torch.compile(block, backend=backend, dynamic=True, fullgraph=True)
+    for rows in (3, 5, 9):
+        h, r = _pair((rows, 64), torch.float32, "cpu")
+        with torch.no_grad():
+            got, want = compiled(h, r), block(h, r)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert backend.fused == 1  # one graph
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_gradients(device):
     require_cuda_kernels(device)
