@@ -17,8 +17,9 @@ The protocol is docs/performance.md's:
 - Decode shapes: microseconds per call in a CUDA graph, and as plain eager calls (host
   overhead included), the latter also under torch.inference_mode() for rmsnorm and clone.
 - The fused forms (--no-fused to skip): the residual add (4*M*N*s: read x and r, write y
-  and r_out; with --f32-residual also a float32 residual, 2*M*N*s + 8*M*N) and a per-row
-  fp8 output (M*N*s + M*N + 4*M), rmsnorm's fused ops against
+  and r_out; with --f32-residual also a float32 residual, 2*M*N*s + 8*M*N) and the 8-bit
+  outputs: per-row fp8 and per-row int8 (M*N*s + M*N + 4*M), static fp8 (M*N*s + M*N; a
+  scale of 6/448), rmsnorm's fused ops against
   eager PyTorch and torch.compile of the same formula, and the copy of the same bytes. On a
   device whose backend does not serve a fused form yet, its rmsnorm cell says so.
 
@@ -123,17 +124,40 @@ def eager_rms_norm_fp8(x, w, eps):
     return (y / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), s
 
 
-def fused_impls(kind: str, eps: float, wanted: list[str], copy_elements: int) -> list[Impl]:
+def eager_rms_norm_fp8_static(x, w, eps, s):
+    """The norm, then a static per-tensor fp8 scale (s: a one-element float32 tensor), as
+    vLLM's reference quantises with one."""
+    y = eager_rms_norm(x, w, eps).float()
+    return (y / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), s
+
+
+def eager_rms_norm_int8(x, w, eps):
+    """The norm, then per-token symmetric int8 (round half to even, +-127)."""
+    y = eager_rms_norm(x, w, eps).float()
+    s = (y.abs().amax(-1, keepdim=True) / 127.0).clamp(min=1.0 / (127.0 * 512))
+    return (y / s).round().clamp(-127.0, 127.0).to(torch.int8), s
+
+
+# The 8-bit kinds of the fused tables: per-row fp8, static fp8, per-row int8.
+QUANT_KINDS = ("quant", "quant_static", "quant_int8")
+
+
+def fused_impls(kind: str, eps: float, wanted: list[str], copy_elements: int,
+                static_scale: Optional[torch.Tensor] = None) -> list[Impl]:
     """(x, r, w) -> outputs, for the residual add ("add"; "add_f32r" with a float32 residual)
-    and the per-row fp8 output ("quant")."""
+    and the 8-bit outputs (QUANT_KINDS; "quant_static" divides by `static_scale`)."""
     ours = {
         "add": lambda x, r, w: rmsnorm.fused_add_rms_norm(x, r, w, eps),
         "add_f32r": lambda x, r, w: rmsnorm.fused_add_rms_norm(x, r, w, eps),
         "quant": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, scale="row"),
+        "quant_static": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, scale=static_scale),
+        "quant_int8": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, qdtype=torch.int8, scale="row"),
     }[kind]
     eager = {"add": lambda x, r, w: eager_add_rms_norm(x, r, w, eps),
              "add_f32r": lambda x, r, w: eager_add_rms_norm_f32r(x, r, w, eps),
-             "quant": lambda x, r, w: eager_rms_norm_fp8(x, w, eps)}[kind]
+             "quant": lambda x, r, w: eager_rms_norm_fp8(x, w, eps),
+             "quant_static": lambda x, r, w: eager_rms_norm_fp8_static(x, w, eps, static_scale),
+             "quant_int8": lambda x, r, w: eager_rms_norm_int8(x, w, eps)}[kind]
     impls = []
     for name in wanted:
         if name == "rmsnorm":
@@ -143,7 +167,7 @@ def fused_impls(kind: str, eps: float, wanted: list[str], copy_elements: int) ->
         elif name == "torch_compile":
             impls.append(Impl(name, torch.compile(eager, dynamic=False)))
         elif name == "copy":  # the same bytes: x and r cloned (add), half the model bytes of x (quant)
-            impls.append(Impl(name, (lambda x, r, w: (x.clone(), r.clone())) if kind != "quant"
+            impls.append(Impl(name, (lambda x, r, w: (x.clone(), r.clone())) if kind not in QUANT_KINDS
                               else (lambda x, r, w: x.view(-1)[:copy_elements].clone())))
     return impls
 
@@ -528,11 +552,12 @@ class Bench:
 
     # fused forms ----------------------------------------------------------------------
     def fused(self, kind, rows, cols):
-        """The residual add ("add", "add_f32r") or the per-row fp8 output ("quant"), checked then
+        """The residual add ("add", "add_f32r") or an 8-bit output (QUANT_KINDS), checked then
         timed."""
         n = rows * cols
         model_bytes = {"add": 4 * n * self.esize, "add_f32r": 2 * n * self.esize + 8 * n,
-                       "quant": n * self.esize + n + 4 * rows}[kind]
+                       "quant": n * self.esize + n + 4 * rows, "quant_static": n * self.esize + n,
+                       "quant_int8": n * self.esize + n + 4 * rows}[kind]
         r_dtype = torch.float32 if kind == "add_f32r" else self.dtype
         sets, calls = rotation(model_bytes, model_bytes // 2, self.device)
         if self.device == "cpu":
@@ -544,7 +569,9 @@ class Bench:
         x0, r0, w0 = inputs[0]
         eps = self.args.eps
         wanted = [i for i in self.args.impls if i in FUSED_IMPLS]
-        for impl in fused_impls(kind, eps, wanted, min(n, model_bytes // (2 * self.esize))):
+        # A static scale that leaves y (about N(0, 1) times a weight near 1) mostly unsaturated.
+        static_scale = torch.tensor([6.0 / 448.0], dtype=torch.float32, device=self.device)
+        for impl in fused_impls(kind, eps, wanted, min(n, model_bytes // (2 * self.esize)), static_scale):
             try:
                 with torch.no_grad():
                     if impl.name != "copy":
@@ -562,15 +589,21 @@ class Bench:
 
     def _check_fused(self, kind, out, x, r, w) -> Optional[str]:
         k = CHECK_ROWS
-        if kind != "quant":
+        if kind not in QUANT_KINDS:
             y, r_out = out
             s64 = x[:k].double() + r[:k].double()
             return _close(r_out[:k], s64, self.dtype) or _close(y[:k], reference(s64, w, self.args.eps), self.dtype)
         q, s = out
+        int8 = q.dtype == torch.int8
+        qmax = 127.0 if int8 else 448.0
+        sk = s.double().reshape(1, 1) if s.numel() == 1 else s[:k].double()
         y64 = reference(x[:k], w, self.args.eps)
-        # within half a code step (1/16 relative) plus the 16-bit rounding of an eager y
-        err = (q[:k].double() * s[:k].double() - y64).abs()
-        bound = y64.abs() / 16 + s[:k].double() / 512 + 4 * TOL_16[self.dtype] * y64.abs()
+        y64 = torch.maximum(torch.minimum(y64, qmax * sk), -qmax * sk)  # a static scale saturates
+        # within half a code step (int8: s / 2; fp8: 1/16 relative, s / 512 among the
+        # subnormals) plus the 16-bit rounding of an eager y
+        err = (q[:k].double() * sk - y64).abs()
+        step = sk / 2 if int8 else y64.abs() / 16 + sk / 512
+        bound = step + 4 * TOL_16[self.dtype] * y64.abs()
         return None if bool((err <= bound).all()) else f"q*s off by {err.max().item():.3g}"
 
 
@@ -838,6 +871,8 @@ def main(argv=None) -> int:
             ("add", f"Residual add + norm, {args.dtype}, GB/s of 4*M*N*s"),
             ("add_f32r", f"Residual add (float32 residual) + norm, {args.dtype}, GB/s of 2*M*N*s + 8*M*N"),
             ("quant", f"Norm + per-row fp8 output, {args.dtype}, GB/s of M*N*s + M*N + 4*M"),
+            ("quant_static", f"Norm + static fp8 output, {args.dtype}, GB/s of M*N*s + M*N"),
+            ("quant_int8", f"Norm + per-row int8 output, {args.dtype}, GB/s of M*N*s + M*N + 4*M"),
         ]
         if args.dtype == "fp32" or not args.f32_residual:
             tables = [t for t in tables if t[0] != "add_f32r"]
