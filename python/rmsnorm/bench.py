@@ -19,7 +19,8 @@ The protocol is docs/performance.md's:
 - The fused forms (--no-fused to skip): the residual add (4*M*N*s: read x and r, write y
   and r_out; with --f32-residual also a float32 residual, 2*M*N*s + 8*M*N) and the 8-bit
   outputs: per-row fp8 and per-row int8 (M*N*s + M*N + 4*M), static fp8 (M*N*s + M*N; a
-  scale of 6/448), rmsnorm's fused ops against
+  scale of 6/448), group-128 fp8 (M*N*s + M*N + 4*M*N/128; shapes whose N is a multiple of
+  128), rmsnorm's fused ops against
   eager PyTorch and torch.compile of the same formula, and the copy of the same bytes. On a
   device whose backend does not serve a fused form yet, its rmsnorm cell says so.
 
@@ -138,8 +139,17 @@ def eager_rms_norm_int8(x, w, eps):
     return (y / s).round().clamp(-127.0, 127.0).to(torch.int8), s
 
 
-# The 8-bit kinds of the fused tables: per-row fp8, static fp8, per-row int8.
-QUANT_KINDS = ("quant", "quant_static", "quant_int8")
+def eager_rms_norm_fp8_group(x, w, eps, group=128):
+    """The norm, then fp8 with a scale a row and group of 128 columns (DeepSeek-V3's
+    activations), scales (M, N / 128)."""
+    y = eager_rms_norm(x, w, eps).float()
+    g = y.unflatten(-1, (y.shape[-1] // group, group))
+    s = (g.abs().amax(-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512))
+    return (g / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).flatten(-2), s.squeeze(-1)
+
+
+# The 8-bit kinds of the fused tables: per-row fp8, static fp8, group-128 fp8, per-row int8.
+QUANT_KINDS = ("quant", "quant_static", "quant_group", "quant_int8")
 
 
 def fused_impls(kind: str, eps: float, wanted: list[str], copy_elements: int,
@@ -151,12 +161,14 @@ def fused_impls(kind: str, eps: float, wanted: list[str], copy_elements: int,
         "add_f32r": lambda x, r, w: rmsnorm.fused_add_rms_norm(x, r, w, eps),
         "quant": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, scale="row"),
         "quant_static": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, scale=static_scale),
+        "quant_group": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, scale="group"),
         "quant_int8": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, qdtype=torch.int8, scale="row"),
     }[kind]
     eager = {"add": lambda x, r, w: eager_add_rms_norm(x, r, w, eps),
              "add_f32r": lambda x, r, w: eager_add_rms_norm_f32r(x, r, w, eps),
              "quant": lambda x, r, w: eager_rms_norm_fp8(x, w, eps),
              "quant_static": lambda x, r, w: eager_rms_norm_fp8_static(x, w, eps, static_scale),
+             "quant_group": lambda x, r, w: eager_rms_norm_fp8_group(x, w, eps),
              "quant_int8": lambda x, r, w: eager_rms_norm_int8(x, w, eps)}[kind]
     impls = []
     for name in wanted:
@@ -557,6 +569,7 @@ class Bench:
         n = rows * cols
         model_bytes = {"add": 4 * n * self.esize, "add_f32r": 2 * n * self.esize + 8 * n,
                        "quant": n * self.esize + n + 4 * rows, "quant_static": n * self.esize + n,
+                       "quant_group": n * self.esize + n + 4 * rows * (cols // 128),
                        "quant_int8": n * self.esize + n + 4 * rows}[kind]
         r_dtype = torch.float32 if kind == "add_f32r" else self.dtype
         sets, calls = rotation(model_bytes, model_bytes // 2, self.device)
@@ -597,6 +610,8 @@ class Bench:
         int8 = q.dtype == torch.int8
         qmax = 127.0 if int8 else 448.0
         sk = s.double().reshape(1, 1) if s.numel() == 1 else s[:k].double()
+        if sk.shape[-1] > 1:  # a scale a group of columns: each column's
+            sk = sk.repeat_interleave(q.shape[-1] // sk.shape[-1], dim=-1)
         y64 = reference(x[:k], w, self.args.eps)
         y64 = torch.maximum(torch.minimum(y64, qmax * sk), -qmax * sk)  # a static scale saturates
         # within half a code step (int8: s / 2; fp8: 1/16 relative, s / 512 among the
@@ -872,13 +887,15 @@ def main(argv=None) -> int:
             ("add_f32r", f"Residual add (float32 residual) + norm, {args.dtype}, GB/s of 2*M*N*s + 8*M*N"),
             ("quant", f"Norm + per-row fp8 output, {args.dtype}, GB/s of M*N*s + M*N + 4*M"),
             ("quant_static", f"Norm + static fp8 output, {args.dtype}, GB/s of M*N*s + M*N"),
+            ("quant_group", f"Norm + group-128 fp8 output, {args.dtype}, GB/s of M*N*s + M*N + 4*M*N/128"),
             ("quant_int8", f"Norm + per-row int8 output, {args.dtype}, GB/s of M*N*s + M*N + 4*M"),
         ]
         if args.dtype == "fp32" or not args.f32_residual:
             tables = [t for t in tables if t[0] != "add_f32r"]
         for kind, title in tables:
             for m, n in fused:
-                bench.fused(kind, m, n)
+                if kind != "quant_group" or n % 128 == 0:
+                    bench.fused(kind, m, n)
             print_table(bench.records, kind, list(FUSED_IMPLS), f"{title} ({how}, median of {args.reps})")
     print_notes(bench.records, bench.impls)
     if args.out:

@@ -54,9 +54,10 @@ def test_cpu_bench_checks_every_peer():
     cells = lines[head + 2].split()
     assert cells[:3] == ["64", "x", "1024"], lines[head + 2]
     assert all(re.fullmatch(r"\d+\.\d", cell) for cell in cells[3:6]), lines[head + 2]
-    # The 8-bit tables (per-row fp8, static fp8, per-row int8): rmsnorm checked against
-    # float64 (within half a code step), then timed beside eager PyTorch and the copy.
-    for title in ("Norm + per-row fp8 output", "Norm + static fp8 output", "Norm + per-row int8 output"):
+    # The 8-bit tables (per-row fp8, static fp8, group-128 fp8, per-row int8): rmsnorm checked
+    # against float64 (within half a code step), then timed beside eager PyTorch and the copy.
+    for title in ("Norm + per-row fp8 output", "Norm + static fp8 output", "Norm + group-128 fp8 output",
+                  "Norm + per-row int8 output"):
         head = next(i for i, line in enumerate(lines) if line.startswith(title))
         assert lines[head + 1].split()[3:6] == ["rmsnorm", "torch_eager", "copy"], lines[head + 1]
         cells = lines[head + 2].split()
