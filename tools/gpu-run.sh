@@ -10,7 +10,9 @@
 #   RMSNORM_COMMIT=<sha> [RMSNORM_CMAKE_ARGS=...] tools/gpu-run.sh OUTDIR [stage ...]
 #   stages: build test check sanitize bench python (default: all of them, in that order),
 #   readme (not by default: the README's two commands, recorded as check and ctest), pytree
-#   (not by default: the Python suite and bench against the build stage's extension), and
+#   (not by default: the Python suite and bench against the build stage's extension), fused
+#   (not by default: `rmsnorm bench --op add` and `--op quant` for the five kinds of 8-bit
+#   output, bf16, each beside its unfused form and the copy), and
 #   tune / tune_bw (not by default): the forward's / backward's register configurations
 #   and strategies timed against each other, bf16, on the shapes where the planner chooses.
 #
@@ -143,6 +145,22 @@ if want bench; then
   } >"$prefix-bench.txt"
   cp "$logs"/bench_*.json "$results/" 2>/dev/null
   for f in "$results"/bench_*.json; do [ -e "$f" ] && mv "$f" "$prefix-${f##*/bench_}"; done
+fi
+
+bundle
+if want fused; then
+  # The residual add (seed, wide and decode suites) and the 8-bit outputs (seed and wide):
+  # static, per-row and group-128 fp8, static and per-row int8.
+  fused_benches() {
+    "$cli" bench --op add --suite seed,wide,decode --dtype bf16 || return
+    for kind in "static fp8" "row fp8" "group fp8" "static int8" "row int8"; do
+      # shellcheck disable=SC2086
+      set -- $kind
+      "$cli" bench --op quant --quant "$1" --qdtype "$2" --suite seed,wide --dtype bf16 || return
+    done
+  }
+  run bench_fused fused_benches
+  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/bench_fused.log"; } >"$prefix-bench-fused.txt"
 fi
 
 bundle
