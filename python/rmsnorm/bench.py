@@ -118,34 +118,23 @@ def eager_add_rms_norm_f32r(x, r, w, eps):
     return (r * torch.rsqrt(variance + eps)).to(x.dtype) * w, r
 
 
-def eager_rms_norm_fp8(x, w, eps):
-    """The norm, then vLLM's reference per-token fp8 quantisation of its output."""
+def eager_rms_norm_quant(x, w, eps, qdtype=torch.float8_e4m3fn, scale="row", group=128):
+    """The norm, then vLLM's reference quantisation of its output, as rmsnorm.rms_norm_quant's
+    arguments name it: a static per-tensor scale (a one-element float32 tensor), or scales
+    computed a row ("row") or a row and group of `group` columns ("group": DeepSeek-V3's
+    activations), max(amax / qmax, 1 / (qmax * 512)); fp8 saturated at +-448, int8 rounded
+    half to even and saturated at +-127. Returns (q, scales)."""
     y = eager_rms_norm(x, w, eps).float()
-    s = (y.abs().amax(-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512))
-    return (y / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), s
-
-
-def eager_rms_norm_fp8_static(x, w, eps, s):
-    """The norm, then a static per-tensor fp8 scale (s: a one-element float32 tensor), as
-    vLLM's reference quantises with one."""
-    y = eager_rms_norm(x, w, eps).float()
-    return (y / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), s
-
-
-def eager_rms_norm_int8(x, w, eps):
-    """The norm, then per-token symmetric int8 (round half to even, +-127)."""
-    y = eager_rms_norm(x, w, eps).float()
-    s = (y.abs().amax(-1, keepdim=True) / 127.0).clamp(min=1.0 / (127.0 * 512))
-    return (y / s).round().clamp(-127.0, 127.0).to(torch.int8), s
-
-
-def eager_rms_norm_fp8_group(x, w, eps, group=128):
-    """The norm, then fp8 with a scale a row and group of 128 columns (DeepSeek-V3's
-    activations), scales (M, N / 128)."""
-    y = eager_rms_norm(x, w, eps).float()
-    g = y.unflatten(-1, (y.shape[-1] // group, group))
-    s = (g.abs().amax(-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512))
-    return (g / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).flatten(-2), s.squeeze(-1)
+    qmax = 127.0 if qdtype == torch.int8 else 448.0
+    static = isinstance(scale, torch.Tensor)
+    # (..., groups, columns a group): the row as one group, or its groups
+    parts = y.unflatten(-1, (-1, group)) if not static and scale == "group" else y.unsqueeze(-2)
+    s = scale if static else (parts.abs().amax(-1, keepdim=True) / qmax).clamp(min=1.0 / (qmax * 512))
+    t = parts / s
+    if qdtype == torch.int8:
+        t = t.round()
+    q = t.clamp(-qmax, qmax).to(qdtype).flatten(-2)
+    return q, (s if static else s.squeeze(-1))
 
 
 # The 8-bit kinds of the fused tables: per-row fp8, static fp8, group-128 fp8, per-row int8.
@@ -166,10 +155,10 @@ def fused_impls(kind: str, eps: float, wanted: list[str], copy_elements: int,
     }[kind]
     eager = {"add": lambda x, r, w: eager_add_rms_norm(x, r, w, eps),
              "add_f32r": lambda x, r, w: eager_add_rms_norm_f32r(x, r, w, eps),
-             "quant": lambda x, r, w: eager_rms_norm_fp8(x, w, eps),
-             "quant_static": lambda x, r, w: eager_rms_norm_fp8_static(x, w, eps, static_scale),
-             "quant_group": lambda x, r, w: eager_rms_norm_fp8_group(x, w, eps),
-             "quant_int8": lambda x, r, w: eager_rms_norm_int8(x, w, eps)}[kind]
+             "quant": lambda x, r, w: eager_rms_norm_quant(x, w, eps),
+             "quant_static": lambda x, r, w: eager_rms_norm_quant(x, w, eps, scale=static_scale),
+             "quant_group": lambda x, r, w: eager_rms_norm_quant(x, w, eps, scale="group"),
+             "quant_int8": lambda x, r, w: eager_rms_norm_quant(x, w, eps, qdtype=torch.int8)}[kind]
     impls = []
     for name in wanted:
         if name == "rmsnorm":
