@@ -7,9 +7,8 @@
 //    many rows in a 128-thread block, so every lane issues a full 16-byte access and a
 //    block still moves 2 KB per step;
 //  - longer rows get a block sized to them, 4 vectors (64 bytes) a lane in flight before
-//    the reduction needs them; the raw row costs 4 registers per vector, and every
-//    configuration fits the registers that keep 1024 threads an SM resident without spills
-//    (see resident_threads);
+//    the reduction needs them, 8 (or 6) where 4 would leave an SM fewer than 1024 threads
+//    (rows of 1536 and of over 2048 vectors); the raw row costs 4 registers per vector;
 //  - beyond 4096 vectors (32768 16-bit elements) a row no longer fits one block's registers
 //    at full width: it is split over a cluster (sm_90) or streamed (long_row).
 // Each choice was timed against the alternatives on the H100 (bench/results/README.md).
@@ -37,20 +36,44 @@ struct RegisterConfig {
 inline constexpr RegisterConfig kWarpRowsConfigs[] = {
     {4, 1, 128}, {4, 2, 128}, {8, 1, 128}, {4, 4, 128}, {16, 1, 128}, {32, 1, 128}, {32, 2, 128}, {32, 4, 128},
 };
-// A row per block, the block sized to the row so that few lanes idle, four vectors a lane
-// (the weight preloaded too: see kForwardPreloadsWeight), 128 lanes of two vectors for the
-// shortest rows. On the H100 (bf16, 16384 rows, 2026-11-25, bench/results/), four vectors a
-// lane in half the threads beat two at every length from 3072 to 8192 elements (2.90-2.96
-// against 2.55-2.85 TB/s for 6144-8192), and a block that left a third of its lanes empty
-// lost 15-30 % (512 x 2 on 5120-element rows: 2.12 TB/s; 768 x 4 on 16384: 2.48). The
-// planner takes the smallest capacity that holds the row, the first listed among equals.
+// A row per block, the block sized to the row so that few lanes idle (128 lanes of two
+// vectors for the shortest rows). On the H100 (bf16, 16384 rows, 2026-11-25, bench/results/),
+// four vectors a lane in half the threads beat two at every length from 3072 to 8192
+// elements (2.90-2.96 against 2.55-2.85 TB/s for 6144-8192), and a block that left a third
+// of its lanes empty lost 15-30 % (512 x 2 on 5120-element rows: 2.12 TB/s). The planner
+// takes the smallest capacity that holds the row, the first listed among equals.
+//
+// What decides a configuration is the bytes an SM has in flight: the threads it holds at
+// once times the vectors a lane loads before the reduction. At 64 registers a thread an SM
+// holds 1024 threads in whole blocks, so a 384-thread block runs two (768 threads) and
+// every block of 576 to 1024 threads runs alone. On the H200 (2026-12-03, 16384 rows, bf16,
+// the kernel timed alone beside the copy, bench/results/2026-12-03-h200-ece5212-wide-configs.txt)
+// those blocks of four vectors a lane moved 79.6 % of the copy on 24576 elements (768 x 4)
+// and 87.6 % on 32768 (1024 x 4); eight vectors a lane in half the threads, two blocks an
+// SM, 97.2 % (384 x 8) and 96.6 % (512 x 8), 512 x 6 97.7 % on 24576; the residual add
+// 97.3-97.8 % against 93.7 % on 32768, and the static fp8 store 73-78 % against 51-56 %. On
+// 12288 elements 192 x 8 (five blocks an SM) moved 96.4 % against 91.5 % for 384 x 4. Where
+// four vectors a lane already fill an SM (512 x 4, two blocks of 512), they stay: 98.4 %
+// against 96.6 % for 256 x 8 on 16384 elements.
 inline constexpr RegisterConfig kBlockRowConfigs[] = {
-    {128, 2, 128}, {96, 4, 96},   {128, 4, 128}, {160, 4, 160}, {192, 4, 192},   {224, 4, 224}, {256, 4, 256},
-    {320, 4, 320}, {384, 4, 384}, {448, 4, 448}, {512, 4, 512}, {576, 4, 576},   {640, 4, 640}, {704, 4, 704},
-    {768, 4, 768}, {832, 4, 832}, {896, 4, 896}, {960, 4, 960}, {1024, 4, 1024},
+    {128, 2, 128}, {96, 4, 96},   {128, 4, 128}, {160, 4, 160}, {192, 4, 192}, {224, 4, 224}, {256, 4, 256},
+    {320, 4, 320}, {192, 8, 192}, {448, 4, 448}, {512, 4, 512}, {288, 8, 288}, {320, 8, 320}, {352, 8, 352},
+    {512, 6, 512}, {416, 8, 416}, {448, 8, 448}, {480, 8, 480}, {512, 8, 512},
+};
+// The quantised store issues about twice the plain store's instructions a value (docs/
+// performance.md 4(j)), so its blocks gain from more loads in flight where the plain
+// store's do not: on 16384 elements 256 x 8 moved the static fp8 store's bytes at 79.3 % of
+// the copy against 64.5 % for 512 x 4 (per-row fp8 55.5 against 51.0 %), in the run above.
+// Its table is the plain one with those two capacities at eight vectors a lane (the same
+// capacities, so the same rows are block rows).
+inline constexpr RegisterConfig kQuantBlockRowConfigs[] = {
+    {128, 2, 128}, {96, 4, 96},   {128, 4, 128}, {160, 4, 160}, {192, 4, 192}, {224, 4, 224}, {256, 4, 256},
+    {320, 4, 320}, {192, 8, 192}, {224, 8, 224}, {256, 8, 256}, {288, 8, 288}, {320, 8, 320}, {352, 8, 352},
+    {512, 6, 512}, {416, 8, 416}, {448, 8, 448}, {480, 8, 480}, {512, 8, 512},
 };
 inline constexpr int kNumWarpRowsConfigs = sizeof(kWarpRowsConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumBlockRowConfigs = sizeof(kBlockRowConfigs) / sizeof(RegisterConfig);
+inline constexpr int kNumQuantBlockRowConfigs = sizeof(kQuantBlockRowConfigs) / sizeof(RegisterConfig);
 
 // The backward holds two rows (x and dy) and a dw accumulator per element, about three
 // times the forward's registers per vector: rows of up to 2048 vectors (16384 16-bit

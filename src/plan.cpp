@@ -130,8 +130,12 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   // cluster_row moved 2.85 / 2.44 / 2.31 TB/s on rows of 65536 / 131072 / 262144 elements,
   // long_row 2.08 / 1.74 / 1.67 (long_row reads the row twice, and rows that many no longer
   // stay in L2 between the reads). long_row remains for older GPUs and unaligned rows.
-  return with_load_width(
-      choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs, kClusterRowConfigs), lw);
+  // The quantised store's block rows have their own table (kernel_configs.h).
+  return with_load_width(p.quantize ? choose(row, p.cols, requested, cc_major, kWarpRowsConfigs,
+                                             kQuantBlockRowConfigs, kClusterRowConfigs)
+                                    : choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs,
+                                             kClusterRowConfigs),
+                         lw);
 }
 
 Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {

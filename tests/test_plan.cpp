@@ -306,6 +306,8 @@ void expect_with_config_finds_each(bool (*names)(const Plan&, const detail::Regi
 TEST(Plan, LaunchersFindTheConfigurationThePlanNames) {
   expect_with_config_finds_each<detail::kWarpRowsConfigs, detail::kNumWarpRowsConfigs>(detail::names_rows, false);
   expect_with_config_finds_each<detail::kBlockRowConfigs, detail::kNumBlockRowConfigs>(detail::names_rows, false);
+  expect_with_config_finds_each<detail::kQuantBlockRowConfigs, detail::kNumQuantBlockRowConfigs>(detail::names_rows,
+                                                                                                 false);
   expect_with_config_finds_each<detail::kBackwardWarpRowsConfigs, detail::kNumBackwardWarpRowsConfigs>(
       detail::names_rows, false);
   expect_with_config_finds_each<detail::kBackwardBlockRowConfigs, detail::kNumBackwardBlockRowConfigs>(
@@ -329,6 +331,44 @@ TEST(Plan, BlockRowIsSizedToTheRow) {
       EXPECT_GE(capacity, cols) << w;
       EXPECT_LE(capacity - cols, cols / 8) << w << ": too many idle lanes";
     }
+}
+
+// Where four vectors a lane would leave an SM fewer than 1024 threads (blocks of 384 and of
+// 576 to 1024 threads at 64 registers), block rows take eight (or six) vectors a lane in
+// half the threads; the quantised store also on 14336 and 16384 16-bit elements. Its table
+// has the plain one's capacities, so the same rows are block rows for both.
+TEST(Plan, WideBlockRowsKeepAnSmFull) {
+  struct Want {
+    std::int64_t cols;
+    int threads, items, quant_threads, quant_items;
+  };
+  for (const Want& w : {Want{8192, 256, 4, 256, 4}, Want{12288, 192, 8, 192, 8}, Want{14336, 448, 4, 224, 8},
+                        Want{16384, 512, 4, 256, 8}, Want{18432, 288, 8, 288, 8}, Want{24576, 512, 6, 512, 6},
+                        Want{32768, 512, 8, 512, 8}}) {
+    for (DType t : {DType::f16, DType::bf16}) {
+      detail::ForwardProblem p;
+      p.x = reinterpret_cast<const void*>(kX);
+      p.y = reinterpret_cast<void*>(kY);
+      p.x_dtype = p.y_dtype = t;
+      p.rows = 8;
+      p.cols = w.cols;
+      p.x_row_stride = p.y_row_stride = w.cols;
+      p.x_batch_stride = p.y_batch_stride = 8 * w.cols;
+      const Plan plain = detail::plan_problem(p, Strategy::automatic, 9);
+      EXPECT_EQ(plain.strategy, Strategy::block_row) << where(t, w.cols) << ": " << show(plain);
+      EXPECT_EQ(plain.threads_per_block, w.threads) << where(t, w.cols) << ": " << show(plain);
+      EXPECT_EQ(plain.items_per_thread, w.items) << where(t, w.cols) << ": " << show(plain);
+      p.quantize = true;
+      p.y_dtype = DType::f8e4m3;
+      const Plan quant = detail::plan_problem(p, Strategy::automatic, 9);
+      EXPECT_EQ(quant.strategy, Strategy::block_row) << where(t, w.cols) << ": " << show(quant);
+      EXPECT_EQ(quant.threads_per_block, w.quant_threads) << where(t, w.cols) << ": " << show(quant);
+      EXPECT_EQ(quant.items_per_thread, w.quant_items) << where(t, w.cols) << ": " << show(quant);
+    }
+  }
+  ASSERT_EQ(detail::kNumQuantBlockRowConfigs, detail::kNumBlockRowConfigs);
+  for (int i = 0; i < detail::kNumBlockRowConfigs; ++i)
+    EXPECT_EQ(detail::kQuantBlockRowConfigs[i].capacity(), detail::kBlockRowConfigs[i].capacity()) << "entry " << i;
 }
 
 // cluster_row (sm_90; plans for CPU views are for sm_90) holds a long row in the registers

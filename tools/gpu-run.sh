@@ -170,7 +170,7 @@ if want tune; then
   # Each block_row configuration on the rows it holds with few idle lanes, against the
   # planner's choice above; then single rows (decode latency) per configuration.
   for c in 128x2:2048 96x4:2048,3072 128x4:3072,4096 192x4:5120,6144 256x4:6144,7168,8192 \
-    512x4:12288,16384 768x4:16384,24576 1024x4:24576,32768; do
+    192x8:12288 448x4:12288,14336 512x4:12288,16384 288x8:16384,18432 512x6:24576 512x8:24576,32768; do
     run "tune_${c%%:*}" "$cli" bench --dtype bf16 --rows 16384 --cols "${c#*:}" --config "${c%%:*}" \
       --json "$logs/tune_${c%%:*}.json"
   done
