@@ -14,6 +14,7 @@
 
 #include "backend_test.h"
 #include "fused_case.h"
+#include "kernel_configs.h"
 #include "support.h"
 
 namespace rmsnorm {
@@ -304,6 +305,38 @@ TEST_P(Fused, QuantLayoutsAndShapes) {
       ++k;
       if (!run.run(c)) return;
     }
+  SKIP_IF_CUDA_HAS_NO_KERNELS(run);
+}
+
+// The quantised store's block rows of six and eight vectors a lane (kQuantBlockRowConfigs):
+// each configuration at a row that fills it and at one just past the previous capacity (its
+// last lanes idle), 16-bit x, every scale kind and both 8-bit dtypes in turn, some after a
+// residual add (an f32 one among them, whose rows take an f32 row's configuration).
+TEST_P(Fused, QuantWideBlockRows) {
+  Runner run(backend());
+  std::size_t k = 0;
+  std::int64_t previous = 0;
+  for (const detail::RegisterConfig& config : detail::kQuantBlockRowConfigs) {
+    const std::int64_t capacity = config.capacity();
+    if (config.items >= 6)
+      for (std::int64_t cols : {capacity * 8, previous * 8 + 3}) {
+        FusedCase c;
+        c.x = c.y = k % 2 ? DType::bf16 : DType::f16;
+        c.w = c.x;
+        const QuantScale kind = k % 3 == 0                      ? QuantScale::static_tensor
+                                : k % 3 == 1 || cols % 128 != 0 ? QuantScale::per_row
+                                                                : QuantScale::per_group;
+        c.quant = testing::quant_case(kind, k % 4 < 2 ? DType::f8e4m3 : DType::i8);
+        if (k % 5 == 3) c.residual = k % 2 ? DType::f32 : c.x;
+        c.cast = k % 3 == 2 ? Cast::llama : Cast::fp32;
+        c.cols = cols;
+        c.rows = 5;
+        ++k;
+        if (!run.run(c)) return;
+      }
+    previous = capacity;
+  }
+  EXPECT_GE(k, 16u);
   SKIP_IF_CUDA_HAS_NO_KERNELS(run);
 }
 

@@ -158,9 +158,11 @@ std::vector<CheckGroup> quant_groups(bool quick) {
     for (DType q : {DType::f8e4m3, DType::i8}) {
       CheckGroup g{std::string("quant ") + quant_scale_name(kind) + " " + dtype_name(q), {}, {}};
       std::size_t k = 0;
+      // The full lists reach the block rows of six and eight vectors a lane (12288 to 32768
+      // 16-bit columns: kQuantBlockRowConfigs).
       const Cols cols = kind == QuantScale::per_group
-                            ? (quick ? Cols{128, 1024, 4096} : Cols{128, 640, 1024, 4096, 7168})
-                            : (quick ? Cols{1, 7, 1000, 4096} : Cols{1, 7, 64, 1000, 4096, 8191});
+                            ? (quick ? Cols{128, 1024, 4096} : Cols{128, 640, 1024, 4096, 7168, 14336, 24576})
+                            : (quick ? Cols{1, 7, 1000, 4096} : Cols{1, 7, 64, 1000, 4096, 8191, 12288, 16392, 32767});
       for (DType x : xs)
         for (const WeightY& wy : weight_y(x))
           for (std::int64_t n : cols) {
