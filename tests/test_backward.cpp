@@ -179,6 +179,25 @@ TEST_P(Backward, ManyRowsDwToleranceGrowsWithRows) {
   expect_good(GetParam(), c, 77);
 }
 
+// Block rows loop over the rows (one partial dw row a block) and, on sm_90, stage each
+// step's rows in shared memory during the previous step (two buffers in turn): many steps a
+// block, a last step with fewer rows than the block holds, rstd saved or recomputed.
+TEST_P(Backward, BlockRowsLoopOverManyRows) {
+  std::size_t k = 0;
+  for (DType x : {DType::bf16, DType::f16, DType::f32})
+    for (std::int64_t cols : {2048, 4096, 8192, 16384}) {
+      if (x == DType::f32 && cols > 8192) continue;  // a cluster row
+      BackwardCase c;
+      c.x = x;
+      c.w = x;
+      c.dw = DType::f32;
+      c.cols = cols;
+      c.rows = GetParam() == Backend::cpu ? 13 : 1999;
+      c.saved_rstd = k++ % 2 == 1;
+      expect_good(GetParam(), c, seed_of({static_cast<int>(x), cols}));
+    }
+}
+
 TEST_P(Backward, StridedBatchedMisalignedAndSavedRstd) {
   for (bool saved : {false, true})
     for (std::int64_t lead : {0, 1}) {
