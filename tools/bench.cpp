@@ -21,10 +21,11 @@ std::vector<BenchShape> suite_shapes(const std::string& suite) {
     add(262144, 64);
     add(262144, 128);
   } else if (suite == "wide") {
-    for (std::int64_t n : {4096, 8192, 16384, 32768}) add(16384, n);
+    for (std::int64_t n : {4096, 8192, 16384, 24576, 32768}) add(16384, n);
     add(4096, 65536);
     add(2048, 131072);
     add(1024, 262144);
+    add(1024, 524288);
   } else if (suite == "decode") {
     add(1, 4096);
     add(32, 8192);

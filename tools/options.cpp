@@ -483,8 +483,8 @@ options:
   --dtype T         f16 (default), bf16 or f32: x, the weight and y (dy, dx and dw)
   --suite S,...     seed: M = 4096, N = 1024..8192 step 1024 (forward's default)
                     qk: 262144 x 64, 262144 x 128 (QK-norm over heads; forward only)
-                    wide: 16384 x 4096/8192/16384/32768, 4096 x 65536, 2048 x 131072,
-                          1024 x 262144 (forward only)
+                    wide: 16384 x 4096/8192/16384/24576/32768, 4096 x 65536,
+                          2048 x 131072, 1024 x 262144/524288 (not the backward)
                     decode: 1 x 4096, 32 x 8192, 1 x 8192, 8 x 4096 (latency per call;
                           forward only)
                     train: 16384 x 2048/4096/8192/16384, 8192 x 32768, 4096 x 65536,
@@ -500,9 +500,9 @@ options:
                     a lane (warp_rows for T <= 32, else block_row; with --strategy
                     cluster_row, T threads a block of a cluster) instead of the
                     planner's, to time the configurations against each other; it must be
-                    one the library instantiates for the op (src/kernel_configs.h; add and
-                    quant use the forward's), and shapes whose rows it cannot hold are
-                    reported as n/a
+                    one the library instantiates for the op (src/kernel_configs.h; add uses
+                    the forward's, quant its own block rows), and shapes whose rows it
+                    cannot hold are reported as n/a
   --no-pdl          CUDA: launch the fused kernels without programmatic dependent launch
                     (Params::pdl = false), to time what it saves
   --reps R          timed repetitions, the median is reported (default 50 on CUDA, 3 on
