@@ -26,11 +26,16 @@ std::vector<BenchShape> suite_shapes(const std::string& suite) {
     add(2048, 131072);
     add(1024, 262144);
     add(1024, 524288);
-  } else if (suite == "decode") {
+    add(1024, 1048576);
+  } else if (suite == "decode") {  // M of 1, 8, 32 and 128 tokens, the first two the README's
     add(1, 4096);
     add(32, 8192);
     add(1, 8192);
     add(8, 4096);
+    add(8, 8192);
+    add(32, 4096);
+    add(128, 4096);
+    add(128, 8192);
   } else if (suite == "train") {  // training shapes (tokens x hidden), the backward's targets
     for (std::int64_t n : {2048, 4096, 8192, 16384}) add(16384, n);
     add(8192, 32768);

@@ -484,9 +484,9 @@ options:
   --suite S,...     seed: M = 4096, N = 1024..8192 step 1024 (forward's default)
                     qk: 262144 x 64, 262144 x 128 (QK-norm over heads; forward only)
                     wide: 16384 x 4096/8192/16384/24576/32768, 4096 x 65536,
-                          2048 x 131072, 1024 x 262144/524288 (not the backward)
-                    decode: 1 x 4096, 32 x 8192, 1 x 8192, 8 x 4096 (latency per call;
-                          forward only)
+                          2048 x 131072, 1024 x 262144/524288/1048576 (not the backward)
+                    decode: 1 x 4096, 32 x 8192, 1 x 8192, 8 x 4096, 8 x 8192, 32 x 4096,
+                          128 x 4096, 128 x 8192 (latency per call; forward only)
                     train: 16384 x 2048/4096/8192/16384, 8192 x 32768, 4096 x 65536,
                           262144 x 128 (backward's default)
                     all: forward: seed, qk, wide, decode; backward: train, seed;
