@@ -131,11 +131,10 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   // long_row 2.08 / 1.74 / 1.67 (long_row reads the row twice, and rows that many no longer
   // stay in L2 between the reads). long_row remains for older GPUs and unaligned rows.
   // The quantised store's block rows have their own table (kernel_configs.h).
-  return with_load_width(p.quantize ? choose(row, p.cols, requested, cc_major, kWarpRowsConfigs,
-                                             kQuantBlockRowConfigs, kClusterRowConfigs)
-                                    : choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs,
-                                             kClusterRowConfigs),
-                         lw);
+  return with_load_width(
+      p.quantize ? choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, kQuantBlockRowConfigs, kClusterRowConfigs)
+                 : choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs, kClusterRowConfigs),
+      lw);
 }
 
 Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {

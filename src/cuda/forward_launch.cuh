@@ -140,7 +140,7 @@ void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const
             a, plan, q);
       else
         return launch_register_rows<ALIGNED, STEPS, TX, TW, TY, kVec, kBlockRowConfigs, kNumBlockRowConfigs>(a, plan,
-                                                                                                           q);
+                                                                                                             q);
     case Strategy::long_row:
       launch_kernel(LongRowImpl<ALIGNED, STEPS, TX, TW, TY, kVec, kLongRowThreads>,
                     {grid_for(a.total_rows), kLongRowThreads, 0, dynamic_scale_bytes(a, 1)}, q, "LongRowImpl", &plan,
