@@ -74,6 +74,14 @@ inline constexpr RegisterConfig kQuantBlockRowConfigs[] = {
 inline constexpr int kNumWarpRowsConfigs = sizeof(kWarpRowsConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumBlockRowConfigs = sizeof(kBlockRowConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumQuantBlockRowConfigs = sizeof(kQuantBlockRowConfigs) / sizeof(RegisterConfig);
+static_assert(kNumQuantBlockRowConfigs == kNumBlockRowConfigs,
+              "the two block-row tables differ only in configurations");
+// The block-row table of a store, the quantised one's or the plain one's: the planner, the
+// launcher and the bench's --config choose through this one function, so they cannot disagree.
+using BlockRowTable = RegisterConfig[kNumBlockRowConfigs];
+constexpr const BlockRowTable& block_row_configs(bool quantize) {
+  return quantize ? kQuantBlockRowConfigs : kBlockRowConfigs;
+}
 
 // The backward holds two rows (x and dy) and a dw accumulator per element, about three
 // times the forward's registers per vector: rows of up to 2048 vectors (16384 16-bit

@@ -132,8 +132,7 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   // stay in L2 between the reads). long_row remains for older GPUs and unaligned rows.
   // The quantised store's block rows have their own table (kernel_configs.h).
   return with_load_width(
-      p.quantize ? choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, kQuantBlockRowConfigs, kClusterRowConfigs)
-                 : choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, kBlockRowConfigs, kClusterRowConfigs),
+      choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, block_row_configs(p.quantize), kClusterRowConfigs),
       lw);
 }
 

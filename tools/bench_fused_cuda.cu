@@ -446,10 +446,8 @@ ShapeResult bench_fused_shape_cuda(const BenchContext& ctx, const BenchShape& sh
       const Plan automatic = detail::plan_problem(p, Strategy::automatic, cc);
       const bool cluster = ctx.strategy == Strategy::cluster_row;
       // The quantised store's block rows have a table of their own (kernel_configs.h).
-      forced = p.quantize ? forced_config(automatic, ctx.config_threads, ctx.config_items, n, detail::kWarpRowsConfigs,
-                                          detail::kQuantBlockRowConfigs, detail::kClusterRowConfigs, cluster, cc)
-                          : forced_config(automatic, ctx.config_threads, ctx.config_items, n, detail::kWarpRowsConfigs,
-                                          detail::kBlockRowConfigs, detail::kClusterRowConfigs, cluster, cc);
+      forced = forced_config(automatic, ctx.config_threads, ctx.config_items, n, detail::kWarpRowsConfigs,
+                             detail::block_row_configs(p.quantize), detail::kClusterRowConfigs, cluster, cc);
       strategy = forced_name(*forced);
     } else {
       strategy = strategy_name(detail::plan_problem(p, ctx.strategy, cc).strategy);

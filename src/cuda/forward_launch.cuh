@@ -135,12 +135,8 @@ void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const
     case Strategy::warp_rows:
       return launch_register_rows<ALIGNED, STEPS, TX, TW, TY, kVec, kWarpRowsConfigs, kNumWarpRowsConfigs>(a, plan, q);
     case Strategy::block_row:
-      if constexpr (STEPS::kQuant)
-        return launch_register_rows<ALIGNED, STEPS, TX, TW, TY, kVec, kQuantBlockRowConfigs, kNumQuantBlockRowConfigs>(
-            a, plan, q);
-      else
-        return launch_register_rows<ALIGNED, STEPS, TX, TW, TY, kVec, kBlockRowConfigs, kNumBlockRowConfigs>(a, plan,
-                                                                                                             q);
+      return launch_register_rows<ALIGNED, STEPS, TX, TW, TY, kVec, block_row_configs(STEPS::kQuant),
+                                  kNumBlockRowConfigs>(a, plan, q);
     case Strategy::long_row:
       launch_kernel(LongRowImpl<ALIGNED, STEPS, TX, TW, TY, kVec, kLongRowThreads>,
                     {grid_for(a.total_rows), kLongRowThreads, 0, dynamic_scale_bytes(a, 1)}, q, "LongRowImpl", &plan,
