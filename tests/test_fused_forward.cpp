@@ -340,6 +340,33 @@ TEST_P(Fused, QuantWideBlockRows) {
   SKIP_IF_CUDA_HAS_NO_KERNELS(run);
 }
 
+// Per-group scales on rows long enough that their group maxima fill 48 KB of shared memory
+// (4096 groups of three fp32 entries): the default limit a block gets without asking, which
+// the kernel's own shared memory then pushed over (CUDA refused the launch). Rows of
+// 524288 bf16 and 1048576 f32 columns (long_row), 262144 bf16 in groups of 64 (cluster_row
+// on sm_90), with and without the residual add.
+TEST_P(Fused, QuantGroupScalesOnLongRows) {
+  Runner run(backend());
+  struct Row {
+    DType x;
+    std::int64_t cols, group;
+  };
+  std::size_t k = 0;
+  for (const Row& row : {Row{DType::bf16, 524288, 128}, Row{DType::f32, 1048576, 256}, Row{DType::bf16, 262144, 64}})
+    for (bool add : {false, true}) {
+      FusedCase c;
+      c.x = c.y = row.x;
+      c.w = row.x;
+      c.quant = testing::quant_case(QuantScale::per_group, k % 2 ? DType::i8 : DType::f8e4m3, row.group, k % 3 == 1);
+      if (add) c.residual = row.x;
+      c.cols = row.cols;
+      c.rows = 3;
+      ++k;
+      if (!run.run(c)) return;
+    }
+  SKIP_IF_CUDA_HAS_NO_KERNELS(run);
+}
+
 INSTANTIATE_TEST_SUITE_P(, Fused, ::testing::Values(Backend::cpu, Backend::cuda),
                          [](const ::testing::TestParamInfo<Backend>& info) {
                            return std::string(testing::backend_name(info.param));

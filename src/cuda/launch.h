@@ -48,14 +48,17 @@ struct Queue {
 };
 
 // Lets `kernel` use `bytes` of dynamic shared memory a block on the current device: beyond
-// the default 48 KB it must be allowed. The allowance is an attribute of the kernel (one
-// value per kernel and device, not one per size): setting it for a smaller size lowers it
-// again, and a later launch with more shared memory then fails. So the largest size
-// allowed so far is kept per (device, kernel), the attribute is only ever raised, and the
-// runtime call stays off the launch path once a kernel's largest size has been seen.
+// the default 48 KB, counted with the kernel's static shared memory, it must be allowed
+// (on the H200, 48 KB of group maxima beside LongRowImpl's own reduction buffers failed to
+// launch, cudaErrorInvalidValue, until they were). The allowance is an attribute of the
+// kernel (one value per kernel and device, not one per size): setting it for a smaller
+// size lowers it again, and a later launch with more shared memory then fails. So the
+// largest size allowed so far is kept per (device, kernel), the attribute is only ever
+// raised, and the runtime call stays off the launch path once a kernel's largest size has
+// been seen. Kernels without dynamic shared memory never come here.
 template <class... KernelArgs>
 cudaError_t allow_shared_bytes(void (*kernel)(KernelArgs...), std::size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
+  if (bytes == 0) return cudaSuccess;
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
