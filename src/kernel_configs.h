@@ -116,9 +116,26 @@ inline constexpr int kNumBackwardBlockRowConfigs = sizeof(kBackwardBlockRowConfi
 // in clusters twice the size, 2.78 / 2.63 / 2.17; 512x2 (64 registers, two blocks an SM)
 // lost too, 2.04 / 1.96 on 32768 / 65536 with the grids of the time.
 inline constexpr RegisterConfig kClusterRowConfigs[] = {{512, 8, 512}};
+// The residual add's cluster rows: 1024 x 4, the same capacity (so the same cluster sizes).
+// Timed alone on the H200 (bf16, 2026-12-03, bench/results/...-290102e-cluster-configs.txt),
+// each on the grid of twice the resident clusters: 93.6 / 91.6 / 89.1 % of the copy on rows
+// of 65536 / 131072 / 262144 columns, against 86.2 / 79.6 / 73.9 % for 512 x 8, which the
+// add's second row (r) held at 100 registers a thread, one 512-thread block an SM.
+inline constexpr RegisterConfig kAddClusterRowConfigs[] = {{1024, 4, 1024}};
 inline constexpr RegisterConfig kBackwardClusterRowConfigs[] = {{512, 4, 512}, {256, 4, 256}};
 inline constexpr int kNumClusterRowConfigs = sizeof(kClusterRowConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumBackwardClusterRowConfigs = sizeof(kBackwardClusterRowConfigs) / sizeof(RegisterConfig);
+static_assert(sizeof(kAddClusterRowConfigs) == sizeof(kClusterRowConfigs), "one cluster configuration an op");
+// The forward's cluster table of an op: the residual add's for the add of a residual of
+// x's dtype, without the ranks' sum or the quantised store (whose registers at 1024 threads
+// were not measured; with an f32 residual and 16-bit x, 1024 x 4 spilled 24-28 bytes a
+// thread, sm_90, nvcc 13.0), else the others'. The planner, the launcher and the bench's
+// --config choose through it.
+using ClusterRowTable = RegisterConfig[kNumClusterRowConfigs];
+constexpr const ClusterRowTable& cluster_row_configs(bool residual, bool residual_is_x_dtype, bool quantize,
+                                                     bool ranks) {
+  return residual && residual_is_x_dtype && !quantize && !ranks ? kAddClusterRowConfigs : kClusterRowConfigs;
+}
 inline constexpr int kMaxClusterSize = 8;
 
 // Whether a plan names a configuration: register rows by their lanes a row and vectors a

@@ -130,9 +130,11 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   // cluster_row moved 2.85 / 2.44 / 2.31 TB/s on rows of 65536 / 131072 / 262144 elements,
   // long_row 2.08 / 1.74 / 1.67 (long_row reads the row twice, and rows that many no longer
   // stay in L2 between the reads). long_row remains for older GPUs and unaligned rows.
-  // The quantised store's block rows have their own table (kernel_configs.h).
+  // The quantised store's block rows have their own table, the residual add its cluster rows
+  // (kernel_configs.h).
   return with_load_width(
-      choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, block_row_configs(p.quantize), kClusterRowConfigs),
+      choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, block_row_configs(p.quantize),
+             cluster_row_configs(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize, p.ranks > 1)),
       lw);
 }
 

@@ -313,6 +313,8 @@ TEST(Plan, LaunchersFindTheConfigurationThePlanNames) {
   expect_with_config_finds_each<detail::kBackwardBlockRowConfigs, detail::kNumBackwardBlockRowConfigs>(
       detail::names_rows, false);
   expect_with_config_finds_each<detail::kClusterRowConfigs, detail::kNumClusterRowConfigs>(detail::names_cluster, true);
+  expect_with_config_finds_each<detail::kAddClusterRowConfigs, detail::kNumClusterRowConfigs>(detail::names_cluster,
+                                                                                              true);
   expect_with_config_finds_each<detail::kBackwardClusterRowConfigs, detail::kNumBackwardClusterRowConfigs>(
       detail::names_cluster, true);
 }
@@ -369,6 +371,55 @@ TEST(Plan, WideBlockRowsKeepAnSmFull) {
   ASSERT_EQ(detail::kNumQuantBlockRowConfigs, detail::kNumBlockRowConfigs);
   for (int i = 0; i < detail::kNumBlockRowConfigs; ++i)
     EXPECT_EQ(detail::kQuantBlockRowConfigs[i].capacity(), detail::kBlockRowConfigs[i].capacity()) << "entry " << i;
+}
+
+// The residual add's cluster rows are 1024 x 4, everything else's 512 x 8 (the quantised
+// store with or without the add, the ranks' sum, an f32 residual with 16-bit x): the same
+// capacity, so the same clusters.
+TEST(Plan, ResidualAddClusterRowsHaveTheirOwnBlocks) {
+  for (std::int64_t cols : {65536, 131072, 262144}) {
+    detail::ForwardProblem p;
+    p.x = reinterpret_cast<const void*>(kX);
+    p.y = reinterpret_cast<void*>(kY);
+    p.x_dtype = p.y_dtype = DType::bf16;
+    p.rows = 8;
+    p.cols = cols;
+    p.x_row_stride = p.y_row_stride = cols;
+    p.x_batch_stride = p.y_batch_stride = 8 * cols;
+    const Plan plain = detail::plan_problem(p, Strategy::automatic, 9);
+    p.residual = p.x;
+    p.residual_out = p.y;
+    p.r_dtype = DType::bf16;
+    p.r_row_stride = p.r_out_row_stride = cols;
+    p.r_batch_stride = p.r_out_batch_stride = 8 * cols;
+    const Plan add = detail::plan_problem(p, Strategy::automatic, 9);
+    p.ranks = 2;
+    const Plan ranks = detail::plan_problem(p, Strategy::automatic, 9);
+    p.ranks = 1;
+    p.r_dtype = DType::f32;
+    const Plan f32_residual = detail::plan_problem(p, Strategy::automatic, 9);
+    p.r_dtype = DType::bf16;
+    p.quantize = true;
+    p.y_dtype = DType::f8e4m3;
+    const Plan add_quant = detail::plan_problem(p, Strategy::automatic, 9);
+    for (const Plan& plan : {plain, add, ranks, add_quant}) {
+      EXPECT_EQ(plan.strategy, Strategy::cluster_row) << where(DType::bf16, cols) << ": " << show(plan);
+      EXPECT_EQ(plan.cluster_size, plain.cluster_size) << where(DType::bf16, cols) << ": " << show(plan);
+    }
+    // An f32 residual's row is f32: twice the chunks, so a cluster twice the size (or none).
+    if (f32_residual.strategy == Strategy::cluster_row) {
+      EXPECT_EQ(f32_residual.cluster_size, 2 * plain.cluster_size)
+          << where(DType::f32, cols) << ": " << show(f32_residual);
+      EXPECT_EQ(f32_residual.threads_per_block, 512) << where(DType::f32, cols) << ": " << show(f32_residual);
+    }
+    for (const Plan& plan : {plain, ranks, add_quant}) {
+      EXPECT_EQ(plan.threads_per_block, 512) << where(DType::bf16, cols) << ": " << show(plan);
+      EXPECT_EQ(plan.items_per_thread, 8) << where(DType::bf16, cols) << ": " << show(plan);
+    }
+    EXPECT_EQ(add.threads_per_block, 1024) << where(DType::bf16, cols) << ": " << show(add);
+    EXPECT_EQ(add.items_per_thread, 4) << where(DType::bf16, cols) << ": " << show(add);
+  }
+  EXPECT_EQ(detail::kAddClusterRowConfigs[0].capacity(), detail::kClusterRowConfigs[0].capacity());
 }
 
 // cluster_row (sm_90; plans for CPU views are for sm_90) holds a long row in the registers

@@ -103,16 +103,27 @@ void launch_register_rows(const ForwardArgs& a, const Plan& plan, const Queue& q
   });
 }
 
-// The cluster configuration the plan names (kClusterRowConfigs).
+// The cluster configuration the plan names (the op's table, cluster_row_configs). The grid
+// is twice the clusters the device holds at once, each looping over its share of the rows.
+// Timed alone on the H200 (bf16, 2026-12-03, bench/results/...-290102e-cluster-configs.txt),
+// 512 x 8 on rows of 65536 / 131072 / 262144 columns: 89.1 / 87.4 / 78.1 % of the copy,
+// against 89.4 / 76.0 / 74.1 % on cluster_count's grid (SMs x 4 blocks) and 87.9 / 85.6 /
+// 80.6 % on the resident clusters alone; the residual add's 1024 x 4 was as fast on either
+// grid of resident clusters (93.6 / 91.6 / 89.1 % at twice).
 template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC>
 void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
-  with_config<kClusterRowConfigs, kNumClusterRowConfigs>(plan, names_cluster, [&](auto i) {
-    constexpr RegisterConfig c = kClusterRowConfigs[decltype(i)::value];
-    const std::int64_t clusters = cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
-    launch_kernel(
-        ClusterRowImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.items, c.threads_per_block>,
-        {grid_for(clusters * plan.cluster_size), c.threads_per_block, plan.cluster_size, dynamic_scale_bytes(a, 1)}, q,
-        "ClusterRowImpl", &plan, a);
+  constexpr const ClusterRowTable& kTable = cluster_row_configs(
+      STEPS::kResidual, std::is_same_v<typename STEPS::template Input<TX>, TX>, STEPS::kQuant, STEPS::kRanks);
+  with_config<kTable, kNumClusterRowConfigs>(plan, names_cluster, [&](auto i) {
+    constexpr RegisterConfig c = kTable[decltype(i)::value];
+    const auto kernel = ClusterRowImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.items, c.threads_per_block>;
+    LaunchShape shape{dim3(1), c.threads_per_block, plan.cluster_size, dynamic_scale_bytes(a, 1)};
+    const int resident = resident_clusters(kernel, shape);
+    const std::int64_t clusters = resident > 0
+                                      ? std::min<std::int64_t>(a.total_rows, 2 * std::int64_t{resident})
+                                      : cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
+    shape.grid = grid_for(clusters * plan.cluster_size);
+    launch_kernel(kernel, shape, q, "ClusterRowImpl", &plan, a);
   });
 }
 
