@@ -340,6 +340,35 @@ TEST_P(Fused, QuantWideBlockRows) {
   SKIP_IF_CUDA_HAS_NO_KERNELS(run);
 }
 
+// Per-group scales whose groups are 1 to 32 chunks of 16 bytes (the register rows of whole
+// warps take their maxima by shuffles across a group's lanes) and 24 or 64 chunks (a
+// shared-memory table): rows of one warp (1024 16-bit columns) and of several (block rows,
+// their last lanes past the row's end), every 16-bit dtype and f32, some after a residual
+// add, column-major scales, powers of two and an upper bound on some.
+TEST_P(Fused, QuantGroupsWithinAWarp) {
+  Runner run(backend());
+  std::size_t k = 0;
+  for (DType x : {DType::bf16, DType::f16, DType::f32}) {
+    const std::int64_t vec = 16 / static_cast<std::int64_t>(dtype_size(x));
+    for (std::int64_t chunks : {1, 2, 4, 8, 16, 32, 24, 64})
+      for (std::int64_t target : {128 * vec, 325 * vec}) {
+        const std::int64_t group = chunks * vec;
+        FusedCase c;
+        c.x = c.y = x;
+        c.w = x;
+        c.quant = testing::quant_case(QuantScale::per_group, k % 2 ? DType::i8 : DType::f8e4m3, group, k % 3 == 2);
+        c.quant->pow2 = k % 4 == 1;
+        if (k % 5 == 3) c.quant->scale_ub = 1.5;
+        if (k % 3 == 1) c.residual = x;
+        c.cols = (target + group - 1) / group * group;
+        c.rows = 6;
+        ++k;
+        if (!run.run(c)) return;
+      }
+  }
+  SKIP_IF_CUDA_HAS_NO_KERNELS(run);
+}
+
 // Per-group scales on rows long enough that their group maxima fill 48 KB of shared memory
 // (4096 groups of three fp32 entries): the default limit a block gets without asking, which
 // the kernel's own shared memory then pushed over (CUDA refused the launch). Rows of

@@ -372,9 +372,17 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
   const bool dynamic = STEPS::kQuant && a.dynamic;
   // Per-group scales gather their maxima in a GroupMax table; per-row ones reduce like the
   // sum (RowMax), with no shared-memory atomics and, for rows within a warp, no barrier.
+  // Where a group's chunks lie in the lanes of one warp (whole warps a row, a power of two
+  // of at most 32 chunks a group: bf16 and f16 groups of 8-256 columns, f32 of 4-128), a
+  // lane's chunk i and its group's other chunks are chunk i of its neighbours, so shuffles
+  // over those lanes give each chunk its group's max: no table, atomics or barrier.
   const bool grouped = dynamic && a.groups > 1;
-  GroupMax group_max(group_cells, grouped ? kRowsPerBlock * a.groups : 0, BLOCK);
-  if (grouped) __syncthreads();
+  const int group_lanes = grouped ? static_cast<int>(a.group_size / VEC) : 0;
+  const bool lane_groups = grouped && TPR % 32 == 0 && a.group_size % VEC == 0 && group_lanes <= 32 &&
+                           (group_lanes & (group_lanes - 1)) == 0;
+  const bool table_groups = grouped && !lane_groups;
+  GroupMax group_max(group_cells, table_groups ? kRowsPerBlock * a.groups : 0, BLOCK);
+  if (table_groups) __syncthreads();
   __shared__ unsigned row_max_cells[STEPS::kQuant && TPR > 32 ? 2 * BLOCK / 32 : 1];
   RowMax<TPR, BLOCK> row_max;
   if constexpr (TPR > 32) row_max.cells = row_max_cells;
@@ -411,7 +419,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
               w, wv, lane, vectors, v, rstd, a,
               [&](std::int64_t, const float(&out)[VEC]) { m = fmaxf(m, chunk_amax(out)); });
         row_amax = row_max.max(m);  // every lane of the row, valid or not
-      } else if (dynamic) {         // every lane passes the barrier, valid row or not
+      } else if (table_groups) {    // every lane passes the barrier, valid row or not
         if (valid)
           for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, TPR, kPreload>(
               w, wv, lane, vectors, v, rstd, a,
@@ -424,10 +432,21 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
       if (valid)
         for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, TPR, kPreload>(
             w, wv, lane, vectors, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
+              // lane_groups: the group's max over its lanes. The lanes past the row's end skip
+              // this chunk; groups are whole, so those are whole groups, the warp's last lanes.
+              float group_amax = 0.0f;
+              if (lane_groups) {
+                group_amax = chunk_amax(out);
+                const std::int64_t left = vectors - (idx - static_cast<int>(threadIdx.x % 32));
+                const unsigned lanes = left >= 32 ? 0xffffffffu : (1u << left) - 1u;
+                for (int o = 1; o < group_lanes; o <<= 1)
+                  group_amax = fmaxf(group_amax, __shfl_xor_sync(lanes, group_amax, o));
+              }
+              const auto amax = [&](std::int64_t g) { return lane_groups ? group_amax : amax_of(g); };
               store_chunk<ALIGNED, TY, VEC>(
-                  y, idx, a.cols, quantise<VEC>(out, chunk_divisor<VEC>(row, idx, row_d, amax_of, qc, a), a.fp8));
+                  y, idx, a.cols, quantise<VEC>(out, chunk_divisor<VEC>(row, idx, row_d, amax, qc, a), a.fp8));
             });
-      if (grouped) group_max.next();
+      if (table_groups) group_max.next();
     } else {
       if (!valid) continue;
       for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, TPR, kPreload>(
