@@ -157,8 +157,8 @@ int resident_clusters(void (*kernel)(KernelArgs...), const LaunchShape& shape) {
   return clusters;
 }
 
-// Clusters of the forward's persistent cluster grid (and the backward's when
-// resident_clusters cannot say): SMs x 2048 threads / block / cluster size, four times what
+// Clusters of the persistent cluster grids when resident_clusters cannot say (the forward's
+// is twice the resident clusters otherwise): SMs x 2048 threads / block / cluster size, four times what
 // one-block-an-SM kernels keep resident, and no more than there are rows. Measured on the
 // H100 (bf16, 2026-11-25): sized to SMs / cluster size (more than fit at once: clusters
 // must share a GPC) the rest ran their whole share of rows as a second wave, and the
