@@ -500,9 +500,9 @@ options:
                     a lane (warp_rows for T <= 32, else block_row; with --strategy
                     cluster_row, T threads a block of a cluster) instead of the
                     planner's, to time the configurations against each other; it must be
-                    one the library instantiates for the op (src/kernel_configs.h; add uses
-                    the forward's, quant its own block rows), and shapes whose rows it
-                    cannot hold are reported as n/a
+                    one the library instantiates for the op (src/kernel_configs.h: add
+                    has its own cluster rows, 1024x4, quant its own block rows), and
+                    shapes whose rows it cannot hold are reported as n/a
   --no-pdl          CUDA: launch the fused kernels without programmatic dependent launch
                     (Params::pdl = false), to time what it saves
   --reps R          timed repetitions, the median is reported (default 50 on CUDA, 3 on
