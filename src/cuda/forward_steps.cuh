@@ -116,10 +116,19 @@ struct Divisor {
   }
 };
 
-// int8 codes of four quotients, packed into one word in memory order.
+// int8 codes of four quotients, packed into one word in memory order. Each quotient,
+// clamped to -127..127 (NaN to 0), is rounded half to even by adding 1.5 * 2^23: the sum
+// lies in [2^23, 2^24), where a float's last significand bits are the integer, and its low
+// byte is the code in two's complement. That is one FADD, issued at the FMA's rate, where
+// the float-to-integer conversion issues at a quarter of it on sm_80 / sm_90 (the CUDA
+// guide's throughput table), and the quantised store is bound by instruction issue.
+__device__ __forceinline__ unsigned int8_code_bits(float t) {
+  t = t == t ? fminf(fmaxf(t, -127.0f), 127.0f) : 0.0f;
+  return __float_as_uint(__fadd_rn(t, 12582912.0f));
+}
 __device__ __forceinline__ unsigned encode_i8x4(float t0, float t1, float t2, float t3) {
-  const unsigned lo = __byte_perm(encode_q8(t0, false), encode_q8(t1, false), 0x0040);
-  const unsigned hi = __byte_perm(encode_q8(t2, false), encode_q8(t3, false), 0x0040);
+  const unsigned lo = __byte_perm(int8_code_bits(t0), int8_code_bits(t1), 0x0040);
+  const unsigned hi = __byte_perm(int8_code_bits(t2), int8_code_bits(t3), 0x0040);
   return __byte_perm(lo, hi, 0x5410);
 }
 
