@@ -377,9 +377,9 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
   // lane's chunk i and its group's other chunks are chunk i of its neighbours, so shuffles
   // over those lanes give each chunk its group's max: no table, atomics or barrier.
   const bool grouped = dynamic && a.groups > 1;
+  // (A group is whole chunks: the launcher refuses other group sizes.)
   const int group_lanes = grouped ? static_cast<int>(a.group_size / VEC) : 0;
-  const bool lane_groups = grouped && TPR % 32 == 0 && a.group_size % VEC == 0 && group_lanes <= 32 &&
-                           (group_lanes & (group_lanes - 1)) == 0;
+  const bool lane_groups = grouped && TPR % 32 == 0 && group_lanes <= 32 && (group_lanes & (group_lanes - 1)) == 0;
   const bool table_groups = grouped && !lane_groups;
   GroupMax group_max(group_cells, table_groups ? kRowsPerBlock * a.groups : 0, BLOCK);
   if (table_groups) __syncthreads();
