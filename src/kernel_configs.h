@@ -127,14 +127,15 @@ inline constexpr int kNumClusterRowConfigs = sizeof(kClusterRowConfigs) / sizeof
 inline constexpr int kNumBackwardClusterRowConfigs = sizeof(kBackwardClusterRowConfigs) / sizeof(RegisterConfig);
 static_assert(sizeof(kAddClusterRowConfigs) == sizeof(kClusterRowConfigs), "one cluster configuration an op");
 // The forward's cluster table of an op: the residual add's for the add of a residual of
-// x's dtype, without the ranks' sum or the quantised store (whose registers at 1024 threads
-// were not measured; with an f32 residual and 16-bit x, 1024 x 4 spilled 24-28 bytes a
-// thread, sm_90, nvcc 13.0), else the others'. The planner, the launcher and the bench's
-// --config choose through it.
+// x's dtype, with or without the ranks' sum (which must share it: y of the ranks' sum is
+// the residual add's of the same r_out bit for bit, and the block's shape orders the sum of
+// squares), without the quantised store (whose registers at 1024 threads were not
+// measured; with an f32 residual and 16-bit x, 1024 x 4 spilled 24-28 bytes a thread,
+// sm_90, nvcc 13.0), else the others'. The planner, the launcher and the bench's --config
+// choose through it.
 using ClusterRowTable = RegisterConfig[kNumClusterRowConfigs];
-constexpr const ClusterRowTable& cluster_row_configs(bool residual, bool residual_is_x_dtype, bool quantize,
-                                                     bool ranks) {
-  return residual && residual_is_x_dtype && !quantize && !ranks ? kAddClusterRowConfigs : kClusterRowConfigs;
+constexpr const ClusterRowTable& cluster_row_configs(bool residual, bool residual_is_x_dtype, bool quantize) {
+  return residual && residual_is_x_dtype && !quantize ? kAddClusterRowConfigs : kClusterRowConfigs;
 }
 inline constexpr int kMaxClusterSize = 8;
 

@@ -132,10 +132,9 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   // stay in L2 between the reads). long_row remains for older GPUs and unaligned rows.
   // The quantised store's block rows have their own table, the residual add its cluster rows
   // (kernel_configs.h).
-  return with_load_width(
-      choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, block_row_configs(p.quantize),
-             cluster_row_configs(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize, p.ranks > 1)),
-      lw);
+  return with_load_width(choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, block_row_configs(p.quantize),
+                                cluster_row_configs(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize)),
+                         lw);
 }
 
 Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {

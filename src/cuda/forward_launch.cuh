@@ -112,8 +112,8 @@ void launch_register_rows(const ForwardArgs& a, const Plan& plan, const Queue& q
 // grid of resident clusters (93.6 / 91.6 / 89.1 % at twice).
 template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC>
 void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
-  constexpr const ClusterRowTable& kTable = cluster_row_configs(
-      STEPS::kResidual, std::is_same_v<typename STEPS::template Input<TX>, TX>, STEPS::kQuant, STEPS::kRanks);
+  constexpr const ClusterRowTable& kTable =
+      cluster_row_configs(STEPS::kResidual, std::is_same_v<typename STEPS::template Input<TX>, TX>, STEPS::kQuant);
   with_config<kTable, kNumClusterRowConfigs>(plan, names_cluster, [&](auto i) {
     constexpr RegisterConfig c = kTable[decltype(i)::value];
     const auto kernel = ClusterRowImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.items, c.threads_per_block>;
