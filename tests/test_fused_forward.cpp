@@ -344,7 +344,8 @@ TEST_P(Fused, QuantWideBlockRows) {
 // warps take their maxima by shuffles across a group's lanes) and 24 or 64 chunks (a
 // shared-memory table): rows of one warp (1024 16-bit columns) and of several (block rows,
 // their last lanes past the row's end), every 16-bit dtype and f32, some after a residual
-// add, column-major scales, powers of two and an upper bound on some.
+// add, column-major scales, powers of two and an upper bound on some; some with x an
+// element off the 16-byte grid (rows an element at a time: the table, on the same groups).
 TEST_P(Fused, QuantGroupsWithinAWarp) {
   Runner run(backend());
   std::size_t k = 0;
@@ -360,6 +361,7 @@ TEST_P(Fused, QuantGroupsWithinAWarp) {
         c.quant->pow2 = k % 4 == 1;
         if (k % 5 == 3) c.quant->scale_ub = 1.5;
         if (k % 3 == 1) c.residual = x;
+        if (k % 7 == 4) c.x_lead = 1;
         c.cols = (target + group - 1) / group * group;
         c.rows = 6;
         ++k;

@@ -350,9 +350,15 @@ constexpr int forward_resident_threads() {
   return STEPS::kResidual || (STEPS::kQuant && CLUSTER) ? resident_threads(4) : resident_threads(2);
 }
 
-template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int TPR, int ITEMS, int BLOCK>
+// LANE_GROUPS: per-group scales whose groups lie in one warp's lanes (lane_group_width), an
+// instantiation of its own: as a run-time branch of the store, their shuffles cost the
+// static and per-row scales 2-11 % on the H200 (bf16 block rows, b244bba), whose store is
+// bound by instruction issue and already spills at 64 registers.
+template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int TPR, int ITEMS, int BLOCK,
+          bool LANE_GROUPS = false>
 __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>() / BLOCK)
     RegisterRowsImpl(const ForwardArgs a) {
+  static_assert(!LANE_GROUPS || (STEPS::kQuant && TPR % 32 == 0), "lane groups are a warp's lanes of a row");
   begin_dependent_grid();
   using TC = typename STEPS::template Input<TX>;  // the Llama cast's type: x's
   constexpr int kRowsPerBlock = BLOCK / TPR;
@@ -372,17 +378,20 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
   const bool dynamic = STEPS::kQuant && a.dynamic;
   // Per-group scales gather their maxima in a GroupMax table; per-row ones reduce like the
   // sum (RowMax), with no shared-memory atomics and, for rows within a warp, no barrier.
-  // Where a group's chunks lie in the lanes of one warp (whole warps a row, a power of two
-  // of at most 32 chunks a group: bf16 and f16 groups of 8-256 columns, f32 of 4-128), a
-  // lane's chunk i and its group's other chunks are chunk i of its neighbours, so shuffles
-  // over those lanes give each chunk its group's max: no table, atomics or barrier.
-  const bool grouped = dynamic && a.groups > 1;
-  // (A group is whole chunks: the launcher refuses other group sizes.)
-  const int group_lanes = grouped ? static_cast<int>(a.group_size / VEC) : 0;
-  const bool lane_groups = grouped && TPR % 32 == 0 && group_lanes <= 32 && (group_lanes & (group_lanes - 1)) == 0;
-  const bool table_groups = grouped && !lane_groups;
+  // Lane groups (LANE_GROUPS) take theirs by shuffles in the store: a lane's chunk i and its
+  // group's other chunks are chunk i of its neighbours, so no table, atomics or barrier.
+  const bool table_groups = !LANE_GROUPS && dynamic && a.groups > 1;
   GroupMax group_max(group_cells, table_groups ? kRowsPerBlock * a.groups : 0, BLOCK);
   if (table_groups) __syncthreads();
+  // A lane's group is the same lanes for every chunk it holds, and they reach the store
+  // together: the chunk is in the row for all of them or for none (groups are whole chunks,
+  // aligned to the row's start).
+  [[maybe_unused]] int group_lanes = 1;
+  [[maybe_unused]] unsigned group_mask = ~0u;
+  if constexpr (LANE_GROUPS) {
+    group_lanes = static_cast<int>(a.group_size / VEC);
+    if (group_lanes < 32) group_mask = ((1u << group_lanes) - 1u) << (threadIdx.x % 32 & ~(group_lanes - 1));
+  }
   __shared__ unsigned row_max_cells[STEPS::kQuant && TPR > 32 ? 2 * BLOCK / 32 : 1];
   RowMax<TPR, BLOCK> row_max;
   if constexpr (TPR > 32) row_max.cells = row_max_cells;
@@ -412,7 +421,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
     if constexpr (STEPS::kQuant) {
       unsigned* table = group_max.table() + slot * a.groups;
       float row_amax = 0.0f;
-      if (dynamic && a.groups == 1) {  // per-row scales: the row's max |y|, reduced as its sum is
+      if (!LANE_GROUPS && dynamic && a.groups == 1) {  // per-row scales: the row's max |y|, reduced as its sum is
         float m = 0.0f;
         if (valid)
           for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, TPR, kPreload>(
@@ -432,19 +441,16 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
       if (valid)
         for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, TPR, kPreload>(
             w, wv, lane, vectors, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
-              // lane_groups: the group's max over its lanes. The lanes past the row's end skip
-              // this chunk; groups are whole, so those are whole groups, the warp's last lanes.
-              float group_amax = 0.0f;
-              if (lane_groups) {
-                group_amax = chunk_amax(out);
-                const std::int64_t left = vectors - (idx - static_cast<int>(threadIdx.x % 32));
-                const unsigned lanes = left >= 32 ? 0xffffffffu : (1u << left) - 1u;
-                for (int o = 1; o < group_lanes; o <<= 1)
-                  group_amax = fmaxf(group_amax, __shfl_xor_sync(lanes, group_amax, o));
+              if constexpr (LANE_GROUPS) {
+                float m = chunk_amax(out);
+                for (int o = 1; o < group_lanes; o <<= 1) m = fmaxf(m, __shfl_xor_sync(group_mask, m, o));
+                const auto group_amax = [m](std::int64_t) { return m; };
+                store_chunk<ALIGNED, TY, VEC>(
+                    y, idx, a.cols, quantise<VEC>(out, chunk_divisor<VEC>(row, idx, row_d, group_amax, qc, a), a.fp8));
+              } else {
+                store_chunk<ALIGNED, TY, VEC>(
+                    y, idx, a.cols, quantise<VEC>(out, chunk_divisor<VEC>(row, idx, row_d, amax_of, qc, a), a.fp8));
               }
-              const auto amax = [&](std::int64_t g) { return lane_groups ? group_amax : amax_of(g); };
-              store_chunk<ALIGNED, TY, VEC>(
-                  y, idx, a.cols, quantise<VEC>(out, chunk_divisor<VEC>(row, idx, row_d, amax, qc, a), a.fp8));
             });
       if (table_groups) group_max.next();
     } else {

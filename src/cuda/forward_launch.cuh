@@ -84,6 +84,17 @@ inline std::size_t dynamic_scale_bytes(const ForwardArgs& a, std::int64_t rows_p
   return bytes;
 }
 
+// Per-group scales whose group is a power of two of at most 32 chunks (bf16 and f16 groups
+// of 8-256 columns, f32 of 4-128): in a row of whole warps (TPR a multiple of 32) the
+// group's chunks lie in neighbouring lanes of one warp, and the register rows take its max
+// by shuffles (RegisterRowsImpl's LANE_GROUPS). Aligned rows only: the others keep the
+// shared-memory table (one instantiation fewer a configuration).
+inline bool lane_groups(const ForwardArgs& a, int vec) {
+  if (!a.dynamic || a.groups <= 1) return false;
+  const std::int64_t lanes = a.group_size / vec;  // a group is whole chunks (launch_typed)
+  return lanes <= 32 && (lanes & (lanes - 1)) == 0;
+}
+
 // Grids stay within the hardware's limit; the kernels loop over any remaining rows.
 inline unsigned grid_for(std::int64_t work_items) {
   constexpr std::int64_t kMaxGrid = 0x7fffffff;
@@ -97,6 +108,13 @@ void launch_register_rows(const ForwardArgs& a, const Plan& plan, const Queue& q
     constexpr RegisterConfig c = TABLE[decltype(i)::value];
     constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
     const std::int64_t blocks = (a.total_rows + kRowsPerBlock - 1) / kRowsPerBlock;
+    if constexpr (ALIGNED && STEPS::kQuant && c.threads_per_row % 32 == 0)
+      if (lane_groups(a, VEC)) {
+        launch_kernel(
+            RegisterRowsImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.threads_per_row, c.items, c.threads_per_block, true>,
+            {grid_for(blocks), c.threads_per_block, 0, 0}, q, "RegisterRowsImpl", &plan, a);
+        return;
+      }
     launch_kernel(RegisterRowsImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.threads_per_row, c.items, c.threads_per_block>,
                   {grid_for(blocks), c.threads_per_block, 0, dynamic_scale_bytes(a, kRowsPerBlock)}, q,
                   "RegisterRowsImpl", &plan, a);
