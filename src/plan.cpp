@@ -53,6 +53,11 @@ Plan from_config(Strategy s, int vw, const RegisterConfig& c) {
   return Plan{s, vw, c.threads_per_row, c.items, c.threads_per_block};
 }
 
+// long_row: any row, a block of kLongRowThreads streaming it.
+Plan long_row_plan(DType x_dtype) {
+  return Plan{Strategy::long_row, chunk_width(x_dtype), kLongRowThreads, 0, kLongRowThreads};
+}
+
 Plan with_load_width(Plan p, int lw) {
   p.load_width = lw;
   return p;
@@ -69,7 +74,7 @@ Plan choose(DType x_dtype, std::int64_t cols, Strategy requested, int cc_major, 
   const RegisterConfig& cluster_config = cluster_table[0];
   const int vw = chunk_width(x_dtype);
   const std::int64_t vectors = (cols + vw - 1) / vw;
-  const Plan long_row{Strategy::long_row, vw, kLongRowThreads, 0, kLongRowThreads};
+  const Plan long_row = long_row_plan(x_dtype);
   const RegisterConfig* warp = first_fit(warp_table, vectors);
   const RegisterConfig* block = first_fit(block_table, vectors);
   const std::int64_t cluster_size = (vectors + cluster_config.capacity() - 1) / cluster_config.capacity();
@@ -132,9 +137,21 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   // stay in L2 between the reads). long_row remains for older GPUs and unaligned rows.
   // The quantised store's block rows have their own table, the residual add its cluster rows
   // (kernel_configs.h).
-  return with_load_width(choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, block_row_configs(p.quantize),
-                                cluster_row_configs(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize)),
-                         lw);
+  Plan plan = choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, block_row_configs(p.quantize),
+                     cluster_row_configs(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize));
+  // Except the quantised store: its rows beyond one block stream (long_row) unless
+  // cluster_row is asked for. On the H200 (bf16, 2026-12-03, tree b244bba) its cluster rows
+  // moved 39.7-46.1 % of the copy with a static scale on 4096 x 65536 .. 1024 x 262144,
+  // 23.2-27.3 % with per-row scales and 16.3-18.7 % with groups of 128, the dynamic scales
+  // slower than the unfused norm and quantisation (0.75-0.97x); long_row moved 52.2, 34.0
+  // and 27.7 % on the longer rows of 1024 x 524288. A cluster row's store is issue-bound
+  // (64 registers a thread, 8 vectors a lane, spilling), and the dynamic scales add two
+  // cluster barriers and reads of every block's maxima through distributed shared memory;
+  // long_row's 512 threads each hold one vector at a time, and its second and third reads
+  // of a row mostly hit L2.
+  if (p.quantize && requested == Strategy::automatic && plan.strategy == Strategy::cluster_row)
+    plan = long_row_plan(row);
+  return with_load_width(plan, lw);
 }
 
 Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {

@@ -62,6 +62,10 @@ struct FusedCase {
   double eps = 1e-6;
   double scale = 1.0;                   // x ~ N(0, scale^2); the residual ~ N(0, 1)
   std::vector<std::int64_t> zero_rows;  // rows of x and the residual set to zero (quant: min scale)
+  // Params::strategy (CUDA; the CPU has one). A forced strategy that cannot serve the case
+  // must be refused by name (Code::unsupported, "strategy: ...") with nothing written, and
+  // the case counts as skipped.
+  Strategy strategy = Strategy::automatic;
   std::string describe() const;
 };
 

@@ -371,21 +371,56 @@ TEST_P(Fused, QuantGroupsWithinAWarp) {
   SKIP_IF_CUDA_HAS_NO_KERNELS(run);
 }
 
+// The quantised store under each strategy forced, where automatic would not pick it: long
+// rows in the cluster rows (which automatic leaves for long_row), short and mid rows
+// streamed, and block rows; every scale, fp8 and int8, with and without the residual add
+// (of x's dtype or f32), aligned and not. A strategy that cannot serve a case is refused by
+// name with nothing written (the CPU, one strategy, runs them all).
+TEST_P(Fused, QuantForcedStrategies) {
+  Runner run(backend());
+  const QuantScale kinds[] = {QuantScale::static_tensor, QuantScale::per_row, QuantScale::per_group};
+  std::size_t k = 0;
+  for (Strategy s : {Strategy::cluster_row, Strategy::long_row, Strategy::block_row})
+    for (std::int64_t cols : {1000, 4096, 32776, 65536, 131072}) {
+      FusedCase c;
+      c.strategy = s;
+      c.x = c.y = k % 3 == 1 ? DType::f16 : DType::bf16;
+      c.w = c.x;
+      const std::int64_t group = k % 4 == 3 ? 256 : 128;
+      const QuantScale kind =
+          kinds[k % 3] == QuantScale::per_group && cols % group ? QuantScale::per_row : kinds[k % 3];
+      c.quant = testing::quant_case(kind, k % 2 ? DType::i8 : DType::f8e4m3, group,
+                                    kind == QuantScale::per_group && k % 5 == 2);
+      if (k % 4 == 1) c.residual = c.x;
+      if (k % 4 == 2) c.residual = DType::f32;
+      if (k % 5 == 4) c.x_lead = c.y_lead = 1;
+      c.cast = k % 2 ? Cast::llama : Cast::fp32;
+      c.cols = cols;
+      c.rows = cols >= 65536 ? 3 : 9;
+      ++k;
+      if (!run.run(c)) return;
+    }
+  SKIP_IF_CUDA_HAS_NO_KERNELS(run);
+}
+
 // Per-group scales on rows long enough that their group maxima fill 48 KB of shared memory
 // (4096 groups of three fp32 entries): the default limit a block gets without asking, which
 // the kernel's own shared memory then pushed over (CUDA refused the launch). Rows of
-// 524288 bf16 and 1048576 f32 columns (long_row), 262144 bf16 in groups of 64 (cluster_row
-// on sm_90), with and without the residual add.
+// 524288 bf16 and 1048576 f32 columns (long_row), 262144 bf16 in groups of 64 (long_row,
+// and cluster_row forced: sm_90), with and without the residual add.
 TEST_P(Fused, QuantGroupScalesOnLongRows) {
   Runner run(backend());
   struct Row {
     DType x;
     std::int64_t cols, group;
+    Strategy strategy = Strategy::automatic;
   };
   std::size_t k = 0;
-  for (const Row& row : {Row{DType::bf16, 524288, 128}, Row{DType::f32, 1048576, 256}, Row{DType::bf16, 262144, 64}})
+  for (const Row& row : {Row{DType::bf16, 524288, 128}, Row{DType::f32, 1048576, 256}, Row{DType::bf16, 262144, 64},
+                         Row{DType::bf16, 262144, 64, Strategy::cluster_row}})
     for (bool add : {false, true}) {
       FusedCase c;
+      c.strategy = row.strategy;
       c.x = c.y = row.x;
       c.w = row.x;
       c.quant = testing::quant_case(QuantScale::per_group, k % 2 ? DType::i8 : DType::f8e4m3, row.group, k % 3 == 1);

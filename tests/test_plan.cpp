@@ -402,7 +402,8 @@ TEST(Plan, ResidualAddClusterRowsHaveTheirOwnBlocks) {
     p.r_dtype = DType::bf16;
     p.quantize = true;
     p.y_dtype = DType::f8e4m3;
-    const Plan add_quant = detail::plan_problem(p, Strategy::automatic, 9);
+    // The quantised store streams these rows unless its cluster rows are asked for.
+    const Plan add_quant = detail::plan_problem(p, Strategy::cluster_row, 9);
     for (const Plan& plan : {plain, add, ranks, add_quant}) {
       EXPECT_EQ(plan.strategy, Strategy::cluster_row) << where(DType::bf16, cols) << ": " << show(plan);
       EXPECT_EQ(plan.cluster_size, plain.cluster_size) << where(DType::bf16, cols) << ": " << show(plan);
@@ -423,6 +424,57 @@ TEST(Plan, ResidualAddClusterRowsHaveTheirOwnBlocks) {
     }
   }
   EXPECT_EQ(detail::kAddClusterRowConfigs[0].capacity(), detail::kClusterRowConfigs[0].capacity());
+}
+
+// The quantised store (with and without the residual add, every scale) keeps the block rows
+// of its own table while a row fits one block, and beyond that streams (long_row) on sm_90
+// too, where the plain store and the add go to a cluster; cluster_row stays on request.
+TEST(Plan, QuantisedLongRowsStream) {
+  for (DType x : {DType::bf16, DType::f16, DType::f32})
+    for (bool add : {false, true}) {
+      const std::int64_t vw = full_width(x);
+      const std::int64_t block_cols =
+          detail::kQuantBlockRowConfigs[detail::kNumQuantBlockRowConfigs - 1].capacity() * vw;
+      for (std::int64_t cols : {block_cols, block_cols + vw, std::int64_t{65536}, std::int64_t{262144}}) {
+        detail::ForwardProblem p;
+        p.x = reinterpret_cast<const void*>(kX);
+        p.y = reinterpret_cast<void*>(kY);
+        p.x_dtype = x;
+        p.y_dtype = DType::bf16;
+        p.rows = 8;
+        p.cols = cols;
+        p.x_row_stride = p.y_row_stride = cols;
+        p.x_batch_stride = p.y_batch_stride = 8 * cols;
+        if (add) {
+          p.residual = p.x;
+          p.residual_out = p.y;
+          p.r_dtype = x;
+          p.r_row_stride = p.r_out_row_stride = cols;
+          p.r_batch_stride = p.r_out_batch_stride = 8 * cols;
+        }
+        const Plan plain = detail::plan_problem(p, Strategy::automatic, 9);
+        p.quantize = true;
+        p.y_dtype = DType::f8e4m3;
+        const std::string w = where(x, cols) + (add ? " with the residual add" : "");
+        const Plan quant = detail::plan_problem(p, Strategy::automatic, 9);
+        if (cols <= block_cols) {
+          EXPECT_EQ(quant.strategy, Strategy::block_row) << w << ": " << show(quant);
+          continue;
+        }
+        EXPECT_NE(plain.strategy, Strategy::block_row) << w << ": " << show(plain);
+        EXPECT_EQ(quant.strategy, Strategy::long_row) << w << ": " << show(quant);
+        EXPECT_EQ(quant.threads_per_block, detail::kLongRowThreads) << w << ": " << show(quant);
+        EXPECT_EQ(quant.vector_width, vw) << w << ": " << show(quant);
+        EXPECT_EQ(detail::plan_problem(p, Strategy::automatic, 8).strategy, Strategy::long_row) << w << " (sm_80)";
+        // Asked for, the cluster rows still serve it (on sm_90) where they serve the plain
+        // store, in the plain store's table.
+        if (plain.strategy != Strategy::cluster_row) continue;
+        const Plan cluster = detail::plan_problem(p, Strategy::cluster_row, 9);
+        EXPECT_EQ(cluster.strategy, Strategy::cluster_row) << w << ": " << show(cluster);
+        EXPECT_EQ(cluster.threads_per_block, detail::kClusterRowConfigs[0].threads_per_block)
+            << w << ": " << show(cluster);
+      }
+    }
 }
 
 // cluster_row (sm_90; plans for CPU views are for sm_90) holds a long row in the registers
