@@ -92,13 +92,19 @@ constexpr const BlockRowTable& block_row_configs(bool quantize) {
 // resident blocks then leave 132 to 264 partial rows. On the H100 (bf16, 16384 rows,
 // 2026-11-25), 128-thread blocks left 1056 of them on 2048-element rows (17 MB written
 // and read again, and a long finalisation): 2.15 TB/s, against 2.71 four rows a block.
-// Among equal capacities four vectors a lane come first: 2.75 against 2.66 TB/s (128x4
-// and 256x2, 4096 elements), 2.80 against 2.61 (256x4 and 512x2, 8192).
+// Among equal capacities two vectors a lane come first: at 64 registers a thread an SM
+// holds two 512-thread blocks of them, where four vectors (about 110 registers) leave it
+// one, 16 warps with too few loads in flight to cover the memory's latency (Nsight
+// Compute: an instruction every 2.3 cycles a scheduler, a third of the stalls on global
+// loads). On the H200 (bf16, 16384 rows, 2026-12-03, bench/results/...-a18ed4a-backward-
+// configs.txt): 91.8 against 84.3 % of the copy (256x2 and 128x4, 4096 elements), 88.3
+// against 87.1 % (512x2 and 256x4, 8192). (On the H100 in 2026-11 four vectors had won:
+// 2.75 against 2.66 TB/s, 2.80 against 2.61.)
 inline constexpr RegisterConfig kBackwardWarpRowsConfigs[] = {
     {4, 1, 128}, {8, 1, 128}, {16, 1, 128}, {32, 1, 128}, {32, 2, 128}, {32, 4, 128},
 };
 inline constexpr RegisterConfig kBackwardBlockRowConfigs[] = {
-    {128, 2, 512}, {128, 4, 512}, {256, 2, 512}, {256, 4, 512}, {512, 2, 512}, {512, 4, 512},
+    {128, 2, 512}, {256, 2, 512}, {128, 4, 512}, {512, 2, 512}, {256, 4, 512}, {512, 4, 512},
 };
 inline constexpr int kNumBackwardWarpRowsConfigs = sizeof(kBackwardWarpRowsConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumBackwardBlockRowConfigs = sizeof(kBackwardBlockRowConfigs) / sizeof(RegisterConfig);

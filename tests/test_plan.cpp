@@ -477,6 +477,33 @@ TEST(Plan, QuantisedLongRowsStream) {
     }
 }
 
+// The backward's block rows: among configurations of equal capacity two vectors a lane come
+// first (two 512-thread blocks an SM at 64 registers, where four vectors leave one), so the
+// rows of 4096 and 8192 16-bit columns (and 2048 / 4096 f32) take 256 x 2 and 512 x 2; 16384
+// columns have only 512 x 4.
+TEST(Plan, BackwardBlockRowsPreferTwoVectors) {
+  struct Want {
+    DType t;
+    std::int64_t cols;
+    int lanes, items;
+  };
+  for (const Want& w : {Want{DType::bf16, 4096, 256, 2}, Want{DType::f16, 8192, 512, 2}, Want{DType::f32, 2048, 256, 2},
+                        Want{DType::bf16, 16384, 512, 4}, Want{DType::bf16, 2048, 128, 2}}) {
+    detail::BackwardProblem p;
+    p.x = p.dy = reinterpret_cast<const void*>(kX);
+    p.dx = reinterpret_cast<void*>(kY);
+    p.x_dtype = p.dx_dtype = w.t;
+    p.rows = 8;
+    p.cols = w.cols;
+    p.x_row_stride = p.dy_row_stride = p.dx_row_stride = w.cols;
+    p.x_batch_stride = p.dy_batch_stride = p.dx_batch_stride = 8 * w.cols;
+    const Plan plan = detail::plan_backward(p, Strategy::automatic, 9);
+    EXPECT_EQ(plan.strategy, Strategy::block_row) << where(w.t, w.cols) << ": " << show(plan);
+    EXPECT_EQ(plan.threads_per_row, w.lanes) << where(w.t, w.cols) << ": " << show(plan);
+    EXPECT_EQ(plan.items_per_thread, w.items) << where(w.t, w.cols) << ": " << show(plan);
+  }
+}
+
 // cluster_row (sm_90; plans for CPU views are for sm_90) holds a long row in the registers
 // of a cluster of blocks, at any alignment, and only as many as 16 blocks hold.
 TEST(Plan, ClusterRowLimits) {

@@ -350,7 +350,7 @@ constexpr int forward_resident_threads() {
   return STEPS::kResidual || (STEPS::kQuant && CLUSTER) ? resident_threads(4) : resident_threads(2);
 }
 
-// LANE_GROUPS: per-group scales whose groups lie in one warp's lanes (lane_group_width), an
+// LANE_GROUPS: per-group scales whose groups lie in one warp's lanes (lane_groups), an
 // instantiation of its own: as a run-time branch of the store, their shuffles cost the
 // static and per-row scales 2-11 % on the H200 (bf16 block rows, b244bba), whose store is
 // bound by instruction issue and already spills at 64 registers.

@@ -55,7 +55,10 @@ struct Queue {
 // size lowers it again, and a later launch with more shared memory then fails. So the
 // largest size allowed so far is kept per (device, kernel), the attribute is only ever
 // raised, and the runtime call stays off the launch path once a kernel's largest size has
-// been seen. Kernels without dynamic shared memory never come here.
+// been seen. Kernels without dynamic shared memory never come here; those with some pay an
+// uncontended lock and a map lookup a launch (whether the kernel's static shared memory
+// leaves room is itself a per-kernel fact to look up), beside the launch's microseconds;
+// graph replays pay nothing.
 template <class... KernelArgs>
 cudaError_t allow_shared_bytes(void (*kernel)(KernelArgs...), std::size_t bytes) {
   if (bytes == 0) return cudaSuccess;
@@ -157,9 +160,10 @@ int resident_clusters(void (*kernel)(KernelArgs...), const LaunchShape& shape) {
   return clusters;
 }
 
-// Clusters of the persistent cluster grids when resident_clusters cannot say (the forward's
-// is twice the resident clusters otherwise): SMs x 2048 threads / block / cluster size, four times what
-// one-block-an-SM kernels keep resident, and no more than there are rows. Measured on the
+// Clusters of the persistent cluster grids when resident_clusters cannot say (the
+// forward's is twice the resident clusters otherwise): SMs x 2048 threads / block / cluster
+// size, four times what one-block-an-SM kernels keep resident, and no more than there are
+// rows. Measured on the
 // H100 (bf16, 2026-11-25): sized to SMs / cluster size (more than fit at once: clusters
 // must share a GPC) the rest ran their whole share of rows as a second wave, and the
 // forward lost 16 % (2048 x 131072: 2.05 against 2.44 TB/s); a forward cluster a row (no
