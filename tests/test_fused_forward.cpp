@@ -342,8 +342,10 @@ TEST_P(Fused, QuantWideBlockRows) {
 
 // Per-group scales whose groups are 1 to 32 chunks of 16 bytes (the register rows of whole
 // warps take their maxima by shuffles across a group's lanes) and 24 or 64 chunks (a
-// shared-memory table): rows of one warp (1024 16-bit columns) and of several (block rows,
-// their last lanes past the row's end), every 16-bit dtype and f32, some after a residual
+// shared-memory table): rows of one warp (1024 16-bit columns), of several (block rows,
+// their last lanes past the row's end) and streamed rows (long_row, beyond one block: its
+// passes give a group's chunks to neighbouring lanes too, the last pass partly past the
+// row's end), every 16-bit dtype and f32, some after a residual
 // add, column-major scales, powers of two and an upper bound on some; some with x an
 // element off the 16-byte grid (rows an element at a time: the table, on the same groups).
 TEST_P(Fused, QuantGroupsWithinAWarp) {
@@ -352,7 +354,7 @@ TEST_P(Fused, QuantGroupsWithinAWarp) {
   for (DType x : {DType::bf16, DType::f16, DType::f32}) {
     const std::int64_t vec = 16 / static_cast<std::int64_t>(dtype_size(x));
     for (std::int64_t chunks : {1, 2, 4, 8, 16, 32, 24, 64})
-      for (std::int64_t target : {128 * vec, 325 * vec}) {
+      for (std::int64_t target : {128 * vec, 325 * vec, 8200 * vec}) {
         const std::int64_t group = chunks * vec;
         FusedCase c;
         c.x = c.y = x;

@@ -545,10 +545,13 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
 // The row is streamed twice: once for the sum of squares, once to scale it (the second
 // read mostly hits L2, which holds the rows in flight). With the residual add the first
 // pass stores r_out and the second reads it back; dynamic scales take a pass between the
-// two for the group maxima.
+// two for the group maxima, except lane groups (LANE_GROUPS, as in the register rows: a
+// group of 1-32 chunks, a power of two, aligned rows), whose chunks one pass holds in
+// neighbouring lanes of a warp: their max is taken by shuffles in the store's pass.
 // ---------------------------------------------------------------------------------------
-template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int BLOCK>
+template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int BLOCK, bool LANE_GROUPS = false>
 __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
+  static_assert(!LANE_GROUPS || (STEPS::kQuant && BLOCK % 32 == 0), "lane groups are a warp's chunks of a pass");
   begin_dependent_grid();
   using Sum = RowSum<BLOCK, BLOCK>;
   __shared__ typename Sum::TempStorage temp;
@@ -557,9 +560,18 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
   const TW* w = static_cast<const TW*>(a.weight);
   QuantConstants qc;
   if constexpr (STEPS::kQuant) qc = QuantConstants(a);
-  const bool dynamic = STEPS::kQuant && a.dynamic;
-  GroupMax group_max(group_cells, dynamic ? a.groups : 0, BLOCK);
-  if (dynamic) __syncthreads();
+  const bool table_groups = !LANE_GROUPS && STEPS::kQuant && a.dynamic;
+  GroupMax group_max(group_cells, table_groups ? a.groups : 0, BLOCK);
+  if (table_groups) __syncthreads();
+  // A pass gives lane l of warp k chunk base + 32 k + l (base a multiple of BLOCK): a group's
+  // chunks are neighbouring lanes (groups are whole chunks from the row's start), the same
+  // lanes in every pass.
+  [[maybe_unused]] int group_lanes = 1;
+  [[maybe_unused]] unsigned group_mask = ~0u;
+  if constexpr (LANE_GROUPS) {
+    group_lanes = static_cast<int>(a.group_size / VEC);
+    if (group_lanes < 32) group_mask = ((1u << group_lanes) - 1u) << (threadIdx.x % 32 & ~(group_lanes - 1));
+  }
 
   using TI = typename STEPS::template Input<TX>;  // x's storage, and the Llama cast's type
   for (std::int64_t row = blockIdx.x; row < a.total_rows; row += gridDim.x) {
@@ -613,7 +625,26 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
         for (int k = 0; k < VEC; ++k)
           out[k] = normalise<TI, TW, kLlama, kHasW>(xf[k], rstd, kHasW ? wf[k] : 1.f, a.weight_offset);
       };
-      if constexpr (STEPS::kQuant) {
+      if constexpr (LANE_GROUPS) {
+        // Every lane of a warp makes the same passes (the bound rounded up to whole warps),
+        // so that each shuffle has the group's lanes; those past the row's end hold whole
+        // groups of their own and store nothing.
+        const std::int64_t passes_end = (vectors + 31) / 32 * 32;
+        const Divisor none;
+#pragma unroll 4
+        for (std::int64_t idx = threadIdx.x; idx < passes_end; idx += BLOCK) {
+          const bool in_row = idx < vectors;
+          float out[VEC] = {};
+          if (in_row) values(idx, out);
+          float m = chunk_amax(out);
+          for (int o = 1; o < group_lanes; o <<= 1) m = fmaxf(m, __shfl_xor_sync(group_mask, m, o));
+          const auto group_amax = [m](std::int64_t) { return m; };
+          if (in_row)
+            store_chunk<ALIGNED, TY, VEC>(
+                y, idx, a.cols, quantise<VEC>(out, chunk_divisor<VEC>(row, idx, none, group_amax, qc, a), a.fp8));
+        }
+      } else if constexpr (STEPS::kQuant) {
+        const bool dynamic = a.dynamic;
         unsigned* table = group_max.table();
         if (dynamic) {
           for (std::int64_t idx = threadIdx.x; idx < vectors; idx += BLOCK) {

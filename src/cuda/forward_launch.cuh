@@ -87,7 +87,8 @@ inline std::size_t dynamic_scale_bytes(const ForwardArgs& a, std::int64_t rows_p
 // Per-group scales whose group is a power of two of at most 32 chunks (bf16 and f16 groups
 // of 8-256 columns, f32 of 4-128): in a row of whole warps (TPR a multiple of 32) the
 // group's chunks lie in neighbouring lanes of one warp, and the register rows take its max
-// by shuffles (RegisterRowsImpl's LANE_GROUPS). Aligned rows only: the others keep the
+// by shuffles (RegisterRowsImpl's LANE_GROUPS); long_row's passes hold them in neighbouring
+// lanes too (LongRowImpl's LANE_GROUPS). Aligned rows only: the others keep the
 // shared-memory table (one instantiation fewer a configuration).
 inline bool lane_groups(const ForwardArgs& a, int vec) {
   if (!a.dynamic || a.groups <= 1) return false;
@@ -167,6 +168,13 @@ void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const
       return launch_register_rows<ALIGNED, STEPS, TX, TW, TY, kVec, block_row_configs(STEPS::kQuant),
                                   kNumBlockRowConfigs>(a, plan, q);
     case Strategy::long_row:
+      // Lane groups: one pass fewer over the row, and no table of maxima.
+      if constexpr (ALIGNED && STEPS::kQuant)
+        if (lane_groups(a, kVec)) {
+          launch_kernel(LongRowImpl<ALIGNED, STEPS, TX, TW, TY, kVec, kLongRowThreads, true>,
+                        {grid_for(a.total_rows), kLongRowThreads, 0, 0}, q, "LongRowImpl", &plan, a);
+          return;
+        }
       launch_kernel(LongRowImpl<ALIGNED, STEPS, TX, TW, TY, kVec, kLongRowThreads>,
                     {grid_for(a.total_rows), kLongRowThreads, 0, dynamic_scale_bytes(a, 1)}, q, "LongRowImpl", &plan,
                     a);
