@@ -386,12 +386,8 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
   // A lane's group is the same lanes for every chunk it holds, and they reach the store
   // together: the chunk is in the row for all of them or for none (groups are whole chunks,
   // aligned to the row's start).
-  [[maybe_unused]] int group_lanes = 1;
-  [[maybe_unused]] unsigned group_mask = ~0u;
-  if constexpr (LANE_GROUPS) {
-    group_lanes = static_cast<int>(a.group_size / VEC);
-    if (group_lanes < 32) group_mask = ((1u << group_lanes) - 1u) << (threadIdx.x % 32 & ~(group_lanes - 1));
-  }
+  [[maybe_unused]] LaneGroup lane_group;
+  if constexpr (LANE_GROUPS) lane_group = LaneGroup(a.group_size, VEC);
   __shared__ unsigned row_max_cells[STEPS::kQuant && TPR > 32 ? 2 * BLOCK / 32 : 1];
   RowMax<TPR, BLOCK> row_max;
   if constexpr (TPR > 32) row_max.cells = row_max_cells;
@@ -442,8 +438,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
         for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, TPR, kPreload>(
             w, wv, lane, vectors, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
               if constexpr (LANE_GROUPS) {
-                float m = chunk_amax(out);
-                for (int o = 1; o < group_lanes; o <<= 1) m = fmaxf(m, __shfl_xor_sync(group_mask, m, o));
+                const float m = lane_group.max(chunk_amax(out));
                 const auto group_amax = [m](std::int64_t) { return m; };
                 store_chunk<ALIGNED, TY, VEC>(
                     y, idx, a.cols, quantise<VEC>(out, chunk_divisor<VEC>(row, idx, row_d, group_amax, qc, a), a.fp8));
@@ -566,12 +561,8 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
   // A pass gives lane l of warp k chunk base + 32 k + l (base a multiple of BLOCK): a group's
   // chunks are neighbouring lanes (groups are whole chunks from the row's start), the same
   // lanes in every pass.
-  [[maybe_unused]] int group_lanes = 1;
-  [[maybe_unused]] unsigned group_mask = ~0u;
-  if constexpr (LANE_GROUPS) {
-    group_lanes = static_cast<int>(a.group_size / VEC);
-    if (group_lanes < 32) group_mask = ((1u << group_lanes) - 1u) << (threadIdx.x % 32 & ~(group_lanes - 1));
-  }
+  [[maybe_unused]] LaneGroup lane_group;
+  if constexpr (LANE_GROUPS) lane_group = LaneGroup(a.group_size, VEC);
 
   using TI = typename STEPS::template Input<TX>;  // x's storage, and the Llama cast's type
   for (std::int64_t row = blockIdx.x; row < a.total_rows; row += gridDim.x) {
@@ -636,8 +627,7 @@ __global__ void __launch_bounds__(BLOCK) LongRowImpl(const ForwardArgs a) {
           const bool in_row = idx < vectors;
           float out[VEC] = {};
           if (in_row) values(idx, out);
-          float m = chunk_amax(out);
-          for (int o = 1; o < group_lanes; o <<= 1) m = fmaxf(m, __shfl_xor_sync(group_mask, m, o));
+          const float m = lane_group.max(chunk_amax(out));
           const auto group_amax = [m](std::int64_t) { return m; };
           if (in_row)
             store_chunk<ALIGNED, TY, VEC>(

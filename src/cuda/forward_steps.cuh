@@ -116,6 +116,23 @@ struct Divisor {
   }
 };
 
+// A group's chunks in neighbouring lanes of a warp (lane groups: a power of two of at most
+// 32 lanes, aligned to the group's size within the warp, the same lanes for every chunk a
+// lane holds): the group's max by a butterfly of shuffles over those lanes only.
+struct LaneGroup {
+  int lanes = 1;
+  unsigned mask = ~0u;
+  LaneGroup() = default;
+  __device__ __forceinline__ LaneGroup(std::int64_t group_size, int vec) {
+    lanes = static_cast<int>(group_size / vec);
+    if (lanes < 32) mask = ((1u << lanes) - 1u) << (threadIdx.x % 32 & ~(lanes - 1));
+  }
+  __device__ __forceinline__ float max(float m) const {
+    for (int o = 1; o < lanes; o <<= 1) m = fmaxf(m, __shfl_xor_sync(mask, m, o));
+    return m;
+  }
+};
+
 // int8 codes of four quotients, packed into one word in memory order. Each quotient,
 // clamped to -127..127 (NaN to 0), is rounded half to even by adding 1.5 * 2^23: the sum
 // lies in [2^23, 2^24), where a float's last significand bits are the integer, and its low
