@@ -140,15 +140,14 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   Plan plan = choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, block_row_configs(p.quantize),
                      cluster_row_configs(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize));
   // Except the quantised store: its rows beyond one block stream (long_row) unless
-  // cluster_row is asked for. On the H200 (bf16, 2026-12-03, tree b244bba) its cluster rows
-  // moved 39.7-46.1 % of the copy with a static scale on 4096 x 65536 .. 1024 x 262144,
-  // 23.2-27.3 % with per-row scales and 16.3-18.7 % with groups of 128, the dynamic scales
-  // slower than the unfused norm and quantisation (0.75-0.97x); long_row moved 52.2, 34.0
-  // and 27.7 % on the longer rows of 1024 x 524288. A cluster row's store is issue-bound
-  // (64 registers a thread, 8 vectors a lane, spilling), and the dynamic scales add two
-  // cluster barriers and reads of every block's maxima through distributed shared memory;
-  // long_row's 512 threads each hold one vector at a time, and its second and third reads
-  // of a row mostly hit L2.
+  // cluster_row is asked for. Timed side by side on the H200 (bf16, 2026-12-03, tree a18ed4a,
+  // bench/results/2026-12-03-h200-a18ed4a-explore-quant-strategies.txt) on 4096 x 65536 ..
+  // 1024 x 262144, long_row against cluster_row in % of the copy: static fp8 52-66 against
+  // 40-46, per-row fp8 34-43 against 23-27, group-128 fp8 27-32 against 16-19, per-row int8
+  // 31-38 against 22-26. A cluster row's store is issue-bound (64 registers a thread, 8
+  // vectors a lane, spilling), and the dynamic scales add two cluster barriers and reads of
+  // every block's maxima through distributed shared memory; long_row's 512 threads each hold
+  // one vector at a time, and its later reads of a row mostly hit L2.
   if (p.quantize && requested == Strategy::automatic && plan.strategy == Strategy::cluster_row)
     plan = long_row_plan(row);
   return with_load_width(plan, lw);
