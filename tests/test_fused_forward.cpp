@@ -152,6 +152,31 @@ TEST_P(Fused, ResidualAddInPlace) {
   SKIP_IF_CUDA_HAS_NO_KERNELS(run);
 }
 
+// The residual add's cluster rows forced over more rows than the grid has clusters, so that
+// every cluster loops over rows and the row sums' two mailboxes (cluster.cuh) are each
+// reused many times: x's dtype and an f32 residual, in place (vLLM's contract) and not, rows
+// of 64K and 128K columns and an odd length (the unaligned instantiation), rstd written.
+// Every row against the oracle.
+TEST_P(Fused, ResidualAddClusterRowsLoopOverManyRows) {
+  Runner run(backend());
+  std::size_t k = 0;
+  for (std::int64_t cols : {std::int64_t{65536}, std::int64_t{131072}, std::int64_t{40001}})
+    for (DType residual : {DType::bf16, DType::f32}) {
+      FusedCase c;
+      c.strategy = Strategy::cluster_row;
+      c.x = c.y = DType::bf16;
+      c.w = DType::bf16;
+      c.residual = residual;
+      c.cols = cols;
+      c.rows = cols > 65536 ? 150 : 300;
+      c.rstd = true;
+      c.y_in_place = c.residual_in_place = k % 2 == 1;
+      c.cast = k++ % 3 == 2 ? Cast::llama : Cast::fp32;
+      if (!run.run(c)) return;
+    }
+  SKIP_IF_CUDA_HAS_NO_KERNELS(run);
+}
+
 // Where eps matters (tiny inputs), and large ones.
 TEST_P(Fused, ResidualAddEpsAndScale) {
   Runner run(backend());

@@ -216,7 +216,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
 // registers; the two row sums combined through distributed shared memory. Each block's
 // dw partial covers its slice of the columns, for the rows of its cluster. The next row's
 // slices are copied into shared memory (RowStage) while this one is reduced and stored, and
-// the weight's slice is kept there: the cluster barrier's acquire leaves nothing of it in
+// the weight's slice is kept there: the cluster-scope acquire of the row sums leaves nothing of it in
 // L1, and registers are taken by x, dy and the dw sums. Bulk copies need 16-byte aligned
 // slices: unaligned rows are loaded from global memory (load_chunk) after the row's
 // barrier instead. So are the 16-bit gradients of an f32 r_out (TG other than TX): the stage
@@ -256,7 +256,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
       reinterpret_cast<Vec<TW, VEC>*>(reinterpret_cast<unsigned char*>(dynamic_shared) +
                                       (kStaged ? Stage::kBytes : 0)));
   float dw_acc[ITEMS][VEC] = {};
-  int parity = 0;
+  Sum::init(temp);
 
   // Starts the copies of `row`'s slices into `buffer` (thread 0; staged rows only).
   const auto prefetch = [&](std::int64_t row, int buffer) {
@@ -290,19 +290,22 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
       load_items<ALIGNED, TX, VEC, ITEMS, BLOCK>(x, first, end, a.cols, true, xv);
       load_items<ALIGNED, TG, VEC, ITEMS, BLOCK>(dy, first, end, a.cols, true, gv);
     }
-    // The other buffer was last read before the previous row's block barriers.
+    // The other buffer was last read for the previous row, and thread 0 has since waited
+    // for that row's sums: every warp of the block sent its part of them after its reads
+    // of the buffer (the parts are computed from what it read), so the copies cannot
+    // overwrite a slot that a warp has yet to read.
     const float saved_rstd = next_rstd;
     const std::int64_t next = row + place.clusters;
     if (next < a.total_rows) {
       prefetch(next, buffer ^ 1);
       if (a.rstd) next_rstd = a.rstd[next];
     }
-    // Both sums travel through one cluster barrier (the rstd one is unused when given).
-    // Given dots replace the second one's result; the barrier stays (the stage's reuse
-    // relies on it).
+    // Both sums travel in one exchange (the rstd one is unused when given). Given dots
+    // replace the second one's result; the exchange stays (the stage's reuse relies on
+    // it, see above).
     float sums[2] = {a.rstd ? 0.f : sum_squares<TX, VEC, ITEMS>(xv),
                      dot_gx<TX, TG, VEC, ITEMS, BLOCK>(wsrc, first, end, xv, gv, a)};
-    Sum::sum(temp, sums, parity);
+    Sum::sum(temp, sums, step);
     const float rstd = a.rstd ? saved_rstd : rstd_from_sum(sums[0], a.inv_cols, a.eps);
     const float gx = a.row_dots ? a.row_dots[row] : sums[1];
     TG* dx = static_cast<TG*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);

@@ -4,65 +4,94 @@
 
 #include <cooperative_groups.h>
 
-#include <cub/block/block_reduce.cuh>
+#include <cstdint>
+#include <cuda/ptx>
 
 #include "kernel_configs.h"
 
 namespace rmsnorm::detail::cuda {
 
-// Every block reduces its part with CUB, publishes it in its shared memory, and after one
-// cluster barrier every block reads the parts of all ranks through distributed shared
-// memory and adds them in rank order, so all blocks get the same bits. The published slot alternates
-// between rows: a block can only write row k+2's part after the barrier of row k+1, which
-// every reader of row k's part has passed. Call finish() once before the kernel returns so
-// that no block leaves while another may still read its shared memory.
+// The row sum without a cluster barrier. Each warp sums its lanes with a butterfly, and
+// lanes 0..ranks-1 send the warp's sum to every block of the cluster (st.async into the
+// block's mailbox: slot rank * warps + warp), each store counting its bytes on the
+// receiving block's mbarrier. A warp waits only until its own block's mailbox is full,
+// then adds the slots in slot order (lane-strided, then a butterfly), so every warp of
+// every block gets the same bits, with no block or cluster barrier on the way: a block
+// goes on as soon as the last part of its row has landed, not when the slowest block of
+// the cluster has passed a barrier.
+//
+// The mailbox and its mbarrier alternate between rows (step & 1). A block sends row k+2's
+// parts into mailbox k & 1 only after its wait for row k+1, which needs row k+1's parts
+// of every warp of the cluster, each sent after that warp read row k's mailbox: so no slot
+// is overwritten before it is read, and the mbarrier's phase of row k has completed before
+// row k+2's bytes count on it (a store that lands before the receiving block's thread 0
+// arms the phase only takes its transaction count below zero, which the phase allows).
+//
+// init() once at the start (every block's mbarriers set before any store can land), with
+// the loop's step numbers from 0; finish() once before the kernel returns so that no block
+// leaves while another may still read its shared memory (the dynamic scales' group maxima).
 template <int BLOCK, int VALUES>
 struct ClusterSum {
-  static_assert(kMaxClusterSize <= 32, "a warp's lanes read the cluster's ranks");
-  using BlockReduce = cub::BlockReduce<float, BLOCK>;
+  static_assert(kMaxClusterSize <= 32, "a warp's lanes send to the cluster's ranks");
+  static_assert(BLOCK % 32 == 0, "whole warps");
+  static constexpr int kWarps = BLOCK / 32;
   struct TempStorage {
-    typename BlockReduce::TempStorage reduce;
-    float published[2][VALUES];
-    float total[VALUES];
+    float mail[2][kWarps * kMaxClusterSize][VALUES];
+    std::uint64_t landed[2];
   };
 
-  __device__ __forceinline__ static void sum(TempStorage& t, float (&v)[VALUES], int& parity) {
+  __device__ __forceinline__ static void init(TempStorage& t) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (threadIdx.x == 0) {
+      ::cuda::ptx::mbarrier_init(&t.landed[0], 1);
+      ::cuda::ptx::mbarrier_init(&t.landed[1], 1);
+      ::cuda::ptx::fence_mbarrier_init(::cuda::ptx::sem_release, ::cuda::ptx::scope_cluster);
+    }
+    cooperative_groups::this_cluster().sync();
+#else
+    (void)t;
+#endif
+  }
+
+  __device__ __forceinline__ static void sum(TempStorage& t, float (&v)[VALUES], unsigned step) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
+    const unsigned ranks = cluster.num_blocks();
+    const unsigned lane = threadIdx.x % 32u, warp = threadIdx.x / 32u;
+    const int box = static_cast<int>(step & 1u);
+    // Arming the mailbox orders nothing but the mbarrier itself: a release at cta scope,
+    // which does not wait for this thread's stores of the previous row to complete (a
+    // cluster-scope release would, and every warp of the cluster needs warp 0's part).
+    if (threadIdx.x == 0)
+      ::cuda::ptx::mbarrier_arrive_expect_tx(::cuda::ptx::sem_release, ::cuda::ptx::scope_cta,
+                                             ::cuda::ptx::space_shared, &t.landed[box],
+                                             ranks * kWarps * VALUES * static_cast<unsigned>(sizeof(float)));
+#pragma unroll
+    for (int k = 0; k < VALUES; ++k)
+#pragma unroll
+      for (int d = 16; d > 0; d /= 2) v[k] += __shfl_xor_sync(0xffffffffu, v[k], d);
+    if (lane < ranks) {
+      float* slot = cluster.map_shared_rank(&t.mail[box][cluster.block_rank() * kWarps + warp][0], lane);
+      std::uint64_t* bar = cluster.map_shared_rank(&t.landed[box], lane);
+#pragma unroll
+      for (int k = 0; k < VALUES; ++k) ::cuda::ptx::st_async(slot + k, v[k], bar);
+    }
+    while (!::cuda::ptx::mbarrier_try_wait_parity(::cuda::ptx::sem_acquire, ::cuda::ptx::scope_cluster,
+                                                   &t.landed[box], (step >> 1) & 1u)) {
+    }
 #pragma unroll
     for (int k = 0; k < VALUES; ++k) {
-      const float part = BlockReduce(t.reduce).Sum(v[k]);  // valid in thread 0
-      if (threadIdx.x == 0) t.published[parity][k] = part;
-      if (k + 1 < VALUES) __syncthreads();  // the reduce storage is reused
+      float s = 0.f;
+      for (unsigned i = lane; i < ranks * kWarps; i += 32u) s += t.mail[box][i][k];
+#pragma unroll
+      for (int d = 16; d > 0; d /= 2) s += __shfl_xor_sync(0xffffffffu, s, d);
+      v[k] = s;
     }
-    cluster.sync();
-    if (threadIdx.x < 32) {
-      // Lane r reads rank r's parts: one remote round trip for the whole cluster rather
-      // than one per rank in a row. Lane 0 then adds them in rank order from registers.
-      const unsigned ranks = cluster.num_blocks();
-      float part[VALUES] = {};
-      if (threadIdx.x < ranks) {
-        const float* remote = cluster.map_shared_rank(&t.published[parity][0], threadIdx.x);
-#pragma unroll
-        for (int k = 0; k < VALUES; ++k) part[k] = remote[k];
-      }
-      float total[VALUES] = {};
-      for (unsigned r = 0; r < ranks; ++r)
-#pragma unroll
-        for (int k = 0; k < VALUES; ++k) total[k] += __shfl_sync(0xffffffffu, part[k], static_cast<int>(r));
-      if (threadIdx.x == 0)
-#pragma unroll
-        for (int k = 0; k < VALUES; ++k) t.total[k] = total[k];
-    }
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < VALUES; ++k) v[k] = t.total[k];
-    parity ^= 1;
 #else
     (void)t;
     (void)v;
-    (void)parity;
+    (void)step;
     __trap();  // the planner never picks clusters below sm_90
 #endif
   }

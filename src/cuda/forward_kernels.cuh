@@ -203,7 +203,7 @@ struct LaneWeight {
 };
 
 // The lane's weight vectors copied once into shared memory (`slice`: STRIDE * ITEMS vectors
-// for the block). A cluster barrier's acquire leaves nothing of the weight in L1, so a
+// for the block). The cluster-scope acquire of a row sum leaves nothing of the weight in L1, so a
 // weight re-read from global memory after it came from L2, on every row.
 template <bool ALIGNED, class TW, int VEC, int ITEMS, int STRIDE>
 struct SharedLaneWeight {
@@ -481,18 +481,19 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
   load_weight<ALIGNED, TW, VEC, ITEMS, BLOCK, kPreload>(w, begin + threadIdx.x, end, a.cols, wv);
-  int parity = 0;
+  Sum::init(temp);
   QuantConstants qc;
   if constexpr (STEPS::kQuant) qc = QuantConstants(a);
   const bool dynamic = STEPS::kQuant && a.dynamic;
   GroupMax group_max(group_cells, dynamic ? a.groups : 0, BLOCK);
   if (dynamic) __syncthreads();
 
-  for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters) {
+  unsigned step = 0;
+  for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters, ++step) {
     Vec<TX, VEC> v[ITEMS];
     load_row<ALIGNED, STEPS, TX, VEC, ITEMS, BLOCK>(a, row, true, begin + threadIdx.x, end, v);
     float ss[1] = {sum_squares<TX, VEC, ITEMS>(v)};
-    Sum::sum(temp, ss, parity);
+    Sum::sum(temp, ss, step);
     if (a.row_sums) ss[0] = a.row_sums[row];  // given sums replace the result, as above
     const float rstd = rstd_from_sum(ss[0], a.inv_cols, a.eps);
     if (a.rstd && place.rank == 0 && threadIdx.x == 0) a.rstd[row] = rstd;
