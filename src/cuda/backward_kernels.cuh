@@ -216,10 +216,10 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
 // registers; the two row sums combined through distributed shared memory. Each block's
 // dw partial covers its slice of the columns, for the rows of its cluster. The next row's
 // slices are copied into shared memory (RowStage) while this one is reduced and stored, and
-// the weight's slice is kept there: the cluster-scope acquire of the row sums leaves nothing of it in
-// L1, and registers are taken by x, dy and the dw sums. Bulk copies need 16-byte aligned
-// slices: unaligned rows are loaded from global memory (load_chunk) after the row's
-// barrier instead. So are the 16-bit gradients of an f32 r_out (TG other than TX): the stage
+// the weight's slice is kept there: the cluster-scope acquire of the row sums leaves
+// nothing of it in L1, and registers are taken by x, dy and the dw sums. Bulk copies need
+// 16-byte aligned slices: unaligned rows are loaded from global memory (load_chunk)
+// instead. So are the 16-bit gradients of an f32 r_out (TG other than TX): the stage
 // holds x and dy in slots of one vector type. Dynamic shared memory:
 // cluster_backward_shared_bytes.
 // ---------------------------------------------------------------------------------------

@@ -203,8 +203,8 @@ struct LaneWeight {
 };
 
 // The lane's weight vectors copied once into shared memory (`slice`: STRIDE * ITEMS vectors
-// for the block). The cluster-scope acquire of a row sum leaves nothing of the weight in L1, so a
-// weight re-read from global memory after it came from L2, on every row.
+// for the block). The cluster-scope acquire of a row sum leaves nothing of the weight in
+// L1, so a weight re-read from global memory after it came from L2, on every row.
 template <bool ALIGNED, class TW, int VEC, int ITEMS, int STRIDE>
 struct SharedLaneWeight {
   static constexpr bool kZeroPadded = true;
