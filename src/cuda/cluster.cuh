@@ -7,15 +7,16 @@
 #include <cstdint>
 #include <cuda/ptx>
 
+#include "cuda/row_sum.cuh"
 #include "kernel_configs.h"
 
 namespace rmsnorm::detail::cuda {
 
-// The row sum without a cluster barrier. Each warp sums its lanes with a butterfly, and
+// The row sum without a cluster barrier. Each warp sums its lanes (RowSum: CUB), and
 // lanes 0..ranks-1 send the warp's sum to every block of the cluster (st.async into the
 // block's mailbox: slot rank * warps + warp), each store counting its bytes on the
 // receiving block's mbarrier. A warp waits only until its own block's mailbox is full,
-// then adds the slots in slot order (lane-strided, then a butterfly), so every warp of
+// then adds the slots in slot order (lane-strided, then RowSum again), so every warp of
 // every block gets the same bits, with no block or cluster barrier on the way: a block
 // goes on as soon as the last part of its row has landed, not when the slowest block of
 // the cluster has passed a barrier.
@@ -38,7 +39,9 @@ struct ClusterSum {
   static_assert(kMaxClusterSize <= 32, "a warp's lanes send to the cluster's ranks");
   static_assert(BLOCK % 32 == 0, "whole warps");
   static constexpr int kWarps = BLOCK / 32;
+  using WarpSum = RowSum<32, BLOCK>;
   struct TempStorage {
+    typename WarpSum::TempStorage warps;
     float mail[2][kWarps * kMaxClusterSize][VALUES];
     std::uint64_t landed[2];
   };
@@ -64,9 +67,7 @@ struct ClusterSum {
     const unsigned lane = threadIdx.x % 32u, warp = threadIdx.x / 32u;
     const int box = static_cast<int>(step & 1u);
 #pragma unroll
-    for (int k = 0; k < VALUES; ++k)
-#pragma unroll
-      for (int d = 16; d > 0; d /= 2) v[k] += __shfl_xor_sync(0xffffffffu, v[k], d);
+    for (int k = 0; k < VALUES; ++k) v[k] = WarpSum::sum(t.warps, v[k]);
     if (ranks == 1) {
       // A cluster of one block (cluster_row forced on a row that one block holds): st.async
       // needs two blocks or more, so the warps' sums go through this block's own mailbox and
@@ -98,9 +99,7 @@ struct ClusterSum {
     for (int k = 0; k < VALUES; ++k) {
       float s = 0.f;
       for (unsigned i = lane; i < ranks * kWarps; i += 32u) s += t.mail[box][i][k];
-#pragma unroll
-      for (int d = 16; d > 0; d /= 2) s += __shfl_xor_sync(0xffffffffu, s, d);
-      v[k] = s;
+      v[k] = WarpSum::sum(t.warps, s);
     }
 #else
     (void)t;
