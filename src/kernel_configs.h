@@ -144,6 +144,15 @@ constexpr const ClusterRowTable& cluster_row_configs(bool residual, bool residua
   return residual && residual_is_x_dtype && !quantize ? kAddClusterRowConfigs : kClusterRowConfigs;
 }
 inline constexpr int kMaxClusterSize = 8;
+// The blocks of a cluster row of `vectors` chunks in a configuration of `capacity` chunks
+// a block: as many as hold the row, and never fewer than two, since a cluster's row sums
+// are stores into the other blocks' shared memory (st.async), which a cluster of one block
+// cannot make. Only a forced cluster_row meets a row that one block holds (the cluster
+// tables hold as much a block as the largest block row): it is split over two blocks.
+constexpr std::int64_t cluster_blocks(std::int64_t vectors, int capacity) {
+  const std::int64_t blocks = (vectors + capacity - 1) / capacity;
+  return blocks < 2 ? 2 : blocks;
+}
 
 // Whether a plan names a configuration: register rows by their lanes a row and vectors a
 // lane; clusters by their threads a block and vectors a lane (a cluster row's lanes are the

@@ -77,7 +77,7 @@ Plan choose(DType x_dtype, std::int64_t cols, Strategy requested, int cc_major, 
   const Plan long_row = long_row_plan(x_dtype);
   const RegisterConfig* warp = first_fit(warp_table, vectors);
   const RegisterConfig* block = first_fit(block_table, vectors);
-  const std::int64_t cluster_size = (vectors + cluster_config.capacity() - 1) / cluster_config.capacity();
+  const std::int64_t cluster_size = cluster_blocks(vectors, cluster_config.capacity());
   const bool cluster_ok = cc_major >= 9 && cluster_size <= kMaxClusterSize;
   const Plan cluster{Strategy::cluster_row,
                      vw,

@@ -187,8 +187,9 @@ TEST_F(Cuda, Deterministic) {
 
 // cluster_row forced over more rows than its grid has clusters: every cluster loops over
 // rows. Every row is checked against the oracle, out of place and in place (y is x: each
-// row is read, then written, by its own cluster only), at cluster sizes 1, 3 (5 for f32)
-// and at an odd column count (the unaligned instantiation).
+// row is read, then written, by its own cluster only), at cluster sizes 2 (a row one block
+// holds, split in two), 3 (5 for f32) and at an odd column count (the unaligned
+// instantiation).
 TEST_F(Cuda, ClusterRowsLoopingOverManyRowsMatchTheReference) {
   for (DType t : kDtypes)
     for (std::int64_t cols : {std::int64_t{8192}, std::int64_t{65536} + 64, std::int64_t{40000} + 1})

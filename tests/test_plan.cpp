@@ -517,6 +517,13 @@ TEST(Plan, ClusterRowLimits) {
       } catch (const Error&) {
       }
     }
+    // A row that one block holds, forced into a cluster: two blocks (st.async, whose stores
+    // make the cluster's row sums, cannot serve a cluster of one).
+    for (std::int64_t cols : {std::int64_t{1}, 64 * vw, 4096 * vw}) {
+      const Plan p = plan(views(t, 3, cols), Strategy::cluster_row);
+      EXPECT_EQ(p.cluster_size, 2) << where(t, cols);
+      EXPECT_EQ(p.threads_per_row, 2 * p.threads_per_block) << where(t, cols);
+    }
     expect_serves(Strategy::cluster_row, views(t, 3, 8192 * vw, -1, 1, 1), where(t, 8192 * vw, 1) + " (misaligned)");
     expect_serves(Strategy::cluster_row, views(t, 3, 8192 * vw + 1), where(t, 8192 * vw + 1) + " (odd cols)");
     expect_unsupported(Strategy::cluster_row, views(t, 3, std::int64_t{1} << 24), where(t, std::int64_t{1} << 24));

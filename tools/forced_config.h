@@ -37,7 +37,7 @@ Plan forced_config(Plan plan, int threads, int items, std::int64_t cols, const d
       if (c.threads_per_block == threads && c.items == items) found = &c;
     if (!found) throw Error(Code::unsupported, "--config " + name + " is not in the library's cluster table");
     if (cc_major < 9) throw Error(Code::unsupported, "--config " + name + ": clusters need an sm_90 device");
-    const std::int64_t size = (vectors + found->capacity() - 1) / found->capacity();
+    const std::int64_t size = detail::cluster_blocks(vectors, found->capacity());
     if (size > detail::kMaxClusterSize)
       throw Error(Code::unsupported, "--config " + name + " cannot hold a row of " + std::to_string(cols) +
                                          " elements in " + std::to_string(detail::kMaxClusterSize) + " blocks");

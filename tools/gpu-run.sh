@@ -114,12 +114,12 @@ if want sanitize; then
     for i in "${!targets[@]}"; do
       (
         echo "=== $tool: ${targets[$i]}"
-        # shellcheck disable=SC2086
         # The cluster rows' raw mbarriers (two for the row sums, two for the backward's
         # staged rows) are not counted as cuda::barrier objects: synccheck tracks none of
         # them by default and warns of an overflow.
         extra=()
         [ "$tool" = synccheck ] || [ "$tool" = racecheck ] && extra=(--num-cuda-barriers 8)
+        # shellcheck disable=SC2086
         timeout "${RMSNORM_SANITIZE_TIMEOUT:-600}" compute-sanitizer --tool "$tool" "${extra[@]}" --error-exitcode 7 \
           "$build/"${targets[$i]} 2>&1 | grep -vE '^\[ *(RUN|OK) *\]' | tail -40
         echo "=== $tool: ${targets[$i]}: exit ${PIPESTATUS[0]}"

@@ -293,8 +293,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
     // The other buffer was last read for the previous row, and thread 0 has since waited
     // for that row's sums: every warp of the block sent its part of them after its reads
     // of the buffer (the parts are computed from what it read), so the copies cannot
-    // overwrite a slot that a warp has yet to read (in a cluster of one block, the sums'
-    // block barrier orders them).
+    // overwrite a slot that a warp has yet to read.
     const float saved_rstd = next_rstd;
     const std::int64_t next = row + place.clusters;
     if (next < a.total_rows) {

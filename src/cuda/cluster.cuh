@@ -28,8 +28,8 @@ namespace rmsnorm::detail::cuda {
 // row k+2's bytes count on it (a store that lands before the receiving block's thread 0
 // arms the phase only takes its transaction count below zero, which the phase allows).
 //
-// A cluster of one block, which st.async refuses (cluster_row forced on a short row), passes
-// its warps' sums through its own mailbox and a block barrier instead.
+// A cluster has two blocks or more (cluster_blocks in kernel_configs.h): st.async cannot
+// store into the shared memory of the block that issues it alone.
 //
 // init() once at the start (every block's mbarriers set before any store can land), with
 // the loop's step numbers from 0; finish() once before the kernel returns so that no block
@@ -68,32 +68,21 @@ struct ClusterSum {
     const int box = static_cast<int>(step & 1u);
 #pragma unroll
     for (int k = 0; k < VALUES; ++k) v[k] = WarpSum::sum(t.warps, v[k]);
-    if (ranks == 1) {
-      // A cluster of one block (cluster_row forced on a row that one block holds): st.async
-      // needs two blocks or more, so the warps' sums go through this block's own mailbox and
-      // a block barrier, added in the same order. Row k+2 writes mailbox k & 1 after row
-      // k+1's barrier, which every reader of row k has passed.
-      if (lane == 0)
+    // Arming the mailbox orders nothing but the mbarrier itself: a release at cta scope,
+    // which does not wait for this thread's stores of the previous row to complete (a
+    // cluster-scope release would, and every warp of the cluster needs warp 0's part).
+    if (threadIdx.x == 0)
+      ::cuda::ptx::mbarrier_arrive_expect_tx(::cuda::ptx::sem_release, ::cuda::ptx::scope_cta,
+                                             ::cuda::ptx::space_shared, &t.landed[box],
+                                             ranks * kWarps * VALUES * static_cast<unsigned>(sizeof(float)));
+    if (lane < ranks) {
+      float* slot = cluster.map_shared_rank(&t.mail[box][cluster.block_rank() * kWarps + warp][0], lane);
+      std::uint64_t* bar = cluster.map_shared_rank(&t.landed[box], lane);
 #pragma unroll
-        for (int k = 0; k < VALUES; ++k) t.mail[box][warp][k] = v[k];
-      __syncthreads();
-    } else {
-      // Arming the mailbox orders nothing but the mbarrier itself: a release at cta scope,
-      // which does not wait for this thread's stores of the previous row to complete (a
-      // cluster-scope release would, and every warp of the cluster needs warp 0's part).
-      if (threadIdx.x == 0)
-        ::cuda::ptx::mbarrier_arrive_expect_tx(::cuda::ptx::sem_release, ::cuda::ptx::scope_cta,
-                                               ::cuda::ptx::space_shared, &t.landed[box],
-                                               ranks * kWarps * VALUES * static_cast<unsigned>(sizeof(float)));
-      if (lane < ranks) {
-        float* slot = cluster.map_shared_rank(&t.mail[box][cluster.block_rank() * kWarps + warp][0], lane);
-        std::uint64_t* bar = cluster.map_shared_rank(&t.landed[box], lane);
-#pragma unroll
-        for (int k = 0; k < VALUES; ++k) ::cuda::ptx::st_async(slot + k, v[k], bar);
-      }
-      while (!::cuda::ptx::mbarrier_try_wait_parity(::cuda::ptx::sem_acquire, ::cuda::ptx::scope_cluster,
-                                                    &t.landed[box], (step >> 1) & 1u)) {
-      }
+      for (int k = 0; k < VALUES; ++k) ::cuda::ptx::st_async(slot + k, v[k], bar);
+    }
+    while (!::cuda::ptx::mbarrier_try_wait_parity(::cuda::ptx::sem_acquire, ::cuda::ptx::scope_cluster, &t.landed[box],
+                                                  (step >> 1) & 1u)) {
     }
 #pragma unroll
     for (int k = 0; k < VALUES; ++k) {
