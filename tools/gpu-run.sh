@@ -118,7 +118,7 @@ if want sanitize; then
         # staged rows) are not counted as cuda::barrier objects: synccheck tracks none of
         # them by default and warns of an overflow.
         extra=()
-        [ "$tool" = synccheck ] || [ "$tool" = racecheck ] && extra=(--num-cuda-barriers 8)
+        [ "$tool" = synccheck ] || [ "$tool" = racecheck ] && extra=(--num-cuda-barriers 64)
         # shellcheck disable=SC2086
         timeout "${RMSNORM_SANITIZE_TIMEOUT:-600}" compute-sanitizer --tool "$tool" "${extra[@]}" --error-exitcode 7 \
           "$build/"${targets[$i]} 2>&1 | grep -vE '^\[ *(RUN|OK) *\]' | tail -40
