@@ -9,7 +9,8 @@
 #
 #   RMSNORM_COMMIT=<sha> [RMSNORM_CMAKE_ARGS=...] tools/gpu-run.sh OUTDIR [stage ...]
 #   stages: build test check sanitize bench python (default: all of them, in that order),
-#   readme (not by default: the README's two commands, recorded as check and ctest), pytree
+#   sanitize_cluster (not by default: memcheck, racecheck and synccheck over the cluster rows'
+#   tests), readme (not by default: the README's two commands, recorded as check and ctest), pytree
 #   (not by default: the Python suite and bench against the build stage's extension), fused
 #   (not by default: `rmsnorm bench --op add` and `--op quant` for the five kinds of 8-bit
 #   output, bf16, each beside its unfused form and the copy), and
@@ -102,15 +103,15 @@ if want readme; then
 fi
 
 bundle
-if want sanitize; then
-  # The four compute-sanitizer tools over every GPU test binary and `check --quick`, each
-  # pair its own process, all side by side on the GPU (20 processes on 16 cores). The test
-  # of indexing past 2^31 elements is left out: it needs 8 GB shadowed byte by byte.
-  targets=("tests/rmsnorm_launch_tests" "tests/rmsnorm_cuda_tests --gtest_filter=-*IndexesPast*"
-    "tests/rmsnorm_tests --gtest_filter=*cuda*:*Cuda*:*CUDA*"
-    "tests/rmsnorm_backward_tests --gtest_filter=*cuda*:*Cuda*:*CUDA*" "tools/rmsnorm check --quick --device cuda")
+# sanitize NAME TOOLS TARGET...: each compute-sanitizer tool of TOOLS over each TARGET (a
+# binary under the build and its arguments), every pair its own process, all side by side on
+# the GPU; the record is <prefix>-NAME.txt.
+sanitize() {
+  local name=$1 tools=$2 start tool i
+  shift 2
+  local targets=("$@")
   start=$(date +%s)
-  for tool in memcheck racecheck initcheck synccheck; do
+  for tool in $tools; do
     for i in "${!targets[@]}"; do
       (
         echo "=== $tool: ${targets[$i]}"
@@ -123,17 +124,31 @@ if want sanitize; then
         timeout "${RMSNORM_SANITIZE_TIMEOUT:-600}" compute-sanitizer --tool "$tool" "${extra[@]}" --error-exitcode 7 \
           "$build/"${targets[$i]} 2>&1 | grep -vE '^\[ *(RUN|OK) *\]' | tail -40
         echo "=== $tool: ${targets[$i]}: exit ${PIPESTATUS[0]}"
-      ) >"$logs/sanitize_${tool}_$i.log" 2>&1 &
+      ) >"$logs/${name}_${tool}_$i.log" 2>&1 &
     done
   done
   wait
-  note "$(printf '%-28s %5ss' sanitize "$(($(date +%s) - start))")"
+  note "$(printf '%-28s %5ss' "$name" "$(($(date +%s) - start))")"
   {
     echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"
-    echo "compute-sanitizer over the GPU tests and rmsnorm check --quick (exit 0: clean; 7: errors; 124: timed out)"
-    grep -hE "^=== .*exit|ERROR SUMMARY|RACECHECK SUMMARY|tests? (ran|passed)|PASSED|FAILED" "$logs"/sanitize_*.log
-  } >"$prefix-sanitizers.txt"
-  grep -E "exit [0-9]+$" "$prefix-sanitizers.txt" | awk '{print $NF}' | sort | uniq -c | sed 's/^/sanitizer runs by exit status: /' | tee -a "$summary"
+    echo "compute-sanitizer ($tools) (exit 0: clean; 7: errors; 124: timed out)"
+    grep -hE "^=== .*exit|ERROR SUMMARY|RACECHECK SUMMARY|tests? (ran|passed)|PASSED|FAILED|Invalid|Warning" "$logs/${name}"_*.log
+  } >"$prefix-$name.txt"
+  grep -E "exit [0-9]+$" "$prefix-$name.txt" | awk '{print $NF}' | sort | uniq -c | sed "s/^/$name runs by exit status: /" | tee -a "$summary"
+}
+if want sanitize; then
+  # The four tools over every GPU test binary and `check --quick` (20 processes on 16 cores).
+  # The test of indexing past 2^31 elements is left out: it needs 8 GB shadowed byte by byte.
+  sanitize sanitizers "memcheck racecheck initcheck synccheck" "tests/rmsnorm_launch_tests" \
+    "tests/rmsnorm_cuda_tests --gtest_filter=-*IndexesPast*" "tests/rmsnorm_tests --gtest_filter=*cuda*:*Cuda*:*CUDA*" \
+    "tests/rmsnorm_backward_tests --gtest_filter=*cuda*:*Cuda*:*CUDA*" "tools/rmsnorm check --quick --device cuda"
+fi
+if want sanitize_cluster; then
+  # memcheck, racecheck and synccheck over the tests of the cluster rows alone (forced and
+  # looping over many rows, forward, residual add, 8-bit outputs and backward).
+  sanitize sanitizers-cluster-rows "memcheck racecheck synccheck" "tests/rmsnorm_cuda_tests --gtest_filter=Cuda.ClusterRows*" \
+    "tests/rmsnorm_backward_tests --gtest_filter=Backward.ForcedStrategies/cuda*" \
+    "tests/rmsnorm_tests --gtest_filter=Forward.ForcedStrategies/cuda*:Fused.ResidualAddClusterRows*/cuda*:Fused.QuantForcedStrategies/cuda*"
 fi
 
 bundle
