@@ -7,16 +7,15 @@
 #include <cstdint>
 #include <cuda/ptx>
 
-#include "cuda/row_sum.cuh"
 #include "kernel_configs.h"
 
 namespace rmsnorm::detail::cuda {
 
-// The row sum without a cluster barrier. Each warp sums its lanes (RowSum: CUB), and
+// The row sum without a cluster barrier. Each warp sums its lanes (a butterfly), and
 // lanes 0..ranks-1 send the warp's sum to every block of the cluster (st.async into the
 // block's mailbox: slot rank * warps + warp), each store counting its bytes on the
 // receiving block's mbarrier. A warp waits only until its own block's mailbox is full,
-// then adds the slots in slot order (lane-strided, then RowSum again), so every warp of
+// then adds the slots in slot order (lane-strided, then a butterfly), so every warp of
 // every block gets the same bits, with no block or cluster barrier on the way: a block
 // goes on as soon as the last part of its row has landed, not when the slowest block of
 // the cluster has passed a barrier.
@@ -39,9 +38,7 @@ struct ClusterSum {
   static_assert(kMaxClusterSize <= 32, "a warp's lanes send to the cluster's ranks");
   static_assert(BLOCK % 32 == 0, "whole warps");
   static constexpr int kWarps = BLOCK / 32;
-  using WarpSum = RowSum<32, BLOCK>;
   struct TempStorage {
-    typename WarpSum::TempStorage warps;
     float mail[2][kWarps * kMaxClusterSize][VALUES];
     std::uint64_t landed[2];
   };
@@ -66,8 +63,6 @@ struct ClusterSum {
     const unsigned ranks = cluster.num_blocks();
     const unsigned lane = threadIdx.x % 32u, warp = threadIdx.x / 32u;
     const int box = static_cast<int>(step & 1u);
-#pragma unroll
-    for (int k = 0; k < VALUES; ++k) v[k] = WarpSum::sum(t.warps, v[k]);
     // Arming the mailbox orders nothing but the mbarrier itself: a release at cta scope,
     // which does not wait for this thread's stores of the previous row to complete (a
     // cluster-scope release would, and every warp of the cluster needs warp 0's part).
@@ -75,6 +70,8 @@ struct ClusterSum {
       ::cuda::ptx::mbarrier_arrive_expect_tx(::cuda::ptx::sem_release, ::cuda::ptx::scope_cta,
                                              ::cuda::ptx::space_shared, &t.landed[box],
                                              ranks * kWarps * VALUES * static_cast<unsigned>(sizeof(float)));
+#pragma unroll
+    for (int k = 0; k < VALUES; ++k) v[k] = butterfly(v[k]);
     if (lane < ranks) {
       float* slot = cluster.map_shared_rank(&t.mail[box][cluster.block_rank() * kWarps + warp][0], lane);
       std::uint64_t* bar = cluster.map_shared_rank(&t.landed[box], lane);
@@ -88,7 +85,7 @@ struct ClusterSum {
     for (int k = 0; k < VALUES; ++k) {
       float s = 0.f;
       for (unsigned i = lane; i < ranks * kWarps; i += 32u) s += t.mail[box][i][k];
-      v[k] = WarpSum::sum(t.warps, s);
+      v[k] = butterfly(s);
     }
 #else
     (void)t;
@@ -96,6 +93,16 @@ struct ClusterSum {
     (void)step;
     __trap();  // the planner never picks clusters below sm_90
 #endif
+  }
+
+  // The warp's sum in every lane, by xor shuffles. Not CUB's WarpReduce (RowSum in
+  // row_sum.cuh): its sum lands in lane 0 and needs a broadcast, and with it (tree 046ac6e,
+  // H200, bf16, 2026-12-04) the backward's cluster rows fell from 92.0 / 86.4 % of the copy
+  // to 79.5 / 76.5 % at 8192 x 32768 / 4096 x 65536, the forward's unchanged.
+  __device__ __forceinline__ static float butterfly(float v) {
+#pragma unroll
+    for (int d = 16; d > 0; d /= 2) v += __shfl_xor_sync(0xffffffffu, v, d);
+    return v;
   }
 
   __device__ __forceinline__ static void finish() {
