@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The peers' wheels for the GPU machine's Python bench (QuACK and Liger beside torch.compile),
+# which has no package registry. QuACK's CuTe DSL libraries are one 92 MB wheel, more than
+# one call to the machine carries (64 MiB with the tree), so the wheels travel in two parts
+# over two calls on a warm machine: the first part is stashed under /root, the second joins
+# it there.
+#
+#   tools/peer-wheels.sh pack DIR            here: download the pinned wheels (Python 3.12,
+#                                            x86_64) and split them into DIR/a and DIR/b, each
+#                                            under 52 MB (DIR is best an ignored path: /.whl/)
+#   tools/peer-wheels.sh stash PART          there, first call (carry PART): keep its files
+#                                            in /root/peer-wheels
+#   tools/peer-wheels.sh install PART SITE   there, second call (carry PART): join the parts,
+#                                            install them into SITE (pip --target, no
+#                                            dependencies) and print the PYTHONPATH to export
+#
+# Installed with --target, the CuTe DSL is found only with SITE/nvidia_cutlass_dsl/
+# dsl_packages on the path too (its .pth file is not read from a target folder).
+set -eu
+stash=${PEER_WHEELS_STASH:-/root/peer-wheels}
+# QuACK 0.6.5 and what it imports, as the GPU machine's torch 2.11 (cu130) needs them.
+wheels=(quack-kernels==0.6.5 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1
+  nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 apache-tvm-ffi==0.1.15.post2
+  torch-c-dlpack-ext==0.1.5 einops==0.8.2 liger-kernel==0.8.5)
+
+case "${1:-}" in
+  pack)
+    dir=${2:?usage: tools/peer-wheels.sh pack DIR}
+    mkdir -p "$dir/download" "$dir/a" "$dir/b"
+    python3 -m pip download -q -d "$dir/download" --platform manylinux_2_28_x86_64 --python-version 3.12 \
+      --implementation cp --only-binary=:all: --no-deps "${wheels[@]}"
+    rm -f "$dir"/a/* "$dir"/b/*
+    # The large wheel split at 52 MB: its head in part a, the rest and every other wheel in b.
+    for w in "$dir"/download/*.whl; do
+      if [ "$(stat -c %s "$w")" -gt $((52 * 1024 * 1024)) ]; then
+        split -b 52M "$w" "$dir/a/$(basename "$w").part."
+        mv "$dir"/a/"$(basename "$w")".part.a[b-z] "$dir/b/"
+      else
+        cp "$w" "$dir/b/"
+      fi
+    done
+    du -sh "$dir/a" "$dir/b"
+    ;;
+  stash)
+    part=${2:?usage: tools/peer-wheels.sh stash PART}
+    mkdir -p "$stash"
+    cp "$part"/* "$stash/"
+    ls -la "$stash" >&2
+    ;;
+  install)
+    part=${2:?usage: tools/peer-wheels.sh install PART SITE}
+    site=${3:?usage: tools/peer-wheels.sh install PART SITE}
+    mkdir -p "$stash"
+    cp "$part"/* "$stash/"
+    for head in "$stash"/*.whl.part.aa; do
+      [ -e "$head" ] || continue
+      whl=${head%.part.aa}
+      cat "$whl".part.* >"$whl"
+    done
+    python3 -m pip install -q --no-deps --target "$site" "$stash"/*.whl >&2
+    echo "export PYTHONPATH=$site:$site/nvidia_cutlass_dsl/dsl_packages\${PYTHONPATH:+:\$PYTHONPATH}"
+    ;;
+  *)
+    sed -n '2,19p' "$0"
+    exit 2
+    ;;
+esac
