@@ -10,7 +10,8 @@
 #   RMSNORM_COMMIT=<sha> [RMSNORM_CMAKE_ARGS=...] tools/gpu-run.sh OUTDIR [stage ...]
 #   stages: build test check sanitize bench python (default: all of them, in that order),
 #   sanitize_cluster (not by default: memcheck, racecheck and synccheck over the cluster rows'
-#   tests), readme (not by default: the README's two commands, recorded as check and ctest), pytree
+#   tests), cluster (not by default: the cluster rows' shapes alone, forward, residual add and
+#   backward, each beside the copy; RMSNORM_CLI=path times another build's CLI), readme (not by default: the README's two commands, recorded as check and ctest), pytree
 #   (not by default: the Python suite and bench against the build stage's extension), fused
 #   (not by default: `rmsnorm bench --op add` and `--op quant` for the five kinds of 8-bit
 #   output, bf16, each beside its unfused form and the copy), and
@@ -166,6 +167,33 @@ if want bench; then
   } >"$prefix-bench.txt"
   cp "$logs"/bench_*.json "$results/" 2>/dev/null
   for f in "$results"/bench_*.json; do [ -e "$f" ] && mv "$f" "$prefix-${f##*/bench_}"; done
+fi
+
+bundle
+if want cluster; then
+  # The shapes of the cluster rows (65536 columns and more, 8192 x 32768 and beyond for the
+  # backward), bf16 and f16, and the rows past the largest cluster's registers (524288 and
+  # 1048576 columns), in a few minutes; RMSNORM_CLI names another build's CLI to time
+  # instead (carried to the machine: its record then says which).
+  ccli=${RMSNORM_CLI:-$cli}
+  cluster_benches() {
+    echo "cli: $ccli"
+    local dt shape
+    for dt in bf16 f16; do
+      for shape in 4096:65536 2048:131072 1024:262144 16384:65536 4096:131072 2048:262144 1024:524288 1024:1048576; do
+        "$ccli" bench --dtype "$dt" --rows "${shape%%:*}" --cols "${shape#*:}" || return
+      done
+    done
+    for shape in 4096:65536 2048:131072 1024:262144 1024:524288; do
+      "$ccli" bench --op add --dtype bf16 --rows "${shape%%:*}" --cols "${shape#*:}" || return
+    done
+    for shape in 16384:16384 8192:32768 4096:65536; do
+      "$ccli" bench --op backward --dtype bf16 --rows "${shape%%:*}" --cols "${shape#*:}" || return
+    done
+  }
+  run bench_cluster cluster_benches
+  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/bench_cluster.log"; } \
+    >"$prefix-bench-cluster-rows.txt"
 fi
 
 bundle
