@@ -11,7 +11,9 @@
 #   stages: build test check sanitize bench python (default: all of them, in that order),
 #   sanitize_cluster (not by default: memcheck, racecheck and synccheck over the cluster rows'
 #   tests), cluster (not by default: the cluster rows' shapes alone, forward, residual add and
-#   backward, each beside the copy; RMSNORM_CLI=path times another build's CLI), readme (not by default: the README's two commands, recorded as check and ctest), pytree
+#   backward, each beside the copy; RMSNORM_CLI=path times another build's CLI, and
+#   RMSNORM_CLUSTER_CONFIGS="TxI ..." the plain store's cluster configurations forced),
+#   readme (not by default: the README's two commands, recorded as check and ctest), pytree
 #   (not by default: the Python suite and bench against the build stage's extension), fused
 #   (not by default: `rmsnorm bench --op add` and `--op quant` for the five kinds of 8-bit
 #   output, bf16, each beside its unfused form and the copy), and
@@ -189,6 +191,13 @@ if want cluster; then
     done
     for shape in 16384:16384 8192:32768 4096:65536; do
       "$ccli" bench --op backward --dtype bf16 --rows "${shape%%:*}" --cols "${shape#*:}" || return
+    done
+    local c
+    for c in ${RMSNORM_CLUSTER_CONFIGS:-}; do
+      for shape in 4096:65536 2048:131072 1024:262144 1024:524288; do
+        "$ccli" bench --dtype bf16 --rows "${shape%%:*}" --cols "${shape#*:}" --strategy cluster_row --config "$c" ||
+          return
+      done
     done
   }
   run bench_cluster cluster_benches
