@@ -13,6 +13,9 @@
 #   tests), cluster (not by default: the cluster rows' shapes alone, forward, residual add and
 #   backward, each beside the copy; RMSNORM_CLI=path times another build's CLI, and
 #   RMSNORM_CLUSTER_CONFIGS="TxI ..." the plain store's cluster configurations forced),
+#   ncu_cluster (not by default: Nsight Compute's full set, clocks as they run, on one launch
+#   of the forward's cluster rows at 4096 x 65536 and 2048 x 131072 and of the backward at
+#   16384 x 16384, bf16),
 #   readme (not by default: the README's two commands, recorded as check and ctest), pytree
 #   (not by default: the Python suite and bench against the build stage's extension), fused
 #   (not by default: `rmsnorm bench --op add` and `--op quant` for the five kinds of 8-bit
@@ -203,6 +206,24 @@ if want cluster; then
   run bench_cluster cluster_benches
   { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/bench_cluster.log"; } \
     >"$prefix-bench-cluster-rows.txt"
+fi
+
+bundle
+if want ncu_cluster; then
+  # One launch each (the bench's check of the fused call comes first), the kernel named by a
+  # regular expression: where the cluster rows' time goes (stalls, eligible warps, bytes).
+  for spec in forward:ClusterRowImpl:4096:65536 forward:ClusterRowImpl:2048:131072 backward:BackwardRowsImpl:16384:16384; do
+    IFS=: read -r op kernel rows cols <<<"$spec"
+    run "ncu_${op}_${cols}" ncu --clock-control none --set full -k "regex:$kernel" -c 1 \
+      "${RMSNORM_CLI:-$cli}" bench --op "$op" --dtype bf16 --rows "$rows" --cols "$cols" --reps 1
+  done
+  {
+    echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"
+    for f in "$logs"/ncu_*.log; do
+      echo "===== ${f##*/}"
+      grep -vE '^(==PROF==|rmsnorm bench|device:)' "$f"
+    done
+  } >"$prefix-ncu-cluster-rows.txt"
 fi
 
 bundle
