@@ -44,6 +44,9 @@ prefix="$results/$(date -u +%Y-%m-%d)-$gpu-$commit"
 summary="$prefix-summary.txt"
 : >"$summary"
 cli="$build/tools/rmsnorm"
+# The cluster and ncu_cluster stages time RMSNORM_CLI when set: a CLI built elsewhere and
+# carried to the machine (their records name it).
+bench_cli=${RMSNORM_CLI:-$cli}
 
 note() { echo "$*" | tee -a "$summary"; }
 # run NAME CMD...: runs CMD with its output in logs/NAME.log and notes its status and time.
@@ -178,29 +181,24 @@ bundle
 if want cluster; then
   # The shapes of the cluster rows (65536 columns and more, 8192 x 32768 and beyond for the
   # backward), bf16 and f16, and the rows past the largest cluster's registers (524288 and
-  # 1048576 columns), in a few minutes; RMSNORM_CLI names another build's CLI to time
-  # instead (carried to the machine: its record then says which).
-  ccli=${RMSNORM_CLI:-$cli}
+  # 1048576 columns), in a few minutes.
+  # bench_shapes OP DTYPE "ROWS:COLS ..." [ARGS...]: one bench a shape.
+  bench_shapes() {
+    local op=$1 dt=$2 shapes=$3 shape
+    shift 3
+    for shape in $shapes; do
+      "$bench_cli" bench --op "$op" --dtype "$dt" --rows "${shape%%:*}" --cols "${shape#*:}" "$@" || return
+    done
+  }
   cluster_benches() {
-    echo "cli: $ccli"
-    local dt shape
-    for dt in bf16 f16; do
-      for shape in 4096:65536 2048:131072 1024:262144 16384:65536 4096:131072 2048:262144 1024:524288 1024:1048576; do
-        "$ccli" bench --dtype "$dt" --rows "${shape%%:*}" --cols "${shape#*:}" || return
-      done
-    done
-    for shape in 4096:65536 2048:131072 1024:262144 1024:524288; do
-      "$ccli" bench --op add --dtype bf16 --rows "${shape%%:*}" --cols "${shape#*:}" || return
-    done
-    for shape in 16384:16384 8192:32768 4096:65536; do
-      "$ccli" bench --op backward --dtype bf16 --rows "${shape%%:*}" --cols "${shape#*:}" || return
-    done
-    local c
+    echo "cli: $bench_cli"
+    local plain="4096:65536 2048:131072 1024:262144 1024:524288" c
+    bench_shapes forward bf16 "$plain 16384:65536 4096:131072 2048:262144 1024:1048576" || return
+    bench_shapes forward f16 "$plain 16384:65536 4096:131072 2048:262144 1024:1048576" || return
+    bench_shapes add bf16 "$plain" || return
+    bench_shapes backward bf16 "16384:16384 8192:32768 4096:65536" || return
     for c in ${RMSNORM_CLUSTER_CONFIGS:-}; do
-      for shape in 4096:65536 2048:131072 1024:262144 1024:524288; do
-        "$ccli" bench --dtype bf16 --rows "${shape%%:*}" --cols "${shape#*:}" --strategy cluster_row --config "$c" ||
-          return
-      done
+      bench_shapes forward bf16 "$plain" --strategy cluster_row --config "$c" || return
     done
   }
   run bench_cluster cluster_benches
@@ -215,7 +213,7 @@ if want ncu_cluster; then
   for spec in forward:ClusterRowImpl:4096:65536 forward:ClusterRowImpl:2048:131072 backward:BackwardRowsImpl:16384:16384; do
     IFS=: read -r op kernel rows cols <<<"$spec"
     run "ncu_${op}_${cols}" ncu --clock-control none --set full -k "regex:$kernel" -c 1 \
-      "${RMSNORM_CLI:-$cli}" bench --op "$op" --dtype bf16 --rows "$rows" --cols "$cols" --reps 1
+      "$bench_cli" bench --op "$op" --dtype bf16 --rows "$rows" --cols "$cols" --reps 1
   done
   {
     echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"
