@@ -13,6 +13,8 @@
 #   tests), cluster (not by default: the cluster rows' shapes alone, forward, residual add and
 #   backward, each beside the copy; RMSNORM_CLI=path times another build's CLI, and
 #   RMSNORM_CLUSTER_CONFIGS="TxI ..." the plain store's cluster configurations forced),
+#   cluster_grids (not by default: the forward's cluster rows on other grids, bench --grid,
+#   RMSNORM_CLUSTER_GRIDS="K|rows ..." beside the launcher's; RMSNORM_CLI as for cluster),
 #   ncu_cluster (not by default: Nsight Compute's full set, clocks as they run, on one launch
 #   of the forward's cluster rows at 4096 x 65536 and 2048 x 131072 and of the backward at
 #   16384 x 16384, bf16),
@@ -44,7 +46,7 @@ prefix="$results/$(date -u +%Y-%m-%d)-$gpu-$commit"
 summary="$prefix-summary.txt"
 : >"$summary"
 cli="$build/tools/rmsnorm"
-# The cluster and ncu_cluster stages time RMSNORM_CLI when set: a CLI built elsewhere and
+# The cluster, cluster_grids and ncu_cluster stages time RMSNORM_CLI when set: a CLI built elsewhere and
 # carried to the machine (their records name it).
 bench_cli=${RMSNORM_CLI:-$cli}
 
@@ -177,19 +179,20 @@ if want bench; then
   for f in "$results"/bench_*.json; do [ -e "$f" ] && mv "$f" "$prefix-${f##*/bench_}"; done
 fi
 
+# bench_shapes OP DTYPE "ROWS:COLS ..." [ARGS...]: one bench of bench_cli a shape.
+bench_shapes() {
+  local op=$1 dt=$2 shapes=$3 shape
+  shift 3
+  for shape in $shapes; do
+    "$bench_cli" bench --op "$op" --dtype "$dt" --rows "${shape%%:*}" --cols "${shape#*:}" "$@" || return
+  done
+}
+
 bundle
 if want cluster; then
   # The shapes of the cluster rows (65536 columns and more, 8192 x 32768 and beyond for the
   # backward), bf16 and f16, and the rows past the largest cluster's registers (524288 and
   # 1048576 columns), in a few minutes.
-  # bench_shapes OP DTYPE "ROWS:COLS ..." [ARGS...]: one bench a shape.
-  bench_shapes() {
-    local op=$1 dt=$2 shapes=$3 shape
-    shift 3
-    for shape in $shapes; do
-      "$bench_cli" bench --op "$op" --dtype "$dt" --rows "${shape%%:*}" --cols "${shape#*:}" "$@" || return
-    done
-  }
   cluster_benches() {
     echo "cli: $bench_cli"
     local plain="4096:65536 2048:131072 1024:262144 1024:524288" c
@@ -204,6 +207,30 @@ if want cluster; then
   run bench_cluster cluster_benches
   { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/bench_cluster.log"; } \
     >"$prefix-bench-cluster-rows.txt"
+fi
+
+bundle
+if want cluster_grids; then
+  # The forward's cluster rows on other grids (bench --grid, a CLI that has it): the launcher's
+  # twice the resident clusters, named (2), beside RMSNORM_CLUSTER_GRIDS (default: the resident
+  # clusters once, and a cluster a row as QuACK launches them), in the plain store's cluster
+  # configurations (512x8 and RMSNORM_CLUSTER_CONFIGS, default 1024x4 and 256x8) and the
+  # residual add's (1024x4), bf16, in about five minutes.
+  grid_benches() {
+    echo "cli: $bench_cli"
+    local shapes="4096:65536 2048:131072 1024:262144" c g
+    for c in 512x8 ${RMSNORM_CLUSTER_CONFIGS:-1024x4 256x8}; do
+      for g in 2 ${RMSNORM_CLUSTER_GRIDS:-1 rows}; do
+        bench_shapes forward bf16 "$shapes" --strategy cluster_row --config "$c" --grid "$g" || return
+      done
+    done
+    for g in 2 ${RMSNORM_CLUSTER_GRIDS:-1 rows}; do
+      bench_shapes add bf16 "$shapes" --strategy cluster_row --config 1024x4 --grid "$g" || return
+    done
+  }
+  run bench_cluster_grids grid_benches
+  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/bench_cluster_grids.log"; } \
+    >"$prefix-bench-cluster-grids.txt"
 fi
 
 bundle
