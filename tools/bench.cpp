@@ -89,6 +89,8 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   ctx.config_threads = o.config_threads;
   ctx.config_items = o.config_items;
   ctx.pdl = o.pdl;
+  ctx.leave_out_dw = o.leave_out_dw;
+  ctx.leave_out_rstd = o.leave_out_rstd;
   ctx.reps = o.reps ? o.reps : (dev.is_cuda() ? 50 : 3);
   ctx.seed = o.seed;
   ctx.commit = git_commit();
@@ -163,6 +165,12 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   if (o.config_threads)
     std::cout << "fused configuration forced: " << o.config_threads << " threads a row x " << o.config_items
               << " vectors a lane" << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
+  if (o.leave_out_dw || o.leave_out_rstd)
+    std::cout << "the fused backward leaves out "
+              << (o.leave_out_dw && o.leave_out_rstd ? "dw (dx alone) and the saved rstd (recomputed from x)"
+                  : o.leave_out_dw                   ? "dw (dx alone)"
+                                                     : "the saved rstd (recomputed from x)")
+              << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
   if (!o.pdl)
     std::cout << "fused kernels launched without programmatic dependent launch (--no-pdl)"
               << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';

@@ -30,6 +30,7 @@ struct BenchContext {
   Strategy strategy = Strategy::automatic;
   int config_threads = 0, config_items = 0;  // see BenchOptions
   bool pdl = true;
+  bool leave_out_dw = false, leave_out_rstd = false;  // see BenchOptions
   int reps = 50;
   std::uint64_t seed = 1;
   std::string commit, date;
@@ -125,7 +126,8 @@ BackwardExpected backward_expected(const void* x, const void* dy, const void* we
 // dtype t) with the expectation under dx_tolerance / dw_tolerance (rows = all rows).
 // `eager_roundings`: the unfused baseline's extra roundings of the 16-bit products (see
 // unfused_backward.h) widen the terms' allowance by that many unit roundoffs of t.
-// Returns an empty string when they agree, else what went wrong.
+// Returns an empty string when they agree, else what went wrong. A null dw is not checked
+// (a backward that left dw out: bench --leave-out dw).
 std::string check_backward(const BackwardExpected& expected, const void* dx_rows, const void* dw, DType t,
                            std::int64_t rows, std::int64_t cols, int eager_roundings);
 

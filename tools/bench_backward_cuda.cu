@@ -103,14 +103,20 @@ ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape&
 
   // --config: the library's own validation, then its dispatch with the given plan.
   std::optional<Plan> forced;
+  // --leave-out: the fused call without dw and/or without the saved rstd.
+  const auto rstd_view = [&](std::int64_t i) -> std::optional<TensorView> {
+    if (ctx.leave_out_rstd) return std::nullopt;
+    return TensorView::vector(rstd_of(i), DType::f32, dev, m);
+  };
+  const std::optional<TensorView> dw_out = ctx.leave_out_dw ? std::nullopt : std::optional<TensorView>(dwv);
   const Enqueue fused = [&](std::int64_t i, cudaStream_t st) {
-    const TensorView rstd = TensorView::vector(rstd_of(i), DType::f32, dev, m);
+    const std::optional<TensorView> rstd = rstd_view(i);
     if (!forced) {
-      backward(matrix(dy_of(i)), matrix(x_of(i)), wv, rstd, matrix(dx_of(i)), dwv, params, ws.get(), ws_bytes, st);
+      backward(matrix(dy_of(i)), matrix(x_of(i)), wv, rstd, matrix(dx_of(i)), dw_out, params, ws.get(), ws_bytes, st);
       return;
     }
     detail::BackwardProblem p =
-        detail::validate_backward(matrix(dy_of(i)), matrix(x_of(i)), wv, rstd, matrix(dx_of(i)), dwv, params);
+        detail::validate_backward(matrix(dy_of(i)), matrix(x_of(i)), wv, rstd, matrix(dx_of(i)), dw_out, params);
     p.workspace = ws.get();
     p.workspace_bytes = ws_bytes;
     detail::cuda_backward(p, *forced, dev.index, st);
@@ -147,7 +153,8 @@ ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape&
     } else {
       const std::vector<unsigned char> dx_rows = download_rows(dx_of(0), m, row_bytes);
       const std::vector<unsigned char> dw_host = download(dw.get(), row_bytes);
-      bad = check_backward(expected, dx_rows.data(), dw_host.data(), t, m, n, eager_roundings);
+      const bool dw_written = std::strcmp(impl, "fused") != 0 || !ctx.leave_out_dw;
+      bad = check_backward(expected, dx_rows.data(), dw_written ? dw_host.data() : nullptr, t, m, n, eager_roundings);
     }
     if (!bad.empty()) {
       result.failed = true;
@@ -164,9 +171,8 @@ ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape&
   std::string strategy = strategy_name(ctx.strategy);  // the backward's plan is not public
   try {
     if (ctx.config_threads) {
-      const detail::BackwardProblem p =
-          detail::validate_backward(matrix(dy_of(0)), matrix(x_of(0)), wv,
-                                    TensorView::vector(rstd_of(0), DType::f32, dev, m), matrix(dx_of(0)), dwv, params);
+      const detail::BackwardProblem p = detail::validate_backward(matrix(dy_of(0)), matrix(x_of(0)), wv, rstd_view(0),
+                                                                  matrix(dx_of(0)), dw_out, params);
       forced = forced_config(detail::plan_backward(p, Strategy::automatic, detail::cuda_cc_major(dev.index)),
                              ctx.config_threads, ctx.config_items, n, detail::kBackwardWarpRowsConfigs,
                              detail::kBackwardBlockRowConfigs, detail::kBackwardClusterRowConfigs,
@@ -179,9 +185,10 @@ ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape&
     result.notes.push_back(std::string("fused n/a: ") + e.what());  // a forced strategy that cannot serve N
   }
   if (fused_ok) {
-    // The main kernel and dw's finalisation: two graph nodes per call.
-    measure("fused", fused, 2);
-    result.records.back().strategy = strategy;
+    // The main kernel and dw's finalisation: two graph nodes per call (one without dw).
+    measure("fused", fused, ctx.leave_out_dw ? 1 : 2);
+    result.records.back().strategy =
+        strategy + (ctx.leave_out_dw ? ", without dw" : "") + (ctx.leave_out_rstd ? ", rstd recomputed" : "");
   }
   if (check("unfused", unfused, 2)) measure("unfused", unfused, bench::unfused_backward_op_count(t));
   // Last: the copy overwrites the second half of dy.

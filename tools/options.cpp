@@ -216,6 +216,15 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
                          "'");
       o.config_threads = static_cast<int>(parse_positive(n, v.substr(0, x), 1024));
       o.config_items = static_cast<int>(parse_positive(n, v.substr(x + 1), 64));
+    } else if (n == "--leave-out") {
+      for (const std::string& part : split_commas(n, r.value())) {
+        if (part == "dw")
+          o.leave_out_dw = true;
+        else if (part == "rstd")
+          o.leave_out_rstd = true;
+        else
+          throw UsageError("--leave-out: expected dw, rstd or both (dw,rstd), got '" + part + "'");
+      }
     } else if (n == "--no-pdl") {
       o.pdl = false;
     } else if (n == "--reps") {
@@ -235,6 +244,8 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
   if (o.op != "quant" && (std::find(args.begin(), args.end(), "--quant") != args.end() ||
                           std::find(args.begin(), args.end(), "--qdtype") != args.end()))
     throw UsageError("--quant and --qdtype describe --op quant");
+  if ((o.leave_out_dw || o.leave_out_rstd) && o.op != "backward")
+    throw UsageError("--leave-out names parts of the backward: it needs --op backward");
   if (!o.suites.empty() && (o.rows || !o.cols.empty()))
     throw UsageError("--rows/--cols give a custom table and cannot be combined with --suite");
   // The suites of each op; "all" is every one of them, in this order.
@@ -402,7 +413,7 @@ std::string bench_help() {
   return with_strategies(
       R"HELP(usage: rmsnorm bench [--device D] [--op forward|backward|add|quant] [--dtype T] [--suite S,...]
                      [--quant static|row|group] [--qdtype fp8|int8]
-                     [--rows M] [--cols N,...] [--strategy S] [--config TxI] [--no-pdl] [--reps R] [--seed S]
+                     [--rows M] [--cols N,...] [--strategy S] [--config TxI] [--leave-out dw,rstd] [--no-pdl] [--reps R] [--seed S]
                      [--json FILE] [--csv FILE] [--plot FILE.svg]
 
 --op forward (the default) times rmsnorm::forward ("fused") against an unfused baseline
@@ -503,6 +514,9 @@ options:
                     one the library instantiates for the op (src/kernel_configs.h: add
                     has its own cluster rows, 1024x4, quant its own block rows), and
                     shapes whose rows it cannot hold are reported as n/a
+  --leave-out P,... CUDA, --op backward: the fused call without dw (dx alone; dw is then not
+                    checked) and/or without the saved rstd (recomputed from x), to time
+                    what each part of the backward costs beside the whole (another run)
   --no-pdl          CUDA: launch the fused kernels without programmatic dependent launch
                     (Params::pdl = false), to time what it saves
   --reps R          timed repetitions, the median is reported (default 50 on CUDA, 3 on

@@ -47,7 +47,10 @@ struct BenchOptions {
   // forced past the planner to time configurations against each other (0: the planner's).
   int config_threads = 0, config_items = 0;
   bool pdl = true;  // --no-pdl: Params::pdl off
-  int reps = 0;     // 0: the device's default (50 on CUDA, 3 on the CPU)
+  // --leave-out dw,rstd (backward, CUDA): the fused call without dw (dx alone) and/or without
+  // the saved rstd (recomputed from x), to time what each part of the backward costs.
+  bool leave_out_dw = false, leave_out_rstd = false;
+  int reps = 0;  // 0: the device's default (50 on CUDA, 3 on the CPU)
   std::string json_path, csv_path, plot_path;
   std::uint64_t seed = 1;
   bool help = false;
