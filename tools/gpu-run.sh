@@ -15,6 +15,8 @@
 #   RMSNORM_CLUSTER_CONFIGS="TxI ..." the plain store's cluster configurations forced),
 #   cluster_grids (not by default: the forward's cluster rows on other grids, bench --grid,
 #   RMSNORM_CLUSTER_GRIDS="K|rows ..." beside the launcher's; RMSNORM_CLI as for cluster),
+#   backward_parts (not by default: the backward's train suite whole and leaving out dw, the
+#   saved rstd and both: bench --leave-out; RMSNORM_CLI as for cluster),
 #   ncu_cluster (not by default: Nsight Compute's full set, clocks as they run, on one launch
 #   of the forward's cluster rows at 4096 x 65536 and 2048 x 131072 and of the backward at
 #   16384 x 16384, bf16),
@@ -46,7 +48,7 @@ prefix="$results/$(date -u +%Y-%m-%d)-$gpu-$commit"
 summary="$prefix-summary.txt"
 : >"$summary"
 cli="$build/tools/rmsnorm"
-# The cluster, cluster_grids and ncu_cluster stages time RMSNORM_CLI when set: a CLI built elsewhere and
+# The cluster, cluster_grids, backward_parts and ncu_cluster stages time RMSNORM_CLI when set: a CLI built elsewhere and
 # carried to the machine (their records name it).
 bench_cli=${RMSNORM_CLI:-$cli}
 
@@ -303,6 +305,23 @@ if want tune_bw; then
   done
   run tune_train_long_row "$cli" bench --op backward --dtype bf16 --suite train --strategy long_row
   cat "$logs"/tune_bw_*.log "$logs"/tune_train*.log >"$prefix-tune-bw.txt"
+fi
+
+bundle
+if want backward_parts; then
+  # Where the backward's time goes (issue: the backward at 92 % of the copy): the train suite,
+  # bf16, whole and leaving out dw (dx alone), the saved rstd (recomputed from x) and both,
+  # each beside the copy of the same bytes (bench --leave-out, a CLI that has it).
+  parts_benches() {
+    echo "cli: $bench_cli"
+    local lo
+    for lo in "" dw rstd dw,rstd; do
+      "$bench_cli" bench --op backward --dtype bf16 --suite train ${lo:+--leave-out "$lo"} || return
+    done
+  }
+  run bench_backward_parts parts_benches
+  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/bench_backward_parts.log"; } \
+    >"$prefix-bench-backward-parts.txt"
 fi
 
 bundle
