@@ -1,5 +1,5 @@
 // Row sums within a block, returned to every lane of the row: CUB's warp and block
-// reductions. The cluster rows' sum across blocks (cluster.cuh) builds on the warp one.
+// reductions. The cluster rows' sum across blocks (cluster.cuh) has its own warp sums.
 #pragma once
 
 #include <cub/block/block_reduce.cuh>
