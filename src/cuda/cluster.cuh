@@ -56,7 +56,17 @@ struct ClusterSum {
 #endif
   }
 
+  // The row's sums in every lane of every block: send, then receive.
   __device__ __forceinline__ static void sum(TempStorage& t, float (&v)[VALUES], unsigned step) {
+    send(t, v, step);
+    receive(t, v, step);
+  }
+
+  // This warp's part of the row's sums, to every block of the cluster. Work that must not
+  // start before this thread's v has been computed (and so before the loads it was computed
+  // from have completed) may go between send and receive: the block's wait for the rest of
+  // the cluster.
+  __device__ __forceinline__ static void send(TempStorage& t, const float (&v)[VALUES], unsigned step) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
@@ -70,14 +80,29 @@ struct ClusterSum {
       ::cuda::ptx::mbarrier_arrive_expect_tx(::cuda::ptx::sem_release, ::cuda::ptx::scope_cta,
                                              ::cuda::ptx::space_shared, &t.landed[box],
                                              ranks * kWarps * VALUES * static_cast<unsigned>(sizeof(float)));
+    float part[VALUES];
 #pragma unroll
-    for (int k = 0; k < VALUES; ++k) v[k] = butterfly(v[k]);
+    for (int k = 0; k < VALUES; ++k) part[k] = butterfly(v[k]);
     if (lane < ranks) {
       float* slot = cluster.map_shared_rank(&t.mail[box][cluster.block_rank() * kWarps + warp][0], lane);
       std::uint64_t* bar = cluster.map_shared_rank(&t.landed[box], lane);
 #pragma unroll
-      for (int k = 0; k < VALUES; ++k) ::cuda::ptx::st_async(slot + k, v[k], bar);
+      for (int k = 0; k < VALUES; ++k) ::cuda::ptx::st_async(slot + k, part[k], bar);
     }
+#else
+    (void)t;
+    (void)v;
+    (void)step;
+    __trap();  // the planner never picks clusters below sm_90
+#endif
+  }
+
+  // Waits until every warp of the cluster has sent its part of the row, then v = the sums.
+  __device__ __forceinline__ static void receive(TempStorage& t, float (&v)[VALUES], unsigned step) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const unsigned ranks = cooperative_groups::this_cluster().num_blocks();
+    const unsigned lane = threadIdx.x % 32u;
+    const int box = static_cast<int>(step & 1u);
     while (!::cuda::ptx::mbarrier_try_wait_parity(::cuda::ptx::sem_acquire, ::cuda::ptx::scope_cluster, &t.landed[box],
                                                   (step >> 1) & 1u)) {
     }
@@ -91,7 +116,7 @@ struct ClusterSum {
     (void)t;
     (void)v;
     (void)step;
-    __trap();  // the planner never picks clusters below sm_90
+    __trap();
 #endif
   }
 

@@ -11,6 +11,8 @@
 // accesses) and unaligned ones (an access an element, load_chunk), same order.
 #pragma once
 
+#include <cuda_pipeline.h>
+
 #include "cuda/cluster.cuh"
 #include "cuda/common.cuh"
 #include "cuda/forward_steps.cuh"
@@ -395,6 +397,17 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
 // is combined through distributed shared memory. x is still read once. The dynamic scales'
 // group maxima too: a group that spans slices takes the max of every block's cell for it.
 // ---------------------------------------------------------------------------------------
+// Whether a cluster row stages the block's next row in shared memory: the plain store of
+// aligned rows (x alone read, in 16-byte chunks). The residual add has r_out's store to
+// overlap its wait already; the quantised store's dynamic shared memory holds GroupMax.
+template <bool ALIGNED, class STEPS, class TX>
+inline constexpr bool kClusterStages =
+    ALIGNED && !STEPS::kResidual && !STEPS::kQuant && std::is_same_v<typename STEPS::template Input<TX>, TX>;
+template <bool ALIGNED, class STEPS, class TX, int VEC, int ITEMS, int BLOCK>
+constexpr std::size_t cluster_stage_bytes() {
+  return kClusterStages<ALIGNED, STEPS, TX> ? sizeof(Vec<TX, VEC>) * ITEMS * BLOCK : 0;
+}
+
 template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>() / BLOCK)
     ClusterRowImpl(const ForwardArgs a) {
@@ -403,7 +416,9 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
   constexpr bool kPreload = kForwardPreloadsWeight<TW, VEC, ITEMS>;
   using Sum = ClusterSum<BLOCK, 1>;
   __shared__ typename Sum::TempStorage temp;
-  extern __shared__ unsigned group_cells[];  // dynamic scales only: GroupMax
+  // Dynamic shared memory: GroupMax's cells (dynamic scales), or the staged row (kStage).
+  extern __shared__ uint4 cluster_dynamic[];
+  unsigned* group_cells = reinterpret_cast<unsigned*>(cluster_dynamic);
   const ClusterPlace place = cluster_place();
   const std::int64_t vectors = chunks_of(a.cols, VEC);
   const std::int64_t per_block = (vectors + place.size - 1) / place.size;
@@ -419,12 +434,45 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
   GroupMax group_max(group_cells, dynamic ? a.groups : 0, BLOCK);
   if (dynamic) __syncthreads();
 
+  // The plain store of aligned rows (kStage) keeps the block's next row in flight while
+  // this one's sum crosses the cluster and its y is stored, where the block would otherwise
+  // have no load outstanding: each thread copies its own chunks of the next row into its own
+  // shared-memory slots (cp.async, 16 bytes a chunk) and reads back only those, after
+  // waiting for its own copies, so no barrier is passed. The copies are issued after
+  // Sum::send, which needs this row's chunks in registers: the slots have been read before
+  // they are written again. Chunks past the slice read as zero, as load_row's do, so the
+  // row is summed the same way staged or not. Dynamic shared memory: ITEMS x BLOCK chunks
+  // (cluster_stage_bytes).
+  constexpr bool kStage = kClusterStages<ALIGNED, STEPS, TX>;
+  static_assert(!kStage || sizeof(Vec<TX, VEC>) == 16, "cp.async copies 16-byte chunks");
+  Vec<TX, VEC>* stage = reinterpret_cast<Vec<TX, VEC>*>(cluster_dynamic) + threadIdx.x;
+  const std::int64_t first = begin + threadIdx.x;  // this thread's chunk i: first + i * BLOCK
+  const std::int64_t in_slice = first < end ? (end - first + BLOCK - 1) / BLOCK : 0;  // chunks below end
+  const int staged = in_slice < ITEMS ? static_cast<int>(in_slice) : ITEMS;
+  const auto stage_row = [&](std::int64_t row) {
+    if (row >= a.total_rows) return;
+    const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) + first * VEC;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i)
+      if (i < staged) __pipeline_memcpy_async(stage + i * BLOCK, x + i * BLOCK * VEC, sizeof(Vec<TX, VEC>));
+    __pipeline_commit();
+  };
+  if constexpr (kStage) stage_row(place.cluster);
+
   unsigned step = 0;
   for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters, ++step) {
     Vec<TX, VEC> v[ITEMS];
-    load_row<ALIGNED, STEPS, TX, VEC, ITEMS, BLOCK>(a, row, true, begin + threadIdx.x, end, v);
+    if constexpr (kStage) {
+      __pipeline_wait_prior(0);
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) v[i] = i < staged ? stage[i * BLOCK] : Vec<TX, VEC>{};
+    } else {
+      load_row<ALIGNED, STEPS, TX, VEC, ITEMS, BLOCK>(a, row, true, begin + threadIdx.x, end, v);
+    }
     float ss[1] = {sum_squares<TX, VEC, ITEMS>(v)};
-    Sum::sum(temp, ss, step);
+    Sum::send(temp, ss, step);
+    if constexpr (kStage) stage_row(row + place.clusters);
+    Sum::receive(temp, ss, step);
     if (a.row_sums) ss[0] = a.row_sums[row];  // given sums replace the result, as above
     const float rstd = rstd_from_sum(ss[0], a.inv_cols, a.eps);
     if (a.rstd && place.rank == 0 && threadIdx.x == 0) a.rstd[row] = rstd;
