@@ -143,7 +143,7 @@ __device__ __forceinline__ void cluster_barrier() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   cooperative_groups::this_cluster().sync();
 #else
-  __trap();    // the planner never picks clusters below sm_90
+  __trap();  // the planner never picks clusters below sm_90
 #endif
 }
 
