@@ -188,11 +188,13 @@ TEST_F(Cuda, Deterministic) {
 // cluster_row forced over more rows than its grid has clusters: every cluster loops over
 // rows. Every row is checked against the oracle, out of place and in place (y is x: each
 // row is read, then written, by its own cluster only), at cluster sizes 2 (a row one block
-// holds, split in two), 3 (5 for f32) and at an odd column count (the unaligned
+// holds, split in two), 3 (5 for f32), 4 (7 for f32: aligned rows of these clusters stage
+// each next row in shared memory) and at an odd column count (the unaligned
 // instantiation).
 TEST_F(Cuda, ClusterRowsLoopingOverManyRowsMatchTheReference) {
   for (DType t : kDtypes)
-    for (std::int64_t cols : {std::int64_t{8192}, std::int64_t{65536} + 64, std::int64_t{40000} + 1})
+    for (std::int64_t cols :
+         {std::int64_t{8192}, std::int64_t{65536} + 64, std::int64_t{98304} + 64, std::int64_t{40000} + 1})
       for (bool in_place : {false, true}) {
         const std::int64_t rows = cols > 8192 ? 300 : 1500;
         HostTensor x = testing::make_tensor(t, 1, rows, cols);

@@ -403,9 +403,16 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
 template <bool ALIGNED, class STEPS, class TX>
 inline constexpr bool kClusterStages =
     ALIGNED && !STEPS::kResidual && !STEPS::kQuant && std::is_same_v<typename STEPS::template Input<TX>, TX>;
+// Only clusters of kStageFromBlocks blocks or more stage: on the H200 (bf16, 2026-12-04,
+// tree d5bc38c, bench/results/...-d5bc38c-explore-staged-cluster-rows.txt) staging moved
+// the plain store from 80.5 / 77.9 % of the copy to 82.8 / 80.5 % on rows of 131072 /
+// 262144 columns (clusters of 4 / 8 blocks, whose wait is long), and from 92.3 to 86.3 % on
+// 65536 (2 blocks), where the shared-memory round trip lengthens a short critical path.
+inline constexpr int kStageFromBlocks = 4;
 template <bool ALIGNED, class STEPS, class TX, int VEC, int ITEMS, int BLOCK>
-constexpr std::size_t cluster_stage_bytes() {
-  return kClusterStages<ALIGNED, STEPS, TX> ? sizeof(Vec<TX, VEC>) * ITEMS * BLOCK : 0;
+constexpr std::size_t cluster_stage_bytes(int cluster_size) {
+  return kClusterStages<ALIGNED, STEPS, TX> && cluster_size >= kStageFromBlocks ? sizeof(Vec<TX, VEC>) * ITEMS * BLOCK
+                                                                                : 0;
 }
 
 template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
@@ -442,9 +449,10 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
   // Sum::send, which needs this row's chunks in registers: the slots have been read before
   // they are written again. Chunks past the slice read as zero, as load_row's do, so the
   // row is summed the same way staged or not. Dynamic shared memory: ITEMS x BLOCK chunks
-  // (cluster_stage_bytes).
+  // (cluster_stage_bytes), on clusters of kStageFromBlocks blocks or more.
   constexpr bool kStage = kClusterStages<ALIGNED, STEPS, TX>;
   static_assert(!kStage || sizeof(Vec<TX, VEC>) == 16, "cp.async copies 16-byte chunks");
+  const bool staging = kStage && place.size >= static_cast<unsigned>(kStageFromBlocks);  // uniform over the grid
   Vec<TX, VEC>* stage = reinterpret_cast<Vec<TX, VEC>*>(cluster_dynamic) + threadIdx.x;
   const std::int64_t first = begin + threadIdx.x;  // this thread's chunk i: first + i * BLOCK
   const std::int64_t in_slice = first < end ? (end - first + BLOCK - 1) / BLOCK : 0;  // chunks below end
@@ -457,12 +465,12 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
       if (i < staged) __pipeline_memcpy_async(stage + i * BLOCK, x + i * BLOCK * VEC, sizeof(Vec<TX, VEC>));
     __pipeline_commit();
   };
-  if constexpr (kStage) stage_row(place.cluster);
+  if (staging) stage_row(place.cluster);
 
   unsigned step = 0;
   for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters, ++step) {
     Vec<TX, VEC> v[ITEMS];
-    if constexpr (kStage) {
+    if (staging) {
       __pipeline_wait_prior(0);
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) v[i] = i < staged ? stage[i * BLOCK] : Vec<TX, VEC>{};
@@ -471,7 +479,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
     }
     float ss[1] = {sum_squares<TX, VEC, ITEMS>(v)};
     Sum::send(temp, ss, step);
-    if constexpr (kStage) stage_row(row + place.clusters);
+    if (staging) stage_row(row + place.clusters);
     Sum::receive(temp, ss, step);
     if (a.row_sums) ss[0] = a.row_sums[row];  // given sums replace the result, as above
     const float rstd = rstd_from_sum(ss[0], a.inv_cols, a.eps);

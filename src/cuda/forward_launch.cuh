@@ -136,9 +136,10 @@ void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const
   with_config<kTable, kNumClusterRowConfigs>(plan, names_cluster, [&](auto i) {
     constexpr RegisterConfig c = kTable[decltype(i)::value];
     const auto kernel = ClusterRowImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.items, c.threads_per_block>;
-    constexpr std::size_t kStageBytes = cluster_stage_bytes<ALIGNED, STEPS, TX, VEC, c.items, c.threads_per_block>();
+    const std::size_t stage_bytes =
+        cluster_stage_bytes<ALIGNED, STEPS, TX, VEC, c.items, c.threads_per_block>(plan.cluster_size);
     LaunchShape shape{dim3(1), c.threads_per_block, plan.cluster_size,
-                      kStageBytes > 0 ? kStageBytes : dynamic_scale_bytes(a, 1)};
+                      stage_bytes > 0 ? stage_bytes : dynamic_scale_bytes(a, 1)};
     const int resident = resident_clusters(kernel, shape);
     const std::int64_t clusters = resident > 0
                                       ? std::min<std::int64_t>(a.total_rows, 2 * std::int64_t{resident})
