@@ -153,6 +153,25 @@ constexpr std::int64_t cluster_blocks(std::int64_t vectors, int capacity) {
   const std::int64_t blocks = (vectors + capacity - 1) / capacity;
   return blocks < 2 ? 2 : blocks;
 }
+// A forward cluster row longer than kMaxClusterSize blocks' registers (beyond 262144 16-bit
+// columns) keeps its slices in pieces of a block's register capacity: one in registers and
+// the others in shared memory, so that the row is still read from memory once (where the
+// streamed long_row reads it twice, the second time from memory too once rows of that length
+// no longer stay in L2 between the reads). A piece of 16-byte chunks is 64 KB a block (512 x
+// 8 and 1024 x 4 chunks), so three in shared memory (192 KB, one block an SM) hold rows of
+// up to 1048576 16-bit or 524288 f32 columns. The backward and the quantised store keep one
+// piece (their shared memory holds their staged rows and group maxima).
+inline constexpr int kMaxClusterPieces = 4;
+// The pieces of a cluster row of `vectors` chunks: 1 when kMaxClusterSize blocks hold it in
+// registers, else as many as a block's slice of kMaxClusterSize blocks needs.
+constexpr std::int64_t cluster_pieces(std::int64_t vectors, int capacity) {
+  const std::int64_t per_cluster = std::int64_t{kMaxClusterSize} * capacity;
+  return vectors <= per_cluster ? 1 : (vectors + per_cluster - 1) / per_cluster;
+}
+// The most pieces a block of an op's cluster rows takes: the planner and the bench's
+// --config choose through it.
+constexpr int forward_cluster_pieces(bool quantize) { return quantize ? 1 : kMaxClusterPieces; }
+inline constexpr int kBackwardClusterPieces = 1;
 
 // Whether a plan names a configuration: register rows by their lanes a row and vectors a
 // lane; clusters by their threads a block and vectors a lane (a cluster row's lanes are the

@@ -68,23 +68,28 @@ Plan with_load_width(Plan p, int lw) {
 // configuration (sm_90, a cluster of at most kMaxClusterSize blocks), else streaming.
 // Forced strategies are honoured when they can serve. The choice is made at the chunk
 // width; the load width (alignment) is attached afterwards and changes nothing else.
+// A cluster row beyond kMaxClusterSize blocks' registers takes up to max_pieces pieces a
+// block (cluster_pieces: 1 for the ops whose cluster rows hold one).
 template <int NW, int NB, int NC>
 Plan choose(DType x_dtype, std::int64_t cols, Strategy requested, int cc_major, const RegisterConfig (&warp_table)[NW],
-            const RegisterConfig (&block_table)[NB], const RegisterConfig (&cluster_table)[NC]) {
+            const RegisterConfig (&block_table)[NB], const RegisterConfig (&cluster_table)[NC], int max_pieces) {
   const RegisterConfig& cluster_config = cluster_table[0];
   const int vw = chunk_width(x_dtype);
   const std::int64_t vectors = (cols + vw - 1) / vw;
   const Plan long_row = long_row_plan(x_dtype);
   const RegisterConfig* warp = first_fit(warp_table, vectors);
   const RegisterConfig* block = first_fit(block_table, vectors);
-  const std::int64_t cluster_size = cluster_blocks(vectors, cluster_config.capacity());
+  std::int64_t cluster_size = cluster_blocks(vectors, cluster_config.capacity());
+  const std::int64_t pieces = cluster_pieces(vectors, cluster_config.capacity());
+  if (pieces > 1 && pieces <= max_pieces) cluster_size = kMaxClusterSize;
   const bool cluster_ok = cc_major >= 9 && cluster_size <= kMaxClusterSize;
   const Plan cluster{Strategy::cluster_row,
                      vw,
                      cluster_config.threads_per_row * static_cast<int>(cluster_size),
                      cluster_config.items,
                      cluster_config.threads_per_block,
-                     static_cast<int>(cluster_size)};
+                     static_cast<int>(cluster_size),
+                     static_cast<int>(cluster_ok ? pieces : 1)};
   const auto refuse = [&](const char* name, int cap) {
     throw Error(Code::unsupported, std::string("strategy: ") + name + " cannot serve this view: a row of " +
                                        std::to_string(cols) + " elements (" + std::to_string(vectors) +
@@ -102,7 +107,7 @@ Plan choose(DType x_dtype, std::int64_t cols, Strategy requested, int cc_major, 
     case Strategy::cluster_row:
       if (!cluster_ok) {
         if (cc_major < 9) throw Error(Code::unsupported, "strategy: cluster_row needs an sm_90 device or newer");
-        refuse("cluster_row", kMaxClusterSize * cluster_config.capacity());
+        refuse("cluster_row", kMaxClusterSize * cluster_config.capacity() * max_pieces);
       }
       return cluster;
     case Strategy::automatic:
@@ -136,9 +141,11 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   // long_row 2.08 / 1.74 / 1.67 (long_row reads the row twice, and rows that many no longer
   // stay in L2 between the reads). long_row remains for older GPUs and unaligned rows.
   // The quantised store's block rows have their own table, the residual add its cluster rows
-  // (kernel_configs.h).
+  // (kernel_configs.h). Rows beyond a cluster's registers keep pieces of their slices in
+  // shared memory (cluster_pieces), except the quantised store's.
   Plan plan = choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, block_row_configs(p.quantize),
-                     cluster_row_configs(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize));
+                     cluster_row_configs(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize),
+                     forward_cluster_pieces(p.quantize));
   // Except the quantised store: its rows beyond one block stream (long_row) unless
   // cluster_row is asked for. Timed side by side on the H200 (bf16, 2026-12-03, tree a18ed4a,
   // bench/results/2026-12-03-h200-a18ed4a-explore-quant-strategies.txt) on 4096 x 65536 ..
@@ -168,7 +175,7 @@ Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {
   // long rows: on the H100 (bf16, 2026-11-25) 2.76 / 2.61 TB/s on rows of 32768 / 65536
   // elements against long_row's 0.95 / 0.91.
   return with_load_width(choose(p.x_dtype, p.cols, requested, cc_major, kBackwardWarpRowsConfigs,
-                                kBackwardBlockRowConfigs, kBackwardClusterRowConfigs),
+                                kBackwardBlockRowConfigs, kBackwardClusterRowConfigs, kBackwardClusterPieces),
                          lw);
 }
 

@@ -220,6 +220,66 @@ TEST_F(Cuda, ClusterRowsLoopingOverManyRowsMatchTheReference) {
       }
 }
 
+// Rows beyond the registers of the largest cluster (Plan::pieces: a block's slice in pieces,
+// the first in registers, the others in shared memory), chosen by the planner: 2, 3 and 4
+// pieces a block, aligned (the pieces copied to shared memory by cp.async) and not (through
+// registers), the last block's slice shorter than the others', over more rows than the grid
+// has clusters, out of place and in place, with rstd. The same rows come out with the same
+// bits aligned or not, and as one row or among many.
+TEST_F(Cuda, ClusterRowPiecesMatchTheReference) {
+  for (DType t : kDtypes) {
+    const std::int64_t vw = static_cast<std::int64_t>(16 / dtype_size(t));
+    // The registers of the largest cluster: 8 blocks of 4096 chunks (kernel_configs.h).
+    const std::int64_t piece = 8 * 4096 * vw;
+    for (std::int64_t cols : {piece + 13 * vw, 2 * piece + 1, 3 * piece + 100 * vw})
+      for (bool in_place : {false, true}) {
+        const std::int64_t rows = 70;
+        HostTensor x = testing::make_tensor(t, 1, rows, cols);
+        HostTensor w = testing::make_vector(t, cols);
+        reference::fill_normal(x.view, testing::seed_of({static_cast<int>(t), cols, 13}));
+        reference::fill_normal(w.view, testing::seed_of({static_cast<int>(t), cols, 14}), 1.0, 0.5);
+        testing::DeviceMirror dx(x), dw(w);
+        HostTensor y = testing::make_tensor(t, 1, rows, cols);
+        HostTensor r = testing::make_vector(DType::f32, rows);
+        testing::DeviceMirror dy(y), dr(r);
+        const TensorView& out = in_place ? dx.view : dy.view;
+        const std::string where =
+            std::string(dtype_name(t)) + " cols=" + std::to_string(cols) + (in_place ? " in place" : " out of place");
+        if (!servable(dx.view, out, Strategy::cluster_row)) continue;  // cluster_row needs sm_90
+        const Plan plan = plan_forward(dx.view, dw.view, out);
+        ASSERT_EQ(plan.strategy, Strategy::cluster_row) << where;
+        ASSERT_EQ(plan.pieces, (cols + piece - 1) / piece) << where;
+        const Params p;
+        const auto ref = reference::forward(x.view, w.view, t, p);
+        if (!in_place) dy.buffer.fill(0xFF);
+        dr.buffer.fill(0xFF);
+        forward(dx.view, dw.view, out, p, dr.view);
+        testing::device_synchronize();
+        (in_place ? dx : dy).download_into(y);
+        dr.download_into(r);
+        const auto cmp = reference::compare(y.view, ref.y, reference::forward_tolerance(t, t, p.cast, cols));
+        EXPECT_TRUE(cmp.passed()) << where << ": " << cmp.describe();
+        const auto cmp_r = reference::compare(r.view, ref.rstd, reference::rstd_tolerance(t, cols));
+        EXPECT_TRUE(cmp_r.passed()) << where << " rstd: " << cmp_r.describe();
+        if (in_place) continue;
+        // Row 37 alone, from a copy of it one element past a 16-byte boundary where the row
+        // is a whole number of chunks (the unaligned instantiation): the same bits.
+        const std::int64_t lead = cols % vw == 0 ? 1 : 0;
+        DeviceBuffer one_x((cols + lead) * dtype_size(t)), one_y((cols + lead) * dtype_size(t));
+        CUDA_OK(cudaMemcpy(one_x.data() + lead * dtype_size(t), x.bytes.data() + 37 * cols * dtype_size(t),
+                           cols * dtype_size(t), cudaMemcpyHostToDevice));
+        one_y.fill(0xFF);
+        const TensorView vx = TensorView::matrix(one_x.data() + lead * dtype_size(t), t, dx.view.device, 1, cols);
+        const TensorView vy = TensorView::matrix(one_y.data() + lead * dtype_size(t), t, dx.view.device, 1, cols);
+        forward(vx, dw.view, vy, p);
+        std::vector<unsigned char> got(cols * dtype_size(t));
+        CUDA_OK(cudaMemcpy(got.data(), one_y.data() + lead * dtype_size(t), got.size(), cudaMemcpyDeviceToHost));
+        EXPECT_TRUE(std::equal(got.begin(), got.end(), y.bytes.begin() + 37 * cols * dtype_size(t)))
+            << where << ": row 37 alone and unaligned differs from row 37 among " << rows;
+      }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Stream
 // ---------------------------------------------------------------------------------------

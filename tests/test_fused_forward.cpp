@@ -160,7 +160,10 @@ TEST_P(Fused, ResidualAddInPlace) {
 TEST_P(Fused, ResidualAddClusterRowsLoopOverManyRows) {
   Runner run(backend());
   std::size_t k = 0;
-  for (std::int64_t cols : {std::int64_t{65536}, std::int64_t{131072}, std::int64_t{40001}})
+  // 262144 + 8 and + 1 columns: two pieces a block with a bf16 residual, three with an f32
+  // one (whose rows are f32, twice the chunks), aligned and not.
+  for (std::int64_t cols :
+       {std::int64_t{65536}, std::int64_t{131072}, std::int64_t{40001}, std::int64_t{262152}, std::int64_t{262145}})
     for (DType residual : {DType::bf16, DType::f32}) {
       FusedCase c;
       c.strategy = Strategy::cluster_row;
@@ -168,7 +171,7 @@ TEST_P(Fused, ResidualAddClusterRowsLoopOverManyRows) {
       c.w = DType::bf16;
       c.residual = residual;
       c.cols = cols;
-      c.rows = cols > 65536 ? 150 : 300;
+      c.rows = cols > 131072 ? 80 : cols > 65536 ? 150 : 300;
       c.rstd = true;
       c.y_in_place = c.residual_in_place = k % 2 == 1;
       c.cast = k++ % 3 == 2 ? Cast::llama : Cast::fp32;

@@ -41,22 +41,24 @@ std::string show(const Plan& p) {
          " threads_per_row=" + std::to_string(p.threads_per_row) +
          " items_per_thread=" + std::to_string(p.items_per_thread) +
          " threads_per_block=" + std::to_string(p.threads_per_block) +
-         " cluster_size=" + std::to_string(p.cluster_size) + " load_width=" + std::to_string(p.load_width);
+         " cluster_size=" + std::to_string(p.cluster_size) + " pieces=" + std::to_string(p.pieces) +
+         " load_width=" + std::to_string(p.load_width);
 }
 
 // The fields that decide a row's reduction order: all but the load width.
 bool same(const Plan& a, const Plan& b) {
   return a.strategy == b.strategy && a.vector_width == b.vector_width && a.threads_per_row == b.threads_per_row &&
          a.items_per_thread == b.items_per_thread && a.threads_per_block == b.threads_per_block &&
-         a.cluster_size == b.cluster_size;
+         a.cluster_size == b.cluster_size && a.pieces == b.pieces;
 }
 
 int full_width(DType t) { return static_cast<int>(16 / dtype_size(t)); }
 
 const std::vector<DType> kDtypes = {DType::f32, DType::f16, DType::bf16};
-const std::vector<std::int64_t> kCols = {1,    2,    3,    7,     8,     17,    64,    100,   127,   128,
-                                         257,  512,  520,  1000,  1024,  1031,  1032,  2048,  4096,  4097,
-                                         5120, 8191, 8192, 12288, 16384, 16388, 32768, 32776, 65536, 262144};
+const std::vector<std::int64_t> kCols = {1,     2,     3,      7,      8,      17,      64,     100,   127,
+                                         128,   257,   512,    520,    1000,   1024,    1031,   1032,  2048,
+                                         4096,  4097,  5120,   8191,   8192,   12288,   16384,  16388, 32768,
+                                         32776, 65536, 262144, 262152, 524288, 1048576, 1048584};
 
 std::string where(DType t, std::int64_t cols, std::int64_t lead = 0) {
   return std::string(dtype_name(t)) + " cols=" + std::to_string(cols) + " lead=" + std::to_string(lead);
@@ -192,6 +194,7 @@ TEST(Plan, FieldsAreConsistent) {
           EXPECT_EQ(p.threads_per_block % 32, 0) << w;
           if (p.strategy != Strategy::cluster_row) {
             EXPECT_EQ(p.cluster_size, 1) << w;
+            EXPECT_EQ(p.pieces, 1) << w;
             EXPECT_GE(p.threads_per_block, p.threads_per_row) << w;
             EXPECT_EQ(p.threads_per_block % p.threads_per_row, 0) << w;
           }
@@ -214,8 +217,13 @@ TEST(Plan, FieldsAreConsistent) {
               // A cluster has at most 16 blocks on sm_90 (8 portably).
               EXPECT_TRUE(p.cluster_size >= 1 && p.cluster_size <= 16) << w;
               EXPECT_EQ(p.threads_per_row, p.threads_per_block * p.cluster_size) << w << ": a row per cluster";
-              EXPECT_GE(std::int64_t{p.items_per_thread} * p.threads_per_row, chunks)
-                  << w << ": the row does not fit in the cluster's registers";
+              // Pieces past the registers only where the largest cluster's registers are full.
+              EXPECT_TRUE(p.pieces >= 1 && p.pieces <= detail::kMaxClusterPieces) << w;
+              EXPECT_TRUE(p.pieces == 1 || p.cluster_size == detail::kMaxClusterSize) << w;
+              EXPECT_GE(std::int64_t{p.items_per_thread} * p.threads_per_row * p.pieces, chunks)
+                  << w << ": the row does not fit in the cluster's pieces";
+              EXPECT_LT(std::int64_t{p.items_per_thread} * p.threads_per_row * (p.pieces - 1), chunks)
+                  << w << ": a piece fewer would hold the row";
               break;
             default:
               ADD_FAILURE() << w;
@@ -409,8 +417,9 @@ TEST(Plan, ResidualAddClusterRowsHaveTheirOwnBlocks) {
       EXPECT_EQ(plan.cluster_size, plain.cluster_size) << where(DType::bf16, cols) << ": " << show(plan);
     }
     // An f32 residual's row is f32: twice the chunks, so a cluster twice the size (or none).
+    // Beyond kMaxClusterSize blocks, twice the pieces.
     if (f32_residual.strategy == Strategy::cluster_row) {
-      EXPECT_EQ(f32_residual.cluster_size, 2 * plain.cluster_size)
+      EXPECT_EQ(f32_residual.cluster_size * f32_residual.pieces, 2 * plain.cluster_size)
           << where(DType::f32, cols) << ": " << show(f32_residual);
       EXPECT_EQ(f32_residual.threads_per_block, 512) << where(DType::f32, cols) << ": " << show(f32_residual);
     }
@@ -467,8 +476,8 @@ TEST(Plan, QuantisedLongRowsStream) {
         EXPECT_EQ(quant.vector_width, vw) << w << ": " << show(quant);
         EXPECT_EQ(detail::plan_problem(p, Strategy::automatic, 8).strategy, Strategy::long_row) << w << " (sm_80)";
         // Asked for, the cluster rows still serve it (on sm_90) where they serve the plain
-        // store, in the plain store's table.
-        if (plain.strategy != Strategy::cluster_row) continue;
+        // store in one piece a block, in the plain store's table.
+        if (plain.strategy != Strategy::cluster_row || plain.pieces > 1) continue;
         const Plan cluster = detail::plan_problem(p, Strategy::cluster_row, 9);
         EXPECT_EQ(cluster.strategy, Strategy::cluster_row) << w << ": " << show(cluster);
         EXPECT_EQ(cluster.threads_per_block, detail::kClusterRowConfigs[0].threads_per_block)
@@ -528,6 +537,78 @@ TEST(Plan, ClusterRowLimits) {
     expect_serves(Strategy::cluster_row, views(t, 3, 8192 * vw + 1), where(t, 8192 * vw + 1) + " (odd cols)");
     expect_unsupported(Strategy::cluster_row, views(t, 3, std::int64_t{1} << 24), where(t, std::int64_t{1} << 24));
   }
+}
+
+// Rows beyond the registers of kMaxClusterSize blocks (262144 16-bit columns, 131072 f32)
+// stay cluster rows of kMaxClusterSize blocks, in pieces of a block's register capacity (the
+// first in registers, the others in shared memory), up to kMaxClusterPieces: the plain store
+// and the residual add, with the ranks' sum or not (the same plan as the add's, so the same
+// bits). The quantised store streams them (its forced cluster rows hold one piece), and so
+// does every row beyond the pieces, and the backward's beyond its cluster's registers.
+TEST(Plan, ClusterRowPiecesBeyondTheRegisters) {
+  for (DType t : kDtypes) {
+    const std::int64_t vw = full_width(t), per_piece = std::int64_t{detail::kMaxClusterSize} * 4096 * vw;
+    for (std::int64_t k = 1; k <= detail::kMaxClusterPieces + 1; ++k)
+      for (std::int64_t cols : {k * per_piece, k * per_piece + vw, k * per_piece + 1}) {
+        if (cols > detail::kMaxClusterPieces * per_piece) cols = detail::kMaxClusterPieces * per_piece + 1;
+        const std::int64_t pieces = (cols + per_piece - 1) / per_piece;
+        detail::ForwardProblem p;
+        p.x = reinterpret_cast<const void*>(kX);
+        p.y = reinterpret_cast<void*>(kY);
+        p.x_dtype = p.y_dtype = t;
+        p.rows = 8;
+        p.cols = cols;
+        p.x_row_stride = p.y_row_stride = cols;
+        p.x_batch_stride = p.y_batch_stride = 8 * cols;
+        const Plan plain = detail::plan_problem(p, Strategy::automatic, 9);
+        p.residual = reinterpret_cast<const void*>(kY + (std::uintptr_t{1} << 36));
+        p.residual_out = const_cast<void*>(p.residual);
+        p.r_dtype = t;
+        p.r_row_stride = p.r_out_row_stride = cols;
+        p.r_batch_stride = p.r_out_batch_stride = 8 * cols;
+        const Plan add = detail::plan_problem(p, Strategy::automatic, 9);
+        p.ranks = 2;
+        p.rank_x[0] = p.x;
+        p.rank_x[1] = reinterpret_cast<const void*>(kX + (std::uintptr_t{1} << 36));
+        const Plan ranks = detail::plan_problem(p, Strategy::automatic, 9);
+        p.ranks = 1;
+        p.residual = nullptr;
+        p.residual_out = nullptr;
+        p.quantize = true;
+        p.y_dtype = DType::f8e4m3;
+        const Plan quant = detail::plan_problem(p, Strategy::automatic, 9);
+        const std::string w = where(t, cols);
+        for (const Plan& plan : {plain, add, ranks}) {
+          if (pieces > detail::kMaxClusterPieces) {
+            EXPECT_EQ(plan.strategy, Strategy::long_row) << w << ": " << show(plan);
+            continue;
+          }
+          EXPECT_EQ(plan.strategy, Strategy::cluster_row) << w << ": " << show(plan);
+          EXPECT_EQ(plan.cluster_size, detail::kMaxClusterSize) << w << ": " << show(plan);
+          EXPECT_EQ(plan.pieces, pieces) << w << ": " << show(plan);
+        }
+        EXPECT_TRUE(same(add, ranks)) << w << ": the add " << show(add) << ", with the ranks' sum " << show(ranks);
+        if (pieces > 1) {
+          EXPECT_EQ(quant.strategy, Strategy::long_row) << w << ": " << show(quant);
+          EXPECT_THROW(detail::plan_problem(p, Strategy::cluster_row, 9), Error) << w;
+        }
+        if (pieces > detail::kMaxClusterPieces) {
+          EXPECT_THROW(plan(views(t, 3, cols), Strategy::cluster_row), Error) << w;
+        }
+      }
+  }
+  // The backward's cluster rows hold one piece (2048 x 8 chunks): beyond them, long_row.
+  detail::BackwardProblem b;
+  b.x = b.dy = reinterpret_cast<const void*>(kX);
+  b.dx = reinterpret_cast<void*>(kY);
+  b.x_dtype = b.dx_dtype = DType::bf16;
+  b.rows = 8;
+  b.cols = std::int64_t{detail::kMaxClusterSize} * 2048 * 8 + 8;
+  b.x_row_stride = b.dy_row_stride = b.dx_row_stride = b.cols;
+  b.x_batch_stride = b.dy_batch_stride = b.dx_batch_stride = 8 * b.cols;
+  const Plan bw = detail::plan_backward(b, Strategy::automatic, 9);
+  EXPECT_EQ(bw.strategy, Strategy::long_row) << show(bw);
+  EXPECT_EQ(bw.pieces, 1) << show(bw);
 }
 
 TEST(Plan, LongRowServesAnything) {

@@ -176,7 +176,8 @@ ShapeResult bench_backward_shape_cuda(const BenchContext& ctx, const BenchShape&
       forced = forced_config(detail::plan_backward(p, Strategy::automatic, detail::cuda_cc_major(dev.index)),
                              ctx.config_threads, ctx.config_items, n, detail::kBackwardWarpRowsConfigs,
                              detail::kBackwardBlockRowConfigs, detail::kBackwardClusterRowConfigs,
-                             ctx.strategy == Strategy::cluster_row, detail::cuda_cc_major(dev.index));
+                             ctx.strategy == Strategy::cluster_row, detail::cuda_cc_major(dev.index),
+                             detail::kBackwardClusterPieces);
       strategy = forced_name(*forced);
     }
     fused_ok = check("fused", fused, 0);

@@ -450,7 +450,7 @@ ShapeResult bench_fused_shape_cuda(const BenchContext& ctx, const BenchShape& sh
       forced = forced_config(automatic, ctx.config_threads, ctx.config_items, n, detail::kWarpRowsConfigs,
                              detail::block_row_configs(p.quantize),
                              detail::cluster_row_configs(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize),
-                             cluster, cc);
+                             cluster, cc, detail::forward_cluster_pieces(p.quantize));
       strategy = forced_name(*forced);
     } else {
       strategy = strategy_name(detail::plan_problem(p, ctx.strategy, cc).strategy);

@@ -274,11 +274,12 @@ std::vector<CheckGroup> build_forward_check_groups(bool quick, bool on_cuda) {
     groups.push_back(g);
   }
 
-  // Every CUDA strategy forced, over lengths around each one's register capacities.
+  // Every CUDA strategy forced, over lengths around each one's register capacities (and
+  // beyond the largest cluster's: cluster rows in pieces, Plan::pieces).
   const std::vector<std::int64_t> strategy_cols =
       quick ? std::vector<std::int64_t>{7, 64, 1000, 4096, 8192, 32768}
-            : std::vector<std::int64_t>{7,    8,    64,   128,   256,   512,   1000,  1024,   1031,  2048,
-                                        4096, 5120, 8192, 12288, 16384, 32768, 65536, 131072, 262147};
+            : std::vector<std::int64_t>{7,    8,    64,    128,   256,   512,   1000,   1024,   1031,   2048,  4096,
+                                        5120, 8192, 12288, 16384, 32768, 65536, 131072, 262147, 524288, 786440};
   for (Strategy s : forced_strategies()) {
     CheckGroup g{std::string("strategy ") + strategy_name(s), {}, {}};
     if (!on_cuda) {

@@ -24,11 +24,12 @@ inline std::string forced_name(const Plan& plan) {
 // `plan` is the planner's (its vector width is kept); the tables are the op's warp_rows,
 // block_row and cluster_row configurations. With `cluster` (--strategy cluster_row) TxI
 // names a cluster configuration, T threads a block, and the row is split over as many
-// blocks as it needs (sm_90, at most kMaxClusterSize); otherwise a warp_rows or block_row one.
+// blocks as it needs (sm_90, at most kMaxClusterSize), in up to max_pieces pieces a block
+// beyond that (the op's, as the planner takes them); otherwise a warp_rows or block_row one.
 template <int NW, int NB, int NC>
 Plan forced_config(Plan plan, int threads, int items, std::int64_t cols, const detail::RegisterConfig (&warp_table)[NW],
                    const detail::RegisterConfig (&block_table)[NB], const detail::RegisterConfig (&cluster_table)[NC],
-                   bool cluster, int cc_major) {
+                   bool cluster, int cc_major, int max_pieces) {
   const std::string name = config_name(threads, items);
   const std::int64_t vectors = (cols + plan.vector_width - 1) / plan.vector_width;
   if (cluster) {
@@ -37,15 +38,19 @@ Plan forced_config(Plan plan, int threads, int items, std::int64_t cols, const d
       if (c.threads_per_block == threads && c.items == items) found = &c;
     if (!found) throw Error(Code::unsupported, "--config " + name + " is not in the library's cluster table");
     if (cc_major < 9) throw Error(Code::unsupported, "--config " + name + ": clusters need an sm_90 device");
-    const std::int64_t size = detail::cluster_blocks(vectors, found->capacity());
+    std::int64_t size = detail::cluster_blocks(vectors, found->capacity());
+    const std::int64_t pieces = detail::cluster_pieces(vectors, found->capacity());
+    if (pieces > 1 && pieces <= max_pieces) size = detail::kMaxClusterSize;
     if (size > detail::kMaxClusterSize)
       throw Error(Code::unsupported, "--config " + name + " cannot hold a row of " + std::to_string(cols) +
-                                         " elements in " + std::to_string(detail::kMaxClusterSize) + " blocks");
+                                         " elements in " + std::to_string(detail::kMaxClusterSize) + " blocks of " +
+                                         std::to_string(max_pieces) + " pieces");
     plan.strategy = Strategy::cluster_row;
     plan.threads_per_row = found->threads_per_block * static_cast<int>(size);
     plan.items_per_thread = found->items;
     plan.threads_per_block = found->threads_per_block;
     plan.cluster_size = static_cast<int>(size);
+    plan.pieces = static_cast<int>(pieces);
     return plan;
   }
   const auto is = [&](const detail::RegisterConfig& c) { return c.threads_per_row == threads && c.items == items; };
@@ -67,6 +72,7 @@ Plan forced_config(Plan plan, int threads, int items, std::int64_t cols, const d
   plan.items_per_thread = found->items;
   plan.threads_per_block = found->threads_per_block;
   plan.cluster_size = 1;
+  plan.pieces = 1;
   return plan;
 }
 

@@ -457,6 +457,10 @@ struct Plan {
   int items_per_thread = 0;  // chunks each lane holds in registers (0: streamed)
   int threads_per_block = 0;
   int cluster_size = 1;  // blocks per row (cluster_row), else 1
+  // cluster_row: a block's slice of the row in this many pieces of its register capacity,
+  // one held in registers and the rest in shared memory (rows beyond the registers of a
+  // cluster's largest portable size, forward only), else 1.
+  int pieces = 1;
   // Elements per memory access: vector_width when every row start is 16-byte aligned and
   // cols a multiple of it, else 1. It changes how chunks are loaded, never the order in
   // which they are summed: the rest of the plan depends on (cols, dtypes) only.

@@ -256,6 +256,10 @@ struct ForwardArgs {
   // own (inv_cols is then 1/full_cols). The same for the whole grid, so a branch on it is
   // uniform. nullptr: the kernel reduces its rows itself.
   const float* row_sums;
+
+  // cluster_row: the pieces of a block's slice (Plan::pieces), the first in registers, the
+  // others in dynamic shared memory. 1 for every other kernel.
+  int pieces;
 };
 
 // Element offset of a row's first element in a (batch, rows, cols) view. Rows of the first

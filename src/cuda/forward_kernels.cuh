@@ -71,16 +71,21 @@ __device__ __forceinline__ void load_items(const T* row, std::int64_t first, std
   }
 }
 
+// A chunk's squares added to ss, one by one: the order of sum_squares, which a cluster row
+// reading its pieces back from shared memory a chunk at a time repeats bit for bit.
+template <class TX, int VEC>
+__device__ __forceinline__ void add_squares(float& ss, const Vec<TX, VEC>& c) {
+  float f[VEC];
+  unpack(c, f);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) ss += f[k] * f[k];
+}
+
 template <class TX, int VEC, int ITEMS>
 __device__ __forceinline__ float sum_squares(const Vec<TX, VEC> (&v)[ITEMS]) {
   float ss = 0.f;
 #pragma unroll
-  for (int i = 0; i < ITEMS; ++i) {
-    float f[VEC];
-    unpack(v[i], f);
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) ss += f[k] * f[k];
-  }
+  for (int i = 0; i < ITEMS; ++i) add_squares(ss, v[i]);
   return ss;
 }
 
@@ -393,9 +398,11 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
 
 // ---------------------------------------------------------------------------------------
 // cluster_row (sm_90): a row too long for one block's registers is split over the blocks
-// of a thread-block cluster, each holding its slice in registers; the row's sum of squares
-// is combined through distributed shared memory. x is still read once. The dynamic scales'
-// group maxima too: a group that spans slices takes the max of every block's cell for it.
+// of a thread-block cluster, each holding its slice in registers (and, beyond the registers
+// of the largest cluster, in pieces in shared memory: Plan::pieces); the row's sum of
+// squares is combined through distributed shared memory. x is still read once. The dynamic
+// scales' group maxima too: a group that spans slices takes the max of every block's cell
+// for it.
 // ---------------------------------------------------------------------------------------
 // Whether a cluster row stages the block's next row in shared memory: the plain store of
 // aligned rows (x alone read, in 16-byte chunks). The residual add has r_out's store to
@@ -409,10 +416,14 @@ inline constexpr bool kClusterStages =
 // 262144 columns (clusters of 4 / 8 blocks, whose wait is long), and from 92.3 to 86.3 % on
 // 65536 (2 blocks), where the shared-memory round trip lengthens a short critical path.
 inline constexpr int kStageFromBlocks = 4;
+// The dynamic shared memory of a cluster row's slice: its pieces past the first (a row of
+// more than one piece a block, cluster_pieces in kernel_configs.h), else the staged next
+// row (clusters of kStageFromBlocks blocks or more), else none.
 template <bool ALIGNED, class STEPS, class TX, int VEC, int ITEMS, int BLOCK>
-constexpr std::size_t cluster_stage_bytes(int cluster_size) {
-  return kClusterStages<ALIGNED, STEPS, TX> && cluster_size >= kStageFromBlocks ? sizeof(Vec<TX, VEC>) * ITEMS * BLOCK
-                                                                                : 0;
+constexpr std::size_t cluster_slice_bytes(int cluster_size, int pieces) {
+  constexpr std::size_t kPiece = sizeof(Vec<TX, VEC>) * ITEMS * BLOCK;
+  if (pieces > 1) return STEPS::kQuant ? 0 : kPiece * static_cast<std::size_t>(pieces - 1);
+  return kClusterStages<ALIGNED, STEPS, TX> && cluster_size >= kStageFromBlocks ? kPiece : 0;
 }
 
 template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
@@ -423,7 +434,8 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
   constexpr bool kPreload = kForwardPreloadsWeight<TW, VEC, ITEMS>;
   using Sum = ClusterSum<BLOCK, 1>;
   __shared__ typename Sum::TempStorage temp;
-  // Dynamic shared memory: GroupMax's cells (dynamic scales), or the staged row (kStage).
+  // Dynamic shared memory: GroupMax's cells (dynamic scales), the slice's pieces past the
+  // first, or the staged row (kStage): cluster_slice_bytes.
   extern __shared__ uint4 cluster_dynamic[];
   unsigned* group_cells = reinterpret_cast<unsigned*>(cluster_dynamic);
   const ClusterPlace place = cluster_place();
@@ -451,8 +463,10 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
   // row is summed the same way staged or not. Dynamic shared memory: ITEMS x BLOCK chunks
   // (cluster_stage_bytes), on clusters of kStageFromBlocks blocks or more.
   constexpr bool kStage = kClusterStages<ALIGNED, STEPS, TX>;
-  static_assert(!kStage || sizeof(Vec<TX, VEC>) == 16, "cp.async copies 16-byte chunks");
-  const bool staging = kStage && place.size >= static_cast<unsigned>(kStageFromBlocks);  // uniform over the grid
+  static_assert(sizeof(Vec<TX, VEC>) == 16, "cp.async copies, and pieces hold, 16-byte chunks");
+  // Uniform over the grid. Pieces take the shared memory staging would.
+  const int pieces = STEPS::kQuant ? 1 : a.pieces;
+  const bool staging = kStage && pieces == 1 && place.size >= static_cast<unsigned>(kStageFromBlocks);
   Vec<TX, VEC>* stage = reinterpret_cast<Vec<TX, VEC>*>(cluster_dynamic) + threadIdx.x;
   const std::int64_t first = begin + threadIdx.x;  // this thread's chunk i: first + i * BLOCK
   const std::int64_t in_slice = first < end ? (end - first + BLOCK - 1) / BLOCK : 0;  // chunks below end
@@ -467,17 +481,62 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
   };
   if (staging) stage_row(place.cluster);
 
+  // A slice of more than one piece (pieces > 1, never with the quantised store): piece 0 is
+  // held in registers like a slice of one, pieces 1.. in shared memory, chunk i of piece p
+  // of this thread in slot ((p - 1) * ITEMS + i) * BLOCK of `stage` (each thread writes and
+  // reads only its own slots, so no barrier is passed). The row's sum adds the pieces' sums
+  // in the order 1, 2, .., 0, each summed chunk by chunk as sum_squares does, whichever way
+  // the pieces were loaded: the plain store of aligned rows copies pieces 1.. straight to
+  // shared memory (cp.async), all in flight together with piece 0's loads; the others
+  // (the residual add, whose pieces are r_out, and unaligned rows) load a piece at a time
+  // through registers.
+  constexpr std::int64_t kPiece = std::int64_t{ITEMS} * BLOCK;
+  const auto held = [&](int p, int i) -> Vec<TX, VEC>& { return stage[((p - 1) * ITEMS + i) * BLOCK]; };
+  const auto copy_pieces = [&](std::int64_t row, Vec<TX, VEC>(&v)[ITEMS]) {
+    const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
+    for (int p = 1; p < pieces; ++p)
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        const std::int64_t idx = first + p * kPiece + std::int64_t{i} * BLOCK;
+        if (idx < end) __pipeline_memcpy_async(&held(p, i), x + idx * VEC, sizeof(Vec<TX, VEC>));
+      }
+    __pipeline_commit();
+    load_row<ALIGNED, STEPS, TX, VEC, ITEMS, BLOCK>(a, row, true, first, end, v);
+    __pipeline_wait_prior(0);
+    float ss = 0.f;
+    for (int p = 1; p < pieces; ++p) {
+      float part = 0.f;
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i)
+        add_squares(part, first + p * kPiece + std::int64_t{i} * BLOCK < end ? held(p, i) : Vec<TX, VEC>{});
+      ss += part;
+    }
+    return ss + sum_squares<TX, VEC, ITEMS>(v);
+  };
+
   unsigned step = 0;
   for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters, ++step) {
     Vec<TX, VEC> v[ITEMS];
+    float ss[1] = {0.f};
     if (staging) {
       __pipeline_wait_prior(0);
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) v[i] = i < staged ? stage[i * BLOCK] : Vec<TX, VEC>{};
+      ss[0] = sum_squares<TX, VEC, ITEMS>(v);
+    } else if (kStage && pieces > 1) {
+      ss[0] = copy_pieces(row, v);
     } else {
-      load_row<ALIGNED, STEPS, TX, VEC, ITEMS, BLOCK>(a, row, true, begin + threadIdx.x, end, v);
+      // Pieces 1.., then 0, which stays in registers (a slice of one piece: 0 alone, and
+      // 0 + its sum is its sum).
+      for (int q = 1; q <= pieces; ++q) {
+        const int p = q < pieces ? q : 0;
+        load_row<ALIGNED, STEPS, TX, VEC, ITEMS, BLOCK>(a, row, true, first + p * kPiece, end, v);
+        ss[0] += sum_squares<TX, VEC, ITEMS>(v);
+        if (p > 0)
+#pragma unroll
+          for (int i = 0; i < ITEMS; ++i) held(p, i) = v[i];
+      }
     }
-    float ss[1] = {sum_squares<TX, VEC, ITEMS>(v)};
     Sum::send(temp, ss, step);
     if (staging) stage_row(row + place.clusters);
     Sum::receive(temp, ss, step);
@@ -514,10 +573,18 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
           });
       if (dynamic) group_max.next();
     } else {
-      for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, BLOCK, kPreload>(
-          w, wv, begin + threadIdx.x, end, v, rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
-            store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, pack<TY, VEC>(out));
-          });
+      const auto store = [&](std::int64_t idx, const float(&out)[VEC]) {
+        store_chunk<ALIGNED, TY, VEC>(y, idx, a.cols, pack<TY, VEC>(out));
+      };
+      for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, BLOCK, kPreload>(w, wv, first, end, v, rstd, a, store);
+      // Pieces 1.. from shared memory, their weight read as it is needed (a preloaded
+      // weight holds piece 0's).
+      for (int p = 1; p < pieces; ++p) {
+#pragma unroll
+        for (int i = 0; i < ITEMS; ++i) v[i] = held(p, i);
+        for_each_value<ALIGNED, TX, TC, TW, VEC, ITEMS, BLOCK, false>(w, wv, first + p * kPiece, end, v, rstd, a,
+                                                                      store);
+      }
     }
   }
   Sum::finish();

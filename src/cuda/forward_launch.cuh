@@ -43,6 +43,7 @@ inline ForwardArgs make_args(const ForwardProblem& p) {
   a.eps = static_cast<float>(p.eps);
   a.inv_cols = static_cast<float>(1.0 / static_cast<double>(p.row_sums ? p.full_cols : p.cols));
   a.row_sums = p.row_sums;
+  a.pieces = 1;  // the cluster launcher sets its plan's
   a.weight_offset = static_cast<float>(p.weight_offset);
   a.llama = p.cast == Cast::llama;
   a.residual = p.residual;
@@ -136,16 +137,23 @@ void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const
   with_config<kTable, kNumClusterRowConfigs>(plan, names_cluster, [&](auto i) {
     constexpr RegisterConfig c = kTable[decltype(i)::value];
     const auto kernel = ClusterRowImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.items, c.threads_per_block>;
-    const std::size_t stage_bytes =
-        cluster_stage_bytes<ALIGNED, STEPS, TX, VEC, c.items, c.threads_per_block>(plan.cluster_size);
+    // The kernel trusts the plan's pieces to hold a block's slice (cluster_pieces).
+    const std::int64_t slice = (chunks_of(a.cols, VEC) + plan.cluster_size - 1) / plan.cluster_size;
+    if (plan.pieces < 1 || (STEPS::kQuant && plan.pieces > 1) || slice > std::int64_t{plan.pieces} * c.capacity())
+      throw Error(Code::internal, "cluster_row: a plan of " + std::to_string(plan.pieces) +
+                                      " pieces cannot hold a block's slice of " + std::to_string(slice) + " chunks");
+    ForwardArgs args = a;
+    args.pieces = plan.pieces;
+    const std::size_t slice_bytes =
+        cluster_slice_bytes<ALIGNED, STEPS, TX, VEC, c.items, c.threads_per_block>(plan.cluster_size, plan.pieces);
     LaunchShape shape{dim3(1), c.threads_per_block, plan.cluster_size,
-                      stage_bytes > 0 ? stage_bytes : dynamic_scale_bytes(a, 1)};
+                      slice_bytes > 0 ? slice_bytes : dynamic_scale_bytes(a, 1)};
     const int resident = resident_clusters(kernel, shape);
     const std::int64_t clusters = resident > 0
                                       ? std::min<std::int64_t>(a.total_rows, 2 * std::int64_t{resident})
                                       : cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
     shape.grid = grid_for(clusters * plan.cluster_size);
-    launch_kernel(kernel, shape, q, "ClusterRowImpl", &plan, a);
+    launch_kernel(kernel, shape, q, "ClusterRowImpl", &plan, args);
   });
 }
 
