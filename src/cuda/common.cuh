@@ -260,6 +260,9 @@ struct ForwardArgs {
   // cluster_row: the pieces of a block's slice (Plan::pieces), the first in registers, the
   // others in dynamic shared memory. 1 for every other kernel.
   int pieces;
+  // cluster_row: the byte offset of the block's weight slice in dynamic shared memory, or
+  // -1: the weight is read from global memory. -1 for every other kernel.
+  std::int64_t weight_at;
 };
 
 // Element offset of a row's first element in a (batch, rows, cols) view. Rows of the first

@@ -426,6 +426,15 @@ constexpr std::size_t cluster_slice_bytes(int cluster_size, int pieces) {
   return kClusterStages<ALIGNED, STEPS, TX> && cluster_size >= kStageFromBlocks ? kPiece : 0;
 }
 
+// The shared memory of a block's slice of the weight, where the cluster rows may keep it
+// (ForwardArgs::weight_at): a weight read per row (not preloaded), a slice of one piece, not
+// the quantised store's (its dynamic shared memory holds GroupMax). 0 where it may not.
+template <class STEPS, class TW, int VEC, int ITEMS, int BLOCK>
+constexpr std::size_t cluster_weight_bytes(int pieces) {
+  return !kForwardPreloadsWeight<TW, VEC, ITEMS> && !STEPS::kQuant && pieces == 1 ? sizeof(Vec<TW, VEC>) * ITEMS * BLOCK
+                                                                                  : 0;
+}
+
 template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>() / BLOCK)
     ClusterRowImpl(const ForwardArgs a) {
@@ -446,6 +455,23 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
   load_weight<ALIGNED, TW, VEC, ITEMS, BLOCK, kPreload>(w, begin + threadIdx.x, end, a.cols, wv);
+  // A weight not preloaded is read again for every row, after the row's sum has crossed the
+  // cluster: from L2, since the sum's cluster-scope acquire leaves nothing of it in L1. Where
+  // the launcher found room (a.weight_at >= 0: cluster_weight_bytes, no resident cluster
+  // lost), the block's slice of it is copied once into shared memory and read from there:
+  // chunk idx of the row at slot idx - begin, each thread writing and reading only its own
+  // slots (no barrier), whole zero-padded chunks at any alignment. w then points at the slot
+  // of chunk 0, so every read of chunk idx goes where it went (generic loads).
+  if (!kPreload && !STEPS::kQuant && a.weight_at >= 0 && w) {
+    Vec<TW, VEC>* slice =
+        reinterpret_cast<Vec<TW, VEC>*>(reinterpret_cast<unsigned char*>(cluster_dynamic) + a.weight_at);
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const std::int64_t idx = begin + threadIdx.x + std::int64_t{i} * BLOCK;
+      slice[threadIdx.x + i * BLOCK] = load_chunk<ALIGNED, TW, VEC>(w, idx, a.cols, idx < end);
+    }
+    w = reinterpret_cast<const TW*>(slice - begin);
+  }
   Sum::init(temp);
   QuantConstants qc;
   if constexpr (STEPS::kQuant) qc = QuantConstants(a);

@@ -43,7 +43,8 @@ inline ForwardArgs make_args(const ForwardProblem& p) {
   a.eps = static_cast<float>(p.eps);
   a.inv_cols = static_cast<float>(1.0 / static_cast<double>(p.row_sums ? p.full_cols : p.cols));
   a.row_sums = p.row_sums;
-  a.pieces = 1;  // the cluster launcher sets its plan's
+  a.pieces = 1;      // the cluster launcher sets its plan's
+  a.weight_at = -1;  // and the weight's place
   a.weight_offset = static_cast<float>(p.weight_offset);
   a.llama = p.cast == Cast::llama;
   a.residual = p.residual;
@@ -148,7 +149,22 @@ void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const
         cluster_slice_bytes<ALIGNED, STEPS, TX, VEC, c.items, c.threads_per_block>(plan.cluster_size, plan.pieces);
     LaunchShape shape{dim3(1), c.threads_per_block, plan.cluster_size,
                       slice_bytes > 0 ? slice_bytes : dynamic_scale_bytes(a, 1)};
-    const int resident = resident_clusters(kernel, shape);
+    int resident = resident_clusters(kernel, shape);
+    // The weight slice goes to shared memory after the rest where that costs no resident
+    // cluster: the plain store's clusters of 2 and 3 blocks keep two blocks an SM with it
+    // (a 16-bit weight), the staged rows of larger clusters would fall to one.
+    const std::size_t weight_bytes =
+        a.weight ? cluster_weight_bytes<STEPS, TW, VEC, c.items, c.threads_per_block>(plan.pieces) : 0;
+    if (weight_bytes > 0 && resident > 0) {
+      LaunchShape with_weight = shape;
+      with_weight.shared_bytes = shape.shared_bytes + weight_bytes;
+      const int resident_with = resident_clusters(kernel, with_weight);
+      if (resident_with >= resident) {
+        args.weight_at = static_cast<std::int64_t>(shape.shared_bytes);
+        shape = with_weight;
+        resident = resident_with;
+      }
+    }
     const std::int64_t clusters = resident > 0
                                       ? std::min<std::int64_t>(a.total_rows, 2 * std::int64_t{resident})
                                       : cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
