@@ -122,6 +122,13 @@ inline constexpr int kNumBackwardBlockRowConfigs = sizeof(kBackwardBlockRowConfi
 // in clusters twice the size, 2.78 / 2.63 / 2.17; 512x2 (64 registers, two blocks an SM)
 // lost too, 2.04 / 1.96 on 32768 / 65536 with the grids of the time.
 inline constexpr RegisterConfig kClusterRowConfigs[] = {{512, 8, 512}};
+// The plain store's: 512 x 8 first, 1024 x 4 and 256 x 8 to be timed against it since the
+// row sums cross the cluster without a barrier (afac980), which took the residual add's
+// 1024 x 4 from 88.5 to 93.3 % of the copy at 262144 columns: before it (290102e, below)
+// 1024 x 4 moved the plain store at 76.0 / 70.9 / 66.6 % on 65536 / 131072 / 262144
+// columns and 256 x 8 (four blocks an SM, clusters twice the size) at 86.9 / 78.6 % on
+// 65536 / 131072, against 512 x 8's 89.1 / 87.4 / 78.1 %.
+inline constexpr RegisterConfig kPlainClusterRowConfigs[] = {{512, 8, 512}, {1024, 4, 1024}, {256, 8, 256}};
 // The residual add's cluster rows: 1024 x 4, the same capacity (so the same cluster sizes).
 // Timed alone on the H200 (bf16, 2026-12-03, bench/results/...-290102e-cluster-configs.txt),
 // each on the grid of twice the resident clusters: 93.6 / 91.6 / 89.1 % of the copy on rows
@@ -130,18 +137,46 @@ inline constexpr RegisterConfig kClusterRowConfigs[] = {{512, 8, 512}};
 inline constexpr RegisterConfig kAddClusterRowConfigs[] = {{1024, 4, 1024}};
 inline constexpr RegisterConfig kBackwardClusterRowConfigs[] = {{512, 4, 512}, {256, 4, 256}};
 inline constexpr int kNumClusterRowConfigs = sizeof(kClusterRowConfigs) / sizeof(RegisterConfig);
+inline constexpr int kNumPlainClusterRowConfigs = sizeof(kPlainClusterRowConfigs) / sizeof(RegisterConfig);
+inline constexpr int kNumAddClusterRowConfigs = sizeof(kAddClusterRowConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumBackwardClusterRowConfigs = sizeof(kBackwardClusterRowConfigs) / sizeof(RegisterConfig);
-static_assert(sizeof(kAddClusterRowConfigs) == sizeof(kClusterRowConfigs), "one cluster configuration an op");
-// The forward's cluster table of an op: the residual add's for the add of a residual of
-// x's dtype, with or without the ranks' sum (which must share it: y of the ranks' sum is
-// the residual add's of the same r_out bit for bit, and the block's shape orders the sum of
-// squares), without the quantised store (whose registers at 1024 threads were not
-// measured; with an f32 residual and 16-bit x, 1024 x 4 spilled 24-28 bytes a thread,
-// sm_90, nvcc 13.0), else the others'. The planner, the launcher and the bench's --config
-// choose through it.
-using ClusterRowTable = RegisterConfig[kNumClusterRowConfigs];
-constexpr const ClusterRowTable& cluster_row_configs(bool residual, bool residual_is_x_dtype, bool quantize) {
-  return residual && residual_is_x_dtype && !quantize ? kAddClusterRowConfigs : kClusterRowConfigs;
+static_assert(kAddClusterRowConfigs[0].capacity() == kClusterRowConfigs[0].capacity() &&
+                  kPlainClusterRowConfigs[0].capacity() == kClusterRowConfigs[0].capacity(),
+              "the planner's cluster configurations hold as much a block, so every op makes the same clusters");
+// The forward's cluster table of an op: the plain store's (neither the residual add nor the
+// quantised store); the residual add's for the add of a residual of x's dtype, with or
+// without the ranks' sum (which must share it: y of the ranks' sum is the residual add's of
+// the same r_out bit for bit, and the block's shape orders the sum of squares), without the
+// quantised store (whose registers at 1024 threads were not measured; with an f32 residual
+// and 16-bit x, 1024 x 4 spilled 24-28 bytes a thread, sm_90, nvcc 13.0); else the others'.
+// The planner, the launcher and the bench's --config choose through it: f(table) with the
+// op's table (an array reference: the tables differ in length), or, at compile time,
+// ClusterRowTableOf.
+enum class ClusterTable { plain, add, other };
+constexpr ClusterTable cluster_table_of(bool residual, bool residual_is_x_dtype, bool quantize) {
+  if (!residual && !quantize) return ClusterTable::plain;
+  return residual && residual_is_x_dtype && !quantize ? ClusterTable::add : ClusterTable::other;
+}
+template <ClusterTable T>
+struct ClusterRowTableOf {
+  static constexpr const RegisterConfig* table = T == ClusterTable::plain ? kPlainClusterRowConfigs
+                                                 : T == ClusterTable::add ? kAddClusterRowConfigs
+                                                                          : kClusterRowConfigs;
+  static constexpr int size = T == ClusterTable::plain ? kNumPlainClusterRowConfigs
+                              : T == ClusterTable::add ? kNumAddClusterRowConfigs
+                                                       : kNumClusterRowConfigs;
+};
+template <class F>
+decltype(auto) with_cluster_row_configs(bool residual, bool residual_is_x_dtype, bool quantize, F&& f) {
+  switch (cluster_table_of(residual, residual_is_x_dtype, quantize)) {
+    case ClusterTable::plain:
+      return f(kPlainClusterRowConfigs);
+    case ClusterTable::add:
+      return f(kAddClusterRowConfigs);
+    case ClusterTable::other:
+      break;
+  }
+  return f(kClusterRowConfigs);
 }
 inline constexpr int kMaxClusterSize = 8;
 // The blocks of a cluster row of `vectors` chunks in a configuration of `capacity` chunks

@@ -143,9 +143,10 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   // The quantised store's block rows have their own table, the residual add its cluster rows
   // (kernel_configs.h). Rows beyond a cluster's registers keep pieces of their slices in
   // shared memory (cluster_pieces), except the quantised store's.
-  Plan plan = choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, block_row_configs(p.quantize),
-                     cluster_row_configs(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize),
-                     forward_cluster_pieces(p.quantize));
+  Plan plan = with_cluster_row_configs(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize, [&](const auto& t) {
+    return choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, block_row_configs(p.quantize), t,
+                  forward_cluster_pieces(p.quantize));
+  });
   // Except the quantised store: its rows beyond one block stream (long_row) unless
   // cluster_row is asked for. Timed side by side on the H200 (bf16, 2026-12-03, tree a18ed4a,
   // bench/results/2026-12-03-h200-a18ed4a-explore-quant-strategies.txt) on 4096 x 65536 ..

@@ -321,8 +321,10 @@ TEST(Plan, LaunchersFindTheConfigurationThePlanNames) {
   expect_with_config_finds_each<detail::kBackwardBlockRowConfigs, detail::kNumBackwardBlockRowConfigs>(
       detail::names_rows, false);
   expect_with_config_finds_each<detail::kClusterRowConfigs, detail::kNumClusterRowConfigs>(detail::names_cluster, true);
-  expect_with_config_finds_each<detail::kAddClusterRowConfigs, detail::kNumClusterRowConfigs>(detail::names_cluster,
-                                                                                              true);
+  expect_with_config_finds_each<detail::kPlainClusterRowConfigs, detail::kNumPlainClusterRowConfigs>(
+      detail::names_cluster, true);
+  expect_with_config_finds_each<detail::kAddClusterRowConfigs, detail::kNumAddClusterRowConfigs>(detail::names_cluster,
+                                                                                                 true);
   expect_with_config_finds_each<detail::kBackwardClusterRowConfigs, detail::kNumBackwardClusterRowConfigs>(
       detail::names_cluster, true);
 }
@@ -433,6 +435,7 @@ TEST(Plan, ResidualAddClusterRowsHaveTheirOwnBlocks) {
     }
   }
   EXPECT_EQ(detail::kAddClusterRowConfigs[0].capacity(), detail::kClusterRowConfigs[0].capacity());
+  EXPECT_EQ(detail::kPlainClusterRowConfigs[0].capacity(), detail::kClusterRowConfigs[0].capacity());
 }
 
 // The quantised store (with and without the residual add, every scale) keeps the block rows
@@ -476,7 +479,7 @@ TEST(Plan, QuantisedLongRowsStream) {
         EXPECT_EQ(quant.vector_width, vw) << w << ": " << show(quant);
         EXPECT_EQ(detail::plan_problem(p, Strategy::automatic, 8).strategy, Strategy::long_row) << w << " (sm_80)";
         // Asked for, the cluster rows still serve it (on sm_90) where they serve the plain
-        // store in one piece a block, in the plain store's table.
+        // store in one piece a block, in 512 x 8 blocks (kClusterRowConfigs).
         if (plain.strategy != Strategy::cluster_row || plain.pieces > 1) continue;
         const Plan cluster = detail::plan_problem(p, Strategy::cluster_row, 9);
         EXPECT_EQ(cluster.strategy, Strategy::cluster_row) << w << ": " << show(cluster);

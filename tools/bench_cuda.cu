@@ -111,10 +111,10 @@ ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape) {
   try {
     const TensorView x0 = TensorView::matrix(x_of(0), t, dev, m, n), y0 = TensorView::matrix(y_of(0), t, dev, m, n);
     if (ctx.config_threads) {
-      forced =
-          forced_config(plan_forward(x0, wv, y0), ctx.config_threads, ctx.config_items, n, detail::kWarpRowsConfigs,
-                        detail::kBlockRowConfigs, detail::kClusterRowConfigs, ctx.strategy == Strategy::cluster_row,
-                        detail::cuda_cc_major(dev.index), detail::forward_cluster_pieces(false));
+      forced = forced_config(plan_forward(x0, wv, y0), ctx.config_threads, ctx.config_items, n,
+                             detail::kWarpRowsConfigs, detail::kBlockRowConfigs, detail::kPlainClusterRowConfigs,
+                             ctx.strategy == Strategy::cluster_row, detail::cuda_cc_major(dev.index),
+                             detail::forward_cluster_pieces(false));
       strategy = forced_name(*forced);
     } else {
       strategy = strategy_name(plan_forward(x0, wv, y0, ctx.strategy).strategy);

@@ -447,10 +447,12 @@ ShapeResult bench_fused_shape_cuda(const BenchContext& ctx, const BenchShape& sh
       const bool cluster = ctx.strategy == Strategy::cluster_row;
       // The quantised store's block rows have a table of their own, the residual add its cluster
       // rows (kernel_configs.h).
-      forced = forced_config(automatic, ctx.config_threads, ctx.config_items, n, detail::kWarpRowsConfigs,
-                             detail::block_row_configs(p.quantize),
-                             detail::cluster_row_configs(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize),
-                             cluster, cc, detail::forward_cluster_pieces(p.quantize));
+      forced = detail::with_cluster_row_configs(
+          p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize, [&](const auto& table) {
+            return forced_config(automatic, ctx.config_threads, ctx.config_items, n, detail::kWarpRowsConfigs,
+                                 detail::block_row_configs(p.quantize), table, cluster, cc,
+                                 detail::forward_cluster_pieces(p.quantize));
+          });
       strategy = forced_name(*forced);
     } else {
       strategy = strategy_name(detail::plan_problem(p, ctx.strategy, cc).strategy);

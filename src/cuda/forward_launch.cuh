@@ -124,7 +124,7 @@ void launch_register_rows(const ForwardArgs& a, const Plan& plan, const Queue& q
   });
 }
 
-// The cluster configuration the plan names (the op's table, cluster_row_configs). The grid
+// The cluster configuration the plan names (the op's table, cluster_table_of). The grid
 // is twice the clusters the device holds at once, each looping over its share of the rows.
 // Timed alone on the H200 (bf16, 2026-12-03, bench/results/...-290102e-cluster-configs.txt),
 // 512 x 8 on rows of 65536 / 131072 / 262144 columns: 89.1 / 87.4 / 78.1 % of the copy,
@@ -133,9 +133,10 @@ void launch_register_rows(const ForwardArgs& a, const Plan& plan, const Queue& q
 // grid of resident clusters (93.6 / 91.6 / 89.1 % at twice).
 template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC>
 void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
-  constexpr const ClusterRowTable& kTable =
-      cluster_row_configs(STEPS::kResidual, std::is_same_v<typename STEPS::template Input<TX>, TX>, STEPS::kQuant);
-  with_config<kTable, kNumClusterRowConfigs>(plan, names_cluster, [&](auto i) {
+  using Table = ClusterRowTableOf<cluster_table_of(
+      STEPS::kResidual, std::is_same_v<typename STEPS::template Input<TX>, TX>, STEPS::kQuant)>;
+  constexpr const RegisterConfig* kTable = Table::table;
+  with_config<kTable, Table::size>(plan, names_cluster, [&](auto i) {
     constexpr RegisterConfig c = kTable[decltype(i)::value];
     const auto kernel = ClusterRowImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.items, c.threads_per_block>;
     // The kernel trusts the plan's pieces to hold a block's slice (cluster_pieces).
