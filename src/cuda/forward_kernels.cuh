@@ -462,7 +462,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
   // chunk idx of the row at slot idx - begin, each thread writing and reading only its own
   // slots (no barrier), whole zero-padded chunks at any alignment. w then points at the slot
   // of chunk 0, so every read of chunk idx goes where it went (generic loads).
-  if (!kPreload && !STEPS::kQuant && a.weight_at >= 0 && w) {
+  if (!kPreload && !STEPS::kQuant && a.weight_at >= 0 && a.pieces == 1 && w) {
     Vec<TW, VEC>* slice =
         reinterpret_cast<Vec<TW, VEC>*>(reinterpret_cast<unsigned char*>(cluster_dynamic) + a.weight_at);
 #pragma unroll
@@ -487,7 +487,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
   // Sum::send, which needs this row's chunks in registers: the slots have been read before
   // they are written again. Chunks past the slice read as zero, as load_row's do, so the
   // row is summed the same way staged or not. Dynamic shared memory: ITEMS x BLOCK chunks
-  // (cluster_stage_bytes), on clusters of kStageFromBlocks blocks or more.
+  // (cluster_slice_bytes), on clusters of kStageFromBlocks blocks or more.
   constexpr bool kStage = kClusterStages<ALIGNED, STEPS, TX>;
   static_assert(sizeof(Vec<TX, VEC>) == 16, "cp.async copies, and pieces hold, 16-byte chunks");
   // Uniform over the grid. Pieces take the shared memory staging would.
