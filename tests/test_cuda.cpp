@@ -185,6 +185,23 @@ TEST_F(Cuda, Deterministic) {
     }
 }
 
+// Random rows of x (normal) and a weight of dtype t (normal around 1), seeded by (t, cols,
+// tag) and (t, cols, tag + 1), with their device mirrors: the inputs of the cluster rows'
+// tests.
+HostTensor seeded(HostTensor h, std::uint64_t seed, double mean = 0.0, double stddev = 1.0) {
+  reference::fill_normal(h.view, seed, mean, stddev);
+  return h;
+}
+struct RandomRows {
+  RandomRows(DType t, std::int64_t rows, std::int64_t cols, int tag)
+      : x(seeded(testing::make_tensor(t, 1, rows, cols), testing::seed_of({static_cast<int>(t), cols, tag}))),
+        w(seeded(testing::make_vector(t, cols), testing::seed_of({static_cast<int>(t), cols, tag + 1}), 1.0, 0.5)),
+        dx(x),
+        dw(w) {}
+  HostTensor x, w;
+  testing::DeviceMirror dx, dw;
+};
+
 // cluster_row forced over more rows than its grid has clusters: every cluster loops over
 // rows. Every row is checked against the oracle, out of place and in place (y is x: each
 // row is read, then written, by its own cluster only), at cluster sizes 2 (a row one block
@@ -197,11 +214,10 @@ TEST_F(Cuda, ClusterRowsLoopingOverManyRowsMatchTheReference) {
          {std::int64_t{8192}, std::int64_t{65536} + 64, std::int64_t{98304} + 64, std::int64_t{40000} + 1})
       for (bool in_place : {false, true}) {
         const std::int64_t rows = cols > 8192 ? 300 : 1500;
-        HostTensor x = testing::make_tensor(t, 1, rows, cols);
-        HostTensor w = testing::make_vector(t, cols);
-        reference::fill_normal(x.view, testing::seed_of({static_cast<int>(t), cols, 11}));
-        reference::fill_normal(w.view, testing::seed_of({static_cast<int>(t), cols, 12}), 1.0, 0.5);
-        testing::DeviceMirror dx(x), dw(w);
+        RandomRows in(t, rows, cols, 11);
+        const HostTensor& x = in.x;
+        const HostTensor& w = in.w;
+        testing::DeviceMirror &dx = in.dx, &dw = in.dw;
         HostTensor y = testing::make_tensor(t, 1, rows, cols);
         testing::DeviceMirror dy(y);
         const TensorView& out = in_place ? dx.view : dy.view;
@@ -234,11 +250,10 @@ TEST_F(Cuda, ClusterRowPiecesMatchTheReference) {
     for (std::int64_t cols : {piece + 13 * vw, 2 * piece + 1, 3 * piece + 100 * vw})
       for (bool in_place : {false, true}) {
         const std::int64_t rows = 70;
-        HostTensor x = testing::make_tensor(t, 1, rows, cols);
-        HostTensor w = testing::make_vector(t, cols);
-        reference::fill_normal(x.view, testing::seed_of({static_cast<int>(t), cols, 13}));
-        reference::fill_normal(w.view, testing::seed_of({static_cast<int>(t), cols, 14}), 1.0, 0.5);
-        testing::DeviceMirror dx(x), dw(w);
+        RandomRows in(t, rows, cols, 13);
+        const HostTensor& x = in.x;
+        const HostTensor& w = in.w;
+        testing::DeviceMirror &dx = in.dx, &dw = in.dw;
         HostTensor y = testing::make_tensor(t, 1, rows, cols);
         HostTensor r = testing::make_vector(DType::f32, rows);
         testing::DeviceMirror dy(y), dr(r);
