@@ -511,9 +511,11 @@ options:
                     a lane (warp_rows for T <= 32, else block_row; with --strategy
                     cluster_row, T threads a block of a cluster) instead of the
                     planner's, to time the configurations against each other; it must be
-                    one the library instantiates for the op (src/kernel_configs.h: add
-                    has its own cluster rows, 1024x4, quant its own block rows), and
-                    shapes whose rows it cannot hold are reported as n/a
+                    one the library instantiates for the op (src/kernel_configs.h:
+                    cluster rows 512x8, 1024x4 and 256x8 for forward, 1024x4 for add
+                    (512x8 with an f32 residual), 512x8 for quant, which has its own
+                    block rows too), and shapes whose rows it cannot hold in 8 blocks
+                    (of up to 4 pieces, forward and add) are reported as n/a
   --leave-out P,... CUDA, --op backward: the fused call without dw (dx alone; dw is then not
                     checked) and/or without the saved rstd (recomputed from x), to time
                     what each part of the backward costs beside the whole (another run)
