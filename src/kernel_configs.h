@@ -197,11 +197,19 @@ constexpr std::int64_t cluster_blocks(std::int64_t vectors, int capacity) {
 // up to 1048576 16-bit or 524288 f32 columns. The backward and the quantised store keep one
 // piece (their shared memory holds their staged rows and group maxima).
 inline constexpr int kMaxClusterPieces = 4;
-// The pieces of a cluster row of `vectors` chunks: 1 when kMaxClusterSize blocks hold it in
-// registers, else as many as a block's slice of kMaxClusterSize blocks needs.
-constexpr std::int64_t cluster_pieces(std::int64_t vectors, int capacity) {
+// The cluster of a row of `vectors` chunks in blocks of `capacity` chunks, up to
+// `max_pieces` pieces a block: cluster_blocks' blocks in one piece where kMaxClusterSize
+// blocks hold the row in registers, else kMaxClusterSize blocks of as many pieces as a
+// block's slice needs. blocks > kMaxClusterSize or pieces > max_pieces: no cluster holds
+// the row. The planner and the bench's --config take their clusters from here.
+struct ClusterShape {
+  std::int64_t blocks, pieces;
+  constexpr bool fits(int max_pieces) const { return blocks <= kMaxClusterSize && pieces <= max_pieces; }
+};
+constexpr ClusterShape cluster_shape(std::int64_t vectors, int capacity, int max_pieces) {
   const std::int64_t per_cluster = std::int64_t{kMaxClusterSize} * capacity;
-  return vectors <= per_cluster ? 1 : (vectors + per_cluster - 1) / per_cluster;
+  if (vectors <= per_cluster || max_pieces <= 1) return {cluster_blocks(vectors, capacity), 1};
+  return {kMaxClusterSize, (vectors + per_cluster - 1) / per_cluster};
 }
 // The most pieces a block of an op's cluster rows takes: the planner and the bench's
 // --config choose through it.

@@ -69,7 +69,7 @@ Plan with_load_width(Plan p, int lw) {
 // Forced strategies are honoured when they can serve. The choice is made at the chunk
 // width; the load width (alignment) is attached afterwards and changes nothing else.
 // A cluster row beyond kMaxClusterSize blocks' registers takes up to max_pieces pieces a
-// block (cluster_pieces: 1 for the ops whose cluster rows hold one).
+// block (cluster_shape: 1 for the ops whose cluster rows hold one).
 template <int NW, int NB, int NC>
 Plan choose(DType x_dtype, std::int64_t cols, Strategy requested, int cc_major, const RegisterConfig (&warp_table)[NW],
             const RegisterConfig (&block_table)[NB], const RegisterConfig (&cluster_table)[NC], int max_pieces) {
@@ -79,17 +79,15 @@ Plan choose(DType x_dtype, std::int64_t cols, Strategy requested, int cc_major, 
   const Plan long_row = long_row_plan(x_dtype);
   const RegisterConfig* warp = first_fit(warp_table, vectors);
   const RegisterConfig* block = first_fit(block_table, vectors);
-  std::int64_t cluster_size = cluster_blocks(vectors, cluster_config.capacity());
-  const std::int64_t pieces = cluster_pieces(vectors, cluster_config.capacity());
-  if (pieces > 1 && pieces <= max_pieces) cluster_size = kMaxClusterSize;
-  const bool cluster_ok = cc_major >= 9 && cluster_size <= kMaxClusterSize;
+  const ClusterShape shape = cluster_shape(vectors, cluster_config.capacity(), max_pieces);
+  const bool cluster_ok = cc_major >= 9 && shape.fits(max_pieces);
   const Plan cluster{Strategy::cluster_row,
                      vw,
-                     cluster_config.threads_per_row * static_cast<int>(cluster_size),
+                     cluster_config.threads_per_row * static_cast<int>(shape.blocks),
                      cluster_config.items,
                      cluster_config.threads_per_block,
-                     static_cast<int>(cluster_size),
-                     static_cast<int>(cluster_ok ? pieces : 1)};
+                     static_cast<int>(shape.blocks),
+                     static_cast<int>(shape.pieces)};
   const auto refuse = [&](const char* name, int cap) {
     throw Error(Code::unsupported, std::string("strategy: ") + name + " cannot serve this view: a row of " +
                                        std::to_string(cols) + " elements (" + std::to_string(vectors) +
@@ -142,7 +140,7 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   // stay in L2 between the reads). long_row remains for older GPUs and unaligned rows.
   // The quantised store's block rows have their own table, the residual add its cluster rows
   // (kernel_configs.h). Rows beyond a cluster's registers keep pieces of their slices in
-  // shared memory (cluster_pieces), except the quantised store's.
+  // shared memory (cluster_shape), except the quantised store's.
   Plan plan = with_cluster_row_configs(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize, [&](const auto& t) {
     return choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, block_row_configs(p.quantize), t,
                   forward_cluster_pieces(p.quantize));

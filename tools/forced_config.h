@@ -38,19 +38,17 @@ Plan forced_config(Plan plan, int threads, int items, std::int64_t cols, const d
       if (c.threads_per_block == threads && c.items == items) found = &c;
     if (!found) throw Error(Code::unsupported, "--config " + name + " is not in the library's cluster table");
     if (cc_major < 9) throw Error(Code::unsupported, "--config " + name + ": clusters need an sm_90 device");
-    std::int64_t size = detail::cluster_blocks(vectors, found->capacity());
-    const std::int64_t pieces = detail::cluster_pieces(vectors, found->capacity());
-    if (pieces > 1 && pieces <= max_pieces) size = detail::kMaxClusterSize;
-    if (size > detail::kMaxClusterSize)
+    const detail::ClusterShape shape = detail::cluster_shape(vectors, found->capacity(), max_pieces);
+    if (!shape.fits(max_pieces))
       throw Error(Code::unsupported, "--config " + name + " cannot hold a row of " + std::to_string(cols) +
                                          " elements in " + std::to_string(detail::kMaxClusterSize) + " blocks of " +
                                          std::to_string(max_pieces) + " pieces");
     plan.strategy = Strategy::cluster_row;
-    plan.threads_per_row = found->threads_per_block * static_cast<int>(size);
+    plan.threads_per_row = found->threads_per_block * static_cast<int>(shape.blocks);
     plan.items_per_thread = found->items;
     plan.threads_per_block = found->threads_per_block;
-    plan.cluster_size = static_cast<int>(size);
-    plan.pieces = static_cast<int>(pieces);
+    plan.cluster_size = static_cast<int>(shape.blocks);
+    plan.pieces = static_cast<int>(shape.pieces);
     return plan;
   }
   const auto is = [&](const detail::RegisterConfig& c) { return c.threads_per_row == threads && c.items == items; };

@@ -417,7 +417,7 @@ inline constexpr bool kClusterStages =
 // 65536 (2 blocks), where the shared-memory round trip lengthens a short critical path.
 inline constexpr int kStageFromBlocks = 4;
 // The dynamic shared memory of a cluster row's slice: its pieces past the first (a row of
-// more than one piece a block, cluster_pieces in kernel_configs.h), else the staged next
+// more than one piece a block, cluster_shape in kernel_configs.h), else the staged next
 // row (clusters of kStageFromBlocks blocks or more), else none.
 template <bool ALIGNED, class STEPS, class TX, int VEC, int ITEMS, int BLOCK>
 constexpr std::size_t cluster_slice_bytes(int cluster_size, int pieces) {

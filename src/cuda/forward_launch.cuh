@@ -139,7 +139,7 @@ void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const
   with_config<kTable, Table::size>(plan, names_cluster, [&](auto i) {
     constexpr RegisterConfig c = kTable[decltype(i)::value];
     const auto kernel = ClusterRowImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.items, c.threads_per_block>;
-    // The kernel trusts the plan's pieces to hold a block's slice (cluster_pieces).
+    // The kernel trusts the plan's pieces to hold a block's slice (cluster_shape).
     const std::int64_t slice = (chunks_of(a.cols, VEC) + plan.cluster_size - 1) / plan.cluster_size;
     if (plan.pieces < 1 || (STEPS::kQuant && plan.pieces > 1) || slice > std::int64_t{plan.pieces} * c.capacity())
       throw Error(Code::internal, "cluster_row: a plan of " + std::to_string(plan.pieces) +
