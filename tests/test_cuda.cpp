@@ -13,6 +13,7 @@
 
 #include "harness.h"
 #include "oracle.h"
+#include "problem.h"
 #include "rmsnorm/rmsnorm.h"
 #include "support.h"
 
@@ -292,6 +293,48 @@ TEST_F(Cuda, ClusterRowPiecesMatchTheReference) {
         EXPECT_TRUE(std::equal(got.begin(), got.end(), y.bytes.begin() + 37 * cols * dtype_size(t)))
             << where << ": row 37 alone and unaligned differs from row 37 among " << rows;
       }
+  }
+}
+
+// The cluster rows on every grid a benchmark may ask for (Plan::cluster_grid): the resident
+// clusters once, three times, and a cluster a row, against the launcher's own (twice the
+// resident ones). Each cluster reduces its rows in the same order whichever rows it takes,
+// so every grid gives the launcher's bits: clusters of 2 blocks, of 4 (aligned rows stage
+// the next row), an odd length (the unaligned instantiation) and rows in 2 pieces a block.
+TEST_F(Cuda, ClusterRowGridsGiveTheSameBits) {
+  for (DType t : {DType::bf16, DType::f32}) {
+    const std::int64_t vw = static_cast<std::int64_t>(16 / dtype_size(t));
+    for (std::int64_t cols : {std::int64_t{4096} * vw + 8 * vw, std::int64_t{12288} * vw + 8 * vw,
+                              std::int64_t{6000} * vw + 1, std::int64_t{8 * 4096} * vw + 64 * vw}) {
+      const std::int64_t rows = 150;
+      RandomRows in(t, rows, cols, 17);
+      HostTensor y = testing::make_tensor(t, 1, rows, cols);
+      testing::DeviceMirror dy(y);
+      const std::string where = std::string(dtype_name(t)) + " cols=" + std::to_string(cols);
+      if (!servable(in.dx.view, dy.view, Strategy::cluster_row)) continue;  // cluster_row needs sm_90
+      Params p;
+      p.strategy = Strategy::cluster_row;
+      const detail::ForwardProblem problem = detail::validate_forward(in.dx.view, in.dw.view, dy.view, p, std::nullopt);
+      Plan plan = plan_forward(in.dx.view, in.dw.view, dy.view, p.strategy);
+      ASSERT_EQ(plan.cluster_grid, 0) << where;
+      dy.buffer.fill(0xFF);
+      detail::cuda_forward(problem, plan, in.dx.view.device.index, nullptr);
+      testing::device_synchronize();
+      dy.download_into(y);
+      const auto ref = reference::forward(in.x.view, in.w.view, t, p);
+      const auto cmp = reference::compare(y.view, ref.y, reference::forward_tolerance(t, t, p.cast, cols));
+      ASSERT_TRUE(cmp.passed()) << where << ", the launcher's grid: " << cmp.describe();
+      const std::vector<unsigned char> expected = y.bytes;
+      for (int grid : {1, 3, kClusterPerRow}) {
+        plan.cluster_grid = grid;
+        dy.buffer.fill(0xFF);
+        detail::cuda_forward(problem, plan, in.dx.view.device.index, nullptr);
+        testing::device_synchronize();
+        dy.download_into(y);
+        EXPECT_TRUE(y.bytes == expected) << where << ", cluster_grid " << grid
+                                         << ": y differs from the launcher's grid";
+      }
+    }
   }
 }
 

@@ -42,14 +42,14 @@ std::string show(const Plan& p) {
          " items_per_thread=" + std::to_string(p.items_per_thread) +
          " threads_per_block=" + std::to_string(p.threads_per_block) +
          " cluster_size=" + std::to_string(p.cluster_size) + " pieces=" + std::to_string(p.pieces) +
-         " load_width=" + std::to_string(p.load_width);
+         " cluster_grid=" + std::to_string(p.cluster_grid) + " load_width=" + std::to_string(p.load_width);
 }
 
 // The fields that decide a row's reduction order: all but the load width.
 bool same(const Plan& a, const Plan& b) {
   return a.strategy == b.strategy && a.vector_width == b.vector_width && a.threads_per_row == b.threads_per_row &&
          a.items_per_thread == b.items_per_thread && a.threads_per_block == b.threads_per_block &&
-         a.cluster_size == b.cluster_size && a.pieces == b.pieces;
+         a.cluster_size == b.cluster_size && a.pieces == b.pieces && a.cluster_grid == b.cluster_grid;
 }
 
 int full_width(DType t) { return static_cast<int>(16 / dtype_size(t)); }
@@ -219,6 +219,7 @@ TEST(Plan, FieldsAreConsistent) {
               EXPECT_EQ(p.threads_per_row, p.threads_per_block * p.cluster_size) << w << ": a row per cluster";
               // Pieces past the registers only where the largest cluster's registers are full.
               EXPECT_TRUE(p.pieces >= 1 && p.pieces <= detail::kMaxClusterPieces) << w;
+              EXPECT_EQ(p.cluster_grid, 0) << w << ": the planner leaves the grid to the launcher";
               EXPECT_TRUE(p.pieces == 1 || p.cluster_size == detail::kMaxClusterSize) << w;
               EXPECT_GE(std::int64_t{p.items_per_thread} * p.threads_per_row * p.pieces, chunks)
                   << w << ": the row does not fit in the cluster's pieces";

@@ -88,6 +88,7 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   ctx.strategy = o.strategy;
   ctx.config_threads = o.config_threads;
   ctx.config_items = o.config_items;
+  ctx.cluster_grid = o.cluster_grid;
   ctx.pdl = o.pdl;
   ctx.leave_out_dw = o.leave_out_dw;
   ctx.leave_out_rstd = o.leave_out_rstd;
@@ -165,6 +166,11 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   if (o.config_threads)
     std::cout << "fused configuration forced: " << o.config_threads << " threads a row x " << o.config_items
               << " vectors a lane" << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
+  if (o.cluster_grid)
+    std::cout << "cluster grid forced: "
+              << (o.cluster_grid == kClusterPerRow ? std::string("a cluster a row")
+                                                   : std::to_string(o.cluster_grid) + " x the resident clusters")
+              << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
   if (o.leave_out_dw || o.leave_out_rstd)
     std::cout << "the fused backward leaves out "
               << (o.leave_out_dw && o.leave_out_rstd ? "dw (dx alone) and the saved rstd (recomputed from x)"

@@ -29,6 +29,7 @@ struct BenchContext {
   DType dtype = DType::f16;
   Strategy strategy = Strategy::automatic;
   int config_threads = 0, config_items = 0;  // see BenchOptions
+  int cluster_grid = 0;                      // see BenchOptions
   bool pdl = true;
   bool leave_out_dw = false, leave_out_rstd = false;  // see BenchOptions
   int reps = 50;

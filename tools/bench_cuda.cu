@@ -115,6 +115,7 @@ ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape) {
                              detail::kWarpRowsConfigs, detail::kBlockRowConfigs, detail::kPlainClusterRowConfigs,
                              ctx.strategy == Strategy::cluster_row, detail::cuda_cc_major(dev.index),
                              detail::forward_cluster_pieces(false));
+      forced->cluster_grid = ctx.cluster_grid;
       strategy = forced_name(*forced);
     } else {
       strategy = strategy_name(plan_forward(x0, wv, y0, ctx.strategy).strategy);

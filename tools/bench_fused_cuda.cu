@@ -453,6 +453,7 @@ ShapeResult bench_fused_shape_cuda(const BenchContext& ctx, const BenchShape& sh
                                  detail::block_row_configs(p.quantize), table, cluster, cc,
                                  detail::forward_cluster_pieces(p.quantize));
           });
+      forced->cluster_grid = ctx.cluster_grid;
       strategy = forced_name(*forced);
     } else {
       strategy = strategy_name(detail::plan_problem(p, ctx.strategy, cc).strategy);

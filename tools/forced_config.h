@@ -16,9 +16,14 @@ namespace rmsnorm::cli {
 // "TxI", as --config spells it.
 inline std::string config_name(int threads, int items) { return std::to_string(threads) + "x" + std::to_string(items); }
 
-// How a benchmark row names a forced plan: "block_row 256x4".
+// How a benchmark row names a forced plan: "block_row 256x4", "cluster_row 2048x8 grid 1x"
+// (--grid: 1 x the resident clusters), "... grid rows" (a cluster a row).
 inline std::string forced_name(const Plan& plan) {
-  return std::string(strategy_name(plan.strategy)) + " " + config_name(plan.threads_per_row, plan.items_per_thread);
+  std::string name =
+      std::string(strategy_name(plan.strategy)) + " " + config_name(plan.threads_per_row, plan.items_per_thread);
+  if (plan.cluster_grid == kClusterPerRow) name += " grid rows";
+  if (plan.cluster_grid > 0) name += " grid " + std::to_string(plan.cluster_grid) + "x";
+  return name;
 }
 
 // `plan` is the planner's (its vector width is kept); the tables are the op's warp_rows,

@@ -225,6 +225,9 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
         else
           throw UsageError("--leave-out: expected dw, rstd or both (dw,rstd), got '" + part + "'");
       }
+    } else if (n == "--grid") {
+      const std::string v = r.value();
+      o.cluster_grid = v == "rows" ? kClusterPerRow : static_cast<int>(parse_positive(n, v, 16));
     } else if (n == "--no-pdl") {
       o.pdl = false;
     } else if (n == "--reps") {
@@ -246,6 +249,10 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
     throw UsageError("--quant and --qdtype describe --op quant");
   if ((o.leave_out_dw || o.leave_out_rstd) && o.op != "backward")
     throw UsageError("--leave-out names parts of the backward: it needs --op backward");
+  if (o.cluster_grid && (o.strategy != Strategy::cluster_row || !o.config_threads || o.op == "backward"))
+    throw UsageError(
+        "--grid times the forward's cluster rows: it needs --strategy cluster_row and --config TxI, "
+        "and an op other than backward");
   if (!o.suites.empty() && (o.rows || !o.cols.empty()))
     throw UsageError("--rows/--cols give a custom table and cannot be combined with --suite");
   // The suites of each op; "all" is every one of them, in this order.
@@ -413,7 +420,8 @@ std::string bench_help() {
   return with_strategies(
       R"HELP(usage: rmsnorm bench [--device D] [--op forward|backward|add|quant] [--dtype T] [--suite S,...]
                      [--quant static|row|group] [--qdtype fp8|int8]
-                     [--rows M] [--cols N,...] [--strategy S] [--config TxI] [--leave-out dw,rstd] [--no-pdl] [--reps R] [--seed S]
+                     [--rows M] [--cols N,...] [--strategy S] [--config TxI] [--grid K|rows] [--leave-out dw,rstd]
+                     [--no-pdl] [--reps R] [--seed S]
                      [--json FILE] [--csv FILE] [--plot FILE.svg]
 
 --op forward (the default) times rmsnorm::forward ("fused") against an unfused baseline
@@ -516,6 +524,10 @@ options:
                     (512x8 with an f32 residual), 512x8 for quant, which has its own
                     block rows too), and shapes whose rows it cannot hold in 8 blocks
                     (of up to 4 pieces, forward and add) are reported as n/a
+  --grid K|rows     CUDA, with --strategy cluster_row and --config (not backward): launch
+                    K times the clusters the device holds at once (1..16), each looping
+                    over its share of the rows, or one cluster a row (rows), instead of
+                    twice the resident clusters (Plan::cluster_grid)
   --leave-out P,... CUDA, --op backward: the fused call without dw (dx alone; dw is then not
                     checked) and/or without the saved rstd (recomputed from x), to time
                     what each part of the backward costs beside the whole (another run)

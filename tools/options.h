@@ -46,6 +46,9 @@ struct BenchOptions {
   // --config TxI: a register configuration of the op's tables (threads a row x vectors a lane),
   // forced past the planner to time configurations against each other (0: the planner's).
   int config_threads = 0, config_items = 0;
+  // --grid K|rows: the forced cluster configuration's grid (Plan::cluster_grid: K times the
+  // resident clusters, or kClusterPerRow), to time grids against each other (0: the launcher's).
+  int cluster_grid = 0;
   bool pdl = true;  // --no-pdl: Params::pdl off
   // --leave-out dw,rstd (backward, CUDA): the fused call without dw (dx alone) and/or without
   // the saved rstd (recomputed from x), to time what each part of the backward costs.

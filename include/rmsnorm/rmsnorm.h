@@ -450,6 +450,7 @@ Status fused_add_quant_forward_status(const TensorView& x, const TensorView& res
 // What the CUDA backend would launch for a view (also available in CPU-only builds, so
 // the choice is testable anywhere). For a CUDA view the plan is for its device; otherwise
 // for an sm_90 device (clusters available).
+inline constexpr int kClusterPerRow = -1;  // Plan::cluster_grid: a cluster a row
 struct Plan {
   Strategy strategy = Strategy::automatic;
   int vector_width = 1;      // elements per chunk: 16 bytes of x, the unit a lane sums
@@ -461,6 +462,11 @@ struct Plan {
   // one held in registers and the rest in shared memory (rows beyond the registers of a
   // cluster's largest portable size, forward only), else 1.
   int pieces = 1;
+  // cluster_row, forward: the clusters launched, each looping over its share of the rows, in
+  // multiples of the clusters the device holds at once, or kClusterPerRow for one a row; 0 is
+  // the launcher's choice (twice the resident clusters). The planner leaves it 0: it is there
+  // to time grids against each other (`rmsnorm bench --grid`).
+  int cluster_grid = 0;
   // Elements per memory access: vector_width when every row start is 16-byte aligned and
   // cols a multiple of it, else 1. It changes how chunks are loaded, never the order in
   // which they are summed: the rest of the plan depends on (cols, dtypes) only.

@@ -3,6 +3,7 @@
 // so that the instantiations compile in parallel.
 #pragma once
 
+#include <algorithm>
 #include <string>
 
 #include "cuda/forward_kernels.cuh"
@@ -166,8 +167,13 @@ void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const
         resident = resident_with;
       }
     }
-    const std::int64_t clusters = resident > 0
-                                      ? std::min<std::int64_t>(a.total_rows, 2 * std::int64_t{resident})
+    // Plan::cluster_grid, where a benchmark asks for another grid: multiples of the resident
+    // clusters, or one a row (the hardware then starts each cluster as another retires).
+    const std::int64_t most = 0x7fffffff / plan.cluster_size;
+    const std::int64_t waves = plan.cluster_grid > 0 ? plan.cluster_grid : 2;
+    const std::int64_t clusters = plan.cluster_grid == kClusterPerRow ? std::min(a.total_rows, most)
+                                  : resident > 0
+                                      ? std::min({a.total_rows, waves * resident, most})
                                       : cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
     shape.grid = grid_for(clusters * plan.cluster_size);
     launch_kernel(kernel, shape, q, "ClusterRowImpl", &plan, args);
