@@ -179,6 +179,12 @@ decltype(auto) with_cluster_row_configs(bool residual, bool residual_is_x_dtype,
   return f(kClusterRowConfigs);
 }
 inline constexpr int kMaxClusterSize = 8;
+// sm_90 runs clusters of up to 16 blocks where a kernel allows the non-portable sizes
+// (cudaFuncAttributeNonPortableClusterSizeAllowed) and the occupancy calculator finds room
+// for one: QuACK's forward takes 16 blocks of 256 threads on rows of more than 131072
+// 16-bit columns. The planner keeps to the portable 8; a forced plan may ask for up to 16
+// (bench --max-cluster 16) to time them.
+inline constexpr int kMaxNonPortableClusterSize = 16;
 // The blocks of a cluster row of `vectors` chunks in a configuration of `capacity` chunks
 // a block: as many as hold the row, and never fewer than two, since a cluster's row sums
 // are stores into the other blocks' shared memory (st.async), which a cluster of one block
@@ -198,18 +204,22 @@ constexpr std::int64_t cluster_blocks(std::int64_t vectors, int capacity) {
 // piece (their shared memory holds their staged rows and group maxima).
 inline constexpr int kMaxClusterPieces = 4;
 // The cluster of a row of `vectors` chunks in blocks of `capacity` chunks, up to
-// `max_pieces` pieces a block: cluster_blocks' blocks in one piece where kMaxClusterSize
-// blocks hold the row in registers, else kMaxClusterSize blocks of as many pieces as a
-// block's slice needs. blocks > kMaxClusterSize or pieces > max_pieces: no cluster holds
-// the row. The planner and the bench's --config take their clusters from here.
+// `max_pieces` pieces a block: cluster_blocks' blocks in one piece where max_blocks
+// (kMaxClusterSize unless a forced plan asks for more) blocks hold the row in registers,
+// else max_blocks blocks of as many pieces as a block's slice needs. blocks > max_blocks or
+// pieces > max_pieces: no cluster holds the row. The planner and the bench's --config take
+// their clusters from here.
 struct ClusterShape {
   std::int64_t blocks, pieces;
-  constexpr bool fits(int max_pieces) const { return blocks <= kMaxClusterSize && pieces <= max_pieces; }
+  constexpr bool fits(int max_pieces, int max_blocks = kMaxClusterSize) const {
+    return blocks <= max_blocks && pieces <= max_pieces;
+  }
 };
-constexpr ClusterShape cluster_shape(std::int64_t vectors, int capacity, int max_pieces) {
-  const std::int64_t per_cluster = std::int64_t{kMaxClusterSize} * capacity;
+constexpr ClusterShape cluster_shape(std::int64_t vectors, int capacity, int max_pieces,
+                                     int max_blocks = kMaxClusterSize) {
+  const std::int64_t per_cluster = std::int64_t{max_blocks} * capacity;
   if (vectors <= per_cluster || max_pieces <= 1) return {cluster_blocks(vectors, capacity), 1};
-  return {kMaxClusterSize, (vectors + per_cluster - 1) / per_cluster};
+  return {max_blocks, (vectors + per_cluster - 1) / per_cluster};
 }
 // The most pieces a block of an op's cluster rows takes: the planner and the bench's
 // --config choose through it.

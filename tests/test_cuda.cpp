@@ -338,6 +338,50 @@ TEST_F(Cuda, ClusterRowGridsGiveTheSameBits) {
   }
 }
 
+// Clusters of more than the portable 8 blocks (a forced plan's, bench --max-cluster 16): the
+// plain store's 256 x 8 blocks, 16 of them and 13 (a shorter last slice), aligned and not,
+// on the launcher's grid and on the resident clusters once (each cluster looping over
+// rows), against the oracle. A device without room for such a cluster refuses the plan
+// (Code::unsupported), and the test says so and skips.
+TEST_F(Cuda, NonPortableClusterRowsMatchTheReference) {
+  const DType t = DType::bf16;
+  const std::int64_t vw = 8, capacity = 256 * 8;
+  for (int blocks : {16, 13})
+    for (bool aligned : {true, false}) {
+      const std::int64_t cols = (blocks - 1) * capacity * vw + (aligned ? 100 * vw : 100 * vw + 3);
+      const std::int64_t rows = 60;
+      RandomRows in(t, rows, cols, 19);
+      HostTensor y = testing::make_tensor(t, 1, rows, cols);
+      testing::DeviceMirror dy(y);
+      const std::string where = "bf16 cols=" + std::to_string(cols) + ", " + std::to_string(blocks) + " blocks";
+      if (!servable(in.dx.view, dy.view, Strategy::cluster_row)) continue;  // cluster_row needs sm_90
+      Params p;
+      const detail::ForwardProblem problem = detail::validate_forward(in.dx.view, in.dw.view, dy.view, p, std::nullopt);
+      Plan plan = plan_forward(in.dx.view, in.dw.view, dy.view, Strategy::cluster_row);
+      ASSERT_EQ(plan.load_width, aligned ? vw : 1) << where;
+      plan.threads_per_block = 256;
+      plan.items_per_thread = 8;
+      plan.cluster_size = blocks;
+      plan.threads_per_row = 256 * blocks;
+      plan.pieces = 1;
+      const auto ref = reference::forward(in.x.view, in.w.view, t, p);
+      for (int grid : {0, 1}) {
+        plan.cluster_grid = grid;
+        dy.buffer.fill(0xFF);
+        try {
+          detail::cuda_forward(problem, plan, in.dx.view.device.index, nullptr);
+        } catch (const Error& e) {
+          if (e.code() != Code::unsupported) throw;
+          GTEST_SKIP() << where << ": " << e.what();
+        }
+        testing::device_synchronize();
+        dy.download_into(y);
+        const auto cmp = reference::compare(y.view, ref.y, reference::forward_tolerance(t, t, p.cast, cols));
+        EXPECT_TRUE(cmp.passed()) << where << ", cluster_grid " << grid << ": " << cmp.describe();
+      }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Stream
 // ---------------------------------------------------------------------------------------

@@ -615,6 +615,26 @@ TEST(Plan, ClusterRowPiecesBeyondTheRegisters) {
   EXPECT_EQ(bw.pieces, 1) << show(bw);
 }
 
+// Clusters past the portable 8 blocks, as a forced plan may ask (bench --max-cluster 16):
+// the blocks that hold the row up to 16, then 16 blocks of pieces; the default stays 8.
+TEST(Plan, ClusterShapeUpToSixteenBlocks) {
+  const int capacity = 2048;  // 256 x 8
+  using detail::cluster_shape;
+  const auto expect = [](detail::ClusterShape s, std::int64_t blocks, std::int64_t pieces, const char* what) {
+    EXPECT_EQ(s.blocks, blocks) << what;
+    EXPECT_EQ(s.pieces, pieces) << what;
+  };
+  expect(cluster_shape(16 * capacity, capacity, 4, 16), 16, 1, "16 blocks' registers");
+  expect(cluster_shape(12 * capacity + 1, capacity, 4, 16), 13, 1, "13 blocks");
+  expect(cluster_shape(16 * capacity + 1, capacity, 4, 16), 16, 2, "past 16 blocks: pieces");
+  expect(cluster_shape(16 * capacity, capacity, 4), 8, 2, "the portable default: 8 blocks of 2 pieces");
+  expect(cluster_shape(16 * capacity + 1, capacity, 1, 16), 17, 1, "one piece: no cluster holds it");
+  EXPECT_TRUE(cluster_shape(16 * capacity, capacity, 4, 16).fits(4, 16));
+  EXPECT_FALSE(cluster_shape(16 * capacity, capacity, 4, 16).fits(4)) << "16 blocks are not portable";
+  EXPECT_FALSE(cluster_shape(16 * capacity + 1, capacity, 1, 16).fits(1, 16));
+  EXPECT_LE(detail::kMaxNonPortableClusterSize, 16) << "sm_90's largest cluster";
+}
+
 TEST(Plan, LongRowServesAnything) {
   for (DType t : kDtypes)
     for (std::int64_t cols : {std::int64_t{1}, std::int64_t{7}, std::int64_t{4097}, std::int64_t{32776},

@@ -89,6 +89,7 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   ctx.config_threads = o.config_threads;
   ctx.config_items = o.config_items;
   ctx.cluster_grid = o.cluster_grid;
+  ctx.max_cluster = o.max_cluster;
   ctx.pdl = o.pdl;
   ctx.leave_out_dw = o.leave_out_dw;
   ctx.leave_out_rstd = o.leave_out_rstd;
@@ -170,6 +171,9 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
     std::cout << "cluster grid forced: "
               << (o.cluster_grid == kClusterPerRow ? std::string("a cluster a row")
                                                    : std::to_string(o.cluster_grid) + " x the resident clusters")
+              << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
+  if (o.max_cluster != 8)
+    std::cout << "clusters of up to " << o.max_cluster << " blocks (non-portable)"
               << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
   if (o.leave_out_dw || o.leave_out_rstd)
     std::cout << "the fused backward leaves out "

@@ -30,6 +30,7 @@ struct BenchContext {
   Strategy strategy = Strategy::automatic;
   int config_threads = 0, config_items = 0;  // see BenchOptions
   int cluster_grid = 0;                      // see BenchOptions
+  int max_cluster = 8;                       // see BenchOptions
   bool pdl = true;
   bool leave_out_dw = false, leave_out_rstd = false;  // see BenchOptions
   int reps = 50;

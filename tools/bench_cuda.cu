@@ -114,7 +114,7 @@ ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape) {
       forced = forced_config(plan_forward(x0, wv, y0), ctx.config_threads, ctx.config_items, n,
                              detail::kWarpRowsConfigs, detail::kBlockRowConfigs, detail::kPlainClusterRowConfigs,
                              ctx.strategy == Strategy::cluster_row, detail::cuda_cc_major(dev.index),
-                             detail::forward_cluster_pieces(false));
+                             detail::forward_cluster_pieces(false), ctx.max_cluster);
       forced->cluster_grid = ctx.cluster_grid;
       strategy = forced_name(*forced);
     } else {
@@ -124,7 +124,18 @@ ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape) {
     if (e.code() != Code::unsupported) throw;
     result.notes.push_back(std::string("fused n/a: ") + e.what());
   }
-  if (!strategy.empty() && check("fused", fused, Cast::fp32)) {
+  // A forced plan the device cannot launch (a non-portable cluster size without room for
+  // one: Code::unsupported from the launcher) is n/a, as one that cannot hold the row.
+  bool fused_ok = false;
+  if (!strategy.empty()) {
+    try {
+      fused_ok = check("fused", fused, Cast::fp32);
+    } catch (const Error& e) {
+      if (e.code() != Code::unsupported) throw;
+      result.notes.push_back(std::string("fused n/a: ") + e.what());
+    }
+  }
+  if (fused_ok) {
     const std::size_t first = result.records.size();
     measure("fused", fused, 1);
     for (std::size_t i = first; i < result.records.size(); ++i) result.records[i].strategy = strategy;

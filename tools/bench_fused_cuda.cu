@@ -451,7 +451,7 @@ ShapeResult bench_fused_shape_cuda(const BenchContext& ctx, const BenchShape& sh
           p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize, [&](const auto& table) {
             return forced_config(automatic, ctx.config_threads, ctx.config_items, n, detail::kWarpRowsConfigs,
                                  detail::block_row_configs(p.quantize), table, cluster, cc,
-                                 detail::forward_cluster_pieces(p.quantize));
+                                 detail::forward_cluster_pieces(p.quantize), ctx.max_cluster);
           });
       forced->cluster_grid = ctx.cluster_grid;
       strategy = forced_name(*forced);
@@ -472,8 +472,19 @@ ShapeResult bench_fused_shape_cuda(const BenchContext& ctx, const BenchShape& sh
       result.fused_not_served = true;
       result.notes.push_back(std::string("fused not served: ") + e.what());
     }
+    // A forced plan the device cannot launch (a non-portable cluster size without room for
+    // one: Code::unsupported from the launcher) is n/a, as one that cannot hold the row.
+    std::optional<Outputs> forced_out;
     if (!result.fused_not_served) {
-      const Outputs got = run_set0(fused, "fused");
+      try {
+        forced_out = run_set0(fused, "fused");
+      } catch (const Error& e) {
+        if (e.code() != Code::unsupported) throw;
+        result.notes.push_back(std::string("fused n/a: ") + e.what());
+      }
+    }
+    if (forced_out) {
+      const Outputs& got = *forced_out;
       std::string bad = against_oracle(got, false);
       if (bad.empty() && base)
         bad = add ? compare_add_outputs(got.add(), base->add(), t, checked, n)

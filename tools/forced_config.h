@@ -29,12 +29,13 @@ inline std::string forced_name(const Plan& plan) {
 // `plan` is the planner's (its vector width is kept); the tables are the op's warp_rows,
 // block_row and cluster_row configurations. With `cluster` (--strategy cluster_row) TxI
 // names a cluster configuration, T threads a block, and the row is split over as many
-// blocks as it needs (sm_90, at most kMaxClusterSize), in up to max_pieces pieces a block
-// beyond that (the op's, as the planner takes them); otherwise a warp_rows or block_row one.
+// blocks as it needs (sm_90, at most max_blocks: kMaxClusterSize, or up to 16 with
+// --max-cluster), in up to max_pieces pieces a block beyond that (the op's, as the planner
+// takes them); otherwise a warp_rows or block_row one.
 template <int NW, int NB, int NC>
 Plan forced_config(Plan plan, int threads, int items, std::int64_t cols, const detail::RegisterConfig (&warp_table)[NW],
                    const detail::RegisterConfig (&block_table)[NB], const detail::RegisterConfig (&cluster_table)[NC],
-                   bool cluster, int cc_major, int max_pieces) {
+                   bool cluster, int cc_major, int max_pieces, int max_blocks = detail::kMaxClusterSize) {
   const std::string name = config_name(threads, items);
   const std::int64_t vectors = (cols + plan.vector_width - 1) / plan.vector_width;
   if (cluster) {
@@ -43,10 +44,10 @@ Plan forced_config(Plan plan, int threads, int items, std::int64_t cols, const d
       if (c.threads_per_block == threads && c.items == items) found = &c;
     if (!found) throw Error(Code::unsupported, "--config " + name + " is not in the library's cluster table");
     if (cc_major < 9) throw Error(Code::unsupported, "--config " + name + ": clusters need an sm_90 device");
-    const detail::ClusterShape shape = detail::cluster_shape(vectors, found->capacity(), max_pieces);
-    if (!shape.fits(max_pieces))
+    const detail::ClusterShape shape = detail::cluster_shape(vectors, found->capacity(), max_pieces, max_blocks);
+    if (!shape.fits(max_pieces, max_blocks))
       throw Error(Code::unsupported, "--config " + name + " cannot hold a row of " + std::to_string(cols) +
-                                         " elements in " + std::to_string(detail::kMaxClusterSize) + " blocks of " +
+                                         " elements in " + std::to_string(max_blocks) + " blocks of " +
                                          std::to_string(max_pieces) + " pieces");
     plan.strategy = Strategy::cluster_row;
     plan.threads_per_row = found->threads_per_block * static_cast<int>(shape.blocks);

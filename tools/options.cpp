@@ -225,6 +225,10 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
         else
           throw UsageError("--leave-out: expected dw, rstd or both (dw,rstd), got '" + part + "'");
       }
+    } else if (n == "--max-cluster") {
+      const std::string v = r.value();
+      if (v != "8" && v != "16") throw UsageError("--max-cluster: expected 8 or 16, got '" + v + "'");
+      o.max_cluster = v == "8" ? 8 : 16;
     } else if (n == "--grid") {
       const std::string v = r.value();
       o.cluster_grid = v == "rows" ? kClusterPerRow : static_cast<int>(parse_positive(n, v, 16));
@@ -249,6 +253,10 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
     throw UsageError("--quant and --qdtype describe --op quant");
   if ((o.leave_out_dw || o.leave_out_rstd) && o.op != "backward")
     throw UsageError("--leave-out names parts of the backward: it needs --op backward");
+  if (o.max_cluster != 8 && (o.strategy != Strategy::cluster_row || !o.config_threads || o.op == "backward"))
+    throw UsageError(
+        "--max-cluster sizes the forward's forced cluster rows: it needs --strategy cluster_row and "
+        "--config TxI, and an op other than backward");
   if (o.cluster_grid && (o.strategy != Strategy::cluster_row || !o.config_threads || o.op == "backward"))
     throw UsageError(
         "--grid times the forward's cluster rows: it needs --strategy cluster_row and --config TxI, "
@@ -420,8 +428,8 @@ std::string bench_help() {
   return with_strategies(
       R"HELP(usage: rmsnorm bench [--device D] [--op forward|backward|add|quant] [--dtype T] [--suite S,...]
                      [--quant static|row|group] [--qdtype fp8|int8]
-                     [--rows M] [--cols N,...] [--strategy S] [--config TxI] [--grid K|rows] [--leave-out dw,rstd]
-                     [--no-pdl] [--reps R] [--seed S]
+                     [--rows M] [--cols N,...] [--strategy S] [--config TxI] [--grid K|rows] [--max-cluster 16]
+                     [--leave-out dw,rstd] [--no-pdl] [--reps R] [--seed S]
                      [--json FILE] [--csv FILE] [--plot FILE.svg]
 
 --op forward (the default) times rmsnorm::forward ("fused") against an unfused baseline
@@ -524,6 +532,9 @@ options:
                     (512x8 with an f32 residual), 512x8 for quant, which has its own
                     block rows too), and shapes whose rows it cannot hold in 8 blocks
                     (of up to 4 pieces, forward and add) are reported as n/a
+  --max-cluster 16  CUDA, with --strategy cluster_row and --config (not backward): rows take
+                    up to 16 blocks a cluster (a non-portable size, sm_90) before pieces,
+                    where the planner keeps to 8; a device without room for one: n/a
   --grid K|rows     CUDA, with --strategy cluster_row and --config (not backward): launch
                     K times the clusters the device holds at once (1..16), each looping
                     over its share of the rows, or one cluster a row (rows), instead of

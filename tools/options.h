@@ -49,6 +49,9 @@ struct BenchOptions {
   // --grid K|rows: the forced cluster configuration's grid (Plan::cluster_grid: K times the
   // resident clusters, or kClusterPerRow), to time grids against each other (0: the launcher's).
   int cluster_grid = 0;
+  // --max-cluster N: the forced cluster configuration's rows take up to N blocks a cluster
+  // (8, portable; 16, non-portable, sm_90) before pieces.
+  int max_cluster = 8;
   bool pdl = true;  // --no-pdl: Params::pdl off
   // --leave-out dw,rstd (backward, CUDA): the fused call without dw (dx alone) and/or without
   // the saved rstd (recomputed from x), to time what each part of the backward costs.

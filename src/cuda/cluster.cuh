@@ -35,11 +35,11 @@ namespace rmsnorm::detail::cuda {
 // leaves while another may still read its shared memory (the dynamic scales' group maxima).
 template <int BLOCK, int VALUES>
 struct ClusterSum {
-  static_assert(kMaxClusterSize <= 32, "a warp's lanes send to the cluster's ranks");
+  static_assert(kMaxNonPortableClusterSize <= 32, "a warp's lanes send to the cluster's ranks");
   static_assert(BLOCK % 32 == 0, "whole warps");
   static constexpr int kWarps = BLOCK / 32;
   struct TempStorage {
-    float mail[2][kWarps * kMaxClusterSize][VALUES];
+    float mail[2][kWarps * kMaxNonPortableClusterSize][VALUES];  // a slot a warp of every rank
     std::uint64_t landed[2];
   };
 

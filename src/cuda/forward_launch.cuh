@@ -140,11 +140,15 @@ void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const
   with_config<kTable, Table::size>(plan, names_cluster, [&](auto i) {
     constexpr RegisterConfig c = kTable[decltype(i)::value];
     const auto kernel = ClusterRowImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.items, c.threads_per_block>;
-    // The kernel trusts the plan's pieces to hold a block's slice (cluster_shape).
+    // The kernel trusts the plan's pieces to hold a block's slice (cluster_shape), and its
+    // blocks to fit the row sums' mailbox (ClusterSum: kMaxNonPortableClusterSize ranks).
     const std::int64_t slice = (chunks_of(a.cols, VEC) + plan.cluster_size - 1) / plan.cluster_size;
     if (plan.pieces < 1 || (STEPS::kQuant && plan.pieces > 1) || slice > std::int64_t{plan.pieces} * c.capacity())
       throw Error(Code::internal, "cluster_row: a plan of " + std::to_string(plan.pieces) +
                                       " pieces cannot hold a block's slice of " + std::to_string(slice) + " chunks");
+    if (plan.cluster_size < 2 || plan.cluster_size > kMaxNonPortableClusterSize)
+      throw Error(Code::internal, "cluster_row: a plan of " + std::to_string(plan.cluster_size) +
+                                      " blocks a cluster (2 to " + std::to_string(kMaxNonPortableClusterSize) + ")");
     ForwardArgs args = a;
     args.pieces = plan.pieces;
     const std::size_t slice_bytes =
@@ -152,6 +156,11 @@ void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const
     LaunchShape shape{dim3(1), c.threads_per_block, plan.cluster_size,
                       slice_bytes > 0 ? slice_bytes : dynamic_scale_bytes(a, 1)};
     int resident = resident_clusters(kernel, shape);
+    // A non-portable size (a forced plan's) runs only where the device finds room for one.
+    if (plan.cluster_size > kMaxClusterSize && resident == 0)
+      throw Error(Code::unsupported, "cluster_row: the device holds no cluster of " +
+                                         std::to_string(plan.cluster_size) + " blocks of " +
+                                         std::to_string(c.threads_per_block) + " threads of this kernel");
     // The weight slice goes to shared memory after the rest where that costs no resident
     // cluster: the plain store's clusters of 2 and 3 blocks keep two blocks an SM with it
     // (a 16-bit weight), the staged rows of larger clusters would fall to one.

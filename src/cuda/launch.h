@@ -75,6 +75,24 @@ cudaError_t allow_shared_bytes(void (*kernel)(KernelArgs...), std::size_t bytes)
   return err;
 }
 
+// Lets `kernel` run clusters of `blocks` blocks: beyond the portable kMaxClusterSize the
+// kernel must allow non-portable sizes (sm_90: up to 16), once per device and kernel.
+template <class... KernelArgs>
+cudaError_t allow_cluster_blocks(void (*kernel)(KernelArgs...), int blocks) {
+  if (blocks <= kMaxClusterSize) return cudaSuccess;
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  static std::mutex mutex;
+  static std::map<std::pair<int, const void*>, bool> allowed;
+  const std::lock_guard<std::mutex> lock(mutex);
+  bool& done = allowed[std::make_pair(device, reinterpret_cast<const void*>(kernel))];
+  if (done) return cudaSuccess;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  if (err == cudaSuccess) done = true;
+  return err;
+}
+
 // Calls f with whether the plan loads whole chunks (Plan::load_width) as a compile-time
 // constant: every kernel has an aligned and an unaligned instantiation (load_chunk), each
 // compiled in a translation unit of its own (src/CMakeLists.txt).
@@ -94,6 +112,7 @@ void launch_kernel(void (*kernel)(KernelArgs...), const LaunchShape& shape, cons
   config.stream = queue.stream;
   config.dynamicSmemBytes = shape.shared_bytes;
   cudaError_t err = allow_shared_bytes(kernel, shape.shared_bytes);
+  if (err == cudaSuccess) err = allow_cluster_blocks(kernel, shape.cluster);
   cudaLaunchAttribute attributes[2]{};
   unsigned n = 0;
   if (shape.cluster > 0) {
@@ -153,6 +172,7 @@ int resident_clusters(void (*kernel)(KernelArgs...), const LaunchShape& shape) {
   config.numAttrs = 1;
   int clusters = 0;
   if (allow_shared_bytes(kernel, shape.shared_bytes) != cudaSuccess ||
+      allow_cluster_blocks(kernel, shape.cluster) != cudaSuccess ||
       cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess)
     clusters = 0;
   cudaGetLastError();  // a failed query is not the caller's error: it falls back
