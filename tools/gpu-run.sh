@@ -81,6 +81,8 @@ if want build; then
   run configure cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRMSNORM_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DRMSNORM_GIT_COMMIT="$commit" ${RMSNORM_CMAKE_ARGS:-}
   run build cmake --build "$build" -j 16 || { note "build failed: see logs/build.log"; tail -30 "$logs/build.log"; }
+  # Each target's start and end (ms), to see what the build's minutes go to on that machine.
+  cp "$build/.ninja_log" "$logs/ninja_log.txt" 2>/dev/null
 fi
 
 bundle
