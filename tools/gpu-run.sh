@@ -14,7 +14,8 @@
 #   backward, each beside the copy; RMSNORM_CLI=path times another build's CLI, and
 #   RMSNORM_CLUSTER_CONFIGS="TxI ..." the plain store's cluster configurations forced),
 #   cluster_grids (not by default: the forward's cluster rows on other grids, bench --grid,
-#   RMSNORM_CLUSTER_GRIDS="K|rows ..." beside the launcher's; RMSNORM_CLI as for cluster),
+#   RMSNORM_CLUSTER_GRIDS="K|rows ..." beside the launcher's, RMSNORM_MAX_CLUSTER=16 adds
+#   256x8 in clusters of 16 blocks; RMSNORM_CLI as for cluster),
 #   backward_parts (not by default: the backward's train suite whole and leaving out dw, the
 #   saved rstd and both: bench --leave-out; RMSNORM_CLI as for cluster),
 #   ncu_cluster (not by default: Nsight Compute's full set, clocks as they run, on one launch
@@ -231,6 +232,14 @@ if want cluster_grids; then
     for g in 2 ${RMSNORM_CLUSTER_GRIDS:-1 rows}; do
       bench_shapes add bf16 "$shapes" --strategy cluster_row --config 1024x4 --grid "$g" || return
     done
+    # RMSNORM_MAX_CLUSTER=16 (a CLI with bench --max-cluster): 256 x 8 in 16 blocks a cluster
+    # on 262144 columns, as QuACK takes them, where 8 blocks take two pieces each.
+    if [ -n "${RMSNORM_MAX_CLUSTER:-}" ]; then
+      for g in 2 ${RMSNORM_CLUSTER_GRIDS:-1 rows}; do
+        bench_shapes forward bf16 "1024:262144 2048:262144" --strategy cluster_row --config 256x8 \
+          --max-cluster "$RMSNORM_MAX_CLUSTER" --grid "$g" || return
+      done
+    fi
   }
   run bench_cluster_grids grid_benches
   { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/bench_cluster_grids.log"; } \
