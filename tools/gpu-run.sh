@@ -14,7 +14,8 @@
 #   backward, each beside the copy; RMSNORM_CLI=path times another build's CLI, and
 #   RMSNORM_CLUSTER_CONFIGS="TxI ..." the plain store's cluster configurations forced),
 #   cluster_grids (not by default: the forward's cluster rows on other grids, bench --grid,
-#   RMSNORM_CLUSTER_GRIDS="K|rows ..." beside the launcher's; RMSNORM_CLI as for cluster),
+#   RMSNORM_CLUSTER_GRIDS="K|rows ..." beside the launcher's, RMSNORM_MAX_CLUSTER=16 adds
+#   256x8 in clusters of 16 blocks; RMSNORM_CLI as for cluster),
 #   backward_parts (not by default: the backward's train suite whole and leaving out dw, the
 #   saved rstd and both: bench --leave-out; RMSNORM_CLI as for cluster),
 #   ncu_cluster (not by default: Nsight Compute's full set, clocks as they run, on one launch
@@ -48,8 +49,8 @@ prefix="$results/$(date -u +%Y-%m-%d)-$gpu-$commit"
 summary="$prefix-summary.txt"
 : >"$summary"
 cli="$build/tools/rmsnorm"
-# The cluster, cluster_grids, backward_parts and ncu_cluster stages time RMSNORM_CLI when set: a CLI built elsewhere and
-# carried to the machine (their records name it).
+# The cluster, cluster_grids, backward_parts and ncu_cluster stages time RMSNORM_CLI when
+# set: a CLI built elsewhere and carried to the machine (their records name it).
 bench_cli=${RMSNORM_CLI:-$cli}
 
 note() { echo "$*" | tee -a "$summary"; }
@@ -64,6 +65,9 @@ run() {
   return $rc
 }
 want() { [[ "$stages" == *" $1 "* ]]; }
+# record LOG WHAT: logs/LOG.log as the record <date>-<gpu>-<commit>-WHAT.txt, under a line
+# naming the device, the commit and the time.
+record() { { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/$1.log"; } >"$prefix-$2.txt"; }
 # Bundles what there is so far: a run cut short by its time limit still brings back what it did.
 bundle() { tar -czf "$out/gpu-run.tar.gz" -C "$out" logs results 2>/dev/null; }
 
@@ -81,6 +85,8 @@ if want build; then
   run configure cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRMSNORM_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DRMSNORM_GIT_COMMIT="$commit" ${RMSNORM_CMAKE_ARGS:-}
   run build cmake --build "$build" -j 16 || { note "build failed: see logs/build.log"; tail -30 "$logs/build.log"; }
+  # Each target's start and end (ms), to see what the build's minutes go to on that machine.
+  cp "$build/.ninja_log" "$logs/ninja_log.txt" 2>/dev/null
 fi
 
 bundle
@@ -88,14 +94,14 @@ if want test; then
   # Every ctest entry but the Python suite, which runs in the python stage against the
   # installed package, and the landing-rule check, which asks for the record this run makes.
   run ctest ctest --test-dir "$build" --output-on-failure -j 8 -E '^(python[.]pytest|gpu_record[.]covers_gpu_code)$'
-  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/ctest.log"; } >"$prefix-ctest.txt"
+  record ctest ctest
   grep -E "tests passed|tests failed" "$logs/ctest.log" | tail -3 | tee -a "$summary"
 fi
 
 bundle
 if want check; then
   run check "$cli" check
-  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/check.log"; } >"$prefix-check.txt"
+  record check check
   tail -1 "$logs/check.log" | tee -a "$summary"
 fi
 
@@ -207,8 +213,7 @@ if want cluster; then
     done
   }
   run bench_cluster cluster_benches
-  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/bench_cluster.log"; } \
-    >"$prefix-bench-cluster-rows.txt"
+  record bench_cluster bench-cluster-rows
 fi
 
 bundle
@@ -229,10 +234,17 @@ if want cluster_grids; then
     for g in 2 ${RMSNORM_CLUSTER_GRIDS:-1 rows}; do
       bench_shapes add bf16 "$shapes" --strategy cluster_row --config 1024x4 --grid "$g" || return
     done
+    # RMSNORM_MAX_CLUSTER=16 (a CLI with bench --max-cluster): 256 x 8 in 16 blocks a cluster
+    # on 262144 columns, as QuACK takes them, where 8 blocks take two pieces each.
+    if [ -n "${RMSNORM_MAX_CLUSTER:-}" ]; then
+      for g in 2 ${RMSNORM_CLUSTER_GRIDS:-1 rows}; do
+        bench_shapes forward bf16 "1024:262144 2048:262144" --strategy cluster_row --config 256x8 \
+          --max-cluster "$RMSNORM_MAX_CLUSTER" --grid "$g" || return
+      done
+    fi
   }
   run bench_cluster_grids grid_benches
-  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/bench_cluster_grids.log"; } \
-    >"$prefix-bench-cluster-grids.txt"
+  record bench_cluster_grids bench-cluster-grids
 fi
 
 bundle
@@ -266,7 +278,7 @@ if want fused; then
     done
   }
   run bench_fused fused_benches
-  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/bench_fused.log"; } >"$prefix-bench-fused.txt"
+  record bench_fused bench-fused
 fi
 
 bundle
@@ -320,8 +332,7 @@ if want backward_parts; then
     done
   }
   run bench_backward_parts parts_benches
-  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/bench_backward_parts.log"; } \
-    >"$prefix-bench-backward-parts.txt"
+  record bench_backward_parts bench-backward-parts
 fi
 
 bundle
@@ -330,7 +341,7 @@ if want pytree; then
   # second compile, as the python stage's pip install does). The suite's output is kept (-V);
   # a PYTHONPATH set by the caller (peers' wheels unpacked there: QuACK, Liger) is kept too.
   run pytest_tree ctest --test-dir "$build" -V -R '^python[.]pytest$'
-  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/pytest_tree.log"; } >"$prefix-pytest.txt"
+  record pytest_tree pytest
   grep -E "passed|failed" "$logs/pytest_tree.log" | tail -2 | tee -a "$summary"
   lib=$(find "$build" -name 'librmsnorm_torch*.so' | head -1)
   run python_bench timeout "${RMSNORM_PYBENCH_TIMEOUT:-300}" env PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}" \
@@ -343,7 +354,7 @@ if want python && python3 -c "import torch" 2>/dev/null; then
   run pip_install python3 -m pip install --no-build-isolation --no-deps -v . \
     -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90
   run pytest python3 -m pytest -q -rs python/tests
-  { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/pytest.log"; } >"$prefix-pytest.txt"
+  record pytest pytest
   tail -3 "$logs/pytest.log" | tee -a "$summary"
   run python_bench timeout 300 env PYTHONUNBUFFERED=1 python3 -m rmsnorm.bench --out "$logs/python-bench"
   cp "$logs/python_bench.log" "$prefix-python-bench.txt"

@@ -428,8 +428,8 @@ std::string bench_help() {
   return with_strategies(
       R"HELP(usage: rmsnorm bench [--device D] [--op forward|backward|add|quant] [--dtype T] [--suite S,...]
                      [--quant static|row|group] [--qdtype fp8|int8]
-                     [--rows M] [--cols N,...] [--strategy S] [--config TxI] [--grid K|rows] [--max-cluster 16]
-                     [--leave-out dw,rstd] [--no-pdl] [--reps R] [--seed S]
+                     [--rows M] [--cols N,...] [--strategy S] [--config TxI] [--grid K|rows]
+                     [--max-cluster 16] [--leave-out dw,rstd] [--no-pdl] [--reps R] [--seed S]
                      [--json FILE] [--csv FILE] [--plot FILE.svg]
 
 --op forward (the default) times rmsnorm::forward ("fused") against an unfused baseline
