@@ -115,20 +115,29 @@ inline constexpr int kNumBackwardBlockRowConfigs = sizeof(kBackwardBlockRowConfi
 // within the portable 8 blocks: 16-block clusters of these blocks failed to launch on the
 // H100 (cudaErrorInvalidClusterSize) even with the non-portable size allowed. So a cluster
 // holds rows of up to 32768 vectors forward (262144 16-bit elements), 16384 backward.
-// The planner takes the first entry of a cluster table; the others are there to be timed
-// against it (`bench --strategy cluster_row --config TxI`, T threads a block). Backward, on
-// the H100 (bf16, 2026-11-25, rows of 16384 / 32768 / 65536 elements, each grid the
-// clusters resident at once): 512x4 moved 2.82 / 2.76 / 2.60 TB/s; 256x4, two blocks an SM
-// in clusters twice the size, 2.78 / 2.63 / 2.17; 512x2 (64 registers, two blocks an SM)
-// lost too, 2.04 / 1.96 on 32768 / 65536 with the grids of the time.
+// The planner takes the first entry of a cluster table (the plain store's second on clusters
+// of kWideClusterBlocks blocks or more, below); the others are there to be timed against it (`bench --strategy
+// cluster_row --config TxI`, T threads a block). Backward, on the H100 (bf16, 2026-11-25, rows of 16384 / 32768 / 65536
+// elements, each grid the clusters resident at once): 512x4 moved 2.82 / 2.76 / 2.60 TB/s; 256x4, two blocks an SM in
+// clusters twice the size, 2.78 / 2.63 / 2.17; 512x2 (64 registers, two blocks an SM) lost too, 2.04 / 1.96 on 32768 /
+// 65536 with the grids of the time.
 inline constexpr RegisterConfig kClusterRowConfigs[] = {{512, 8, 512}};
-// The plain store's: 512 x 8 first, 1024 x 4 and 256 x 8 to be timed against it since the
+// The plain store's: 512 x 8 first, 1024 x 4 and 256 x 8 timed against it since the
 // row sums cross the cluster without a barrier (afac980), which took the residual add's
 // 1024 x 4 from 88.5 to 93.3 % of the copy at 262144 columns: before it (290102e, below)
 // 1024 x 4 moved the plain store at 76.0 / 70.9 / 66.6 % on 65536 / 131072 / 262144
 // columns and 256 x 8 (four blocks an SM, clusters twice the size) at 86.9 / 78.6 % on
 // 65536 / 131072, against 512 x 8's 89.1 / 87.4 / 78.1 %.
 inline constexpr RegisterConfig kPlainClusterRowConfigs[] = {{512, 8, 512}, {1024, 4, 1024}, {256, 8, 256}};
+// The planner's entry of a cluster table for clusters of kWideClusterBlocks blocks or more:
+// the plain store's 1024 x 4 there. Timed on the H200 (bf16, 2026-12-05, tree b1aa570,
+// bench/results/2026-12-05-h200-b1aa570-explore-cluster-rows.txt), each on the grid of twice
+// the resident clusters, 1024 x 4 against 512 x 8 in % of the copy: 86.3 / 82.3 on 2048 x
+// 131072 (4 blocks), 85.6 / 80.3 on 1024 x 262144 (8), 80.5 / 65.6 on 1024 x 524288 (8
+// blocks of two pieces); on 4096 x 65536 (2 blocks) 512 x 8 stays ahead, 91.6 / 89.3. The
+// other tables keep their first entry.
+inline constexpr int kPlainWideClusterEntry = 1;
+inline constexpr int kWideClusterBlocks = 4;
 // The residual add's cluster rows: 1024 x 4, the same capacity (so the same cluster sizes).
 // Timed alone on the H200 (bf16, 2026-12-03, bench/results/...-290102e-cluster-configs.txt),
 // each on the grid of twice the resident clusters: 93.6 / 91.6 / 89.1 % of the copy on rows
@@ -143,6 +152,8 @@ inline constexpr int kNumBackwardClusterRowConfigs = sizeof(kBackwardClusterRowC
 static_assert(kAddClusterRowConfigs[0].capacity() == kClusterRowConfigs[0].capacity() &&
                   kPlainClusterRowConfigs[0].capacity() == kClusterRowConfigs[0].capacity(),
               "the planner's cluster configurations hold as much a block, so every op makes the same clusters");
+static_assert(kPlainClusterRowConfigs[kPlainWideClusterEntry].capacity() == kPlainClusterRowConfigs[0].capacity(),
+              "the plain store's wide clusters hold as much a block as its others: the same cluster sizes");
 // The forward's cluster table of an op: the plain store's (neither the residual add nor the
 // quantised store); the residual add's for the add of a residual of x's dtype, with or
 // without the ranks' sum (which must share it: y of the ranks' sum is the residual add's of

@@ -69,17 +69,19 @@ Plan with_load_width(Plan p, int lw) {
 // Forced strategies are honoured when they can serve. The choice is made at the chunk
 // width; the load width (alignment) is attached afterwards and changes nothing else.
 // A cluster row beyond kMaxClusterSize blocks' registers takes up to max_pieces pieces a
-// block (cluster_shape: 1 for the ops whose cluster rows hold one).
+// block (cluster_shape: 1 for the ops whose cluster rows hold one). Clusters of
+// kWideClusterBlocks blocks or more take the table's wide_entry (of the same capacity).
 template <int NW, int NB, int NC>
 Plan choose(DType x_dtype, std::int64_t cols, Strategy requested, int cc_major, const RegisterConfig (&warp_table)[NW],
-            const RegisterConfig (&block_table)[NB], const RegisterConfig (&cluster_table)[NC], int max_pieces) {
-  const RegisterConfig& cluster_config = cluster_table[0];
+            const RegisterConfig (&block_table)[NB], const RegisterConfig (&cluster_table)[NC], int max_pieces,
+            int wide_entry) {
   const int vw = chunk_width(x_dtype);
   const std::int64_t vectors = (cols + vw - 1) / vw;
   const Plan long_row = long_row_plan(x_dtype);
   const RegisterConfig* warp = first_fit(warp_table, vectors);
   const RegisterConfig* block = first_fit(block_table, vectors);
-  const ClusterShape shape = cluster_shape(vectors, cluster_config.capacity(), max_pieces);
+  const ClusterShape shape = cluster_shape(vectors, cluster_table[0].capacity(), max_pieces);
+  const RegisterConfig& cluster_config = cluster_table[shape.blocks >= kWideClusterBlocks ? wide_entry : 0];
   const bool cluster_ok = cc_major >= 9 && shape.fits(max_pieces);
   const Plan cluster{Strategy::cluster_row,
                      vw,
@@ -141,9 +143,10 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   // The quantised store's block rows have their own table, the residual add its cluster rows
   // (kernel_configs.h). Rows beyond a cluster's registers keep pieces of their slices in
   // shared memory (cluster_shape), except the quantised store's.
+  const bool plain = cluster_table_of(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize) == ClusterTable::plain;
   Plan plan = with_cluster_row_configs(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize, [&](const auto& t) {
     return choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, block_row_configs(p.quantize), t,
-                  forward_cluster_pieces(p.quantize));
+                  forward_cluster_pieces(p.quantize), plain ? kPlainWideClusterEntry : 0);
   });
   // Except the quantised store: its rows beyond one block stream (long_row) unless
   // cluster_row is asked for. Timed side by side on the H200 (bf16, 2026-12-03, tree a18ed4a,
@@ -174,7 +177,7 @@ Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {
   // long rows: on the H100 (bf16, 2026-11-25) 2.76 / 2.61 TB/s on rows of 32768 / 65536
   // elements against long_row's 0.95 / 0.91.
   return with_load_width(choose(p.x_dtype, p.cols, requested, cc_major, kBackwardWarpRowsConfigs,
-                                kBackwardBlockRowConfigs, kBackwardClusterRowConfigs, kBackwardClusterPieces),
+                                kBackwardBlockRowConfigs, kBackwardClusterRowConfigs, kBackwardClusterPieces, 0),
                          lw);
 }
 

@@ -385,9 +385,10 @@ TEST(Plan, WideBlockRowsKeepAnSmFull) {
 }
 
 // The residual add's cluster rows are 1024 x 4, with the ranks' sum or without (its y is the
-// add's bit for bit, and the block's shape orders the sum of squares); everything else's
-// 512 x 8 (the quantised store with or without the add, an f32 residual with 16-bit x): the
-// same capacity, so the same clusters.
+// add's bit for bit, and the block's shape orders the sum of squares); the plain store's
+// 512 x 8 on clusters of fewer than kWideClusterBlocks blocks and 1024 x 4 on larger ones;
+// everything else's 512 x 8 (the quantised store with or without the add, an f32 residual
+// with 16-bit x): the same capacity, so the same clusters.
 TEST(Plan, ResidualAddClusterRowsHaveTheirOwnBlocks) {
   for (std::int64_t cols : {65536, 131072, 262144}) {
     detail::ForwardProblem p;
@@ -426,10 +427,12 @@ TEST(Plan, ResidualAddClusterRowsHaveTheirOwnBlocks) {
           << where(DType::f32, cols) << ": " << show(f32_residual);
       EXPECT_EQ(f32_residual.threads_per_block, 512) << where(DType::f32, cols) << ": " << show(f32_residual);
     }
-    for (const Plan& plan : {plain, add_quant}) {
-      EXPECT_EQ(plan.threads_per_block, 512) << where(DType::bf16, cols) << ": " << show(plan);
-      EXPECT_EQ(plan.items_per_thread, 8) << where(DType::bf16, cols) << ": " << show(plan);
-    }
+    EXPECT_EQ(add_quant.threads_per_block, 512) << where(DType::bf16, cols) << ": " << show(add_quant);
+    EXPECT_EQ(add_quant.items_per_thread, 8) << where(DType::bf16, cols) << ": " << show(add_quant);
+    const bool wide = plain.cluster_size >= detail::kWideClusterBlocks;
+    EXPECT_EQ(wide, cols > 65536) << where(DType::bf16, cols) << ": " << show(plain);
+    EXPECT_EQ(plain.threads_per_block, wide ? 1024 : 512) << where(DType::bf16, cols) << ": " << show(plain);
+    EXPECT_EQ(plain.items_per_thread, wide ? 4 : 8) << where(DType::bf16, cols) << ": " << show(plain);
     for (const Plan& plan : {add, ranks}) {
       EXPECT_EQ(plan.threads_per_block, 1024) << where(DType::bf16, cols) << ": " << show(plan);
       EXPECT_EQ(plan.items_per_thread, 4) << where(DType::bf16, cols) << ": " << show(plan);
