@@ -30,6 +30,8 @@
 #
 # The machine's copy of the tree has no .git: pass the commit in RMSNORM_COMMIT, and run a
 # tree with nothing uncommitted in it, so that the record names exactly the tree that ran.
+# On the device tool, RMSNORM_BUNDLE_TO=$OUT brings the bundle back even from a call cut at
+# its time limit (it is refreshed after every step).
 # Back here: `tar -xzf gpu-run.tar.gz -C bench/results --strip-components=1 results`, then
 # commit them (the README's "Recording a GPU run"; tools/gpu-record-check.sh reads them).
 set -u
@@ -62,6 +64,7 @@ run() {
   "$@" >"$logs/$name.log" 2>&1
   rc=$?
   note "$(printf '%-28s rc=%-3s %5ss' "$name" "$rc" "$(($(date +%s) - start))")"
+  bundle
   return $rc
 }
 want() { [[ "$stages" == *" $1 "* ]]; }
@@ -69,7 +72,13 @@ want() { [[ "$stages" == *" $1 "* ]]; }
 # naming the device, the commit and the time.
 record() { { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$logs/$1.log"; } >"$prefix-$2.txt"; }
 # Bundles what there is so far: a run cut short by its time limit still brings back what it did.
-bundle() { tar -czf "$out/gpu-run.tar.gz" -C "$out" logs results 2>/dev/null; }
+# RMSNORM_BUNDLE_TO=DIR (the device tool's $OUT) gets a copy after every step, since a call
+# killed at its limit returns only what is already in that folder.
+bundle() {
+  tar -czf "$out/gpu-run.tar.gz" -C "$out" logs results 2>/dev/null
+  [ -z "${RMSNORM_BUNDLE_TO:-}" ] || cp "$out/gpu-run.tar.gz" "$RMSNORM_BUNDLE_TO/" 2>/dev/null
+  return 0
+}
 
 {
   date -u
