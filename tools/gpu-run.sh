@@ -164,6 +164,8 @@ sanitize() {
     grep -hE "^=== .*exit|ERROR SUMMARY|RACECHECK SUMMARY|tests? (ran|passed)|PASSED|FAILED|Invalid|Warning" "$logs/${name}"_*.log
   } >"$prefix-$name.txt"
   grep -E "exit [0-9]+$" "$prefix-$name.txt" | awk '{print $NF}' | sort | uniq -c | sed "s/^/$name runs by exit status: /" | tee -a "$summary"
+  # Each run that did not exit 0, by name, so that the printed summary alone says which.
+  grep -E "^=== .*exit [1-9][0-9]*$" "$prefix-$name.txt" | cut -c1-160 | sed "s/^=== /$name not clean: /" | tee -a "$summary"
 }
 if want sanitize; then
   # The four tools over every GPU test binary and `check --quick` (20 processes on 16 cores).
