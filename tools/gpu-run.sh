@@ -7,7 +7,10 @@
 # to OUTDIR/logs; both are bundled into OUTDIR/gpu-run.tar.gz (one file to bring back); a
 # summary is printed last.
 #
-#   RMSNORM_COMMIT=<sha> [RMSNORM_CMAKE_ARGS=...] tools/gpu-run.sh OUTDIR [stage ...]
+#   RMSNORM_COMMIT=<sha> [RMSNORM_CMAKE_ARGS=...] [RMSNORM_CARRIED_BUILD=FILE] tools/gpu-run.sh OUTDIR [stage ...]
+#   RMSNORM_CARRIED_BUILD: a build of this commit packed by tools/gpu-pack.sh, unpacked in
+#   place of the build stage (the stages that time RMSNORM_CLI and the python stage, which
+#   builds its own, are unchanged; pytree needs the build stage's extension, which a pack has not).
 #   stages: build test check sanitize bench python (default: all of them, in that order),
 #   sanitize_cluster (not by default: memcheck, racecheck and synccheck over the cluster rows'
 #   tests), cluster (not by default: the cluster rows' shapes alone, forward, residual add and
@@ -90,7 +93,23 @@ bundle() {
 note "rmsnorm GPU run, commit $commit, $(date -u +%Y-%m-%dT%H:%MZ), stages:$stages"
 note "$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
 
-if want build; then
+# unpack_carried FILE: a build packed elsewhere by tools/gpu-pack.sh, in place of the build
+# stage, once it is seen to be of this commit; ctest's files get this checkout's paths.
+unpack_carried() {
+  local from
+  rm -rf "$build" && tar -xJf "$1" || return
+  [ "$(cat "$build/carried-commit" 2>/dev/null)" = "$commit" ] ||
+    { echo "the pack is a build of $(cat "$build/carried-commit" 2>/dev/null), not of $commit"; rm -rf "$build"; return 1; }
+  from=$(cat "$build/carried-root")
+  grep -rlF --include='*.cmake' "$from" "$build" | xargs -r sed -i "s|$from|$PWD|g"
+  sed -i -E "s|include\(\"[^\"]*/GoogleTestAddTests[.]cmake\"\)|include(\"$PWD/$build/GoogleTestAddTests.cmake\")|" \
+    "$build"/tests/*_include.cmake
+  cat "$build/carried-build.txt"
+}
+if [ -n "${RMSNORM_CARRIED_BUILD:-}" ]; then
+  run unpack unpack_carried "$RMSNORM_CARRIED_BUILD" || note "unpack failed: see logs/unpack.log"
+  note "build: carried, $(head -1 "$build/carried-build.txt" 2>/dev/null)"
+elif want build; then
   run configure cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRMSNORM_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DRMSNORM_GIT_COMMIT="$commit" ${RMSNORM_CMAKE_ARGS:-}
   run build cmake --build "$build" -j 16 || { note "build failed: see logs/build.log"; tail -30 "$logs/build.log"; }

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds the committed tree here for the GPU machine (sm_90 code only, shared libraries, no
+# PyTorch extension) and packs what its tests, `rmsnorm check` and the benchmarks need, so
+# that a visit to the machine spends its minutes running rather than compiling (the CUDA
+# build takes about 6 of the visit's 30). tools/gpu-run.sh unpacks it in place of its build
+# stage (RMSNORM_CARRIED_BUILD=FILE), after checking that it names the commit it is told.
+#
+#   tools/gpu-pack.sh [OUTFILE]      (default: build-carry/rmsnorm-<commit>-sm90-build.tar.xz)
+#
+# Then carry OUTFILE to the machine (the device tool's `carry`; it counts towards the tree's
+# 64 MiB) and run there, from the same commit:
+#   RMSNORM_CARRIED_BUILD=OUTFILE RMSNORM_COMMIT=<commit> tools/gpu-run.sh OUT test check ...
+#
+# The build is configured as gpu-run.sh's build stage configures it, plus shared libraries
+# (one copy of the kernels for every test binary) and run paths relative to each binary
+# ($ORIGIN), so the build folder may move. ctest's files name this checkout's paths and
+# this CMake's GoogleTest discovery script: the pack keeps the script and the root they
+# name, and gpu-run.sh rewrites both where it unpacks. The test lists are discovered there,
+# on the GPU (PRE_TEST), not here, where the CUDA tests would not be the same.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -z "$(git status --porcelain --untracked-files=no)" ] ||
+  { echo "gpu-pack.sh: commit the tree first: the pack must be exactly one commit" >&2; exit 1; }
+commit=$(git rev-parse --short HEAD)
+out=$(realpath -m "${1:-build-carry/rmsnorm-$commit-sm90-build.tar.xz}")
+build=build-gpu
+# The GoogleTest discovery script of this CMake, which the generated test files include.
+discover=$(cmake --system-information 2>/dev/null | sed -nE 's/^CMAKE_ROOT "(.*)"$/\1/p')/Modules/GoogleTestAddTests.cmake
+[ -f "$discover" ] || { echo "gpu-pack.sh: no GoogleTestAddTests.cmake at $discover" >&2; exit 1; }
+
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRMSNORM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DRMSNORM_GIT_COMMIT="$commit" -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON -DRMSNORM_BUILD_PYTHON=OFF
+cmake --build "$build" -j "$(nproc)"
+
+# What gpu-run.sh reads back: the commit, the roots to rewrite, the discovery script.
+echo "$commit" >"$build/carried-commit"
+echo "$PWD" >"$build/carried-root"
+cp "$discover" "$build/GoogleTestAddTests.cmake"
+{
+  echo "built $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -n) ($(. /etc/os-release && echo "$PRETTY_NAME"))"
+  nvcc --version | tail -2
+  c++ --version | head -1
+  cmake --version | head -1
+} >"$build/carried-build.txt"
+
+mkdir -p "$(dirname "$out")"
+# Everything but the objects and ninja's state: the binaries, the shared libraries, ctest's
+# files. XZ_OPT: every core, and the default level (level 9 takes minutes for a few MB less).
+# A test list discovered here (a ctest run in this folder) is left out: it is the GPU's to make.
+XZ_OPT="-T0" tar -cJf "$out" --exclude='*.o' --exclude='*.o.d' --exclude='.ninja_*' --exclude='*.ninja' \
+  --exclude='CMakeFiles/*.dir' --exclude='*_tests.cmake' "$build"
+size=$(stat -c %s "$out")
+echo "packed $build of $commit into $out: $((size / 1048576)) MiB"
+# The device tool carries at most 64 MiB with the tree (about 8 MiB tracked).
+[ "$size" -lt $((54 * 1048576)) ] || { echo "gpu-pack.sh: over 54 MiB: it will not travel with the tree" >&2; exit 1; }
