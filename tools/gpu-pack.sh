@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the committed tree here for the GPU machine (sm_90 code only, shared libraries, no
-# PyTorch extension) and packs what its tests, `rmsnorm check` and the benchmarks need, so
+# Builds the committed tree here for the GPU machine (sm_90 code only, shared libraries, the
+# PyTorch extension where this machine's torch has CUDA) and packs what its tests, `rmsnorm check` and the benchmarks need, so
 # that a visit to the machine spends its minutes running rather than compiling (the CUDA
 # build takes about 6 of the visit's 30). tools/gpu-run.sh unpacks it in place of its build
 # stage (RMSNORM_CARRIED_BUILD=FILE), after checking that it names the commit it is told.
@@ -28,19 +28,28 @@ build=build-gpu
 discover=$(cmake --system-information 2>/dev/null | sed -nE 's/^CMAKE_ROOT "(.*)"$/\1/p')/Modules/GoogleTestAddTests.cmake
 [ -f "$discover" ] || { echo "gpu-pack.sh: no GoogleTestAddTests.cmake at $discover" >&2; exit 1; }
 
+# The PyTorch extension (for gpu-run.sh's pytree stage) where torch here has CUDA: it links
+# torch's libraries by name, which the machine's `import torch` has loaded, so it serves a
+# torch of the same version there (the record names both).
+python=OFF
+python3 -c "import torch, pytest; assert torch.version.cuda" 2>/dev/null && python=ON
+
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRMSNORM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DRMSNORM_GIT_COMMIT="$commit" -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON -DRMSNORM_BUILD_PYTHON=OFF
+  -DRMSNORM_GIT_COMMIT="$commit" -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON -DRMSNORM_BUILD_PYTHON=$python
 cmake --build "$build" -j "$(nproc)"
 
 # What gpu-run.sh reads back: the commit, the roots to rewrite, the discovery script.
 echo "$commit" >"$build/carried-commit"
 echo "$PWD" >"$build/carried-root"
+# The interpreter the Python suite's ctest entry names, rewritten there as the machine's python3.
+sed -nE 's/^Python_EXECUTABLE:[A-Z]+=(.*)$/\1/p' "$build/CMakeCache.txt" | head -1 >"$build/carried-python"
 cp "$discover" "$build/GoogleTestAddTests.cmake"
 {
   echo "built $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -n) ($(. /etc/os-release && echo "$PRETTY_NAME"))"
   nvcc --version | tail -2
   c++ --version | head -1
   cmake --version | head -1
+  [ "$python" = OFF ] || python3 -c "import sys, torch; print('PyTorch extension: torch', torch.__version__, 'python', sys.version.split()[0])"
 } >"$build/carried-build.txt"
 
 mkdir -p "$(dirname "$out")"

@@ -9,8 +9,8 @@
 #
 #   RMSNORM_COMMIT=<sha> [RMSNORM_CMAKE_ARGS=...] [RMSNORM_CARRIED_BUILD=FILE] tools/gpu-run.sh OUTDIR [stage ...]
 #   RMSNORM_CARRIED_BUILD: a build of this commit packed by tools/gpu-pack.sh, unpacked in
-#   place of the build stage (the stages that time RMSNORM_CLI and the python stage, which
-#   builds its own, are unchanged; pytree needs the build stage's extension, which a pack has not).
+#   place of the build stage (pytree takes the pack's PyTorch extension, built against the
+#   torch of the machine that packed it: carried-build.txt in the pack names it).
 #   stages: build test check sanitize bench python (default: all of them, in that order),
 #   sanitize_cluster (not by default: memcheck, racecheck and synccheck over the cluster rows'
 #   tests), cluster (not by default: the cluster rows' shapes alone, forward, residual add and
@@ -102,6 +102,8 @@ unpack_carried() {
     { echo "the pack is a build of $(cat "$build/carried-commit" 2>/dev/null), not of $commit"; rm -rf "$build"; return 1; }
   from=$(cat "$build/carried-root")
   grep -rlF --include='*.cmake' "$from" "$build" | xargs -r sed -i "s|$from|$PWD|g"
+  from=$(cat "$build/carried-python" 2>/dev/null)
+  [ -z "$from" ] || grep -rlF --include='*.cmake' "$from" "$build" | xargs -r sed -i "s|$from|$(command -v python3)|g"
   sed -i -E "s|include\(\"[^\"]*/GoogleTestAddTests[.]cmake\"\)|include(\"$PWD/$build/GoogleTestAddTests.cmake\")|" \
     "$build"/tests/*_include.cmake
   cat "$build/carried-build.txt"
