@@ -8,7 +8,8 @@
 # summary is printed last.
 #
 #   RMSNORM_COMMIT=<sha> [RMSNORM_CMAKE_ARGS=...] [RMSNORM_CARRIED_BUILD=FILE] tools/gpu-run.sh OUTDIR [stage ...]
-#   RMSNORM_CARRIED_BUILD: a build of this commit packed by tools/gpu-pack.sh, unpacked in
+#   RMSNORM_CARRIED_BUILD: a build of this commit packed by tools/gpu-pack.sh (or its parts, in
+#   order, space-separated), unpacked in
 #   place of the build stage (pytree takes the pack's PyTorch extension, built against the
 #   torch of the machine that packed it: carried-build.txt in the pack names it).
 #   stages: build test check sanitize bench python (default: all of them, in that order),
@@ -93,11 +94,13 @@ bundle() {
 note "rmsnorm GPU run, commit $commit, $(date -u +%Y-%m-%dT%H:%MZ), stages:$stages"
 note "$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
 
-# unpack_carried FILE: a build packed elsewhere by tools/gpu-pack.sh, in place of the build
-# stage, once it is seen to be of this commit; ctest's files get this checkout's paths.
+# unpack_carried "FILE ...": a build packed elsewhere by tools/gpu-pack.sh (whole, or its parts
+# in order), in place of the build stage, once it is seen to be of this commit; ctest's files
+# get this checkout's paths.
 unpack_carried() {
   local from
-  rm -rf "$build" && tar -xJf "$1" || return
+  # shellcheck disable=SC2086  # a pack split into parts: their names, in order
+  rm -rf "$build" && cat $1 | tar -xJf - || return
   [ "$(cat "$build/carried-commit" 2>/dev/null)" = "$commit" ] ||
     { echo "the pack is a build of $(cat "$build/carried-commit" 2>/dev/null), not of $commit"; rm -rf "$build"; return 1; }
   from=$(cat "$build/carried-root")
