@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the committed tree here for the GPU machine (sm_90 code only, shared libraries, the
-# PyTorch extension where this machine's torch has CUDA) and packs what its tests, `rmsnorm check` and the benchmarks need, so
-# that a visit to the machine spends its minutes running rather than compiling (the CUDA
-# build takes about 6 of the visit's 30). tools/gpu-run.sh unpacks it in place of its build
-# stage (RMSNORM_CARRIED_BUILD=FILE), after checking that it names the commit it is told.
+# PyTorch extension where this machine's torch has CUDA) and packs what its tests, `rmsnorm
+# check` and the benchmarks need, so that a visit to the machine spends its minutes running
+# rather than compiling (the CUDA build takes about 6 of the visit's 30). tools/gpu-run.sh
+# unpacks it in place of its build stage (RMSNORM_CARRIED_BUILD=FILE), after checking that
+# it names the commit it is told.
 #
 #   tools/gpu-pack.sh [OUTFILE]      (default: build-carry/rmsnorm-<commit>-sm90-build.tar.xz;
 #                                     over 54 MiB: OUTFILE.part-00, -01, ...)
@@ -20,10 +21,11 @@
 # compression leaves it (the bf16 plain unit: 229 KB against 775 KB). With the PTX and
 # nvcc's compression, tree af7b0ea packed to 85 MiB; too much for one call. A pack over
 # the limit all the same is split into parts to carry in successive calls of a warm
-# machine (the first ones stashed outside the checkout), joined by gpu-run.sh. ctest's files name this checkout's paths and
-# this CMake's GoogleTest discovery script: the pack keeps the script and the root they
-# name, and gpu-run.sh rewrites both where it unpacks. The test lists are discovered there,
-# on the GPU (PRE_TEST), not here, where the CUDA tests would not be the same.
+# machine (the first ones stashed outside the checkout), joined by gpu-run.sh.
+# ctest's files name this checkout's paths and this CMake's GoogleTest discovery script: the
+# pack keeps the script and the root they name, and gpu-run.sh rewrites both where it
+# unpacks. The test lists are discovered there, on the GPU (PRE_TEST), not here, where the
+# CUDA tests would not be the same.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -z "$(git status --porcelain --untracked-files=no)" ] ||

@@ -9,9 +9,9 @@
 #
 #   RMSNORM_COMMIT=<sha> [RMSNORM_CMAKE_ARGS=...] [RMSNORM_CARRIED_BUILD=FILE] tools/gpu-run.sh OUTDIR [stage ...]
 #   RMSNORM_CARRIED_BUILD: a build of this commit packed by tools/gpu-pack.sh (or its parts, in
-#   order, space-separated), unpacked in
-#   place of the build stage (pytree takes the pack's PyTorch extension, built against the
-#   torch of the machine that packed it: carried-build.txt in the pack names it).
+#   order, space-separated), unpacked in place of the build stage (pytree takes the pack's
+#   PyTorch extension, built against the torch of the machine that packed it:
+#   carried-build.txt in the pack names it).
 #   stages: build test check sanitize bench python (default: all of them, in that order),
 #   sanitize_cluster (not by default: memcheck, racecheck and synccheck over the cluster rows'
 #   tests), cluster (not by default: the cluster rows' shapes alone, forward, residual add and
