@@ -48,11 +48,13 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRMSNORM_CUDA=ON -DC
   -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON -DRMSNORM_BUILD_PYTHON=$python
 cmake --build "$build" -j "$(nproc)"
 
-# What gpu-run.sh reads back: the commit, the roots to rewrite, the discovery script.
+# What gpu-run.sh reads back: the commit, the paths to rewrite, the discovery script.
 echo "$commit" >"$build/carried-commit"
 echo "$PWD" >"$build/carried-root"
 # The interpreter the Python suite's ctest entry names, rewritten there as the machine's python3.
 sed -nE 's/^_?Python_EXECUTABLE:[A-Z]+=(.*)$/\1/p' "$build/CMakeCache.txt" | head -1 >"$build/carried-python"
+# The cmake that ctest's package test runs, rewritten there as the machine's cmake.
+sed -nE 's/^CMAKE_COMMAND:INTERNAL=(.*)$/\1/p' "$build/CMakeCache.txt" | head -1 >"$build/carried-cmake"
 cp "$discover" "$build/GoogleTestAddTests.cmake"
 {
   echo "built $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -n) ($(. /etc/os-release && echo "$PRETTY_NAME"))"

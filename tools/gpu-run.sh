@@ -96,7 +96,7 @@ note "$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noh
 
 # unpack_carried "FILE ...": a build packed elsewhere by tools/gpu-pack.sh (whole, or its parts
 # in order), in place of the build stage, once it is seen to be of this commit; ctest's files
-# get this checkout's paths.
+# get this checkout's paths, and this machine's python3 and cmake.
 unpack_carried() {
   local from
   # shellcheck disable=SC2086  # a pack split into parts: their names, in order
@@ -107,6 +107,8 @@ unpack_carried() {
   grep -rlF --include='*.cmake' "$from" "$build" | xargs -r sed -i "s|$from|$PWD|g"
   from=$(cat "$build/carried-python" 2>/dev/null)
   [ -z "$from" ] || grep -rlF --include='*.cmake' "$from" "$build" | xargs -r sed -i "s|$from|$(command -v python3)|g"
+  from=$(cat "$build/carried-cmake" 2>/dev/null)
+  [ -z "$from" ] || find "$build" -name CTestTestfile.cmake -exec sed -i "s|\"$from\"|\"$(command -v cmake)\"|g" {} +
   sed -i -E "s|include\(\"[^\"]*/GoogleTestAddTests[.]cmake\"\)|include(\"$PWD/$build/GoogleTestAddTests.cmake\")|" \
     "$build"/tests/*_include.cmake
   cat "$build/carried-build.txt"
