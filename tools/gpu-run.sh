@@ -346,7 +346,7 @@ if want tune_bw; then
   # The backward's cluster configurations (kBackwardClusterRowConfigs) on the rows that need
   # a cluster, and on 16384 elements against the planner's one-block row.
   run tune_bw_auto "$cli" bench --op backward --dtype bf16 --rows 16384 --cols 16384
-  for c in 512x4 256x4; do
+  for c in 512x4 256x4 512x2; do
     for shape in 16384:16384 8192:32768 4096:65536; do
       run "tune_bw_${c}_${shape#*:}" "$cli" bench --op backward --dtype bf16 --rows "${shape%%:*}" \
         --cols "${shape#*:}" --strategy cluster_row --config "$c"
