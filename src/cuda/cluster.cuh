@@ -9,6 +9,15 @@
 
 #include "kernel_configs.h"
 
+// Device code for a target without clusters (before sm_90): the cluster kernels' bodies are
+// left out there, since the planner gives them no launch on such a device (cluster_row
+// needs sm_90) and compiling them for sm_80 only spent build time.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define RMSNORM_CLUSTER_BODY 0
+#else
+#define RMSNORM_CLUSTER_BODY 1
+#endif
+
 namespace rmsnorm::detail::cuda {
 
 // The row sum without a cluster barrier. Each warp sums its lanes (a butterfly), and

@@ -438,6 +438,7 @@ constexpr std::size_t cluster_weight_bytes(int pieces) {
 template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>() / BLOCK)
     ClusterRowImpl(const ForwardArgs a) {
+#if RMSNORM_CLUSTER_BODY
   begin_dependent_grid();
   using TC = typename STEPS::template Input<TX>;  // the Llama cast's type: x's
   constexpr bool kPreload = kForwardPreloadsWeight<TW, VEC, ITEMS>;
@@ -614,6 +615,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
     }
   }
   Sum::finish();
+#endif
 }
 
 // ---------------------------------------------------------------------------------------
