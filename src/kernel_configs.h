@@ -180,9 +180,12 @@ struct ClusterRowTableOf {
                               : T == ClusterTable::add ? kNumAddClusterRowConfigs
                                                        : kNumClusterRowConfigs;
 };
+// The table's entry for clusters of kWideClusterBlocks blocks or more (the plain store's
+// kPlainWideClusterEntry; the first entry elsewhere).
+constexpr int wide_cluster_entry(ClusterTable t) { return t == ClusterTable::plain ? kPlainWideClusterEntry : 0; }
 template <class F>
-decltype(auto) with_cluster_row_configs(bool residual, bool residual_is_x_dtype, bool quantize, F&& f) {
-  switch (cluster_table_of(residual, residual_is_x_dtype, quantize)) {
+decltype(auto) with_cluster_row_configs(ClusterTable table, F&& f) {
+  switch (table) {
     case ClusterTable::plain:
       return f(kPlainClusterRowConfigs);
     case ClusterTable::add:
@@ -191,6 +194,10 @@ decltype(auto) with_cluster_row_configs(bool residual, bool residual_is_x_dtype,
       break;
   }
   return f(kClusterRowConfigs);
+}
+template <class F>
+decltype(auto) with_cluster_row_configs(bool residual, bool residual_is_x_dtype, bool quantize, F&& f) {
+  return with_cluster_row_configs(cluster_table_of(residual, residual_is_x_dtype, quantize), std::forward<F>(f));
 }
 inline constexpr int kMaxClusterSize = 8;
 // sm_90 runs clusters of up to 16 blocks where a kernel allows the non-portable sizes
