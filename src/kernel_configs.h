@@ -200,6 +200,26 @@ decltype(auto) with_cluster_row_configs(bool residual, bool residual_is_x_dtype,
   return with_cluster_row_configs(cluster_table_of(residual, residual_is_x_dtype, quantize), std::forward<F>(f));
 }
 inline constexpr int kMaxClusterSize = 8;
+// A block row split over a cluster (Params::split_few_rows; RegisterRowsImpl's SPLIT): a row
+// of a one-row block of 128, 256 or 512 lanes (bf16 rows of 4096, 8192 and 16384 columns)
+// in blocks of kSplitBlockThreads, on batches of at most SMs / blocks rows (a cluster each).
+// The excess of decode over the copy followed the bytes one row moves through its one SM
+// (docs/performance.md); smaller blocks spread a row over more SMs, in clusters of up to 8.
+// Other block rows (and unaligned rows, and the quantised store) are not split: fewer
+// instantiations, and the same bits either way.
+inline constexpr int kSplitBlockThreads = 64;
+constexpr int split_blocks(const RegisterConfig& c) {
+  const bool split = c.threads_per_row == c.threads_per_block &&
+                     (c.threads_per_row == 128 || c.threads_per_row == 256 || c.threads_per_row == 512);
+  return split ? c.threads_per_row / kSplitBlockThreads : 1;
+}
+// The blocks a row of `rows` in configuration c is launched in (1: the block row itself),
+// sm_count 0 where no split may be launched (not sm_90, or Params::split_few_rows off).
+constexpr int split_launch_blocks(const RegisterConfig& c, std::int64_t rows, int sm_count) {
+  const int blocks = split_blocks(c);
+  return blocks > 1 && rows * blocks <= sm_count ? blocks : 1;
+}
+static_assert(512 / kSplitBlockThreads <= kMaxClusterSize, "split rows take portable clusters");
 // sm_90 runs clusters of up to 16 blocks where a kernel allows the non-portable sizes
 // (cudaFuncAttributeNonPortableClusterSizeAllowed) and the occupancy calculator finds room
 // for one: QuACK's forward takes 16 blocks of 256 threads on rows of more than 131072

@@ -106,6 +106,12 @@ struct Params {
   // back-to-back kernels (a decode step's small calls, in a CUDA graph or not) and changes
   // no result. Ignored on the CPU and below sm_90.
   bool pdl = true;
+  // CUDA, sm_90, the forward's plain store and residual add: a batch of fewer rows than the
+  // GPU has SMs (a decode step) runs each block row split over a cluster of blocks on
+  // several SMs instead of one block on one SM, reduced in the block's order, so that the
+  // bits are the same either way (batch invariance holds). false launches the block rows
+  // as they are, to time what the split saves. Ignored on the CPU and below sm_90.
+  bool split_few_rows = true;
 };
 
 // A CUDA stream as an opaque handle (cudaStream_t). nullptr is the legacy default stream.
