@@ -29,6 +29,8 @@
 #   (not by default: the Python suite and bench against the build stage's extension), fused
 #   (not by default: `rmsnorm bench --op add` and `--op quant` for the five kinds of 8-bit
 #   output, bf16, each beside its unfused form and the copy), and
+#   decode (not by default: the decode suite, forward and residual add, bf16 and f16, with
+#   few rows split over clusters and without: bench --no-split; RMSNORM_CLI as for cluster),
 #   tune / tune_bw (not by default): the forward's / backward's register configurations
 #   and strategies timed against each other, bf16, on the shapes where the planner chooses.
 #
@@ -232,6 +234,24 @@ bench_shapes() {
     "$bench_cli" bench --op "$op" --dtype "$dt" --rows "${shape%%:*}" --cols "${shape#*:}" "$@" || return
   done
 }
+
+bundle
+if want decode; then
+  # Decode in a CUDA graph and as plain calls (the decode suite), each implementation beside
+  # the copy of the same bytes: the split of few rows over clusters against the block rows.
+  decode_benches() {
+    echo "cli: $bench_cli"
+    local op dt
+    for op in forward add; do
+      for dt in bf16 f16; do
+        "$bench_cli" bench --op "$op" --dtype "$dt" --suite decode || return
+        "$bench_cli" bench --op "$op" --dtype "$dt" --suite decode --no-split || return
+      done
+    done
+  }
+  run bench_decode decode_benches
+  record bench_decode bench-decode
+fi
 
 bundle
 if want cluster; then
