@@ -185,8 +185,8 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   if (!o.pdl)
     std::cout << "fused kernels launched without programmatic dependent launch (--no-pdl)"
               << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
-  if (!o.split)
-    std::cout << "few rows launched as block rows, not split over clusters (--no-split)"
+  if (o.split)
+    std::cout << "few rows split over clusters (--split)"
               << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
   if (o.strategy != Strategy::automatic)
     std::cout << "fused strategy forced: " << strategy_name(o.strategy)

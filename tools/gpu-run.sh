@@ -29,8 +29,8 @@
 #   (not by default: the Python suite and bench against the build stage's extension), fused
 #   (not by default: `rmsnorm bench --op add` and `--op quant` for the five kinds of 8-bit
 #   output, bf16, each beside its unfused form and the copy), and
-#   decode (not by default: the decode suite, forward and residual add, bf16 and f16, with
-#   few rows split over clusters and without: bench --no-split; RMSNORM_CLI as for cluster),
+#   decode (not by default: the decode suite, forward and residual add, bf16 and f16, as
+#   block rows and with few rows split over clusters: bench --split; RMSNORM_CLI as for cluster),
 #   tune / tune_bw (not by default): the forward's / backward's register configurations
 #   and strategies timed against each other, bf16, on the shapes where the planner chooses.
 #
@@ -247,7 +247,7 @@ if want decode; then
     for op in forward add; do
       for dt in bf16 f16; do
         "$bench_cli" bench --op "$op" --dtype "$dt" --suite decode || return
-        "$bench_cli" bench --op "$op" --dtype "$dt" --suite decode --no-split || return
+        "$bench_cli" bench --op "$op" --dtype "$dt" --suite decode --split || return
       done
     done
   }
