@@ -144,7 +144,10 @@ inline constexpr int kWideClusterBlocks = 4;
 // of 65536 / 131072 / 262144 columns, against 86.2 / 79.6 / 73.9 % for 512 x 8, which the
 // add's second row (r) held at 100 registers a thread, one 512-thread block an SM.
 inline constexpr RegisterConfig kAddClusterRowConfigs[] = {{1024, 4, 1024}};
-inline constexpr RegisterConfig kBackwardClusterRowConfigs[] = {{512, 4, 512}, {256, 4, 256}};
+// 512 x 2 (64 registers, two blocks an SM, each with its two staged rows: 64 KB) to be
+// timed against 512 x 4 on the H200 since the block rows' two vectors a lane won there
+// (91.8 against 84.3 % at 4096 columns, a18ed4a): 16384 columns take clusters of 2.
+inline constexpr RegisterConfig kBackwardClusterRowConfigs[] = {{512, 4, 512}, {256, 4, 256}, {512, 2, 512}};
 inline constexpr int kNumClusterRowConfigs = sizeof(kClusterRowConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumPlainClusterRowConfigs = sizeof(kPlainClusterRowConfigs) / sizeof(RegisterConfig);
 inline constexpr int kNumAddClusterRowConfigs = sizeof(kAddClusterRowConfigs) / sizeof(RegisterConfig);
@@ -177,9 +180,12 @@ struct ClusterRowTableOf {
                               : T == ClusterTable::add ? kNumAddClusterRowConfigs
                                                        : kNumClusterRowConfigs;
 };
+// The table's entry for clusters of kWideClusterBlocks blocks or more (the plain store's
+// kPlainWideClusterEntry; the first entry elsewhere).
+constexpr int wide_cluster_entry(ClusterTable t) { return t == ClusterTable::plain ? kPlainWideClusterEntry : 0; }
 template <class F>
-decltype(auto) with_cluster_row_configs(bool residual, bool residual_is_x_dtype, bool quantize, F&& f) {
-  switch (cluster_table_of(residual, residual_is_x_dtype, quantize)) {
+decltype(auto) with_cluster_row_configs(ClusterTable table, F&& f) {
+  switch (table) {
     case ClusterTable::plain:
       return f(kPlainClusterRowConfigs);
     case ClusterTable::add:
@@ -189,7 +195,31 @@ decltype(auto) with_cluster_row_configs(bool residual, bool residual_is_x_dtype,
   }
   return f(kClusterRowConfigs);
 }
+template <class F>
+decltype(auto) with_cluster_row_configs(bool residual, bool residual_is_x_dtype, bool quantize, F&& f) {
+  return with_cluster_row_configs(cluster_table_of(residual, residual_is_x_dtype, quantize), std::forward<F>(f));
+}
 inline constexpr int kMaxClusterSize = 8;
+// A block row split over a cluster (Params::split_few_rows; RegisterRowsImpl's SPLIT): a row
+// of a one-row block of 128, 256 or 512 lanes (bf16 rows of 4096, 8192 and 16384 columns)
+// in blocks of kSplitBlockThreads, on batches of at most SMs / blocks rows (a cluster each).
+// The excess of decode over the copy followed the bytes one row moves through its one SM
+// (docs/performance.md); smaller blocks spread a row over more SMs, in clusters of up to 8.
+// Other block rows (and unaligned rows, and the quantised store) are not split: fewer
+// instantiations, and the same bits either way.
+inline constexpr int kSplitBlockThreads = 64;
+constexpr int split_blocks(const RegisterConfig& c) {
+  const bool split = c.threads_per_row == c.threads_per_block &&
+                     (c.threads_per_row == 128 || c.threads_per_row == 256 || c.threads_per_row == 512);
+  return split ? c.threads_per_row / kSplitBlockThreads : 1;
+}
+// The blocks a row of `rows` in configuration c is launched in (1: the block row itself),
+// sm_count 0 where no split may be launched (not sm_90, or Params::split_few_rows off).
+constexpr int split_launch_blocks(const RegisterConfig& c, std::int64_t rows, int sm_count) {
+  const int blocks = split_blocks(c);
+  return blocks > 1 && rows * blocks <= sm_count ? blocks : 1;
+}
+static_assert(512 / kSplitBlockThreads <= kMaxClusterSize, "split rows take portable clusters");
 // sm_90 runs clusters of up to 16 blocks where a kernel allows the non-portable sizes
 // (cudaFuncAttributeNonPortableClusterSizeAllowed) and the occupancy calculator finds room
 // for one: QuACK's forward takes 16 blocks of 256 threads on rows of more than 131072

@@ -143,10 +143,10 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
   // The quantised store's block rows have their own table, the residual add its cluster rows
   // (kernel_configs.h). Rows beyond a cluster's registers keep pieces of their slices in
   // shared memory (cluster_shape), except the quantised store's.
-  const bool plain = cluster_table_of(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize) == ClusterTable::plain;
-  Plan plan = with_cluster_row_configs(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize, [&](const auto& t) {
+  const ClusterTable table = cluster_table_of(p.residual != nullptr, p.r_dtype == p.x_dtype, p.quantize);
+  Plan plan = with_cluster_row_configs(table, [&](const auto& t) {
     return choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, block_row_configs(p.quantize), t,
-                  forward_cluster_pieces(p.quantize), plain ? kPlainWideClusterEntry : 0);
+                  forward_cluster_pieces(p.quantize), wide_cluster_entry(table));
   });
   // Except the quantised store: its rows beyond one block stream (long_row) unless
   // cluster_row is asked for. Timed side by side on the H200 (bf16, 2026-12-03, tree a18ed4a,

@@ -455,6 +455,7 @@ ForwardProblem validate_fused_forward(const TensorView& x, const TensorView* res
   p.weight_offset = params.weight_offset;
   p.cast = params.cast;
   p.pdl = params.pdl;
+  p.split_few_rows = params.split_few_rows;
   if (residual) {
     p.residual = residual->data;
     p.residual_out = residual_out->data;

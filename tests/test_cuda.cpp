@@ -83,7 +83,7 @@ TEST_F(Cuda, BatchInvariance) {
   const std::vector<std::int64_t> batches = {2, 3, 64, 1000, 4097};
   const std::int64_t max_rows = 4097;
   for (DType t : kDtypes)
-    for (std::int64_t cols : {64, 128, 4096, 8192, 65536}) {
+    for (std::int64_t cols : {64, 128, 2048, 4096, 8192, 16384, 65536}) {
       const std::size_t es = dtype_size(t), row_bytes = static_cast<std::size_t>(cols) * es;
       HostTensor row = testing::make_tensor(t, 1, 1, cols);
       HostTensor filler = testing::make_tensor(t, 1, kFiller, cols);
@@ -202,6 +202,63 @@ struct RandomRows {
   HostTensor x, w;
   testing::DeviceMirror dx, dw;
 };
+
+// A batch of fewer rows than the SMs runs its block rows split over clusters of blocks
+// (Params::split_few_rows, sm_90; split_launch_blocks): the same bytes as the block rows
+// launched whole (split_few_rows off), y, rstd and r_out, for the plain store and the
+// residual add (a residual of x's dtype, and an f32 one of 16-bit x), with and without a
+// weight, on row counts on both sides of where the split stops, and y right. On GPUs
+// before sm_90 both calls run the block rows.
+TEST_F(Cuda, SplitRowsGiveTheBlockRowsBits) {
+  for (DType t : kDtypes)
+    for (std::int64_t cols : {2048, 4096, 8192, 16384})
+      for (std::int64_t rows : {1, 3, 16, 33, 200})
+        for (int op = 0; op < 3; ++op) {  // 0 plain, 1 add (r of x's dtype), 2 add (f32 r)
+          if (op == 2 && t == DType::f32) continue;
+          const DType rt = op == 2 ? DType::f32 : t;
+          RandomRows in(t, rows, cols, 31 + op);
+          HostTensor r = testing::make_tensor(rt, 1, rows, cols);
+          reference::fill_normal(r.view, testing::seed_of({static_cast<int>(t), cols, 77}));
+          testing::DeviceMirror dr(r);
+          for (bool weighted : {true, false}) {
+            const std::string where = std::string(dtype_name(t)) + " cols=" + std::to_string(cols) +
+                                      " rows=" + std::to_string(rows) + " op " + std::to_string(op) +
+                                      (weighted ? "" : " no weight");
+            std::vector<unsigned char> out[2][3];  // [split][y, rstd, r_out]
+            for (int split = 0; split < 2; ++split) {
+              HostTensor y = testing::make_tensor(t, 1, rows, cols), r_out = testing::make_tensor(rt, 1, rows, cols);
+              HostTensor rstd = testing::make_vector(DType::f32, rows);
+              testing::DeviceMirror dy(y), dro(r_out), drs(rstd);
+              dy.buffer.fill(0xFF);
+              dro.buffer.fill(0xFF);
+              drs.buffer.fill(0xFF);
+              Params p;
+              p.split_few_rows = split == 1;
+              const std::optional<TensorView> w = weighted ? std::optional<TensorView>(in.dw.view) : std::nullopt;
+              if (op == 0)
+                forward(in.dx.view, w, dy.view, p, drs.view);
+              else
+                fused_add_forward(in.dx.view, dr.view, w, dy.view, dro.view, p, drs.view);
+              testing::device_synchronize();
+              dy.download_into(y);
+              dro.download_into(r_out);
+              drs.download_into(rstd);
+              out[split][0] = y.bytes;
+              out[split][1] = rstd.bytes;
+              out[split][2] = r_out.bytes;
+              if (split == 1 && op == 0) {
+                const auto ref = reference::forward(
+                    in.x.view, weighted ? std::optional<TensorView>(in.w.view) : std::nullopt, t, p);
+                const auto cmp = reference::compare(y.view, ref.y, reference::forward_tolerance(t, t, p.cast, cols));
+                EXPECT_TRUE(cmp.passed()) << where << ": " << cmp.describe();
+              }
+            }
+            EXPECT_EQ(out[1][0], out[0][0]) << where << ": y differs split and whole";
+            EXPECT_EQ(out[1][1], out[0][1]) << where << ": rstd differs split and whole";
+            if (op > 0) EXPECT_EQ(out[1][2], out[0][2]) << where << ": r_out differs split and whole";
+          }
+        }
+}
 
 // cluster_row forced over more rows than its grid has clusters: every cluster loops over
 // rows. Every row is checked against the oracle, out of place and in place (y is x: each

@@ -346,6 +346,36 @@ TEST(Plan, BlockRowIsSizedToTheRow) {
     }
 }
 
+// A batch of few rows is split over clusters (Params::split_few_rows, sm_90) when its block
+// row is one of 128, 256 or 512 lanes, the rows times the cluster's blocks at most the
+// SMs: the decode shapes of 4096, 8192 and 16384 16-bit columns (2, 4 and 8 blocks of 64
+// threads), up to 66 / 33 / 16 rows of an H200's 132 SMs, and never without an SM count.
+TEST(Plan, FewRowsOfSomeBlockRowsAreSplit) {
+  const auto config_of = [](const Plan& p) {
+    return detail::RegisterConfig{p.threads_per_row, p.items_per_thread, p.threads_per_block};
+  };
+  for (DType t : {DType::f16, DType::bf16}) {
+    const std::int64_t cols[] = {4096, 8192, 16384}, blocks[] = {2, 4, 8};
+    for (int k = 0; k < 3; ++k) {
+      const Plan p = plan(views(t, 1, cols[k]));
+      const std::string w = where(t, cols[k]) + ": " + show(p);
+      ASSERT_EQ(p.strategy, Strategy::block_row) << w;
+      const detail::RegisterConfig c = config_of(p);
+      EXPECT_EQ(detail::split_blocks(c), blocks[k]) << w;
+      EXPECT_EQ(p.threads_per_row / detail::split_blocks(c), detail::kSplitBlockThreads) << w;
+      EXPECT_EQ(detail::split_launch_blocks(c, 1, 132), blocks[k]) << w;
+      EXPECT_EQ(detail::split_launch_blocks(c, 132 / blocks[k], 132), blocks[k]) << w;
+      EXPECT_EQ(detail::split_launch_blocks(c, 132 / blocks[k] + 1, 132), 1) << w;
+      EXPECT_EQ(detail::split_launch_blocks(c, 1, 0), 1) << w << ": split without an SM count";
+    }
+  }
+  // Block rows of other sizes and warp rows are not split.
+  for (const detail::RegisterConfig& c : detail::kBlockRowConfigs)
+    if (c.threads_per_row != 128 && c.threads_per_row != 256 && c.threads_per_row != 512)
+      EXPECT_EQ(detail::split_blocks(c), 1) << c.threads_per_row << "x" << c.items;
+  for (const detail::RegisterConfig& c : detail::kWarpRowsConfigs) EXPECT_EQ(detail::split_blocks(c), 1);
+}
+
 // Where four vectors a lane would leave an SM fewer than 1024 threads (blocks of 384 and of
 // 576 to 1024 threads at 64 registers), block rows take eight (or six) vectors a lane in
 // half the threads; the quantised store also on 14336 and 16384 16-bit elements. Its table

@@ -91,6 +91,7 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   ctx.cluster_grid = o.cluster_grid;
   ctx.max_cluster = o.max_cluster;
   ctx.pdl = o.pdl;
+  ctx.split = o.split;
   ctx.leave_out_dw = o.leave_out_dw;
   ctx.leave_out_rstd = o.leave_out_rstd;
   ctx.reps = o.reps ? o.reps : (dev.is_cuda() ? 50 : 3);
@@ -183,6 +184,9 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
               << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
   if (!o.pdl)
     std::cout << "fused kernels launched without programmatic dependent launch (--no-pdl)"
+              << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
+  if (o.split)
+    std::cout << "few rows split over clusters (--split)"
               << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
   if (o.strategy != Strategy::automatic)
     std::cout << "fused strategy forced: " << strategy_name(o.strategy)

@@ -62,6 +62,7 @@ ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape) {
   Params params;
   params.strategy = ctx.strategy;
   params.pdl = ctx.pdl;
+  params.split_few_rows = ctx.split;
 
   // --config: the library's own validation, then its dispatch with the given plan.
   std::optional<Plan> forced;

@@ -325,6 +325,7 @@ ShapeResult bench_fused_shape_cuda(const BenchContext& ctx, const BenchShape& sh
   Params params;
   params.strategy = ctx.strategy;
   params.pdl = ctx.pdl;
+  params.split_few_rows = ctx.split;
   // The baseline's forward is what a framework calls: the planner's strategy.
   Params plain = params;
   plain.strategy = Strategy::automatic;

@@ -29,6 +29,8 @@
 #   (not by default: the Python suite and bench against the build stage's extension), fused
 #   (not by default: `rmsnorm bench --op add` and `--op quant` for the five kinds of 8-bit
 #   output, bf16, each beside its unfused form and the copy), and
+#   decode (not by default: the decode suite, forward and residual add, bf16 and f16, as
+#   block rows and with few rows split over clusters: bench --split; RMSNORM_CLI as for cluster),
 #   tune / tune_bw (not by default): the forward's / backward's register configurations
 #   and strategies timed against each other, bf16, on the shapes where the planner chooses.
 #
@@ -202,8 +204,10 @@ if want sanitize; then
 fi
 if want sanitize_cluster; then
   # memcheck, racecheck and synccheck over the tests of the cluster rows alone (forced and
-  # looping over many rows, forward, residual add, 8-bit outputs and backward).
-  sanitize sanitizers-cluster-rows "memcheck racecheck synccheck" "tests/rmsnorm_cuda_tests --gtest_filter=Cuda.ClusterRows*" \
+  # looping over many rows, forward, residual add, 8-bit outputs and backward), and of the
+  # few rows split over clusters.
+  sanitize sanitizers-cluster-rows "memcheck racecheck synccheck" \
+    "tests/rmsnorm_cuda_tests --gtest_filter=Cuda.ClusterRows*:Cuda.SplitRows*" \
     "tests/rmsnorm_backward_tests --gtest_filter=Backward.ForcedStrategies/cuda*" \
     "tests/rmsnorm_tests --gtest_filter=Forward.ForcedStrategies/cuda*:Fused.ResidualAddClusterRows*/cuda*:Fused.QuantForcedStrategies/cuda*"
 fi
@@ -232,6 +236,24 @@ bench_shapes() {
     "$bench_cli" bench --op "$op" --dtype "$dt" --rows "${shape%%:*}" --cols "${shape#*:}" "$@" || return
   done
 }
+
+bundle
+if want decode; then
+  # Decode in a CUDA graph and as plain calls (the decode suite), each implementation beside
+  # the copy of the same bytes: the split of few rows over clusters against the block rows.
+  decode_benches() {
+    echo "cli: $bench_cli"
+    local op dt
+    for op in forward add; do
+      for dt in bf16 f16; do
+        "$bench_cli" bench --op "$op" --dtype "$dt" --suite decode || return
+        "$bench_cli" bench --op "$op" --dtype "$dt" --suite decode --split || return
+      done
+    done
+  }
+  run bench_decode decode_benches
+  record bench_decode bench-decode
+fi
 
 bundle
 if want cluster; then
@@ -346,7 +368,7 @@ if want tune_bw; then
   # The backward's cluster configurations (kBackwardClusterRowConfigs) on the rows that need
   # a cluster, and on 16384 elements against the planner's one-block row.
   run tune_bw_auto "$cli" bench --op backward --dtype bf16 --rows 16384 --cols 16384
-  for c in 512x4 256x4; do
+  for c in 512x4 256x4 512x2; do
     for shape in 16384:16384 8192:32768 4096:65536; do
       run "tune_bw_${c}_${shape#*:}" "$cli" bench --op backward --dtype bf16 --rows "${shape%%:*}" \
         --cols "${shape#*:}" --strategy cluster_row --config "$c"

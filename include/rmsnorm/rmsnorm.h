@@ -106,6 +106,14 @@ struct Params {
   // back-to-back kernels (a decode step's small calls, in a CUDA graph or not) and changes
   // no result. Ignored on the CPU and below sm_90.
   bool pdl = true;
+  // CUDA, sm_90, the forward's plain store and residual add: a batch of fewer rows than the
+  // GPU has SMs (a decode step) runs each block row split over a cluster of blocks on
+  // several SMs instead of one block on one SM, reduced in the block's order, so that the
+  // bits are the same either way (batch invariance holds). Off by default: on the H200
+  // (bf16, 2026-12-05, tree cf15eb0) it made decode slower, 1 x 8192 2.36 against 1.97 us
+  // in a CUDA graph, 32 x 8192 2.78 against 2.36 (README, "few rows"). Ignored on the CPU
+  // and below sm_90.
+  bool split_few_rows = false;
 };
 
 // A CUDA stream as an opaque handle (cudaStream_t). nullptr is the legacy default stream.

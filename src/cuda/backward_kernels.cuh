@@ -8,6 +8,7 @@
 // block. A second kernel adds those rows in a fixed order, so dw is deterministic.
 #pragma once
 
+#include "cuda/cluster.cuh"
 #include "cuda/forward_kernels.cuh"
 #include "cuda/row_stage.cuh"
 
@@ -236,6 +237,7 @@ constexpr std::size_t cluster_backward_shared_bytes(bool has_weight) {
 
 template <bool ALIGNED, bool RESIDUAL, class TX, class TG, class TW, int VEC, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) ClusterBackwardImpl(const BackwardArgs a) {
+#if RMSNORM_CLUSTER_BODY
   begin_dependent_grid();
   using Sum = ClusterSum<BLOCK, 2>;
   using Stage = ClusterBackwardStage<TX, VEC, ITEMS, BLOCK>;
@@ -315,6 +317,7 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
   // One partial row per cluster: each block fills its slice.
   if (a.partial) write_partial<VEC, ITEMS, BLOCK>(a.partial + place.cluster * a.cols, first, end, a.cols, dw_acc);
   Sum::finish();
+#endif
 }
 
 // ---------------------------------------------------------------------------------------

@@ -5,9 +5,19 @@
 #include <cooperative_groups.h>
 
 #include <cstdint>
+#include <cub/warp/warp_reduce.cuh>
 #include <cuda/ptx>
 
 #include "kernel_configs.h"
+
+// Device code for a target without clusters (before sm_90): the cluster kernels' bodies are
+// left out there, since the planner gives them no launch on such a device (cluster_row
+// needs sm_90) and compiling them for sm_80 only spent build time.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define RMSNORM_CLUSTER_BODY 0
+#else
+#define RMSNORM_CLUSTER_BODY 1
+#endif
 
 namespace rmsnorm::detail::cuda {
 
@@ -128,6 +138,84 @@ struct ClusterSum {
 #pragma unroll
     for (int d = 16; d > 0; d /= 2) v += __shfl_xor_sync(0xffffffffu, v, d);
     return v;
+  }
+
+  __device__ __forceinline__ static void finish() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cooperative_groups::this_cluster().sync();
+#endif
+  }
+};
+
+// The row sum of a block row split over a cluster of SPLIT blocks of BLOCK threads (a few
+// rows, fewer than the SMs: each row then moves through SPLIT SMs instead of one), in
+// exactly the block row's order, so that a row gives the same bits split or not, alone or
+// in a batch: each warp sums its lanes with CUB's WarpReduce, as RowSum does, and the row's
+// warp totals are added from 0 in the order of the warps of the whole row (block rank,
+// then warp), as BlockReduce adds its warp aggregates and BlockRowSum its row's warps.
+// Lanes 0..SPLIT-1 of each warp send its total to every block of the cluster (st.async into
+// slot rank * warps + warp of the block's mailbox, counted on its mbarrier), and every
+// thread waits until its own block's mailbox is full. The mailbox alternates between rows
+// as ClusterSum's does, for the same reason (a block sends row k+2's totals only after its
+// wait for row k+1, which needs row k+1's totals of every warp of the cluster, each sent
+// after that warp read row k's mailbox). init() once at the start (with ClusterSum's
+// cluster barrier), the rows' steps numbered from 0; finish() before the kernel returns.
+template <int BLOCK, int SPLIT>
+struct SplitRowSum {
+  static_assert(BLOCK % 32 == 0 && SPLIT >= 2 && SPLIT <= 32, "whole warps; a warp's lanes send to the ranks");
+  static constexpr int kWarps = BLOCK / 32;
+  using WarpReduce = cub::WarpReduce<float>;
+  struct TempStorage {
+    typename WarpReduce::TempStorage warp[kWarps];
+    float mail[2][SPLIT * kWarps];
+    std::uint64_t landed[2];
+  };
+
+  __device__ __forceinline__ static void init(TempStorage& t) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (threadIdx.x == 0) {
+      ::cuda::ptx::mbarrier_init(&t.landed[0], 1);
+      ::cuda::ptx::mbarrier_init(&t.landed[1], 1);
+      ::cuda::ptx::fence_mbarrier_init(::cuda::ptx::sem_release, ::cuda::ptx::scope_cluster);
+    }
+    cooperative_groups::this_cluster().sync();
+#else
+    (void)t;
+#endif
+  }
+
+  // The row's sum in every thread of every block of the cluster.
+  __device__ __forceinline__ static float sum(TempStorage& t, float v, unsigned step) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    const unsigned lane = threadIdx.x % 32u, warp = threadIdx.x / 32u;
+    const int box = static_cast<int>(step & 1u);
+    if (threadIdx.x == 0)  // as ClusterSum::send arms its mailbox
+      ::cuda::ptx::mbarrier_arrive_expect_tx(::cuda::ptx::sem_release, ::cuda::ptx::scope_cta,
+                                             ::cuda::ptx::space_shared, &t.landed[box],
+                                             SPLIT * kWarps * static_cast<unsigned>(sizeof(float)));
+    float total = WarpReduce(t.warp[warp]).Sum(v);  // valid in lane 0
+    total = __shfl_sync(0xffffffffu, total, 0);
+    if (lane < SPLIT) {
+      float* slot = cluster.map_shared_rank(&t.mail[box][cluster.block_rank() * kWarps + warp], lane);
+      std::uint64_t* bar = cluster.map_shared_rank(&t.landed[box], lane);
+      ::cuda::ptx::st_async(slot, total, bar);
+    }
+    while (!::cuda::ptx::mbarrier_try_wait_parity(::cuda::ptx::sem_acquire, ::cuda::ptx::scope_cluster, &t.landed[box],
+                                                  (step >> 1) & 1u)) {
+    }
+    float out = 0.f;
+#pragma unroll
+    for (int i = 0; i < SPLIT * kWarps; ++i) out += t.mail[box][i];
+    return out;
+#else
+    (void)t;
+    (void)v;
+    (void)step;
+    __trap();  // the launcher never splits rows below sm_90
+    return 0.f;
+#endif
   }
 
   __device__ __forceinline__ static void finish() {

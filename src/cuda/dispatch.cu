@@ -160,7 +160,10 @@ void launch_forward_steps(const ForwardProblem& p, const Plan& plan, int sms, co
 
 void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream stream) {
   DeviceGuard guard(device);
-  const int sms = plan.strategy == Strategy::cluster_row ? sm_count(device) : 0;
+  // The SM count: the cluster rows' grid, and for block rows whether a batch is few enough
+  // rows to split (Params::split_few_rows, on sm_90); 0 where neither applies.
+  const bool split = plan.strategy == Strategy::block_row && p.split_few_rows && cuda_cc_major(device) >= 9;
+  const int sms = plan.strategy == Strategy::cluster_row || split ? sm_count(device) : 0;
   const cuda::Queue q = queue_for(stream, p.pdl, device);
   // x's dtype picks the instantiations; an f32 residual with 16-bit x takes an f32 row's
   // (launch_forward_steps).

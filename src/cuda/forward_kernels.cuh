@@ -292,21 +292,38 @@ constexpr int forward_resident_threads() {
 // instantiation of its own: as a run-time branch of the store, their shuffles cost the
 // static and per-row scales 2-11 % on the H200 (bf16 block rows, b244bba), whose store is
 // bound by instruction issue and already spills at 64 registers.
+// SPLIT > 1 (sm_90, a launch choice: launch_register_rows): a block row of TPR lanes
+// launched as a cluster of SPLIT blocks of BLOCK = TPR / SPLIT threads, lane l of the row
+// thread l % BLOCK of block l / BLOCK, holding the chunks it holds in one block, and the
+// row's sum reduced in the block's order (SplitRowSum): the same bits as the block row. For
+// rows fewer than the SMs (decode), whose time otherwise goes to the bytes one SM moves.
 template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int TPR, int ITEMS, int BLOCK,
-          bool LANE_GROUPS = false>
+          bool LANE_GROUPS = false, int SPLIT = 1>
 __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>() / BLOCK)
     RegisterRowsImpl(const ForwardArgs a) {
   static_assert(!LANE_GROUPS || (STEPS::kQuant && TPR % 32 == 0), "lane groups are a warp's lanes of a row");
+  static_assert(SPLIT == 1 || (!STEPS::kQuant && TPR == SPLIT * BLOCK), "a split row is the plain or added row's");
+  constexpr bool kSplit = SPLIT > 1;
+#if !RMSNORM_CLUSTER_BODY
+  if constexpr (kSplit) return;  // never launched before sm_90
+#endif
   begin_dependent_grid();
   using TC = typename STEPS::template Input<TX>;  // the Llama cast's type: x's
-  constexpr int kRowsPerBlock = BLOCK / TPR;
+  constexpr int kRowsPerBlock = kSplit ? 1 : BLOCK / TPR;
   constexpr bool kPreload = kForwardPreloadsWeight<TW, VEC, ITEMS>;
-  using Sum = RowSum<TPR, BLOCK>;
+  // The block the row's reductions are written for: the launch's, or the one a split row is
+  // taken from (the quantised store's RowMax is never split).
+  constexpr int kRowBlock = kSplit ? TPR : BLOCK;
+  using Sum = std::conditional_t<kSplit, SplitRowSum<BLOCK, SPLIT>, RowSum<TPR, kRowBlock>>;
   __shared__ typename Sum::TempStorage temp;
   extern __shared__ unsigned group_cells[];  // dynamic scales only: GroupMax
 
-  const int lane = threadIdx.x % TPR;
-  const int slot = threadIdx.x / TPR;
+  // Split: a row a cluster, the clusters looping over the rows.
+  const ClusterPlace place = kSplit ? cluster_place() : ClusterPlace{0, 1, blockIdx.x, gridDim.x};
+  const int lane = kSplit ? static_cast<int>(place.rank) * BLOCK + threadIdx.x : threadIdx.x % TPR;
+  const int slot = kSplit ? 0 : threadIdx.x / TPR;
+  if constexpr (kSplit) Sum::init(temp);
+  unsigned step = 0;
   const std::int64_t vectors = chunks_of(a.cols, VEC);
   const TW* w = static_cast<const TW*>(a.weight);
   Vec<TW, VEC> wv[ITEMS];
@@ -327,13 +344,13 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
   [[maybe_unused]] LaneGroup lane_group;
   if constexpr (LANE_GROUPS) lane_group = LaneGroup(a.group_size, VEC);
   __shared__ unsigned row_max_cells[STEPS::kQuant && TPR > 32 ? 2 * BLOCK / 32 : 1];
-  RowMax<TPR, BLOCK> row_max;
+  RowMax<TPR, kRowBlock> row_max;
   if constexpr (TPR > 32) row_max.cells = row_max_cells;
 
   // The loop bound is uniform across the block, so every lane reaches every reduction
   // (rows past the end compute on zeros and store nothing).
-  for (std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock; first < a.total_rows;
-       first += static_cast<std::int64_t>(gridDim.x) * kRowsPerBlock) {
+  for (std::int64_t first = place.cluster * kRowsPerBlock; first < a.total_rows;
+       first += place.clusters * kRowsPerBlock, ++step) {
     const std::int64_t row = first + slot;
     const bool valid = row < a.total_rows;
     Vec<TX, VEC> v[ITEMS];
@@ -348,7 +365,11 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
     }
     // Given sums replace the reduction's result: the row is in registers for y anyway, and
     // the reduction left in place keeps the kernel's code and register allocation.
-    const float ss = Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v));
+    float ss;
+    if constexpr (kSplit)
+      ss = Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v), step);
+    else
+      ss = Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v));
     const float rstd = rstd_from_sum(a.row_sums ? (valid ? a.row_sums[row] : 0.f) : ss, a.inv_cols, a.eps);
     if (valid && a.rstd && lane == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + (valid ? row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride) : 0);
@@ -394,6 +415,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
           });
     }
   }
+  if constexpr (kSplit) Sum::finish();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -438,6 +460,7 @@ constexpr std::size_t cluster_weight_bytes(int pieces) {
 template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>() / BLOCK)
     ClusterRowImpl(const ForwardArgs a) {
+#if RMSNORM_CLUSTER_BODY
   begin_dependent_grid();
   using TC = typename STEPS::template Input<TX>;  // the Llama cast's type: x's
   constexpr bool kPreload = kForwardPreloadsWeight<TW, VEC, ITEMS>;
@@ -614,6 +637,7 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
     }
   }
   Sum::finish();
+#endif
 }
 
 // ---------------------------------------------------------------------------------------
