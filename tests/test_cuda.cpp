@@ -247,8 +247,8 @@ TEST_F(Cuda, SplitRowsGiveTheBlockRowsBits) {
               out[split][1] = rstd.bytes;
               out[split][2] = r_out.bytes;
               if (split == 1 && op == 0) {
-                const auto ref = reference::forward(
-                    in.x.view, weighted ? std::optional<TensorView>(in.w.view) : std::nullopt, t, p);
+                const auto ref =
+                    reference::forward(in.x.view, weighted ? std::optional<TensorView>(in.w.view) : std::nullopt, t, p);
                 const auto cmp = reference::compare(y.view, ref.y, reference::forward_tolerance(t, t, p.cast, cols));
                 EXPECT_TRUE(cmp.passed()) << where << ": " << cmp.describe();
               }

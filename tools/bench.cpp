@@ -186,8 +186,7 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
     std::cout << "fused kernels launched without programmatic dependent launch (--no-pdl)"
               << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
   if (o.split)
-    std::cout << "few rows split over clusters (--split)"
-              << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
+    std::cout << "few rows split over clusters (--split)" << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
   if (o.strategy != Strategy::automatic)
     std::cout << "fused strategy forced: " << strategy_name(o.strategy)
               << (dev.is_cuda() ? "" : " (ignored by the CPU backend)") << '\n';
