@@ -31,6 +31,8 @@
 #   output, bf16, each beside its unfused form and the copy), and
 #   decode (not by default: the decode suite, forward and residual add, bf16 and f16, as
 #   block rows and with few rows split over clusters: bench --split; RMSNORM_CLI as for cluster),
+#   decode_floor (not by default: tools/explore/decode_floor.cu, copies of the decode
+#   suite's bytes one block a row, split over blocks and over clusters, beside the copy),
 #   tune / tune_bw (not by default): the forward's / backward's register configurations
 #   and strategies timed against each other, bf16, on the shapes where the planner chooses.
 #
@@ -253,6 +255,17 @@ if want decode; then
   }
   run bench_decode decode_benches
   record bench_decode bench-decode
+fi
+
+bundle
+if want decode_floor; then
+  # Where a decode call's time goes: copies of the decode suite's bytes in the shapes the
+  # kernels take (one block a row, a block barrier, a row split over plain blocks and over
+  # clusters with and without their barriers), beside cudaMemcpyAsync, in CUDA graphs
+  # (tools/explore/decode_floor.cu, compiled here: not part of the build).
+  run decode_floor_build nvcc -O3 -std=c++17 -arch=sm_90 -o "$out/decode_floor" tools/explore/decode_floor.cu &&
+    run decode_floor "$out/decode_floor"
+  record decode_floor explore-decode-floor
 fi
 
 bundle
