@@ -32,7 +32,8 @@
 #   decode (not by default: the decode suite, forward and residual add, bf16 and f16, as
 #   block rows and with few rows split over clusters: bench --split; RMSNORM_CLI as for cluster),
 #   decode_floor (not by default: tools/explore/decode_floor.cu, copies of the decode
-#   suite's bytes one block a row, split over blocks and over clusters, beside the copy),
+#   suite's bytes one block a row, split over blocks and over clusters, and the block row's
+#   norm itself, beside the copy),
 #   tune / tune_bw (not by default): the forward's / backward's register configurations
 #   and strategies timed against each other, bf16, on the shapes where the planner chooses.
 #
