@@ -18,6 +18,14 @@
 //               squares by CUB's BlockReduce, y = x * rstd (with 2 arrays: r_out = x + r
 //               stored, then its norm), to price the reduction on the row's critical path
 //   norm+w      the same times a weight read from L2 (the same for every call)
+//   norm+w early (plain forward only) the same with every load issued before the first
+//               sum of squares: the weight's, then x's, as volatile loads, which keep their
+//               program order (as plain loads, with or without their bounds, the compiler
+//               issued some of the weight's after the sums of squares, which wait for x)
+//   norm+w fast the same with a shorter dependent path to the stores: the sum of squares
+//               in one accumulator a vector (added as a tree), and the block's sum by warp
+//               butterflies, one block barrier and every thread adding the warps' totals
+//               (BlockReduce and the broadcast of thread 0's total take two barriers)
 // Every kernel but memcpy is launched with programmatic dependent launch, as the library's
 // are, and waits for the previous grid before its first load. Tensors: ARRAYS inputs
 // copied to ARRAYS outputs (1: the plain forward's bytes; 2: the residual add's), rows of N
@@ -153,23 +161,46 @@ bool norm_matches(const std::vector<unsigned short>& x, const std::vector<unsign
   return true;
 }
 
+__device__ __forceinline__ uint4 load_in_order(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
 // The block row's forward in the copy's shape: a row a block of BLOCK threads, kVec
 // vectors of 8 bf16 a lane. With 2 arrays, the residual add: r_out = x + r stored, y the
 // norm of r_out. y goes to out[0]; r_out to out[1].
-template <int BLOCK, bool WEIGHT>
+template <int BLOCK, bool WEIGHT, int MODE>
 __global__ void __launch_bounds__(BLOCK) row_norm(Args a, const uint4* w) {
+  // MODE 1: the loads in order (EARLY); 2: and the short reduction (FAST).
+  constexpr bool EARLY = MODE >= 1, FAST = MODE >= 2;
   cudaGridDependencySynchronize();
   cudaTriggerProgrammaticLaunchCompletion();
   using Reduce = cub::BlockReduce<float, BLOCK>;
   __shared__ typename Reduce::TempStorage temp;
   __shared__ float total;
+  __shared__ float warp_total[BLOCK / 32];
   const long long row = blockIdx.x;
   uint4 v[kVec], wv[kVec];
+  // Early: the weight's loads, then x's, without bounds (the block covers the row exactly
+  // here) and volatile, so that all are issued before the sums of squares.
 #pragma unroll
   for (int j = 0; j < kVec; ++j) {
     const long long c = threadIdx.x + j * BLOCK;
-    v[j] = c < a.row_vectors ? __ldg(a.in[0] + row * a.row_vectors + c) : uint4{};
-    if (a.arrays == 2 && c < a.row_vectors) {
+    if (EARLY && WEIGHT) wv[j] = load_in_order(w + c);
+  }
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) {
+    const long long c = threadIdx.x + j * BLOCK;
+    if (EARLY) v[j] = load_in_order(a.in[0] + row * a.row_vectors + c);
+  }
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) {
+    const long long c = threadIdx.x + j * BLOCK;
+    if (!EARLY) v[j] = c < a.row_vectors ? __ldg(a.in[0] + row * a.row_vectors + c) : uint4{};
+    if (!EARLY && a.arrays == 2 && c < a.row_vectors) {
       const uint4 r = __ldg(a.in[1] + row * a.row_vectors + c);
       __nv_bfloat162* x2 = reinterpret_cast<__nv_bfloat162*>(&v[j]);
       const __nv_bfloat162* r2 = reinterpret_cast<const __nv_bfloat162*>(&r);
@@ -184,23 +215,39 @@ __global__ void __launch_bounds__(BLOCK) row_norm(Args a, const uint4* w) {
 #pragma unroll
   for (int j = 0; j < kVec; ++j) {
     const long long c = threadIdx.x + j * BLOCK;
-    wv[j] = WEIGHT && c < a.row_vectors ? __ldg(w + c) : uint4{};
+    if (!EARLY) wv[j] = WEIGHT && c < a.row_vectors ? __ldg(w + c) : uint4{};
   }
-  float ss = 0.f;
+  // One chain through the row's values (as the library's sum_squares), or one a vector.
+  float part[kVec], ss = 0.f;
 #pragma unroll
   for (int j = 0; j < kVec; ++j) {
     const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&v[j]);
+    float& acc = FAST ? part[j] : ss;
+    if (FAST) acc = 0.f;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const float2 f = __bfloat1622float2(x2[k]);
-      ss = fmaf(f.x, f.x, ss);
-      ss = fmaf(f.y, f.y, ss);
+      acc = fmaf(f.x, f.x, acc);
+      acc = fmaf(f.y, f.y, acc);
     }
   }
-  ss = Reduce(temp).Sum(ss);
-  if (threadIdx.x == 0) total = ss;
-  __syncthreads();
-  const float rstd = rsqrtf(total / static_cast<float>(a.row_vectors * 8) + 1e-6f);
+  if (FAST) {
+    static_assert(kVec == 4, "a tree of four");
+    ss = (part[0] + part[1]) + (part[2] + part[3]);
+#pragma unroll
+    for (int d = 16; d >= 1; d /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, d);
+    if (threadIdx.x % 32 == 0) warp_total[threadIdx.x / 32] = ss;
+    __syncthreads();
+    ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < BLOCK / 32; ++k) ss += warp_total[k];
+  } else {
+    ss = Reduce(temp).Sum(ss);
+    if (threadIdx.x == 0) total = ss;
+    __syncthreads();
+    ss = total;
+  }
+  const float rstd = rsqrtf(ss / static_cast<float>(a.row_vectors * 8) + 1e-6f);
 #pragma unroll
   for (int j = 0; j < kVec; ++j) {
     const long long c = threadIdx.x + j * BLOCK;
@@ -223,17 +270,17 @@ __global__ void __launch_bounds__(BLOCK) row_norm(Args a, const uint4* w) {
   }
 }
 
-template <bool WEIGHT>
+template <bool WEIGHT, int MODE>
 void launch_norm(cudaLaunchConfig_t& cfg, const Args& a, const uint4* w, int block) {
   if (block == 128)
-    CK(cudaLaunchKernelEx(&cfg, row_norm<128, WEIGHT>, a, w));
+    CK(cudaLaunchKernelEx(&cfg, row_norm<128, WEIGHT, MODE>, a, w));
   else
-    CK(cudaLaunchKernelEx(&cfg, row_norm<256, WEIGHT>, a, w));
+    CK(cudaLaunchKernelEx(&cfg, row_norm<256, WEIGHT, MODE>, a, w));
 }
 
 struct Variant {
   const char* name;
-  int kind;  // 0 memcpy, 1 flat, 2 row kernel, 3 norm, 4 norm with a weight
+  int kind;  // 0 memcpy, 1 flat, 2 row kernel, 3 norm, 4 norm with a weight, 5 early, 6 fast
   int blocks_per_row, cluster, block_barrier, cluster_start, cluster_end, pdl;
 };
 
@@ -282,6 +329,10 @@ int main() {
             {"row+bar", 2, 1, 0, 1, 0, 0, 1},       {"row+bar (no pdl)", 2, 1, 0, 1, 0, 0, 0},
             {"norm", 3, 1, 0, 0, 0, 0, 1},          {"norm+w", 4, 1, 0, 0, 0, 0, 1},
         };
+        if (arrays == 1) {
+          vs.push_back({"norm+w early", 5, 1, 0, 0, 0, 0, 1});
+          vs.push_back({"norm+w fast", 6, 1, 0, 0, 0, 0, 1});
+        }
         const int split = lanes / 64;
         if (split >= 2 && split * m <= sms) {
           vs.push_back({"split", 2, split, 0, 0, 0, 0, 1});
@@ -338,10 +389,14 @@ int main() {
             } else if (v.kind >= 3) {
               cfg.blockDim = dim3(lanes);
               cfg.gridDim = dim3(static_cast<unsigned>(m));
-              if (v.kind == 4)
-                launch_norm<true>(cfg, a, weight, lanes);
+              if (v.kind == 6)
+                launch_norm<true, 2>(cfg, a, weight, lanes);
+              else if (v.kind == 5)
+                launch_norm<true, 1>(cfg, a, weight, lanes);
+              else if (v.kind == 4)
+                launch_norm<true, 0>(cfg, a, weight, lanes);
               else
-                launch_norm<false>(cfg, a, weight, lanes);
+                launch_norm<false, 0>(cfg, a, weight, lanes);
             } else {
               cfg.blockDim = dim3(lanes / v.blocks_per_row);
               cfg.gridDim = dim3(static_cast<unsigned>(m * v.blocks_per_row));
@@ -374,7 +429,7 @@ int main() {
                   ro = get(bufs[3]);
                 }
                 CK(cudaMemcpy(wr.data(), weight, n * 2, cudaMemcpyDeviceToHost));
-                if (!norm_matches(xr, rr, yr, ro, wr, v.kind == 4, m, n, arrays)) {
+                if (!norm_matches(xr, rr, yr, ro, wr, v.kind >= 4, m, n, arrays)) {
                   std::fprintf(stderr, "%s: wrong norm (rows %d, cols %d, call %lld)\n", v.name, m, n, c);
                   return 1;
                 }
