@@ -196,14 +196,22 @@ __global__ void __launch_bounds__(BLOCK) row_norm(Args a, const uint4* w) {
     const long long c = threadIdx.x + j * BLOCK;
     if (EARLY) v[j] = load_in_order(a.in[0] + row * a.row_vectors + c);
   }
+  // x's and r's loads all issued before r_out's first store: loaded one vector at a time
+  // between the stores (tree f7c66a7), they waited for each other, and the 2-array norm
+  // variants took longer than the copy of their bytes.
+  uint4 rv[kVec];
 #pragma unroll
   for (int j = 0; j < kVec; ++j) {
     const long long c = threadIdx.x + j * BLOCK;
     if (!EARLY) v[j] = c < a.row_vectors ? __ldg(a.in[0] + row * a.row_vectors + c) : uint4{};
+    if (!EARLY) rv[j] = a.arrays == 2 && c < a.row_vectors ? __ldg(a.in[1] + row * a.row_vectors + c) : uint4{};
+  }
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) {
+    const long long c = threadIdx.x + j * BLOCK;
     if (!EARLY && a.arrays == 2 && c < a.row_vectors) {
-      const uint4 r = __ldg(a.in[1] + row * a.row_vectors + c);
       __nv_bfloat162* x2 = reinterpret_cast<__nv_bfloat162*>(&v[j]);
-      const __nv_bfloat162* r2 = reinterpret_cast<const __nv_bfloat162*>(&r);
+      const __nv_bfloat162* r2 = reinterpret_cast<const __nv_bfloat162*>(&rv[j]);
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const float2 f = __bfloat1622float2(x2[k]), g = __bfloat1622float2(r2[k]);
