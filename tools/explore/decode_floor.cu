@@ -199,13 +199,13 @@ __global__ void __launch_bounds__(BLOCK) row_norm(Args a, const uint4* w) {
   // x's and r's loads all issued before r_out's first store: loaded one vector at a time
   // between the stores (tree f7c66a7), they waited for each other, and the 2-array norm
   // variants took longer than the copy of their bytes.
-  uint4 rv[kVec];
+  uint4 xr[2][kVec] = {};
+  if (!EARLY)
+    each_vector(a, row, threadIdx.x, BLOCK, [&](int k, int j, long long i) { xr[k][j] = __ldg(a.in[k] + i); });
+  const uint4(&rv)[kVec] = xr[1];
+  if (!EARLY)
 #pragma unroll
-  for (int j = 0; j < kVec; ++j) {
-    const long long c = threadIdx.x + j * BLOCK;
-    if (!EARLY) v[j] = c < a.row_vectors ? __ldg(a.in[0] + row * a.row_vectors + c) : uint4{};
-    if (!EARLY) rv[j] = a.arrays == 2 && c < a.row_vectors ? __ldg(a.in[1] + row * a.row_vectors + c) : uint4{};
-  }
+    for (int j = 0; j < kVec; ++j) v[j] = xr[0][j];
 #pragma unroll
   for (int j = 0; j < kVec; ++j) {
     const long long c = threadIdx.x + j * BLOCK;
