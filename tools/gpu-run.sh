@@ -427,7 +427,7 @@ if want compare; then
   # not one): each bench of RMSNORM_COMPARE by this build's CLI, then by the other's, for
   # RMSNORM_COMPARE_ROUNDS rounds.
   compare_benches() {
-    local other=/tmp/rmsnorm-compare args round c
+    local other=/tmp/rmsnorm-compare args round c table
     [ -n "${RMSNORM_COMPARE_PACK:-}" ] || { echo "compare: RMSNORM_COMPARE_PACK names no pack"; return 2; }
     rm -rf "$other" && mkdir -p "$other" && tar -xJf "$RMSNORM_COMPARE_PACK" -C "$other" || return
     echo "this build: $cli ($commit); the other: $(cat "$other/$build/carried-commit") ($RMSNORM_COMPARE_PACK)"
@@ -437,7 +437,8 @@ if want compare; then
         for c in "$cli" "$other/$build/tools/rmsnorm"; do
           echo "== round $round: $c bench $args"
           # shellcheck disable=SC2086  # the arguments of one bench, word by word
-          "$c" bench $args | grep -E '^ *[0-9]+ +[0-9]+ |^ +M +N ' || return
+          table=$("$c" bench $args) || { echo "$table"; return 1; }  # a failed check fails the stage
+          grep -E '^ *[0-9]+ +[0-9]+ |^ +M +N ' <<<"$table"
         done
       done < <(tr ';' '\n' <<<"${RMSNORM_COMPARE:---op backward --dtype bf16 --suite train}")
     done
