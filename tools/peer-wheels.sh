@@ -26,20 +26,33 @@ wheels=(quack-kernels==0.6.5 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-b
 case "${1:-}" in
   pack)
     dir=${2:?usage: tools/peer-wheels.sh pack DIR}
-    mkdir -p "$dir/download" "$dir/a" "$dir/b"
+    mb=${PEER_WHEELS_PART_MB:-52}
+    mkdir -p "$dir/download"
     python3 -m pip download -q -d "$dir/download" --platform manylinux_2_28_x86_64 --python-version 3.12 \
       --implementation cp --only-binary=:all: --no-deps "${wheels[@]}"
-    rm -f "$dir"/a/* "$dir"/b/*
-    # The large wheel split at 52 MB: its head in part a, the rest and every other wheel in b.
+    rm -rf "$dir"/[a-z] "$dir/split"
+    mkdir -p "$dir/split"
+    # The large wheel split into pieces of $mb MiB, piece .part.aa in DIR/a, .part.ab in DIR/b
+    # and so on; every other wheel goes with the last piece.
+    small=()
     for w in "$dir"/download/*.whl; do
-      if [ "$(stat -c %s "$w")" -gt $((52 * 1024 * 1024)) ]; then
-        split -b 52M "$w" "$dir/a/$(basename "$w").part."
-        mv "$dir"/a/"$(basename "$w")".part.a[b-z] "$dir/b/"
+      if [ "$(stat -c %s "$w")" -gt $((mb * 1024 * 1024)) ]; then
+        split -b "${mb}M" "$w" "$dir/split/$(basename "$w").part."
       else
-        cp "$w" "$dir/b/"
+        small+=("$w")
       fi
     done
-    du -sh "$dir/a" "$dir/b"
+    parts=("$dir"/split/*)
+    letters=(a b c d e f g h i j)
+    for i in "${!parts[@]}"; do
+      mkdir -p "$dir/${letters[$i]}"
+      mv "${parts[$i]}" "$dir/${letters[$i]}/"
+    done
+    last=$dir/${letters[$(( ${#parts[@]} > 0 ? ${#parts[@]} - 1 : 0 ))]}
+    mkdir -p "$last"
+    cp "${small[@]}" "$last/"
+    rmdir "$dir/split"
+    du -sh "$dir"/[a-z]
     ;;
   stash)
     part=${2:?usage: tools/peer-wheels.sh stash PART}
@@ -61,7 +74,7 @@ case "${1:-}" in
     echo "export PYTHONPATH=$site:$site/nvidia_cutlass_dsl/dsl_packages\${PYTHONPATH:+:\$PYTHONPATH}"
     ;;
   *)
-    sed -n '2,19p' "$0"
+    sed -n '2,22p' "$0"
     exit 2
     ;;
 esac
