@@ -33,6 +33,9 @@
 #   output, bf16, each beside its unfused form and the copy), and
 #   decode (not by default: the decode suite, forward and residual add, bf16 and f16, as
 #   block rows and with few rows split over clusters: bench --split; RMSNORM_CLI as for cluster),
+#   cluster_smem (not by default: tools/explore/cluster_smem_rows.cu, the forward's cluster
+#   rows with their slices in registers or shared memory, one cluster a row or looping, beside
+#   the copy and the library's figures; RMSNORM_CLI as for cluster),
 #   decode_floor (not by default: tools/explore/decode_floor.cu, copies of the decode
 #   suite's bytes one block a row, split over blocks and over clusters, and the block row's
 #   norm itself, beside the copy),
@@ -280,6 +283,23 @@ if want decode_floor; then
   run decode_floor_build nvcc -O3 -std=c++17 -arch=sm_90 -o "$out/decode_floor" tools/explore/decode_floor.cu &&
     run decode_floor "$out/decode_floor"
   record decode_floor explore-decode-floor
+fi
+
+bundle
+if want cluster_smem; then
+  # What QuACK's data path and grid give the forward's cluster rows: tools/explore/
+  # cluster_smem_rows.cu (compiled here: not part of the build), a row's slices in
+  # registers or in shared memory, one cluster a row or looping, beside the copy; then the
+  # library's own figures on the same shapes (RMSNORM_CLI as for cluster).
+  smem_rows() {
+    nvcc -O3 -std=c++17 -arch=sm_90 -o "$out/cluster_smem_rows" tools/explore/cluster_smem_rows.cu || return
+    "$out/cluster_smem_rows" || return
+    [ -x "$bench_cli" ] || { echo "no library CLI at $bench_cli"; return 0; }
+    echo "library: $bench_cli ($(cat "$(dirname "$bench_cli")/../carried-commit" 2>/dev/null || echo "$commit"))"
+    bench_shapes forward bf16 "16384:32768 4096:65536 2048:131072 1024:262144"
+  }
+  run cluster_smem smem_rows
+  record cluster_smem explore-cluster-smem-rows
 fi
 
 bundle
