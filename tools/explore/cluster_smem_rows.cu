@@ -17,8 +17,8 @@
 // y = bf16(x * rstd * w), fp32 math, rows of bf16 whose slices are whole 16-byte chunks;
 // checked against a host reference before anything is timed; inputs rotated over two sets
 // (each call moves more than 4x the L2); the copy is the faster of a graph of
-// cudaMemcpyAsync and the same calls on the stream. Not part of the library or its tests: built and
-// run by hand,
+// cudaMemcpyAsync and the same calls on the stream. Not part of the library or its tests:
+// built and run by hand,
 //   nvcc -O3 -std=c++17 -arch=sm_90 -o cluster_smem_rows tools/explore/cluster_smem_rows.cu && ./cluster_smem_rows
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
