@@ -155,36 +155,33 @@ struct Launch {
   long long blocks;
 };
 
-static int resident_clusters(const Launch& l) {
+// A launch of `blocks` blocks in clusters of l.ranks (the attribute lives in `attr`).
+static cudaLaunchConfig_t cluster_config(const Launch& l, long long blocks, cudaStream_t s, cudaLaunchAttribute& attr) {
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(l.ranks * 1024));
+  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
   cfg.blockDim = dim3(l.threads);
   cfg.dynamicSmemBytes = l.smem;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = l.ranks;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
+  cfg.stream = s;
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = l.ranks;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  cfg.attrs = &attr;
   cfg.numAttrs = 1;
+  return cfg;
+}
+
+static int resident_clusters(const Launch& l) {
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_config(l, l.ranks * 1024LL, nullptr, attr);
   int n = 0;
   CK(cudaOccupancyMaxActiveClusters(&n, l.fn, &cfg));
   return n;
 }
 
 static void launch(const Launch& l, const Args& a, cudaStream_t s) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(l.blocks));
-  cfg.blockDim = dim3(l.threads);
-  cfg.dynamicSmemBytes = l.smem;
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = l.ranks;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_config(l, l.blocks, s, attr);
   void* params[] = {const_cast<Args*>(&a)};
   CK(cudaLaunchKernelExC(&cfg, l.fn, params));
 }
