@@ -33,16 +33,9 @@
 #include <random>
 #include <vector>
 
-namespace cg = cooperative_groups;
+#include "check_cuda.h"
 
-#define CK(x)                                                                                 \
-  do {                                                                                        \
-    cudaError_t e_ = (x);                                                                     \
-    if (e_ != cudaSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
+namespace cg = cooperative_groups;
 
 constexpr int kMaxRanks = 16;
 

@@ -54,20 +54,13 @@
 #include <cub/block/block_reduce.cuh>
 #include <vector>
 
+#include "check_cuda.h"
+
 #ifdef DECODE_FLOOR_LIBRARY
 #include "cuda/forward_kernels.cuh"
 #endif
 
 namespace cg = cooperative_groups;
-
-#define CK(x)                                                                                 \
-  do {                                                                                        \
-    cudaError_t e_ = (x);                                                                     \
-    if (e_ != cudaSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
 
 constexpr int kVec = 4;  // vectors a lane, as the block rows of 4096-16384 16-bit columns
 
