@@ -196,9 +196,10 @@ int main(int argc, char** argv) {
   const int reps = argc > 1 ? std::atoi(argv[1]) : 30;
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("# %s, %d SMs, %d MB L2; bf16; GB/s of 2*M*N*2 bytes (read x, write y); median of %d replays "
-              "of a graph of back-to-back calls over two input sets; %% of the copy of the same bytes\n",
-              prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, reps);
+  std::printf(
+      "# %s, %d SMs, %d MB L2; bf16; GB/s of 2*M*N*2 bytes (read x, write y); median of %d replays "
+      "of a graph of back-to-back calls over two input sets; %% of the copy of the same bytes\n",
+      prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, reps);
   cudaStream_t s;
   CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   cudaEvent_t e0, e1;
@@ -241,11 +242,16 @@ int main(int argc, char** argv) {
     long long slice;
   };
   const Kind kinds[] = {
-      {"smem 256x8", Variant<256, 8, true>::fn(), Variant<256, 8, true>::smem(), 256, Variant<256, 8, true>::slice_chunks()},
-      {"smem 128x16", Variant<128, 16, true>::fn(), Variant<128, 16, true>::smem(), 128, Variant<128, 16, true>::slice_chunks()},
-      {"smem 512x4", Variant<512, 4, true>::fn(), Variant<512, 4, true>::smem(), 512, Variant<512, 4, true>::slice_chunks()},
-      {"smem 256x4", Variant<256, 4, true>::fn(), Variant<256, 4, true>::smem(), 256, Variant<256, 4, true>::slice_chunks()},
-      {"smem 512x8", Variant<512, 8, true>::fn(), Variant<512, 8, true>::smem(), 512, Variant<512, 8, true>::slice_chunks()},
+      {"smem 256x8", Variant<256, 8, true>::fn(), Variant<256, 8, true>::smem(), 256,
+       Variant<256, 8, true>::slice_chunks()},
+      {"smem 128x16", Variant<128, 16, true>::fn(), Variant<128, 16, true>::smem(), 128,
+       Variant<128, 16, true>::slice_chunks()},
+      {"smem 512x4", Variant<512, 4, true>::fn(), Variant<512, 4, true>::smem(), 512,
+       Variant<512, 4, true>::slice_chunks()},
+      {"smem 256x4", Variant<256, 4, true>::fn(), Variant<256, 4, true>::smem(), 256,
+       Variant<256, 4, true>::slice_chunks()},
+      {"smem 512x8", Variant<512, 8, true>::fn(), Variant<512, 8, true>::smem(), 512,
+       Variant<512, 8, true>::slice_chunks()},
       {"regs 256x8", Variant<256, 8, false>::fn(), 0, 256, Variant<256, 8, false>::slice_chunks()},
       {"regs 512x8", Variant<512, 8, false>::fn(), 0, 512, Variant<512, 8, false>::slice_chunks()},
       {"regs 1024x4", Variant<1024, 4, false>::fn(), 0, 1024, Variant<1024, 4, false>::slice_chunks()},
@@ -280,14 +286,16 @@ int main(int argc, char** argv) {
     return t[t.size() / 2];
   };
 
-  std::printf("%6s %8s  %-12s %-8s %6s %9s %9s %7s %s\n", "M", "N", "variant", "grid", "ranks", "GB/s", "copy GB/s", "%copy",
-              "resident clusters");
+  std::printf("%6s %8s  %-12s %-8s %6s %9s %9s %7s %s\n", "M", "N", "variant", "grid", "ranks", "GB/s", "copy GB/s",
+              "%copy", "resident clusters");
   for (const Shape& sh : shapes) {
     const size_t bytes = size_t(sh.rows) * sh.cols * 2;
     const double moved = 2.0 * bytes;
     // The copy as the library's bench takes it: the faster of a graph of copies and the same
     // copies issued one after another on the stream (a graph's copy nodes ran slower here).
-    const auto copy = [&](int k, cudaStream_t st) { CK(cudaMemcpyAsync(y[k], x[k], bytes, cudaMemcpyDeviceToDevice, st)); };
+    const auto copy = [&](int k, cudaStream_t st) {
+      CK(cudaMemcpyAsync(y[k], x[k], bytes, cudaMemcpyDeviceToDevice, st));
+    };
     float loop_ms;
     {
       std::vector<float> t;
@@ -305,7 +313,8 @@ int main(int argc, char** argv) {
     }
     const float copy_ms = std::min(time_graph(copy), loop_ms);
     const double copy_gbs = moved / (copy_ms * 1e-3) / 1e9;
-    std::printf("%6d %8lld  %-12s %-8s %6s %9.0f %9.0f %7s\n", sh.rows, sh.cols, "copy", "", "", copy_gbs, copy_gbs, "100.0");
+    std::printf("%6d %8lld  %-12s %-8s %6s %9.0f %9.0f %7s\n", sh.rows, sh.cols, "copy", "", "", copy_gbs, copy_gbs,
+                "100.0");
     Args a{};
     a.rows = sh.rows;
     a.row_chunks = sh.cols / 8;
@@ -319,7 +328,8 @@ int main(int argc, char** argv) {
       Launch l{k.fn, k.smem, k.threads, static_cast<int>(ranks), 0};
       const int resident = resident_clusters(l);
       if (resident == 0) {
-        std::printf("%6d %8lld  %-12s %-8s %6lld   (no cluster of this size fits)\n", sh.rows, sh.cols, k.name, "", ranks);
+        std::printf("%6d %8lld  %-12s %-8s %6lld   (no cluster of this size fits)\n", sh.rows, sh.cols, k.name, "",
+                    ranks);
         continue;
       }
       for (int grid = 0; grid < 3; ++grid) {  // 0: a cluster a row; 1, 2: K x resident clusters, looping
@@ -336,8 +346,10 @@ int main(int argc, char** argv) {
           std::vector<unsigned short> hx(sh.cols), hy(sh.cols), hw(sh.cols);
           CK(cudaMemcpy(hw.data(), w, sh.cols * 2, cudaMemcpyDeviceToHost));
           for (int r : {0, sh.rows / 2 + 1, sh.rows - 1}) {
-            CK(cudaMemcpy(hx.data(), reinterpret_cast<const char*>(x[0]) + size_t(r) * sh.cols * 2, sh.cols * 2, cudaMemcpyDeviceToHost));
-            CK(cudaMemcpy(hy.data(), reinterpret_cast<const char*>(y[0]) + size_t(r) * sh.cols * 2, sh.cols * 2, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(hx.data(), reinterpret_cast<const char*>(x[0]) + size_t(r) * sh.cols * 2, sh.cols * 2,
+                          cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(hy.data(), reinterpret_cast<const char*>(y[0]) + size_t(r) * sh.cols * 2, sh.cols * 2,
+                          cudaMemcpyDeviceToHost));
             double ss = 0;
             for (long long c = 0; c < sh.cols; ++c) ss += double(bf16_to_float(hx[c])) * bf16_to_float(hx[c]);
             const double rstd = 1.0 / std::sqrt(ss / sh.cols + 1e-6);
@@ -345,7 +357,8 @@ int main(int argc, char** argv) {
               const double want = bf16_to_float(hx[c]) * rstd * bf16_to_float(hw[c]);
               const double got = bf16_to_float(hy[c]);
               if (!(std::fabs(got - want) <= 1e-2 * std::fabs(want) + 1e-3)) {
-                std::printf("CHECK FAILED: %s ranks %lld row %d col %lld: %g against %g\n", k.name, ranks, r, c, got, want);
+                std::printf("CHECK FAILED: %s ranks %lld row %d col %lld: %g against %g\n", k.name, ranks, r, c, got,
+                            want);
                 return 1;
               }
             }
@@ -360,8 +373,8 @@ int main(int argc, char** argv) {
         const double gbs = moved / (ms * 1e-3) / 1e9;
         char gname[16];
         std::snprintf(gname, sizeof gname, grid == 0 ? "rows" : "loop %d", grid);
-        std::printf("%6d %8lld  %-12s %-8s %6lld %9.0f %9.0f %7.1f %d\n", sh.rows, sh.cols, k.name, gname, ranks, gbs, copy_gbs,
-                    100.0 * gbs / copy_gbs, resident);
+        std::printf("%6d %8lld  %-12s %-8s %6lld %9.0f %9.0f %7.1f %d\n", sh.rows, sh.cols, k.name, gname, ranks, gbs,
+                    copy_gbs, 100.0 * gbs / copy_gbs, resident);
       }
     }
   }
