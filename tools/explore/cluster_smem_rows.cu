@@ -133,12 +133,20 @@ __global__ void __launch_bounds__(THREADS, 65536 / (THREADS * 64)) ClusterRows(c
   // all precede its cluster barrier, so nothing is written after it.
 }
 
-template <int THREADS, int CHUNKS, bool SMEM>
-struct Variant {
-  static void* fn() { return reinterpret_cast<void*>(&ClusterRows<THREADS, CHUNKS, SMEM>); }
-  static constexpr size_t smem() { return SMEM ? size_t{THREADS} * CHUNKS * 16 : 0; }
-  static constexpr long long slice_chunks() { return (long long)THREADS * CHUNKS; }
+// One variant of the kernel as the main loop takes it: its name, entry point, dynamic
+// shared memory, threads a block and chunks a block's slice.
+struct Kind {
+  const char* name;
+  void* fn;
+  size_t smem;
+  int threads;
+  long long slice;
 };
+template <int THREADS, int CHUNKS, bool SMEM>
+Kind kind(const char* name) {
+  return {name, reinterpret_cast<void*>(&ClusterRows<THREADS, CHUNKS, SMEM>), SMEM ? size_t{THREADS} * CHUNKS * 16 : 0,
+          THREADS, (long long)THREADS * CHUNKS};
+}
 
 struct Launch {
   void* fn;
@@ -234,27 +242,10 @@ int main(int argc, char** argv) {
 
   // The variants: data path, threads x chunks a thread (32 KB slices, QuACK's 256 x 8
   // among them; 16 KB slices in clusters twice the size), one cluster a row or a loop.
-  struct Kind {
-    const char* name;
-    void* fn;
-    size_t smem;
-    int threads;
-    long long slice;
-  };
   const Kind kinds[] = {
-      {"smem 256x8", Variant<256, 8, true>::fn(), Variant<256, 8, true>::smem(), 256,
-       Variant<256, 8, true>::slice_chunks()},
-      {"smem 128x16", Variant<128, 16, true>::fn(), Variant<128, 16, true>::smem(), 128,
-       Variant<128, 16, true>::slice_chunks()},
-      {"smem 512x4", Variant<512, 4, true>::fn(), Variant<512, 4, true>::smem(), 512,
-       Variant<512, 4, true>::slice_chunks()},
-      {"smem 256x4", Variant<256, 4, true>::fn(), Variant<256, 4, true>::smem(), 256,
-       Variant<256, 4, true>::slice_chunks()},
-      {"smem 512x8", Variant<512, 8, true>::fn(), Variant<512, 8, true>::smem(), 512,
-       Variant<512, 8, true>::slice_chunks()},
-      {"regs 256x8", Variant<256, 8, false>::fn(), 0, 256, Variant<256, 8, false>::slice_chunks()},
-      {"regs 512x8", Variant<512, 8, false>::fn(), 0, 512, Variant<512, 8, false>::slice_chunks()},
-      {"regs 1024x4", Variant<1024, 4, false>::fn(), 0, 1024, Variant<1024, 4, false>::slice_chunks()},
+      kind<256, 8, true>("smem 256x8"),  kind<128, 16, true>("smem 128x16"),  kind<512, 4, true>("smem 512x4"),
+      kind<256, 4, true>("smem 256x4"),  kind<512, 8, true>("smem 512x8"),    kind<256, 8, false>("regs 256x8"),
+      kind<512, 8, false>("regs 512x8"), kind<1024, 4, false>("regs 1024x4"),
   };
   for (const Kind& k : kinds) {
     CK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
