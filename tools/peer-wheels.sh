@@ -42,6 +42,7 @@ case "${1:-}" in
         small+=("$w")
       fi
     done
+    shopt -s nullglob  # no wheel over the size: no pieces, one part of the small wheels
     parts=("$dir"/split/*)
     letters=(a b c d e f g h i j)
     for i in "${!parts[@]}"; do
