@@ -206,7 +206,11 @@ inline constexpr int kMaxClusterSize = 8;
 // The excess of decode over the copy followed the bytes one row moves through its one SM
 // (docs/performance.md); smaller blocks spread a row over more SMs, in clusters of up to 8.
 // Other block rows (and unaligned rows, and the quantised store) are not split: fewer
-// instantiations, and the same bits either way.
+// instantiations, and the same bits either way. Off by default: with a whole cluster barrier
+// at its start and end, a split call took 0.1-0.6 us longer than the block row on the H200
+// (tree cf15eb0); the barriers cost that, not the cluster launch (tools/explore/decode_floor.cu).
+// With the start barrier split around the first loads and none at the end, it won on an H100
+// only where a row moves 64 KB (the residual add at 8192 columns) and lost at 4096 columns.
 inline constexpr int kSplitBlockThreads = 64;
 constexpr int split_blocks(const RegisterConfig& c) {
   const bool split = c.threads_per_row == c.threads_per_block &&
