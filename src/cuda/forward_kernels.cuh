@@ -354,22 +354,17 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
     const std::int64_t row = first + slot;
     const bool valid = row < a.total_rows;
     Vec<TX, VEC> v[ITEMS];
-    load_row<ALIGNED, STEPS, TX, VEC, ITEMS, TPR>(a, row, valid, lane, vectors, v);
-    // The weight after the first row's loads are issued, so that both are in flight
-    // together: issued first, the copies of the weight into the registers it keeps across
-    // rows stalled on its arrival and held back x's loads (two memory latencies in a row
-    // for a single row).
+    // The weight with the first row, issued just before its loads, so that both are in
+    // flight together. Issued after them, the compiler placed it behind the row's sum of
+    // squares, which waits for x: x's latency and then the weight's (L2) on a single row.
     if (weight_pending) {
       load_weight<ALIGNED, TW, VEC, ITEMS, TPR, kPreload>(w, lane, vectors, a.cols, wv);
       weight_pending = false;
     }
+    load_row<ALIGNED, STEPS, TX, VEC, ITEMS, TPR>(a, row, valid, lane, vectors, v);
     // Given sums replace the reduction's result: the row is in registers for y anyway, and
     // the reduction left in place keeps the kernel's code and register allocation.
-    float ss;
-    if constexpr (kSplit)
-      ss = Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v), step);
-    else
-      ss = Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v));
+    const float ss = Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v), step);
     const float rstd = rstd_from_sum(a.row_sums ? (valid ? a.row_sums[row] : 0.f) : ss, a.inv_cols, a.eps);
     if (valid && a.rstd && lane == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + (valid ? row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride) : 0);
