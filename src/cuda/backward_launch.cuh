@@ -89,8 +89,13 @@ std::int64_t launch_backward_clusters(const BackwardArgs& a, const Plan& plan, i
 
 template <class TDW>
 void launch_dw_finalize(const float* partial, std::int64_t partials, std::int64_t cols, void* dw, const Queue& q) {
-  launch_kernel(DwFinalizeImpl<TDW>, {grid_for((cols + 31) / 32), dim3(32, 32)}, q, "DwFinalizeImpl", nullptr, partial,
-                partials, cols, static_cast<TDW*>(dw));
+  // 16-byte loads where every partial row starts 16-byte aligned (as write_partial's wide stores).
+  if (cols % 4 == 0 && reinterpret_cast<std::uintptr_t>(partial) % 16 == 0)
+    launch_kernel(DwFinalizeImpl<TDW, 4>, {grid_for((cols + 127) / 128), dim3(32, 32)}, q, "DwFinalizeImpl", nullptr,
+                  partial, partials, cols, static_cast<TDW*>(dw));
+  else
+    launch_kernel(DwFinalizeImpl<TDW, 1>, {grid_for((cols + 31) / 32), dim3(32, 32)}, q, "DwFinalizeImpl", nullptr,
+                  partial, partials, cols, static_cast<TDW*>(dw));
 }
 
 template <bool ALIGNED, bool RESIDUAL, class TX, class TG, class TW>
