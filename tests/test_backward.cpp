@@ -32,11 +32,13 @@ struct BackwardCase {
   bool in_place = false;  // dx is dy
   double offset = 0.0;
   Strategy strategy = Strategy::automatic;
+  std::size_t ws_offset = 0;  // CUDA: bytes the workspace starts past its allocation's start
   std::string describe() const {
     return std::string(dtype_name(x)) + " w=" + (w ? dtype_name(*w) : "none") + " dw=" + dtype_name(dw) + " (" +
            std::to_string(batch) + "x" + std::to_string(rows) + "x" + std::to_string(cols) +
            ") rs=" + std::to_string(row_stride) + " lead=" + std::to_string(lead) + (saved_rstd ? " rstd" : "") +
-           (in_place ? " in-place" : "") + " offset=" + std::to_string(offset) + " " + strategy_name(strategy);
+           (in_place ? " in-place" : "") + " offset=" + std::to_string(offset) + " " + strategy_name(strategy) +
+           (ws_offset ? " workspace+" + std::to_string(ws_offset) : "");
   }
 };
 
@@ -89,11 +91,11 @@ BackwardOutcome run_backward(Backend b, const BackwardCase& c, std::uint64_t see
       return m ? std::optional<TensorView>(m->view) : std::nullopt;
     };
     const std::size_t bytes = backward_workspace_size(dx_d.view, dopt(dw_d), params);
-    DeviceBuffer ws(bytes + 1);
+    DeviceBuffer ws(bytes + c.ws_offset + 1);
     ws.fill(0xFF);  // a stale workspace must not leak into dw
     try {
       backward(dy_d.view, dx_d.view, dopt(w_d), dopt(r_d), c.in_place ? dy_d.view : dxo_d.view, dopt(dw_d), params,
-               ws.data(), bytes);
+               ws.data() + c.ws_offset, bytes);
     } catch (const Error& e) {
       if (e.code() == Code::unsupported && c.strategy != Strategy::automatic) {
         out.unsupported = true;
@@ -241,6 +243,30 @@ TEST_P(Backward, DwIsBitIdenticalAcrossRuns) {
     EXPECT_EQ(a.dw_bytes, b.dw_bytes) << c.describe() << ": dw differs between two runs";
     EXPECT_EQ(a.dx_bytes, b.dx_bytes) << c.describe() << ": dx differs between two runs";
   }
+}
+
+// dw's partial rows are written and read 16 bytes at a time where the workspace is 16-byte
+// aligned, a float at a time where it is not: the same sums in the same order, so the same
+// bits. Block rows of one row a block (8192, 16384 columns) and cluster rows (65536), with
+// the finalisation's wide form from 16384 columns on 132 SMs.
+TEST_P(Backward, DwBitsDoNotDependOnTheWorkspaceAlignment) {
+  if (GetParam() == Backend::cpu) GTEST_SKIP() << "the partial rows' layout is the CUDA backend's";
+  for (DType x : {DType::bf16, DType::f32})
+    for (std::int64_t cols : {8192, 16384, 65536}) {
+      BackwardCase c;
+      c.x = x;
+      c.w = x;
+      c.dw = DType::f32;
+      c.cols = cols;
+      c.rows = cols == 65536 ? 67 : 700;
+      const BackwardOutcome aligned = run_backward(GetParam(), c, seed_of({static_cast<int>(x), cols}));
+      c.ws_offset = 4;
+      const BackwardOutcome shifted = run_backward(GetParam(), c, seed_of({static_cast<int>(x), cols}));
+      EXPECT_TRUE(aligned.dw.passed()) << c.describe() << ": " << aligned.dw.describe();
+      EXPECT_TRUE(shifted.dw.passed()) << c.describe() << ": " << shifted.dw.describe();
+      EXPECT_EQ(aligned.dw_bytes, shifted.dw_bytes) << c.describe() << ": dw depends on the workspace's alignment";
+      EXPECT_EQ(aligned.dx_bytes, shifted.dx_bytes) << c.describe() << ": dx depends on the workspace's alignment";
+    }
 }
 
 TEST_P(Backward, ForcedStrategies) {

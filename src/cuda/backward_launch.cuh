@@ -87,14 +87,21 @@ std::int64_t launch_backward_clusters(const BackwardArgs& a, const Plan& plan, i
   });
 }
 
+// A float a lane (32 columns a 1024-thread block) where that grid fits the SMs in one wave
+// of two blocks each; four (16-byte loads, 128 columns a block) where it would take more,
+// when the partial rows are 16-byte aligned. On an H100 the one-float kernel took 4.5 / 5.2
+// us at 2048 / 4096 columns (one wave) and 9.1 / 11.1 us at 16384 / 32768 (two and four);
+// four floats a lane at 128 columns (one block) cost 262144 x 128 1.3 us a call.
 template <class TDW>
-void launch_dw_finalize(const float* partial, std::int64_t partials, std::int64_t cols, void* dw, const Queue& q) {
-  // 16-byte loads where every partial row starts 16-byte aligned (as write_partial's wide stores).
-  if (cols % 4 == 0 && reinterpret_cast<std::uintptr_t>(partial) % 16 == 0)
+void launch_dw_finalize(const float* partial, std::int64_t partials, std::int64_t cols, void* dw, int sm_count,
+                        const Queue& q) {
+  const std::int64_t narrow_blocks = (cols + 31) / 32;
+  if (narrow_blocks > 2 * std::int64_t{sm_count} && cols % 4 == 0 &&
+      reinterpret_cast<std::uintptr_t>(partial) % 16 == 0)
     launch_kernel(DwFinalizeImpl<TDW, 4>, {grid_for((cols + 127) / 128), dim3(32, 32)}, q, "DwFinalizeImpl", nullptr,
                   partial, partials, cols, static_cast<TDW*>(dw));
   else
-    launch_kernel(DwFinalizeImpl<TDW, 1>, {grid_for((cols + 31) / 32), dim3(32, 32)}, q, "DwFinalizeImpl", nullptr,
+    launch_kernel(DwFinalizeImpl<TDW, 1>, {grid_for(narrow_blocks), dim3(32, 32)}, q, "DwFinalizeImpl", nullptr,
                   partial, partials, cols, static_cast<TDW*>(dw));
 }
 
@@ -125,9 +132,9 @@ void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_co
   }
   if (!p.dw) return;
   if (p.dw_dtype == DType::f32)
-    launch_dw_finalize<float>(a.partial, blocks, p.cols, p.dw, q);
+    launch_dw_finalize<float>(a.partial, blocks, p.cols, p.dw, sm_count, q);
   else
-    launch_dw_finalize<TW>(a.partial, blocks, p.cols, p.dw, q);
+    launch_dw_finalize<TW>(a.partial, blocks, p.cols, p.dw, sm_count, q);
 }
 
 // TX: x's type (r_out's); TG: the gradients' (dy, dx), x's or 16-bit with an f32 r_out; the
