@@ -245,6 +245,31 @@ TEST_P(Backward, DwIsBitIdenticalAcrossRuns) {
   }
 }
 
+// Rows past the backward's cluster rows (131072 16-bit columns, 65536 f32), with dw wanted
+// and the rstd saved, run in column shards on CUDA: the rows' dot products first, then
+// each shard a cluster row reading them. dx and dw against the oracle over dtypes, an f32
+// weight, Gemma's offset, lengths that are not a multiple of the chunk, misaligned views
+// (every array loaded an element at a time), and dx in place of dy.
+TEST_P(Backward, LongRowsInColumnShards) {
+  std::size_t k = 0;
+  for (DType x : {DType::bf16, DType::f16, DType::f32})
+    for (std::int64_t cols : {140000, 262147})
+      for (std::int64_t lead : {0, 1}) {
+        BackwardCase c;
+        c.x = x;
+        c.w = k % 2 == 1 && x != DType::f32 ? DType::f32 : x;
+        c.dw = k % 3 == 0 ? DType::f32 : *c.w;
+        c.cols = cols;
+        c.rows = 3;
+        c.lead = lead;
+        c.saved_rstd = true;
+        c.offset = k % 2 == 1 ? 1.0 : 0.0;
+        c.in_place = k % 4 == 3;
+        expect_good(GetParam(), c, seed_of({static_cast<int>(x), cols, lead}));
+        ++k;
+      }
+}
+
 // dw's partial rows are written and read 16 bytes at a time where the workspace is 16-byte
 // aligned, a float at a time where it is not: the same sums in the same order, so the same
 // bits. Block rows of one row a block (8192, 16384 columns) and cluster rows (65536), with

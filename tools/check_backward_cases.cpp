@@ -88,9 +88,10 @@ std::vector<CheckGroup> build_backward_check_groups(bool quick, bool on_cuda) {
   }
 
   // Long rows with few rows: the rows a model's widest layers (and the vocabulary-sized
-  // norms) give, past what a block holds in registers.
+  // norms) give, past what a block holds in registers, and past what a cluster holds (140000
+  // and 262147: with the saved rstd and dw, the CUDA backend's column shards).
   {
-    const Cols cols = quick ? Cols{16384, 65536} : Cols{16384, 32768, 65536};
+    const Cols cols = quick ? Cols{16384, 65536, 140000} : Cols{16384, 32768, 65536, 140000, 262147};
     CheckGroup g{"backward long rows", {}, {}};
     std::size_t k = 0;
     for (DType t : base_types)
