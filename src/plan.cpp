@@ -189,9 +189,9 @@ Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {
   // an element of a 16-bit row there (x and dy twice, the partial dw row read and rewritten
   // every row), 35.6 % of the copy at 1024 x 262144 bf16 on the H200; the shards 10 (x and
   // dy for the dots, then x, dy and dx). Without dw long_row moves those 10 bytes too.
-  const bool dots_known = p.row_dots != nullptr || p.x_dtype == p.dx_dtype;
-  if (requested == Strategy::automatic && plan.strategy == Strategy::long_row && cc_major >= 9 && p.dw &&
-      p.rstd && dots_known) {
+  const bool dots_summable = p.row_dots != nullptr || p.x_dtype == p.dx_dtype;
+  if (requested == Strategy::automatic && plan.strategy == Strategy::long_row && cc_major >= 9 && p.dw && p.rstd &&
+      dots_summable) {
     const int vw = chunk_width(p.x_dtype);
     const std::int64_t vectors = (p.cols + vw - 1) / vw;
     const std::int64_t most = std::int64_t{kMaxClusterSize} * kBackwardClusterRowConfigs[0].capacity();

@@ -334,7 +334,8 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
                                                            rstd * rstd * rstd * gx * a.inv_cols, dw_acc, a);
   }
   // One partial row per cluster: each block fills its slice.
-  if (a.partial) write_partial<ALIGNED, VEC, ITEMS, BLOCK>(a.partial + place.cluster * a.cols, first, end, a.cols, dw_acc);
+  if (a.partial)
+    write_partial<ALIGNED, VEC, ITEMS, BLOCK>(a.partial + place.cluster * a.cols, first, end, a.cols, dw_acc);
   Sum::finish();
 #endif
 }

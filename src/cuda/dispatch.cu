@@ -80,15 +80,16 @@ cuda::Queue queue_for(Stream stream, bool pdl, int device) {
 template <class T>
 T* columns_in(T* base, std::int64_t cols, DType dtype) {
   using Byte = std::conditional_t<std::is_const_v<T>, const unsigned char, unsigned char>;
-  return base ? static_cast<T*>(static_cast<Byte*>(base) + cols * static_cast<std::int64_t>(dtype_size(dtype))) : nullptr;
+  return base ? static_cast<T*>(static_cast<Byte*>(base) + cols * static_cast<std::int64_t>(dtype_size(dtype)))
+              : nullptr;
 }
 
 // A row beyond the backward's cluster rows, as plan_backward plans it (dw wanted, rstd
 // saved): the rows' dot products sum(g x) over every column first, into the workspace's
-// head (partial_sum's kernel; the sharded rows' apply step brings its own), then the columns
-// in shards of equal width, whole chunks each, every shard a cluster-row backward reading
-// the saved rstd and the dots (the apply step's kernels, over full_cols), each finishing its
-// slice of dw. The shards run in stream order through the same partial dw rows.
+// head (partial_grad_dot's kernel; the sharded rows' apply step brings its own), then the
+// columns in shards of equal width, whole chunks each, every shard a cluster-row backward
+// reading the saved rstd and the dots (the apply step's kernels, over full_cols), each
+// finishing its slice of dw. The shards run in stream order through the same partial rows.
 void backward_in_column_shards(const BackwardProblem& p, const Plan& plan, std::int64_t held, int device,
                                Stream stream) {
   const std::int64_t vw = plan.vector_width;
