@@ -8,6 +8,8 @@
 # summary is printed last.
 #
 #   RMSNORM_COMMIT=<sha> [RMSNORM_CMAKE_ARGS=...] [RMSNORM_CARRIED_BUILD=FILE] tools/gpu-run.sh OUTDIR [stage ...]
+#   RMSNORM_IF_GPU=H200 [RMSNORM_ELSE_STAGES="..."]: the stages only where the GPU's name has
+#   H200 in it, the else-stages (default none) on any other card.
 #   RMSNORM_CARRIED_BUILD: a build of this commit packed by tools/gpu-pack.sh (or its parts, in
 #   order, space-separated), unpacked in place of the build stage (pytree takes the pack's
 #   PyTorch extension, built against the torch of the machine that packed it:
@@ -56,6 +58,13 @@ gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head 
 # "NVIDIA H200" -> h200, "NVIDIA H100 80GB HBM3" -> h100.
 gpu=$(echo "$gpu_name" | grep -oiE '\b[A-Z][0-9]{2,4}\b' | head -1 | tr 'A-Z' 'a-z')
 gpu=${gpu:-gpu}
+# RMSNORM_IF_GPU=<name> [RMSNORM_ELSE_STAGES="stage ..."]: the stages named run only on a GPU
+# whose name has <name> in it (H200: the landing rule's device); on another the else-stages
+# run instead (none by default), so one call serves whichever card the device tool lends.
+if [ -n "${RMSNORM_IF_GPU:-}" ] && [[ "$gpu_name" != *"$RMSNORM_IF_GPU"* ]]; then
+  stages=" ${RMSNORM_ELSE_STAGES:-} "
+  swapped="not on $RMSNORM_IF_GPU but $gpu_name: stages$stages"
+fi
 prefix="$results/$(date -u +%Y-%m-%d)-$gpu-$commit"
 summary="$prefix-summary.txt"
 : >"$summary"
@@ -97,6 +106,7 @@ bundle() {
   cmake --version
 } >"$logs/env.log" 2>&1
 note "rmsnorm GPU run, commit $commit, $(date -u +%Y-%m-%dT%H:%MZ), stages:$stages"
+[ -n "${swapped:-}" ] && note "$swapped"
 note "$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
 
 # unpack_carried "FILE ...": a build packed elsewhere by tools/gpu-pack.sh (whole, or its parts

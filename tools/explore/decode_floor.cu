@@ -26,12 +26,22 @@
 //               in one accumulator a vector (added as a tree), and the block's sum by warp
 //               butterflies, one block barrier and every thread adding the warps' totals
 //               (BlockReduce and the broadcast of thread 0's total take two barriers)
+//   library     (built with -DDECODE_FLOOR_LIBRARY -Isrc -Iinclude; plain forward only) the
+//               library's own block-row kernel (RegisterRowsImpl, bf16, the fp32 cast, the
+//               configuration the planner takes for these rows: 128 x 4 and 256 x 4) with a
+//               weight, launched here as the library launches it, so that its time sits
+//               beside the norm variants' in one process; built against another tree's
+//               src/ (-I), it prices a change to the kernel without building the library
 // Every kernel but memcpy is launched with programmatic dependent launch, as the library's
 // are, and waits for the previous grid before its first load. Tensors: ARRAYS inputs
 // copied to ARRAYS outputs (1: the plain forward's bytes; 2: the residual add's), rows of N
 // 16-bit elements, rotated over sets of at least 256 MB so that no call reads what an
 // earlier one left in L2. Not part of the library or its tests: built and run by hand,
 //   nvcc -O3 -std=c++17 -arch=sm_90 -o decode_floor tools/explore/decode_floor.cu && ./decode_floor
+// with the library's kernel (`./decode_floor library` times only memcpy, norm+w and library,
+// one array):
+//   nvcc -O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr -DDECODE_FLOOR_LIBRARY -DRMSNORM_HAVE_CUDA=1 \
+//     -Isrc -Iinclude -o decode_floor tools/explore/decode_floor.cu
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -43,6 +53,10 @@
 #include <cstring>
 #include <cub/block/block_reduce.cuh>
 #include <vector>
+
+#ifdef DECODE_FLOOR_LIBRARY
+#include "cuda/forward_kernels.cuh"
+#endif
 
 namespace cg = cooperative_groups;
 
@@ -286,13 +300,49 @@ void launch_norm(cudaLaunchConfig_t& cfg, const Args& a, const uint4* w, int blo
     CK(cudaLaunchKernelEx(&cfg, row_norm<256, WEIGHT, MODE>, a, w));
 }
 
+#ifdef DECODE_FLOOR_LIBRARY
+// The library's block row for a row of `lanes` x kVec vectors of 8 bf16, its arguments as
+// the dispatch fills them for a contiguous (m, n) matrix with a weight and the fp32 cast.
+void launch_library(cudaLaunchConfig_t& cfg, const Args& a, const uint4* w, int block, int m) {
+  namespace k = rmsnorm::detail::cuda;
+  k::ForwardArgs f{};
+  const long long n = a.row_vectors * 8;
+  f.x = a.in[0];
+  f.y = a.out[0];
+  f.weight = w;
+  f.rows = f.total_rows = m;
+  f.cols = n;
+  f.x_batch_stride = f.y_batch_stride = m * n;
+  f.x_row_stride = f.y_row_stride = n;
+  f.eps = 1e-6f;
+  f.inv_cols = 1.0f / static_cast<float>(n);
+  f.ranks = 1;
+  f.pieces = 1;
+  f.weight_at = -1;
+  using B = __nv_bfloat16;
+  using Steps = k::ForwardSteps<false, false>;
+  if (block == 128)
+    CK(cudaLaunchKernelEx(&cfg, k::RegisterRowsImpl<true, Steps, B, B, B, 8, 128, kVec, 128>, f));
+  else
+    CK(cudaLaunchKernelEx(&cfg, k::RegisterRowsImpl<true, Steps, B, B, B, 8, 256, kVec, 256>, f));
+}
+#endif
+
 struct Variant {
   const char* name;
-  int kind;  // 0 memcpy, 1 flat, 2 row kernel, 3 norm, 4 norm with a weight, 5 early, 6 fast
+  int kind;  // 0 memcpy, 1 flat, 2 row kernel, 3 norm, 4 norm with a weight, 5 early, 6 fast, 7 library
   int blocks_per_row, cluster, block_barrier, cluster_start, cluster_end, pdl;
 };
 
-int main() {
+int main(int argc, char** argv) {
+  // `library`: the library's kernel beside memcpy and norm+w alone, one array.
+  const bool library_only = argc > 1 && std::strcmp(argv[1], "library") == 0;
+#ifndef DECODE_FLOOR_LIBRARY
+  if (library_only) {
+    std::fprintf(stderr, "decode_floor: built without -DDECODE_FLOOR_LIBRARY\n");
+    return 2;
+  }
+#endif
   const long long kRotate = 256ll << 20;
   const int rows_list[] = {1, 8, 32, 128};
   const int cols_list[] = {4096, 8192};
@@ -323,7 +373,7 @@ int main() {
   CK(cudaGetDeviceProperties(&prop, dev));
   std::printf("# %s, %d SMs; us a call, median of %d replays of a graph of back-to-back calls\n", prop.name, sms, reps);
   std::printf("%-6s %-6s %-6s %-22s %8s\n", "arrays", "rows", "cols", "variant", "us");
-  for (int arrays = 1; arrays <= 2; ++arrays)
+  for (int arrays = 1; arrays <= (library_only ? 1 : 2); ++arrays)
     for (int n : cols_list)
       for (int m : rows_list) {
         const long long row_vectors = n * 2 / 16;
@@ -341,8 +391,15 @@ int main() {
           vs.push_back({"norm+w early", 5, 1, 0, 0, 0, 0, 1});
           vs.push_back({"norm+w fast", 6, 1, 0, 0, 0, 0, 1});
         }
+#ifdef DECODE_FLOOR_LIBRARY
+        if (arrays == 1) vs.push_back({"library", 7, 1, 0, 0, 0, 0, 1});
+#endif
+        if (library_only)
+          vs.erase(std::remove_if(vs.begin(), vs.end(),
+                                  [](const Variant& v) { return v.kind != 0 && v.kind != 4 && v.kind != 7; }),
+                   vs.end());
         const int split = lanes / 64;
-        if (split >= 2 && split * m <= sms) {
+        if (!library_only && split >= 2 && split * m <= sms) {
           vs.push_back({"split", 2, split, 0, 0, 0, 0, 1});
           vs.push_back({"cluster", 2, split, 1, 0, 0, 0, 1});
           vs.push_back({"cluster+start", 2, split, 1, 0, 1, 0, 1});
@@ -397,7 +454,11 @@ int main() {
             } else if (v.kind >= 3) {
               cfg.blockDim = dim3(lanes);
               cfg.gridDim = dim3(static_cast<unsigned>(m));
-              if (v.kind == 6)
+              if (v.kind == 7) {
+#ifdef DECODE_FLOOR_LIBRARY
+                launch_library(cfg, a, weight, lanes, m);
+#endif
+              } else if (v.kind == 6)
                 launch_norm<true, 2>(cfg, a, weight, lanes);
               else if (v.kind == 5)
                 launch_norm<true, 1>(cfg, a, weight, lanes);
