@@ -40,6 +40,8 @@ std::vector<BenchShape> suite_shapes(const std::string& suite) {
     for (std::int64_t n : {2048, 4096, 8192, 16384}) add(16384, n);
     add(8192, 32768);
     add(4096, 65536);
+    add(2048, 131072);  // the widest rows the backward's cluster rows hold (16-bit)
+    add(1024, 262144);  // past them: the backward targets reach 262144 columns
     add(262144, 128);
   }
   return out;

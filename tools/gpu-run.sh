@@ -58,9 +58,7 @@ gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head 
 # "NVIDIA H200" -> h200, "NVIDIA H100 80GB HBM3" -> h100.
 gpu=$(echo "$gpu_name" | grep -oiE '\b[A-Z][0-9]{2,4}\b' | head -1 | tr 'A-Z' 'a-z')
 gpu=${gpu:-gpu}
-# RMSNORM_IF_GPU=<name> [RMSNORM_ELSE_STAGES="stage ..."]: the stages named run only on a GPU
-# whose name has <name> in it (H200: the landing rule's device); on another the else-stages
-# run instead (none by default), so one call serves whichever card the device tool lends.
+# RMSNORM_IF_GPU (above): on another card than the one named, the else-stages instead.
 if [ -n "${RMSNORM_IF_GPU:-}" ] && [[ "$gpu_name" != *"$RMSNORM_IF_GPU"* ]]; then
   stages=" ${RMSNORM_ELSE_STAGES:-} "
   swapped="not on $RMSNORM_IF_GPU but $gpu_name: stages$stages"

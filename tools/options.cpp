@@ -517,7 +517,7 @@ options:
                     decode: 1 x 4096, 32 x 8192, 1 x 8192, 8 x 4096, 8 x 8192, 32 x 4096,
                           128 x 4096, 128 x 8192 (latency per call; forward only)
                     train: 16384 x 2048/4096/8192/16384, 8192 x 32768, 4096 x 65536,
-                          262144 x 128 (backward's default)
+                          2048 x 131072, 1024 x 262144, 262144 x 128 (backward's default)
                     all: forward: seed, qk, wide, decode; backward: train, seed;
                           add, quant: seed, wide, decode
   --rows M          a custom table: M rows (default 4096) ...
