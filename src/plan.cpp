@@ -181,20 +181,21 @@ Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {
                   kBackwardClusterRowConfigs, kBackwardClusterPieces, 0);
   };
   const Plan plan = pick(p.cols, requested);
-  // Rows beyond the largest cluster's registers, with dw wanted and rstd saved: column shards
-  // of equal width (whole chunks), each a cluster row whose rows' dot products are given
-  // (computed first over the whole row, unless the sharded rows' apply step gives them; their
-  // kernel takes dy of x's dtype). The plan is a shard's: a cluster row holding fewer vectors
-  // than the row has, which the CUDA launcher splits (cuda_backward). long_row moves 18 bytes
-  // an element of a 16-bit row there (x and dy twice, the partial dw row read and rewritten
-  // every row), 35.6 % of the copy at 1024 x 262144 bf16 on the H200; the shards 10 (x and
-  // dy for the dots, then x, dy and dx). Without dw long_row moves those 10 bytes too.
+  // Rows beyond the largest cluster's two pieces (262144 16-bit columns), with dw wanted and
+  // rstd saved: column shards of equal width (whole chunks), each a cluster row whose rows'
+  // dot products are given (computed first over the whole row, unless the sharded rows' apply
+  // step gives them; their kernel takes dy of x's dtype). The plan is a shard's: a cluster row
+  // holding fewer vectors than the row has, which the CUDA launcher splits (cuda_backward).
+  // long_row moves 18 bytes an element of a 16-bit row there (x and dy twice, the partial dw
+  // row read and rewritten every row); the shards 10 (x and dy for the dots, then x, dy and
+  // dx). Without dw long_row moves those 10 bytes too.
   const bool dots_summable = p.row_dots != nullptr || p.x_dtype == p.dx_dtype;
   if (requested == Strategy::automatic && plan.strategy == Strategy::long_row && cc_major >= 9 && p.dw && p.rstd &&
       dots_summable) {
     const int vw = chunk_width(p.x_dtype);
     const std::int64_t vectors = (p.cols + vw - 1) / vw;
-    const std::int64_t most = std::int64_t{kMaxClusterSize} * kBackwardClusterRowConfigs[0].capacity();
+    const std::int64_t most =
+        std::int64_t{kMaxClusterSize} * kBackwardClusterPieces * kBackwardClusterRowConfigs[0].capacity();
     const std::int64_t shards = (vectors + most - 1) / most;
     return with_load_width(pick((vectors + shards - 1) / shards * vw, Strategy::cluster_row), lw);
   }

@@ -245,7 +245,44 @@ TEST_P(Backward, DwIsBitIdenticalAcrossRuns) {
   }
 }
 
-// Rows past the backward's cluster rows (131072 16-bit columns, 65536 f32), with dw wanted
+// Rows past 8 blocks' registers (131072 16-bit columns, 65536 f32) up to twice that: on
+// CUDA, cluster rows of 8 blocks whose slices come in two pieces (the second read from the
+// stage's second buffer, or from global memory for unaligned rows; its dw sums in shared
+// memory; an f32 weight of 16-bit rows read from global memory). A row one chunk past the
+// registers, an unaligned length, and full pieces; a weight of x's dtype, f32, or none;
+// rstd saved or recomputed; dx in place of dy; more rows than the resident clusters, so that
+// each cluster's buffers are refilled row after row. dx and dw against the oracle, and the
+// same bytes from a second run.
+TEST_P(Backward, LongRowsInTwoPieces) {
+  std::size_t k = 0;
+  for (DType x : {DType::bf16, DType::f16, DType::f32}) {
+    const std::int64_t regs = x == DType::f32 ? 65536 : 131072;
+    for (std::int64_t cols : {regs + (x == DType::f32 ? 4 : 8), regs + regs / 2 + 3, 2 * regs})
+      for (std::int64_t lead : {0, 1}) {
+        BackwardCase c;
+        c.x = x;
+        c.w = k % 3 == 2 ? std::nullopt : std::optional<DType>(k % 3 == 1 && x != DType::f32 ? DType::f32 : x);
+        c.dw = k % 2 == 0 ? DType::f32 : c.w.value_or(x);
+        c.cols = cols;
+        c.rows = cols == 2 * regs && lead == 0 ? 37 : 3;
+        c.lead = lead;
+        c.saved_rstd = k % 4 < 2;
+        c.offset = k % 5 == 1 && c.w ? 1.0 : 0.0;
+        c.in_place = k % 4 == 3;
+        const std::uint64_t seed = seed_of({static_cast<int>(x), cols, lead, 2});
+        expect_good(GetParam(), c, seed);
+        if (cols == 2 * regs && lead == 0) {
+          const BackwardOutcome a = run_backward(GetParam(), c, seed);
+          const BackwardOutcome b = run_backward(GetParam(), c, seed);
+          EXPECT_EQ(a.dx_bytes, b.dx_bytes) << c.describe() << ": dx differs between two runs";
+          EXPECT_EQ(a.dw_bytes, b.dw_bytes) << c.describe() << ": dw differs between two runs";
+        }
+        ++k;
+      }
+  }
+}
+
+// Rows past the backward's cluster rows (262144 16-bit columns, 131072 f32), with dw wanted
 // and the rstd saved, run in column shards on CUDA: the rows' dot products first, then
 // each shard a cluster row reading them. dx and dw against the oracle over dtypes, an f32
 // weight, Gemma's offset, lengths that are not a multiple of the chunk, misaligned views
@@ -253,7 +290,7 @@ TEST_P(Backward, DwIsBitIdenticalAcrossRuns) {
 TEST_P(Backward, LongRowsInColumnShards) {
   std::size_t k = 0;
   for (DType x : {DType::bf16, DType::f16, DType::f32})
-    for (std::int64_t cols : {140000, 262147})
+    for (std::int64_t cols : {x == DType::f32 ? 140000 : 262152, 300001})
       for (std::int64_t lead : {0, 1}) {
         BackwardCase c;
         c.x = x;

@@ -472,7 +472,7 @@ struct Plan {
   int cluster_size = 1;
   // cluster_row: a block's slice of the row in this many pieces of its register capacity,
   // one held in registers and the rest in shared memory (rows beyond the registers of a
-  // cluster's largest portable size, forward only), else 1.
+  // cluster's largest portable size: up to 4 forward, 2 backward), else 1.
   int pieces = 1;
   // cluster_row, forward: the clusters launched, each looping over its share of the rows, in
   // multiples of the clusters the device holds at once, or kClusterPerRow for one a row; 0 is

@@ -242,25 +242,95 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
 // instead. So are the 16-bit gradients of an f32 r_out (TG other than TX): the stage
 // holds x and dy in slots of one vector type. Dynamic shared memory:
 // cluster_backward_shared_bytes.
+//
+// Rows beyond the registers of kMaxClusterSize blocks (Plan::pieces = PIECES = 2: up to
+// 262144 16-bit or 131072 f32 columns) give each block a slice of two pieces of its
+// register capacity, so that x and dy are still read from memory once. Piece 0 is held in
+// registers as above; piece 1 (chunks first + kPiece + i * BLOCK) is read twice, for the
+// sums and for dx, from the stage's second buffer where rows are staged (the two buffers
+// then hold the row's two pieces, not two rows), else from global memory. Each buffer takes
+// the next row's piece once every thread of the block has read it: buffer 0 after piece 0
+// went to registers, buffer 1 after the stores (a block barrier each), so the next row's
+// piece 0 is in flight through the sums' exchange and the stores. Piece 1's dw sums live in
+// shared memory (LaneSums), since x, dy and the dw sums of piece 0 take the registers (held
+// there too at 512 x 4, they spilled 224 bytes a thread, sm_90). The weight's slice stays in
+// shared memory where it fits beside them (kSharedBackwardWeight: one piece), else it is
+// read from global memory.
 // ---------------------------------------------------------------------------------------
 template <class TX, int VEC, int ITEMS, int BLOCK>
 using ClusterBackwardStage = RowStage<Vec<TX, VEC>, ITEMS * BLOCK, 2>;
 template <bool ALIGNED, class TX, class TG>
 inline constexpr bool kStagesRows = ALIGNED&& std::is_same<TX, TG>::value;
+// The most dynamic shared memory a cluster-row block asks for (sm_90 allows 227 KB a block).
+inline constexpr std::size_t kMaxClusterBackwardShared = 200 * 1024;
+template <bool ALIGNED, class TX, class TG, int VEC, int ITEMS, int BLOCK>
+inline constexpr std::size_t kClusterBackwardStageBytes =
+    kStagesRows<ALIGNED, TX, TG> ? ClusterBackwardStage<TX, VEC, ITEMS, BLOCK>::kBytes : 0;
+template <int VEC, int ITEMS, int BLOCK, int PIECES>
+inline constexpr std::size_t kClusterBackwardSumsBytes = sizeof(float) * VEC* ITEMS* BLOCK*(PIECES - 1);
+template <bool ALIGNED, class TX, class TG, class TW, int VEC, int ITEMS, int BLOCK, int PIECES>
+inline constexpr bool kSharedBackwardWeight = kClusterBackwardStageBytes<ALIGNED, TX, TG, VEC, ITEMS, BLOCK> +
+                                                  kClusterBackwardSumsBytes<VEC, ITEMS, BLOCK, PIECES> +
+                                                  sizeof(Vec<TW, VEC>) * ITEMS* PIECES* BLOCK
+                                              <= kMaxClusterBackwardShared;
 
-template <bool ALIGNED, class TX, class TG, class TW, int VEC, int ITEMS, int BLOCK>
+// Dynamic shared memory: the stage, piece 1's dw sums, the weight's slice (each where used).
+template <bool ALIGNED, class TX, class TG, class TW, int VEC, int ITEMS, int BLOCK, int PIECES>
 constexpr std::size_t cluster_backward_shared_bytes(bool has_weight) {
-  return (kStagesRows<ALIGNED, TX, TG> ? ClusterBackwardStage<TX, VEC, ITEMS, BLOCK>::kBytes : 0) +
-         (has_weight ? sizeof(Vec<TW, VEC>) * ITEMS * BLOCK : 0);
+  constexpr bool kSharedWeight = kSharedBackwardWeight<ALIGNED, TX, TG, TW, VEC, ITEMS, BLOCK, PIECES>;
+  return kClusterBackwardStageBytes<ALIGNED, TX, TG, VEC, ITEMS, BLOCK> +
+         kClusterBackwardSumsBytes<VEC, ITEMS, BLOCK, PIECES> +
+         (has_weight && kSharedWeight ? sizeof(Vec<TW, VEC>) * ITEMS * PIECES * BLOCK : 0);
 }
 
-template <bool ALIGNED, bool RESIDUAL, class TX, class TG, class TW, int VEC, int ITEMS, int BLOCK>
+// A lane's dw sums of a piece kept in shared memory (`cells`: ITEMS * VEC floats a thread of
+// the block), as float4 cells a thread apart, so that a warp's accesses take no bank twice.
+// Each thread reads and writes only its own cells: no barrier.
+template <int VEC, int ITEMS, int BLOCK>
+struct LaneSums {
+  static_assert(VEC % 4 == 0, "whole float4 cells");
+  float4* cells;
+  __device__ __forceinline__ explicit LaneSums(float* block_cells)
+      : cells(reinterpret_cast<float4*>(block_cells) + threadIdx.x) {}
+  __device__ __forceinline__ float4& cell(int i, int q) const { return cells[(i * (VEC / 4) + q) * BLOCK]; }
+  __device__ __forceinline__ void load(float (&s)[ITEMS][VEC]) const {
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i)
+#pragma unroll
+      for (int q = 0; q < VEC / 4; ++q) {
+        const float4 c = cell(i, q);
+        s[i][4 * q] = c.x, s[i][4 * q + 1] = c.y, s[i][4 * q + 2] = c.z, s[i][4 * q + 3] = c.w;
+      }
+  }
+  __device__ __forceinline__ void save(const float (&s)[ITEMS][VEC]) const {
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i)
+#pragma unroll
+      for (int q = 0; q < VEC / 4; ++q)
+        cell(i, q) = make_float4(s[i][4 * q], s[i][4 * q + 1], s[i][4 * q + 2], s[i][4 * q + 3]);
+  }
+};
+
+// Items OFFSET.. of a lane's weight vectors, as items 0..: piece 1's weight in a source that
+// holds both pieces' (dot_gx and store_dx address a piece's items from 0).
+template <class WSRC, class TW, int OFFSET>
+struct PieceWeight {
+  static constexpr bool kZeroPadded = WSRC::kZeroPadded;
+  const TW* w;
+  const WSRC& src;
+  __device__ __forceinline__ auto operator()(int i, std::int64_t idx) const { return src(OFFSET + i, idx); }
+};
+
+template <bool ALIGNED, bool RESIDUAL, class TX, class TG, class TW, int VEC, int ITEMS, int BLOCK, int PIECES>
 __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) ClusterBackwardImpl(const BackwardArgs a) {
 #if RMSNORM_CLUSTER_BODY
+  static_assert(PIECES == 1 || PIECES == 2, "a slice in one or two pieces");
   begin_dependent_grid();
   using Sum = ClusterSum<BLOCK, 2>;
   using Stage = ClusterBackwardStage<TX, VEC, ITEMS, BLOCK>;
   constexpr bool kStaged = kStagesRows<ALIGNED, TX, TG>;
+  constexpr bool kSharedWeight = kSharedBackwardWeight<ALIGNED, TX, TG, TW, VEC, ITEMS, BLOCK, PIECES>;
+  constexpr std::int64_t kPiece = std::int64_t{ITEMS} * BLOCK;
   __shared__ typename Sum::TempStorage temp;
   __shared__ typename Stage::Barriers bars;
   extern __shared__ uint4 dynamic_shared[];
@@ -270,35 +340,69 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
   const std::int64_t begin = place.rank * per_block;
   const std::int64_t end = begin + per_block < vectors ? begin + per_block : vectors;
   const std::int64_t first = begin + threadIdx.x;
-  const std::int64_t slice = end > begin ? end - begin : 0;
   Stage stage(bars, reinterpret_cast<Vec<TX, VEC>*>(dynamic_shared));
-  const SharedLaneWeight<ALIGNED, TW, VEC, ITEMS, BLOCK> wsrc(
-      static_cast<const TW*>(a.weight), first, end, a.cols,
-      reinterpret_cast<Vec<TW, VEC>*>(reinterpret_cast<unsigned char*>(dynamic_shared) +
-                                      (kStaged ? Stage::kBytes : 0)));
-  float dw_acc[ITEMS][VEC] = {};
+  unsigned char* const sums_at =
+      reinterpret_cast<unsigned char*>(dynamic_shared) + kClusterBackwardStageBytes<ALIGNED, TX, TG, VEC, ITEMS, BLOCK>;
+  using WeightSource = std::conditional_t<kSharedWeight, SharedLaneWeight<ALIGNED, TW, VEC, ITEMS * PIECES, BLOCK>,
+                                          LaneWeight<ALIGNED, TW, VEC, ITEMS * PIECES, BLOCK, false>>;
+  const WeightSource wsrc = [&] {
+    const TW* w = static_cast<const TW*>(a.weight);
+    if constexpr (kSharedWeight)
+      return WeightSource(
+          w, first, end, a.cols,
+          reinterpret_cast<Vec<TW, VEC>*>(sums_at + kClusterBackwardSumsBytes<VEC, ITEMS, BLOCK, PIECES>));
+    else
+      return WeightSource(w, first, end, a.cols);
+  }();
+  const PieceWeight<WeightSource, TW, ITEMS> wsrc1{wsrc.w, wsrc};
+  float dw_acc[ITEMS][VEC] = {};  // piece 0's
+  // Piece 1's dw sums (PIECES = 2), where dw is wanted (a uniform branch).
+  const LaneSums<VEC, ITEMS, BLOCK> sums1(reinterpret_cast<float*>(sums_at));
+  const bool dw1 = PIECES > 1 && a.partial && a.weight;
+  if (dw1) sums1.save(dw_acc);
   Sum::init(temp);
 
-  // Starts the copies of `row`'s slices into `buffer` (thread 0; staged rows only).
-  const auto prefetch = [&](std::int64_t row, int buffer) {
+  // Starts the copies of piece `piece` of `row`'s slices into `buffer` (thread 0; staged
+  // rows only).
+  const auto prefetch = [&](std::int64_t row, int buffer, int piece) {
     if (!kStaged || threadIdx.x != 0) return;
     const Vec<TX, VEC>* x = reinterpret_cast<const Vec<TX, VEC>*>(
         static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride));
     const Vec<TX, VEC>* dy = reinterpret_cast<const Vec<TX, VEC>*>(
         static_cast<const TX*>(a.dy) + row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride));
-    const Vec<TX, VEC>* const src[2] = {x + begin, dy + begin};
-    stage.issue(buffer, src, slice);
+    const std::int64_t lo = begin + piece * kPiece;
+    const std::int64_t left = end > lo ? end - lo : 0;
+    const Vec<TX, VEC>* const src[2] = {x + lo, dy + lo};
+    stage.issue(buffer, src, left < kPiece ? left : kPiece);
   };
-  prefetch(place.cluster, 0);
+  // Piece 1 of `row` (PIECES = 2): from the stage's buffer 1, or from global memory.
+  const auto load_piece1 = [&](std::int64_t row, Vec<TX, VEC>(&xv)[ITEMS], Vec<TG, VEC>(&gv)[ITEMS]) {
+    if constexpr (kStaged) {
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        const bool in = first + kPiece + static_cast<std::int64_t>(i) * BLOCK < end;
+        xv[i] = in ? stage.slot(1, 0)[threadIdx.x + i * BLOCK] : Vec<TX, VEC>{};
+        gv[i] = in ? stage.slot(1, 1)[threadIdx.x + i * BLOCK] : Vec<TX, VEC>{};
+      }
+    } else {
+      const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
+      const TG* dy = static_cast<const TG*>(a.dy) + row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride);
+      load_items<ALIGNED, TX, VEC, ITEMS, BLOCK>(x, first + kPiece, end, a.cols, true, xv);
+      load_items<ALIGNED, TG, VEC, ITEMS, BLOCK>(dy, first + kPiece, end, a.cols, true, gv);
+    }
+  };
+  for (int p = 0; p < PIECES; ++p) prefetch(place.cluster, p, p);
   float next_rstd = a.rstd ? a.rstd[place.cluster] : 0.f;
 
   unsigned step = 0;
   for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters, ++step) {
-    const int buffer = static_cast<int>(step & 1u);
+    // One piece: the buffers alternate between rows. Two: buffer p holds piece p of every row.
+    const int buffer = PIECES == 1 ? static_cast<int>(step & 1u) : 0;
+    const unsigned use = PIECES == 1 ? step >> 1 : step;
     Vec<TX, VEC> xv[ITEMS];
     Vec<TG, VEC> gv[ITEMS];
     if constexpr (kStaged) {
-      stage.wait(buffer, step >> 1);
+      stage.wait(buffer, use);
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
         const bool in = first + static_cast<std::int64_t>(i) * BLOCK < end;
@@ -311,31 +415,61 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
       load_items<ALIGNED, TX, VEC, ITEMS, BLOCK>(x, first, end, a.cols, true, xv);
       load_items<ALIGNED, TG, VEC, ITEMS, BLOCK>(dy, first, end, a.cols, true, gv);
     }
-    // The other buffer was last read for the previous row, and thread 0 has since waited
-    // for that row's sums: every warp of the block sent its part of them after its reads
-    // of the buffer (the parts are computed from what it read), so the copies cannot
-    // overwrite a slot that a warp has yet to read.
+    // One piece: the other buffer was last read for the previous row, and thread 0 has
+    // since waited for that row's sums: every warp of the block sent its part of them after
+    // its reads of the buffer (the parts are computed from what it read), so the copies
+    // cannot overwrite a slot that a warp has yet to read. Two pieces: buffer 0 has just been
+    // read into registers by every thread (the barrier).
     const float saved_rstd = next_rstd;
     const std::int64_t next = row + place.clusters;
+    if (PIECES > 1 && kStaged) __syncthreads();
     if (next < a.total_rows) {
-      prefetch(next, buffer ^ 1);
+      prefetch(next, buffer ^ (PIECES == 1 ? 1 : 0), 0);
       if (a.rstd) next_rstd = a.rstd[next];
     }
     // Both sums travel in one exchange (the rstd one is unused when given). Given dots
     // replace the second one's result; the exchange stays (the stage's reuse relies on
-    // it, see above).
+    // it, see above). Two pieces: piece 0's sums, then piece 1's added.
     float sums[2] = {a.rstd ? 0.f : sum_squares<TX, VEC, ITEMS>(xv),
                      dot_gx<TX, TG, VEC, ITEMS, BLOCK>(wsrc, first, end, xv, gv, a)};
+    if constexpr (PIECES > 1) {
+      if (kStaged) stage.wait(1, use);
+      Vec<TX, VEC> xv1[ITEMS];
+      Vec<TG, VEC> gv1[ITEMS];
+      load_piece1(row, xv1, gv1);
+      if (!a.rstd) sums[0] += sum_squares<TX, VEC, ITEMS>(xv1);
+      sums[1] += dot_gx<TX, TG, VEC, ITEMS, BLOCK>(wsrc1, first + kPiece, end, xv1, gv1, a);
+    }
     Sum::sum(temp, sums, step);
     const float rstd = a.rstd ? saved_rstd : rstd_from_sum(sums[0], a.inv_cols, a.eps);
     const float gx = a.row_dots ? a.row_dots[row] : sums[1];
+    const float coef = rstd * rstd * rstd * gx * a.inv_cols;
     TG* dx = static_cast<TG*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<ALIGNED, RESIDUAL, TX, TG, VEC, ITEMS, BLOCK>(dx, row, wsrc, first, end, xv, gv, rstd,
-                                                           rstd * rstd * rstd * gx * a.inv_cols, dw_acc, a);
+    store_dx<ALIGNED, RESIDUAL, TX, TG, VEC, ITEMS, BLOCK>(dx, row, wsrc, first, end, xv, gv, rstd, coef, dw_acc, a);
+    if constexpr (PIECES > 1) {
+      Vec<TX, VEC> xv1[ITEMS];
+      Vec<TG, VEC> gv1[ITEMS];
+      load_piece1(row, xv1, gv1);
+      float acc1[ITEMS][VEC] = {};
+      if (dw1) sums1.load(acc1);
+      store_dx<ALIGNED, RESIDUAL, TX, TG, VEC, ITEMS, BLOCK>(dx, row, wsrc1, first + kPiece, end, xv1, gv1, rstd, coef,
+                                                             acc1, a);
+      if (dw1) sums1.save(acc1);
+      if (kStaged) {
+        __syncthreads();  // every thread has read buffer 1 for this row
+        if (next < a.total_rows) prefetch(next, 1, 1);
+      }
+    }
   }
   // One partial row per cluster: each block fills its slice.
-  if (a.partial)
+  if (a.partial) {
     write_partial<ALIGNED, VEC, ITEMS, BLOCK>(a.partial + place.cluster * a.cols, first, end, a.cols, dw_acc);
+    if (PIECES > 1) {
+      float acc1[ITEMS][VEC] = {};
+      if (dw1) sums1.load(acc1);
+      write_partial<ALIGNED, VEC, ITEMS, BLOCK>(a.partial + place.cluster * a.cols, first + kPiece, end, a.cols, acc1);
+    }
+  }
   Sum::finish();
 #endif
 }

@@ -69,21 +69,30 @@ std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int s
 // 2.51 / 2.43 / 2.09 with cluster_count's four times as many clusters (which the forward
 // keeps): once the next row's loads are in flight during this one's barrier (RowStage),
 // further clusters only add partial rows and waves.
+// A slice of two pieces (Plan::pieces, rows beyond kMaxClusterSize blocks' registers) takes
+// the kernel's PIECES = 2.
 template <bool ALIGNED, bool RESIDUAL, class TX, class TG, class TW, int VEC>
 std::int64_t launch_backward_clusters(const BackwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
+  if (plan.pieces < 1 || plan.pieces > kBackwardClusterPieces)
+    throw Error(Code::internal, "backward cluster rows in " + std::to_string(plan.pieces) + " pieces");
   return with_config<kBackwardClusterRowConfigs, kNumBackwardClusterRowConfigs>(plan, names_cluster, [&](auto i) {
     constexpr RegisterConfig c = kBackwardClusterRowConfigs[decltype(i)::value];
-    const auto kernel = ClusterBackwardImpl<ALIGNED, RESIDUAL, TX, TG, TW, VEC, c.items, c.threads_per_block>;
-    LaunchShape shape{
-        dim3(1), c.threads_per_block, plan.cluster_size,
-        cluster_backward_shared_bytes<ALIGNED, TX, TG, TW, VEC, c.items, c.threads_per_block>(a.weight != nullptr)};
-    const int resident = resident_clusters(kernel, shape);
-    const std::int64_t clusters = resident > 0
-                                      ? std::min<std::int64_t>(a.total_rows, resident)
-                                      : cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
-    shape.grid = grid_for(clusters * plan.cluster_size);
-    launch_kernel(kernel, shape, q, "ClusterBackwardImpl", &plan, a);
-    return clusters;
+    const auto launch = [&](auto pieces) {
+      constexpr int kPieces = decltype(pieces)::value;
+      const auto kernel =
+          ClusterBackwardImpl<ALIGNED, RESIDUAL, TX, TG, TW, VEC, c.items, c.threads_per_block, kPieces>;
+      LaunchShape shape{dim3(1), c.threads_per_block, plan.cluster_size,
+                        cluster_backward_shared_bytes<ALIGNED, TX, TG, TW, VEC, c.items, c.threads_per_block, kPieces>(
+                            a.weight != nullptr)};
+      const int resident = resident_clusters(kernel, shape);
+      const std::int64_t clusters = resident > 0
+                                        ? std::min<std::int64_t>(a.total_rows, resident)
+                                        : cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
+      shape.grid = grid_for(clusters * plan.cluster_size);
+      launch_kernel(kernel, shape, q, "ClusterBackwardImpl", &plan, a);
+      return clusters;
+    };
+    return plan.pieces == 2 ? launch(std::integral_constant<int, 2>{}) : launch(std::integral_constant<int, 1>{});
   });
 }
 

@@ -170,7 +170,8 @@ void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Strea
     return;
   }
   if (plan.strategy == Strategy::cluster_row) {
-    const std::int64_t held = std::int64_t{plan.threads_per_row} * plan.items_per_thread;  // vectors a cluster holds
+    // The vectors a cluster row holds: its blocks' registers, in as many pieces.
+    const std::int64_t held = std::int64_t{plan.threads_per_row} * plan.items_per_thread * plan.pieces;
     if ((p.cols + plan.vector_width - 1) / plan.vector_width > held)
       return backward_in_column_shards(p, plan, held, device, stream);
   }
