@@ -250,8 +250,9 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Backwa
 // sums and for dx, from the stage's second buffer where rows are staged (the two buffers
 // then hold the row's two pieces, not two rows), else from global memory. Each buffer takes
 // the next row's piece once every thread of the block has read it: buffer 0 after piece 0
-// went to registers, buffer 1 after the stores (a block barrier each), so the next row's
-// piece 0 is in flight through the sums' exchange and the stores. Piece 1's dw sums live in
+// went to registers, buffer 1 after piece 1's dx is stored (a block barrier each), so the
+// next row's piece 0 is in flight through the sums' exchange and the stores, and its piece 1
+// through piece 0's stores. Piece 1's dw sums live in
 // shared memory (LaneSums), since x, dy and the dw sums of piece 0 take the registers (held
 // there too at 512 x 4, they spilled 224 bytes a thread, sm_90). The weight's slice stays in
 // shared memory where it fits beside them (kSharedBackwardWeight: one piece), else it is
@@ -293,32 +294,33 @@ struct LaneSums {
   __device__ __forceinline__ explicit LaneSums(float* block_cells)
       : cells(reinterpret_cast<float4*>(block_cells) + threadIdx.x) {}
   __device__ __forceinline__ float4& cell(int i, int q) const { return cells[(i * (VEC / 4) + q) * BLOCK]; }
+  // Item i's sums.
+  __device__ __forceinline__ void load(int i, float (&s)[VEC]) const {
+#pragma unroll
+    for (int q = 0; q < VEC / 4; ++q) {
+      const float4 c = cell(i, q);
+      s[4 * q] = c.x, s[4 * q + 1] = c.y, s[4 * q + 2] = c.z, s[4 * q + 3] = c.w;
+    }
+  }
+  __device__ __forceinline__ void save(int i, const float (&s)[VEC]) const {
+#pragma unroll
+    for (int q = 0; q < VEC / 4; ++q) cell(i, q) = make_float4(s[4 * q], s[4 * q + 1], s[4 * q + 2], s[4 * q + 3]);
+  }
   __device__ __forceinline__ void load(float (&s)[ITEMS][VEC]) const {
 #pragma unroll
-    for (int i = 0; i < ITEMS; ++i)
-#pragma unroll
-      for (int q = 0; q < VEC / 4; ++q) {
-        const float4 c = cell(i, q);
-        s[i][4 * q] = c.x, s[i][4 * q + 1] = c.y, s[i][4 * q + 2] = c.z, s[i][4 * q + 3] = c.w;
-      }
-  }
-  __device__ __forceinline__ void save(const float (&s)[ITEMS][VEC]) const {
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i)
-#pragma unroll
-      for (int q = 0; q < VEC / 4; ++q)
-        cell(i, q) = make_float4(s[i][4 * q], s[i][4 * q + 1], s[i][4 * q + 2], s[i][4 * q + 3]);
+    for (int i = 0; i < ITEMS; ++i) load(i, s[i]);
   }
 };
 
-// Items OFFSET.. of a lane's weight vectors, as items 0..: piece 1's weight in a source that
-// holds both pieces' (dot_gx and store_dx address a piece's items from 0).
-template <class WSRC, class TW, int OFFSET>
+// Items offset.. of a lane's weight vectors, as items 0..: a piece's (or an item's) weight in
+// a source that holds both pieces' (dot_gx and store_dx address their items from 0).
+template <class WSRC, class TW>
 struct PieceWeight {
   static constexpr bool kZeroPadded = WSRC::kZeroPadded;
   const TW* w;
   const WSRC& src;
-  __device__ __forceinline__ auto operator()(int i, std::int64_t idx) const { return src(OFFSET + i, idx); }
+  int offset;
+  __device__ __forceinline__ auto operator()(int i, std::int64_t idx) const { return src(offset + i, idx); }
 };
 
 template <bool ALIGNED, bool RESIDUAL, class TX, class TG, class TW, int VEC, int ITEMS, int BLOCK, int PIECES>
@@ -354,12 +356,14 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
     else
       return WeightSource(w, first, end, a.cols);
   }();
-  const PieceWeight<WeightSource, TW, ITEMS> wsrc1{wsrc.w, wsrc};
+  const PieceWeight<WeightSource, TW> wsrc1{wsrc.w, wsrc, ITEMS};
   float dw_acc[ITEMS][VEC] = {};  // piece 0's
   // Piece 1's dw sums (PIECES = 2), where dw is wanted (a uniform branch).
   const LaneSums<VEC, ITEMS, BLOCK> sums1(reinterpret_cast<float*>(sums_at));
   const bool dw1 = PIECES > 1 && a.partial && a.weight;
-  if (dw1) sums1.save(dw_acc);
+  if (dw1)
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) sums1.save(i, dw_acc[i]);
   Sum::init(temp);
 
   // Starts the copies of piece `piece` of `row`'s slices into `buffer` (thread 0; staged
@@ -375,20 +379,17 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
     const Vec<TX, VEC>* const src[2] = {x + lo, dy + lo};
     stage.issue(buffer, src, left < kPiece ? left : kPiece);
   };
-  // Piece 1 of `row` (PIECES = 2): from the stage's buffer 1, or from global memory.
-  const auto load_piece1 = [&](std::int64_t row, Vec<TX, VEC>(&xv)[ITEMS], Vec<TG, VEC>(&gv)[ITEMS]) {
+  // Item i of piece 1 of `row` (PIECES = 2): from the stage's buffer 1, or from global memory.
+  const auto piece1_item = [&](std::int64_t row, int i, Vec<TX, VEC>& xv, Vec<TG, VEC>& gv) {
+    const std::int64_t idx = first + kPiece + static_cast<std::int64_t>(i) * BLOCK;
     if constexpr (kStaged) {
-#pragma unroll
-      for (int i = 0; i < ITEMS; ++i) {
-        const bool in = first + kPiece + static_cast<std::int64_t>(i) * BLOCK < end;
-        xv[i] = in ? stage.slot(1, 0)[threadIdx.x + i * BLOCK] : Vec<TX, VEC>{};
-        gv[i] = in ? stage.slot(1, 1)[threadIdx.x + i * BLOCK] : Vec<TX, VEC>{};
-      }
+      xv = idx < end ? stage.slot(1, 0)[threadIdx.x + i * BLOCK] : Vec<TX, VEC>{};
+      gv = idx < end ? stage.slot(1, 1)[threadIdx.x + i * BLOCK] : Vec<TX, VEC>{};
     } else {
       const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride);
       const TG* dy = static_cast<const TG*>(a.dy) + row_offset(row, a.rows, a.dy_batch_stride, a.dy_row_stride);
-      load_items<ALIGNED, TX, VEC, ITEMS, BLOCK>(x, first + kPiece, end, a.cols, true, xv);
-      load_items<ALIGNED, TG, VEC, ITEMS, BLOCK>(dy, first + kPiece, end, a.cols, true, gv);
+      xv = load_chunk<ALIGNED, TX, VEC>(x, idx, a.cols, idx < end);
+      gv = load_chunk<ALIGNED, TG, VEC>(dy, idx, a.cols, idx < end);
     }
   };
   for (int p = 0; p < PIECES; ++p) prefetch(place.cluster, p, p);
@@ -436,7 +437,8 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
       if (kStaged) stage.wait(1, use);
       Vec<TX, VEC> xv1[ITEMS];
       Vec<TG, VEC> gv1[ITEMS];
-      load_piece1(row, xv1, gv1);
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) piece1_item(row, i, xv1[i], gv1[i]);
       if (!a.rstd) sums[0] += sum_squares<TX, VEC, ITEMS>(xv1);
       sums[1] += dot_gx<TX, TG, VEC, ITEMS, BLOCK>(wsrc1, first + kPiece, end, xv1, gv1, a);
     }
@@ -445,21 +447,28 @@ __global__ void __launch_bounds__(BLOCK, resident_threads(ITEMS) / BLOCK) Cluste
     const float gx = a.row_dots ? a.row_dots[row] : sums[1];
     const float coef = rstd * rstd * rstd * gx * a.inv_cols;
     TG* dx = static_cast<TG*>(a.dx) + row_offset(row, a.rows, a.dx_batch_stride, a.dx_row_stride);
-    store_dx<ALIGNED, RESIDUAL, TX, TG, VEC, ITEMS, BLOCK>(dx, row, wsrc, first, end, xv, gv, rstd, coef, dw_acc, a);
+    // Two pieces: piece 1's dx first, so that buffer 1 takes the next row's piece 1 while
+    // piece 0's dx is stored from registers; an item at a time (piece 0's x, dy and dw sums
+    // hold the registers meanwhile: whole, piece 1 spilled 140 bytes a thread, sm_90).
     if constexpr (PIECES > 1) {
-      Vec<TX, VEC> xv1[ITEMS];
-      Vec<TG, VEC> gv1[ITEMS];
-      load_piece1(row, xv1, gv1);
-      float acc1[ITEMS][VEC] = {};
-      if (dw1) sums1.load(acc1);
-      store_dx<ALIGNED, RESIDUAL, TX, TG, VEC, ITEMS, BLOCK>(dx, row, wsrc1, first + kPiece, end, xv1, gv1, rstd, coef,
-                                                             acc1, a);
-      if (dw1) sums1.save(acc1);
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        Vec<TX, VEC> xv1[1];
+        Vec<TG, VEC> gv1[1];
+        piece1_item(row, i, xv1[0], gv1[0]);
+        float acc1[1][VEC] = {};
+        if (dw1) sums1.load(i, acc1[0]);
+        const PieceWeight<WeightSource, TW> w1{wsrc.w, wsrc, ITEMS + i};
+        store_dx<ALIGNED, RESIDUAL, TX, TG, VEC, 1, BLOCK>(dx, row, w1, first + kPiece + std::int64_t{i} * BLOCK, end,
+                                                           xv1, gv1, rstd, coef, acc1, a);
+        if (dw1) sums1.save(i, acc1[0]);
+      }
       if (kStaged) {
         __syncthreads();  // every thread has read buffer 1 for this row
         if (next < a.total_rows) prefetch(next, 1, 1);
       }
     }
+    store_dx<ALIGNED, RESIDUAL, TX, TG, VEC, ITEMS, BLOCK>(dx, row, wsrc, first, end, xv, gv, rstd, coef, dw_acc, a);
   }
   // One partial row per cluster: each block fills its slice.
   if (a.partial) {
