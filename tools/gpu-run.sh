@@ -37,7 +37,12 @@
 #   suite's bytes one block a row, split over blocks and over clusters, and the block row's
 #   norm itself, beside the copy),
 #   tune / tune_bw (not by default): the forward's / backward's register configurations
-#   and strategies timed against each other, bf16, on the shapes where the planner chooses.
+#   and strategies timed against each other, bf16, on the shapes where the planner chooses,
+#   compare (not by default: this build's CLI against another commit's, both on one
+#   machine: RMSNORM_COMPARE_PACK=FILE, that commit's tools/gpu-pack.sh pack, unpacked aside;
+#   RMSNORM_COMPARE="ARGS;ARGS;..." the `rmsnorm bench` arguments of each table, default the
+#   backward's train suite, bf16; RMSNORM_COMPARE_ROUNDS rounds, default 2, the two CLIs
+#   alternating in each; the record keeps every table's rows).
 #
 # The machine's copy of the tree has no .git: pass the commit in RMSNORM_COMMIT, and run a
 # tree with nothing uncommitted in it, so that the record names exactly the tree that ran.
@@ -414,6 +419,31 @@ if want backward_parts; then
   }
   run bench_backward_parts parts_benches
   record bench_backward_parts bench-backward-parts
+fi
+
+bundle
+if want compare; then
+  # Two trees side by side on one machine (a ratio between runs on different machines is
+  # not one): each bench of RMSNORM_COMPARE by this build's CLI, then by the other's, for
+  # RMSNORM_COMPARE_ROUNDS rounds.
+  compare_benches() {
+    local other=/tmp/rmsnorm-compare args round c
+    [ -n "${RMSNORM_COMPARE_PACK:-}" ] || { echo "compare: RMSNORM_COMPARE_PACK names no pack"; return 2; }
+    rm -rf "$other" && mkdir -p "$other" && tar -xJf "$RMSNORM_COMPARE_PACK" -C "$other" || return
+    echo "this build: $cli ($commit); the other: $(cat "$other/$build/carried-commit") ($RMSNORM_COMPARE_PACK)"
+    for round in $(seq 1 "${RMSNORM_COMPARE_ROUNDS:-2}"); do
+      while IFS= read -r args; do
+        [ -n "$args" ] || continue
+        for c in "$cli" "$other/$build/tools/rmsnorm"; do
+          echo "== round $round: $c bench $args"
+          # shellcheck disable=SC2086  # the arguments of one bench, word by word
+          "$c" bench $args | grep -E '^ *[0-9]+ +[0-9]+ |^ +M +N ' || return
+        done
+      done < <(tr ';' '\n' <<<"${RMSNORM_COMPARE:---op backward --dtype bf16 --suite train}")
+    done
+  }
+  run compare compare_benches
+  record compare compare
 fi
 
 bundle
