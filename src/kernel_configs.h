@@ -206,7 +206,11 @@ inline constexpr int kMaxClusterSize = 8;
 // The excess of decode over the copy followed the bytes one row moves through its one SM
 // (docs/performance.md); smaller blocks spread a row over more SMs, in clusters of up to 8.
 // Other block rows (and unaligned rows, and the quantised store) are not split: fewer
-// instantiations, and the same bits either way.
+// instantiations, and the same bits either way. Off by default: with a whole cluster barrier
+// at its start and end, a split call took 0.1-0.6 us longer than the block row on the H200
+// (tree cf15eb0); the barriers cost that, not the cluster launch (tools/explore/decode_floor.cu).
+// With the start barrier split around the first loads and none at the end, it won on an H100
+// only where a row moves 64 KB (the residual add at 8192 columns) and lost at 4096 columns.
 inline constexpr int kSplitBlockThreads = 64;
 constexpr int split_blocks(const RegisterConfig& c) {
   const bool split = c.threads_per_row == c.threads_per_block &&
@@ -241,8 +245,8 @@ constexpr std::int64_t cluster_blocks(std::int64_t vectors, int capacity) {
 // streamed long_row reads it twice, the second time from memory too once rows of that length
 // no longer stay in L2 between the reads). A piece of 16-byte chunks is 64 KB a block (512 x
 // 8 and 1024 x 4 chunks), so three in shared memory (192 KB, one block an SM) hold rows of
-// up to 1048576 16-bit or 524288 f32 columns. The backward and the quantised store keep one
-// piece (their shared memory holds their staged rows and group maxima).
+// up to 1048576 16-bit or 524288 f32 columns. The quantised store keeps one piece (its shared
+// memory holds group maxima); the backward two (kBackwardClusterPieces).
 inline constexpr int kMaxClusterPieces = 4;
 // The cluster of a row of `vectors` chunks in blocks of `capacity` chunks, up to
 // `max_pieces` pieces a block: cluster_blocks' blocks in one piece where max_blocks
@@ -265,7 +269,10 @@ constexpr ClusterShape cluster_shape(std::int64_t vectors, int capacity, int max
 // The most pieces a block of an op's cluster rows takes: the planner and the bench's
 // --config choose through it.
 constexpr int forward_cluster_pieces(bool quantize) { return quantize ? 1 : kMaxClusterPieces; }
-inline constexpr int kBackwardClusterPieces = 1;
+// The backward's cluster rows in up to two pieces a block: rows of up to 262144 16-bit or
+// 131072 f32 columns, x and dy read once (ClusterBackwardImpl's PIECES: piece 0 in registers,
+// piece 1 in its stage buffer, with the lane's dw sums of both pieces in registers).
+inline constexpr int kBackwardClusterPieces = 2;
 
 // Whether a plan names a configuration: register rows by their lanes a row and vectors a
 // lane; clusters by their threads a block and vectors a lane (a cluster row's lanes are the

@@ -176,9 +176,30 @@ Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {
   // (8 extra bytes an element); cluster_row keeps it in registers, so it is the default for
   // long rows: on the H100 (bf16, 2026-11-25) 2.76 / 2.61 TB/s on rows of 32768 / 65536
   // elements against long_row's 0.95 / 0.91.
-  return with_load_width(choose(p.x_dtype, p.cols, requested, cc_major, kBackwardWarpRowsConfigs,
-                                kBackwardBlockRowConfigs, kBackwardClusterRowConfigs, kBackwardClusterPieces, 0),
-                         lw);
+  const auto pick = [&](std::int64_t cols, Strategy s) {
+    return choose(p.x_dtype, cols, s, cc_major, kBackwardWarpRowsConfigs, kBackwardBlockRowConfigs,
+                  kBackwardClusterRowConfigs, kBackwardClusterPieces, 0);
+  };
+  const Plan plan = pick(p.cols, requested);
+  // Rows beyond the largest cluster's two pieces (262144 16-bit columns), with dw wanted and
+  // rstd saved: column shards of equal width (whole chunks), each a cluster row whose rows'
+  // dot products are given (computed first over the whole row, unless the sharded rows' apply
+  // step gives them; their kernel takes dy of x's dtype). The plan is a shard's: a cluster row
+  // holding fewer vectors than the row has, which the CUDA launcher splits (cuda_backward).
+  // long_row moves 18 bytes an element of a 16-bit row there (x and dy twice, the partial dw
+  // row read and rewritten every row); the shards 10 (x and dy for the dots, then x, dy and
+  // dx). Without dw long_row moves those 10 bytes too.
+  const bool dots_summable = p.row_dots != nullptr || p.x_dtype == p.dx_dtype;
+  if (requested == Strategy::automatic && plan.strategy == Strategy::long_row && cc_major >= 9 && p.dw && p.rstd &&
+      dots_summable) {
+    const int vw = chunk_width(p.x_dtype);
+    const std::int64_t vectors = (p.cols + vw - 1) / vw;
+    const std::int64_t most =
+        std::int64_t{kMaxClusterSize} * kBackwardClusterPieces * kBackwardClusterRowConfigs[0].capacity();
+    const std::int64_t shards = (vectors + most - 1) / most;
+    return with_load_width(pick((vectors + shards - 1) / shards * vw, Strategy::cluster_row), lw);
+  }
+  return with_load_width(plan, lw);
 }
 
 }  // namespace rmsnorm::detail

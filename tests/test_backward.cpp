@@ -32,11 +32,13 @@ struct BackwardCase {
   bool in_place = false;  // dx is dy
   double offset = 0.0;
   Strategy strategy = Strategy::automatic;
+  std::size_t ws_offset = 0;  // CUDA: bytes the workspace starts past its allocation's start
   std::string describe() const {
     return std::string(dtype_name(x)) + " w=" + (w ? dtype_name(*w) : "none") + " dw=" + dtype_name(dw) + " (" +
            std::to_string(batch) + "x" + std::to_string(rows) + "x" + std::to_string(cols) +
            ") rs=" + std::to_string(row_stride) + " lead=" + std::to_string(lead) + (saved_rstd ? " rstd" : "") +
-           (in_place ? " in-place" : "") + " offset=" + std::to_string(offset) + " " + strategy_name(strategy);
+           (in_place ? " in-place" : "") + " offset=" + std::to_string(offset) + " " + strategy_name(strategy) +
+           (ws_offset ? " workspace+" + std::to_string(ws_offset) : "");
   }
 };
 
@@ -89,11 +91,11 @@ BackwardOutcome run_backward(Backend b, const BackwardCase& c, std::uint64_t see
       return m ? std::optional<TensorView>(m->view) : std::nullopt;
     };
     const std::size_t bytes = backward_workspace_size(dx_d.view, dopt(dw_d), params);
-    DeviceBuffer ws(bytes + 1);
+    DeviceBuffer ws(bytes + c.ws_offset + 1);
     ws.fill(0xFF);  // a stale workspace must not leak into dw
     try {
       backward(dy_d.view, dx_d.view, dopt(w_d), dopt(r_d), c.in_place ? dy_d.view : dxo_d.view, dopt(dw_d), params,
-               ws.data(), bytes);
+               ws.data() + c.ws_offset, bytes);
     } catch (const Error& e) {
       if (e.code() == Code::unsupported && c.strategy != Strategy::automatic) {
         out.unsupported = true;
@@ -241,6 +243,92 @@ TEST_P(Backward, DwIsBitIdenticalAcrossRuns) {
     EXPECT_EQ(a.dw_bytes, b.dw_bytes) << c.describe() << ": dw differs between two runs";
     EXPECT_EQ(a.dx_bytes, b.dx_bytes) << c.describe() << ": dx differs between two runs";
   }
+}
+
+// Rows past 8 blocks' registers (131072 16-bit columns, 65536 f32) up to twice that: on
+// CUDA, cluster rows of 8 blocks whose slices come in two pieces (the second read from the
+// stage's second buffer, or from global memory for unaligned rows; its dw sums in shared
+// memory; an f32 weight of 16-bit rows read from global memory). A row one chunk past the
+// registers, an unaligned length, and full pieces; a weight of x's dtype, f32, or none;
+// rstd saved or recomputed; dx in place of dy; more rows than the resident clusters, so that
+// each cluster's buffers are refilled row after row. dx and dw against the oracle, and the
+// same bytes from a second run.
+TEST_P(Backward, LongRowsInTwoPieces) {
+  std::size_t k = 0;
+  for (DType x : {DType::bf16, DType::f16, DType::f32}) {
+    const std::int64_t regs = x == DType::f32 ? 65536 : 131072;
+    for (std::int64_t cols : {regs + (x == DType::f32 ? 4 : 8), regs + regs / 2 + 3, 2 * regs})
+      for (std::int64_t lead : {0, 1}) {
+        BackwardCase c;
+        c.x = x;
+        c.w = k % 3 == 2 ? std::nullopt : std::optional<DType>(k % 3 == 1 && x != DType::f32 ? DType::f32 : x);
+        c.dw = k % 2 == 0 ? DType::f32 : c.w.value_or(x);
+        c.cols = cols;
+        c.rows = cols == 2 * regs && lead == 0 ? 37 : 3;
+        c.lead = lead;
+        c.saved_rstd = k % 4 < 2;
+        c.offset = k % 5 == 1 && c.w ? 1.0 : 0.0;
+        c.in_place = k % 4 == 3;
+        const std::uint64_t seed = seed_of({static_cast<int>(x), cols, lead, 2});
+        expect_good(GetParam(), c, seed);
+        if (cols == 2 * regs && lead == 0) {
+          const BackwardOutcome a = run_backward(GetParam(), c, seed);
+          const BackwardOutcome b = run_backward(GetParam(), c, seed);
+          EXPECT_EQ(a.dx_bytes, b.dx_bytes) << c.describe() << ": dx differs between two runs";
+          EXPECT_EQ(a.dw_bytes, b.dw_bytes) << c.describe() << ": dw differs between two runs";
+        }
+        ++k;
+      }
+  }
+}
+
+// Rows past the backward's cluster rows (262144 16-bit columns, 131072 f32), with dw wanted
+// and the rstd saved, run in column shards on CUDA: the rows' dot products first, then
+// each shard a cluster row reading them. dx and dw against the oracle over dtypes, an f32
+// weight, Gemma's offset, lengths that are not a multiple of the chunk, misaligned views
+// (every array loaded an element at a time), and dx in place of dy.
+TEST_P(Backward, LongRowsInColumnShards) {
+  std::size_t k = 0;
+  for (DType x : {DType::bf16, DType::f16, DType::f32})
+    for (std::int64_t cols : {x == DType::f32 ? 140000 : 262152, 300001})
+      for (std::int64_t lead : {0, 1}) {
+        BackwardCase c;
+        c.x = x;
+        c.w = k % 2 == 1 && x != DType::f32 ? DType::f32 : x;
+        c.dw = k % 3 == 0 ? DType::f32 : *c.w;
+        c.cols = cols;
+        c.rows = 3;
+        c.lead = lead;
+        c.saved_rstd = true;
+        c.offset = k % 2 == 1 ? 1.0 : 0.0;
+        c.in_place = k % 4 == 3;
+        expect_good(GetParam(), c, seed_of({static_cast<int>(x), cols, lead}));
+        ++k;
+      }
+}
+
+// dw's partial rows are written and read 16 bytes at a time where the workspace is 16-byte
+// aligned, a float at a time where it is not: the same sums in the same order, so the same
+// bits. Block rows of one row a block (8192, 16384 columns) and cluster rows (65536), with
+// the finalisation's wide form from 16384 columns on 132 SMs.
+TEST_P(Backward, DwBitsDoNotDependOnTheWorkspaceAlignment) {
+  if (GetParam() == Backend::cpu) GTEST_SKIP() << "the partial rows' layout is the CUDA backend's";
+  for (DType x : {DType::bf16, DType::f32})
+    for (std::int64_t cols : {8192, 16384, 65536}) {
+      BackwardCase c;
+      c.x = x;
+      c.w = x;
+      c.dw = DType::f32;
+      c.cols = cols;
+      c.rows = cols == 65536 ? 67 : 700;
+      const BackwardOutcome aligned = run_backward(GetParam(), c, seed_of({static_cast<int>(x), cols}));
+      c.ws_offset = 4;
+      const BackwardOutcome shifted = run_backward(GetParam(), c, seed_of({static_cast<int>(x), cols}));
+      EXPECT_TRUE(aligned.dw.passed()) << c.describe() << ": " << aligned.dw.describe();
+      EXPECT_TRUE(shifted.dw.passed()) << c.describe() << ": " << shifted.dw.describe();
+      EXPECT_EQ(aligned.dw_bytes, shifted.dw_bytes) << c.describe() << ": dw depends on the workspace's alignment";
+      EXPECT_EQ(aligned.dx_bytes, shifted.dx_bytes) << c.describe() << ": dx depends on the workspace's alignment";
+    }
 }
 
 TEST_P(Backward, ForcedStrategies) {

@@ -275,12 +275,17 @@ TEST_P(FusedBackward, LayoutsAliasingAndOffset) {
 TEST_P(FusedBackward, LongRowsAndManyRows) {
   int ran = 0;
   for (DType r : {DType::f32, DType::bf16}) {
-    for (std::int64_t cols : {8191, 65536, 140000}) {
+    for (std::int64_t cols : {8191, 65536, 140000, 270000}) {
       AddBackwardCase c;
       c.r = r;
       c.cols = cols;
       c.rows = 3;
       expect_good(GetParam(), c, seed_of({cols, static_cast<int>(r)}), &ran);
+      // On CUDA, bf16 rows past 8 blocks' registers (140000) take cluster rows of two pieces,
+      // with the saved rstd too; past two pieces (270000), with the saved rstd, column shards
+      // (an r_out of x's dtype; an f32 r_out with 16-bit gradients streams them).
+      c.saved_rstd = true;
+      if (cols >= 140000) expect_good(GetParam(), c, seed_of({cols, static_cast<int>(r), 1}), &ran);
     }
     AddBackwardCase c;
     c.r = r;

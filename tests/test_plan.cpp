@@ -634,18 +634,95 @@ TEST(Plan, ClusterRowPiecesBeyondTheRegisters) {
         }
       }
   }
-  // The backward's cluster rows hold one piece (2048 x 8 chunks): beyond them, long_row.
-  detail::BackwardProblem b;
-  b.x = b.dy = reinterpret_cast<const void*>(kX);
-  b.dx = reinterpret_cast<void*>(kY);
-  b.x_dtype = b.dx_dtype = DType::bf16;
-  b.rows = 8;
-  b.cols = std::int64_t{detail::kMaxClusterSize} * 2048 * 8 + 8;
-  b.x_row_stride = b.dy_row_stride = b.dx_row_stride = b.cols;
-  b.x_batch_stride = b.dy_batch_stride = b.dx_batch_stride = 8 * b.cols;
-  const Plan bw = detail::plan_backward(b, Strategy::automatic, 9);
-  EXPECT_EQ(bw.strategy, Strategy::long_row) << show(bw);
-  EXPECT_EQ(bw.pieces, 1) << show(bw);
+  // The backward's cluster rows hold two pieces (2048 x 8 chunks each): a row one chunk
+  // longer than 8 blocks' registers takes 8 blocks of two pieces, any view of it (aligned or
+  // not, dw or not, rstd saved or not); one chunk past two pieces, long_row (without dw).
+  for (DType t : kDtypes) {
+    const std::int64_t vw = full_width(t), regs = std::int64_t{detail::kMaxClusterSize} * 2048;
+    for (std::int64_t cols : {regs * vw + vw, regs * vw + 1, 2 * regs * vw, 2 * regs * vw + 1})
+      for (std::int64_t lead : {0, 1}) {
+        detail::BackwardProblem b;
+        b.x = b.dy = reinterpret_cast<const void*>(kX + lead * 2);
+        b.dx = reinterpret_cast<void*>(kY);
+        b.x_dtype = b.dx_dtype = t;
+        b.rows = 8;
+        b.cols = cols;
+        b.x_row_stride = b.dy_row_stride = b.dx_row_stride = b.cols;
+        b.x_batch_stride = b.dy_batch_stride = b.dx_batch_stride = 8 * b.cols;
+        const std::string w = where(t, cols, lead);
+        const Plan bw = detail::plan_backward(b, Strategy::automatic, 9);
+        if (cols > 2 * regs * vw) {
+          EXPECT_EQ(bw.strategy, Strategy::long_row) << w << ": " << show(bw);
+          EXPECT_THROW(detail::plan_backward(b, Strategy::cluster_row, 9), Error) << w;
+          continue;
+        }
+        EXPECT_EQ(bw.strategy, Strategy::cluster_row) << w << ": " << show(bw);
+        EXPECT_EQ(bw.cluster_size, detail::kMaxClusterSize) << w << ": " << show(bw);
+        EXPECT_EQ(bw.pieces, 2) << w << ": " << show(bw);
+        EXPECT_EQ(bw.load_width, lead == 0 && cols % vw == 0 ? vw : 1) << w << ": " << show(bw);
+      }
+  }
+}
+
+// The backward beyond its cluster rows (8 blocks of two pieces of 2048 chunks), with dw
+// wanted and rstd saved: the plan of one of the equal column shards the CUDA launcher runs, a
+// cluster row holding ceil(chunks / shards) chunks. Without dw or a saved rstd, with dy of
+// another dtype than x (the dots' kernel reads both as one), forced long_row, or below
+// sm_90: long_row. The sharded rows' apply step gives the dots, so any dy dtype shards.
+TEST(Plan, BackwardColumnShardsBeyondTheClusterRows) {
+  const std::int64_t most = std::int64_t{detail::kMaxClusterSize} * 2048 * 2;  // chunks a cluster row holds
+  const std::uintptr_t kR = std::uintptr_t{1} << 46, kW = std::uintptr_t{1} << 47;
+  for (DType t : kDtypes) {
+    const std::int64_t vw = full_width(t);
+    for (std::int64_t cols : {most * vw + 1, most * vw + vw, 2 * most * vw, 2 * most * vw + 3, 5 * most * vw}) {
+      detail::BackwardProblem b;
+      b.x = b.dy = reinterpret_cast<const void*>(kX);
+      b.dx = reinterpret_cast<void*>(kY);
+      b.x_dtype = b.dx_dtype = b.w_dtype = b.dw_dtype = t;
+      b.rows = 8;
+      b.cols = cols;
+      b.x_row_stride = b.dy_row_stride = b.dx_row_stride = cols;
+      b.x_batch_stride = b.dy_batch_stride = b.dx_batch_stride = 8 * cols;
+      b.rstd = reinterpret_cast<const void*>(kR);
+      b.weight = reinterpret_cast<const void*>(kW);
+      b.dw = reinterpret_cast<void*>(kW + (std::uintptr_t{1} << 40));
+      const std::string w = where(t, cols);
+      const std::int64_t vectors = (cols + vw - 1) / vw, shards = (vectors + most - 1) / most;
+      const std::int64_t per_shard = (vectors + shards - 1) / shards;
+      const Plan plan = detail::plan_backward(b, Strategy::automatic, 9);
+      EXPECT_EQ(plan.strategy, Strategy::cluster_row) << w << ": " << show(plan);
+      const std::int64_t regs = most / 2;  // 8 blocks' registers: beyond them, two pieces
+      EXPECT_EQ(plan.cluster_size, per_shard <= regs ? (per_shard + 2047) / 2048 : detail::kMaxClusterSize)
+          << w << ": " << show(plan);
+      EXPECT_EQ(plan.pieces, per_shard <= regs ? 1 : 2) << w << ": " << show(plan);
+      const std::int64_t held = std::int64_t{plan.threads_per_row} * plan.items_per_thread * plan.pieces;
+      EXPECT_GE(held, per_shard) << w << ": " << show(plan);
+      EXPECT_LT(held, vectors) << w << ": a shard's plan, not the row's: " << show(plan);
+      EXPECT_EQ((vectors + held - 1) / held, shards) << w << ": the launcher's shards, " << show(plan);
+      const auto expect_long = [&](detail::BackwardProblem q, Strategy s, int cc, const char* why) {
+        const Plan other = detail::plan_backward(q, s, cc);
+        EXPECT_EQ(other.strategy, Strategy::long_row) << w << ", " << why << ": " << show(other);
+      };
+      detail::BackwardProblem q = b;
+      q.dw = nullptr;
+      expect_long(q, Strategy::automatic, 9, "no dw");
+      q = b;
+      q.rstd = nullptr;
+      expect_long(q, Strategy::automatic, 9, "no saved rstd");
+      expect_long(b, Strategy::long_row, 9, "long_row forced");
+      expect_long(b, Strategy::automatic, 8, "sm_80");
+      EXPECT_THROW(detail::plan_backward(b, Strategy::cluster_row, 9), Error) << w;
+      if (t == DType::f32) {
+        q = b;
+        q.dx_dtype = DType::bf16;  // a residual add's backward with an f32 r_out
+        expect_long(q, Strategy::automatic, 9, "dy of bf16, x of f32");
+        const float dots[1] = {};
+        q.row_dots = dots;
+        q.full_cols = cols;
+        EXPECT_TRUE(same(detail::plan_backward(q, Strategy::automatic, 9), plan)) << w << ": the dots given";
+      }
+    }
+  }
 }
 
 // Clusters past the portable 8 blocks, as a forced plan may ask (bench --max-cluster 16):

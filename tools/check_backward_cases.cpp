@@ -88,9 +88,12 @@ std::vector<CheckGroup> build_backward_check_groups(bool quick, bool on_cuda) {
   }
 
   // Long rows with few rows: the rows a model's widest layers (and the vocabulary-sized
-  // norms) give, past what a block holds in registers.
+  // norms) give, past what a block holds in registers, past what 8 blocks' registers hold
+  // (140000, 262144 16-bit: the CUDA backend's cluster rows in two pieces) and past two pieces
+  // (262147, 300001: with the saved rstd and dw, its column shards).
   {
-    const Cols cols = quick ? Cols{16384, 65536} : Cols{16384, 32768, 65536};
+    const Cols cols =
+        quick ? Cols{16384, 65536, 140000, 262147} : Cols{16384, 32768, 65536, 140000, 262144, 262147, 300001};
     CheckGroup g{"backward long rows", {}, {}};
     std::size_t k = 0;
     for (DType t : base_types)

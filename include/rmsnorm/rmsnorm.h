@@ -465,10 +465,14 @@ struct Plan {
   int threads_per_row = 0;   // lanes cooperating on one row
   int items_per_thread = 0;  // chunks each lane holds in registers (0: streamed)
   int threads_per_block = 0;
-  int cluster_size = 1;  // blocks per row (cluster_row), else 1
+  // Blocks per row (cluster_row), else 1. The backward of a row beyond the largest cluster's
+  // registers, with dw wanted and rstd saved (CUDA), runs in equal column shards: the plan
+  // is then a shard's, holding fewer chunks than the row has, and the rows' dot products
+  // are summed over the whole row first.
+  int cluster_size = 1;
   // cluster_row: a block's slice of the row in this many pieces of its register capacity,
   // one held in registers and the rest in shared memory (rows beyond the registers of a
-  // cluster's largest portable size, forward only), else 1.
+  // cluster's largest portable size: up to 4 forward, 2 backward), else 1.
   int pieces = 1;
   // cluster_row, forward: the clusters launched, each looping over its share of the rows, in
   // multiples of the clusters the device holds at once, or kClusterPerRow for one a row; 0 is

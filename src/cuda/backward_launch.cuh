@@ -69,28 +69,49 @@ std::int64_t launch_backward_rows(const BackwardArgs& a, const Plan& plan, int s
 // 2.51 / 2.43 / 2.09 with cluster_count's four times as many clusters (which the forward
 // keeps): once the next row's loads are in flight during this one's barrier (RowStage),
 // further clusters only add partial rows and waves.
+// A slice of two pieces (Plan::pieces, rows beyond kMaxClusterSize blocks' registers) takes
+// the kernel's PIECES = 2.
 template <bool ALIGNED, bool RESIDUAL, class TX, class TG, class TW, int VEC>
 std::int64_t launch_backward_clusters(const BackwardArgs& a, const Plan& plan, int sm_count, const Queue& q) {
+  if (plan.pieces < 1 || plan.pieces > kBackwardClusterPieces)
+    throw Error(Code::internal, "backward cluster rows in " + std::to_string(plan.pieces) + " pieces");
   return with_config<kBackwardClusterRowConfigs, kNumBackwardClusterRowConfigs>(plan, names_cluster, [&](auto i) {
     constexpr RegisterConfig c = kBackwardClusterRowConfigs[decltype(i)::value];
-    const auto kernel = ClusterBackwardImpl<ALIGNED, RESIDUAL, TX, TG, TW, VEC, c.items, c.threads_per_block>;
-    LaunchShape shape{
-        dim3(1), c.threads_per_block, plan.cluster_size,
-        cluster_backward_shared_bytes<ALIGNED, TX, TG, TW, VEC, c.items, c.threads_per_block>(a.weight != nullptr)};
-    const int resident = resident_clusters(kernel, shape);
-    const std::int64_t clusters = resident > 0
-                                      ? std::min<std::int64_t>(a.total_rows, resident)
-                                      : cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
-    shape.grid = grid_for(clusters * plan.cluster_size);
-    launch_kernel(kernel, shape, q, "ClusterBackwardImpl", &plan, a);
-    return clusters;
+    const auto launch = [&](auto pieces) {
+      constexpr int kPieces = decltype(pieces)::value;
+      const auto kernel =
+          ClusterBackwardImpl<ALIGNED, RESIDUAL, TX, TG, TW, VEC, c.items, c.threads_per_block, kPieces>;
+      LaunchShape shape{dim3(1), c.threads_per_block, plan.cluster_size,
+                        cluster_backward_shared_bytes<ALIGNED, TX, TG, TW, VEC, c.items, c.threads_per_block, kPieces>(
+                            a.weight != nullptr)};
+      const int resident = resident_clusters(kernel, shape);
+      const std::int64_t clusters = resident > 0
+                                        ? std::min<std::int64_t>(a.total_rows, resident)
+                                        : cluster_count(a.total_rows, c.threads_per_block, plan.cluster_size, sm_count);
+      shape.grid = grid_for(clusters * plan.cluster_size);
+      launch_kernel(kernel, shape, q, "ClusterBackwardImpl", &plan, a);
+      return clusters;
+    };
+    return plan.pieces == 2 ? launch(std::integral_constant<int, 2>{}) : launch(std::integral_constant<int, 1>{});
   });
 }
 
+// A float a lane (32 columns a 1024-thread block) where that grid fits the SMs in one wave
+// of two blocks each; four (16-byte loads, 128 columns a block) where it would take more,
+// when the partial rows are 16-byte aligned. On an H100 the one-float kernel took 4.5 / 5.2
+// us at 2048 / 4096 columns (one wave) and 9.1 / 11.1 us at 16384 / 32768 (two and four);
+// four floats a lane at 128 columns (one block) cost 262144 x 128 1.3 us a call.
 template <class TDW>
-void launch_dw_finalize(const float* partial, std::int64_t partials, std::int64_t cols, void* dw, const Queue& q) {
-  launch_kernel(DwFinalizeImpl<TDW>, {grid_for((cols + 31) / 32), dim3(32, 32)}, q, "DwFinalizeImpl", nullptr, partial,
-                partials, cols, static_cast<TDW*>(dw));
+void launch_dw_finalize(const float* partial, std::int64_t partials, std::int64_t cols, void* dw, int sm_count,
+                        const Queue& q) {
+  const std::int64_t narrow_blocks = (cols + 31) / 32;
+  if (narrow_blocks > 2 * std::int64_t{sm_count} && cols % 4 == 0 &&
+      reinterpret_cast<std::uintptr_t>(partial) % 16 == 0)
+    launch_kernel(DwFinalizeImpl<TDW, 4>, {grid_for((cols + 127) / 128), dim3(32, 32)}, q, "DwFinalizeImpl", nullptr,
+                  partial, partials, cols, static_cast<TDW*>(dw));
+  else
+    launch_kernel(DwFinalizeImpl<TDW, 1>, {grid_for(narrow_blocks), dim3(32, 32)}, q, "DwFinalizeImpl", nullptr,
+                  partial, partials, cols, static_cast<TDW*>(dw));
 }
 
 template <bool ALIGNED, bool RESIDUAL, class TX, class TG, class TW>
@@ -120,9 +141,9 @@ void launch_backward_typed(const BackwardProblem& p, const Plan& plan, int sm_co
   }
   if (!p.dw) return;
   if (p.dw_dtype == DType::f32)
-    launch_dw_finalize<float>(a.partial, blocks, p.cols, p.dw, q);
+    launch_dw_finalize<float>(a.partial, blocks, p.cols, p.dw, sm_count, q);
   else
-    launch_dw_finalize<TW>(a.partial, blocks, p.cols, p.dw, q);
+    launch_dw_finalize<TW>(a.partial, blocks, p.cols, p.dw, sm_count, q);
 }
 
 // TX: x's type (r_out's); TG: the gradients' (dy, dx), x's or 16-bit with an f32 r_out; the

@@ -21,6 +21,22 @@
 
 namespace rmsnorm::detail::cuda {
 
+// The two mailboxes' mbarriers of a row sum (ClusterSum, SplitRowSum), set up once at the
+// start of the kernel by thread 0: one arrival a phase (the thread that arms it), ordered
+// (fence.mbarrier_init) before this block's arrival at the cluster barrier that follows,
+// which every block passes before its first store into another block's mailbox.
+__device__ __forceinline__ void init_mailboxes(std::uint64_t (&landed)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (threadIdx.x == 0) {
+    ::cuda::ptx::mbarrier_init(&landed[0], 1);
+    ::cuda::ptx::mbarrier_init(&landed[1], 1);
+    ::cuda::ptx::fence_mbarrier_init(::cuda::ptx::sem_release, ::cuda::ptx::scope_cluster);
+  }
+#else
+  (void)landed;
+#endif
+}
+
 // The row sum without a cluster barrier. Each warp sums its lanes (a butterfly), and
 // lanes 0..ranks-1 send the warp's sum to every block of the cluster (st.async into the
 // block's mailbox: slot rank * warps + warp), each store counting its bytes on the
@@ -54,15 +70,9 @@ struct ClusterSum {
   };
 
   __device__ __forceinline__ static void init(TempStorage& t) {
+    init_mailboxes(t.landed);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (threadIdx.x == 0) {
-      ::cuda::ptx::mbarrier_init(&t.landed[0], 1);
-      ::cuda::ptx::mbarrier_init(&t.landed[1], 1);
-      ::cuda::ptx::fence_mbarrier_init(::cuda::ptx::sem_release, ::cuda::ptx::scope_cluster);
-    }
     cooperative_groups::this_cluster().sync();
-#else
-    (void)t;
 #endif
   }
 
@@ -158,8 +168,8 @@ struct ClusterSum {
 // thread waits until its own block's mailbox is full. The mailbox alternates between rows
 // as ClusterSum's does, for the same reason (a block sends row k+2's totals only after its
 // wait for row k+1, which needs row k+1's totals of every warp of the cluster, each sent
-// after that warp read row k's mailbox). init() once at the start (with ClusterSum's
-// cluster barrier), the rows' steps numbered from 0; finish() before the kernel returns.
+// after that warp read row k's mailbox). init() once at the start, the rows' steps numbered
+// from 0; finish() before the kernel returns.
 template <int BLOCK, int SPLIT>
 struct SplitRowSum {
   static_assert(BLOCK % 32 == 0 && SPLIT >= 2 && SPLIT <= 32, "whole warps; a warp's lanes send to the ranks");
@@ -171,16 +181,15 @@ struct SplitRowSum {
     std::uint64_t landed[2];
   };
 
+  // The cluster barrier after the mailboxes' set-up in two halves: the arrival here (relaxed:
+  // the fence orders the set-up), the wait in the first sum() just before its stores into
+  // the other blocks, so that the first row's loads and its warps' sums run while the
+  // barrier completes. On the H200 a whole cluster barrier at the start and one at the end
+  // made a split call 0.1-0.6 us slower than the block row it replaces (tree cf15eb0).
   __device__ __forceinline__ static void init(TempStorage& t) {
+    init_mailboxes(t.landed);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (threadIdx.x == 0) {
-      ::cuda::ptx::mbarrier_init(&t.landed[0], 1);
-      ::cuda::ptx::mbarrier_init(&t.landed[1], 1);
-      ::cuda::ptx::fence_mbarrier_init(::cuda::ptx::sem_release, ::cuda::ptx::scope_cluster);
-    }
-    cooperative_groups::this_cluster().sync();
-#else
-    (void)t;
+    ::cuda::ptx::barrier_cluster_arrive(::cuda::ptx::sem_relaxed);
 #endif
   }
 
@@ -197,6 +206,7 @@ struct SplitRowSum {
                                              SPLIT * kWarps * static_cast<unsigned>(sizeof(float)));
     float total = WarpReduce(t.warp[warp]).Sum(v);  // valid in lane 0
     total = __shfl_sync(0xffffffffu, total, 0);
+    if (step == 0) ::cuda::ptx::barrier_cluster_wait();  // every block's mailboxes are set up
     if (lane < SPLIT) {
       float* slot = cluster.map_shared_rank(&t.mail[box][cluster.block_rank() * kWarps + warp], lane);
       std::uint64_t* bar = cluster.map_shared_rank(&t.landed[box], lane);
@@ -218,11 +228,10 @@ struct SplitRowSum {
 #endif
   }
 
-  __device__ __forceinline__ static void finish() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    cooperative_groups::this_cluster().sync();
-#endif
-  }
+  // No barrier at the end: a split row reads no other block's shared memory (its sums
+  // are pushed), and a block leaves only after every store into its own mailbox has landed
+  // (its last wait counted them), so no store can reach a block that has left.
+  __device__ __forceinline__ static void finish() {}
 };
 
 // A barrier of the whole cluster, with its memory ordering: shared memory written before

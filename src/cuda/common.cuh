@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "rmsnorm/rmsnorm.h"
@@ -332,6 +333,26 @@ __device__ __forceinline__ void begin_dependent_grid() {
   cudaGridDependencySynchronize();
   cudaTriggerProgrammaticLaunchCompletion();
 #endif
+}
+
+// begin_dependent_grid once `ready` (64-bit values: addresses, offsets) are computed. What a
+// kernel derives from its parameters alone then runs while the previous kernel finishes,
+// instead of between that kernel's end and this one's first load: for a decode call, whose
+// time is mostly latency, the block rows' 64-bit row arithmetic (about 100 instructions, a
+// branch and constant-bank loads on sm_90, nvcc 13.0) came before the first load. The empty
+// asm statements take the values as inputs, and the compiler keeps volatile asm statements
+// in their program order, so the values are computed before the wait.
+template <class T>
+__device__ __forceinline__ void computed_here(const T& value) {
+  static_assert(sizeof(T) == 8, "a 64-bit value");
+  std::uint64_t bits;
+  memcpy(&bits, &value, 8);
+  asm volatile("" ::"l"(bits));
+}
+template <class... T>
+__device__ __forceinline__ void begin_dependent_grid_after(const T&... ready) {
+  (computed_here(ready), ...);
+  begin_dependent_grid();
 }
 
 }  // namespace rmsnorm::detail::cuda

@@ -66,9 +66,82 @@ int cached_attribute(int device, const char* what) {
   return n;
 }
 int sm_count(int device) { return cached_attribute<cudaDevAttrMultiProcessorCount>(device, "SM count"); }
+// The most blocks, one partial dw row each, any backward plan launches: a full grid of the
+// smallest blocks.
+std::int64_t most_partial_rows(int device) {
+  return cuda::filling_blocks(kMinBlockThreads, sm_count(device), kMaxThreadsPerSm);
+}
 // Programmatic dependent launch needs sm_90.
 cuda::Queue queue_for(Stream stream, bool pdl, int device) {
   return {static_cast<cudaStream_t>(stream), pdl && cuda_cc_major(device) >= 9};
+}
+
+// An element `cols` columns into a row (a shard's first column).
+template <class T>
+T* columns_in(T* base, std::int64_t cols, DType dtype) {
+  using Byte = std::conditional_t<std::is_const_v<T>, const unsigned char, unsigned char>;
+  return base ? static_cast<T*>(static_cast<Byte*>(base) + cols * static_cast<std::int64_t>(dtype_size(dtype)))
+              : nullptr;
+}
+
+// A row beyond the backward's cluster rows, as plan_backward plans it (dw wanted, rstd
+// saved): the rows' dot products sum(g x) over every column first, into the workspace's
+// head (partial_grad_dot's kernel; the sharded rows' apply step brings its own), then the
+// columns in shards of equal width, whole chunks each, every shard a cluster-row backward
+// reading the saved rstd and the dots (the apply step's kernels, over full_cols), each
+// finishing its slice of dw. The shards run in stream order through the same partial rows.
+void backward_in_column_shards(const BackwardProblem& p, const Plan& plan, std::int64_t held, int device,
+                               Stream stream) {
+  const std::int64_t vw = plan.vector_width;
+  const std::int64_t vectors = (p.cols + vw - 1) / vw;
+  const std::int64_t shards = (vectors + held - 1) / held;
+  const std::int64_t shard_cols = (vectors + shards - 1) / shards * vw;
+  const std::size_t dots_bytes =
+      p.row_dots ? 0 : (static_cast<std::size_t>(p.total_rows()) * sizeof(float) + 15) / 16 * 16;
+  // Each shard's partial dw rows: one a cluster, never more clusters than rows or SMs (so
+  // within cuda_backward_workspace's rows, with the dots beside them: a shard is at most
+  // half a row plus a chunk).
+  const std::size_t partial_bytes =
+      static_cast<std::size_t>(std::min(p.total_rows(), most_partial_rows(device)) * shard_cols) * sizeof(float);
+  if (!p.rstd || !p.dw || p.workspace_bytes < dots_bytes + partial_bytes)
+    throw Error(Code::internal, "workspace: the column shards of a long row need " +
+                                    std::to_string(dots_bytes + partial_bytes) + " bytes, a saved rstd and dw");
+  float* dots = p.row_dots ? nullptr : static_cast<float*>(p.workspace);
+  if (dots) {
+    PartialSumsProblem sums;
+    sums.x = p.x;
+    sums.dy = p.dy;
+    sums.weight = p.weight;
+    sums.sums = dots;
+    sums.x_dtype = p.x_dtype;  // dy's too (plan_backward shards only then)
+    sums.w_dtype = p.w_dtype;
+    sums.batch = p.batch;
+    sums.rows = p.rows;
+    sums.cols = p.cols;
+    sums.x_batch_stride = p.x_batch_stride;
+    sums.x_row_stride = p.x_row_stride;
+    sums.dy_batch_stride = p.dy_batch_stride;
+    sums.dy_row_stride = p.dy_row_stride;
+    sums.weight_offset = p.weight_offset;
+    sums.pdl = p.pdl;
+    cuda_partial_sums(sums, device, stream);
+  }
+  for (std::int64_t first = 0; first < p.cols; first += shard_cols) {
+    BackwardProblem s = p;
+    s.cols = std::min(shard_cols, p.cols - first);
+    s.x = columns_in(p.x, first, p.x_dtype);
+    s.dy = columns_in(p.dy, first, p.dx_dtype);
+    s.dx = columns_in(p.dx, first, p.dx_dtype);
+    s.weight = columns_in(p.weight, first, p.w_dtype);
+    s.dw = columns_in(p.dw, first, p.dw_dtype);
+    s.dr_out = columns_in(p.dr_out, first, p.x_dtype);
+    s.dr = columns_in(p.dr, first, p.x_dtype);
+    s.row_dots = p.row_dots ? p.row_dots : dots;
+    s.full_cols = p.row_dots ? p.full_cols : p.cols;
+    s.workspace = static_cast<unsigned char*>(p.workspace) + dots_bytes;
+    s.workspace_bytes = p.workspace_bytes - dots_bytes;
+    cuda_backward(s, plan, device, stream);  // the plan holds a shard
+  }
 }
 
 template <class TX, bool RESIDUAL, class TG = TX>
@@ -79,10 +152,10 @@ void launch_backward_aligned(const BackwardProblem& p, const Plan& plan, int sms
 }  // namespace
 
 std::size_t cuda_backward_workspace(std::int64_t total_rows, std::int64_t cols, int device) {
-  // One fp32 partial dw row per backward block; the most blocks any plan launches is a full
-  // grid of the smallest blocks, and never more than the rows.
-  const std::int64_t most = cuda::filling_blocks(kMinBlockThreads, sm_count(device), kMaxThreadsPerSm);
-  return static_cast<std::size_t>(std::min(total_rows, most) * cols) * sizeof(float);
+  // One fp32 partial dw row per backward block, never more blocks than rows. A long row's
+  // column shards (backward_in_column_shards) fit too: their dots and partial rows take at
+  // most rows * 4 bytes (rounded to 16) and half a row's plus a chunk's.
+  return static_cast<std::size_t>(std::min(total_rows, most_partial_rows(device)) * cols) * sizeof(float);
 }
 
 void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Stream stream) {
@@ -95,6 +168,12 @@ void cuda_backward(const BackwardProblem& p, const Plan& plan, int device, Strea
         throw Error(Code::cuda_error, std::string("dw: zero fill failed: ") + cudaGetErrorString(err));
     }
     return;
+  }
+  if (plan.strategy == Strategy::cluster_row) {
+    // The vectors a cluster row holds: its blocks' registers, in as many pieces.
+    const std::int64_t held = std::int64_t{plan.threads_per_row} * plan.items_per_thread * plan.pieces;
+    if ((p.cols + plan.vector_width - 1) / plan.vector_width > held)
+      return backward_in_column_shards(p, plan, held, device, stream);
   }
   const int sms = sm_count(device);
   const cuda::Queue q = queue_for(stream, p.pdl, device);

@@ -234,31 +234,81 @@ __device__ __forceinline__ void add_ranks_residual(const ForwardArgs& a, std::in
   }
 }
 
+// Where a row's inputs lie: x's row and, with the (single-rank) residual add, r's and r_out's
+// (an invalid row, past the end, keeps the tensors' bases, never read or written), each
+// worked out where load_row asks for it.
+template <class STEPS, class TX>
+struct RowPlaces {
+  using TI = typename STEPS::template Input<TX>;  // x's storage
+  const ForwardArgs& a;
+  std::int64_t row;
+  bool valid;
+  __device__ __forceinline__ const TI* x() const {
+    return static_cast<const TI*>(a.x) + (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
+  }
+  __device__ __forceinline__ const TX* r() const {
+    return valid ? residual_row<TX>(a, row) : static_cast<const TX*>(a.residual);
+  }
+  __device__ __forceinline__ TX* r_out() const { return valid ? residual_out_row<TX>(a, row) : nullptr; }
+};
+
+// The same places worked out at once, so that a kernel can compute them before it waits for
+// the previous grid (wait_for_previous_grid). Only for aligned rows: unaligned ones (an
+// access an element) held them through their loads and spilled (the residual add's
+// 416 x 8 f16 rows: 728 bytes of stack a thread against 240, sm_90, nvcc 13.0).
+template <class STEPS, class TX>
+struct EarlyRowPlaces {
+  using TI = typename STEPS::template Input<TX>;
+  static constexpr bool kResidual = STEPS::kResidual && !STEPS::kRanks;
+  const TI* x_;
+  const TX* r_ = nullptr;
+  TX* r_out_ = nullptr;
+  __device__ __forceinline__ explicit EarlyRowPlaces(const RowPlaces<STEPS, TX>& at) : x_(at.x()) {
+    if constexpr (kResidual) {
+      r_ = at.r();
+      r_out_ = at.r_out();
+    }
+  }
+  __device__ __forceinline__ const TI* x() const { return x_; }
+  __device__ __forceinline__ const TX* r() const { return r_; }
+  __device__ __forceinline__ TX* r_out() const { return r_out_; }
+  // begin_dependent_grid, the places computed first.
+  __device__ __forceinline__ void wait_for_previous_grid() const {
+    if constexpr (kResidual)
+      begin_dependent_grid_after(x_, r_, r_out_);
+    else
+      begin_dependent_grid_after(x_);
+  }
+};
+
 // The prologue of the register kernels: a lane's chunks of the row, x's or, with the residual
 // add, r_out's (stored on the way; TX is then r's type, and x's is STEPS::Input). Invalid
-// rows (past the end) load zeros and store nothing.
-template <bool ALIGNED, class STEPS, class TX, int VEC, int ITEMS, int STRIDE>
-__device__ __forceinline__ void load_row(const ForwardArgs& a, std::int64_t row, bool valid, std::int64_t first,
-                                         std::int64_t end, Vec<TX, VEC> (&v)[ITEMS]) {
-  using TI = typename STEPS::template Input<TX>;  // x's storage
-  const TI* x = static_cast<const TI*>(a.x) + (valid ? row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) : 0);
+// rows (past the end) load zeros and store nothing. `at`: RowPlaces or EarlyRowPlaces.
+template <bool ALIGNED, class STEPS, class TX, int VEC, int ITEMS, int STRIDE, class Places>
+__device__ __forceinline__ void load_row(const ForwardArgs& a, const Places& at, std::int64_t row, bool valid,
+                                         std::int64_t first, std::int64_t end, Vec<TX, VEC> (&v)[ITEMS]) {
+  using TI = typename STEPS::template Input<TX>;
   if constexpr (!STEPS::kResidual) {
-    load_items<ALIGNED, TX, VEC, ITEMS, STRIDE>(x, first, end, a.cols, valid, v);
+    load_items<ALIGNED, TX, VEC, ITEMS, STRIDE>(at.x(), first, end, a.cols, valid, v);
   } else if constexpr (STEPS::kRanks) {
     add_ranks_residual<ALIGNED, TI, TX, VEC, ITEMS, STRIDE>(a, row, valid, first, end, v);
   } else {
     Vec<TI, VEC> xv[ITEMS];
     Vec<TX, VEC> rv[ITEMS];
-    load_items<ALIGNED, TI, VEC, ITEMS, STRIDE>(x, first, end, a.cols, valid, xv);
-    load_items<ALIGNED, TX, VEC, ITEMS, STRIDE>(valid ? residual_row<TX>(a, row) : static_cast<const TX*>(a.residual),
-                                                first, end, a.cols, valid, rv);
-    TX* r_out = valid ? residual_out_row<TX>(a, row) : nullptr;
+    load_items<ALIGNED, TI, VEC, ITEMS, STRIDE>(at.x(), first, end, a.cols, valid, xv);
+    load_items<ALIGNED, TX, VEC, ITEMS, STRIDE>(at.r(), first, end, a.cols, valid, rv);
+    TX* r_out = at.r_out();
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const std::int64_t idx = first + static_cast<std::int64_t>(i) * STRIDE;
       v[i] = add_residual<ALIGNED, TI, TX, VEC>(xv[i], rv[i], r_out, idx, a.cols, valid && idx < end);
     }
   }
+}
+template <bool ALIGNED, class STEPS, class TX, int VEC, int ITEMS, int STRIDE>
+__device__ __forceinline__ void load_row(const ForwardArgs& a, std::int64_t row, bool valid, std::int64_t first,
+                                         std::int64_t end, Vec<TX, VEC> (&v)[ITEMS]) {
+  load_row<ALIGNED, STEPS, TX, VEC, ITEMS, STRIDE>(a, RowPlaces<STEPS, TX>{a, row, valid}, row, valid, first, end, v);
 }
 
 // Dynamic-scale quantisation needs the max |y| of each group before any of it is stored:
@@ -307,7 +357,10 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
 #if !RMSNORM_CLUSTER_BODY
   if constexpr (kSplit) return;  // never launched before sm_90
 #endif
-  begin_dependent_grid();
+  // Aligned rows wait for the previous kernel with their first row's addresses computed
+  // (EarlyRowPlaces, below); the quantised store reads its static scale before the rows.
+  constexpr bool kEarlyPlaces = ALIGNED && !STEPS::kQuant;
+  if constexpr (!kEarlyPlaces) begin_dependent_grid();
   using TC = typename STEPS::template Input<TX>;  // the Llama cast's type: x's
   constexpr int kRowsPerBlock = kSplit ? 1 : BLOCK / TPR;
   constexpr bool kPreload = kForwardPreloadsWeight<TW, VEC, ITEMS>;
@@ -354,22 +407,26 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, false>(
     const std::int64_t row = first + slot;
     const bool valid = row < a.total_rows;
     Vec<TX, VEC> v[ITEMS];
-    load_row<ALIGNED, STEPS, TX, VEC, ITEMS, TPR>(a, row, valid, lane, vectors, v);
-    // The weight after the first row's loads are issued, so that both are in flight
-    // together: issued first, the copies of the weight into the registers it keeps across
-    // rows stalled on its arrival and held back x's loads (two memory latencies in a row
-    // for a single row).
-    if (weight_pending) {
+    // The weight with the first row, issued just before its loads, so that both are in
+    // flight together. Issued after them, the compiler placed it behind the row's sum of
+    // squares, which waits for x: x's latency and then the weight's (L2) on a single row.
+    const auto load_weight_once = [&] {
+      if (!weight_pending) return;
       load_weight<ALIGNED, TW, VEC, ITEMS, TPR, kPreload>(w, lane, vectors, a.cols, wv);
       weight_pending = false;
+    };
+    if constexpr (kEarlyPlaces) {  // the first row's addresses computed before the wait
+      const EarlyRowPlaces<STEPS, TX> at(RowPlaces<STEPS, TX>{a, row, valid});
+      if (weight_pending) at.wait_for_previous_grid();
+      load_weight_once();
+      load_row<ALIGNED, STEPS, TX, VEC, ITEMS, TPR>(a, at, row, valid, lane, vectors, v);
+    } else {
+      load_weight_once();
+      load_row<ALIGNED, STEPS, TX, VEC, ITEMS, TPR>(a, row, valid, lane, vectors, v);
     }
     // Given sums replace the reduction's result: the row is in registers for y anyway, and
     // the reduction left in place keeps the kernel's code and register allocation.
-    float ss;
-    if constexpr (kSplit)
-      ss = Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v), step);
-    else
-      ss = Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v));
+    const float ss = Sum::sum(temp, sum_squares<TX, VEC, ITEMS>(v), step);
     const float rstd = rstd_from_sum(a.row_sums ? (valid ? a.row_sums[row] : 0.f) : ss, a.inv_cols, a.eps);
     if (valid && a.rstd && lane == 0) a.rstd[row] = rstd;
     TY* y = static_cast<TY*>(a.y) + (valid ? row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride) : 0);

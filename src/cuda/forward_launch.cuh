@@ -117,8 +117,9 @@ void launch_register_rows(const ForwardArgs& a, const Plan& plan, const Queue& q
     if constexpr (ALIGNED && !STEPS::kQuant && kSplit > 1)
       if (split_launch_blocks(c, a.total_rows, split_sms) == kSplit) {
         constexpr int kBlock = c.threads_per_row / kSplit;
-        launch_kernel(RegisterRowsImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.threads_per_row, c.items, kBlock, false, kSplit>,
-                      {grid_for(a.total_rows * kSplit), kBlock, kSplit, 0}, q, "RegisterRowsImpl (split)", &plan, a);
+        launch_kernel(
+            RegisterRowsImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.threads_per_row, c.items, kBlock, false, kSplit>,
+            {grid_for(a.total_rows * kSplit), kBlock, kSplit, 0}, q, "RegisterRowsImpl (split)", &plan, a);
         return;
       }
     constexpr int kRowsPerBlock = c.threads_per_block / c.threads_per_row;
