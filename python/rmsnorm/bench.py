@@ -21,8 +21,12 @@ The protocol is docs/performance.md's:
   outputs: per-row fp8 and per-row int8 (M*N*s + M*N + 4*M), static fp8 (M*N*s + M*N; a
   scale of 6/448), group-128 fp8 (M*N*s + M*N + 4*M*N/128; shapes whose N is a multiple of
   128), rmsnorm's fused ops against
-  eager PyTorch and torch.compile of the same formula, and the copy of the same bytes. On a
-  device whose backend does not serve a fused form yet, its rmsnorm cell says so.
+  eager PyTorch and torch.compile of the same formula, FlashInfer where it has the form (the
+  residual add, in place on copies of the inputs, and the static fp8 output), and the copy
+  of the same bytes. On a device whose backend does not serve a fused form yet, its rmsnorm
+  cell says so.
+- The peers beyond PyTorch (Liger, QuACK, FlashInfer) are timed where they import, and
+  named with the reason in the notes where they do not.
 
 On a machine without CUDA it runs the same tables on the CPU with plain loops: a smoke
 test, not a measurement. The forward table then sets rmsnorm beside PyTorch's own CPU
@@ -50,7 +54,7 @@ import torch.nn.functional as F
 
 import rmsnorm
 
-IMPLS = ("rmsnorm", "torch_eager", "torch_fused", "torch_compile", "liger", "quack", "copy")
+IMPLS = ("rmsnorm", "torch_eager", "torch_fused", "torch_compile", "liger", "quack", "flashinfer", "copy")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # The shapes of docs/performance.md's peer tables.
@@ -61,7 +65,9 @@ DECODE_SIZES = [(1, 4096), (32, 8192)]
 FUSED_SIZES = [(4096, 4096), (16384, 8192), (16384, 16384), (16384, 32768)]
 QUICK_FUSED = [(4096, 4096), (16384, 8192)]
 CPU_FUSED = [(256, 1024)]
-FUSED_IMPLS = ("rmsnorm", "torch_eager", "torch_compile", "copy")
+# FlashInfer where it has the fused form: the residual add and the static fp8 output
+# (flashinfer_calls).
+FUSED_IMPLS = ("rmsnorm", "torch_eager", "torch_compile", "flashinfer", "copy")
 QUICK_FORWARD = [(4096, 1024), (4096, 4096), (16384, 8192), (262144, 128)]
 QUICK_BACKWARD = [(16384, 2048), (16384, 8192)]
 CPU_FORWARD = [(256, 1024), (64, 8192), (8192, 128)]  # small: the CPU run is a smoke test
@@ -142,9 +148,10 @@ QUANT_KINDS = ("quant", "quant_static", "quant_group", "quant_int8")
 
 
 def fused_impls(kind: str, eps: float, wanted: list[str], copy_elements: int,
-                static_scale: Optional[torch.Tensor] = None) -> list[Impl]:
+                static_scale: Optional[torch.Tensor] = None, device: str = "cuda") -> list[Impl]:
     """(x, r, w) -> outputs, for the residual add ("add"; "add_f32r" with a float32 residual)
-    and the 8-bit outputs (QUANT_KINDS; "quant_static" divides by `static_scale`)."""
+    and the 8-bit outputs (QUANT_KINDS; "quant_static" divides by `static_scale`). A peer
+    without the kind, or not importable, is left out of its table."""
     ours = {
         "add": lambda x, r, w: rmsnorm.fused_add_rms_norm(x, r, w, eps),
         "add_f32r": lambda x, r, w: rmsnorm.fused_add_rms_norm(x, r, w, eps),
@@ -167,6 +174,11 @@ def fused_impls(kind: str, eps: float, wanted: list[str], copy_elements: int,
             impls.append(Impl(name, eager))
         elif name == "torch_compile":
             impls.append(Impl(name, torch.compile(eager, dynamic=False)))
+        elif name == "flashinfer":
+            module, _ = _flashinfer_norm(device)
+            calls = flashinfer_calls(module, eps, static_scale) if module else {}
+            if kind in calls:
+                impls.append(Impl(name, calls[kind], in_place=kind == "add"))
         elif name == "copy":  # the same bytes: x and r cloned (add), half the model bytes of x (quant)
             impls.append(Impl(name, (lambda x, r, w: (x.clone(), r.clone())) if kind not in QUANT_KINDS
                               else (lambda x, r, w: x.view(-1)[:copy_elements].clone())))
@@ -178,6 +190,7 @@ class Impl:
     name: str
     fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]  # (x, w) -> y; None: unavailable
     note: str = ""
+    in_place: bool = False  # writes its outputs over its inputs: checked and timed on copies
 
 
 def make_impls(device: str, eps: float, wanted: list[str]) -> list[Impl]:
@@ -199,6 +212,9 @@ def make_impls(device: str, eps: float, wanted: list[str]) -> list[Impl]:
             impls.append(_liger(device, eps))
         elif name == "quack":
             impls.append(_quack(device, eps))
+        elif name == "flashinfer":
+            module, why = _flashinfer_norm(device)
+            impls.append(Impl(name, flashinfer_calls(module, eps)["forward"] if module else None, why))
         elif name == "copy":
             impls.append(Impl(name, lambda x, w: x.clone()))
     return impls
@@ -224,6 +240,38 @@ def _quack(device: str, eps: float) -> Impl:
     except Exception as e:  # noqa: BLE001
         return Impl("quack", None, f"not importable ({type(e).__name__}: {e})")
     return Impl("quack", lambda x, w: quack_rmsnorm(x, w, eps=eps))
+
+
+def _flashinfer_norm(device: str):
+    """flashinfer.norm, or None and why not."""
+    if device != "cuda":
+        return None, "CUDA kernels: CUDA only"
+    try:
+        import flashinfer.norm as module
+    except Exception as e:  # noqa: BLE001
+        return None, f"not importable ({type(e).__name__}: {e})"
+    return module, ""
+
+
+def flashinfer_calls(module, eps: float, static_scale: Optional[torch.Tensor] = None) -> dict[str, Callable]:
+    """FlashInfer's norms (`module`: flashinfer.norm) called as the bench calls each form:
+    "forward" (x, w) -> y; "add" (x, r, w) -> (y, r_out), FusedAddRMSNorm, which writes r + x
+    over r and y over x (vLLM's in-place contract: the bench hands it copies); with a
+    `static_scale`, "quant_static" (x, r, w) -> (q, scale), fp8 of y / scale into a tensor
+    made here."""
+    def add(x, r, w):
+        module.fused_add_rmsnorm(x, r, w, eps)
+        return x, r
+
+    def quant_static(x, r, w):
+        q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+        module.rmsnorm_quant(q, x, w, static_scale, eps)
+        return q, static_scale
+
+    calls = {"forward": lambda x, w: module.rmsnorm(x, w, eps), "add": add}
+    if static_scale is not None:
+        calls["quant_static"] = quant_static
+    return calls
 
 
 # ---------------------------------------------------------------------------------------
@@ -573,16 +621,20 @@ class Bench:
         wanted = [i for i in self.args.impls if i in FUSED_IMPLS]
         # A static scale that leaves y (about N(0, 1) times a weight near 1) mostly unsaturated.
         static_scale = torch.tensor([6.0 / 448.0], dtype=torch.float32, device=self.device)
-        for impl in fused_impls(kind, eps, wanted, min(n, model_bytes // (2 * self.esize)), static_scale):
+        for impl in fused_impls(kind, eps, wanted, min(n, model_bytes // (2 * self.esize)), static_scale,
+                                self.device):
+            # An in-place peer gets copies of x and r, so that every impl reads the same inputs.
+            own = [(x.clone(), r.clone(), w) for x, r, w in inputs] if impl.in_place else inputs
             try:
                 with torch.no_grad():
                     if impl.name != "copy":
-                        problem = self._check_fused(kind, impl.fn(x0, r0, w0), x0, r0, w0)
+                        out = impl.fn(*((x0.clone(), r0.clone(), w0) if impl.in_place else (x0, r0, w0)))
+                        problem = self._check_fused(kind, out, x0, r0, w0)
                         if problem:
                             self.record(kind, rows, cols, impl.name, None, "-", model_bytes, f"wrong: {problem}")
                             continue
                     seconds, mode = self._time(
-                        [lambda a=a, f=impl.fn: f(*a) for a in inputs], sets, calls, impl.name == "copy"
+                        [lambda a=a, f=impl.fn: f(*a) for a in own], sets, calls, impl.name == "copy"
                     )
                 self.record(kind, rows, cols, impl.name, seconds, mode, model_bytes)
             except Exception as e:  # noqa: BLE001 - reported (a backend without the fusion says so)

@@ -16,6 +16,7 @@ try:
 except ImportError as e:  # the package without its compiled library: not built or installed
     pytest.skip(f"the rmsnorm extension is not built ({e})", allow_module_level=True)
 
+import torch  # noqa: E402
 from _support import run_module  # noqa: E402
 
 IMPLS = ["rmsnorm", "torch_eager", "torch_fused", "copy"]  # torch.compile left out: minutes of C++
@@ -63,3 +64,69 @@ def test_cpu_bench_checks_every_peer():
         cells = lines[head + 2].split()
         assert cells[:3] == ["64", "x", "1024"], lines[head + 2]
         assert all(re.fullmatch(r"\d+\.\d", cell) for cell in cells[3:6]), f"{title}: {lines[head + 2]}"
+
+
+class _StandIn:
+    """flashinfer.norm's three calls, written in PyTorch with FlashInfer's argument order and
+    in-place contract (fused_add_rmsnorm writes r + x over r and the norm over x;
+    rmsnorm_quant writes into the fp8 tensor it is given), so that the bench's wrappers and
+    its handling of an in-place peer run on the CPU."""
+
+    @staticmethod
+    def rmsnorm(x, w, eps):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w.float()).to(x.dtype)
+
+    @staticmethod
+    def fused_add_rmsnorm(x, r, w, eps):
+        r.copy_((r.float() + x.float()).to(r.dtype))
+        x.copy_(_StandIn.rmsnorm(r, w, eps))
+
+    @staticmethod
+    def rmsnorm_quant(out, x, w, scale, eps):
+        y = _StandIn.rmsnorm(x, w, eps).float()
+        out.copy_((y / scale).clamp(-448.0, 448.0).to(out.dtype))
+
+
+def _bench_with_stand_in(monkeypatch, impls):
+    import types
+
+    import rmsnorm.bench as bench
+
+    monkeypatch.setattr(bench, "_flashinfer_norm", lambda device: (_StandIn, ""))
+    args = types.SimpleNamespace(dtype="bf16", reps=2, eps=1e-6, impls=impls)
+    return bench, bench.Bench(args, "cpu", "cpu (test)", "test")
+
+
+def test_flashinfer_is_checked_and_timed_on_its_own_copies(monkeypatch):
+    # The residual add writes over x and r: checked on copies of x0 and r0 (else its outputs
+    # would be compared with a reference made from what it overwrote: "wrong") and timed on
+    # copies of every set, so that rmsnorm, timed after it, still reads the inputs it checked.
+    bench, b = _bench_with_stand_in(monkeypatch, ["flashinfer", "rmsnorm", "copy"])
+    for kind in ("add", "quant_static"):
+        b.fused(kind, 64, 1024)
+    b.forward(64, 1024)
+    got = {(r.op, r.impl): r for r in b.records}
+    for key in (("add", "flashinfer"), ("add", "rmsnorm"), ("quant_static", "flashinfer"),
+                ("forward", "flashinfer"), ("forward", "rmsnorm")):
+        assert key in got, f"{key} not timed: {sorted(got)}"
+        assert got[key].gbps is not None, f"{key}: {got[key].note}"
+    # FlashInfer has no per-row, group or int8 output, nor a float32 residual: left out.
+    assert {i.name for i in bench.fused_impls("quant", 1e-6, ["flashinfer", "rmsnorm"], 1, None, "cpu")} == {"rmsnorm"}
+
+
+def test_flashinfer_outputs_are_the_forms_the_checks_take(monkeypatch):
+    bench, _ = _bench_with_stand_in(monkeypatch, ["flashinfer"])
+    scale = torch.tensor([6.0 / 448.0])
+    calls = bench.flashinfer_calls(_StandIn, 1e-6, scale)
+    x = torch.randn(8, 256, dtype=torch.bfloat16)
+    r = torch.randn(8, 256, dtype=torch.bfloat16)
+    w = torch.rand(256, dtype=torch.bfloat16) + 0.5
+    y_ref, r_ref = bench.eager_add_rms_norm(x, r, w, 1e-6)
+    y, r_out = calls["add"](x.clone(), r.clone(), w)
+    assert torch.equal(r_out, r_ref)
+    assert torch.allclose(y.float(), y_ref.float(), rtol=2e-2, atol=2e-2)
+    q, s = calls["quant_static"](x, r, w)
+    assert q.dtype == torch.float8_e4m3fn and q.shape == x.shape and s is scale
+    # Without a static scale there is no fp8 call to make.
+    assert "quant_static" not in bench.flashinfer_calls(_StandIn, 1e-6)
