@@ -623,9 +623,10 @@ class Bench:
         static_scale = torch.tensor([6.0 / 448.0], dtype=torch.float32, device=self.device)
         for impl in fused_impls(kind, eps, wanted, min(n, model_bytes // (2 * self.esize)), static_scale,
                                 self.device):
-            # An in-place peer gets copies of x and r, so that every impl reads the same inputs.
-            own = [(x.clone(), r.clone(), w) for x, r, w in inputs] if impl.in_place else inputs
             try:
+                # An in-place peer gets copies of x and r, so that every impl reads the same
+                # inputs (made inside the try: a device out of memory is reported, not fatal).
+                own = [(x.clone(), r.clone(), w) for x, r, w in inputs] if impl.in_place else inputs
                 with torch.no_grad():
                     if impl.name != "copy":
                         out = impl.fn(*((x0.clone(), r0.clone(), w0) if impl.in_place else (x0, r0, w0)))
