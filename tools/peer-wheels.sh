@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The peers' wheels for the GPU machine's Python bench (QuACK and Liger beside torch.compile),
-# which has no package registry. QuACK's CuTe DSL libraries are one 92 MB wheel, more than
-# one call to the machine carries (64 MiB with the tree), so the wheels travel in two parts
-# over two calls on a warm machine: the first part is stashed under /root, the second joins
-# it there.
+# The peers' wheels for the GPU machine's Python bench (QuACK, Liger and FlashInfer beside
+# torch.compile), which has no package registry. QuACK's CuTe DSL libraries are one 92 MB
+# wheel and FlashInfer one of 101 MB, more than one call to the machine carries (64 MiB with
+# the tree), so the wheels travel in parts (four at the default size) over successive calls
+# on a warm machine: each part but the last is stashed under /root, the last joins them
+# there.
 #
 #   tools/peer-wheels.sh pack DIR            here: download the pinned wheels (Python 3.12,
-#                                            x86_64) and split them into DIR/a and DIR/b, each
-#                                            under 52 MB (DIR is best an ignored path: /.whl/)
-#   tools/peer-wheels.sh stash PART          there, first call (carry PART): keep its files
-#                                            in /root/peer-wheels
-#   tools/peer-wheels.sh install PART SITE   there, second call (carry PART): join the parts,
+#                                            x86_64) and split them into DIR/a, DIR/b, ...,
+#                                            each under 52 MB (DIR is best an ignored path:
+#                                            /.whl/)
+#   tools/peer-wheels.sh stash PART          there, a call for each part but the last (carry
+#                                            PART): keep its files in /root/peer-wheels
+#   tools/peer-wheels.sh install PART SITE   there, with the last part (carry it): join the parts,
 #                                            install them into SITE (pip --target, no
 #                                            dependencies) and print the PYTHONPATH to export
 #
@@ -18,10 +20,14 @@
 # dsl_packages on the path too (its .pth file is not read from a target folder).
 set -eu
 stash=${PEER_WHEELS_STASH:-/root/peer-wheels}
-# QuACK 0.6.5 and what it imports, as the GPU machine's torch 2.11 (cu130) needs them.
+# QuACK 0.6.5 and what it imports, as the GPU machine's torch 2.11 (cu130) needs them; Liger;
+# FlashInfer 0.7.4, whose flashinfer.norm imports with tvm-ffi, torch-c-dlpack-ext (QuACK's
+# too) and nvidia-ml-py alone (tried with a CPU torch: its other requirements are for other
+# modules) and compiles its kernels with the machine's nvcc and ninja on first use.
 wheels=(quack-kernels==0.6.5 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1
   nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 apache-tvm-ffi==0.1.15.post2
-  torch-c-dlpack-ext==0.1.5 einops==0.8.2 liger-kernel==0.8.5)
+  torch-c-dlpack-ext==0.1.5 einops==0.8.2 liger-kernel==0.8.5 flashinfer-python==0.7.4
+  nvidia-ml-py==13.615.71)
 
 case "${1:-}" in
   pack)
@@ -75,7 +81,7 @@ case "${1:-}" in
     echo "export PYTHONPATH=$site:$site/nvidia_cutlass_dsl/dsl_packages\${PYTHONPATH:+:\$PYTHONPATH}"
     ;;
   *)
-    sed -n '2,22p' "$0"
+    sed -n '2,20p' "$0"
     exit 2
     ;;
 esac
