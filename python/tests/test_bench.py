@@ -7,6 +7,7 @@ PyTorch and the copy.
 """
 
 import re
+import types
 
 import pytest
 
@@ -89,8 +90,6 @@ class _StandIn:
 
 
 def _bench_with_stand_in(monkeypatch, impls):
-    import types
-
     import rmsnorm.bench as bench
 
     monkeypatch.setattr(bench, "_flashinfer_norm", lambda device: (_StandIn, ""))
