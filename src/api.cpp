@@ -68,6 +68,18 @@ Strategy parse_strategy(const std::string& s) {
               "strategy: unknown '" + s + "' (expected auto, warp_rows, block_row, long_row or cluster_row)");
 }
 
+const char* split_few_rows_name(SplitFewRows s) noexcept {
+  switch (s) {
+    case SplitFewRows::automatic:
+      return "auto";
+    case SplitFewRows::off:
+      return "off";
+    case SplitFewRows::on:
+      return "on";
+  }
+  return "unknown";
+}
+
 const char* code_name(Code c) noexcept {
   switch (c) {
     case Code::ok:

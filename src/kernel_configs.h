@@ -206,22 +206,26 @@ inline constexpr int kMaxClusterSize = 8;
 // The excess of decode over the copy followed the bytes one row moves through its one SM
 // (docs/performance.md); smaller blocks spread a row over more SMs, in clusters of up to 8.
 // Other block rows (and unaligned rows, and the quantised store) are not split: fewer
-// instantiations, and the same bits either way. Off by default: with a whole cluster barrier
-// at its start and end, a split call took 0.1-0.6 us longer than the block row on the H200
-// (tree cf15eb0); the barriers cost that, not the cluster launch (tools/explore/decode_floor.cu).
-// With the start barrier split around the first loads and none at the end, it won on an H100
-// only where a row moves 64 KB (the residual add at 8192 columns) and lost at 4096 columns.
+// instantiations, and the same bits either way. A split row passes one cluster barrier,
+// split around its first loads (none at the end): on the H200 (tree ff27b44's kernels, in a
+// CUDA graph) that won where a row moves 16 KB of x or more (the residual add at 1 x 8192
+// 1.70 against 1.95 us, 32 x 8192 2.19 against 2.35) and lost at 8 KB (1 x 4096 1.61
+// against 1.49), so SplitFewRows::automatic splits block rows of kSplitAutoLanes lanes and
+// more, and SplitFewRows::on the 128-lane ones too.
 inline constexpr int kSplitBlockThreads = 64;
+inline constexpr int kSplitAutoLanes = 256;
 constexpr int split_blocks(const RegisterConfig& c) {
   const bool split = c.threads_per_row == c.threads_per_block &&
                      (c.threads_per_row == 128 || c.threads_per_row == 256 || c.threads_per_row == 512);
   return split ? c.threads_per_row / kSplitBlockThreads : 1;
 }
-// The blocks a row of `rows` in configuration c is launched in (1: the block row itself),
-// sm_count 0 where no split may be launched (not sm_90, or Params::split_few_rows off).
-constexpr int split_launch_blocks(const RegisterConfig& c, std::int64_t rows, int sm_count) {
+// The blocks a row of `rows` in configuration c is launched in (1: the block row itself)
+// under `mode`; sm_count 0 where no split may be launched (not sm_90).
+constexpr int split_launch_blocks(const RegisterConfig& c, std::int64_t rows, int sm_count,
+                                  SplitFewRows mode = SplitFewRows::automatic) {
   const int blocks = split_blocks(c);
-  return blocks > 1 && rows * blocks <= sm_count ? blocks : 1;
+  const bool wanted = mode == SplitFewRows::on || (mode == SplitFewRows::automatic && c.threads_per_row >= kSplitAutoLanes);
+  return wanted && blocks > 1 && rows * blocks <= sm_count ? blocks : 1;
 }
 static_assert(512 / kSplitBlockThreads <= kMaxClusterSize, "split rows take portable clusters");
 // sm_90 runs clusters of up to 16 blocks where a kernel allows the non-portable sizes
@@ -273,6 +277,16 @@ constexpr int forward_cluster_pieces(bool quantize) { return quantize ? 1 : kMax
 // 131072 f32 columns, x and dy read once (ClusterBackwardImpl's PIECES: piece 0 in registers,
 // piece 1 in its stage buffer, with the lane's dw sums of both pieces in registers).
 inline constexpr int kBackwardClusterPieces = 2;
+// The width in columns of each column shard of a backward row too long for one cluster row
+// (plan_backward plans a shard; the CUDA launcher cuts the row, backward_in_column_shards):
+// the fewest shards of at most `held` chunks of `vw` columns, of equal width in whole chunks
+// (the last may be narrower). One function for both, so that the launcher's shards are the
+// ones the plan was made for.
+constexpr std::int64_t column_shard_cols(std::int64_t cols, std::int64_t vw, std::int64_t held) {
+  const std::int64_t vectors = (cols + vw - 1) / vw;
+  const std::int64_t shards = (vectors + held - 1) / held;
+  return (vectors + shards - 1) / shards * vw;
+}
 
 // Whether a plan names a configuration: register rows by their lanes a row and vectors a
 // lane; clusters by their threads a block and vectors a lane (a cluster row's lanes are the

@@ -192,12 +192,9 @@ Plan plan_backward(const BackwardProblem& p, Strategy requested, int cc_major) {
   const bool dots_summable = p.row_dots != nullptr || p.x_dtype == p.dx_dtype;
   if (requested == Strategy::automatic && plan.strategy == Strategy::long_row && cc_major >= 9 && p.dw && p.rstd &&
       dots_summable) {
-    const int vw = chunk_width(p.x_dtype);
-    const std::int64_t vectors = (p.cols + vw - 1) / vw;
     const std::int64_t most =
         std::int64_t{kMaxClusterSize} * kBackwardClusterPieces * kBackwardClusterRowConfigs[0].capacity();
-    const std::int64_t shards = (vectors + most - 1) / most;
-    return with_load_width(pick((vectors + shards - 1) / shards * vw, Strategy::cluster_row), lw);
+    return with_load_width(pick(column_shard_cols(p.cols, chunk_width(p.x_dtype), most), Strategy::cluster_row), lw);
   }
   return with_load_width(plan, lw);
 }

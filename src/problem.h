@@ -26,7 +26,7 @@ struct ForwardProblem {
   double weight_offset = 0.0;
   Cast cast = Cast::fp32;
   bool pdl = true;              // Params::pdl
-  bool split_few_rows = false;  // Params::split_few_rows
+  SplitFewRows split_few_rows = SplitFewRows::automatic;  // Params::split_few_rows
 
   // Prologue, the residual add (fused_add_forward, fused_add_quant_forward), when `residual`
   // is set: the row to normalise is r_out = x + residual, added in fp32 (fp64 for f64) and

@@ -174,6 +174,10 @@ void check_params(const Params& params) {
   if (!std::isfinite(params.weight_offset))
     fail("weight_offset: must be finite, got " + std::to_string(params.weight_offset));
   if (params.cast != Cast::fp32 && params.cast != Cast::llama) fail("cast: unknown value");
+  if (params.split_few_rows != SplitFewRows::automatic && params.split_few_rows != SplitFewRows::off &&
+      params.split_few_rows != SplitFewRows::on)
+    fail("split_few_rows: unknown value " + std::to_string(static_cast<int>(params.split_few_rows)) +
+         " (expected SplitFewRows::automatic, off or on)");
 }
 
 bool is_quantised(DType t) { return t == DType::f8e4m3 || t == DType::i8; }

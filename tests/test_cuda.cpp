@@ -205,11 +205,12 @@ struct RandomRows {
 
 // A batch of fewer rows than the SMs runs its block rows split over clusters of blocks
 // (Params::split_few_rows, sm_90; split_launch_blocks): the same bytes as the block rows
-// launched whole (split_few_rows off), y, rstd and r_out, for the plain store and the
-// residual add (a residual of x's dtype, and an f32 one of 16-bit x), with and without a
-// weight, on row counts on both sides of where the split stops, and y right. On GPUs
-// before sm_90 both calls run the block rows.
+// launched whole (SplitFewRows::off) under `on` and the default `automatic`, y, rstd and
+// r_out, for the plain store and the residual add (a residual of x's dtype, and an f32 one
+// of 16-bit x), with and without a weight, on row counts on both sides of where the split
+// stops, and y right. On GPUs before sm_90 every call runs the block rows.
 TEST_F(Cuda, SplitRowsGiveTheBlockRowsBits) {
+  const SplitFewRows modes[] = {SplitFewRows::off, SplitFewRows::on, SplitFewRows::automatic};
   for (DType t : kDtypes)
     for (std::int64_t cols : {2048, 4096, 8192, 16384})
       for (std::int64_t rows : {1, 3, 16, 33, 200})
@@ -224,8 +225,8 @@ TEST_F(Cuda, SplitRowsGiveTheBlockRowsBits) {
             const std::string where = std::string(dtype_name(t)) + " cols=" + std::to_string(cols) +
                                       " rows=" + std::to_string(rows) + " op " + std::to_string(op) +
                                       (weighted ? "" : " no weight");
-            std::vector<unsigned char> out[2][3];  // [split][y, rstd, r_out]
-            for (int split = 0; split < 2; ++split) {
+            std::vector<unsigned char> out[3][3];  // [mode][y, rstd, r_out]
+            for (int m = 0; m < 3; ++m) {
               HostTensor y = testing::make_tensor(t, 1, rows, cols), r_out = testing::make_tensor(rt, 1, rows, cols);
               HostTensor rstd = testing::make_vector(DType::f32, rows);
               testing::DeviceMirror dy(y), dro(r_out), drs(rstd);
@@ -233,7 +234,7 @@ TEST_F(Cuda, SplitRowsGiveTheBlockRowsBits) {
               dro.buffer.fill(0xFF);
               drs.buffer.fill(0xFF);
               Params p;
-              p.split_few_rows = split == 1;
+              p.split_few_rows = modes[m];
               const std::optional<TensorView> w = weighted ? std::optional<TensorView>(in.dw.view) : std::nullopt;
               if (op == 0)
                 forward(in.dx.view, w, dy.view, p, drs.view);
@@ -243,19 +244,22 @@ TEST_F(Cuda, SplitRowsGiveTheBlockRowsBits) {
               dy.download_into(y);
               dro.download_into(r_out);
               drs.download_into(rstd);
-              out[split][0] = y.bytes;
-              out[split][1] = rstd.bytes;
-              out[split][2] = r_out.bytes;
-              if (split == 1 && op == 0) {
+              out[m][0] = y.bytes;
+              out[m][1] = rstd.bytes;
+              out[m][2] = r_out.bytes;
+              if (modes[m] == SplitFewRows::on && op == 0) {
                 const auto ref =
                     reference::forward(in.x.view, weighted ? std::optional<TensorView>(in.w.view) : std::nullopt, t, p);
                 const auto cmp = reference::compare(y.view, ref.y, reference::forward_tolerance(t, t, p.cast, cols));
                 EXPECT_TRUE(cmp.passed()) << where << ": " << cmp.describe();
               }
             }
-            EXPECT_EQ(out[1][0], out[0][0]) << where << ": y differs split and whole";
-            EXPECT_EQ(out[1][1], out[0][1]) << where << ": rstd differs split and whole";
-            if (op > 0) EXPECT_EQ(out[1][2], out[0][2]) << where << ": r_out differs split and whole";
+            for (int m = 1; m < 3; ++m) {
+              const std::string how = where + " split " + split_few_rows_name(modes[m]);
+              EXPECT_EQ(out[m][0], out[0][0]) << how << ": y differs split and whole";
+              EXPECT_EQ(out[m][1], out[0][1]) << how << ": rstd differs split and whole";
+              if (op > 0) EXPECT_EQ(out[m][2], out[0][2]) << how << ": r_out differs split and whole";
+            }
           }
         }
 }

@@ -350,12 +350,16 @@ TEST(Plan, BlockRowIsSizedToTheRow) {
 // row is one of 128, 256 or 512 lanes, the rows times the cluster's blocks at most the
 // SMs: the decode shapes of 4096, 8192 and 16384 16-bit columns (2, 4 and 8 blocks of 64
 // threads), up to 66 / 33 / 16 rows of an H200's 132 SMs, and never without an SM count.
+// SplitFewRows::automatic (the default) splits the 256- and 512-lane rows only, `on` all
+// three, `off` none.
 TEST(Plan, FewRowsOfSomeBlockRowsAreSplit) {
   const auto config_of = [](const Plan& p) {
     return detail::RegisterConfig{p.threads_per_row, p.items_per_thread, p.threads_per_block};
   };
+  EXPECT_EQ(Params{}.split_few_rows, SplitFewRows::automatic);
   for (DType t : {DType::f16, DType::bf16}) {
     const std::int64_t cols[] = {4096, 8192, 16384}, blocks[] = {2, 4, 8};
+    const bool automatic[] = {false, true, true};
     for (int k = 0; k < 3; ++k) {
       const Plan p = plan(views(t, 1, cols[k]));
       const std::string w = where(t, cols[k]) + ": " + show(p);
@@ -363,10 +367,16 @@ TEST(Plan, FewRowsOfSomeBlockRowsAreSplit) {
       const detail::RegisterConfig c = config_of(p);
       EXPECT_EQ(detail::split_blocks(c), blocks[k]) << w;
       EXPECT_EQ(p.threads_per_row / detail::split_blocks(c), detail::kSplitBlockThreads) << w;
-      EXPECT_EQ(detail::split_launch_blocks(c, 1, 132), blocks[k]) << w;
-      EXPECT_EQ(detail::split_launch_blocks(c, 132 / blocks[k], 132), blocks[k]) << w;
-      EXPECT_EQ(detail::split_launch_blocks(c, 132 / blocks[k] + 1, 132), 1) << w;
-      EXPECT_EQ(detail::split_launch_blocks(c, 1, 0), 1) << w << ": split without an SM count";
+      const SplitFewRows on = SplitFewRows::on;
+      EXPECT_EQ(detail::split_launch_blocks(c, 1, 132, on), blocks[k]) << w;
+      EXPECT_EQ(detail::split_launch_blocks(c, 132 / blocks[k], 132, on), blocks[k]) << w;
+      EXPECT_EQ(detail::split_launch_blocks(c, 132 / blocks[k] + 1, 132, on), 1) << w;
+      EXPECT_EQ(detail::split_launch_blocks(c, 1, 0, on), 1) << w << ": split without an SM count";
+      EXPECT_EQ(detail::split_launch_blocks(c, 1, 132, SplitFewRows::off), 1) << w << ": split while off";
+      const int by_default = automatic[k] ? static_cast<int>(blocks[k]) : 1;
+      EXPECT_EQ(detail::split_launch_blocks(c, 1, 132), by_default) << w << ": automatic";
+      EXPECT_EQ(detail::split_launch_blocks(c, 132 / blocks[k], 132, SplitFewRows::automatic), by_default) << w;
+      EXPECT_EQ(detail::split_launch_blocks(c, 132 / blocks[k] + 1, 132, SplitFewRows::automatic), 1) << w;
     }
   }
   // Block rows of other sizes and warp rows are not split.
@@ -699,6 +709,11 @@ TEST(Plan, BackwardColumnShardsBeyondTheClusterRows) {
       EXPECT_GE(held, per_shard) << w << ": " << show(plan);
       EXPECT_LT(held, vectors) << w << ": a shard's plan, not the row's: " << show(plan);
       EXPECT_EQ((vectors + held - 1) / held, shards) << w << ": the launcher's shards, " << show(plan);
+      // The launcher cuts the row by the plan's capacity (backward_in_column_shards): the
+      // same width as the shard the plan was made for.
+      EXPECT_EQ(detail::column_shard_cols(cols, plan.vector_width, held), detail::column_shard_cols(cols, vw, most))
+          << w << ": the launcher's shard width, " << show(plan);
+      EXPECT_EQ(detail::column_shard_cols(cols, vw, most), per_shard * vw) << w;
       const auto expect_long = [&](detail::BackwardProblem q, Strategy s, int cc, const char* why) {
         const Plan other = detail::plan_backward(q, s, cc);
         EXPECT_EQ(other.strategy, Strategy::long_row) << w << ", " << why << ": " << show(other);

@@ -187,8 +187,10 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   if (!o.pdl)
     std::cout << "fused kernels launched without programmatic dependent launch (--no-pdl)"
               << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
-  if (o.split)
-    std::cout << "few rows split over clusters (--split)" << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
+  if (o.split != SplitFewRows::automatic)
+    std::cout << (o.split == SplitFewRows::on ? "few rows split over clusters (--split)"
+                                              : "few rows never split over clusters (--no-split)")
+              << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
   if (o.strategy != Strategy::automatic)
     std::cout << "fused strategy forced: " << strategy_name(o.strategy)
               << (dev.is_cuda() ? "" : " (ignored by the CPU backend)") << '\n';

@@ -32,7 +32,7 @@ struct BenchContext {
   int cluster_grid = 0;                      // see BenchOptions
   int max_cluster = 8;                       // see BenchOptions
   bool pdl = true;
-  bool split = false;                                 // Params::split_few_rows
+  SplitFewRows split = SplitFewRows::automatic;       // Params::split_few_rows
   bool leave_out_dw = false, leave_out_rstd = false;  // see BenchOptions
   int reps = 50;
   std::uint64_t seed = 1;

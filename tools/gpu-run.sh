@@ -31,8 +31,8 @@
 #   (not by default: the Python suite and bench against the build stage's extension), fused
 #   (not by default: `rmsnorm bench --op add` and `--op quant` for the five kinds of 8-bit
 #   output, bf16, each beside its unfused form and the copy), and
-#   decode (not by default: the decode suite, forward and residual add, bf16 and f16, as
-#   block rows and with few rows split over clusters: bench --split; RMSNORM_CLI as for cluster),
+#   decode (not by default: the decode suite, forward and residual add, bf16 and f16, as the
+#   launcher chooses and with every row on one SM: bench --no-split; RMSNORM_CLI as for cluster),
 #   cluster_smem (not by default: tools/explore/cluster_smem_rows.cu, the forward's cluster
 #   rows with their slices in registers or shared memory, one cluster a row or looping, beside
 #   the copy and the library's figures; RMSNORM_CLI as for cluster),
@@ -259,14 +259,15 @@ bench_shapes() {
 bundle
 if want decode; then
   # Decode in a CUDA graph and as plain calls (the decode suite), each implementation beside
-  # the copy of the same bytes: the split of few rows over clusters against the block rows.
+  # the copy of the same bytes: as the launcher chooses (SplitFewRows::automatic) and with
+  # every row on one SM (--no-split).
   decode_benches() {
     echo "cli: $bench_cli"
     local op dt
     for op in forward add; do
       for dt in bf16 f16; do
         "$bench_cli" bench --op "$op" --dtype "$dt" --suite decode || return
-        "$bench_cli" bench --op "$op" --dtype "$dt" --suite decode --split || return
+        "$bench_cli" bench --op "$op" --dtype "$dt" --suite decode --no-split || return
       done
     done
   }

@@ -235,7 +235,9 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
     } else if (n == "--no-pdl") {
       o.pdl = false;
     } else if (n == "--split") {
-      o.split = true;
+      o.split = SplitFewRows::on;
+    } else if (n == "--no-split") {
+      o.split = SplitFewRows::off;
     } else if (n == "--reps") {
       o.reps = static_cast<int>(parse_positive(n, r.value(), 100000));
     } else if (n == "--seed") {
@@ -431,7 +433,7 @@ std::string bench_help() {
       R"HELP(usage: rmsnorm bench [--device D] [--op forward|backward|add|quant] [--dtype T] [--suite S,...]
                      [--quant static|row|group] [--qdtype fp8|int8]
                      [--rows M] [--cols N,...] [--strategy S] [--config TxI] [--grid K|rows]
-                     [--max-cluster 16] [--leave-out dw,rstd] [--no-pdl] [--split] [--reps R] [--seed S]
+                     [--max-cluster 16] [--leave-out dw,rstd] [--no-pdl] [--split | --no-split] [--reps R] [--seed S]
                      [--json FILE] [--csv FILE] [--plot FILE.svg]
 
 --op forward (the default) times rmsnorm::forward ("fused") against an unfused baseline
@@ -546,10 +548,12 @@ options:
                     what each part of the backward costs beside the whole (another run)
   --no-pdl          CUDA: launch the fused kernels without programmatic dependent launch
                     (Params::pdl = false), to time what it saves
-  --split           CUDA, --op forward|add: launch a batch of fewer rows than the SMs
-                    with each block row split over a cluster on several SMs (sm_90,
-                    Params::split_few_rows = true) instead of as the block rows they are
-                    planned as, to time the split against them
+  --split           CUDA, --op forward|add: split every block row of a batch of fewer
+                    rows than the SMs over a cluster on several SMs (sm_90,
+                    Params::split_few_rows = SplitFewRows::on; by default only rows of
+                    8192 and 16384 16-bit columns are split), to time the split
+  --no-split        CUDA, --op forward|add: never split (SplitFewRows::off): every block
+                    row on one SM, to time the default against it
   --reps R          timed repetitions, the median is reported (default 50 on CUDA, 3 on
                     the CPU; plain decode calls: max(4R, 200))
   --seed S          seed of the random inputs (default 1)

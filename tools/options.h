@@ -53,7 +53,8 @@ struct BenchOptions {
   // (8, portable; 16, non-portable, sm_90) before pieces.
   int max_cluster = 8;
   bool pdl = true;     // --no-pdl: Params::pdl off
-  bool split = false;  // --split: Params::split_few_rows on
+  // --split / --no-split: Params::split_few_rows on / off (default: the library's automatic).
+  SplitFewRows split = SplitFewRows::automatic;
   // --leave-out dw,rstd (backward, CUDA): the fused call without dw (dx alone) and/or without
   // the saved rstd (recomputed from x), to time what each part of the backward costs.
   bool leave_out_dw = false, leave_out_rstd = false;

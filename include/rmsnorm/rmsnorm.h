@@ -91,6 +91,16 @@ const char* strategy_name(Strategy s) noexcept;
 // "auto", "warp_rows", "block_row", "long_row", "cluster_row"
 Strategy parse_strategy(const std::string& name);
 
+// Params::split_few_rows. A split row pays a cluster barrier and gains the bandwidth of
+// more SMs: on the H200 it was the faster where a row moves 16 KB of x or more, and the
+// slower at 8 KB (decode in a CUDA graph, docs/performance.md, "few rows").
+enum class SplitFewRows : int {
+  automatic = 0,  // split block rows of 256 and 512 lanes (8192 and 16384 16-bit columns)
+  off = 1,        // never split: one block a row
+  on = 2,         // split every block row of 128, 256 or 512 lanes (from 4096 16-bit columns)
+};
+const char* split_few_rows_name(SplitFewRows s) noexcept;  // "auto", "off", "on"
+
 struct Params {
   double eps = 1e-6;           // finite, >= 0
   double weight_offset = 0.0;  // 0: Llama/Mistral/Qwen; 1: Gemma's (1 + w)
@@ -106,14 +116,12 @@ struct Params {
   // back-to-back kernels (a decode step's small calls, in a CUDA graph or not) and changes
   // no result. Ignored on the CPU and below sm_90.
   bool pdl = true;
-  // CUDA, sm_90, the forward's plain store and residual add: a batch of fewer rows than the
-  // GPU has SMs (a decode step) runs each block row split over a cluster of blocks on
-  // several SMs instead of one block on one SM, reduced in the block's order, so that the
-  // bits are the same either way (batch invariance holds). Off by default: on the H200
-  // (bf16, 2026-12-05, tree cf15eb0) it made decode slower, 1 x 8192 2.36 against 1.97 us
-  // in a CUDA graph, 32 x 8192 2.78 against 2.36 (README, "few rows"). Ignored on the CPU
+  // CUDA, sm_90, the forward's plain store and residual add: whether a batch of fewer rows
+  // than the GPU has SMs (a decode step) runs each block row split over a cluster of blocks
+  // on several SMs instead of one block on one SM (SplitFewRows). Reduced in the block's
+  // order either way, so the bits are the same (batch invariance holds). Ignored on the CPU
   // and below sm_90.
-  bool split_few_rows = false;
+  SplitFewRows split_few_rows = SplitFewRows::automatic;
 };
 
 // A CUDA stream as an opaque handle (cudaStream_t). nullptr is the legacy default stream.

@@ -92,10 +92,7 @@ T* columns_in(T* base, std::int64_t cols, DType dtype) {
 // finishing its slice of dw. The shards run in stream order through the same partial rows.
 void backward_in_column_shards(const BackwardProblem& p, const Plan& plan, std::int64_t held, int device,
                                Stream stream) {
-  const std::int64_t vw = plan.vector_width;
-  const std::int64_t vectors = (p.cols + vw - 1) / vw;
-  const std::int64_t shards = (vectors + held - 1) / held;
-  const std::int64_t shard_cols = (vectors + shards - 1) / shards * vw;
+  const std::int64_t shard_cols = column_shard_cols(p.cols, plan.vector_width, held);
   const std::size_t dots_bytes =
       p.row_dots ? 0 : (static_cast<std::size_t>(p.total_rows()) * sizeof(float) + 15) / 16 * 16;
   // Each shard's partial dw rows: one a cluster, never more clusters than rows or SMs (so
@@ -241,7 +238,8 @@ void cuda_forward(const ForwardProblem& p, const Plan& plan, int device, Stream 
   DeviceGuard guard(device);
   // The SM count: the cluster rows' grid, and for block rows whether a batch is few enough
   // rows to split (Params::split_few_rows, on sm_90); 0 where neither applies.
-  const bool split = plan.strategy == Strategy::block_row && p.split_few_rows && cuda_cc_major(device) >= 9;
+  const bool split =
+      plan.strategy == Strategy::block_row && p.split_few_rows != SplitFewRows::off && cuda_cc_major(device) >= 9;
   const int sms = plan.strategy == Strategy::cluster_row || split ? sm_count(device) : 0;
   const cuda::Queue q = queue_for(stream, p.pdl, device);
   // x's dtype picks the instantiations; an f32 residual with 16-bit x takes an f32 row's

@@ -106,16 +106,17 @@ inline unsigned grid_for(std::int64_t work_items) {
 }
 
 // The register configuration the plan names among a compile-time table: its instantiation.
-// split_sms > 0 (block rows on sm_90 with Params::split_few_rows: the SM count): a batch of
-// no more rows than fill the SMs split over clusters (split_blocks), aligned rows of the plain
-// store or the residual add; the same bits as the block row.
+// split_sms > 0 (block rows on sm_90: the SM count): a batch of no more rows than fill the
+// SMs split over clusters (split_blocks) as `split` (Params::split_few_rows) asks, aligned
+// rows of the plain store or the residual add; the same bits as the block row.
 template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, const RegisterConfig* TABLE, int N>
-void launch_register_rows(const ForwardArgs& a, const Plan& plan, const Queue& q, int split_sms = 0) {
+void launch_register_rows(const ForwardArgs& a, const Plan& plan, const Queue& q, int split_sms = 0,
+                          SplitFewRows split = SplitFewRows::off) {
   with_config<TABLE, N>(plan, names_rows, [&](auto i) {
     constexpr RegisterConfig c = TABLE[decltype(i)::value];
     constexpr int kSplit = split_blocks(c);
     if constexpr (ALIGNED && !STEPS::kQuant && kSplit > 1)
-      if (split_launch_blocks(c, a.total_rows, split_sms) == kSplit) {
+      if (split_launch_blocks(c, a.total_rows, split_sms, split) == kSplit) {
         constexpr int kBlock = c.threads_per_row / kSplit;
         launch_kernel(
             RegisterRowsImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.threads_per_row, c.items, kBlock, false, kSplit>,
@@ -221,7 +222,7 @@ void launch_typed(const ForwardProblem& p, const Plan& plan, int sm_count, const
       return launch_register_rows<ALIGNED, STEPS, TX, TW, TY, kVec, kWarpRowsConfigs, kNumWarpRowsConfigs>(a, plan, q);
     case Strategy::block_row:
       return launch_register_rows<ALIGNED, STEPS, TX, TW, TY, kVec, block_row_configs(STEPS::kQuant),
-                                  kNumBlockRowConfigs>(a, plan, q, sm_count);
+                                  kNumBlockRowConfigs>(a, plan, q, sm_count, p.split_few_rows);
     case Strategy::long_row:
       // Lane groups: one pass fewer over the row, and no table of maxima.
       if constexpr (ALIGNED && STEPS::kQuant)
