@@ -25,7 +25,7 @@ struct ForwardProblem {
   double eps = 1e-6;
   double weight_offset = 0.0;
   Cast cast = Cast::fp32;
-  bool pdl = true;              // Params::pdl
+  bool pdl = true;                                        // Params::pdl
   SplitFewRows split_few_rows = SplitFewRows::automatic;  // Params::split_few_rows
 
   // Prologue, the residual add (fused_add_forward, fused_add_quant_forward), when `residual`

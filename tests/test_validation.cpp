@@ -169,7 +169,8 @@ std::vector<Refusal> refusals() {
        },
        {"weight_offset"}},
       {"nan_weight_offset", [nan](Call& c) { c.params.weight_offset = nan; }, {"weight_offset"}},
-      {"unknown_split_few_rows", [](Call& c) { c.params.split_few_rows = static_cast<SplitFewRows>(3); },
+      {"unknown_split_few_rows",
+       [](Call& c) { c.params.split_few_rows = static_cast<SplitFewRows>(3); },
        {"split_few_rows", "3"}},
       {"negative_batch_stride",
        [](Call& c) {

@@ -52,7 +52,7 @@ struct BenchOptions {
   // --max-cluster N: the forced cluster configuration's rows take up to N blocks a cluster
   // (8, portable; 16, non-portable, sm_90) before pieces.
   int max_cluster = 8;
-  bool pdl = true;     // --no-pdl: Params::pdl off
+  bool pdl = true;  // --no-pdl: Params::pdl off
   // --split / --no-split: Params::split_few_rows on / off (default: the library's automatic).
   SplitFewRows split = SplitFewRows::automatic;
   // --leave-out dw,rstd (backward, CUDA): the fused call without dw (dx alone) and/or without
