@@ -129,3 +129,14 @@ def test_flashinfer_outputs_are_the_forms_the_checks_take(monkeypatch):
     assert q.dtype == torch.float8_e4m3fn and q.shape == x.shape and s is scale
     # Without a static scale there is no fp8 call to make.
     assert "quant_static" not in bench.flashinfer_calls(_StandIn, 1e-6)
+
+
+def test_flashinfer_backward_reads_not_applicable(monkeypatch):
+    # FlashInfer's norms are inference ops without autograd: its backward cell says so ("n/a")
+    # instead of reporting a failure, and the other implementations are still timed.
+    bench, b = _bench_with_stand_in(monkeypatch, ["flashinfer", "rmsnorm", "copy"])
+    b.backward(64, 1024)
+    got = {r.impl: r for r in b.records if r.op == "backward"}
+    assert got["flashinfer"].gbps is None and got["flashinfer"].note.startswith("n/a"), got["flashinfer"]
+    assert bench._cell(got["flashinfer"], "gbps") == "n/a"
+    assert got["rmsnorm"].gbps is not None and got["copy"].gbps is not None
