@@ -747,7 +747,10 @@ def print_decode(records, impls):
 
 def print_notes(records, impls: list[Impl]):
     notes = [f"{i.name}: skipped, {i.note}" for i in impls if i.fn is None]
-    notes += [f"{r.op} {r.rows}x{r.cols} {r.impl}: {r.note}" for r in records if r.note]
+    notes += [f"{r.op} {r.rows}x{r.cols} {r.impl}: {r.note}" for r in records
+              if r.note and not r.note.startswith("n/a")]
+    # What does not apply is said once per table and implementation, not for every shape.
+    notes += list(dict.fromkeys(f"{r.op} {r.impl}: {r.note}" for r in records if r.note.startswith("n/a")))
     if notes:
         print("\nNotes:")
         for n in notes:

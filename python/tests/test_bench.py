@@ -131,7 +131,7 @@ def test_flashinfer_outputs_are_the_forms_the_checks_take(monkeypatch):
     assert "quant_static" not in bench.flashinfer_calls(_StandIn, 1e-6)
 
 
-def test_flashinfer_backward_reads_not_applicable(monkeypatch):
+def test_flashinfer_backward_reads_not_applicable(monkeypatch, capsys):
     # FlashInfer's norms are inference ops without autograd: its backward cell says so ("n/a")
     # instead of reporting a failure, and the other implementations are still timed.
     bench, b = _bench_with_stand_in(monkeypatch, ["flashinfer", "rmsnorm", "copy"])
@@ -140,3 +140,8 @@ def test_flashinfer_backward_reads_not_applicable(monkeypatch):
     assert got["flashinfer"].gbps is None and got["flashinfer"].note.startswith("n/a"), got["flashinfer"]
     assert bench._cell(got["flashinfer"], "gbps") == "n/a"
     assert got["rmsnorm"].gbps is not None and got["copy"].gbps is not None
+    # Said once in the notes, however many shapes the table has.
+    b.backward(64, 512)
+    bench.print_notes(b.records, [])
+    out = capsys.readouterr().out
+    assert out.count("FlashInfer's norms have no backward") == 1, out
