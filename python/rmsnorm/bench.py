@@ -54,7 +54,8 @@ import torch.nn.functional as F
 
 import rmsnorm
 
-IMPLS = ("rmsnorm", "rmsnorm_recip", "torch_eager", "torch_fused", "torch_compile", "liger", "quack", "flashinfer", "copy")
+IMPLS = ("rmsnorm", "rmsnorm_recip", "torch_eager", "torch_fused", "torch_compile", "liger", "quack", "flashinfer",
+         "copy")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # The shapes of docs/performance.md's peer tables.
