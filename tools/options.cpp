@@ -177,6 +177,11 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
       if (v != "static" && v != "row" && v != "group")
         throw UsageError("--quant: expected static, row or group, got '" + v + "'");
       o.quant = parse_quant_scale(v);
+    } else if (n == "--division") {
+      const std::string v = r.value();
+      if (v != "exact" && v != "reciprocal")
+        throw UsageError("--division: expected exact or reciprocal, got '" + v + "'");
+      o.division = parse_quant_division(v);
     } else if (n == "--qdtype") {
       const std::string v = r.value();
       if (v == "fp8" || v == "f8e4m3")
@@ -253,8 +258,9 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
     }
   }
   if (o.op != "quant" && (std::find(args.begin(), args.end(), "--quant") != args.end() ||
-                          std::find(args.begin(), args.end(), "--qdtype") != args.end()))
-    throw UsageError("--quant and --qdtype describe --op quant");
+                          std::find(args.begin(), args.end(), "--qdtype") != args.end() ||
+                          std::find(args.begin(), args.end(), "--division") != args.end()))
+    throw UsageError("--quant, --qdtype and --division describe --op quant");
   if ((o.leave_out_dw || o.leave_out_rstd) && o.op != "backward")
     throw UsageError("--leave-out names parts of the backward: it needs --op backward");
   if (o.max_cluster != 8 && (o.strategy != Strategy::cluster_row || !o.config_threads || o.op == "backward"))
@@ -431,7 +437,7 @@ options:
 std::string bench_help() {
   return with_strategies(
       R"HELP(usage: rmsnorm bench [--device D] [--op forward|backward|add|quant] [--dtype T] [--suite S,...]
-                     [--quant static|row|group] [--qdtype fp8|int8]
+                     [--quant static|row|group] [--qdtype fp8|int8] [--division exact|reciprocal]
                      [--rows M] [--cols N,...] [--strategy S] [--config TxI] [--grid K|rows]
                      [--max-cluster 16] [--leave-out dw,rstd] [--no-pdl] [--split | --no-split] [--reps R] [--seed S]
                      [--json FILE] [--csv FILE] [--plot FILE.svg]
@@ -453,7 +459,8 @@ reading the tensors autograd saved: xf, hc, rstd) and against a copy of the same
 
 --op add times rmsnorm::fused_add_forward (residual of x's dtype, out of place: y and r_out
 written); --op quant times rmsnorm::quant_forward (--quant static|row|group, default row;
-group size 128; --qdtype fp8|int8, default fp8); each against an unfused baseline and a
+group size 128; --qdtype fp8|int8, default fp8; --division exact|reciprocal, default exact:
+Quant::division); each against an unfused baseline and a
 copy. On the CPU the baseline is eager PyTorch's whole formula: `r = x + r` followed by the
 unfused norm of r, or the unfused norm followed by its quantisation ops (y.float(), [abs,
 amax, / qmax, clamp(min)], / s, [round,] clamp, .to(): bench/unfused_fusions.h). On CUDA it
@@ -511,6 +518,7 @@ options:
   --op OP           forward (default), backward, add (residual add) or quant (8-bit output)
   --quant K         --op quant: static, row (default) or group (128 columns) scales
   --qdtype Q        --op quant: fp8 (float8_e4m3fn, default) or int8
+  --division D      --op quant: exact (y / s, default) or reciprocal (y * (1 / s), vLLM's)
   --dtype T         f16 (default), bf16 or f32: x, the weight and y (dy, dx and dw)
   --suite S,...     seed: M = 4096, N = 1024..8192 step 1024 (forward's default)
                     qk: 262144 x 64, 262144 x 128 (QK-norm over heads; forward only)

@@ -34,9 +34,10 @@ struct CheckOptions {
 
 struct BenchOptions {
   DeviceChoice device;
-  std::string op = "forward";              // forward, backward, add (residual add) or quant (8-bit output)
-  QuantScale quant = QuantScale::per_row;  // --quant static|row|group (op quant)
-  DType qdtype = DType::f8e4m3;            // --qdtype fp8|int8 (op quant)
+  std::string op = "forward";                     // forward, backward, add (residual add) or quant (8-bit output)
+  QuantScale quant = QuantScale::per_row;         // --quant static|row|group (op quant)
+  DType qdtype = DType::f8e4m3;                   // --qdtype fp8|int8 (op quant)
+  QuantDivision division = QuantDivision::exact;  // --division exact|reciprocal (op quant)
   DType dtype = DType::f16;
   std::optional<std::int64_t> rows;  // with cols: a custom table instead of a suite
   std::vector<std::int64_t> cols;

@@ -63,6 +63,7 @@ inline ForwardArgs make_args(const ForwardProblem& p) {
     a.scales = p.scales;
     a.scale_ub = p.scale_ub;
     a.pow2 = p.pow2_scales;
+    a.reciprocal = p.reciprocal;
     a.group_size = a.dynamic ? p.group_size : p.cols;
     a.groups = a.dynamic ? p.groups() : 1;
     a.scale_row_stride = p.scale_row_stride;
