@@ -92,6 +92,7 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   ctx.config_threads = o.config_threads;
   ctx.config_items = o.config_items;
   ctx.cluster_grid = o.cluster_grid;
+  ctx.shared_slices = o.shared_slices;
   ctx.max_cluster = o.max_cluster;
   ctx.pdl = o.pdl;
   ctx.split = o.split;
@@ -177,6 +178,8 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
               << (o.cluster_grid == kClusterPerRow ? std::string("a cluster a row")
                                                    : std::to_string(o.cluster_grid) + " x the resident clusters")
               << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
+  if (o.shared_slices)
+    std::cout << "slices forced into shared memory" << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
   if (o.max_cluster != 8)
     std::cout << "clusters of up to " << o.max_cluster << " blocks (non-portable)"
               << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';

@@ -31,6 +31,7 @@ struct BenchContext {
   Strategy strategy = Strategy::automatic;
   int config_threads = 0, config_items = 0;  // see BenchOptions
   int cluster_grid = 0;                      // see BenchOptions
+  bool shared_slices = false;                // see BenchOptions
   int max_cluster = 8;                       // see BenchOptions
   bool pdl = true;
   SplitFewRows split = SplitFewRows::automatic;       // Params::split_few_rows

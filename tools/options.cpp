@@ -160,6 +160,7 @@ CheckOptions parse_check_options(const std::vector<std::string>& args) {
 
 BenchOptions parse_bench_options(const std::vector<std::string>& args) {
   BenchOptions o;
+  bool slices_given = false;
   ArgReader r(args, "bench");
   while (r.next()) {
     const std::string& n = r.name();
@@ -237,6 +238,12 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
     } else if (n == "--grid") {
       const std::string v = r.value();
       o.cluster_grid = v == "rows" ? kClusterPerRow : static_cast<int>(parse_positive(n, v, 16));
+    } else if (n == "--slices") {
+      const std::string v = r.value();
+      if (v != "shared" && v != "registers")
+        throw UsageError("--slices: expected shared or registers, got '" + v + "'");
+      o.shared_slices = v == "shared";
+      slices_given = true;
     } else if (n == "--no-pdl") {
       o.pdl = false;
     } else if (n == "--split") {
@@ -267,6 +274,10 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
     throw UsageError(
         "--max-cluster sizes the forward's forced cluster rows: it needs --strategy cluster_row and "
         "--config TxI, and an op other than backward");
+  if (slices_given && (o.strategy != Strategy::cluster_row || !o.config_threads || o.op != "forward"))
+    throw UsageError(
+        "--slices places the forward's forced cluster rows: it needs --strategy cluster_row, --config TxI "
+        "and --op forward");
   if (o.cluster_grid && (o.strategy != Strategy::cluster_row || !o.config_threads || o.op == "backward"))
     throw UsageError(
         "--grid times the forward's cluster rows: it needs --strategy cluster_row and --config TxI, "
@@ -439,7 +450,8 @@ std::string bench_help() {
       R"HELP(usage: rmsnorm bench [--device D] [--op forward|backward|add|quant] [--dtype T] [--suite S,...]
                      [--quant static|row|group] [--qdtype fp8|int8] [--division exact|reciprocal]
                      [--rows M] [--cols N,...] [--strategy S] [--config TxI] [--grid K|rows]
-                     [--max-cluster 16] [--leave-out dw,rstd] [--no-pdl] [--split | --no-split] [--reps R] [--seed S]
+                     [--slices shared|registers] [--max-cluster 16] [--leave-out dw,rstd] [--no-pdl]
+                     [--split | --no-split] [--reps R] [--seed S]
                      [--json FILE] [--csv FILE] [--plot FILE.svg]
 
 --op forward (the default) times rmsnorm::forward ("fused") against an unfused baseline
@@ -551,6 +563,12 @@ options:
                     K times the clusters the device holds at once (1..16), each looping
                     over its share of the rows, or one cluster a row (rows), instead of
                     twice the resident clusters (Plan::cluster_grid)
+  --slices shared|registers
+                    CUDA, --op forward with --strategy cluster_row and --config (512x8 or
+                    256x8 for shared): each block's slice of the row copied to shared
+                    memory, or held in registers (the default of a forced plan), to time
+                    the two against each other (Plan::shared_slices; shared runs a cluster
+                    a row unless --grid says otherwise; unaligned rows: n/a)
   --leave-out P,... CUDA, --op backward: the fused call without dw (dx alone; dw is then not
                     checked) and/or without the saved rstd (recomputed from x), to time
                     what each part of the backward costs beside the whole (another run)

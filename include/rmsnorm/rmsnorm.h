@@ -497,6 +497,12 @@ struct Plan {
   // the launcher's choice (twice the resident clusters). The planner leaves it 0: it is there
   // to time grids against each other (`rmsnorm bench --grid`).
   int cluster_grid = 0;
+  // cluster_row, forward, the plain store of aligned rows in one piece: each block's slice
+  // copied to shared memory (cp.async) and read back from there, rather than held in
+  // registers, so that shared memory decides how many blocks an SM holds (three of 512 x 8
+  // where registers hold two), with one cluster a row unless cluster_grid says otherwise.
+  // The planner takes it for clusters of 4 blocks or more; the bits are the registers'.
+  bool shared_slices = false;
   // Elements per memory access: vector_width when every row start is 16-byte aligned and
   // cols a multiple of it, else 1. It changes how chunks are loaded, never the order in
   // which they are summed: the rest of the plan depends on (cols, dtypes) only.
