@@ -55,6 +55,19 @@ bool same(const Plan& a, const Plan& b) {
 
 int full_width(DType t) { return static_cast<int>(16 / dtype_size(t)); }
 
+// The plain store's problem of 8 contiguous rows of `cols` elements of t (x and y), at kX / kY.
+detail::ForwardProblem plain_problem(DType t, std::int64_t cols) {
+  detail::ForwardProblem p;
+  p.x = reinterpret_cast<const void*>(kX);
+  p.y = reinterpret_cast<void*>(kY);
+  p.x_dtype = p.y_dtype = t;
+  p.rows = 8;
+  p.cols = cols;
+  p.x_row_stride = p.y_row_stride = cols;
+  p.x_batch_stride = p.y_batch_stride = 8 * cols;
+  return p;
+}
+
 const std::vector<DType> kDtypes = {DType::f32, DType::f16, DType::bf16};
 const std::vector<std::int64_t> kCols = {1,     2,     3,      7,      8,      17,      64,     100,   127,
                                          128,   257,   512,    520,    1000,   1024,    1031,   1032,  2048,
@@ -282,25 +295,14 @@ TEST(Plan, ClusterRowSlicesInSharedMemory) {
       }
   }
   // Not the residual add, the quantised store, rows in pieces, or sm_80 (no clusters).
-  detail::ForwardProblem p;
   const std::int64_t cols = 131072;
-  p.x = reinterpret_cast<const void*>(kX);
-  p.y = reinterpret_cast<void*>(kY);
-  p.x_dtype = p.y_dtype = DType::bf16;
-  p.rows = 8;
-  p.cols = cols;
-  p.x_row_stride = p.y_row_stride = cols;
-  p.x_batch_stride = p.y_batch_stride = 8 * cols;
+  detail::ForwardProblem p = plain_problem(DType::bf16, cols);
   EXPECT_TRUE(detail::plan_problem(p, Strategy::automatic, 9).shared_slices);
   EXPECT_FALSE(detail::plan_problem(p, Strategy::automatic, 8).shared_slices) << "sm_80";
   EXPECT_FALSE(detail::plan_problem(p, Strategy::long_row, 9).shared_slices) << "long_row asked for";
-  p.cols = p.x_row_stride = p.y_row_stride = 4 * 262144;
-  p.x_batch_stride = p.y_batch_stride = 8 * p.cols;
-  const Plan pieces = detail::plan_problem(p, Strategy::automatic, 9);
+  const Plan pieces = detail::plan_problem(plain_problem(DType::bf16, 4 * 262144), Strategy::automatic, 9);
   EXPECT_GT(pieces.pieces, 1) << show(pieces);
   EXPECT_FALSE(pieces.shared_slices) << show(pieces);
-  p.cols = p.x_row_stride = p.y_row_stride = cols;
-  p.x_batch_stride = p.y_batch_stride = 8 * cols;
   p.residual = reinterpret_cast<const void*>(kY + (std::uintptr_t{1} << 36));
   p.residual_out = const_cast<void*>(p.residual);
   p.r_dtype = DType::bf16;
@@ -466,14 +468,7 @@ TEST(Plan, WideBlockRowsKeepAnSmFull) {
                         Want{16384, 512, 4, 256, 8}, Want{18432, 288, 8, 288, 8}, Want{24576, 512, 6, 512, 6},
                         Want{32768, 512, 8, 512, 8}}) {
     for (DType t : {DType::f16, DType::bf16}) {
-      detail::ForwardProblem p;
-      p.x = reinterpret_cast<const void*>(kX);
-      p.y = reinterpret_cast<void*>(kY);
-      p.x_dtype = p.y_dtype = t;
-      p.rows = 8;
-      p.cols = w.cols;
-      p.x_row_stride = p.y_row_stride = w.cols;
-      p.x_batch_stride = p.y_batch_stride = 8 * w.cols;
+      detail::ForwardProblem p = plain_problem(t, w.cols);
       const Plan plain = detail::plan_problem(p, Strategy::automatic, 9);
       EXPECT_EQ(plain.strategy, Strategy::block_row) << where(t, w.cols) << ": " << show(plain);
       EXPECT_EQ(plain.threads_per_block, w.threads) << where(t, w.cols) << ": " << show(plain);
@@ -493,19 +488,12 @@ TEST(Plan, WideBlockRowsKeepAnSmFull) {
 
 // The residual add's cluster rows are 1024 x 4, with the ranks' sum or without (its y is the
 // add's bit for bit, and the block's shape orders the sum of squares); the plain store's
-// 512 x 8 on clusters of fewer than kWideClusterBlocks blocks and 1024 x 4 on larger ones;
-// everything else's 512 x 8 (the quantised store with or without the add, an f32 residual
+// 512 x 8 (on 4 blocks or more its aligned rows' slices in shared memory, 1024 x 4 for rows
+// in pieces); everything else's 512 x 8 (the quantised store with or without the add, an f32 residual
 // with 16-bit x): the same capacity, so the same clusters.
 TEST(Plan, ResidualAddClusterRowsHaveTheirOwnBlocks) {
   for (std::int64_t cols : {65536, 131072, 262144}) {
-    detail::ForwardProblem p;
-    p.x = reinterpret_cast<const void*>(kX);
-    p.y = reinterpret_cast<void*>(kY);
-    p.x_dtype = p.y_dtype = DType::bf16;
-    p.rows = 8;
-    p.cols = cols;
-    p.x_row_stride = p.y_row_stride = cols;
-    p.x_batch_stride = p.y_batch_stride = 8 * cols;
+    detail::ForwardProblem p = plain_problem(DType::bf16, cols);
     const Plan plain = detail::plan_problem(p, Strategy::automatic, 9);
     p.residual = p.x;
     p.residual_out = p.y;
@@ -571,15 +559,8 @@ TEST(Plan, QuantisedLongRowsStream) {
       const std::int64_t block_cols =
           detail::kQuantBlockRowConfigs[detail::kNumQuantBlockRowConfigs - 1].capacity() * vw;
       for (std::int64_t cols : {block_cols, block_cols + vw, std::int64_t{65536}, std::int64_t{262144}}) {
-        detail::ForwardProblem p;
-        p.x = reinterpret_cast<const void*>(kX);
-        p.y = reinterpret_cast<void*>(kY);
-        p.x_dtype = x;
+        detail::ForwardProblem p = plain_problem(x, cols);
         p.y_dtype = DType::bf16;
-        p.rows = 8;
-        p.cols = cols;
-        p.x_row_stride = p.y_row_stride = cols;
-        p.x_batch_stride = p.y_batch_stride = 8 * cols;
         if (add) {
           p.residual = p.x;
           p.residual_out = p.y;
@@ -678,14 +659,7 @@ TEST(Plan, ClusterRowPiecesBeyondTheRegisters) {
       for (std::int64_t cols : {k * per_piece, k * per_piece + vw, k * per_piece + 1}) {
         if (cols > detail::kMaxClusterPieces * per_piece) cols = detail::kMaxClusterPieces * per_piece + 1;
         const std::int64_t pieces = (cols + per_piece - 1) / per_piece;
-        detail::ForwardProblem p;
-        p.x = reinterpret_cast<const void*>(kX);
-        p.y = reinterpret_cast<void*>(kY);
-        p.x_dtype = p.y_dtype = t;
-        p.rows = 8;
-        p.cols = cols;
-        p.x_row_stride = p.y_row_stride = cols;
-        p.x_batch_stride = p.y_batch_stride = 8 * cols;
+        detail::ForwardProblem p = plain_problem(t, cols);
         const Plan plain = detail::plan_problem(p, Strategy::automatic, 9);
         p.residual = reinterpret_cast<const void*>(kY + (std::uintptr_t{1} << 36));
         p.residual_out = const_cast<void*>(p.residual);
