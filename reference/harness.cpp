@@ -121,8 +121,9 @@ Comparison compare_vector_scaled(const void* got, DType dtype, const std::vector
 }
 
 Comparison compare_quantized(const TensorView& q, const std::vector<double>& y, const std::vector<double>& scales,
-                             std::int64_t group_size, Tolerance y_tol) {
+                             std::int64_t group_size, Tolerance y_tol, QuantDivision division) {
   Comparison c;
+  const double rounding = std::ldexp(1.0, division == QuantDivision::reciprocal ? -22 : -24);
   const std::int64_t groups = q.cols / group_size;
   std::int64_t i = 0;
   for_each_offset(q, [&](std::int64_t off) {
@@ -130,7 +131,7 @@ Comparison compare_quantized(const TensorView& q, const std::vector<double>& y, 
     const double s = scales[static_cast<std::size_t>(row * groups + col / group_size)];
     const double yv = y[static_cast<std::size_t>(i)];
     const double t = yv / s;
-    const double e = (y_tol.atol + y_tol.rtol * std::fabs(yv)) / s + std::fabs(t) * std::ldexp(1.0, -24);
+    const double e = (y_tol.atol + y_tol.rtol * std::fabs(yv)) / s + std::fabs(t) * rounding;
     const double got = load_as_double(q.data, q.dtype, off);
     const double exact = quant_code(q.dtype, t), lo = quant_code(q.dtype, t - e), hi = quant_code(q.dtype, t + e);
     ++c.checked;

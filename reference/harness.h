@@ -66,10 +66,11 @@ Comparison compare_vector_scaled(const void* got, DType dtype, const std::vector
 // (row-major) and the scales the call used (rows x groups row-major: its written scales, or
 // the static scale repeated; group_size == cols for one scale a row). With t = y / s exact,
 // a code passes when it is quant_code of a value in [t - e, t + e], e = tol(y) / s + |t| 2^-24
-// (y's tolerance, and the fp32 division's one rounding): the code of t, or its neighbour
+// (y's tolerance, and the fp32 division's one rounding; with QuantDivision::reciprocal
+// |t| 2^-22: the rounding of 1 / s and of the product): the code of t, or its neighbour
 // where t lies within e of the boundary between them (counted in `boundary`, ratio 0.5).
 Comparison compare_quantized(const TensorView& q, const std::vector<double>& y, const std::vector<double>& scales,
-                             std::int64_t group_size, Tolerance y_tol);
+                             std::int64_t group_size, Tolerance y_tol, QuantDivision division = QuantDivision::exact);
 
 // Computed scales against the oracle's: within `tol` (quant_scale_tolerance); with pow2,
 // the power of two of some scale within `tol` of the exact one (the exact one's, or the next

@@ -308,6 +308,22 @@ QuantScale parse_quant_scale(const std::string& s) {
   throw Error(Code::invalid_argument, "quant scale: unknown '" + s + "' (expected static, row or group)");
 }
 
+const char* quant_division_name(QuantDivision d) noexcept {
+  switch (d) {
+    case QuantDivision::exact:
+      return "exact";
+    case QuantDivision::reciprocal:
+      return "reciprocal";
+  }
+  return "unknown";
+}
+
+QuantDivision parse_quant_division(const std::string& s) {
+  if (s == "exact") return QuantDivision::exact;
+  if (s == "reciprocal") return QuantDivision::reciprocal;
+  throw Error(Code::invalid_argument, "quant division: unknown '" + s + "' (expected exact or reciprocal)");
+}
+
 float quant_max(DType q) noexcept {
   if (q == DType::f8e4m3) return 448.0f;
   if (q == DType::i8) return 127.0f;

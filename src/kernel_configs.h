@@ -135,9 +135,22 @@ inline constexpr RegisterConfig kPlainClusterRowConfigs[] = {{512, 8, 512}, {102
 // the resident clusters, 1024 x 4 against 512 x 8 in % of the copy: 86.3 / 82.3 on 2048 x
 // 131072 (4 blocks), 85.6 / 80.3 on 1024 x 262144 (8), 80.5 / 65.6 on 1024 x 524288 (8
 // blocks of two pieces); on 4096 x 65536 (2 blocks) 512 x 8 stays ahead, 91.6 / 89.3. The
-// other tables keep their first entry.
+// other tables keep their first entry. Rows of one piece on kSharedSliceBlocks blocks or
+// more take kSharedSliceEntry instead (below), so 1024 x 4 serves the rows in pieces.
 inline constexpr int kPlainWideClusterEntry = 1;
 inline constexpr int kWideClusterBlocks = 4;
+// The plain store's aligned rows of one piece on clusters of kSharedSliceBlocks blocks or
+// more keep each block's slice in shared memory (Plan::shared_slices), in the table's first
+// entry (512 x 8: three blocks an SM with 42 registers a thread, where registers hold two).
+// On the H100 (bf16, 2026-12-06, bench/results/...-h100-bc89bfd-compare.txt, against the
+// slices in registers, % of the copy): 93.3 against 90.1 at 2048 x 131072 (4 blocks), 92.2
+// against 92.0 at 1024 x 262144 (8), but 93.8 against 96.1 at 4096 x 65536 (2 blocks).
+// Bare kernels there (tools/explore/cluster_smem_rows.cu) moved 2-7 % more than in registers.
+// Only blocks of up to kSharedSliceMaxThreads threads have the instantiation (1024 x 4 in
+// shared memory would cap a thread at 32 registers).
+inline constexpr int kSharedSliceBlocks = 4;
+inline constexpr int kSharedSliceEntry = 0;
+inline constexpr int kSharedSliceMaxThreads = 512;
 // The residual add's cluster rows: 1024 x 4, the same capacity (so the same cluster sizes).
 // Timed alone on the H200 (bf16, 2026-12-03, bench/results/...-290102e-cluster-configs.txt),
 // each on the grid of twice the resident clusters: 93.6 / 91.6 / 89.1 % of the copy on rows
@@ -155,6 +168,9 @@ inline constexpr int kNumBackwardClusterRowConfigs = sizeof(kBackwardClusterRowC
 static_assert(kAddClusterRowConfigs[0].capacity() == kClusterRowConfigs[0].capacity() &&
                   kPlainClusterRowConfigs[0].capacity() == kClusterRowConfigs[0].capacity(),
               "the planner's cluster configurations hold as much a block, so every op makes the same clusters");
+static_assert(kPlainClusterRowConfigs[kSharedSliceEntry].capacity() == kPlainClusterRowConfigs[0].capacity() &&
+                  kPlainClusterRowConfigs[kSharedSliceEntry].threads_per_block <= kSharedSliceMaxThreads,
+              "the shared slices hold as much a block as the plain store's others, in an instantiated block size");
 static_assert(kPlainClusterRowConfigs[kPlainWideClusterEntry].capacity() == kPlainClusterRowConfigs[0].capacity(),
               "the plain store's wide clusters hold as much a block as its others: the same cluster sizes");
 // The forward's cluster table of an op: the plain store's (neither the residual add nor the

@@ -60,6 +60,9 @@ struct ForwardProblem {
   std::int64_t scale_row_stride = 0, scale_group_stride = 0;
   const float* scale_ub = nullptr;  // optional cap on the group's amax (dynamic scales only)
   bool pow2_scales = false;         // round computed scales up to a power of two
+  // y * (1 / s), 1 / s rounded once to fp32, instead of the exact y / s, where 2^-64 <= |s| <=
+  // 2^64 (QuantDivision::reciprocal); beyond, both divide exactly.
+  bool reciprocal = false;
   std::int64_t groups() const { return group_size > 0 ? cols / group_size : 1; }
 
   // The sharded rows' apply step (forward_from_sums), when `row_sums` is set: the rows' sums

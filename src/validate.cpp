@@ -290,6 +290,8 @@ ScaleLayout check_quant(const Quant& quant, const TensorView& x) {
     if (quant.scale_ub) fail("scale_ub: caps computed scales (per_row, per_group), not a static scale");
     if (quant.pow2_scales) fail("pow2_scales: rounds computed scales (per_row, per_group), not a static scale");
   }
+  if (quant.division != QuantDivision::exact && quant.division != QuantDivision::reciprocal)
+    fail("quant.division: unknown value (expected exact or reciprocal)");
   if (quant.column_major_scales && quant.kind != QuantScale::per_group)
     fail(std::string("column_major_scales: only per-group scales have a layout to choose, not ") + kind);
   if (quant.scale_ub) check_f32_vector(*quant.scale_ub, x, 1, "scale_ub", "one fp32 upper bound of the amax");
@@ -476,6 +478,7 @@ ForwardProblem validate_fused_forward(const TensorView& x, const TensorView* res
     p.scale_group_stride = scale_layout.group_stride;
     p.scale_ub = quant->scale_ub ? static_cast<const float*>(quant->scale_ub->data) : nullptr;
     p.pow2_scales = quant->pow2_scales;
+    p.reciprocal = quant->division == QuantDivision::reciprocal;
   }
   return p;
 }

@@ -21,6 +21,7 @@ std::string FusedCase::describe() const {
     if (quant->scale_pad) q += "/spad" + std::to_string(quant->scale_pad);
     if (quant->pow2) q += "/pow2";
     if (quant->scale_ub) q += "/ub" + std::to_string(*quant->scale_ub);
+    if (quant->division != QuantDivision::exact) q += std::string("/") + quant_division_name(quant->division);
   }
   std::snprintf(buf, sizeof buf,
                 "x=%s r=%s w=%s y=%s quant=%s cast=%s offset=%g rstd=%s (%lldx%lldx%lld) gap=%lld "
@@ -183,6 +184,7 @@ FusedOutcome run_fused_case(Backend b, const FusedCase& c) {
     q.group_size = qc.group_size;
     q.column_major_scales = qc.column_major;
     q.pow2_scales = qc.pow2;
+    q.division = qc.division;
     if (qc.kind == QuantScale::static_tensor) {
       double amax = 0.0;
       for (double v : out.ref.norm.y) amax = std::max(amax, std::fabs(v));
@@ -289,7 +291,7 @@ FusedOutcome run_fused_case(Backend b, const FusedCase& c) {
           reference::compare_scales(out.used_scales, out.ref_scales, reference::quant_scale_tolerance(y_tol), qc.pow2);
       out.stray += reference::count_stray_writes(out.scales.bytes, out.scales.view);
     }
-    out.y_cmp = reference::compare_quantized(out.y.view, out.ref.norm.y, out.used_scales, group, y_tol);
+    out.y_cmp = reference::compare_quantized(out.y.view, out.ref.norm.y, out.used_scales, group, y_tol, qc.division);
   }
   out.stray += reference::count_stray_writes(out.y.bytes, out.y.view);
   if (c.rstd) {

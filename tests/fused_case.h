@@ -31,6 +31,7 @@ struct QuantCase {
   std::int64_t scale_pad = 0;      // per_group: extra elements between rows of the scales matrix
   bool pow2 = false;               // per_row, per_group
   std::optional<double> scale_ub;  // per_row, per_group
+  QuantDivision division = QuantDivision::exact;
   // static_tensor: the scale is this fraction of the oracle's max |y| / qmax over the whole
   // tensor (below 1: the largest values saturate).
   double static_fraction = 0.8;

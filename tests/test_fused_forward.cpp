@@ -227,6 +227,7 @@ TEST_P(Fused, QuantEveryKindAndDtype) {
             c.rows = cols >= 4096 ? 5 : 17;
             c.offset = w && k % 3 == 1 ? 1.0 : 0.0;
             c.rstd = k % 2 == 0;
+            if (k % 3 == 2) c.quant->division = QuantDivision::reciprocal;
             if (k++ % 2 == 1) c.residual = x == DType::f32 || k % 4 == 1 ? x : DType::f32;
             if (!run.run(c)) return;
           }
@@ -421,6 +422,7 @@ TEST_P(Fused, QuantForcedStrategies) {
           kinds[k % 3] == QuantScale::per_group && cols % group ? QuantScale::per_row : kinds[k % 3];
       c.quant = testing::quant_case(kind, k % 2 ? DType::i8 : DType::f8e4m3, group,
                                     kind == QuantScale::per_group && k % 5 == 2);
+      if (k % 3 == 2) c.quant->division = QuantDivision::reciprocal;
       if (k % 4 == 1) c.residual = c.x;
       if (k % 4 == 2) c.residual = DType::f32;
       if (k % 5 == 4) c.x_lead = c.y_lead = 1;
@@ -613,67 +615,71 @@ TEST(FusedBits, QuantIsTheFp32YQuantised) {
   for (DType x : {DType::f32, DType::bf16, DType::f16})
     for (DType q : {DType::f8e4m3, DType::i8})
       for (QuantScale kind : {QuantScale::static_tensor, QuantScale::per_row, QuantScale::per_group})
-        for (bool pow2 : {false, true}) {
-          if (kind == QuantScale::static_tensor && pow2) continue;
-          const std::uint64_t seed =
-              testing::seed_of({static_cast<int>(x), static_cast<int>(q), static_cast<int>(kind)});
-          const HostTensor xs = random_matrix(x, rows, cols, seed);
-          // f32 weight: forward() may then give an f32 y for 16-bit x too.
-          HostTensor w = testing::make_vector(DType::f32, cols);
-          reference::fill_normal(w.view, seed + 1, 1.0, 0.3);
-          HostTensor y = testing::make_tensor(DType::f32, 1, rows, cols);
-          forward(xs.view, w.view, y.view);
-          const std::int64_t group = kind == QuantScale::per_group ? 64 : cols;
-          HostTensor scales = kind == QuantScale::static_tensor ? testing::make_vector(DType::f32, 1)
-                              : kind == QuantScale::per_row     ? testing::make_vector(DType::f32, rows)
-                                                            : testing::make_tensor(DType::f32, 1, rows, cols / group);
-          const float static_scale = 0.0123f;
-          if (kind == QuantScale::static_tensor) std::memcpy(scales.view.data, &static_scale, 4);
-          HostTensor ub = testing::make_vector(DType::f32, 1);
-          const float ub_value = 2.0f;
-          std::memcpy(ub.view.data, &ub_value, 4);
-          Quant quant;
-          quant.kind = kind;
-          quant.scales = scales.view;
-          quant.group_size = group;
-          quant.pow2_scales = pow2;
-          if (kind != QuantScale::static_tensor && pow2) quant.scale_ub = ub.view;  // sometimes capped
-          HostTensor out = testing::make_tensor(q, 1, rows, cols);
-          quant_forward(xs.view, w.view, out.view, quant);
+        for (bool pow2 : {false, true})
+          for (QuantDivision division : {QuantDivision::exact, QuantDivision::reciprocal}) {
+            if (kind == QuantScale::static_tensor && pow2) continue;
+            const std::uint64_t seed =
+                testing::seed_of({static_cast<int>(x), static_cast<int>(q), static_cast<int>(kind)});
+            const HostTensor xs = random_matrix(x, rows, cols, seed);
+            // f32 weight: forward() may then give an f32 y for 16-bit x too.
+            HostTensor w = testing::make_vector(DType::f32, cols);
+            reference::fill_normal(w.view, seed + 1, 1.0, 0.3);
+            HostTensor y = testing::make_tensor(DType::f32, 1, rows, cols);
+            forward(xs.view, w.view, y.view);
+            const std::int64_t group = kind == QuantScale::per_group ? 64 : cols;
+            HostTensor scales = kind == QuantScale::static_tensor ? testing::make_vector(DType::f32, 1)
+                                : kind == QuantScale::per_row     ? testing::make_vector(DType::f32, rows)
+                                                              : testing::make_tensor(DType::f32, 1, rows, cols / group);
+            const float static_scale = 0.0123f;
+            if (kind == QuantScale::static_tensor) std::memcpy(scales.view.data, &static_scale, 4);
+            HostTensor ub = testing::make_vector(DType::f32, 1);
+            const float ub_value = 2.0f;
+            std::memcpy(ub.view.data, &ub_value, 4);
+            Quant quant;
+            quant.kind = kind;
+            quant.scales = scales.view;
+            quant.group_size = group;
+            quant.pow2_scales = pow2;
+            quant.division = division;
+            if (kind != QuantScale::static_tensor && pow2) quant.scale_ub = ub.view;  // sometimes capped
+            HostTensor out = testing::make_tensor(q, 1, rows, cols);
+            quant_forward(xs.view, w.view, out.view, quant);
 
-          const float* yf = static_cast<const float*>(y.view.data);
-          const float* sf = static_cast<const float*>(scales.view.data);
-          const float qmax = quant_max(q);
-          for (std::int64_t r = 0; r < rows; ++r)
-            for (std::int64_t g = 0; g < cols / group; ++g) {
-              float s = static_scale;
-              if (kind != QuantScale::static_tensor) {
-                float amax = 0;
-                for (std::int64_t j = g * group; j < (g + 1) * group; ++j)
-                  amax = std::max(amax, std::fabs(yf[r * cols + j]));
-                if (quant.scale_ub) amax = std::min(amax, ub_value);
-                s = std::max(amax / qmax, quant_min_scale(q));
-                if (pow2) s = std::exp2(std::ceil(std::log2(s)));
-                ASSERT_EQ(sf[r * (cols / group) + g], s) << "scale of row " << r << " group " << g;
-              }
-              for (std::int64_t j = g * group; j < (g + 1) * group; ++j) {
-                const float t = yf[r * cols + j] / s;
-                const std::int64_t at = r * cols + j;
-                if (q == DType::f8e4m3) {
-                  ASSERT_EQ(static_cast<const std::uint8_t*>(out.view.data)[at], float_to_f8e4m3_bits(t))
-                      << dtype_name(x) << " " << quant_scale_name(kind) << " element " << at;
-                } else {
-                  ASSERT_EQ(static_cast<const std::int8_t*>(out.view.data)[at], float_to_i8(t))
-                      << dtype_name(x) << " " << quant_scale_name(kind) << " element " << at;
+            const float* yf = static_cast<const float*>(y.view.data);
+            const float* sf = static_cast<const float*>(scales.view.data);
+            const float qmax = quant_max(q);
+            for (std::int64_t r = 0; r < rows; ++r)
+              for (std::int64_t g = 0; g < cols / group; ++g) {
+                float s = static_scale;
+                if (kind != QuantScale::static_tensor) {
+                  float amax = 0;
+                  for (std::int64_t j = g * group; j < (g + 1) * group; ++j)
+                    amax = std::max(amax, std::fabs(yf[r * cols + j]));
+                  if (quant.scale_ub) amax = std::min(amax, ub_value);
+                  s = std::max(amax / qmax, quant_min_scale(q));
+                  if (pow2) s = std::exp2(std::ceil(std::log2(s)));
+                  ASSERT_EQ(sf[r * (cols / group) + g], s) << "scale of row " << r << " group " << g;
+                }
+                for (std::int64_t j = g * group; j < (g + 1) * group; ++j) {
+                  const float t =
+                      division == QuantDivision::reciprocal ? yf[r * cols + j] * (1 / s) : yf[r * cols + j] / s;
+                  const std::int64_t at = r * cols + j;
+                  if (q == DType::f8e4m3) {
+                    ASSERT_EQ(static_cast<const std::uint8_t*>(out.view.data)[at], float_to_f8e4m3_bits(t))
+                        << dtype_name(x) << " " << quant_scale_name(kind) << " element " << at;
+                  } else {
+                    ASSERT_EQ(static_cast<const std::int8_t*>(out.view.data)[at], float_to_i8(t))
+                        << dtype_name(x) << " " << quant_scale_name(kind) << " element " << at;
+                  }
                 }
               }
-            }
-        }
+          }
 }
 
 // The static-scale quantised store of two rows of f32 x, +1s then -1s, with weight w and
 // eps 0: rstd is 1, so y is +-(w + 0) exactly and the codes are those of (+-w) / s.
-HostTensor quantise_weights_as_y(Backend b, DType q, const std::vector<float>& w, float s) {
+HostTensor quantise_weights_as_y(Backend b, DType q, const std::vector<float>& w, float s,
+                                 QuantDivision division = QuantDivision::exact) {
   const std::int64_t cols = static_cast<std::int64_t>(w.size());
   HostTensor x = testing::make_tensor(DType::f32, 1, 2, cols), wt = testing::make_vector(DType::f32, cols);
   for (std::int64_t i = 0; i < 2 * cols; ++i) store_from_double(x.view.data, DType::f32, i, i < cols ? 1.0 : -1.0);
@@ -683,6 +689,7 @@ HostTensor quantise_weights_as_y(Backend b, DType q, const std::vector<float>& w
   Quant quant;
   quant.kind = QuantScale::static_tensor;
   quant.scales = scale.view;
+  quant.division = division;
   Params p;
   p.eps = 0.0;
   if (b == Backend::cuda) {
@@ -703,8 +710,10 @@ HostTensor quantise_weights_as_y(Backend b, DType q, const std::vector<float>& w
 // Those elements must go to the code of t_j (ties to even); a reciprocal would miss them.
 // The codes of values whose quotient by the scale sits at, or next to, a rounding boundary
 // of the code: there y * (1/s) and the correctly rounded y / s give different codes, and
-// the backend must give the quotient's.
-void quant_divides_by_the_scale(Backend b) {
+// the backend must give the quotient's (QuantDivision::exact) or the product's
+// (QuantDivision::reciprocal, 1/s rounded once to fp32).
+void quant_divides_by_the_scale(Backend b, QuantDivision division) {
+  const bool reciprocal = division == QuantDivision::reciprocal;
   const std::int64_t cols = 256;
   int telling = 0;  // elements where the reciprocal would give another code
   for (DType q : {DType::f8e4m3, DType::i8})
@@ -731,42 +740,49 @@ void quant_divides_by_the_scale(Backend b) {
       telling += static_cast<int>(w.size());
       while (static_cast<std::int64_t>(w.size()) < cols) w.push_back(w[w.size() % 7]);
       w.resize(cols);
-      const HostTensor out = quantise_weights_as_y(b, q, w, s);
+      const HostTensor out = quantise_weights_as_y(b, q, w, s, division);
       for (std::int64_t i = 0; i < 2 * cols; ++i) {
         const float y = i < cols ? w[i] : -w[i - cols];
-        const double want = q == DType::f8e4m3 ? f8e4m3_bits_to_float(float_to_f8e4m3_bits(y / s)) : float_to_i8(y / s);
+        const float t = reciprocal ? y * (1 / s) : y / s;
+        const double want = q == DType::f8e4m3 ? f8e4m3_bits_to_float(float_to_f8e4m3_bits(t)) : float_to_i8(t);
         ASSERT_EQ(load_as_double(out.view.data, q, i), want)
-            << testing::backend_name(b) << " " << dtype_name(q) << " s=" << s << " y=" << y;
+            << testing::backend_name(b) << " " << dtype_name(q) << " " << quant_division_name(division) << " s=" << s
+            << " y=" << y;
       }
     }
   EXPECT_GT(telling, 20) << "too few values tell a division from a multiplication by the reciprocal";
 }
 
-TEST(FusedBits, QuantDividesByTheScale) { quant_divides_by_the_scale(Backend::cpu); }
+TEST(FusedBits, QuantDividesByTheScale) { quant_divides_by_the_scale(Backend::cpu, QuantDivision::exact); }
+TEST(FusedBits, QuantMultipliesByTheReciprocal) { quant_divides_by_the_scale(Backend::cpu, QuantDivision::reciprocal); }
 
 TEST(FusedBits, QuantDividesByTheScaleOnCuda) {
   testing::skip_without_backend(Backend::cuda);
   if (IsSkipped()) return;  // the skip above returns from its own function only
-  quant_divides_by_the_scale(Backend::cuda);
+  quant_divides_by_the_scale(Backend::cuda, QuantDivision::exact);
+  quant_divides_by_the_scale(Backend::cuda, QuantDivision::reciprocal);
 }
 
 // Static scales and values at the edges of the quotient's range: scales outside 2^-64..2^64
 // (which the CUDA store divides rather than correcting a product by the reciprocal), zero,
 // infinite, NaN and negative ones; values that are zeros of either sign, subnormal, huge,
-// infinite or NaN. Every code is the one of the correctly rounded y / s, byte for byte.
-void quant_edge_scales(Backend b) {
+// infinite or NaN. Every code is the one of the correctly rounded y / s, byte for byte; with
+// QuantDivision::reciprocal, of y * (1/s) where 2^-64 <= |s| <= 2^64 and of y / s elsewhere.
+void quant_edge_scales(Backend b, QuantDivision division) {
   const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
   const std::vector<float> values = {0.0f,   -0.0f, 1e-40f, -3e-39f, 1e-30f, 0.37f, 1.0f, -3.3f,   448.0f,
                                      464.0f, 1e10f, -3e38f, 3.4e38f, inf,    -inf,  nan,  0.0625f, 2047.9f};
   const std::int64_t cols = static_cast<std::int64_t>(values.size());
   for (DType q : {DType::f8e4m3, DType::i8})
     for (float s : {0x1p-70f, 0x1p70f, 1e-38f, 3e38f, 0x1p-64f, 0x1p64f, -0.37f, 0.0f, -0.0f, inf, nan, 1e-45f}) {
-      const HostTensor out = quantise_weights_as_y(b, q, values, s);
+      const HostTensor out = quantise_weights_as_y(b, q, values, s, division);
       const auto* got = static_cast<const std::uint8_t*>(out.view.data);
+      const bool multiply =
+          division == QuantDivision::reciprocal && std::fabs(s) >= 0x1p-64f && std::fabs(s) <= 0x1p64f;
       for (std::int64_t i = 0; i < 2 * cols; ++i) {
         // y = x * rstd * (w + offset), offset 0: a weight of -0 gives +0 in the first row.
         const float y = (i < cols ? 1.0f : -1.0f) * (values[i % cols] + 0.0f);
-        const float t = y / s;
+        const float t = multiply ? y * (1 / s) : y / s;
         const std::uint8_t want =
             q == DType::f8e4m3 ? float_to_f8e4m3_bits(t) : static_cast<std::uint8_t>(float_to_i8(t));
         // A NaN made here (0 / 0, inf / inf) has the sign the processor gives it (x86: negative,
@@ -774,17 +790,22 @@ void quant_edge_scales(Backend b) {
         const bool nan_code = q == DType::f8e4m3 && t != t && (got[i] & 0x7f) == 0x7f;
         if (nan_code) continue;
         ASSERT_EQ(static_cast<int>(got[i]), static_cast<int>(want))
-            << testing::backend_name(b) << " " << dtype_name(q) << " s=" << s << " y=" << y;
+            << testing::backend_name(b) << " " << dtype_name(q) << " " << quant_division_name(division) << " s=" << s
+            << " y=" << y;
       }
     }
 }
 
-TEST(FusedBits, QuantEdgeScales) { quant_edge_scales(Backend::cpu); }
+TEST(FusedBits, QuantEdgeScales) {
+  quant_edge_scales(Backend::cpu, QuantDivision::exact);
+  quant_edge_scales(Backend::cpu, QuantDivision::reciprocal);
+}
 
 TEST(FusedBits, QuantEdgeScalesOnCuda) {
   testing::skip_without_backend(Backend::cuda);
   if (IsSkipped()) return;  // the skip above returns from its own function only
-  quant_edge_scales(Backend::cuda);
+  quant_edge_scales(Backend::cuda, QuantDivision::exact);
+  quant_edge_scales(Backend::cuda, QuantDivision::reciprocal);
 }
 
 // The quantised codes equal the oracle's exact ones except where the exact quotient lies
@@ -793,19 +814,21 @@ TEST(FusedBits, QuantEdgeScalesOnCuda) {
 // more often than this.
 TEST(FusedBits, QuantCodesAreRarelyOneStepOff) {
   for (DType q : {DType::f8e4m3, DType::i8})
-    for (QuantScale kind : {QuantScale::per_row, QuantScale::per_group}) {
-      FusedCase c;
-      c.x = c.y = DType::bf16;
-      c.w = DType::bf16;
-      c.quant = testing::quant_case(kind, q);
-      c.rows = 64;
-      c.cols = 4096;
-      const testing::FusedOutcome o = testing::run_fused_case(Backend::cpu, c);
-      ASSERT_TRUE(o.ran) << o.message;
-      EXPECT_TRUE(o.y_cmp.passed()) << o.y_cmp.describe();
-      EXPECT_LT(static_cast<double>(o.y_cmp.boundary), 1e-3 * static_cast<double>(o.y_cmp.checked))
-          << c.describe() << ": " << o.y_cmp.boundary << " codes one step from the exact one";
-    }
+    for (QuantScale kind : {QuantScale::per_row, QuantScale::per_group})
+      for (QuantDivision division : {QuantDivision::exact, QuantDivision::reciprocal}) {
+        FusedCase c;
+        c.x = c.y = DType::bf16;
+        c.w = DType::bf16;
+        c.quant = testing::quant_case(kind, q);
+        c.quant->division = division;
+        c.rows = 64;
+        c.cols = 4096;
+        const testing::FusedOutcome o = testing::run_fused_case(Backend::cpu, c);
+        ASSERT_TRUE(o.ran) << o.message;
+        EXPECT_TRUE(o.y_cmp.passed()) << o.y_cmp.describe();
+        EXPECT_LT(static_cast<double>(o.y_cmp.boundary), 1e-3 * static_cast<double>(o.y_cmp.checked))
+            << c.describe() << ": " << o.y_cmp.boundary << " codes one step from the exact one";
+      }
 }
 
 }  // namespace

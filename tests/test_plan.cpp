@@ -42,7 +42,8 @@ std::string show(const Plan& p) {
          " items_per_thread=" + std::to_string(p.items_per_thread) +
          " threads_per_block=" + std::to_string(p.threads_per_block) +
          " cluster_size=" + std::to_string(p.cluster_size) + " pieces=" + std::to_string(p.pieces) +
-         " cluster_grid=" + std::to_string(p.cluster_grid) + " load_width=" + std::to_string(p.load_width);
+         " cluster_grid=" + std::to_string(p.cluster_grid) + " load_width=" + std::to_string(p.load_width) +
+         (p.shared_slices ? " shared_slices" : "");
 }
 
 // The fields that decide a row's reduction order: all but the load width.
@@ -53,6 +54,19 @@ bool same(const Plan& a, const Plan& b) {
 }
 
 int full_width(DType t) { return static_cast<int>(16 / dtype_size(t)); }
+
+// The plain store's problem of 8 contiguous rows of `cols` elements of t (x and y), at kX / kY.
+detail::ForwardProblem plain_problem(DType t, std::int64_t cols) {
+  detail::ForwardProblem p;
+  p.x = reinterpret_cast<const void*>(kX);
+  p.y = reinterpret_cast<void*>(kY);
+  p.x_dtype = p.y_dtype = t;
+  p.rows = 8;
+  p.cols = cols;
+  p.x_row_stride = p.y_row_stride = cols;
+  p.x_batch_stride = p.y_batch_stride = 8 * cols;
+  return p;
+}
 
 const std::vector<DType> kDtypes = {DType::f32, DType::f16, DType::bf16};
 const std::vector<std::int64_t> kCols = {1,     2,     3,      7,      8,      17,      64,     100,   127,
@@ -243,7 +257,62 @@ TEST(Plan, AutomaticPicksAServableStrategy) {
         Plan f;
         ASSERT_NO_THROW(f = plan(v, a.strategy)) << where(t, cols, lead) << ": " << show(a);
         EXPECT_TRUE(same(a, f)) << where(t, cols, lead) << ": automatic " << show(a) << ", forced " << show(f);
+        EXPECT_EQ(a.shared_slices, f.shared_slices)
+            << where(t, cols, lead) << ": automatic " << show(a) << ", forced " << show(f);
       }
+}
+
+// Slices in shared memory (Plan::shared_slices): the plain store of aligned rows in one piece
+// on clusters of kSharedSliceBlocks blocks or more, in the table's kSharedSliceEntry (and
+// unaligned rows in the same blocks), as automatic or a forced cluster_row plans it; not on
+// fewer blocks, unaligned rows, rows in pieces, the residual add or the quantised store, nor
+// before sm_90.
+TEST(Plan, ClusterRowSlicesInSharedMemory) {
+  const detail::RegisterConfig& entry = detail::kPlainClusterRowConfigs[detail::kSharedSliceEntry];
+  for (DType t : kDtypes) {
+    const std::int64_t capacity = std::int64_t{entry.capacity()} * full_width(t);
+    for (std::int64_t blocks : {2, 3, 4, 5, 8, 9})
+      for (std::int64_t extra : {std::int64_t{0}, std::int64_t{1}}) {
+        const std::int64_t cols = (blocks - 1) * capacity + capacity / 2 + extra * 3 + (1 - extra) * full_width(t);
+        for (Strategy s : {Strategy::automatic, Strategy::cluster_row}) {
+          const Views v = views(t, 5, cols, -1, 0, 0);
+          const Plan p = plan(v, s);
+          const std::string w = where(t, cols) + " " + strategy_name(s) + ": " + show(p);
+          const bool aligned = p.load_width == p.vector_width;
+          EXPECT_EQ(aligned, extra == 0) << w;
+          const bool wide = blocks >= detail::kSharedSliceBlocks && blocks <= detail::kMaxClusterSize;
+          EXPECT_EQ(p.shared_slices, aligned && wide) << w;
+          if (!wide) continue;
+          // Unaligned rows: the same blocks in registers (the same order of the row's sum).
+          EXPECT_EQ(p.strategy, Strategy::cluster_row) << w;
+          EXPECT_EQ(p.cluster_size, blocks) << w;
+          EXPECT_EQ(p.pieces, 1) << w;
+          EXPECT_EQ(p.threads_per_block, entry.threads_per_block) << w;
+          EXPECT_EQ(p.items_per_thread, entry.items) << w;
+          EXPECT_EQ(p.threads_per_row, entry.threads_per_block * blocks) << w;
+          EXPECT_LE(entry.threads_per_block, detail::kSharedSliceMaxThreads) << w;
+        }
+      }
+  }
+  // Not the residual add, the quantised store, rows in pieces, or sm_80 (no clusters).
+  const std::int64_t cols = 131072;
+  detail::ForwardProblem p = plain_problem(DType::bf16, cols);
+  EXPECT_TRUE(detail::plan_problem(p, Strategy::automatic, 9).shared_slices);
+  EXPECT_FALSE(detail::plan_problem(p, Strategy::automatic, 8).shared_slices) << "sm_80";
+  EXPECT_FALSE(detail::plan_problem(p, Strategy::long_row, 9).shared_slices) << "long_row asked for";
+  const Plan pieces = detail::plan_problem(plain_problem(DType::bf16, 4 * 262144), Strategy::automatic, 9);
+  EXPECT_GT(pieces.pieces, 1) << show(pieces);
+  EXPECT_FALSE(pieces.shared_slices) << show(pieces);
+  p.residual = reinterpret_cast<const void*>(kY + (std::uintptr_t{1} << 36));
+  p.residual_out = const_cast<void*>(p.residual);
+  p.r_dtype = DType::bf16;
+  p.r_row_stride = p.r_out_row_stride = cols;
+  p.r_batch_stride = p.r_out_batch_stride = 8 * cols;
+  EXPECT_FALSE(detail::plan_problem(p, Strategy::automatic, 9).shared_slices) << "the residual add";
+  p.residual = p.residual_out = nullptr;
+  p.quantize = true;
+  p.y_dtype = DType::f8e4m3;
+  EXPECT_FALSE(detail::plan_problem(p, Strategy::cluster_row, 9).shared_slices) << "the quantised store";
 }
 
 void expect_serves(Strategy s, const Views& v, const std::string& w) {
@@ -399,14 +468,7 @@ TEST(Plan, WideBlockRowsKeepAnSmFull) {
                         Want{16384, 512, 4, 256, 8}, Want{18432, 288, 8, 288, 8}, Want{24576, 512, 6, 512, 6},
                         Want{32768, 512, 8, 512, 8}}) {
     for (DType t : {DType::f16, DType::bf16}) {
-      detail::ForwardProblem p;
-      p.x = reinterpret_cast<const void*>(kX);
-      p.y = reinterpret_cast<void*>(kY);
-      p.x_dtype = p.y_dtype = t;
-      p.rows = 8;
-      p.cols = w.cols;
-      p.x_row_stride = p.y_row_stride = w.cols;
-      p.x_batch_stride = p.y_batch_stride = 8 * w.cols;
+      detail::ForwardProblem p = plain_problem(t, w.cols);
       const Plan plain = detail::plan_problem(p, Strategy::automatic, 9);
       EXPECT_EQ(plain.strategy, Strategy::block_row) << where(t, w.cols) << ": " << show(plain);
       EXPECT_EQ(plain.threads_per_block, w.threads) << where(t, w.cols) << ": " << show(plain);
@@ -426,19 +488,12 @@ TEST(Plan, WideBlockRowsKeepAnSmFull) {
 
 // The residual add's cluster rows are 1024 x 4, with the ranks' sum or without (its y is the
 // add's bit for bit, and the block's shape orders the sum of squares); the plain store's
-// 512 x 8 on clusters of fewer than kWideClusterBlocks blocks and 1024 x 4 on larger ones;
-// everything else's 512 x 8 (the quantised store with or without the add, an f32 residual
+// 512 x 8 (on 4 blocks or more its aligned rows' slices in shared memory, 1024 x 4 for rows
+// in pieces); everything else's 512 x 8 (the quantised store with or without the add, an f32 residual
 // with 16-bit x): the same capacity, so the same clusters.
 TEST(Plan, ResidualAddClusterRowsHaveTheirOwnBlocks) {
   for (std::int64_t cols : {65536, 131072, 262144}) {
-    detail::ForwardProblem p;
-    p.x = reinterpret_cast<const void*>(kX);
-    p.y = reinterpret_cast<void*>(kY);
-    p.x_dtype = p.y_dtype = DType::bf16;
-    p.rows = 8;
-    p.cols = cols;
-    p.x_row_stride = p.y_row_stride = cols;
-    p.x_batch_stride = p.y_batch_stride = 8 * cols;
+    detail::ForwardProblem p = plain_problem(DType::bf16, cols);
     const Plan plain = detail::plan_problem(p, Strategy::automatic, 9);
     p.residual = p.x;
     p.residual_out = p.y;
@@ -469,10 +524,22 @@ TEST(Plan, ResidualAddClusterRowsHaveTheirOwnBlocks) {
     }
     EXPECT_EQ(add_quant.threads_per_block, 512) << where(DType::bf16, cols) << ": " << show(add_quant);
     EXPECT_EQ(add_quant.items_per_thread, 8) << where(DType::bf16, cols) << ": " << show(add_quant);
+    // The plain store's aligned rows on wide clusters keep their slices in shared memory, in
+    // 512 x 8 blocks (ClusterRowSlicesInSharedMemory below); unaligned rows the same blocks.
     const bool wide = plain.cluster_size >= detail::kWideClusterBlocks;
     EXPECT_EQ(wide, cols > 65536) << where(DType::bf16, cols) << ": " << show(plain);
-    EXPECT_EQ(plain.threads_per_block, wide ? 1024 : 512) << where(DType::bf16, cols) << ": " << show(plain);
-    EXPECT_EQ(plain.items_per_thread, wide ? 4 : 8) << where(DType::bf16, cols) << ": " << show(plain);
+    EXPECT_EQ(plain.shared_slices, wide) << where(DType::bf16, cols) << ": " << show(plain);
+    EXPECT_EQ(plain.threads_per_block, 512) << where(DType::bf16, cols) << ": " << show(plain);
+    EXPECT_EQ(plain.items_per_thread, 8) << where(DType::bf16, cols) << ": " << show(plain);
+    p.residual = p.residual_out = nullptr;
+    p.quantize = false;
+    p.y_dtype = DType::bf16;
+    p.cols = p.x_row_stride = p.y_row_stride = cols - 1;  // an unaligned row: the same clusters
+    const Plan unaligned = detail::plan_problem(p, Strategy::automatic, 9);
+    EXPECT_EQ(unaligned.cluster_size, plain.cluster_size) << where(DType::bf16, cols - 1) << ": " << show(unaligned);
+    EXPECT_FALSE(unaligned.shared_slices) << where(DType::bf16, cols - 1) << ": " << show(unaligned);
+    EXPECT_EQ(unaligned.threads_per_block, 512) << where(DType::bf16, cols - 1) << ": " << show(unaligned);
+    EXPECT_EQ(unaligned.items_per_thread, 8) << where(DType::bf16, cols - 1) << ": " << show(unaligned);
     for (const Plan& plan : {add, ranks}) {
       EXPECT_EQ(plan.threads_per_block, 1024) << where(DType::bf16, cols) << ": " << show(plan);
       EXPECT_EQ(plan.items_per_thread, 4) << where(DType::bf16, cols) << ": " << show(plan);
@@ -492,15 +559,8 @@ TEST(Plan, QuantisedLongRowsStream) {
       const std::int64_t block_cols =
           detail::kQuantBlockRowConfigs[detail::kNumQuantBlockRowConfigs - 1].capacity() * vw;
       for (std::int64_t cols : {block_cols, block_cols + vw, std::int64_t{65536}, std::int64_t{262144}}) {
-        detail::ForwardProblem p;
-        p.x = reinterpret_cast<const void*>(kX);
-        p.y = reinterpret_cast<void*>(kY);
-        p.x_dtype = x;
+        detail::ForwardProblem p = plain_problem(x, cols);
         p.y_dtype = DType::bf16;
-        p.rows = 8;
-        p.cols = cols;
-        p.x_row_stride = p.y_row_stride = cols;
-        p.x_batch_stride = p.y_batch_stride = 8 * cols;
         if (add) {
           p.residual = p.x;
           p.residual_out = p.y;
@@ -599,14 +659,7 @@ TEST(Plan, ClusterRowPiecesBeyondTheRegisters) {
       for (std::int64_t cols : {k * per_piece, k * per_piece + vw, k * per_piece + 1}) {
         if (cols > detail::kMaxClusterPieces * per_piece) cols = detail::kMaxClusterPieces * per_piece + 1;
         const std::int64_t pieces = (cols + per_piece - 1) / per_piece;
-        detail::ForwardProblem p;
-        p.x = reinterpret_cast<const void*>(kX);
-        p.y = reinterpret_cast<void*>(kY);
-        p.x_dtype = p.y_dtype = t;
-        p.rows = 8;
-        p.cols = cols;
-        p.x_row_stride = p.y_row_stride = cols;
-        p.x_batch_stride = p.y_batch_stride = 8 * cols;
+        detail::ForwardProblem p = plain_problem(t, cols);
         const Plan plain = detail::plan_problem(p, Strategy::automatic, 9);
         p.residual = reinterpret_cast<const void*>(kY + (std::uintptr_t{1} << 36));
         p.residual_out = const_cast<void*>(p.residual);

@@ -86,11 +86,13 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   ctx.op = o.op;
   ctx.quant = o.quant;
   ctx.qdtype = o.qdtype;
+  ctx.division = o.division;
   ctx.dtype = o.dtype;
   ctx.strategy = o.strategy;
   ctx.config_threads = o.config_threads;
   ctx.config_items = o.config_items;
   ctx.cluster_grid = o.cluster_grid;
+  ctx.shared_slices = o.shared_slices;
   ctx.max_cluster = o.max_cluster;
   ctx.pdl = o.pdl;
   ctx.split = o.split;
@@ -114,6 +116,7 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   const std::string model = bwd ? "3*M*N*s" : add ? "4*M*N*s" : quant ? "M*N*s+M*N+scales" : "2*M*N*s";
   std::cout << "rmsnorm bench | " << dev.name << (dev.is_cuda() ? " (CUDA)" : " (CPU figures)") << " | op " << o.op;
   if (quant) std::cout << " " << quant_scale_name(o.quant) << " " << dtype_name(o.qdtype);
+  if (quant && o.division != QuantDivision::exact) std::cout << " " << quant_division_name(o.division);
   std::cout << " | dtype " << dtype_name(o.dtype) << " | model bytes "
             << (bwd     ? "3*M*N*s (read x + read dy + write dx; weight, dw and rstd ignored)"
                 : add   ? "4*M*N*s (read x + read r + write y + write r_out; weight ignored)"
@@ -175,6 +178,8 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
               << (o.cluster_grid == kClusterPerRow ? std::string("a cluster a row")
                                                    : std::to_string(o.cluster_grid) + " x the resident clusters")
               << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
+  if (o.shared_slices)
+    std::cout << "slices forced into shared memory" << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
   if (o.max_cluster != 8)
     std::cout << "clusters of up to " << o.max_cluster << " blocks (non-portable)"
               << (dev.is_cuda() ? "" : " (ignored: CUDA only)") << '\n';
@@ -269,7 +274,9 @@ int run_bench(const BenchOptions& o, const RunDevice& dev) {
   }
 
   const std::string op_name =
-      quant ? o.op + " " + quant_scale_name(o.quant) + " " + dtype_name(o.qdtype) : o.op;  // "quant row f8e4m3"
+      quant ? o.op + " " + quant_scale_name(o.quant) + " " + dtype_name(o.qdtype) +
+                  (o.division != QuantDivision::exact ? std::string(" ") + quant_division_name(o.division) : "")
+            : o.op;  // "quant row f8e4m3", "quant static f8e4m3 reciprocal"
   ReportInfo info{dev.name, ctx.date, ctx.commit, op_name, dtype_name(o.dtype), !dev.is_cuda()};
   if (!o.json_path.empty()) write_json(o.json_path, info, all);
   if (!o.csv_path.empty()) write_csv(o.csv_path, all);

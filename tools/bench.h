@@ -23,13 +23,15 @@ struct BenchShape {
 
 struct BenchContext {
   RunDevice device;
-  std::string op = "forward";              // forward, backward, add or quant
-  QuantScale quant = QuantScale::per_row;  // op quant
-  DType qdtype = DType::f8e4m3;            // op quant
+  std::string op = "forward";                     // forward, backward, add or quant
+  QuantScale quant = QuantScale::per_row;         // op quant
+  DType qdtype = DType::f8e4m3;                   // op quant
+  QuantDivision division = QuantDivision::exact;  // op quant
   DType dtype = DType::f16;
   Strategy strategy = Strategy::automatic;
   int config_threads = 0, config_items = 0;  // see BenchOptions
   int cluster_grid = 0;                      // see BenchOptions
+  bool shared_slices = false;                // see BenchOptions
   int max_cluster = 8;                       // see BenchOptions
   bool pdl = true;
   SplitFewRows split = SplitFewRows::automatic;       // Params::split_few_rows
@@ -107,7 +109,7 @@ struct QuantOutputs {
 // otherwise from the fp32 y of the fused call (quant_y_tolerance).
 std::string check_quant_rows(const void* x, const QuantOutputs& got, const void* weight, DType t, DType q,
                              QuantScale kind, std::int64_t group_size, std::int64_t rows, std::int64_t cols,
-                             const Params& params, bool y_stored);
+                             const Params& params, bool y_stored, QuantDivision division = QuantDivision::exact);
 // The fused call's codes against the baseline's, as values (code * scale): within one
 // quantisation step (the code spacing at the larger of the two codes, times the larger
 // scale), plus both y tolerances (the baseline's y was rounded to t before it was divided).

@@ -79,7 +79,7 @@ std::string compare_add_outputs(const AddOutputs& fused, const AddOutputs& unfus
 
 std::string check_quant_rows(const void* x, const QuantOutputs& got, const void* weight, DType t, DType q,
                              QuantScale kind, std::int64_t group_size, std::int64_t rows, std::int64_t cols,
-                             const Params& params, bool y_stored) {
+                             const Params& params, bool y_stored, QuantDivision division) {
   namespace ref = rmsnorm::reference;
   const TensorView xv = TensorView::matrix(const_cast<void*>(x), t, Device::cpu(), rows, cols);
   const TensorView wv = TensorView::vector(const_cast<void*>(weight), t, Device::cpu(), cols);
@@ -88,7 +88,7 @@ std::string check_quant_rows(const void* x, const QuantOutputs& got, const void*
       y_stored ? ref::forward_tolerance(t, t, params.cast, cols) : ref::quant_y_tolerance(t, t, params.cast, cols);
   const ref::Comparison qc =
       ref::compare_quantized(TensorView::matrix(const_cast<void*>(got.q), q, Device::cpu(), rows, cols), want.y,
-                             got.scales, group_size, y_tol);
+                             got.scales, group_size, y_tol, division);
   if (!qc.passed()) return "q " + qc.describe();
   if (kind != QuantScale::static_tensor) {
     ref::QuantSpec spec;

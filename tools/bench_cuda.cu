@@ -117,6 +117,13 @@ ShapeResult bench_shape_cuda(const BenchContext& ctx, const BenchShape& shape) {
                              ctx.strategy == Strategy::cluster_row, detail::cuda_cc_major(dev.index),
                              detail::forward_cluster_pieces(false), ctx.max_cluster);
       forced->cluster_grid = ctx.cluster_grid;
+      forced->shared_slices = ctx.shared_slices;
+      if (forced->shared_slices && (forced->pieces > 1 || forced->load_width != forced->vector_width))
+        throw Error(Code::unsupported,
+                    "--slices shared: a block's slice in shared memory is one piece of an aligned "
+                    "row; this one takes " +
+                        std::to_string(forced->pieces) + " piece(s), " +
+                        (forced->load_width == forced->vector_width ? "aligned" : "unaligned"));
       strategy = forced_name(*forced);
     } else {
       strategy = strategy_name(plan_forward(x0, wv, y0, ctx.strategy).strategy);

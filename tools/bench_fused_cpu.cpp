@@ -89,6 +89,7 @@ ShapeResult bench_fused_shape_cpu(const BenchContext& ctx, const BenchShape& sha
     Quant q;
     q.kind = ctx.quant;
     q.group_size = kBenchGroupSize;
+    q.division = ctx.division;
     if (ctx.quant == QuantScale::static_tensor)
       q.scales = TensorView::vector(static_scale.get(), DType::f32, Device::cpu(), 1);
     else if (ctx.quant == QuantScale::per_row)
@@ -162,8 +163,9 @@ ShapeResult bench_fused_shape_cpu(const BenchContext& ctx, const BenchShape& sha
                                  : load_as_double(scales_of(0), DType::f32, r * (n / group) + g));
           ref::Tolerance y_tol = ref::quant_y_tolerance(t, t, cast, n);
           if (name == "unfused") y_tol.rtol += 2 * ref::unit_roundoff(t);  // y rounded to x's dtype, twice
-          const ref::Comparison qc = ref::compare_quantized(
-              TensorView::matrix(at(y_of(0), 1), ctx.qdtype, Device::cpu(), rows, n), want.y, used, group, y_tol);
+          const ref::Comparison qc =
+              ref::compare_quantized(TensorView::matrix(at(y_of(0), 1), ctx.qdtype, Device::cpu(), rows, n), want.y,
+                                     used, group, y_tol, ctx.division);
           if (!qc.passed()) bad = "q " + qc.describe();
           if (ctx.quant != QuantScale::static_tensor && name == "fused") {
             ref::QuantSpec spec;

@@ -333,6 +333,7 @@ ShapeResult bench_fused_shape_cuda(const BenchContext& ctx, const BenchShape& sh
     Quant q;
     q.kind = ctx.quant;
     q.group_size = kBenchGroupSize;
+    q.division = ctx.division;
     if (ctx.quant == QuantScale::static_tensor)
       q.scales = TensorView::vector(static_scale.get(), DType::f32, dev, 1);
     else if (ctx.quant == QuantScale::per_row)
@@ -424,7 +425,7 @@ ShapeResult bench_fused_shape_cuda(const BenchContext& ctx, const BenchShape& sh
   const auto against_oracle = [&](const Outputs& o, bool y_stored) {
     if (add) return check_add_rows(x_rows.data(), r_rows.data(), o.add(), w_host.data(), t, checked, n, params);
     return check_quant_rows(x_rows.data(), o.quant(), w_host.data(), t, qd, ctx.quant, group, checked, n, params,
-                            y_stored);
+                            y_stored, ctx.division);
   };
   const auto measure = [&](const char* impl, const Enqueue& run, int ops_per_call) {
     time_implementation(result, ctx, shape, impl, run, ops_per_call, sets, stream.s);

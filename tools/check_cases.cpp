@@ -411,6 +411,7 @@ std::string describe(const CheckCase& c) {
     if (q.kind == QuantScale::per_group) s += " group=" + std::to_string(q.group_size);
     if (q.column_major) s += " column-major";
     if (q.pow2) s += " pow2";
+    if (q.division != QuantDivision::exact) s += std::string(" ") + quant_division_name(q.division);
     if (q.scale_ub) {
       char ub[32];
       std::snprintf(ub, sizeof ub, "%g", *q.scale_ub);

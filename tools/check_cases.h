@@ -38,6 +38,7 @@ struct QuantCheck {
   bool pow2 = false;               // per_row, per_group
   std::optional<double> scale_ub;  // per_row, per_group
   double static_fraction = 0.8;    // static: the scale is this fraction of max|y| / qmax
+  QuantDivision division = QuantDivision::exact;
 };
 
 struct CheckCase {

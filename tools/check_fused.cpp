@@ -113,6 +113,7 @@ CaseResult run_fused_forward_case(const CheckCase& c, const RunDevice& dev, std:
       q.group_size = c.quant->group_size;
       q.column_major_scales = c.quant->column_major;
       q.pow2_scales = c.quant->pow2;
+      q.division = c.quant->division;
       q.scale_ub = view_of(dub);
       if (dres)
         fused_add_quant_forward(dx.view, dres->view, view_of(dw), out, rout, q, c.params, view_of(drstd));
@@ -162,7 +163,7 @@ CaseResult run_fused_forward_case(const CheckCase& c, const RunDevice& dev, std:
       ref::merge(r.cmp, sc);
       stray += ref::count_stray_writes(scales->bytes, scales->view);
     }
-    const ref::Comparison qc = ref::compare_quantized(out.view, expected.norm.y, used, group, y_tol);
+    const ref::Comparison qc = ref::compare_quantized(out.view, expected.norm.y, used, group, y_tol, q.division);
     if (!qc.passed()) fail_with(r, "q " + qc.describe());
     ref::merge(r.cmp, qc);
   }

@@ -1,8 +1,8 @@
 // The fused groups of `rmsnorm check`: the residual add (every dtype pair, awkward rows,
 // layouts, in place), the quantised outputs (each scale kind and 8-bit dtype, group sizes
-// and layouts, pow2 scales, scale_ub, saturation, after a residual add), and the residual
-// add's backward. On CUDA a group is skipped, saying so, until the backend serves it
-// (the kCuda* flags of src/problem.h).
+// and layouts, pow2 scales, scale_ub, saturation, the reciprocal's division, after a
+// residual add), and the residual add's backward. On CUDA a group is skipped, saying so,
+// until the backend serves it (the kCuda* flags of src/problem.h).
 #include <algorithm>
 
 #include "check_cases.h"
@@ -182,6 +182,7 @@ std::vector<CheckGroup> quant_groups(bool quick) {
               c.quant->group_size = k % 3 == 1 ? 64 : 128;
               c.quant->column_major = k % 2 == 1;
             }
+            if (k % 3 == 2) c.quant->division = QuantDivision::reciprocal;
             c.rstd = k % 2 == 0;
             ++k;
             g.cases.push_back(c);
@@ -205,6 +206,7 @@ std::vector<CheckGroup> quant_groups(bool quick) {
               c.y_at.row_stride = n + 1;
             }
             c.quant->pow2 = kind != QuantScale::static_tensor && k % 4 == 1;
+            if (k % 3 == 1) c.quant->division = QuantDivision::reciprocal;
             c.params.cast = k % 2 ? Cast::llama : Cast::fp32;
             ++k;
             g.cases.push_back(c);

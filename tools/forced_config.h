@@ -21,6 +21,7 @@ inline std::string config_name(int threads, int items) { return std::to_string(t
 inline std::string forced_name(const Plan& plan) {
   std::string name =
       std::string(strategy_name(plan.strategy)) + " " + config_name(plan.threads_per_row, plan.items_per_thread);
+  if (plan.shared_slices) name += " shared";
   if (plan.cluster_grid == kClusterPerRow) name += " grid rows";
   if (plan.cluster_grid > 0) name += " grid " + std::to_string(plan.cluster_grid) + "x";
   return name;

@@ -19,6 +19,8 @@
 #   tests), cluster (not by default: the cluster rows' shapes alone, forward, residual add and
 #   backward, each beside the copy; RMSNORM_CLI=path times another build's CLI, and
 #   RMSNORM_CLUSTER_CONFIGS="TxI ..." the plain store's cluster configurations forced),
+#   slices (not by default: the forward's cluster rows with their slices in shared memory
+#   against registers, bench --slices, bf16 and f16; RMSNORM_CLI as for cluster),
 #   cluster_grids (not by default: the forward's cluster rows on other grids, bench --grid,
 #   RMSNORM_CLUSTER_GRIDS="K|rows ..." beside the launcher's, RMSNORM_MAX_CLUSTER=16 adds
 #   256x8 in clusters of 16 blocks; RMSNORM_CLI as for cluster),
@@ -321,6 +323,31 @@ if want cluster; then
   }
   run bench_cluster cluster_benches
   record bench_cluster bench-cluster-rows
+fi
+
+bundle
+if want slices; then
+  # The forward's cluster rows with each block's slice in shared memory or in registers
+  # (bench --slices, a CLI that has it), bf16 and f16, 1024 rows of 65536 / 131072 / 262144
+  # columns (2, 4 and 8 blocks a row): the planner's choice; 512 x 8 and 1024 x 4 (the
+  # registers' choice from 4 blocks) in registers on the launcher's grid; 512 x 8 in shared
+  # memory a cluster a row and on twice the resident clusters; 256 x 8 in shared memory a
+  # cluster a row (twice the blocks; 262144 columns in two pieces: n/a).
+  slice_benches() {
+    echo "cli: $bench_cli"
+    local dt
+    for dt in bf16 f16; do
+      set -- --op forward --dtype "$dt" --rows 1024 --cols 65536,131072,262144
+      "$bench_cli" bench "$@" || return
+      "$bench_cli" bench "$@" --strategy cluster_row --config 512x8 --slices registers || return
+      "$bench_cli" bench "$@" --strategy cluster_row --config 1024x4 || return
+      "$bench_cli" bench "$@" --strategy cluster_row --config 512x8 --slices shared || return
+      "$bench_cli" bench "$@" --strategy cluster_row --config 512x8 --slices shared --grid 2 || return
+      "$bench_cli" bench "$@" --strategy cluster_row --config 256x8 --slices shared || return
+    done
+  }
+  run bench_slices slice_benches
+  record bench_slices bench-cluster-slices
 fi
 
 bundle

@@ -160,6 +160,7 @@ CheckOptions parse_check_options(const std::vector<std::string>& args) {
 
 BenchOptions parse_bench_options(const std::vector<std::string>& args) {
   BenchOptions o;
+  bool slices_given = false;
   ArgReader r(args, "bench");
   while (r.next()) {
     const std::string& n = r.name();
@@ -177,6 +178,11 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
       if (v != "static" && v != "row" && v != "group")
         throw UsageError("--quant: expected static, row or group, got '" + v + "'");
       o.quant = parse_quant_scale(v);
+    } else if (n == "--division") {
+      const std::string v = r.value();
+      if (v != "exact" && v != "reciprocal")
+        throw UsageError("--division: expected exact or reciprocal, got '" + v + "'");
+      o.division = parse_quant_division(v);
     } else if (n == "--qdtype") {
       const std::string v = r.value();
       if (v == "fp8" || v == "f8e4m3")
@@ -232,6 +238,12 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
     } else if (n == "--grid") {
       const std::string v = r.value();
       o.cluster_grid = v == "rows" ? kClusterPerRow : static_cast<int>(parse_positive(n, v, 16));
+    } else if (n == "--slices") {
+      const std::string v = r.value();
+      if (v != "shared" && v != "registers")
+        throw UsageError("--slices: expected shared or registers, got '" + v + "'");
+      o.shared_slices = v == "shared";
+      slices_given = true;
     } else if (n == "--no-pdl") {
       o.pdl = false;
     } else if (n == "--split") {
@@ -253,14 +265,19 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
     }
   }
   if (o.op != "quant" && (std::find(args.begin(), args.end(), "--quant") != args.end() ||
-                          std::find(args.begin(), args.end(), "--qdtype") != args.end()))
-    throw UsageError("--quant and --qdtype describe --op quant");
+                          std::find(args.begin(), args.end(), "--qdtype") != args.end() ||
+                          std::find(args.begin(), args.end(), "--division") != args.end()))
+    throw UsageError("--quant, --qdtype and --division describe --op quant");
   if ((o.leave_out_dw || o.leave_out_rstd) && o.op != "backward")
     throw UsageError("--leave-out names parts of the backward: it needs --op backward");
   if (o.max_cluster != 8 && (o.strategy != Strategy::cluster_row || !o.config_threads || o.op == "backward"))
     throw UsageError(
         "--max-cluster sizes the forward's forced cluster rows: it needs --strategy cluster_row and "
         "--config TxI, and an op other than backward");
+  if (slices_given && (o.strategy != Strategy::cluster_row || !o.config_threads || o.op != "forward"))
+    throw UsageError(
+        "--slices places the forward's forced cluster rows: it needs --strategy cluster_row, --config TxI "
+        "and --op forward");
   if (o.cluster_grid && (o.strategy != Strategy::cluster_row || !o.config_threads || o.op == "backward"))
     throw UsageError(
         "--grid times the forward's cluster rows: it needs --strategy cluster_row and --config TxI, "
@@ -431,9 +448,10 @@ options:
 std::string bench_help() {
   return with_strategies(
       R"HELP(usage: rmsnorm bench [--device D] [--op forward|backward|add|quant] [--dtype T] [--suite S,...]
-                     [--quant static|row|group] [--qdtype fp8|int8]
+                     [--quant static|row|group] [--qdtype fp8|int8] [--division exact|reciprocal]
                      [--rows M] [--cols N,...] [--strategy S] [--config TxI] [--grid K|rows]
-                     [--max-cluster 16] [--leave-out dw,rstd] [--no-pdl] [--split | --no-split] [--reps R] [--seed S]
+                     [--slices shared|registers] [--max-cluster 16] [--leave-out dw,rstd] [--no-pdl]
+                     [--split | --no-split] [--reps R] [--seed S]
                      [--json FILE] [--csv FILE] [--plot FILE.svg]
 
 --op forward (the default) times rmsnorm::forward ("fused") against an unfused baseline
@@ -453,7 +471,8 @@ reading the tensors autograd saved: xf, hc, rstd) and against a copy of the same
 
 --op add times rmsnorm::fused_add_forward (residual of x's dtype, out of place: y and r_out
 written); --op quant times rmsnorm::quant_forward (--quant static|row|group, default row;
-group size 128; --qdtype fp8|int8, default fp8); each against an unfused baseline and a
+group size 128; --qdtype fp8|int8, default fp8; --division exact|reciprocal, default exact:
+Quant::division); each against an unfused baseline and a
 copy. On the CPU the baseline is eager PyTorch's whole formula: `r = x + r` followed by the
 unfused norm of r, or the unfused norm followed by its quantisation ops (y.float(), [abs,
 amax, / qmax, clamp(min)], / s, [round,] clamp, .to(): bench/unfused_fusions.h). On CUDA it
@@ -511,6 +530,7 @@ options:
   --op OP           forward (default), backward, add (residual add) or quant (8-bit output)
   --quant K         --op quant: static, row (default) or group (128 columns) scales
   --qdtype Q        --op quant: fp8 (float8_e4m3fn, default) or int8
+  --division D      --op quant: exact (y / s, default) or reciprocal (y * (1 / s), vLLM's)
   --dtype T         f16 (default), bf16 or f32: x, the weight and y (dy, dx and dw)
   --suite S,...     seed: M = 4096, N = 1024..8192 step 1024 (forward's default)
                     qk: 262144 x 64, 262144 x 128 (QK-norm over heads; forward only)
@@ -543,6 +563,12 @@ options:
                     K times the clusters the device holds at once (1..16), each looping
                     over its share of the rows, or one cluster a row (rows), instead of
                     twice the resident clusters (Plan::cluster_grid)
+  --slices shared|registers
+                    CUDA, --op forward with --strategy cluster_row and --config (512x8 or
+                    256x8 for shared): each block's slice of the row copied to shared
+                    memory, or held in registers (the default of a forced plan), to time
+                    the two against each other (Plan::shared_slices; shared runs a cluster
+                    a row unless --grid says otherwise; unaligned rows: n/a)
   --leave-out P,... CUDA, --op backward: the fused call without dw (dx alone; dw is then not
                     checked) and/or without the saved rstd (recomputed from x), to time
                     what each part of the backward costs beside the whole (another run)

@@ -34,9 +34,10 @@ struct CheckOptions {
 
 struct BenchOptions {
   DeviceChoice device;
-  std::string op = "forward";              // forward, backward, add (residual add) or quant (8-bit output)
-  QuantScale quant = QuantScale::per_row;  // --quant static|row|group (op quant)
-  DType qdtype = DType::f8e4m3;            // --qdtype fp8|int8 (op quant)
+  std::string op = "forward";                     // forward, backward, add (residual add) or quant (8-bit output)
+  QuantScale quant = QuantScale::per_row;         // --quant static|row|group (op quant)
+  DType qdtype = DType::f8e4m3;                   // --qdtype fp8|int8 (op quant)
+  QuantDivision division = QuantDivision::exact;  // --division exact|reciprocal (op quant)
   DType dtype = DType::f16;
   std::optional<std::int64_t> rows;  // with cols: a custom table instead of a suite
   std::vector<std::int64_t> cols;
@@ -49,6 +50,9 @@ struct BenchOptions {
   // --grid K|rows: the forced cluster configuration's grid (Plan::cluster_grid: K times the
   // resident clusters, or kClusterPerRow), to time grids against each other (0: the launcher's).
   int cluster_grid = 0;
+  // --slices shared|registers: where the forced cluster configuration's blocks hold their
+  // slices (Plan::shared_slices), forward only (default registers, as a forced plan has it).
+  bool shared_slices = false;
   // --max-cluster N: the forced cluster configuration's rows take up to N blocks a cluster
   // (8, portable; 16, non-portable, sm_90) before pieces.
   int max_cluster = 8;

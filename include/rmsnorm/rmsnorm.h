@@ -389,10 +389,16 @@ Status fused_add_backward_status(const TensorView& dy, const TensorView& dr_out,
 // Cast::fp32 never rounded to 16 bits; under Cast::llama with Hugging Face's roundings, as
 // vLLM's fused norm-and-quantise kernels do), then
 //
-//   q_j = sat(y_j / s)   with `/` the correctly rounded fp32 division (not y * (1/s), which
-//                        differs in the last bit for some values and so can move a value
-//                        across a code boundary; this is the `(y / scale)` of PyTorch and
-//                        vLLM reference code), s the scale of y_j's row (and group)
+//   q_j = sat(y_j / s)   with `/` the correctly rounded fp32 division by default
+//                        (QuantDivision::exact: the `(y / scale)` of eager PyTorch), s the
+//                        scale of y_j's row (and group); or, with QuantDivision::reciprocal,
+//                        q_j = sat(y_j * r) with r = 1 / s rounded once to fp32 (vLLM's fused
+//                        norm-and-quantise kernels: `x * (1.0f / scale)`), which differs from
+//                        the exact quotient in the last bit for some values and so can move
+//                        a value one code across a rounding boundary, and costs one multiply
+//                        a value where the exact quotient takes several instructions. Either
+//                        way a scale outside [2^-64, 2^64] (a static one: computed scales are
+//                        never there) is divided by exactly.
 //   f8e4m3: round to nearest even, saturated at +-448, NaN kept: `t.clamp(-448, 448)
 //           .to(torch.float8_e4m3fn)` bit for bit (see float_to_f8e4m3_bits)
 //   i8:     round half to even, saturated at +-127 (symmetric, never -128); NaN -> 0
@@ -422,14 +428,18 @@ Status fused_add_backward_status(const TensorView& dy, const TensorView& dr_out,
 enum class QuantScale : int { static_tensor = 0, per_row = 1, per_group = 2 };
 const char* quant_scale_name(QuantScale k) noexcept;  // "static", "row", "group"
 QuantScale parse_quant_scale(const std::string& name);
+enum class QuantDivision : int { exact = 0, reciprocal = 1 };
+const char* quant_division_name(QuantDivision d) noexcept;  // "exact", "reciprocal"
+QuantDivision parse_quant_division(const std::string& name);
 
 struct Quant {
   QuantScale kind = QuantScale::per_row;
-  TensorView scales;                   // f32; read (static_tensor) or written (per_row, per_group)
-  std::int64_t group_size = 128;       // per_group only
-  bool column_major_scales = false;    // per_group only
-  bool pow2_scales = false;            // per_row and per_group only
-  std::optional<TensorView> scale_ub;  // per_row and per_group only: 1 f32 element
+  TensorView scales;                              // f32; read (static_tensor) or written (per_row, per_group)
+  std::int64_t group_size = 128;                  // per_group only
+  bool column_major_scales = false;               // per_group only
+  bool pow2_scales = false;                       // per_row and per_group only
+  std::optional<TensorView> scale_ub;             // per_row and per_group only: 1 f32 element
+  QuantDivision division = QuantDivision::exact;  // y / s, or y * (1 / s) (vLLM's)
 };
 
 // 448 for f8e4m3, 127 for i8 (0 for any other dtype).
@@ -487,6 +497,12 @@ struct Plan {
   // the launcher's choice (twice the resident clusters). The planner leaves it 0: it is there
   // to time grids against each other (`rmsnorm bench --grid`).
   int cluster_grid = 0;
+  // cluster_row, forward, the plain store of aligned rows in one piece: each block's slice
+  // copied to shared memory (cp.async) and read back from there, rather than held in
+  // registers, so that shared memory decides how many blocks an SM holds (three of 512 x 8
+  // where registers hold two), with one cluster a row unless cluster_grid says otherwise.
+  // The planner takes it for clusters of 4 blocks or more; the bits are the registers'.
+  bool shared_slices = false;
   // Elements per memory access: vector_width when every row start is 16-byte aligned and
   // cols a multiple of it, else 1. It changes how chunks are loaded, never the order in
   // which they are summed: the rest of the plan depends on (cols, dtypes) only.

@@ -395,6 +395,7 @@ struct QuantArgs {
   at::ScalarType qdtype = at::kFloat8_e4m3fn;
   std::int64_t group_size = 128;
   bool column_major = false, pow2 = false;
+  rmsnorm::QuantDivision division = rmsnorm::QuantDivision::exact;
   std::optional<Tensor> scale, scale_ub;  // the static scale; the cap
 };
 
@@ -403,6 +404,13 @@ rmsnorm::QuantScale parse_scale_kind(c10::string_view kind) {
   if (kind == "row") return rmsnorm::QuantScale::per_row;
   if (kind == "group") return rmsnorm::QuantScale::per_group;
   TORCH_CHECK_VALUE(false, "rmsnorm: scale must be a tensor (static), \"row\" or \"group\", got \"", std::string(kind),
+                    "\"");
+}
+
+rmsnorm::QuantDivision parse_division(c10::string_view division) {
+  if (division == "exact") return rmsnorm::QuantDivision::exact;
+  if (division == "reciprocal") return rmsnorm::QuantDivision::reciprocal;
+  TORCH_CHECK_VALUE(false, "rmsnorm: division must be \"exact\" or \"reciprocal\", got \"", std::string(division),
                     "\"");
 }
 
@@ -458,6 +466,7 @@ FusedOutputs fused_forward(const Tensor& x_in, const std::optional<Tensor>& resi
     q.group_size = quant->group_size;
     q.column_major_scales = quant->column_major;
     q.pow2_scales = quant->pow2;
+    q.division = quant->division;
     const auto lead = x.sizes().slice(0, x.dim() - 1);
     const std::int64_t rows = x.numel() / x.size(-1);
     if (quant->kind == rmsnorm::QuantScale::static_tensor) {
@@ -694,7 +703,8 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_quant(const Tensor& x, const std::op
                                                   c10::string_view cast, at::ScalarType qdtype,
                                                   c10::string_view scale_kind, const std::optional<Tensor>& scale,
                                                   int64_t group_size, const std::optional<Tensor>& scale_ub,
-                                                  bool column_major_scales, bool pow2_scales) {
+                                                  bool column_major_scales, bool pow2_scales,
+                                                  c10::string_view division) {
   TORCH_CHECK_TYPE(qdtype == at::kFloat8_e4m3fn || qdtype == at::kChar, "rmsnorm: qdtype must be ",
                    "torch.float8_e4m3fn or torch.int8, got ", qdtype);
   QuantArgs q;
@@ -703,6 +713,7 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_quant(const Tensor& x, const std::op
   q.group_size = group_size;
   q.column_major = column_major_scales;
   q.pow2 = pow2_scales;
+  q.division = parse_division(division);
   if (scale.has_value() && scale->defined()) q.scale = *scale;
   if (scale_ub.has_value() && scale_ub->defined()) q.scale_ub = *scale_ub;
   const std::optional<Tensor> r =
@@ -741,7 +752,8 @@ TORCH_LIBRARY(rmsnorm, m) {
   m.def(
       "rms_norm_quant(Tensor x, Tensor? weight, Tensor? residual, float eps, float offset, str cast, "
       "ScalarType qdtype, str scale_kind, Tensor? scale, int group_size, Tensor? scale_ub, "
-      "bool column_major_scales, bool pow2_scales) -> (Tensor q, Tensor scales, Tensor residual_out)");
+      "bool column_major_scales, bool pow2_scales, str division=\"exact\") -> "
+      "(Tensor q, Tensor scales, Tensor residual_out)");
   m.def(
       "fused_allreduce_add_rms_norm(Tensor[] partials, Tensor residual, Tensor? weight, float eps, float offset, "
       "str cast) -> (Tensor y, Tensor residual_out)");

@@ -12,7 +12,8 @@ The schemas and the CPU/CUDA kernels are registered in C++ (python/csrc/torch_op
     rmsnorm::fused_add_rms_norm_bwd(dy, dr_out, residual_out, weight, rstd, eps, offset,
                                     want_dw, dx_dtype, want_dr) -> (dx, dr, dw)
     rmsnorm::rms_norm_quant(x, weight, residual, eps, offset, cast, qdtype, scale_kind, scale,
-                            group_size, scale_ub, column_major_scales, pow2_scales)
+                            group_size, scale_ub, column_major_scales, pow2_scales,
+                            division="exact")
                             -> (q, scales, residual_out)
     rmsnorm::fused_allreduce_add_rms_norm(partials[], residual, weight, eps, offset, cast)
                             -> (y, residual_out)     the ranks' sum read directly, + residual
@@ -263,11 +264,13 @@ def _fused_add_bwd_fake(dy, dr_out, residual_out, weight, rstd, eps, offset, wan
 
 _QDTYPES = (torch.float8_e4m3fn, torch.int8)
 _SCALE_KINDS = ("static", "row", "group")
+_DIVISIONS = ("exact", "reciprocal")
 
 
 @torch.library.register_fake("rmsnorm::rms_norm_quant")
 def _rms_norm_quant_fake(
-    x, weight, residual, eps, offset, cast, qdtype, scale_kind, scale, group_size, scale_ub, column_major, pow2
+    x, weight, residual, eps, offset, cast, qdtype, scale_kind, scale, group_size, scale_ub, column_major, pow2,
+    division="exact",
 ):
     _check(x, weight, eps, offset, cast)
     if x.dtype == torch.float64:
@@ -278,6 +281,8 @@ def _rms_norm_quant_fake(
         raise TypeError(f"rmsnorm: qdtype must be torch.float8_e4m3fn or torch.int8, got {qdtype}")
     if scale_kind not in _SCALE_KINDS:
         raise ValueError(f'rmsnorm: scale must be a tensor (static), "row" or "group", got "{scale_kind}"')
+    if division not in _DIVISIONS:
+        raise ValueError(f'rmsnorm: division must be "exact" or "reciprocal", got "{division}"')
     q = x.new_empty(x.shape, dtype=qdtype)
     lead = tuple(x.shape[:-1])
     if scale_kind == "static":
@@ -494,6 +499,7 @@ def rms_norm_quant(
     residual: torch.Tensor | None = None,
     offset: float = 0.0,
     cast: str = "fp32",
+    division: str = "exact",
 ):
     """RMSNorm with an 8-bit output: returns ``(q, scales)``, or ``(q, scales, residual_out)``
     when given a residual (then the norm is of ``residual_out = x + residual``, as in
@@ -503,7 +509,12 @@ def rms_norm_quant(
     (never rounded to 16 bits under ``cast="fp32"``), then ``q = sat(y / s)``: the correctly
     rounded float32 division, then for ``torch.float8_e4m3fn`` round to nearest even
     saturated at +-448 (``(y / s).clamp(-448, 448).to(torch.float8_e4m3fn)`` bit for bit),
-    for ``torch.int8`` round half to even saturated at +-127.
+    for ``torch.int8`` round half to even saturated at +-127. With ``division="reciprocal"``
+    the quotient is ``y * (1 / s)``, ``1 / s`` rounded once to float32, as vLLM's fused
+    norm-and-quantise kernels compute it: faster on the GPU (one multiply a value), and one
+    code away from the exact quotient's where ``y / s`` lies within a float32 rounding of a
+    boundary between codes. (A static scale outside ``[2**-64, 2**64]`` is divided by exactly
+    either way.)
 
     scale: a one-element float32 tensor (a static per-tensor scale; returned as the scales),
         ``"row"`` (one scale a row, shape ``x.shape[:-1] + (1,)``) or ``"group"`` (one a row
@@ -523,7 +534,7 @@ def rms_norm_quant(
         raise ValueError(f'rmsnorm: scale must be a tensor (static), "row" or "group", got {scale!r}')
     q, scales, residual_out = _rms_norm_quant_op(
         x, weight, residual, eps, offset, cast, qdtype, kind, static, group_size, scale_ub,
-        column_major_scales, pow2_scales,
+        column_major_scales, pow2_scales, division,
     )
     if static is not None:
         scales = static

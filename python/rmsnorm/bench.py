@@ -54,7 +54,8 @@ import torch.nn.functional as F
 
 import rmsnorm
 
-IMPLS = ("rmsnorm", "torch_eager", "torch_fused", "torch_compile", "liger", "quack", "flashinfer", "copy")
+IMPLS = ("rmsnorm", "rmsnorm_recip", "torch_eager", "torch_fused", "torch_compile", "liger", "quack", "flashinfer",
+         "copy")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # The shapes of docs/performance.md's peer tables.
@@ -67,7 +68,8 @@ QUICK_FUSED = [(4096, 4096), (16384, 8192)]
 CPU_FUSED = [(256, 1024)]
 # FlashInfer where it has the fused form: the residual add and the static fp8 output
 # (flashinfer_calls).
-FUSED_IMPLS = ("rmsnorm", "torch_eager", "torch_compile", "flashinfer", "copy")
+# rmsnorm_recip: the 8-bit outputs with division="reciprocal" (vLLM's y * (1 / s)).
+FUSED_IMPLS = ("rmsnorm", "rmsnorm_recip", "torch_eager", "torch_compile", "flashinfer", "copy")
 QUICK_FORWARD = [(4096, 1024), (4096, 4096), (16384, 8192), (262144, 128)]
 QUICK_BACKWARD = [(16384, 2048), (16384, 8192)]
 CPU_FORWARD = [(256, 1024), (64, 8192), (8192, 128)]  # small: the CPU run is a smoke test
@@ -152,14 +154,18 @@ def fused_impls(kind: str, eps: float, wanted: list[str], copy_elements: int,
     """(x, r, w) -> outputs, for the residual add ("add"; "add_f32r" with a float32 residual)
     and the 8-bit outputs (QUANT_KINDS; "quant_static" divides by `static_scale`). A peer
     without the kind, or not importable, is left out of its table."""
-    ours = {
-        "add": lambda x, r, w: rmsnorm.fused_add_rms_norm(x, r, w, eps),
-        "add_f32r": lambda x, r, w: rmsnorm.fused_add_rms_norm(x, r, w, eps),
-        "quant": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, scale="row"),
-        "quant_static": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, scale=static_scale),
-        "quant_group": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, scale="group"),
-        "quant_int8": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, qdtype=torch.int8, scale="row"),
-    }[kind]
+    def ours_with(division):
+        return {
+            "add": lambda x, r, w: rmsnorm.fused_add_rms_norm(x, r, w, eps),
+            "add_f32r": lambda x, r, w: rmsnorm.fused_add_rms_norm(x, r, w, eps),
+            "quant": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, scale="row", division=division),
+            "quant_static": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, scale=static_scale,
+                                                                   division=division),
+            "quant_group": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, scale="group", division=division),
+            "quant_int8": lambda x, r, w: rmsnorm.rms_norm_quant(x, w, eps, qdtype=torch.int8, scale="row",
+                                                                 division=division),
+        }[kind]
+    ours = ours_with("exact")
     eager = {"add": lambda x, r, w: eager_add_rms_norm(x, r, w, eps),
              "add_f32r": lambda x, r, w: eager_add_rms_norm_f32r(x, r, w, eps),
              "quant": lambda x, r, w: eager_rms_norm_quant(x, w, eps),
@@ -170,6 +176,8 @@ def fused_impls(kind: str, eps: float, wanted: list[str], copy_elements: int,
     for name in wanted:
         if name == "rmsnorm":
             impls.append(Impl(name, ours))
+        elif name == "rmsnorm_recip" and kind in QUANT_KINDS:
+            impls.append(Impl(name, ours_with("reciprocal")))
         elif name == "torch_eager":
             impls.append(Impl(name, eager))
         elif name == "torch_compile":

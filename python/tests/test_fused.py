@@ -96,6 +96,10 @@ def test_opcheck_quant(device, qdtype, kind, with_residual):
         torch.library.opcheck(
             ops.rms_norm_quant.default, (x, w, res, 1e-6, 0.0, "fp32", qdtype, kind, scale, 128, ub, col, pow2)
         )
+    torch.library.opcheck(
+        ops.rms_norm_quant.default, (x, w, res, 1e-6, 0.0, "fp32", qdtype, kind, scale, 128, ub, False, False,
+                                     "reciprocal")
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -276,9 +280,10 @@ def test_fused_add_compile_fullgraph(device):
 # ---------------------------------------------------------------------------------------
 
 
-def _torch_quant(y, s, qdtype):
-    """PyTorch's formulas: (y / s).clamp(-448, 448).to(fp8); torch.round(y / s).clamp(-127, 127).to(int8)."""
-    t = y.float() / s
+def _torch_quant(y, s, qdtype, division="exact"):
+    """PyTorch's formulas: (y / s).clamp(-448, 448).to(fp8); torch.round(y / s).clamp(-127, 127).to(int8).
+    division="reciprocal": y * (1 / s) in their place, 1 / s rounded to float32 first (vLLM's)."""
+    t = y.float() / s if division == "exact" else y.float() * torch.reciprocal(s)
     if qdtype == FP8:
         return t.clamp(-448, 448).to(FP8)
     return torch.round(t).clamp(-127, 127).to(torch.int8)
@@ -305,8 +310,10 @@ def _dynamic_scales(y, group, qdtype, ub=None, pow2=False):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("qdtype", [FP8, torch.int8])
 @pytest.mark.parametrize("kind", ["static", "row", "group"])
-def test_quant_is_pytorchs_formula_on_the_fp32_y(device, qdtype, kind):
-    """float32 x: rms_norm's y is float32, so q must be PyTorch's quantisation of it, bit for bit."""
+@pytest.mark.parametrize("division", ["exact", "reciprocal"])
+def test_quant_is_pytorchs_formula_on_the_fp32_y(device, qdtype, kind, division):
+    """float32 x: rms_norm's y is float32, so q must be PyTorch's quantisation of it, bit for bit
+    (with division="reciprocal", of y * (1 / s))."""
     require_fused(device, "quant")
     x, w = make_inputs((33, 512), torch.float32, device)
     y = rmsnorm.rms_norm(x, w, 1e-6)
@@ -314,19 +321,20 @@ def test_quant_is_pytorchs_formula_on_the_fp32_y(device, qdtype, kind):
     for pow2, use_ub in ((False, False), (True, True)) if kind != "static" else ((False, False),):
         if kind == "static":
             s = torch.tensor([y.abs().max().item() / 300], device=device)  # some values saturate
-            q, scales = rmsnorm.rms_norm_quant(x, w, qdtype=qdtype, scale=s)
+            q, scales = rmsnorm.rms_norm_quant(x, w, qdtype=qdtype, scale=s, division=division)
             assert scales is s
             want_s = s
         else:
             group = 512 if kind == "row" else 128
             q, scales = rmsnorm.rms_norm_quant(
-                x, w, qdtype=qdtype, scale=kind, group_size=group, pow2_scales=pow2, scale_ub=ub if use_ub else None
+                x, w, qdtype=qdtype, scale=kind, group_size=group, pow2_scales=pow2, scale_ub=ub if use_ub else None,
+                division=division,
             )
             want_s = _dynamic_scales(y, group, qdtype, ub if use_ub else None, pow2)
             assert scales.shape == want_s.shape
             assert torch.equal(scales, want_s), f"pow2={pow2} ub={use_ub}"
         s_b = want_s.repeat_interleave(512 // want_s.shape[-1], -1) if kind != "static" else want_s
-        want_q = _torch_quant(y, s_b, qdtype)
+        want_q = _torch_quant(y, s_b, qdtype, division)
         assert q.dtype == qdtype
         assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8)), f"pow2={pow2} ub={use_ub}"
 
@@ -509,6 +517,8 @@ def test_fused_errors(device):
         rmsnorm.rms_norm_quant(x, w, scale=torch.ones(1, device=device), scale_ub=torch.ones(1, device=device))
     with pytest.raises(ValueError, match="column_major_scales"):
         rmsnorm.rms_norm_quant(x, w, scale="row", column_major_scales=True)
+    with pytest.raises(ValueError, match="division"):
+        rmsnorm.rms_norm_quant(x, w, division="approximate")
     with pytest.raises(TypeError, match="dtype"):
         rmsnorm.rms_norm(torch.zeros(2, 8, dtype=FP8, device=device))
     if device == "cpu":

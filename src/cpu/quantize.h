@@ -31,11 +31,24 @@ struct QuantFormat<std::int8_t> {
   static std::int8_t encode(float t) { return float_to_i8(t); }
 };
 
-// The value stored for y under scale s: y / s with the correctly rounded fp32 division
-// (never y * (1/s), which can land one code away at a rounding boundary).
+// How y is divided by a scale s: by default the correctly rounded fp32 division y / s;
+// with QuantDivision::reciprocal y * r, r = 1 / s rounded once to fp32 (vLLM's form, which
+// can land one code away from y / s at a rounding boundary), where 2^-64 <= |s| <= 2^64
+// (the CUDA backend's range for its quotient; beyond it both divide exactly).
+struct Divisor {
+  float s = 1.0f, r = 1.0f;
+  bool multiply = false;
+  Divisor(float scale, bool reciprocal)
+      : s(scale),
+        r(1.0f / scale),
+        multiply(reciprocal && std::fabs(scale) >= 0x1p-64f && std::fabs(scale) <= 0x1p64f) {}
+  float operator()(float y) const { return multiply ? y * r : y / s; }
+};
+
+// The value stored for y under the divisor d.
 template <class TQ>
-inline TQ quantize(float y, float s) {
-  return QuantFormat<TQ>::encode(y / s);
+inline TQ quantize(float y, const Divisor& d) {
+  return QuantFormat<TQ>::encode(d(y));
 }
 
 // Rounds a positive scale up to a power of two: a normal float keeps its exponent when its

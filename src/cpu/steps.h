@@ -106,8 +106,8 @@ struct QuantizeRow {
   void row(std::int64_t b, std::int64_t r, std::int64_t row, Value value) const {
     TQ* q = element_row<TQ>(p.y, b, r, p.y_batch_stride, p.y_row_stride);
     if (p.quant_scale == QuantScale::static_tensor) {
-      const float s = *p.scales;
-      for (std::int64_t j = 0; j < p.cols; ++j) q[j] = quantize<TQ>(value(j), s);
+      const Divisor d(*p.scales, p.reciprocal);
+      for (std::int64_t j = 0; j < p.cols; ++j) q[j] = quantize<TQ>(value(j), d);
       return;
     }
     const std::int64_t g_size = p.group_size;
@@ -117,7 +117,8 @@ struct QuantizeRow {
       for (std::int64_t j = begin; j < end; ++j) amax = std::fmax(amax, std::fabs(value(j)));
       const float s = dynamic_scale<TQ>(amax, p.scale_ub, p.pow2_scales);
       p.scales[row * p.scale_row_stride + g * p.scale_group_stride] = s;
-      for (std::int64_t j = begin; j < end; ++j) q[j] = quantize<TQ>(value(j), s);
+      const Divisor d(s, p.reciprocal);
+      for (std::int64_t j = begin; j < end; ++j) q[j] = quantize<TQ>(value(j), d);
     }
   }
 };

@@ -76,6 +76,16 @@ struct ClusterSum {
 #endif
   }
 
+  // init() in two halves (as SplitRowSum's): the arrival at the cluster barrier here, the
+  // wait in the first send<true>() just before its stores into the other blocks, so that
+  // the first row's loads run while the barrier completes.
+  __device__ __forceinline__ static void arrive(TempStorage& t) {
+    init_mailboxes(t.landed);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    ::cuda::ptx::barrier_cluster_arrive(::cuda::ptx::sem_relaxed);
+#endif
+  }
+
   // The row's sums in every lane of every block: send, then receive.
   __device__ __forceinline__ static void sum(TempStorage& t, float (&v)[VALUES], unsigned step) {
     send(t, v, step);
@@ -86,6 +96,8 @@ struct ClusterSum {
   // start before this thread's v has been computed (and so before the loads it was computed
   // from have completed) may go between send and receive: the block's wait for the rest of
   // the cluster.
+  // ARRIVED: the kernel set up with arrive(), not init(): step 0 waits at the cluster barrier.
+  template <bool ARRIVED = false>
   __device__ __forceinline__ static void send(TempStorage& t, const float (&v)[VALUES], unsigned step) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     namespace cg = cooperative_groups;
@@ -103,6 +115,7 @@ struct ClusterSum {
     float part[VALUES];
 #pragma unroll
     for (int k = 0; k < VALUES; ++k) part[k] = butterfly(v[k]);
+    if (ARRIVED && step == 0) ::cuda::ptx::barrier_cluster_wait();  // every block's mailboxes are set up
     if (lane < ranks) {
       float* slot = cluster.map_shared_rank(&t.mail[box][cluster.block_rank() * kWarps + warp][0], lane);
       std::uint64_t* bar = cluster.map_shared_rank(&t.landed[box], lane);

@@ -249,6 +249,7 @@ struct ForwardArgs {
   float* scales;                    // dynamic: written, scales[row * scale_row_stride + g * scale_group_stride]
   const float* scale_ub;            // dynamic: optional cap on the group's amax
   bool pow2;                        // dynamic: scales rounded up to a power of two
+  bool reciprocal;                  // y * (1 / s) instead of y / s (QuantDivision::reciprocal)
   std::int64_t group_size, groups;  // dynamic: columns a group, groups a row
   std::int64_t scale_row_stride, scale_group_stride;
   float qmax, min_scale;  // 448 or 127; the floor of a computed scale, 1 / (qmax * 512)

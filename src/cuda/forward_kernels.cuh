@@ -514,8 +514,83 @@ constexpr std::size_t cluster_weight_bytes(int pieces) {
                                                                                   : 0;
 }
 
-template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
-__global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>() / BLOCK)
+// Plan::shared_slices: the blocks an SM holds of a cluster row whose slice (ITEMS x BLOCK
+// chunks of 16 bytes) lies in shared memory, beside the row sums' mailbox, within the
+// threads an SM runs. Its registers are capped to match (three 512 x 8 blocks: 42 a thread).
+template <int ITEMS, int BLOCK>
+constexpr int shared_slice_blocks() {
+  constexpr int kSharedPerSm = 227 * 1024, kMailbox = 4 * 1024;
+  constexpr int kByShared = kSharedPerSm / (ITEMS * BLOCK * 16 + kMailbox);
+  constexpr int kByThreads = 2048 / BLOCK;
+  return kByShared < kByThreads ? kByShared : kByThreads;
+}
+
+// The plain store of aligned rows with each block's slice in shared memory
+// (Plan::shared_slices): each thread copies its own chunks of the row (cp.async, 16 bytes a
+// chunk) into its own slots, chunk i at slot[i * BLOCK], and reads back only those, so no
+// block barrier is passed; with few registers a thread, shared memory decides the blocks an
+// SM holds, and more of the rows are in flight than registers hold. The grid is a cluster a
+// row (the launcher's choice): blocks of later rows load while earlier ones exchange their
+// sums. The first row's copies are issued before anything waits (the mailboxes' set-up
+// arrives at the cluster barrier, and only the first send waits there), since with a
+// cluster a row every block otherwise passes that barrier with nothing in flight. The row
+// is summed chunk by chunk in the registers' order, chunks past the slice as zeros: the
+// same bits as the slice in registers. The weight is read per chunk as the store needs it.
+template <class STEPS, class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK, class TempStorage>
+__device__ __forceinline__ void cluster_rows_in_shared(const ForwardArgs& a, TempStorage& temp, Vec<TX, VEC>* slice) {
+  using Sum = ClusterSum<BLOCK, 1>;
+  const ClusterPlace place = cluster_place();
+  const std::int64_t vectors = chunks_of(a.cols, VEC);
+  const std::int64_t per_block = (vectors + place.size - 1) / place.size;
+  const std::int64_t begin = place.rank * per_block;
+  const std::int64_t end = begin + per_block < vectors ? begin + per_block : vectors;
+  const std::int64_t first = begin + threadIdx.x;  // this thread's chunk i: first + i * BLOCK
+  const std::int64_t in_slice = first < end ? (end - first + BLOCK - 1) / BLOCK : 0;
+  const int held = in_slice < ITEMS ? static_cast<int>(in_slice) : ITEMS;
+  Vec<TX, VEC>* slot = slice + threadIdx.x;
+  const auto copy_row = [&](std::int64_t row) {
+    const TX* x = static_cast<const TX*>(a.x) + row_offset(row, a.rows, a.x_batch_stride, a.x_row_stride) + first * VEC;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i)
+      if (i < held) __pipeline_memcpy_async(slot + i * BLOCK, x + i * BLOCK * VEC, sizeof(Vec<TX, VEC>));
+    __pipeline_commit();
+  };
+  if (place.cluster < a.total_rows) copy_row(place.cluster);
+  Sum::arrive(temp);
+  const TW* w = static_cast<const TW*>(a.weight);
+  const Vec<TW, VEC> no_weight[1] = {};
+  unsigned step = 0;
+  for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters, ++step) {
+    __pipeline_wait_prior(0);
+    float ss[1] = {0.f};
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) add_squares(ss[0], i < held ? slot[i * BLOCK] : Vec<TX, VEC>{});
+    Sum::template send<true>(temp, ss, step);
+    Sum::receive(temp, ss, step);
+    if (a.row_sums) ss[0] = a.row_sums[row];  // given sums replace the result
+    const float rstd = rstd_from_sum(ss[0], a.inv_cols, a.eps);
+    if (a.rstd && place.rank == 0 && threadIdx.x == 0) a.rstd[row] = rstd;
+    TY* y = static_cast<TY*>(a.y) + row_offset(row, a.rows, a.y_batch_stride, a.y_row_stride);
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      if (i >= held) break;
+      const Vec<TX, VEC> v[1] = {slot[i * BLOCK]};
+      for_each_value<true, TX, TX, TW, VEC, 1, BLOCK, false>(w, no_weight, first + std::int64_t{i} * BLOCK, end, v,
+                                                             rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
+                                                               store_chunk<true, TY, VEC>(y, idx, a.cols,
+                                                                                          pack<TY, VEC>(out));
+                                                             });
+    }
+    // A looping grid (Plan::cluster_grid): the next row into the slots just read.
+    if (row + place.clusters < a.total_rows) copy_row(row + place.clusters);
+  }
+  // No barrier at the end: no block reads another's shared memory (the sums are pushed),
+  // and a block leaves only after every store into its own mailbox has landed.
+}
+
+template <bool ALIGNED, class STEPS, class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK, bool SHARED = false>
+__global__ void __launch_bounds__(BLOCK, SHARED ? shared_slice_blocks<ITEMS, BLOCK>()
+                                                : forward_resident_threads<STEPS, true>() / BLOCK)
     ClusterRowImpl(const ForwardArgs a) {
 #if RMSNORM_CLUSTER_BODY
   begin_dependent_grid();
@@ -524,8 +599,14 @@ __global__ void __launch_bounds__(BLOCK, forward_resident_threads<STEPS, true>()
   using Sum = ClusterSum<BLOCK, 1>;
   __shared__ typename Sum::TempStorage temp;
   // Dynamic shared memory: GroupMax's cells (dynamic scales), the slice's pieces past the
-  // first, or the staged row (kStage): cluster_slice_bytes.
+  // first, or the staged row (kStage): cluster_slice_bytes; with SHARED the whole slice.
   extern __shared__ uint4 cluster_dynamic[];
+  static_assert(!SHARED || kClusterStages<ALIGNED, STEPS, TX>, "shared slices: the plain store of aligned rows");
+  if constexpr (SHARED) {
+    cluster_rows_in_shared<STEPS, TX, TW, TY, VEC, ITEMS, BLOCK>(a, temp,
+                                                                 reinterpret_cast<Vec<TX, VEC>*>(cluster_dynamic));
+    return;
+  }
   unsigned* group_cells = reinterpret_cast<unsigned*>(cluster_dynamic);
   const ClusterPlace place = cluster_place();
   const std::int64_t vectors = chunks_of(a.cols, VEC);

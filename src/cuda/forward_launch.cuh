@@ -63,6 +63,7 @@ inline ForwardArgs make_args(const ForwardProblem& p) {
     a.scales = p.scales;
     a.scale_ub = p.scale_ub;
     a.pow2 = p.pow2_scales;
+    a.reciprocal = p.reciprocal;
     a.group_size = a.dynamic ? p.group_size : p.cols;
     a.groups = a.dynamic ? p.groups() : 1;
     a.scale_row_stride = p.scale_row_stride;
@@ -138,6 +139,34 @@ void launch_register_rows(const ForwardArgs& a, const Plan& plan, const Queue& q
   });
 }
 
+// Plan::shared_slices: the plain store of aligned rows in one piece, each block's slice in
+// shared memory (ClusterRowImpl's SHARED), on a cluster a row unless the plan asks for
+// another grid (Plan::cluster_grid: multiples of the resident clusters, each looping).
+template <class STEPS, class TX, class TW, class TY, int VEC, int ITEMS, int BLOCK>
+void launch_shared_slices(const ForwardArgs& a, const Plan& plan, const Queue& q) {
+  const auto kernel = ClusterRowImpl<true, STEPS, TX, TW, TY, VEC, ITEMS, BLOCK, true>;
+  const std::int64_t slice = (chunks_of(a.cols, VEC) + plan.cluster_size - 1) / plan.cluster_size;
+  if (plan.pieces != 1 || slice > std::int64_t{ITEMS} * BLOCK)
+    throw Error(Code::internal, "cluster_row: a slice in shared memory is one piece of " +
+                                    std::to_string(ITEMS * BLOCK) + " chunks, not " + std::to_string(plan.pieces) +
+                                    " holding " + std::to_string(slice));
+  if (plan.cluster_size < 2 || plan.cluster_size > kMaxNonPortableClusterSize)
+    throw Error(Code::internal, "cluster_row: a plan of " + std::to_string(plan.cluster_size) +
+                                    " blocks a cluster (2 to " + std::to_string(kMaxNonPortableClusterSize) + ")");
+  LaunchShape shape{dim3(1), BLOCK, plan.cluster_size, sizeof(Vec<TX, VEC>) * ITEMS * BLOCK};
+  const int resident = resident_clusters(kernel, shape);
+  if (resident == 0)
+    throw Error(Code::unsupported, "cluster_row: the device holds no cluster of " + std::to_string(plan.cluster_size) +
+                                       " blocks of " + std::to_string(BLOCK) +
+                                       " threads with their slices in shared memory");
+  const std::int64_t most = 0x7fffffff / plan.cluster_size;
+  const std::int64_t clusters = plan.cluster_grid > 0
+                                    ? std::min({a.total_rows, plan.cluster_grid * std::int64_t{resident}, most})
+                                    : std::min(a.total_rows, most);
+  shape.grid = grid_for(clusters * plan.cluster_size);
+  launch_kernel(kernel, shape, q, "ClusterRowImpl (shared slices)", &plan, a);
+}
+
 // The cluster configuration the plan names (the op's table, cluster_table_of). The grid
 // is twice the clusters the device holds at once, each looping over its share of the rows.
 // Timed alone on the H200 (bf16, 2026-12-03, bench/results/...-290102e-cluster-configs.txt),
@@ -152,6 +181,14 @@ void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const
   constexpr const RegisterConfig* kTable = Table::table;
   with_config<kTable, Table::size>(plan, names_cluster, [&](auto i) {
     constexpr RegisterConfig c = kTable[decltype(i)::value];
+    if (plan.shared_slices) {
+      if constexpr (kClusterStages<ALIGNED, STEPS, TX> && c.threads_per_block <= kSharedSliceMaxThreads)
+        return launch_shared_slices<STEPS, TX, TW, TY, VEC, c.items, c.threads_per_block>(a, plan, q);
+      throw Error(Code::internal,
+                  "cluster_row: slices in shared memory serve the plain store of aligned rows in blocks of up to " +
+                      std::to_string(kSharedSliceMaxThreads) + " threads, not this plan's " +
+                      std::to_string(c.threads_per_block) + "-thread blocks or its op");
+    }
     const auto kernel = ClusterRowImpl<ALIGNED, STEPS, TX, TW, TY, VEC, c.items, c.threads_per_block>;
     // The kernel trusts the plan's pieces to hold a block's slice (cluster_shape), and its
     // blocks to fit the row sums' mailbox (ClusterSum: kMaxNonPortableClusterSize ranks).

@@ -95,16 +95,22 @@ __device__ __forceinline__ unsigned char encode_q8(float t, bool fp8) {
 // saturates whatever they are). Checked on the CPU against the IEEE division for 2.8e11
 // quotients (every y of two binades for 16 598 significands of s): none apart. Other
 // scales (zero, infinite, NaN, or far from 1) take the division: one uniform branch a chunk.
+// QuantDivision::reciprocal (`multiply`) keeps q0 = RN(y * inv) itself in the same range of
+// scales (vLLM's quotient, the CPU backend's Divisor): one multiply a value where the
+// correction takes five instructions (two FMAs, the test, the sign and the select), which
+// bounded the quantised store by instruction issue.
 struct Divisor {
   float s = 1.0f, inv = 1.0f;
-  bool exact = true;  // the correction holds: 2^-64 <= |s| <= 2^64
+  bool exact = true;      // the correction holds: 2^-64 <= |s| <= 2^64
+  bool multiply = false;  // reciprocal, and exact: q0 is the quotient
   Divisor() = default;
   // (Set in the body: nvcc's host pass keeps a device constructor's initialisers, where
   // __frcp_rn is not declared.)
-  __device__ __forceinline__ explicit Divisor(float scale) {
+  __device__ __forceinline__ Divisor(float scale, bool reciprocal) {
     s = scale;
     inv = __frcp_rn(scale);
     exact = fabsf(scale) >= 0x1p-64f && fabsf(scale) <= 0x1p64f;
+    multiply = reciprocal && exact;
   }
   __device__ __forceinline__ float quotient(float y) const {
     const float q0 = __fmul_rn(y, inv);
@@ -133,6 +139,28 @@ struct LaneGroup {
   }
 };
 
+// Four fp8 e4m3 codes in a word, t0 in its low byte (the first in memory). From sm_89 the
+// two pair conversions write 16-bit halves that one move joins; through the 16-bit
+// __nv_cvt_float2_to_fp8x2 results ptxas masked each half before joining them (half an
+// instruction a value more). The same instruction rounds either way.
+__device__ __forceinline__ unsigned encode_f8x4(float t0, float t1, float t2, float t3) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  unsigned w;
+  // cvt's first source goes to the upper byte of its pair.
+  asm("{\n\t.reg .b16 lo, hi;\n\t"
+      "cvt.rn.satfinite.e4m3x2.f32 lo, %2, %1;\n\t"
+      "cvt.rn.satfinite.e4m3x2.f32 hi, %4, %3;\n\t"
+      "mov.b32 %0, {lo, hi};\n\t}"
+      : "=r"(w)
+      : "f"(t0), "f"(t1), "f"(t2), "f"(t3));
+  return w;
+#else
+  const unsigned lo = __nv_cvt_float2_to_fp8x2(make_float2(t0, t1), __NV_SATFINITE, __NV_E4M3);
+  const unsigned hi = __nv_cvt_float2_to_fp8x2(make_float2(t2, t3), __NV_SATFINITE, __NV_E4M3);
+  return __byte_perm(lo, hi, 0x5410);
+#endif
+}
+
 // int8 codes of four quotients, packed into one word in memory order. Each quotient,
 // clamped to -127..127 (NaN to 0), is rounded half to even by adding 1.5 * 2^23: the sum
 // lies in [2^23, 2^24), where a float's last significand bits are the integer, and its low
@@ -149,7 +177,8 @@ __device__ __forceinline__ unsigned encode_i8x4(float t0, float t1, float t2, fl
   return __byte_perm(lo, hi, 0x5410);
 }
 
-// A chunk of y values quantised with divisor d, each quotient correctly rounded. fp8 is
+// A chunk of y values quantised with divisor d: each quotient correctly rounded, or y * (1/s)
+// with QuantDivision::reciprocal (Divisor::multiply). fp8 is
 // converted two values an instruction (cvt.rn.satfinite.e4m3x2.f32); codes are assembled a
 // 32-bit word at a time. The format is chosen once a chunk, so is the division's fallback.
 // (Earlier forms measured on the H200 and dropped: the correction with per-value range
@@ -158,7 +187,10 @@ __device__ __forceinline__ unsigned encode_i8x4(float t0, float t1, float t2, fl
 template <int VEC>
 __device__ __forceinline__ Vec<unsigned char, VEC> quantise(const float (&y)[VEC], const Divisor& d, bool fp8) {
   float t[VEC];
-  if (__builtin_expect(d.exact, 1)) {
+  if (d.multiply) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) t[k] = __fmul_rn(y[k], d.inv);
+  } else if (__builtin_expect(d.exact, 1)) {
 #pragma unroll
     for (int k = 0; k < VEC; ++k) t[k] = d.quotient(y[k]);
   } else {
@@ -171,10 +203,7 @@ __device__ __forceinline__ Vec<unsigned char, VEC> quantise(const float (&y)[VEC
 #pragma unroll
     for (int k = 0; k < VEC; k += 4) {
       if (fp8) {
-        // Each pair's .x is its low byte: the first in memory.
-        const unsigned lo = __nv_cvt_float2_to_fp8x2(make_float2(t[k], t[k + 1]), __NV_SATFINITE, __NV_E4M3);
-        const unsigned hi = __nv_cvt_float2_to_fp8x2(make_float2(t[k + 2], t[k + 3]), __NV_SATFINITE, __NV_E4M3);
-        words[k / 4] = __byte_perm(lo, hi, 0x5410);
+        words[k / 4] = encode_f8x4(t[k], t[k + 1], t[k + 2], t[k + 3]);
       } else {
         words[k / 4] = encode_i8x4(t[k], t[k + 1], t[k + 2], t[k + 3]);
       }
@@ -193,7 +222,7 @@ struct QuantConstants {
   float ub = 0.0f;  // dynamic: the cap on the amax (infinity: none; fminf keeps the amax then)
   QuantConstants() = default;
   __device__ __forceinline__ explicit QuantConstants(const ForwardArgs& a)
-      : fixed(!a.dynamic ? *a.scale : 1.0f),
+      : fixed(!a.dynamic ? *a.scale : 1.0f, a.reciprocal),
         ub(a.dynamic && a.scale_ub ? *a.scale_ub : std::numeric_limits<float>::infinity()) {}
   __device__ __forceinline__ float computed(float amax, const ForwardArgs& a) const {
     const float s = fmaxf(__fdiv_rn(fminf(amax, ub), a.qmax), a.min_scale);
@@ -269,7 +298,7 @@ __device__ __forceinline__ void offer_chunk(unsigned* table, std::int64_t idx, c
 template <class AmaxOf>
 __device__ __forceinline__ Divisor row_divisor(const AmaxOf& amax_of, const QuantConstants& qc, const ForwardArgs& a) {
   if (!a.dynamic) return qc.fixed;
-  return a.groups == 1 ? Divisor(qc.computed(amax_of(0), a)) : Divisor();
+  return a.groups == 1 ? Divisor(qc.computed(amax_of(0), a), a.reciprocal) : Divisor();
 }
 
 // The divisor of a chunk's group (the row's, or its group's from the group's max |y| over
@@ -281,7 +310,7 @@ __device__ __forceinline__ Divisor chunk_divisor(std::int64_t row, std::int64_t 
                                                  const ForwardArgs& a) {
   if (!a.dynamic) return row_d;
   const std::int64_t g = group_of<VEC>(idx, a);
-  const Divisor d = a.groups == 1 ? row_d : Divisor(qc.computed(amax_of(g), a));
+  const Divisor d = a.groups == 1 ? row_d : Divisor(qc.computed(amax_of(g), a), a.reciprocal);
   if (idx * VEC == g * a.group_size) a.scales[row * a.scale_row_stride + g * a.scale_group_stride] = d.s;
   return d;
 }
