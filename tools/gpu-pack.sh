@@ -69,8 +69,10 @@ mkdir -p "$(dirname "$out")"
 # Everything but the objects and ninja's state: the binaries, the shared libraries, ctest's
 # files. XZ_OPT: every core, and the default level (level 9 takes minutes for a few MB less).
 # A test list discovered here (a ctest run in this folder) is left out: it is the GPU's to make.
+# package-test/ is what a local ctest installed (another copy of the library: twice the
+# pack); the package test installs its own there.
 XZ_OPT="-T0" tar -cJf "$out" --exclude='*.o' --exclude='*.o.d' --exclude='.ninja_*' --exclude='*.ninja' \
-  --exclude='CMakeFiles/*.dir' --exclude='*_tests.cmake' "$build"
+  --exclude='CMakeFiles/*.dir' --exclude='*_tests.cmake' --exclude="$build/package-test" "$build"
 size=$(stat -c %s "$out")
 echo "packed $build of $commit into $out: $((size / 1048576)) MiB"
 # The device tool carries at most 64 MiB with the tree (about 8 MiB tracked).
