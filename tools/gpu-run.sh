@@ -147,11 +147,20 @@ elif want build; then
   cp "$build/.ninja_log" "$logs/ninja_log.txt" 2>/dev/null
 fi
 
+# ctest runs 8 entries at once; each CPU entry's OpenMP team gets its share of the cores.
+# With the default (a thread a core in every entry) the 16-core machine ran 8 x 16 threads:
+# 0a2bd59's ctest took 263 s on the H200's machine, cli.bench_quant_smoke alone 260 s and
+# cli.bench_add_smoke 210 s (CPU benches), 19 s and 9 s on 2 cores with 2 threads.
+ctest_jobs=8
+omp_threads=$(($(nproc) / ctest_jobs))
+((omp_threads >= 1)) || omp_threads=1
+
 bundle
 if want test; then
   # Every ctest entry but the Python suite, which runs in the python stage against the
   # installed package, and the landing-rule check, which asks for the record this run makes.
-  run ctest ctest --test-dir "$build" --output-on-failure -j 8 -E '^(python[.]pytest|gpu_record[.]covers_gpu_code)$'
+  run ctest env OMP_NUM_THREADS="$omp_threads" ctest --test-dir "$build" --output-on-failure -j "$ctest_jobs" \
+    -E '^(python[.]pytest|gpu_record[.]covers_gpu_code)$'
   record ctest ctest
   grep -E "tests passed|tests failed" "$logs/ctest.log" | tail -3 | tee -a "$summary"
 fi
@@ -173,7 +182,8 @@ if want readme; then
   tail -25 "$logs/readme_main.log" | tee -a "$summary"
   { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ); the README's main job"
     awk '/^device:/ && !seen {seen = 1} seen {print} /^Correctness check/ {exit}' "$logs/readme_main.log"; } >"$prefix-check.txt"
-  run readme_tests ctest --test-dir build --output-on-failure -j 8 -E '^gpu_record[.]covers_gpu_code$'
+  run readme_tests env OMP_NUM_THREADS="$omp_threads" ctest --test-dir build --output-on-failure -j "$ctest_jobs" \
+    -E '^gpu_record[.]covers_gpu_code$'
   { echo "device: $gpu_name; commit $commit; $(date -u +%Y-%m-%dT%H:%MZ); the README's test command"
     cat "$logs/readme_tests.log"; } >"$prefix-ctest.txt"
   grep -E "tests passed|tests failed|python.pytest" "$logs/readme_tests.log" | tail -4 | tee -a "$summary"
