@@ -128,7 +128,12 @@ inline constexpr RegisterConfig kClusterRowConfigs[] = {{512, 8, 512}};
 // 1024 x 4 moved the plain store at 76.0 / 70.9 / 66.6 % on 65536 / 131072 / 262144
 // columns and 256 x 8 (four blocks an SM, clusters twice the size) at 86.9 / 78.6 % on
 // 65536 / 131072, against 512 x 8's 89.1 / 87.4 / 78.1 %.
-inline constexpr RegisterConfig kPlainClusterRowConfigs[] = {{512, 8, 512}, {1024, 4, 1024}, {256, 8, 256}};
+// 256 x 16 is FlashInfer's block for these rows (its CuTe DSL norm, 0.7.4: 256 threads, a
+// 64 KB slice a block in shared memory, three blocks an SM, 98.5 % of the copy at 2048 x
+// 131072 on the H200 in the 12-06 run): timed in shared memory (Plan::shared_slices), where
+// its 85 registers a thread hold the lane's weight from before the row's sum.
+inline constexpr RegisterConfig kPlainClusterRowConfigs[] = {
+    {512, 8, 512}, {1024, 4, 1024}, {256, 8, 256}, {256, 16, 256}};
 // The planner's entry of a cluster table for clusters of kWideClusterBlocks blocks or more:
 // the plain store's 1024 x 4 there. Timed on the H200 (bf16, 2026-12-05, tree b1aa570,
 // bench/results/2026-12-05-h200-b1aa570-explore-cluster-rows.txt), each on the grid of twice
@@ -238,7 +243,8 @@ constexpr int split_blocks(const RegisterConfig& c) {
 constexpr int split_launch_blocks(const RegisterConfig& c, std::int64_t rows, int sm_count,
                                   SplitFewRows mode = SplitFewRows::automatic) {
   const int blocks = split_blocks(c);
-  const bool wanted = mode == SplitFewRows::on || (mode == SplitFewRows::automatic && c.threads_per_row >= kSplitAutoLanes);
+  const bool wanted =
+      mode == SplitFewRows::on || (mode == SplitFewRows::automatic && c.threads_per_row >= kSplitAutoLanes);
   return wanted && blocks > 1 && rows * blocks <= sm_count ? blocks : 1;
 }
 static_assert(512 / kSplitBlockThreads <= kMaxClusterSize, "split rows take portable clusters");

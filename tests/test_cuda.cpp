@@ -402,14 +402,15 @@ TEST_F(Cuda, ClusterRowGridsGiveTheSameBits) {
 // Slices in shared memory (Plan::shared_slices: the plain store of aligned rows in a forced
 // plan, `bench --slices shared`) give the bits of the
 // same blocks holding their slices in registers: y and rstd, with and without a weight, each
-// dtype, rows over 2, 3, 4 and 8 blocks (the last slice short but for 8), in 512 x 8 and
-// 256 x 8 blocks, a cluster a row and the resident clusters looping over the rows.
+// dtype, rows over 2, 3, 4 and 8 blocks (the last slice short but for 8), in 512 x 8,
+// 256 x 8 and 256 x 16 blocks (whose lanes hold their weight), a cluster a row and the
+// resident clusters looping over the rows.
 TEST_F(Cuda, ClusterRowSlicesInSharedMemoryGiveTheRegistersBits) {
   for (DType t : kDtypes) {
     const std::int64_t vw = static_cast<std::int64_t>(16 / dtype_size(t));
-    for (int threads : {512, 256})
+    for (const auto [threads, items] : {std::pair{512, 8}, std::pair{256, 8}, std::pair{256, 16}})
       for (std::int64_t blocks : {2, 3, 4, 8}) {
-        const std::int64_t capacity = std::int64_t{threads} * 8;
+        const std::int64_t capacity = std::int64_t{threads} * items;
         const std::int64_t cols = ((blocks - 1) * capacity + (blocks == 8 ? capacity : capacity / 2 + 24)) * vw;
         const std::int64_t rows = 70;
         RandomRows in(t, rows, cols, 23);
@@ -417,7 +418,7 @@ TEST_F(Cuda, ClusterRowSlicesInSharedMemoryGiveTheRegistersBits) {
         testing::DeviceMirror dy(y), drstd(rstd);
         for (bool weighted : {true, false}) {
           const std::string where = std::string(dtype_name(t)) + " cols=" + std::to_string(cols) + " " +
-                                    std::to_string(threads) + "x8" + (weighted ? "" : " no weight");
+                                    std::to_string(threads) + "x" + std::to_string(items) + (weighted ? "" : " no weight");
           const std::optional<TensorView> w = weighted ? std::optional<TensorView>(in.dw.view) : std::nullopt;
           if (!servable(in.dx.view, dy.view, Strategy::cluster_row)) return;  // cluster_row needs sm_90
           Params p;
@@ -425,7 +426,7 @@ TEST_F(Cuda, ClusterRowSlicesInSharedMemoryGiveTheRegistersBits) {
           Plan plan = plan_forward(in.dx.view, w, dy.view, Strategy::cluster_row);
           ASSERT_EQ(plan.load_width, vw) << where;
           plan.threads_per_block = threads;
-          plan.items_per_thread = 8;
+          plan.items_per_thread = items;
           plan.cluster_size = static_cast<int>(blocks);
           plan.threads_per_row = threads * static_cast<int>(blocks);
           plan.pieces = 1;
