@@ -131,7 +131,8 @@ inline constexpr RegisterConfig kClusterRowConfigs[] = {{512, 8, 512}};
 // 256 x 16 is FlashInfer's block for these rows (its CuTe DSL norm, 0.7.4: 256 threads, a
 // 64 KB slice a block in shared memory, three blocks an SM, 98.5 % of the copy at 2048 x
 // 131072 on the H200 in the 12-06 run): timed in shared memory (Plan::shared_slices), where
-// its 85 registers a thread hold the lane's weight from before the row's sum.
+// a lane has the registers (80 a thread) to hold the weight of its first 8 chunks from before
+// the row's sum (cluster_rows_in_shared).
 inline constexpr RegisterConfig kPlainClusterRowConfigs[] = {
     {512, 8, 512}, {1024, 4, 1024}, {256, 8, 256}, {256, 16, 256}};
 // The planner's entry of a cluster table for clusters of kWideClusterBlocks blocks or more:

@@ -558,7 +558,7 @@ __device__ __forceinline__ void cluster_rows_in_shared(const ForwardArgs& a, Tem
   if (place.cluster < a.total_rows) copy_row(place.cluster);
   Sum::arrive(temp);
   const TW* w = static_cast<const TW*>(a.weight);
-  [[maybe_unused]] const Vec<TW, VEC> no_weight[1] = {};
+  const Vec<TW, VEC> no_weight[1] = {};
   // Blocks with the registers for it (at least 80 a thread under shared_slice_blocks' cap:
   // 256 x 16, three blocks an SM) hold the weight of the lane's first chunks, 128 bytes of it
   // (32 registers), loaded once, here, in flight with the first row's copies, as
@@ -566,12 +566,10 @@ __device__ __forceinline__ void cluster_rows_in_shared(const ForwardArgs& a, Tem
   // blocks (512 x 8 holds 42 registers a thread), is read a chunk at a time after the row's
   // sum has crossed the cluster (from L2: the acquire leaves nothing in L1), while the held
   // chunks are stored. Holding all 16 chunks of a 16-bit weight spilled 300 bytes a thread.
-  constexpr int kHeldWeight =
-      65536 / (shared_slice_blocks<ITEMS, BLOCK>() * BLOCK) >= 80
-          ? (ITEMS < 128 / static_cast<int>(sizeof(Vec<TW, VEC>)) ? ITEMS
-                                                                  : 128 / static_cast<int>(sizeof(Vec<TW, VEC>)))
-          : 0;
-  [[maybe_unused]] Vec<TW, VEC> wv[kHeldWeight > 0 ? kHeldWeight : 1];
+  constexpr int kRegisters = 65536 / (shared_slice_blocks<ITEMS, BLOCK>() * BLOCK);
+  constexpr int kHoldable = 128 / static_cast<int>(sizeof(Vec<TW, VEC>));
+  constexpr int kHeldWeight = kRegisters < 80 ? 0 : ITEMS < kHoldable ? ITEMS : kHoldable;
+  Vec<TW, VEC> wv[kHeldWeight > 0 ? kHeldWeight : 1];
   if constexpr (kHeldWeight > 0) load_weight<true, TW, VEC, kHeldWeight, BLOCK, true>(w, first, end, a.cols, wv);
   unsigned step = 0;
   for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters, ++step) {
