@@ -691,7 +691,22 @@ def _short(e: Exception) -> str:
 
 def _free():
     if torch.cuda.is_available():
+        _clear_launch_error()
         torch.cuda.empty_cache()
+
+
+def _clear_launch_error() -> None:
+    """Takes (and drops) the CUDA runtime's last error. A peer whose launch is refused (an
+    invalid configuration: FlashInfer's fused add on rows beyond its shared memory) leaves it
+    set, and PyTorch's check after its next launch reports it as that launch's own failure:
+    the copy after FlashInfer at 4096 x 65536 read "fails" (H100, 2026-12-07). The runtime is
+    the one PyTorch loaded: dlopen by soname returns the library already in the process."""
+    for name in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):
+        try:
+            ctypes.CDLL(name).cudaGetLastError()
+            return
+        except (OSError, AttributeError):
+            continue
 
 
 # ---------------------------------------------------------------------------------------
