@@ -418,7 +418,8 @@ TEST_F(Cuda, ClusterRowSlicesInSharedMemoryGiveTheRegistersBits) {
         testing::DeviceMirror dy(y), drstd(rstd);
         for (bool weighted : {true, false}) {
           const std::string where = std::string(dtype_name(t)) + " cols=" + std::to_string(cols) + " " +
-                                    std::to_string(threads) + "x" + std::to_string(items) + (weighted ? "" : " no weight");
+                                    std::to_string(threads) + "x" + std::to_string(items) +
+                                    (weighted ? "" : " no weight");
           const std::optional<TensorView> w = weighted ? std::optional<TensorView>(in.dw.view) : std::nullopt;
           if (!servable(in.dx.view, dy.view, Strategy::cluster_row)) return;  // cluster_row needs sm_90
           Params p;
