@@ -128,35 +128,28 @@ inline constexpr RegisterConfig kClusterRowConfigs[] = {{512, 8, 512}};
 // 1024 x 4 moved the plain store at 76.0 / 70.9 / 66.6 % on 65536 / 131072 / 262144
 // columns and 256 x 8 (four blocks an SM, clusters twice the size) at 86.9 / 78.6 % on
 // 65536 / 131072, against 512 x 8's 89.1 / 87.4 / 78.1 %.
-// 256 x 16 is FlashInfer's block for these rows (its CuTe DSL norm, 0.7.4: 256 threads, a
-// 64 KB slice a block in shared memory, three blocks an SM, 98.5 % of the copy at 2048 x
-// 131072 on the H200 in the 12-06 run): timed in shared memory (Plan::shared_slices), where
-// a lane has the registers (80 a thread) to hold the weight of its first 8 chunks from before
-// the row's sum (cluster_rows_in_shared).
-inline constexpr RegisterConfig kPlainClusterRowConfigs[] = {
-    {512, 8, 512}, {1024, 4, 1024}, {256, 8, 256}, {256, 16, 256}};
+inline constexpr RegisterConfig kPlainClusterRowConfigs[] = {{512, 8, 512}, {1024, 4, 1024}, {256, 8, 256}};
 // The planner's entry of a cluster table for clusters of kWideClusterBlocks blocks or more:
 // the plain store's 1024 x 4 there. Timed on the H200 (bf16, 2026-12-05, tree b1aa570,
 // bench/results/2026-12-05-h200-b1aa570-explore-cluster-rows.txt), each on the grid of twice
 // the resident clusters, 1024 x 4 against 512 x 8 in % of the copy: 86.3 / 82.3 on 2048 x
 // 131072 (4 blocks), 85.6 / 80.3 on 1024 x 262144 (8), 80.5 / 65.6 on 1024 x 524288 (8
 // blocks of two pieces); on 4096 x 65536 (2 blocks) 512 x 8 stays ahead, 91.6 / 89.3. The
-// other tables keep their first entry.
+// other tables keep their first entry. Rows of one piece on kSharedSliceBlocks blocks or
+// more take kSharedSliceEntry instead (below), so 1024 x 4 serves the rows in pieces.
 inline constexpr int kPlainWideClusterEntry = 1;
 inline constexpr int kWideClusterBlocks = 4;
-// Slices in shared memory (Plan::shared_slices, a forced plan's: `bench --slices shared`):
-// the plain store of aligned rows in one piece, each block's slice copied to shared memory
-// and read back from there (three 512 x 8 blocks an SM with 40 registers a thread, where
-// registers hold two). The planner keeps the slices in registers. On the H100 (bf16,
-// 2026-12-06, bench/results/...-h100-bc89bfd-compare.txt, % of the copy) 512 x 8 shared had
-// led the registers by 1-3 points on 4 and 8 blocks (93.3 against 90.1 at 2048 x 131072,
-// 92.2 against 92.0 at 1024 x 262144) and lost on 2 (93.8 against 96.1 at 4096 x 65536);
-// on the H200 (bf16, 2026-12-07, bench/results/2026-12-07-h200-0a2bd59-bench-cluster-slices.txt,
-// 1024 rows, a cluster a row) it did not: 84.7 against 1024 x 4's 84.5 at 131072 columns,
-// 83.8 against 85.9 at 262144 (f16 84.6 / 84.0, 83.6 / 85.0), and 84.6 against 512 x 8's
-// 88.4 in registers at 65536. 256 x 8 shared (FlashInfer's block, 8 blocks) moved 86.4 at
-// 131072 (f16 86.7), one run. Only blocks of up to kSharedSliceMaxThreads threads have the
-// instantiation (1024 x 4 in shared memory would cap a thread at 32 registers).
+// The plain store's aligned rows of one piece on clusters of kSharedSliceBlocks blocks or
+// more keep each block's slice in shared memory (Plan::shared_slices), in the table's first
+// entry (512 x 8: three blocks an SM with 42 registers a thread, where registers hold two).
+// On the H100 (bf16, 2026-12-06, bench/results/...-h100-bc89bfd-compare.txt, against the
+// slices in registers, % of the copy): 93.3 against 90.1 at 2048 x 131072 (4 blocks), 92.2
+// against 92.0 at 1024 x 262144 (8), but 93.8 against 96.1 at 4096 x 65536 (2 blocks).
+// Bare kernels there (tools/explore/cluster_smem_rows.cu) moved 2-7 % more than in registers.
+// Only blocks of up to kSharedSliceMaxThreads threads have the instantiation (1024 x 4 in
+// shared memory would cap a thread at 32 registers).
+inline constexpr int kSharedSliceBlocks = 4;
+inline constexpr int kSharedSliceEntry = 0;
 inline constexpr int kSharedSliceMaxThreads = 512;
 // The residual add's cluster rows: 1024 x 4, the same capacity (so the same cluster sizes).
 // Timed alone on the H200 (bf16, 2026-12-03, bench/results/...-290102e-cluster-configs.txt),
@@ -175,6 +168,9 @@ inline constexpr int kNumBackwardClusterRowConfigs = sizeof(kBackwardClusterRowC
 static_assert(kAddClusterRowConfigs[0].capacity() == kClusterRowConfigs[0].capacity() &&
                   kPlainClusterRowConfigs[0].capacity() == kClusterRowConfigs[0].capacity(),
               "the planner's cluster configurations hold as much a block, so every op makes the same clusters");
+static_assert(kPlainClusterRowConfigs[kSharedSliceEntry].capacity() == kPlainClusterRowConfigs[0].capacity() &&
+                  kPlainClusterRowConfigs[kSharedSliceEntry].threads_per_block <= kSharedSliceMaxThreads,
+              "the shared slices hold as much a block as the plain store's others, in an instantiated block size");
 static_assert(kPlainClusterRowConfigs[kPlainWideClusterEntry].capacity() == kPlainClusterRowConfigs[0].capacity(),
               "the plain store's wide clusters hold as much a block as its others: the same cluster sizes");
 // The forward's cluster table of an op: the plain store's (neither the residual add nor the
@@ -244,8 +240,7 @@ constexpr int split_blocks(const RegisterConfig& c) {
 constexpr int split_launch_blocks(const RegisterConfig& c, std::int64_t rows, int sm_count,
                                   SplitFewRows mode = SplitFewRows::automatic) {
   const int blocks = split_blocks(c);
-  const bool wanted =
-      mode == SplitFewRows::on || (mode == SplitFewRows::automatic && c.threads_per_row >= kSplitAutoLanes);
+  const bool wanted = mode == SplitFewRows::on || (mode == SplitFewRows::automatic && c.threads_per_row >= kSplitAutoLanes);
   return wanted && blocks > 1 && rows * blocks <= sm_count ? blocks : 1;
 }
 static_assert(512 / kSplitBlockThreads <= kMaxClusterSize, "split rows take portable clusters");

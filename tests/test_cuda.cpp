@@ -360,8 +360,8 @@ TEST_F(Cuda, ClusterRowPiecesMatchTheReference) {
 // The cluster rows on every grid a benchmark may ask for (Plan::cluster_grid): the resident
 // clusters once, three times, and a cluster a row, against the launcher's own (twice the
 // resident ones). Each cluster reduces its rows in the same order whichever rows it takes,
-// so every grid gives the launcher's bits: clusters of 2 blocks, of 4 (aligned rows stage
-// the next row), an odd length (the unaligned instantiation) and rows in 2 pieces a block.
+// so every grid gives the launcher's bits: clusters of 2 blocks, of 4 (aligned rows: slices
+// in shared memory), an odd length (the unaligned instantiation) and rows in 2 pieces a block.
 TEST_F(Cuda, ClusterRowGridsGiveTheSameBits) {
   for (DType t : {DType::bf16, DType::f32}) {
     const std::int64_t vw = static_cast<std::int64_t>(16 / dtype_size(t));
@@ -399,18 +399,17 @@ TEST_F(Cuda, ClusterRowGridsGiveTheSameBits) {
   }
 }
 
-// Slices in shared memory (Plan::shared_slices: the plain store of aligned rows in a forced
-// plan, `bench --slices shared`) give the bits of the
+// Slices in shared memory (Plan::shared_slices: the plain store of aligned rows, as the
+// planner takes it on clusters of kSharedSliceBlocks blocks or more) give the bits of the
 // same blocks holding their slices in registers: y and rstd, with and without a weight, each
-// dtype, rows over 2, 3, 4 and 8 blocks (the last slice short but for 8), in 512 x 8,
-// 256 x 8 and 256 x 16 blocks (whose lanes hold their weight), a cluster a row and the
-// resident clusters looping over the rows.
+// dtype, rows over 2, 3, 4 and 8 blocks (the last slice short but for 8), in 512 x 8 and
+// 256 x 8 blocks, a cluster a row and the resident clusters looping over the rows.
 TEST_F(Cuda, ClusterRowSlicesInSharedMemoryGiveTheRegistersBits) {
   for (DType t : kDtypes) {
     const std::int64_t vw = static_cast<std::int64_t>(16 / dtype_size(t));
-    for (const auto [threads, items] : {std::pair{512, 8}, std::pair{256, 8}, std::pair{256, 16}})
+    for (int threads : {512, 256})
       for (std::int64_t blocks : {2, 3, 4, 8}) {
-        const std::int64_t capacity = std::int64_t{threads} * items;
+        const std::int64_t capacity = std::int64_t{threads} * 8;
         const std::int64_t cols = ((blocks - 1) * capacity + (blocks == 8 ? capacity : capacity / 2 + 24)) * vw;
         const std::int64_t rows = 70;
         RandomRows in(t, rows, cols, 23);
@@ -418,8 +417,7 @@ TEST_F(Cuda, ClusterRowSlicesInSharedMemoryGiveTheRegistersBits) {
         testing::DeviceMirror dy(y), drstd(rstd);
         for (bool weighted : {true, false}) {
           const std::string where = std::string(dtype_name(t)) + " cols=" + std::to_string(cols) + " " +
-                                    std::to_string(threads) + "x" + std::to_string(items) +
-                                    (weighted ? "" : " no weight");
+                                    std::to_string(threads) + "x8" + (weighted ? "" : " no weight");
           const std::optional<TensorView> w = weighted ? std::optional<TensorView>(in.dw.view) : std::nullopt;
           if (!servable(in.dx.view, dy.view, Strategy::cluster_row)) return;  // cluster_row needs sm_90
           Params p;
@@ -427,7 +425,7 @@ TEST_F(Cuda, ClusterRowSlicesInSharedMemoryGiveTheRegistersBits) {
           Plan plan = plan_forward(in.dx.view, w, dy.view, Strategy::cluster_row);
           ASSERT_EQ(plan.load_width, vw) << where;
           plan.threads_per_block = threads;
-          plan.items_per_thread = items;
+          plan.items_per_thread = 8;
           plan.cluster_size = static_cast<int>(blocks);
           plan.threads_per_row = threads * static_cast<int>(blocks);
           plan.pieces = 1;
@@ -457,40 +455,27 @@ TEST_F(Cuda, ClusterRowSlicesInSharedMemoryGiveTheRegistersBits) {
   }
 }
 
-// Slices in shared memory in the planner's 512 x 8 blocks (rows over 2, 4, 7 and 8 blocks,
-// the plain store of aligned rows, with and without a weight) against the oracle.
+// The planner's slices in shared memory (rows over 4, 7 and 8 blocks, the plain store of
+// aligned rows) against the oracle; where the planner takes them is tested in test_plan.cpp.
 TEST_F(Cuda, ClusterRowSlicesInSharedMemoryMatchTheReference) {
   for (DType t : kDtypes) {
     const std::int64_t vw = static_cast<std::int64_t>(16 / dtype_size(t));
-    for (std::int64_t chunks :
-         {std::int64_t{4096} + 24, std::int64_t{4096} * 4, std::int64_t{4096} * 7 + 40, std::int64_t{4096} * 8}) {
+    for (std::int64_t chunks : {std::int64_t{4096} * 4, std::int64_t{4096} * 7 + 40, std::int64_t{4096} * 8}) {
       const std::int64_t cols = chunks * vw, rows = 9;
       RandomRows in(t, rows, cols, 29);
       HostTensor y = testing::make_tensor(t, 1, rows, cols);
       testing::DeviceMirror dy(y);
       if (!servable(in.dx.view, dy.view, Strategy::cluster_row)) return;  // cluster_row needs sm_90
-      for (bool weighted : {true, false}) {
-        const std::string where =
-            std::string(dtype_name(t)) + " cols=" + std::to_string(cols) + (weighted ? "" : " no weight");
-        const std::optional<TensorView> w = weighted ? std::optional<TensorView>(in.dw.view) : std::nullopt;
-        Params p;
-        const detail::ForwardProblem problem = detail::validate_forward(in.dx.view, w, dy.view, p, std::nullopt);
-        Plan plan = plan_forward(in.dx.view, w, dy.view, Strategy::cluster_row);
-        ASSERT_EQ(plan.load_width, vw) << where;
-        ASSERT_EQ(plan.pieces, 1) << where;
-        plan.threads_per_block = 512;
-        plan.items_per_thread = 8;
-        plan.threads_per_row = 512 * plan.cluster_size;
-        plan.shared_slices = true;
-        dy.buffer.fill(0xFF);
-        detail::cuda_forward(problem, plan, in.dx.view.device.index, nullptr);
-        testing::device_synchronize();
-        dy.download_into(y);
-        const auto ref =
-            reference::forward(in.x.view, weighted ? std::optional<TensorView>(in.w.view) : std::nullopt, t, p);
-        const auto cmp = reference::compare(y.view, ref.y, reference::forward_tolerance(t, t, p.cast, cols));
-        EXPECT_TRUE(cmp.passed()) << where << ": " << cmp.describe();
-      }
+      const std::string where = std::string(dtype_name(t)) + " cols=" + std::to_string(cols);
+      const Plan plan = plan_forward(in.dx.view, in.dw.view, dy.view);
+      EXPECT_TRUE(plan.shared_slices) << where;
+      dy.buffer.fill(0xFF);
+      forward(in.dx.view, in.dw.view, dy.view, Params{});
+      testing::device_synchronize();
+      dy.download_into(y);
+      const auto ref = reference::forward(in.x.view, in.w.view, t, Params{});
+      const auto cmp = reference::compare(y.view, ref.y, reference::forward_tolerance(t, t, Params{}.cast, cols));
+      EXPECT_TRUE(cmp.passed()) << where << ": " << cmp.describe();
     }
   }
 }
@@ -521,6 +506,7 @@ TEST_F(Cuda, NonPortableClusterRowsMatchTheReference) {
       plan.cluster_size = blocks;
       plan.threads_per_row = 256 * blocks;
       plan.pieces = 1;
+      plan.shared_slices = false;  // the slices in registers (the planner's, aligned, are in shared memory)
       const auto ref = reference::forward(in.x.view, in.w.view, t, p);
       for (int grid : {0, 1}) {
         plan.cluster_grid = grid;

@@ -262,17 +262,15 @@ TEST(Plan, AutomaticPicksAServableStrategy) {
       }
 }
 
-// Slices in shared memory (Plan::shared_slices) are a forced plan's (`bench --slices
-// shared`): neither automatic nor a forced cluster_row plans them, aligned rows or not, on
-// 2 to 8 blocks or in pieces, for the plain store, the residual add or the quantised store.
-// The plain store's rows in one piece take the table's first entry below kWideClusterBlocks
-// blocks and its wide entry from there, unaligned rows the same blocks (the block's shape
-// orders the row's sum, so a row gives the same bits at any alignment).
-TEST(Plan, ClusterRowSlicesStayInRegisters) {
-  const detail::RegisterConfig& narrow = detail::kPlainClusterRowConfigs[0];
-  const detail::RegisterConfig& wide = detail::kPlainClusterRowConfigs[detail::kPlainWideClusterEntry];
+// Slices in shared memory (Plan::shared_slices): the plain store of aligned rows in one piece
+// on clusters of kSharedSliceBlocks blocks or more, in the table's kSharedSliceEntry (and
+// unaligned rows in the same blocks), as automatic or a forced cluster_row plans it; not on
+// fewer blocks, unaligned rows, rows in pieces, the residual add or the quantised store, nor
+// before sm_90.
+TEST(Plan, ClusterRowSlicesInSharedMemory) {
+  const detail::RegisterConfig& entry = detail::kPlainClusterRowConfigs[detail::kSharedSliceEntry];
   for (DType t : kDtypes) {
-    const std::int64_t capacity = std::int64_t{narrow.capacity()} * full_width(t);
+    const std::int64_t capacity = std::int64_t{entry.capacity()} * full_width(t);
     for (std::int64_t blocks : {2, 3, 4, 5, 8, 9})
       for (std::int64_t extra : {std::int64_t{0}, std::int64_t{1}}) {
         const std::int64_t cols = (blocks - 1) * capacity + capacity / 2 + extra * 3 + (1 - extra) * full_width(t);
@@ -280,23 +278,31 @@ TEST(Plan, ClusterRowSlicesStayInRegisters) {
           const Views v = views(t, 5, cols, -1, 0, 0);
           const Plan p = plan(v, s);
           const std::string w = where(t, cols) + " " + strategy_name(s) + ": " + show(p);
-          EXPECT_EQ(p.load_width == p.vector_width, extra == 0) << w;
-          EXPECT_FALSE(p.shared_slices) << w;
+          const bool aligned = p.load_width == p.vector_width;
+          EXPECT_EQ(aligned, extra == 0) << w;
+          const bool wide = blocks >= detail::kSharedSliceBlocks && blocks <= detail::kMaxClusterSize;
+          EXPECT_EQ(p.shared_slices, aligned && wide) << w;
+          if (!wide) continue;
+          // Unaligned rows: the same blocks in registers (the same order of the row's sum).
           EXPECT_EQ(p.strategy, Strategy::cluster_row) << w;
-          if (blocks > detail::kMaxClusterSize) {
-            EXPECT_GT(p.pieces, 1) << w;
-            continue;
-          }
-          const detail::RegisterConfig& entry = blocks >= detail::kWideClusterBlocks ? wide : narrow;
           EXPECT_EQ(p.cluster_size, blocks) << w;
           EXPECT_EQ(p.pieces, 1) << w;
           EXPECT_EQ(p.threads_per_block, entry.threads_per_block) << w;
           EXPECT_EQ(p.items_per_thread, entry.items) << w;
+          EXPECT_EQ(p.threads_per_row, entry.threads_per_block * blocks) << w;
+          EXPECT_LE(entry.threads_per_block, detail::kSharedSliceMaxThreads) << w;
         }
       }
   }
+  // Not the residual add, the quantised store, rows in pieces, or sm_80 (no clusters).
   const std::int64_t cols = 131072;
   detail::ForwardProblem p = plain_problem(DType::bf16, cols);
+  EXPECT_TRUE(detail::plan_problem(p, Strategy::automatic, 9).shared_slices);
+  EXPECT_FALSE(detail::plan_problem(p, Strategy::automatic, 8).shared_slices) << "sm_80";
+  EXPECT_FALSE(detail::plan_problem(p, Strategy::long_row, 9).shared_slices) << "long_row asked for";
+  const Plan pieces = detail::plan_problem(plain_problem(DType::bf16, 4 * 262144), Strategy::automatic, 9);
+  EXPECT_GT(pieces.pieces, 1) << show(pieces);
+  EXPECT_FALSE(pieces.shared_slices) << show(pieces);
   p.residual = reinterpret_cast<const void*>(kY + (std::uintptr_t{1} << 36));
   p.residual_out = const_cast<void*>(p.residual);
   p.r_dtype = DType::bf16;
@@ -482,9 +488,9 @@ TEST(Plan, WideBlockRowsKeepAnSmFull) {
 
 // The residual add's cluster rows are 1024 x 4, with the ranks' sum or without (its y is the
 // add's bit for bit, and the block's shape orders the sum of squares); the plain store's
-// 512 x 8 on clusters of fewer than kWideClusterBlocks blocks and 1024 x 4 on larger ones
-// (unaligned rows the same blocks); everything else's 512 x 8 (the quantised store with or
-// without the add, an f32 residual with 16-bit x): the same capacity, so the same clusters.
+// 512 x 8 (on 4 blocks or more its aligned rows' slices in shared memory, 1024 x 4 for rows
+// in pieces); everything else's 512 x 8 (the quantised store with or without the add, an f32 residual
+// with 16-bit x): the same capacity, so the same clusters.
 TEST(Plan, ResidualAddClusterRowsHaveTheirOwnBlocks) {
   for (std::int64_t cols : {65536, 131072, 262144}) {
     detail::ForwardProblem p = plain_problem(DType::bf16, cols);
@@ -518,11 +524,13 @@ TEST(Plan, ResidualAddClusterRowsHaveTheirOwnBlocks) {
     }
     EXPECT_EQ(add_quant.threads_per_block, 512) << where(DType::bf16, cols) << ": " << show(add_quant);
     EXPECT_EQ(add_quant.items_per_thread, 8) << where(DType::bf16, cols) << ": " << show(add_quant);
+    // The plain store's aligned rows on wide clusters keep their slices in shared memory, in
+    // 512 x 8 blocks (ClusterRowSlicesInSharedMemory below); unaligned rows the same blocks.
     const bool wide = plain.cluster_size >= detail::kWideClusterBlocks;
     EXPECT_EQ(wide, cols > 65536) << where(DType::bf16, cols) << ": " << show(plain);
-    EXPECT_FALSE(plain.shared_slices) << where(DType::bf16, cols) << ": " << show(plain);
-    EXPECT_EQ(plain.threads_per_block, wide ? 1024 : 512) << where(DType::bf16, cols) << ": " << show(plain);
-    EXPECT_EQ(plain.items_per_thread, wide ? 4 : 8) << where(DType::bf16, cols) << ": " << show(plain);
+    EXPECT_EQ(plain.shared_slices, wide) << where(DType::bf16, cols) << ": " << show(plain);
+    EXPECT_EQ(plain.threads_per_block, 512) << where(DType::bf16, cols) << ": " << show(plain);
+    EXPECT_EQ(plain.items_per_thread, 8) << where(DType::bf16, cols) << ": " << show(plain);
     p.residual = p.residual_out = nullptr;
     p.quantize = false;
     p.y_dtype = DType::bf16;
@@ -530,10 +538,8 @@ TEST(Plan, ResidualAddClusterRowsHaveTheirOwnBlocks) {
     const Plan unaligned = detail::plan_problem(p, Strategy::automatic, 9);
     EXPECT_EQ(unaligned.cluster_size, plain.cluster_size) << where(DType::bf16, cols - 1) << ": " << show(unaligned);
     EXPECT_FALSE(unaligned.shared_slices) << where(DType::bf16, cols - 1) << ": " << show(unaligned);
-    EXPECT_EQ(unaligned.threads_per_block, plain.threads_per_block)
-        << where(DType::bf16, cols - 1) << ": " << show(unaligned);
-    EXPECT_EQ(unaligned.items_per_thread, plain.items_per_thread)
-        << where(DType::bf16, cols - 1) << ": " << show(unaligned);
+    EXPECT_EQ(unaligned.threads_per_block, 512) << where(DType::bf16, cols - 1) << ": " << show(unaligned);
+    EXPECT_EQ(unaligned.items_per_thread, 8) << where(DType::bf16, cols - 1) << ": " << show(unaligned);
     for (const Plan& plan : {add, ranks}) {
       EXPECT_EQ(plan.threads_per_block, 1024) << where(DType::bf16, cols) << ": " << show(plan);
       EXPECT_EQ(plan.items_per_thread, 4) << where(DType::bf16, cols) << ": " << show(plan);

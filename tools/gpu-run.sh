@@ -348,10 +348,9 @@ if want slices; then
   # The forward's cluster rows with each block's slice in shared memory or in registers
   # (bench --slices, a CLI that has it), bf16 and f16, 1024 rows of 65536 / 131072 / 262144
   # columns (2, 4 and 8 blocks a row): the planner's choice; 512 x 8 and 1024 x 4 (the
-  # registers' choice from 4 blocks) in registers on the launcher's grid; in shared memory a
-  # cluster a row, 512 x 8, 256 x 8 (twice the blocks; 262144 columns in two pieces: n/a)
-  # and 256 x 16 (FlashInfer's block, its lanes holding their weight). (512 x 8 shared on
-  # twice the resident clusters lost to a cluster a row on the H200: ...-0a2bd59-bench-cluster-slices.txt.)
+  # registers' choice from 4 blocks) in registers on the launcher's grid; 512 x 8 in shared
+  # memory a cluster a row and on twice the resident clusters; 256 x 8 in shared memory a
+  # cluster a row (twice the blocks; 262144 columns in two pieces: n/a).
   slice_benches() {
     echo "cli: $bench_cli"
     local dt
@@ -361,8 +360,8 @@ if want slices; then
       "$bench_cli" bench "$@" --strategy cluster_row --config 512x8 --slices registers || return
       "$bench_cli" bench "$@" --strategy cluster_row --config 1024x4 || return
       "$bench_cli" bench "$@" --strategy cluster_row --config 512x8 --slices shared || return
+      "$bench_cli" bench "$@" --strategy cluster_row --config 512x8 --slices shared --grid 2 || return
       "$bench_cli" bench "$@" --strategy cluster_row --config 256x8 --slices shared || return
-      "$bench_cli" bench "$@" --strategy cluster_row --config 256x16 --slices shared || return
     done
   }
   run bench_slices slice_benches

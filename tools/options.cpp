@@ -564,12 +564,11 @@ options:
                     over its share of the rows, or one cluster a row (rows), instead of
                     twice the resident clusters (Plan::cluster_grid)
   --slices shared|registers
-                    CUDA, --op forward with --strategy cluster_row and --config (512x8,
-                    256x8 or 256x16 for shared): each block's slice of the row copied to shared
-                    memory, or held in registers (the planner's choice and a forced
-                    plan's default), to time the two against each other
-                    (Plan::shared_slices; shared runs a cluster a row unless --grid says
-                    otherwise; unaligned rows: n/a)
+                    CUDA, --op forward with --strategy cluster_row and --config (512x8 or
+                    256x8 for shared): each block's slice of the row copied to shared
+                    memory, or held in registers (the default of a forced plan), to time
+                    the two against each other (Plan::shared_slices; shared runs a cluster
+                    a row unless --grid says otherwise; unaligned rows: n/a)
   --leave-out P,... CUDA, --op backward: the fused call without dw (dx alone; dw is then not
                     checked) and/or without the saved rstd (recomputed from x), to time
                     what each part of the backward costs beside the whole (another run)

@@ -501,9 +501,7 @@ struct Plan {
   // copied to shared memory (cp.async) and read back from there, rather than held in
   // registers, so that shared memory decides how many blocks an SM holds (three of 512 x 8
   // where registers hold two), with one cluster a row unless cluster_grid says otherwise.
-  // The bits are the registers'. The planner leaves it false (on the H200 the slices in
-  // registers were level or faster, src/kernel_configs.h): it is there to time the two
-  // against each other (`rmsnorm bench --slices shared`).
+  // The planner takes it for clusters of 4 blocks or more; the bits are the registers'.
   bool shared_slices = false;
   // Elements per memory access: vector_width when every row start is 16-byte aligned and
   // cols a multiple of it, else 1. It changes how chunks are loaded, never the order in

@@ -559,18 +559,6 @@ __device__ __forceinline__ void cluster_rows_in_shared(const ForwardArgs& a, Tem
   Sum::arrive(temp);
   const TW* w = static_cast<const TW*>(a.weight);
   const Vec<TW, VEC> no_weight[1] = {};
-  // Blocks with the registers for it (at least 80 a thread under shared_slice_blocks' cap:
-  // 256 x 16, three blocks an SM) hold the weight of the lane's first chunks, 128 bytes of it
-  // (32 registers), loaded once, here, in flight with the first row's copies, as
-  // FlashInfer's kernel holds its weight; the rest of the weight, and all of it in smaller
-  // blocks (512 x 8 holds 42 registers a thread), is read a chunk at a time after the row's
-  // sum has crossed the cluster (from L2: the acquire leaves nothing in L1), while the held
-  // chunks are stored. Holding all 16 chunks of a 16-bit weight spilled 300 bytes a thread.
-  constexpr int kRegisters = 65536 / (shared_slice_blocks<ITEMS, BLOCK>() * BLOCK);
-  constexpr int kHoldable = 128 / static_cast<int>(sizeof(Vec<TW, VEC>));
-  constexpr int kHeldWeight = kRegisters < 80 ? 0 : ITEMS < kHoldable ? ITEMS : kHoldable;
-  Vec<TW, VEC> wv[kHeldWeight > 0 ? kHeldWeight : 1];
-  if constexpr (kHeldWeight > 0) load_weight<true, TW, VEC, kHeldWeight, BLOCK, true>(w, first, end, a.cols, wv);
   unsigned step = 0;
   for (std::int64_t row = place.cluster; row < a.total_rows; row += place.clusters, ++step) {
     __pipeline_wait_prior(0);
@@ -587,16 +575,11 @@ __device__ __forceinline__ void cluster_rows_in_shared(const ForwardArgs& a, Tem
     for (int i = 0; i < ITEMS; ++i) {
       if (i >= held) break;
       const Vec<TX, VEC> v[1] = {slot[i * BLOCK]};
-      const std::int64_t idx = first + std::int64_t{i} * BLOCK;
-      const auto store = [&](std::int64_t j, const float(&out)[VEC]) {
-        store_chunk<true, TY, VEC>(y, j, a.cols, pack<TY, VEC>(out));
-      };
-      if (i < kHeldWeight) {  // known at compile time: the loop is unrolled
-        const Vec<TW, VEC> held[1] = {wv[i < kHeldWeight ? i : 0]};
-        for_each_value<true, TX, TX, TW, VEC, 1, BLOCK, true>(w, held, idx, end, v, rstd, a, store);
-      } else {
-        for_each_value<true, TX, TX, TW, VEC, 1, BLOCK, false>(w, no_weight, idx, end, v, rstd, a, store);
-      }
+      for_each_value<true, TX, TX, TW, VEC, 1, BLOCK, false>(w, no_weight, first + std::int64_t{i} * BLOCK, end, v,
+                                                             rstd, a, [&](std::int64_t idx, const float(&out)[VEC]) {
+                                                               store_chunk<true, TY, VEC>(y, idx, a.cols,
+                                                                                          pack<TY, VEC>(out));
+                                                             });
     }
     // A looping grid (Plan::cluster_grid): the next row into the slots just read.
     if (row + place.clusters < a.total_rows) copy_row(row + place.clusters);
