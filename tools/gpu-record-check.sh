@@ -55,6 +55,27 @@ if [ -z "$best" ]; then
   echo "Record one: tools/gpu-run.sh on the GPU machine (see the README, 'Recording a GPU run')."
   exit 1
 fi
+# passed FILE: the recorded check FILE says PASSED and its ctest summary says 100 %.
+passed() {
+  local ctest=${1%-check.txt}-ctest.txt
+  grep -q 'Correctness check PASSED' "$1" && [ -f "$ctest" ] && grep -qE '(^|[^0-9])100% tests passed' "$ctest"
+}
+# A commit that puts GPU code back as a recorded run had it (a revert of an unverified
+# landing) is covered by that run: the rule is about the tree that ran, and HEAD's GPU code
+# is that tree's, file for file.
+if ! git merge-base --is-ancestor "$last" "$best_commit"; then
+  for f in bench/results/*-check.txt; do
+    commit=$(basename "$f" | sed -nE 's/^[0-9]{4}-[0-9]{2}-[0-9]{2}-[a-z0-9]+-([0-9a-f]{7,40})-check\.txt$/\1/p')
+    [ -n "$commit" ] || continue
+    full=$(git rev-parse -q --verify "$commit^{commit}" 2>/dev/null) || continue
+    git merge-base --is-ancestor "$full" HEAD 2>/dev/null || continue
+    if git diff --quiet "$full" HEAD -- "${gpu_paths[@]}" && passed "$f"; then
+      echo "recorded GPU check of the same GPU code: $f (commit $(git rev-parse --short "$full"))"
+      echo "PASSED: HEAD's GPU code (last changed in $short_last) is $(git rev-parse --short "$full")'s, file for file"
+      exit 0
+    fi
+  done
+fi
 echo "newest recorded GPU check: $best (commit $(git rev-parse --short "$best_commit"))"
 status=0
 if ! git merge-base --is-ancestor "$last" "$best_commit"; then
