@@ -491,7 +491,9 @@ bundle
 if want compare; then
   # Two trees side by side on one machine (a ratio between runs on different machines is
   # not one): each bench of RMSNORM_COMPARE by this build's CLI, then by the other's, for
-  # RMSNORM_COMPARE_ROUNDS rounds.
+  # RMSNORM_COMPARE_ROUNDS rounds. Time it: on an H100 the three cluster-row tables of
+  # 1024 x 65536..262144 took 85 s for one round of both CLIs, the backward's train suite and
+  # the decode suite 133 s; six such tables in two rounds ran past a 10-minute call.
   compare_benches() {
     local other=/tmp/rmsnorm-compare args round c table
     [ -n "${RMSNORM_COMPARE_PACK:-}" ] || { echo "compare: RMSNORM_COMPARE_PACK names no pack"; return 2; }
@@ -505,6 +507,7 @@ if want compare; then
           # shellcheck disable=SC2086  # the arguments of one bench, word by word
           table=$("$c" bench $args) || { echo "$table"; return 1; }  # a failed check fails the stage
           grep -E '^ *[0-9]+ +[0-9]+ |^ +M +N ' <<<"$table"
+          bundle  # a call cut at its limit still brings back the tables done (logs/compare.log)
         done
       done < <(tr ';' '\n' <<<"${RMSNORM_COMPARE:---op backward --dtype bf16 --suite train}")
     done
