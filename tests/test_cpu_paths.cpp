@@ -13,6 +13,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <iterator>
+#include <limits>
 #include <optional>
 #include <random>
 #include <string>
@@ -23,6 +25,7 @@
 #endif
 
 #include "cpu/isa.h"
+#include "cpu/kernels.h"
 #include "cpu/parallel.h"
 #include "forward_case.h"
 #include "support.h"
@@ -622,6 +625,65 @@ TEST_P(CpuPaths, BackwardManyRows) {
     s.cols = 96;
     if (!same_backward_bits(isa(), s, seed_of({rows, 41}))) return;
   }
+}
+
+// The quantised store's loops (quant_loops.inl, called by cpu/steps.h's QuantizeRow with a
+// row's fp32 values): each instruction set's group maxima and fp8 / int8 codes, by the exact
+// quotient and by the reciprocal, equal the portable loops' byte for byte, over awkward
+// lengths and misaligned starts, on values with zeros of both signs, subnormals, ties of
+// both formats' rounding, values past their saturation, infinities and NaNs. The portable
+// loops themselves are checked against the scalar rules (std::fmax, float_to_f8e4m3_bits,
+// float_to_i8 of the quotient), which test_dtype.cpp checks against references.
+TEST_P(CpuPaths, QuantLoopsGiveThePortableBits) {
+  const cpu::QuantLoops portable = cpu::quant_loops_scalar();
+  const cpu::QuantLoops loops = isa() == Isa::avx2 ? cpu::quant_loops_avx2() : cpu::quant_loops_avx512();
+  ASSERT_NE(loops.amax_bits, nullptr);
+  const float specials[] = {0.0f,
+                            -0.0f,
+                            1e-40f,
+                            -3e-39f,
+                            std::ldexp(1.0f, -10),
+                            0.5f,
+                            2.5f,
+                            -126.5f,
+                            127.5f,
+                            432.0f,
+                            -464.0f,
+                            1e9f,
+                            std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::quiet_NaN(),
+                            -std::numeric_limits<float>::quiet_NaN()};
+  std::mt19937 gen(static_cast<std::uint32_t>(seed_of({int(isa()), 41})));
+  std::normal_distribution<float> normal(0.0f, 60.0f);
+  for (std::int64_t n : {1, 2, 7, 15, 16, 17, 31, 33, 64, 127, 128, 257, 1031, 4099})
+    for (int lead : {0, 1, 3}) {
+      std::vector<float> buffer(static_cast<std::size_t>(n + lead));
+      for (float& v : buffer) v = gen() % 5 == 0 ? specials[gen() % std::size(specials)] : normal(gen);
+      if (n > 20) buffer[lead + n / 2] = std::numeric_limits<float>::quiet_NaN();  // never the max
+      const float* y = buffer.data() + lead;
+      float amax = 0.0f;
+      for (std::int64_t j = 0; j < n; ++j) amax = std::fmax(amax, std::fabs(y[j]));
+      ASSERT_EQ(portable.amax_bits(y, n), detail::float_to_bits(amax)) << "n " << n;
+      ASSERT_EQ(loops.amax_bits(y, n), portable.amax_bits(y, n)) << "n " << n << " lead " << lead;
+      for (float s : {1.0f / 448.0f, 1.0f / 3.0f, 1.0f, 7.5f, 1e-30f})
+        for (bool multiply : {false, true}) {
+          const float r = 1.0f / s;
+          std::vector<std::uint8_t> f8(static_cast<std::size_t>(n + lead)), f8_portable(f8.size());
+          std::vector<std::int8_t> i8(f8.size()), i8_portable(f8.size());
+          loops.to_f8(y, n, s, r, multiply, f8.data() + lead);
+          portable.to_f8(y, n, s, r, multiply, f8_portable.data() + lead);
+          loops.to_i8(y, n, s, r, multiply, i8.data() + lead);
+          portable.to_i8(y, n, s, r, multiply, i8_portable.data() + lead);
+          for (std::int64_t j = 0; j < n; ++j) {
+            const float t = multiply ? y[j] * r : y[j] / s;
+            ASSERT_EQ(f8_portable[lead + j], float_to_f8e4m3_bits(t)) << y[j] << " / " << s;
+            ASSERT_EQ(i8_portable[lead + j], float_to_i8(t)) << y[j] << " / " << s;
+          }
+          ASSERT_EQ(f8, f8_portable) << "n " << n << " lead " << lead << " s " << s << " multiply " << multiply;
+          ASSERT_EQ(i8, i8_portable) << "n " << n << " lead " << lead << " s " << s << " multiply " << multiply;
+        }
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(, CpuPaths, ::testing::Values(Isa::avx2, Isa::avx512),

@@ -102,34 +102,33 @@ inline float f8e4m3_bits_to_float(std::uint8_t b) noexcept {
 }
 
 inline std::uint8_t float_to_f8e4m3_bits(float value) noexcept {
+  // Branch-free (every case computed, then selected), so that a loop of conversions
+  // vectorises; the same codes as the branching form for every one of the 2^32 inputs.
   const std::uint32_t x = detail::float_to_bits(value);
-  const std::uint32_t sign = (x >> 24) & 0x80u;
-  std::uint32_t a = x & 0x7fffffffu;
-  if (a > 0x7f800000u) return static_cast<std::uint8_t>(sign | 0x7fu);  // NaN
-  if (a > 0x43e00000u) a = 0x43e00000u;                                 // saturate at 448
-  std::uint32_t q;
-  if (a < 0x3c800000u) {
-    // Below 2^-6 (subnormal): adding 2^14 puts the subnormal spacing 2^-9 at the float's
-    // last mantissa bit, so the FPU rounds to nearest even; what is left above 2^14 is the
-    // count of 2^-9 steps (8 of them is 2^-6, the smallest normal: still right).
-    q = detail::float_to_bits(detail::bits_to_float(a) + 16384.0f) - 0x46800000u;
-  } else {
-    // Normal: rebias the exponent (127 -> 7) and round to nearest even at bit 20. No carry
-    // can pass 448 (0x7e): a is at most 448 itself.
-    q = (a - (120u << 23) + 0x7ffffu + ((a >> 20) & 1u)) >> 20;
-  }
-  return static_cast<std::uint8_t>(sign | q);
+  const std::uint32_t magnitude = x & 0x7fffffffu;
+  const std::uint32_t a = magnitude > 0x43e00000u ? 0x43e00000u : magnitude;  // saturate at 448
+  // Below 2^-6 (subnormal): adding 2^14 puts the subnormal spacing 2^-9 at the float's last
+  // mantissa bit, so the FPU rounds to nearest even; what is left above 2^14 is the count
+  // of 2^-9 steps (8 of them is 2^-6, the smallest normal: still right).
+  const std::uint32_t subnormal = detail::float_to_bits(detail::bits_to_float(a) + 16384.0f) - 0x46800000u;
+  // Normal: rebias the exponent (127 -> 7) and round to nearest even at bit 20. No carry
+  // can pass 448 (0x7e): a is at most 448 itself. (Meaningless, and not selected, below 2^-6.)
+  const std::uint32_t normal = (a - (120u << 23) + 0x7ffffu + ((a >> 20) & 1u)) >> 20;
+  std::uint32_t q = a < 0x3c800000u ? subnormal : normal;
+  q = magnitude > 0x7f800000u ? 0x7fu : q;  // NaN
+  return static_cast<std::uint8_t>(((x >> 24) & 0x80u) | q);
 }
 
 // int8 from float: round half to even, saturated to the symmetric range -127..127 (never
 // -128); NaN becomes 0, as the GPU's saturating conversion (cvt.rni.sat.s8.f32) gives.
+// Branch-free, as above.
 inline std::int8_t float_to_i8(float value) noexcept {
-  if (!(value == value)) return 0;
-  const float clamped = value < -127.0f ? -127.0f : value > 127.0f ? 127.0f : value;
+  const float clamped = value < -127.0f ? -127.0f : value > 127.0f ? 127.0f : value;  // NaN stays NaN
   // 1.5 * 2^23 shifts the fraction out of a float of magnitude < 2^22: the FPU's round to
   // nearest even does the rounding, and the integer reads off the low mantissa bits.
   const float shifted = clamped + 12582912.0f;
-  return static_cast<std::int8_t>(static_cast<std::int32_t>(detail::float_to_bits(shifted) & 0x7fffffu) - 0x400000);
+  const std::int32_t q = static_cast<std::int32_t>(detail::float_to_bits(shifted) & 0x7fffffu) - 0x400000;
+  return static_cast<std::int8_t>(value == value ? q : 0);
 }
 
 // Reads element `i` of a host array of type `t` as double, and writes `v` (rounded once to

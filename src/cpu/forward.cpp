@@ -157,6 +157,20 @@ void fused_forward(const ForwardProblem& p) {
 
 ForwardRows forward_rows_scalar(const ForwardProblem& p) { return pick_forward<ScalarForward>(p); }
 
+namespace portable {
+#include "cpu/quant_loops.inl"
+}  // namespace portable
+
+QuantLoops quant_loops_scalar() { return portable::quant_loops(); }
+
+QuantLoops quant_loops() {
+  const Isa isa = active_isa();
+  QuantLoops loops{};
+  if (isa == Isa::avx512) loops = quant_loops_avx512();
+  if (isa == Isa::avx2) loops = quant_loops_avx2();
+  return loops.amax_bits ? loops : quant_loops_scalar();
+}
+
 namespace {
 ForwardRows forward_rows(const ForwardProblem& p, Isa isa) {
   ForwardRows rows = nullptr;

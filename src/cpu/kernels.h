@@ -32,6 +32,18 @@ using BackwardRows = void (*)(const BackwardProblem& p, std::int64_t begin, std:
 
 // The loops of each instruction set for the problem; nullptr when the instruction set has
 // none for its dtypes (the vector loops leave f64 to the portable ones) or the build lacks it.
+// The quantised store's loops over a row's fp32 values (quant_loops.inl), per instruction
+// set: quant_loops() gives the active one's.
+struct QuantLoops {
+  std::uint32_t (*amax_bits)(const float* y, std::int64_t n);
+  void (*to_f8)(const float* y, std::int64_t n, float s, float r, bool multiply, std::uint8_t* q);
+  void (*to_i8)(const float* y, std::int64_t n, float s, float r, bool multiply, std::int8_t* q);
+};
+QuantLoops quant_loops_scalar();
+QuantLoops quant_loops_avx2();    // amax_bits null where this build has no AVX2 loops
+QuantLoops quant_loops_avx512();  // likewise
+QuantLoops quant_loops();
+
 ForwardRows forward_rows_scalar(const ForwardProblem& p);
 ForwardRows forward_rows_avx2(const ForwardProblem& p);
 ForwardRows forward_rows_avx512(const ForwardProblem& p);

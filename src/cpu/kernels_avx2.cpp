@@ -25,6 +25,7 @@
 #include "cpu/simd_avx2.h"
 
 namespace rmsnorm::detail::cpu::avx2 {
+#include "cpu/quant_loops.inl"
 #include "cpu/simd_rows.inl"
 }  // namespace rmsnorm::detail::cpu::avx2
 
@@ -38,6 +39,7 @@ namespace rmsnorm::detail::cpu::avx2 {
 namespace rmsnorm::detail::cpu {
 ForwardRows forward_rows_avx2(const ForwardProblem& p) { return pick_forward<avx2::Forward>(p); }
 BackwardRows backward_rows_avx2(const BackwardProblem& p) { return pick_backward<avx2::Backward>(p); }
+QuantLoops quant_loops_avx2() { return avx2::quant_loops(); }
 }  // namespace rmsnorm::detail::cpu
 
 #else  // no vector loops in this build
@@ -45,6 +47,7 @@ BackwardRows backward_rows_avx2(const BackwardProblem& p) { return pick_backward
 namespace rmsnorm::detail::cpu {
 ForwardRows forward_rows_avx2(const ForwardProblem&) { return nullptr; }
 BackwardRows backward_rows_avx2(const BackwardProblem&) { return nullptr; }
+QuantLoops quant_loops_avx2() { return {}; }
 }  // namespace rmsnorm::detail::cpu
 
 #endif

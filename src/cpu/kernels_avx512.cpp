@@ -25,6 +25,7 @@
 #include "cpu/simd_avx512.h"
 
 namespace rmsnorm::detail::cpu::avx512 {
+#include "cpu/quant_loops.inl"
 #include "cpu/simd_rows.inl"
 }  // namespace rmsnorm::detail::cpu::avx512
 
@@ -38,6 +39,7 @@ namespace rmsnorm::detail::cpu::avx512 {
 namespace rmsnorm::detail::cpu {
 ForwardRows forward_rows_avx512(const ForwardProblem& p) { return pick_forward<avx512::Forward>(p); }
 BackwardRows backward_rows_avx512(const BackwardProblem& p) { return pick_backward<avx512::Backward>(p); }
+QuantLoops quant_loops_avx512() { return avx512::quant_loops(); }
 }  // namespace rmsnorm::detail::cpu
 
 #else  // no vector loops in this build
@@ -45,6 +47,7 @@ BackwardRows backward_rows_avx512(const BackwardProblem& p) { return pick_backwa
 namespace rmsnorm::detail::cpu {
 ForwardRows forward_rows_avx512(const ForwardProblem&) { return nullptr; }
 BackwardRows backward_rows_avx512(const BackwardProblem&) { return nullptr; }
+QuantLoops quant_loops_avx512() { return {}; }
 }  // namespace rmsnorm::detail::cpu
 
 #endif

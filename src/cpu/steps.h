@@ -13,7 +13,9 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
+#include "cpu/kernels.h"
 #include "cpu/numeric.h"
 #include "cpu/quantize.h"
 #include "problem.h"
@@ -96,29 +98,35 @@ struct StoreRow {
 
 // The quantised store (TQ: F8E4M3 or std::int8_t), y_j in fp32: with the static scale, or
 // group by group (per_row: one group of the whole row) with a scale computed from the
-// group's max |y_j|, which is written to the scales. value(j) is evaluated twice for a
-// computed scale (max, then store): it is a pure function of the row, so both passes see
-// the same fp32 values, and no buffer is needed.
+// group's max |y_j|, which is written to the scales. The row's y_j are evaluated once into a
+// buffer of the thread's, which the active instruction set's loops (quant_loops.inl) read
+// for the maxima and the codes.
 template <class TQ>
 struct QuantizeRow {
   const ForwardProblem& p;
   template <class Value>
   void row(std::int64_t b, std::int64_t r, std::int64_t row, Value value) const {
     TQ* q = element_row<TQ>(p.y, b, r, p.y_batch_stride, p.y_row_stride);
-    if (p.quant_scale == QuantScale::static_tensor) {
-      const Divisor d(*p.scales, p.reciprocal);
-      for (std::int64_t j = 0; j < p.cols; ++j) q[j] = quantize<TQ>(value(j), d);
-      return;
-    }
+    thread_local std::vector<float> values;
+    values.resize(static_cast<std::size_t>(p.cols));
+    float* y = values.data();
+    for (std::int64_t j = 0; j < p.cols; ++j) y[j] = value(j);
+    const QuantLoops loops = quant_loops();
+    const auto encode = [&](std::int64_t begin, std::int64_t n, const Divisor& d) {
+      if constexpr (std::is_same_v<TQ, F8E4M3>)
+        loops.to_f8(y + begin, n, d.s, d.r, d.multiply, reinterpret_cast<std::uint8_t*>(q + begin));
+      else
+        loops.to_i8(y + begin, n, d.s, d.r, d.multiply, q + begin);
+    };
+    if (p.quant_scale == QuantScale::static_tensor) return encode(0, p.cols, Divisor(*p.scales, p.reciprocal));
     const std::int64_t g_size = p.group_size;
     for (std::int64_t g = 0; g < p.groups(); ++g) {
-      const std::int64_t begin = g * g_size, end = begin + g_size;
-      float amax = 0.0f;  // fmax ignores a NaN y_j: it quantises to NaN (fp8) or 0 (int8)
-      for (std::int64_t j = begin; j < end; ++j) amax = std::fmax(amax, std::fabs(value(j)));
+      const std::int64_t begin = g * g_size;
+      // max |y_j| over the group, a NaN y_j ignored (it quantises to NaN (fp8) or 0 (int8))
+      const float amax = bits_to_float(loops.amax_bits(y + begin, g_size));
       const float s = dynamic_scale<TQ>(amax, p.scale_ub, p.pow2_scales);
       p.scales[row * p.scale_row_stride + g * p.scale_group_stride] = s;
-      const Divisor d(s, p.reciprocal);
-      for (std::int64_t j = begin; j < end; ++j) q[j] = quantize<TQ>(value(j), d);
+      encode(begin, g_size, Divisor(s, p.reciprocal));
     }
   }
 };
