@@ -32,6 +32,13 @@ using BackwardRows = void (*)(const BackwardProblem& p, std::int64_t begin, std:
 
 // The loops of each instruction set for the problem; nullptr when the instruction set has
 // none for its dtypes (the vector loops leave f64 to the portable ones) or the build lacks it.
+ForwardRows forward_rows_scalar(const ForwardProblem& p);
+ForwardRows forward_rows_avx2(const ForwardProblem& p);
+ForwardRows forward_rows_avx512(const ForwardProblem& p);
+BackwardRows backward_rows_scalar(const BackwardProblem& p);
+BackwardRows backward_rows_avx2(const BackwardProblem& p);
+BackwardRows backward_rows_avx512(const BackwardProblem& p);
+
 // The quantised store's loops over a row's fp32 values (quant_loops.inl), per instruction
 // set: quant_loops() gives the active one's.
 struct QuantLoops {
@@ -43,13 +50,6 @@ QuantLoops quant_loops_scalar();
 QuantLoops quant_loops_avx2();    // amax_bits null where this build has no AVX2 loops
 QuantLoops quant_loops_avx512();  // likewise
 QuantLoops quant_loops();
-
-ForwardRows forward_rows_scalar(const ForwardProblem& p);
-ForwardRows forward_rows_avx2(const ForwardProblem& p);
-ForwardRows forward_rows_avx512(const ForwardProblem& p);
-BackwardRows backward_rows_scalar(const BackwardProblem& p);
-BackwardRows backward_rows_avx2(const BackwardProblem& p);
-BackwardRows backward_rows_avx512(const BackwardProblem& p);
 
 // ---------------------------------------------------------------------------------------
 // From a problem to a loop: Loops is a class template over the element types and modes

@@ -17,24 +17,24 @@ struct F8E4M3 {
 template <class TQ>
 struct QuantFormat;
 
+// The largest code of each format. The codes themselves are dtype.h's float_to_f8e4m3_bits
+// (round to nearest even, saturated at +-448, NaN kept) and float_to_i8 (round half to even,
+// saturated at +-127, NaN -> 0), applied by quant_loops.inl.
 template <>
 struct QuantFormat<F8E4M3> {
   static constexpr float qmax = 448.0f;
-  // Round to nearest even, saturated at +-448, NaN kept.
-  static F8E4M3 encode(float t) { return F8E4M3{float_to_f8e4m3_bits(t)}; }
 };
 
 template <>
 struct QuantFormat<std::int8_t> {
   static constexpr float qmax = 127.0f;
-  // Round half to even, saturated at +-127, NaN -> 0.
-  static std::int8_t encode(float t) { return float_to_i8(t); }
 };
 
 // How y is divided by a scale s: by default the correctly rounded fp32 division y / s;
 // with QuantDivision::reciprocal y * r, r = 1 / s rounded once to fp32 (vLLM's form, which
 // can land one code away from y / s at a rounding boundary), where 2^-64 <= |s| <= 2^64
-// (the CUDA backend's range for its quotient; beyond it both divide exactly).
+// (the CUDA backend's range for its quotient; beyond it both divide exactly). The
+// quotient's code: quant_loops.inl.
 struct Divisor {
   float s = 1.0f, r = 1.0f;
   bool multiply = false;
@@ -42,14 +42,7 @@ struct Divisor {
       : s(scale),
         r(1.0f / scale),
         multiply(reciprocal && std::fabs(scale) >= 0x1p-64f && std::fabs(scale) <= 0x1p64f) {}
-  float operator()(float y) const { return multiply ? y * r : y / s; }
 };
-
-// The value stored for y under the divisor d.
-template <class TQ>
-inline TQ quantize(float y, const Divisor& d) {
-  return QuantFormat<TQ>::encode(d(y));
-}
 
 // Rounds a positive scale up to a power of two: a normal float keeps its exponent when its
 // mantissa is zero and takes the next one otherwise (the carry does it); the computed
