@@ -17,21 +17,21 @@ inline std::uint32_t quant_amax_bits(const float* y, std::int64_t n) {
   return static_cast<std::uint32_t>(amax);
 }
 
-// q[j] = the code of y[j] / s (correctly rounded), or of y[j] * r when `multiply` (Divisor).
-inline void quant_to_f8(const float* y, std::int64_t n, float s, float r, bool multiply, std::uint8_t* q) {
+// q[j] = the code of y[j] / s (correctly rounded), or of y[j] * r when `multiply` (Divisor):
+// fp8 e4m3 bits (Code std::uint8_t) or int8.
+template <class Code>
+inline void quant_codes(const float* y, std::int64_t n, float s, float r, bool multiply, Code* q) {
+  const auto code = [](float t) {
+    if constexpr (std::is_same_v<Code, std::uint8_t>)
+      return float_to_f8e4m3_bits(t);
+    else
+      return float_to_i8(t);
+  };
   if (multiply) {
-    for (std::int64_t j = 0; j < n; ++j) q[j] = float_to_f8e4m3_bits(y[j] * r);
+    for (std::int64_t j = 0; j < n; ++j) q[j] = code(y[j] * r);
   } else {
-    for (std::int64_t j = 0; j < n; ++j) q[j] = float_to_f8e4m3_bits(y[j] / s);
+    for (std::int64_t j = 0; j < n; ++j) q[j] = code(y[j] / s);
   }
 }
 
-inline void quant_to_i8(const float* y, std::int64_t n, float s, float r, bool multiply, std::int8_t* q) {
-  if (multiply) {
-    for (std::int64_t j = 0; j < n; ++j) q[j] = float_to_i8(y[j] * r);
-  } else {
-    for (std::int64_t j = 0; j < n; ++j) q[j] = float_to_i8(y[j] / s);
-  }
-}
-
-inline QuantLoops quant_loops() { return {&quant_amax_bits, &quant_to_f8, &quant_to_i8}; }
+inline QuantLoops quant_loops() { return {&quant_amax_bits, &quant_codes<std::uint8_t>, &quant_codes<std::int8_t>}; }

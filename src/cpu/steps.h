@@ -104,6 +104,7 @@ struct StoreRow {
 template <class TQ>
 struct QuantizeRow {
   const ForwardProblem& p;
+  const QuantLoops loops = quant_loops();  // the active instruction set's, once a call
   template <class Value>
   void row(std::int64_t b, std::int64_t r, std::int64_t row, Value value) const {
     TQ* q = element_row<TQ>(p.y, b, r, p.y_batch_stride, p.y_row_stride);
@@ -111,7 +112,6 @@ struct QuantizeRow {
     values.resize(static_cast<std::size_t>(p.cols));
     float* y = values.data();
     for (std::int64_t j = 0; j < p.cols; ++j) y[j] = value(j);
-    const QuantLoops loops = quant_loops();
     const auto encode = [&](std::int64_t begin, std::int64_t n, const Divisor& d) {
       if constexpr (std::is_same_v<TQ, F8E4M3>)
         loops.to_f8(y + begin, n, d.s, d.r, d.multiply, reinterpret_cast<std::uint8_t*>(q + begin));
