@@ -313,7 +313,7 @@ if want cluster_smem; then
   # registers or in shared memory, one cluster a row or looping, beside the copy; then the
   # library's own figures on the same shapes (RMSNORM_CLI as for cluster).
   smem_rows() {
-    nvcc -O3 -std=c++17 -arch=sm_90 -o "$out/cluster_smem_rows" tools/explore/cluster_smem_rows.cu || return
+    nvcc -O3 -std=c++17 -arch=sm_90 -Isrc -Iinclude -o "$out/cluster_smem_rows" tools/explore/cluster_smem_rows.cu || return
     "$out/cluster_smem_rows" || return
     [ -x "$bench_cli" ] || { echo "no library CLI at $bench_cli"; return 0; }
     echo "library: $bench_cli ($(cat "$(dirname "$bench_cli")/../carried-commit" 2>/dev/null || echo "$commit"))"

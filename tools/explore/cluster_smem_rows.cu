@@ -13,13 +13,20 @@
 //   loop K     K x the resident clusters, each looping over rows (the library's grid, K 2)
 // The partial sums cross the cluster through distributed shared memory: each block's total
 // is written into every block's mailbox (one slot a rank, two sets in turn for the looping
-// grid), then one cluster barrier, then each block adds the slots in rank order.
+// grid), then one cluster barrier, then each block adds the slots in rank order. The
+// variants marked "lib" exchange them as the library does instead (src/cuda/cluster.cuh's
+// ClusterSum: each warp's sum sent by st.async to every block, counted on its mbarrier,
+// after a cluster barrier for the mbarriers' set-up, split around the first row's loads);
+// those marked "pdl" are launched as the library launches (programmatic dependent launch:
+// the grid waits for the previous one at its start, then lets the next one be scheduled).
+// They say what the library's row sum and launch cost beside the bare kernel's.
 // y = bf16(x * rstd * w), fp32 math, rows of bf16 whose slices are whole 16-byte chunks;
 // checked against a host reference before anything is timed; inputs rotated over two sets
 // (each call moves more than 4x the L2); the copy is the faster of a graph of
 // cudaMemcpyAsync and the same calls on the stream. Not part of the library or its tests:
 // built and run by hand,
-//   nvcc -O3 -std=c++17 -arch=sm_90 -o cluster_smem_rows tools/explore/cluster_smem_rows.cu && ./cluster_smem_rows
+//   nvcc -O3 -std=c++17 -arch=sm_90 -Isrc -Iinclude -o cluster_smem_rows tools/explore/cluster_smem_rows.cu
+//   ./cluster_smem_rows
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_pipeline.h>
@@ -34,6 +41,7 @@
 #include <vector>
 
 #include "check_cuda.h"
+#include "cuda/cluster.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -76,17 +84,26 @@ __device__ __forceinline__ uint4 scale(uint4 c, uint4 wc, float rstd) {
 // THREADS threads a block, CHUNKS 16-byte chunks a thread: a block's slice is
 // THREADS * CHUNKS chunks, a row one slice a rank of the cluster.
 // At most 64 registers a thread, as the library's cluster rows (kernel_configs.h).
-template <int THREADS, int CHUNKS, bool SMEM>
+// LIB: the row sum by the library's ClusterSum; PDL: the library's wait for the previous
+// grid at the start (a no-op unless launched with the programmatic attribute).
+template <int THREADS, int CHUNKS, bool SMEM, bool LIB = false, bool PDL = false>
 __global__ void __launch_bounds__(THREADS, 65536 / (THREADS * 64)) ClusterRows(const Args a) {
   extern __shared__ uint4 slice[];  // SMEM: THREADS * CHUNKS chunks
   __shared__ float mailbox[2][kMaxRanks];
   __shared__ float warp_sums[THREADS / 32];
+  using Sum = rmsnorm::detail::cuda::ClusterSum<THREADS, 1>;
+  __shared__ typename Sum::TempStorage temp;
+  if constexpr (PDL) {
+    cudaGridDependencySynchronize();
+    cudaTriggerProgrammaticLaunchCompletion();
+  }
   cg::cluster_group cluster = cg::this_cluster();
   const unsigned rank = cluster.block_rank(), ranks = cluster.num_blocks();
   const long long clusters = gridDim.x / ranks;
   const long long cluster_id = blockIdx.x / ranks;
   const long long first = rank * (long long)THREADS * CHUNKS + threadIdx.x;  // chunk i: first + i * THREADS
   int step = 0;
+  bool arrived = false;
   for (long long row = cluster_id; row < a.rows; row += clusters, ++step) {
     const uint4* x = a.x + row * a.row_chunks;
     uint4 held[SMEM ? 1 : CHUNKS];
@@ -96,30 +113,41 @@ __global__ void __launch_bounds__(THREADS, 65536 / (THREADS * 64)) ClusterRows(c
       for (int i = 0; i < CHUNKS; ++i)
         __pipeline_memcpy_async(&slice[threadIdx.x + i * THREADS], &x[first + i * THREADS], sizeof(uint4));
       __pipeline_commit();
+      if (LIB && !arrived) Sum::arrive(temp);  // as the library: after the first row's copies
+      arrived = true;
       __pipeline_wait_prior(0);
 #pragma unroll
       for (int i = 0; i < CHUNKS; ++i) s += squares(slice[threadIdx.x + i * THREADS]);
     } else {
 #pragma unroll
       for (int i = 0; i < CHUNKS; ++i) held[i] = x[first + i * THREADS];
+      if (LIB && !arrived) Sum::arrive(temp);
+      arrived = true;
 #pragma unroll
       for (int i = 0; i < CHUNKS; ++i) s += squares(held[i]);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(~0u, s, o);
-    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = s;
-    __syncthreads();
-    if (threadIdx.x < ranks) {
-      float total = 0.f;
-#pragma unroll
-      for (int k = 0; k < THREADS / 32; ++k) total += warp_sums[k];
-      // This block's total into slot `rank` of block threadIdx.x's mailbox.
-      float* box = cluster.map_shared_rank(&mailbox[step & 1][0], threadIdx.x);
-      box[rank] = total;
-    }
-    cluster.sync();  // release the mailbox writes, acquire the others'; warp_sums reusable
     float total = 0.f;
-    for (unsigned r = 0; r < ranks; ++r) total += mailbox[step & 1][r];
+    if constexpr (LIB) {
+      float v[1] = {s};
+      Sum::template send<true>(temp, v, step);
+      Sum::receive(temp, v, step);
+      total = v[0];
+    } else {
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(~0u, s, o);
+      if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = s;
+      __syncthreads();
+      if (threadIdx.x < ranks) {
+        float t = 0.f;
+#pragma unroll
+        for (int k = 0; k < THREADS / 32; ++k) t += warp_sums[k];
+        // This block's total into slot `rank` of block threadIdx.x's mailbox.
+        float* box = cluster.map_shared_rank(&mailbox[step & 1][0], threadIdx.x);
+        box[rank] = t;
+      }
+      cluster.sync();  // release the mailbox writes, acquire the others'; warp_sums reusable
+      for (unsigned r = 0; r < ranks; ++r) total += mailbox[step & 1][r];
+    }
     const float rstd = rsqrtf(total * a.inv_cols + a.eps);
     uint4* y = a.y + row * a.row_chunks;
 #pragma unroll
@@ -135,17 +163,25 @@ __global__ void __launch_bounds__(THREADS, 65536 / (THREADS * 64)) ClusterRows(c
 
 // One variant of the kernel as the main loop takes it: its name, entry point, dynamic
 // shared memory, threads a block and chunks a block's slice.
+// A variant timed only with a cluster a row (rows_only) and launched with the programmatic
+// attribute (pdl).
 struct Kind {
   const char* name;
   void* fn;
   size_t smem;
   int threads;
   long long slice;
+  bool rows_only, pdl;
 };
-template <int THREADS, int CHUNKS, bool SMEM>
-Kind kind(const char* name) {
-  return {name, reinterpret_cast<void*>(&ClusterRows<THREADS, CHUNKS, SMEM>), SMEM ? size_t{THREADS} * CHUNKS * 16 : 0,
-          THREADS, (long long)THREADS * CHUNKS};
+template <int THREADS, int CHUNKS, bool SMEM, bool LIB = false, bool PDL = false>
+Kind kind(const char* name, bool rows_only = false) {
+  return {name,
+          reinterpret_cast<void*>(&ClusterRows<THREADS, CHUNKS, SMEM, LIB, PDL>),
+          SMEM ? size_t{THREADS} * CHUNKS * 16 : 0,
+          THREADS,
+          (long long)THREADS * CHUNKS,
+          rows_only,
+          PDL};
 }
 
 struct Launch {
@@ -154,26 +190,30 @@ struct Launch {
   int threads;
   int ranks;
   long long blocks;
+  bool pdl = false;
 };
 
 // A launch of `blocks` blocks in clusters of l.ranks (the attribute lives in `attr`).
-static cudaLaunchConfig_t cluster_config(const Launch& l, long long blocks, cudaStream_t s, cudaLaunchAttribute& attr) {
+static cudaLaunchConfig_t cluster_config(const Launch& l, long long blocks, cudaStream_t s,
+                                         cudaLaunchAttribute (&attr)[2]) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(blocks));
   cfg.blockDim = dim3(l.threads);
   cfg.dynamicSmemBytes = l.smem;
   cfg.stream = s;
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = l.ranks;
-  attr.val.clusterDim.y = 1;
-  attr.val.clusterDim.z = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = l.ranks;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = l.pdl ? 2 : 1;
   return cfg;
 }
 
 static int resident_clusters(const Launch& l) {
-  cudaLaunchAttribute attr;
+  cudaLaunchAttribute attr[2];
   const cudaLaunchConfig_t cfg = cluster_config(l, l.ranks * 1024LL, nullptr, attr);
   int n = 0;
   CK(cudaOccupancyMaxActiveClusters(&n, l.fn, &cfg));
@@ -181,7 +221,7 @@ static int resident_clusters(const Launch& l) {
 }
 
 static void launch(const Launch& l, const Args& a, cudaStream_t s) {
-  cudaLaunchAttribute attr;
+  cudaLaunchAttribute attr[2];
   const cudaLaunchConfig_t cfg = cluster_config(l, l.blocks, s, attr);
   void* params[] = {const_cast<Args*>(&a)};
   CK(cudaLaunchKernelExC(&cfg, l.fn, params));
@@ -245,9 +285,22 @@ int main(int argc, char** argv) {
   // slices in clusters of 2 / 4 / 8 blocks at 65536 / 131072 / 262144 columns, three blocks
   // an SM), one cluster a row or a loop.
   const Kind kinds[] = {
-      kind<256, 8, true>("smem 256x8"),  kind<128, 16, true>("smem 128x16"), kind<512, 4, true>("smem 512x4"),
-      kind<256, 4, true>("smem 256x4"),  kind<512, 8, true>("smem 512x8"),   kind<256, 16, true>("smem 256x16"),
-      kind<256, 8, false>("regs 256x8"), kind<512, 8, false>("regs 512x8"),  kind<1024, 4, false>("regs 1024x4"),
+      kind<256, 8, true>("smem 256x8"),
+      kind<128, 16, true>("smem 128x16"),
+      kind<512, 4, true>("smem 512x4"),
+      kind<256, 4, true>("smem 256x4"),
+      kind<512, 8, true>("smem 512x8"),
+      kind<256, 16, true>("smem 256x16"),
+      kind<256, 8, false>("regs 256x8"),
+      kind<512, 8, false>("regs 512x8"),
+      kind<1024, 4, false>("regs 1024x4"),
+      // the library's row sum and launch on the bare data path
+      kind<512, 8, true, true>("smem 512x8 lib", true),
+      kind<512, 8, true, false, true>("smem 512x8 pdl", true),
+      kind<512, 8, true, true, true>("smem 512x8 lib+pdl", true),
+      kind<256, 8, true, true>("smem 256x8 lib", true),
+      kind<256, 8, true, false, true>("smem 256x8 pdl", true),
+      kind<256, 8, true, true, true>("smem 256x8 lib+pdl", true),
   };
   for (const Kind& k : kinds) {
     CK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
@@ -279,7 +332,7 @@ int main(int argc, char** argv) {
     return t[t.size() / 2];
   };
 
-  std::printf("%6s %8s  %-12s %-8s %6s %9s %9s %7s %s\n", "M", "N", "variant", "grid", "ranks", "GB/s", "copy GB/s",
+  std::printf("%6s %8s  %-18s %-8s %6s %9s %9s %7s %s\n", "M", "N", "variant", "grid", "ranks", "GB/s", "copy GB/s",
               "%copy", "resident clusters");
   for (const Shape& sh : shapes) {
     const size_t bytes = size_t(sh.rows) * sh.cols * 2;
@@ -306,7 +359,7 @@ int main(int argc, char** argv) {
     }
     const float copy_ms = std::min(time_graph(copy), loop_ms);
     const double copy_gbs = moved / (copy_ms * 1e-3) / 1e9;
-    std::printf("%6d %8lld  %-12s %-8s %6s %9.0f %9.0f %7s\n", sh.rows, sh.cols, "copy", "", "", copy_gbs, copy_gbs,
+    std::printf("%6d %8lld  %-18s %-8s %6s %9.0f %9.0f %7s\n", sh.rows, sh.cols, "copy", "", "", copy_gbs, copy_gbs,
                 "100.0");
     Args a{};
     a.rows = sh.rows;
@@ -318,14 +371,15 @@ int main(int argc, char** argv) {
       if (a.row_chunks % k.slice != 0) continue;
       const long long ranks = a.row_chunks / k.slice;
       if (ranks < 2 || ranks > kMaxRanks) continue;
-      Launch l{k.fn, k.smem, k.threads, static_cast<int>(ranks), 0};
+      Launch l{k.fn, k.smem, k.threads, static_cast<int>(ranks), 0, k.pdl};
       const int resident = resident_clusters(l);
       if (resident == 0) {
-        std::printf("%6d %8lld  %-12s %-8s %6lld   (no cluster of this size fits)\n", sh.rows, sh.cols, k.name, "",
+        std::printf("%6d %8lld  %-18s %-8s %6lld   (no cluster of this size fits)\n", sh.rows, sh.cols, k.name, "",
                     ranks);
         continue;
       }
-      for (int grid = 0; grid < 3; ++grid) {  // 0: a cluster a row; 1, 2: K x resident clusters, looping
+      for (int grid = 0; grid < (k.rows_only ? 1 : 3);
+           ++grid) {  // 0: a cluster a row; 1, 2: K x resident clusters, looping
         const long long clusters = grid == 0 ? sh.rows : std::min<long long>(sh.rows, (long long)grid * resident);
         l.blocks = clusters * ranks;
         // Checked first: y poisoned, one call, rows compared with the host's formula.
@@ -366,7 +420,7 @@ int main(int argc, char** argv) {
         const double gbs = moved / (ms * 1e-3) / 1e9;
         char gname[16];
         std::snprintf(gname, sizeof gname, grid == 0 ? "rows" : "loop %d", grid);
-        std::printf("%6d %8lld  %-12s %-8s %6lld %9.0f %9.0f %7.1f %d\n", sh.rows, sh.cols, k.name, gname, ranks, gbs,
+        std::printf("%6d %8lld  %-18s %-8s %6lld %9.0f %9.0f %7.1f %d\n", sh.rows, sh.cols, k.name, gname, ranks, gbs,
                     copy_gbs, 100.0 * gbs / copy_gbs, resident);
       }
     }
