@@ -318,10 +318,10 @@ if want cluster_smem; then
     [ -x "$bench_cli" ] || { echo "no library CLI at $bench_cli"; return 0; }
     echo "library: $bench_cli ($(cat "$(dirname "$bench_cli")/../carried-commit" 2>/dev/null || echo "$commit"))"
     bench_shapes forward bf16 "16384:32768 4096:65536 2048:131072 1024:262144" || return
-    # and its shared slices forced, in its 512 x 8 and in FlashInfer's 256 x 16 (a build
-    # whose cluster table lacks one says so and goes on)
+    # and its shared slices forced, in its 512 x 8, in QuACK's 256 x 8 and in FlashInfer's
+    # 256 x 16 (a build whose cluster table lacks one says so and goes on)
     local c
-    for c in 512x8 256x16; do
+    for c in 512x8 256x8 256x16; do
       bench_shapes forward bf16 "4096:65536 2048:131072 1024:262144" --strategy cluster_row --config "$c" \
         --slices shared || echo "(--config $c --slices shared: refused by this build)"
     done
