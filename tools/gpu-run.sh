@@ -243,10 +243,10 @@ if want sanitize; then
 fi
 if want sanitize_cluster; then
   # memcheck, racecheck and synccheck over the tests of the cluster rows alone (forced and
-  # looping over many rows, forward, residual add, 8-bit outputs and backward), and of the
-  # few rows split over clusters.
+  # looping over many rows, slices in registers and in shared memory, forward, residual add,
+  # 8-bit outputs and backward), and of the few rows split over clusters.
   sanitize sanitizers-cluster-rows "memcheck racecheck synccheck" \
-    "tests/rmsnorm_cuda_tests --gtest_filter=Cuda.ClusterRows*:Cuda.SplitRows*" \
+    "tests/rmsnorm_cuda_tests --gtest_filter=Cuda.ClusterRows*:Cuda.ClusterRowSlices*:Cuda.SplitRows*" \
     "tests/rmsnorm_backward_tests --gtest_filter=Backward.ForcedStrategies/cuda*" \
     "tests/rmsnorm_tests --gtest_filter=Forward.ForcedStrategies/cuda*:Fused.ResidualAddClusterRows*/cuda*:Fused.QuantForcedStrategies/cuda*"
 fi
