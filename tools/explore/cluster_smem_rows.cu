@@ -162,9 +162,8 @@ __global__ void __launch_bounds__(THREADS, 65536 / (THREADS * 64)) ClusterRows(c
 }
 
 // One variant of the kernel as the main loop takes it: its name, entry point, dynamic
-// shared memory, threads a block and chunks a block's slice.
-// A variant timed only with a cluster a row (rows_only) and launched with the programmatic
-// attribute (pdl).
+// shared memory, threads a block and chunks a block's slice; whether it is timed only with
+// a cluster a row (rows_only) and launched with the programmatic attribute (pdl).
 struct Kind {
   const char* name;
   void* fn;
