@@ -19,7 +19,20 @@
 // after a cluster barrier for the mbarriers' set-up, split around the first row's loads);
 // those marked "pdl" are launched as the library launches (programmatic dependent launch:
 // the grid waits for the previous one at its start, then lets the next one be scheduled).
-// They say what the library's row sum and launch cost beside the bare kernel's.
+// They say what the library's row sum and launch cost beside the bare kernel's. Between the
+// two, to tell which part of the library's exchange costs what:
+//   vec        the library's slots (a warp's sum a slot, 2 KB of mailbox for 16 ranks),
+//              gathered behind a block barrier and sent a block at a time, four slots a
+//              16-byte st.async (kWarps / 4 stores a rank where the library has kWarps), the
+//              same mbarrier wait and the same order of the sum, so the library's bits
+//   total      the bare kernel's block totals (one slot a rank) through st.async and the
+//              mbarrier: one store a rank, no cluster barrier a row
+//   pad2k      the bare kernel with 2 KB of static shared memory it does not use, the size
+//              of the library's mailbox: three 64 KB slices an SM and that much more no
+//              longer fit the 196 KB carveout, so the driver takes 228 KB and leaves 28 KB
+//              of L1 where the bare kernel has 60 KB
+//   carve      the bare kernel with the largest shared-memory carveout asked for (the L1 of
+//              pad2k without its shared memory)
 // y = bf16(x * rstd * w), fp32 math, rows of bf16 whose slices are whole 16-byte chunks;
 // checked against a host reference before anything is timed; inputs rotated over two sets
 // (each call moves more than 4x the L2); the copy is the faster of a graph of
@@ -84,15 +97,96 @@ __device__ __forceinline__ uint4 scale(uint4 c, uint4 wc, float rstd) {
 // THREADS threads a block, CHUNKS 16-byte chunks a thread: a block's slice is
 // THREADS * CHUNKS chunks, a row one slice a rank of the cluster.
 // At most 64 registers a thread, as the library's cluster rows (kernel_configs.h).
-// LIB: the row sum by the library's ClusterSum; PDL: the library's wait for the previous
-// grid at the start (a no-op unless launched with the programmatic attribute).
-template <int THREADS, int CHUNKS, bool SMEM, bool LIB = false, bool PDL = false>
+// How the row's partial sums cross the cluster (the header's variants).
+enum class Xchg {
+  bar,    // block totals, a cluster barrier a row (the bare kernel)
+  lib,    // the library's ClusterSum
+  vec,    // the library's slots, sent a block at a time in 16-byte stores
+  total,  // block totals through st.async and the mbarrier
+};
+
+// The `vec` and `total` exchanges: what the library's ClusterSum would become. Slots
+// rank * kWarps + warp (vec) or rank (total), two mailboxes in turn, each counted on its
+// mbarrier; set up as ClusterSum::arrive does (a cluster barrier's arrival after the first
+// row's loads, its wait before the first store into another block).
+template <int THREADS, Xchg X>
+struct BlockSum {
+  static constexpr int kWarps = THREADS / 32;
+  static constexpr int kSlots = X == Xchg::vec ? kMaxRanks * kWarps : kMaxRanks;
+  struct TempStorage {
+    alignas(16) float mail[2][kSlots];
+    alignas(16) float warp[2][kWarps];
+    std::uint64_t landed[2];
+  };
+  __device__ __forceinline__ static void arrive(TempStorage& t) {
+    rmsnorm::detail::cuda::init_mailboxes(t.landed);
+    ::cuda::ptx::barrier_cluster_arrive(::cuda::ptx::sem_relaxed);
+  }
+  __device__ __forceinline__ static float sum(TempStorage& t, float s, unsigned step) {
+    cg::cluster_group cluster = cg::this_cluster();
+    const unsigned ranks = cluster.num_blocks(), rank = cluster.block_rank();
+    const unsigned lane = threadIdx.x % 32u, warp = threadIdx.x / 32u;
+    const int box = static_cast<int>(step & 1u);
+    constexpr unsigned kPerRank = X == Xchg::vec ? kWarps : 1;
+    if (threadIdx.x == 0)
+      ::cuda::ptx::mbarrier_arrive_expect_tx(::cuda::ptx::sem_release, ::cuda::ptx::scope_cta,
+                                             ::cuda::ptx::space_shared, &t.landed[box],
+                                             ranks * kPerRank * static_cast<unsigned>(sizeof(float)));
+#pragma unroll
+    for (int d = 16; d > 0; d /= 2) s += __shfl_xor_sync(0xffffffffu, s, d);
+    if (lane == 0) t.warp[box][warp] = s;
+    __syncthreads();  // warp[box] is written again two rows on, after the next row's barrier
+    if (step == 0) ::cuda::ptx::barrier_cluster_wait();
+    if constexpr (X == Xchg::vec) {
+      constexpr unsigned kStores = kWarps / 4;  // 16 bytes a store
+      if (threadIdx.x < ranks * kStores) {
+        const unsigned to = threadIdx.x / kStores, q = threadIdx.x % kStores;
+        const float4 f = reinterpret_cast<const float4*>(t.warp[box])[q];
+        const float v[4] = {f.x, f.y, f.z, f.w};
+        float* slot = cluster.map_shared_rank(&t.mail[box][rank * kWarps + 4 * q], to);
+        ::cuda::ptx::st_async(slot, v, cluster.map_shared_rank(&t.landed[box], to));
+      }
+    } else {
+      if (threadIdx.x < ranks) {
+        float total = 0.f;
+#pragma unroll
+        for (int k = 0; k < kWarps; ++k) total += t.warp[box][k];
+        ::cuda::ptx::st_async(cluster.map_shared_rank(&t.mail[box][rank], threadIdx.x), total,
+                              cluster.map_shared_rank(&t.landed[box], threadIdx.x));
+      }
+    }
+    while (!::cuda::ptx::mbarrier_try_wait_parity(::cuda::ptx::sem_acquire, ::cuda::ptx::scope_cluster, &t.landed[box],
+                                                  (step >> 1) & 1u)) {
+    }
+    if constexpr (X == Xchg::vec) {  // ClusterSum::receive's order
+      float v = 0.f;
+      for (unsigned i = lane; i < ranks * kWarps; i += 32u) v += t.mail[box][i];
+#pragma unroll
+      for (int d = 16; d > 0; d /= 2) v += __shfl_xor_sync(0xffffffffu, v, d);
+      return v;
+    } else {
+      float v = 0.f;
+      for (unsigned r = 0; r < ranks; ++r) v += t.mail[box][r];
+      return v;
+    }
+  }
+};
+
+// LIB etc.: the exchange (Xchg); PDL: the library's wait for the previous grid at the start
+// (a no-op unless launched with the programmatic attribute); PAD: bytes of static shared
+// memory the kernel holds and does not use.
+template <int THREADS, int CHUNKS, bool SMEM, Xchg X = Xchg::bar, bool PDL = false, int PAD = 0>
 __global__ void __launch_bounds__(THREADS, 65536 / (THREADS * 64)) ClusterRows(const Args a) {
   extern __shared__ uint4 slice[];  // SMEM: THREADS * CHUNKS chunks
   __shared__ float mailbox[2][kMaxRanks];
   __shared__ float warp_sums[THREADS / 32];
+  constexpr bool LIB = X == Xchg::lib, kPushed = X == Xchg::vec || X == Xchg::total;
   using Sum = rmsnorm::detail::cuda::ClusterSum<THREADS, 1>;
   __shared__ typename Sum::TempStorage temp;
+  using Pushed = BlockSum<THREADS, X == Xchg::vec ? Xchg::vec : Xchg::total>;
+  __shared__ typename Pushed::TempStorage pushed;
+  __shared__ volatile unsigned char pad[PAD > 0 ? PAD : 1];
+  if (PAD > 0 && threadIdx.x == 0) pad[blockIdx.x % (PAD > 0 ? PAD : 1)] = 0;  // kept, unused
   if constexpr (PDL) {
     cudaGridDependencySynchronize();
     cudaTriggerProgrammaticLaunchCompletion();
@@ -113,7 +207,10 @@ __global__ void __launch_bounds__(THREADS, 65536 / (THREADS * 64)) ClusterRows(c
       for (int i = 0; i < CHUNKS; ++i)
         __pipeline_memcpy_async(&slice[threadIdx.x + i * THREADS], &x[first + i * THREADS], sizeof(uint4));
       __pipeline_commit();
-      if (LIB && !arrived) Sum::arrive(temp);  // as the library: after the first row's copies
+      if (!arrived) {  // as the library: after the first row's copies
+        if constexpr (LIB) Sum::arrive(temp);
+        if constexpr (kPushed) Pushed::arrive(pushed);
+      }
       arrived = true;
       __pipeline_wait_prior(0);
 #pragma unroll
@@ -121,7 +218,10 @@ __global__ void __launch_bounds__(THREADS, 65536 / (THREADS * 64)) ClusterRows(c
     } else {
 #pragma unroll
       for (int i = 0; i < CHUNKS; ++i) held[i] = x[first + i * THREADS];
-      if (LIB && !arrived) Sum::arrive(temp);
+      if (!arrived) {
+        if constexpr (LIB) Sum::arrive(temp);
+        if constexpr (kPushed) Pushed::arrive(pushed);
+      }
       arrived = true;
 #pragma unroll
       for (int i = 0; i < CHUNKS; ++i) s += squares(held[i]);
@@ -132,6 +232,8 @@ __global__ void __launch_bounds__(THREADS, 65536 / (THREADS * 64)) ClusterRows(c
       Sum::template send<true>(temp, v, step);
       Sum::receive(temp, v, step);
       total = v[0];
+    } else if constexpr (kPushed) {
+      total = Pushed::sum(pushed, s, step);
     } else {
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(~0u, s, o);
@@ -158,12 +260,16 @@ __global__ void __launch_bounds__(THREADS, 65536 / (THREADS * 64)) ClusterRows(c
     }
   }
   // No block may leave while another can still write its mailbox: the last row's writes
-  // all precede its cluster barrier, so nothing is written after it.
+  // all precede its cluster barrier (bar), or were counted by the block's own last wait
+  // before it left (lib, vec, total), so nothing is written after it.
 }
 
 // One variant of the kernel as the main loop takes it: its name, entry point, dynamic
 // shared memory, threads a block and chunks a block's slice; whether it is timed only with
 // a cluster a row (rows_only) and launched with the programmatic attribute (pdl).
+// carve: the shared-memory carveout asked for (cudaFuncAttributePreferredSharedMemoryCarveout,
+// percent; -1 the driver's choice), set before each of the kind's launches (kinds share
+// entry points).
 struct Kind {
   const char* name;
   void* fn;
@@ -171,16 +277,18 @@ struct Kind {
   int threads;
   long long slice;
   bool rows_only, pdl;
+  int carve;
 };
-template <int THREADS, int CHUNKS, bool SMEM, bool LIB = false, bool PDL = false>
-Kind kind(const char* name, bool rows_only = false) {
+template <int THREADS, int CHUNKS, bool SMEM, Xchg X = Xchg::bar, bool PDL = false, int PAD = 0>
+Kind kind(const char* name, bool rows_only = false, int carve = -1) {
   return {name,
-          reinterpret_cast<void*>(&ClusterRows<THREADS, CHUNKS, SMEM, LIB, PDL>),
+          reinterpret_cast<void*>(&ClusterRows<THREADS, CHUNKS, SMEM, X, PDL, PAD>),
           SMEM ? size_t{THREADS} * CHUNKS * 16 : 0,
           THREADS,
           (long long)THREADS * CHUNKS,
           rows_only,
-          PDL};
+          PDL,
+          carve};
 }
 
 struct Launch {
@@ -284,23 +392,36 @@ int main(int argc, char** argv) {
   // slices in clusters of 2 / 4 / 8 blocks at 65536 / 131072 / 262144 columns, three blocks
   // an SM), one cluster a row or a loop.
   const Kind kinds[] = {
-      kind<256, 8, true>("smem 256x8"),
-      kind<128, 16, true>("smem 128x16"),
-      kind<512, 4, true>("smem 512x4"),
-      kind<256, 4, true>("smem 256x4"),
+      kind<256, 8, true>("smem 256x8", true),
       kind<512, 8, true>("smem 512x8"),
-      kind<256, 16, true>("smem 256x16"),
-      kind<256, 8, false>("regs 256x8"),
+      kind<256, 16, true>("smem 256x16", true),
       kind<512, 8, false>("regs 512x8"),
       kind<1024, 4, false>("regs 1024x4"),
-      // the library's row sum and launch on the bare data path
-      kind<512, 8, true, true>("smem 512x8 lib", true),
-      kind<512, 8, true, false, true>("smem 512x8 pdl", true),
-      kind<512, 8, true, true, true>("smem 512x8 lib+pdl", true),
-      kind<256, 8, true, true>("smem 256x8 lib", true),
-      kind<256, 8, true, false, true>("smem 256x8 pdl", true),
-      kind<256, 8, true, true, true>("smem 256x8 lib+pdl", true),
+      // the library's row sum and launch on the bare data path, and what lies between
+      kind<512, 8, true, Xchg::lib>("smem 512x8 lib", true),
+      kind<512, 8, true, Xchg::lib, true>("smem 512x8 lib+pdl", true),
+      kind<512, 8, true, Xchg::vec>("smem 512x8 vec", true),
+      kind<512, 8, true, Xchg::total>("smem 512x8 total", true),
+      kind<512, 8, true, Xchg::bar, false, 2048>("smem 512x8 pad2k", true),
+      kind<512, 8, true, Xchg::bar>("smem 512x8 carve", true, 100),
+      kind<512, 8, true, Xchg::total, false, 2048>("smem 512x8 total+pad2k", true),
+      kind<256, 8, true, Xchg::lib>("smem 256x8 lib", true),
+      kind<256, 8, true, Xchg::vec>("smem 256x8 vec", true),
+      kind<256, 8, true, Xchg::total>("smem 256x8 total", true),
+      kind<256, 8, true, Xchg::bar, false, 1024>("smem 256x8 pad1k", true),
+      // the registers' path (the library's 512 x 8 and 1024 x 4 cluster rows)
+      kind<512, 8, false, Xchg::lib>("regs 512x8 lib", true),
+      kind<512, 8, false, Xchg::vec>("regs 512x8 vec", true),
+      kind<512, 8, false, Xchg::total>("regs 512x8 total", true),
+      kind<1024, 4, false, Xchg::lib>("regs 1024x4 lib", true),
+      kind<1024, 4, false, Xchg::total>("regs 1024x4 total", true),
   };
+  std::printf("%-24s %9s %18s\n", "variant", "registers", "static shared (B)");
+  for (const Kind& k : kinds) {
+    cudaFuncAttributes fa;
+    CK(cudaFuncGetAttributes(&fa, k.fn));
+    std::printf("%-24s %9d %18zu\n", k.name, fa.numRegs, fa.sharedSizeBytes);
+  }
   for (const Kind& k : kinds) {
     CK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
     if (k.smem > 48 * 1024) CK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)k.smem));
@@ -370,6 +491,7 @@ int main(int argc, char** argv) {
       if (a.row_chunks % k.slice != 0) continue;
       const long long ranks = a.row_chunks / k.slice;
       if (ranks < 2 || ranks > kMaxRanks) continue;
+      CK(cudaFuncSetAttribute(k.fn, cudaFuncAttributePreferredSharedMemoryCarveout, k.carve));
       Launch l{k.fn, k.smem, k.threads, static_cast<int>(ranks), 0, k.pdl};
       const int resident = resident_clusters(l);
       if (resident == 0) {
