@@ -168,7 +168,9 @@ void launch_shared_slices(const ForwardArgs& a, const Plan& plan, const Queue& q
 }
 
 // The cluster configuration the plan names (the op's table, cluster_table_of). The grid
-// is twice the clusters the device holds at once, each looping over its share of the rows.
+// is twice the clusters the device holds at once, each looping over its share of the rows,
+// unless the plan names another (Plan::cluster_grid; the planner's plain store of rows in
+// one piece takes a cluster a row, kPlainClusterGrid in kernel_configs.h).
 // Timed alone on the H200 (bf16, 2026-12-03, bench/results/...-290102e-cluster-configs.txt),
 // 512 x 8 on rows of 65536 / 131072 / 262144 columns: 89.1 / 87.4 / 78.1 % of the copy,
 // against 89.4 / 76.0 / 74.1 % on cluster_count's grid (SMs x 4 blocks) and 87.9 / 85.6 /
