@@ -135,26 +135,20 @@ inline constexpr RegisterConfig kPlainClusterRowConfigs[] = {{512, 8, 512}, {102
 // the resident clusters, 1024 x 4 against 512 x 8 in % of the copy: 86.3 / 82.3 on 2048 x
 // 131072 (4 blocks), 85.6 / 80.3 on 1024 x 262144 (8), 80.5 / 65.6 on 1024 x 524288 (8
 // blocks of two pieces); on 4096 x 65536 (2 blocks) 512 x 8 stays ahead, 91.6 / 89.3. The
-// other tables keep their first entry. Rows of one piece take kPlainRowEntry instead (below),
-// so 1024 x 4 serves the rows in pieces.
+// other tables keep their first entry. Rows of one piece on kSharedSliceBlocks blocks or
+// more take kSharedSliceEntry instead (below), so 1024 x 4 serves the rows in pieces.
 inline constexpr int kPlainWideClusterEntry = 1;
 inline constexpr int kWideClusterBlocks = 4;
-// The plain store's rows of one piece take the table's kPlainRowEntry (512 x 8, slices in
-// registers) at every cluster size, a cluster a row (kPlainClusterGrid): a bare kernel of
-// that shape with the library's row sum (tools/explore/cluster_smem_rows.cu, "regs 512x8
-// lib", on an H100, bf16, 2026-12-07, bench/results/...-h100-9214c49-explore-cluster-smem-rows.txt)
-// moved 98.0 / 98.5 / 97.1 % of the copy at 4096 x 65536 / 2048 x 131072 / 1024 x 262144,
-// where the library's planner (1024 x 4 or shared slices from 4 blocks, twice the resident
-// clusters looping) moved 91.0 / 88.9 / 92.2 on the same card (881899e). With a cluster a
-// row, blocks of later rows load while earlier ones wait on their row's sum.
-// The slices in shared memory (Plan::shared_slices: three 512 x 8 blocks an SM with 42
-// registers a thread) are there to be forced (`bench --slices shared`): on the H200 they were
-// level with 1024 x 4 in registers on 4 blocks and 2 points behind on 8 (0a2bd59, 2026-12-07),
-// and the bare kernel with the library's row sum moved 93.7 / 93.0 / 92.5 % in shared memory.
+// The plain store's aligned rows of one piece on clusters of kSharedSliceBlocks blocks or
+// more keep each block's slice in shared memory (Plan::shared_slices), in the table's first
+// entry (512 x 8: three blocks an SM with 42 registers a thread, where registers hold two).
+// On the H100 (bf16, 2026-12-06, bench/results/...-h100-bc89bfd-compare.txt, against the
+// slices in registers, % of the copy): 93.3 against 90.1 at 2048 x 131072 (4 blocks), 92.2
+// against 92.0 at 1024 x 262144 (8), but 93.8 against 96.1 at 4096 x 65536 (2 blocks).
+// Bare kernels there (tools/explore/cluster_smem_rows.cu) moved 2-7 % more than in registers.
 // Only blocks of up to kSharedSliceMaxThreads threads have the instantiation (1024 x 4 in
 // shared memory would cap a thread at 32 registers).
-inline constexpr int kPlainRowEntry = 0;
-inline constexpr int kPlainClusterGrid = kClusterPerRow;
+inline constexpr int kSharedSliceBlocks = 4;
 inline constexpr int kSharedSliceEntry = 0;
 inline constexpr int kSharedSliceMaxThreads = 512;
 // The residual add's cluster rows: 1024 x 4, the same capacity (so the same cluster sizes).
@@ -246,8 +240,7 @@ constexpr int split_blocks(const RegisterConfig& c) {
 constexpr int split_launch_blocks(const RegisterConfig& c, std::int64_t rows, int sm_count,
                                   SplitFewRows mode = SplitFewRows::automatic) {
   const int blocks = split_blocks(c);
-  const bool wanted =
-      mode == SplitFewRows::on || (mode == SplitFewRows::automatic && c.threads_per_row >= kSplitAutoLanes);
+  const bool wanted = mode == SplitFewRows::on || (mode == SplitFewRows::automatic && c.threads_per_row >= kSplitAutoLanes);
   return wanted && blocks > 1 && rows * blocks <= sm_count ? blocks : 1;
 }
 static_assert(512 / kSplitBlockThreads <= kMaxClusterSize, "split rows take portable clusters");

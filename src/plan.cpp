@@ -148,18 +148,19 @@ Plan plan_problem(const ForwardProblem& p, Strategy requested, int cc_major) {
     return choose(row, p.cols, requested, cc_major, kWarpRowsConfigs, block_row_configs(p.quantize), t,
                   forward_cluster_pieces(p.quantize), wide_cluster_entry(table));
   });
-  // The plain store's rows of one piece: the table's kPlainRowEntry at every cluster size,
-  // slices in registers, a cluster a row (Plan::cluster_grid = kPlainClusterGrid), as the
-  // planner chooses them or cluster_row is asked for (the same plan either way): see
-  // kernel_configs.h for the figures. The slices in shared memory (Plan::shared_slices)
-  // are there to be forced.
+  // The plain store's rows of one piece on clusters of kSharedSliceBlocks blocks or more:
+  // the table's kSharedSliceEntry (kernel_configs.h), whose aligned rows keep their slices
+  // in shared memory, as the planner chooses them or cluster_row is asked for (the same
+  // plan either way). Unaligned rows take the same blocks in registers: the block's shape
+  // orders the row's sum, so a row gives the same bits at any alignment.
   if (requested != Strategy::cluster_row && requested != Strategy::automatic) return with_load_width(plan, lw);
-  if (table == ClusterTable::plain && plan.strategy == Strategy::cluster_row && plan.pieces == 1) {
-    const RegisterConfig& c = kPlainClusterRowConfigs[kPlainRowEntry];
+  if (table == ClusterTable::plain && plan.strategy == Strategy::cluster_row && plan.pieces == 1 &&
+      plan.cluster_size >= kSharedSliceBlocks) {
+    const RegisterConfig& c = kPlainClusterRowConfigs[kSharedSliceEntry];
     plan.threads_per_row = c.threads_per_row * plan.cluster_size;
     plan.items_per_thread = c.items;
     plan.threads_per_block = c.threads_per_block;
-    plan.cluster_grid = kPlainClusterGrid;
+    plan.shared_slices = lw == plan.vector_width;
   }
   // Except the quantised store: its rows beyond one block stream (long_row) unless
   // cluster_row is asked for. Timed side by side on the H200 (bf16, 2026-12-03, tree a18ed4a,

@@ -357,12 +357,11 @@ TEST_F(Cuda, ClusterRowPiecesMatchTheReference) {
   }
 }
 
-// The cluster rows on every grid a benchmark may ask for (Plan::cluster_grid): the launcher's
-// own (twice the resident clusters), the resident clusters once, three times, and a cluster
-// a row, against the planner's (a cluster a row for the plain store's rows of one piece).
-// Each cluster reduces its rows in the same order whichever rows it takes, so every grid
-// gives the planner's bits: clusters of 2 blocks, of 4, an odd length (the unaligned
-// instantiation) and rows in 2 pieces a block.
+// The cluster rows on every grid a benchmark may ask for (Plan::cluster_grid): the resident
+// clusters once, three times, and a cluster a row, against the launcher's own (twice the
+// resident ones). Each cluster reduces its rows in the same order whichever rows it takes,
+// so every grid gives the launcher's bits: clusters of 2 blocks, of 4 (aligned rows: slices
+// in shared memory), an odd length (the unaligned instantiation) and rows in 2 pieces a block.
 TEST_F(Cuda, ClusterRowGridsGiveTheSameBits) {
   for (DType t : {DType::bf16, DType::f32}) {
     const std::int64_t vw = static_cast<std::int64_t>(16 / dtype_size(t));
@@ -378,28 +377,30 @@ TEST_F(Cuda, ClusterRowGridsGiveTheSameBits) {
       p.strategy = Strategy::cluster_row;
       const detail::ForwardProblem problem = detail::validate_forward(in.dx.view, in.dw.view, dy.view, p, std::nullopt);
       Plan plan = plan_forward(in.dx.view, in.dw.view, dy.view, p.strategy);
+      ASSERT_EQ(plan.cluster_grid, 0) << where;
       dy.buffer.fill(0xFF);
       detail::cuda_forward(problem, plan, in.dx.view.device.index, nullptr);
       testing::device_synchronize();
       dy.download_into(y);
       const auto ref = reference::forward(in.x.view, in.w.view, t, p);
       const auto cmp = reference::compare(y.view, ref.y, reference::forward_tolerance(t, t, p.cast, cols));
-      ASSERT_TRUE(cmp.passed()) << where << ", the planner's grid: " << cmp.describe();
+      ASSERT_TRUE(cmp.passed()) << where << ", the launcher's grid: " << cmp.describe();
       const std::vector<unsigned char> expected = y.bytes;
-      for (int grid : {0, 1, 3, kClusterPerRow}) {
+      for (int grid : {1, 3, kClusterPerRow}) {
         plan.cluster_grid = grid;
         dy.buffer.fill(0xFF);
         detail::cuda_forward(problem, plan, in.dx.view.device.index, nullptr);
         testing::device_synchronize();
         dy.download_into(y);
-        EXPECT_TRUE(y.bytes == expected) << where << ", cluster_grid " << grid << ": y differs from the planner's grid";
+        EXPECT_TRUE(y.bytes == expected) << where << ", cluster_grid " << grid
+                                         << ": y differs from the launcher's grid";
       }
     }
   }
 }
 
-// Slices in shared memory (Plan::shared_slices: the plain store of aligned rows, when a
-// plan asks for them: bench --slices shared) give the bits of the
+// Slices in shared memory (Plan::shared_slices: the plain store of aligned rows, as the
+// planner takes it on clusters of kSharedSliceBlocks blocks or more) give the bits of the
 // same blocks holding their slices in registers: y and rstd, with and without a weight, each
 // dtype, rows over 2, 3, 4 and 8 blocks (the last slice short but for 8), in 512 x 8 and
 // 256 x 8 blocks, a cluster a row and the resident clusters looping over the rows.
@@ -454,8 +455,8 @@ TEST_F(Cuda, ClusterRowSlicesInSharedMemoryGiveTheRegistersBits) {
   }
 }
 
-// Slices in shared memory asked for (rows over 4, 7 and 8 blocks, the plain store of aligned
-// rows, a cluster a row as the planner's grid) against the oracle.
+// The planner's slices in shared memory (rows over 4, 7 and 8 blocks, the plain store of
+// aligned rows) against the oracle; where the planner takes them is tested in test_plan.cpp.
 TEST_F(Cuda, ClusterRowSlicesInSharedMemoryMatchTheReference) {
   for (DType t : kDtypes) {
     const std::int64_t vw = static_cast<std::int64_t>(16 / dtype_size(t));
@@ -466,13 +467,10 @@ TEST_F(Cuda, ClusterRowSlicesInSharedMemoryMatchTheReference) {
       testing::DeviceMirror dy(y);
       if (!servable(in.dx.view, dy.view, Strategy::cluster_row)) return;  // cluster_row needs sm_90
       const std::string where = std::string(dtype_name(t)) + " cols=" + std::to_string(cols);
-      Plan plan = plan_forward(in.dx.view, in.dw.view, dy.view);
-      ASSERT_EQ(plan.strategy, Strategy::cluster_row) << where;
-      plan.shared_slices = true;
-      const detail::ForwardProblem problem =
-          detail::validate_forward(in.dx.view, in.dw.view, dy.view, Params{}, std::nullopt);
+      const Plan plan = plan_forward(in.dx.view, in.dw.view, dy.view);
+      EXPECT_TRUE(plan.shared_slices) << where;
       dy.buffer.fill(0xFF);
-      detail::cuda_forward(problem, plan, in.dx.view.device.index, nullptr);
+      forward(in.dx.view, in.dw.view, dy.view, Params{});
       testing::device_synchronize();
       dy.download_into(y);
       const auto ref = reference::forward(in.x.view, in.w.view, t, Params{});
@@ -508,7 +506,7 @@ TEST_F(Cuda, NonPortableClusterRowsMatchTheReference) {
       plan.cluster_size = blocks;
       plan.threads_per_row = 256 * blocks;
       plan.pieces = 1;
-      plan.shared_slices = false;  // the slices in registers, as the planner's
+      plan.shared_slices = false;  // the slices in registers (the planner's, aligned, are in shared memory)
       const auto ref = reference::forward(in.x.view, in.w.view, t, p);
       for (int grid : {0, 1}) {
         plan.cluster_grid = grid;

@@ -233,8 +233,7 @@ TEST(Plan, FieldsAreConsistent) {
               EXPECT_EQ(p.threads_per_row, p.threads_per_block * p.cluster_size) << w << ": a row per cluster";
               // Pieces past the registers only where the largest cluster's registers are full.
               EXPECT_TRUE(p.pieces >= 1 && p.pieces <= detail::kMaxClusterPieces) << w;
-              // The plain store's rows of one piece: a cluster a row; else the launcher's grid.
-              EXPECT_EQ(p.cluster_grid, p.pieces == 1 ? detail::kPlainClusterGrid : 0) << w;
+              EXPECT_EQ(p.cluster_grid, 0) << w << ": the planner leaves the grid to the launcher";
               EXPECT_TRUE(p.pieces == 1 || p.cluster_size == detail::kMaxClusterSize) << w;
               EXPECT_GE(std::int64_t{p.items_per_thread} * p.threads_per_row * p.pieces, chunks)
                   << w << ": the row does not fit in the cluster's pieces";
@@ -263,60 +262,57 @@ TEST(Plan, AutomaticPicksAServableStrategy) {
       }
 }
 
-// The plain store's rows of one piece on a cluster: the table's kPlainRowEntry at every
-// cluster size, slices in registers at any alignment (the block's shape orders the row's
-// sum, so a row gives the same bits aligned or not), a cluster a row, as automatic or a
-// forced cluster_row plans it. Slices in shared memory (Plan::shared_slices) only when
-// forced: never the planner's, nor for rows in pieces, the residual add or the quantised store.
-TEST(Plan, PlainClusterRowsInRegistersAClusterARow) {
-  const detail::RegisterConfig& entry = detail::kPlainClusterRowConfigs[detail::kPlainRowEntry];
+// Slices in shared memory (Plan::shared_slices): the plain store of aligned rows in one piece
+// on clusters of kSharedSliceBlocks blocks or more, in the table's kSharedSliceEntry (and
+// unaligned rows in the same blocks), as automatic or a forced cluster_row plans it; not on
+// fewer blocks, unaligned rows, rows in pieces, the residual add or the quantised store, nor
+// before sm_90.
+TEST(Plan, ClusterRowSlicesInSharedMemory) {
+  const detail::RegisterConfig& entry = detail::kPlainClusterRowConfigs[detail::kSharedSliceEntry];
   for (DType t : kDtypes) {
     const std::int64_t capacity = std::int64_t{entry.capacity()} * full_width(t);
-    for (std::int64_t blocks : {2, 3, 4, 5, 8})
+    for (std::int64_t blocks : {2, 3, 4, 5, 8, 9})
       for (std::int64_t extra : {std::int64_t{0}, std::int64_t{1}}) {
         const std::int64_t cols = (blocks - 1) * capacity + capacity / 2 + extra * 3 + (1 - extra) * full_width(t);
         for (Strategy s : {Strategy::automatic, Strategy::cluster_row}) {
           const Views v = views(t, 5, cols, -1, 0, 0);
           const Plan p = plan(v, s);
           const std::string w = where(t, cols) + " " + strategy_name(s) + ": " + show(p);
-          EXPECT_EQ(p.load_width == p.vector_width, extra == 0) << w;
-          EXPECT_FALSE(p.shared_slices) << w;
+          const bool aligned = p.load_width == p.vector_width;
+          EXPECT_EQ(aligned, extra == 0) << w;
+          const bool wide = blocks >= detail::kSharedSliceBlocks && blocks <= detail::kMaxClusterSize;
+          EXPECT_EQ(p.shared_slices, aligned && wide) << w;
+          if (!wide) continue;
+          // Unaligned rows: the same blocks in registers (the same order of the row's sum).
           EXPECT_EQ(p.strategy, Strategy::cluster_row) << w;
           EXPECT_EQ(p.cluster_size, blocks) << w;
           EXPECT_EQ(p.pieces, 1) << w;
           EXPECT_EQ(p.threads_per_block, entry.threads_per_block) << w;
           EXPECT_EQ(p.items_per_thread, entry.items) << w;
           EXPECT_EQ(p.threads_per_row, entry.threads_per_block * blocks) << w;
-          EXPECT_EQ(p.cluster_grid, detail::kPlainClusterGrid) << w;
+          EXPECT_LE(entry.threads_per_block, detail::kSharedSliceMaxThreads) << w;
         }
       }
   }
-  EXPECT_LE(detail::kPlainClusterRowConfigs[detail::kSharedSliceEntry].threads_per_block,
-            detail::kSharedSliceMaxThreads);
-  // Rows in pieces keep the wide entry on the launcher's grid; the residual add and the
-  // quantised store their own tables and grids.
+  // Not the residual add, the quantised store, rows in pieces, or sm_80 (no clusters).
+  const std::int64_t cols = 131072;
+  detail::ForwardProblem p = plain_problem(DType::bf16, cols);
+  EXPECT_TRUE(detail::plan_problem(p, Strategy::automatic, 9).shared_slices);
+  EXPECT_FALSE(detail::plan_problem(p, Strategy::automatic, 8).shared_slices) << "sm_80";
+  EXPECT_FALSE(detail::plan_problem(p, Strategy::long_row, 9).shared_slices) << "long_row asked for";
   const Plan pieces = detail::plan_problem(plain_problem(DType::bf16, 4 * 262144), Strategy::automatic, 9);
   EXPECT_GT(pieces.pieces, 1) << show(pieces);
   EXPECT_FALSE(pieces.shared_slices) << show(pieces);
-  EXPECT_EQ(pieces.cluster_grid, 0) << show(pieces);
-  EXPECT_EQ(pieces.threads_per_block, detail::kPlainClusterRowConfigs[detail::kPlainWideClusterEntry].threads_per_block)
-      << show(pieces);
-  const std::int64_t cols = 131072;
-  detail::ForwardProblem p = plain_problem(DType::bf16, cols);
-  EXPECT_EQ(detail::plan_problem(p, Strategy::automatic, 9).cluster_grid, detail::kPlainClusterGrid);
-  EXPECT_EQ(detail::plan_problem(p, Strategy::automatic, 8).cluster_grid, 0) << "sm_80";
   p.residual = reinterpret_cast<const void*>(kY + (std::uintptr_t{1} << 36));
   p.residual_out = const_cast<void*>(p.residual);
   p.r_dtype = DType::bf16;
   p.r_row_stride = p.r_out_row_stride = cols;
   p.r_batch_stride = p.r_out_batch_stride = 8 * cols;
-  EXPECT_EQ(detail::plan_problem(p, Strategy::automatic, 9).cluster_grid, 0) << "the residual add";
+  EXPECT_FALSE(detail::plan_problem(p, Strategy::automatic, 9).shared_slices) << "the residual add";
   p.residual = p.residual_out = nullptr;
   p.quantize = true;
   p.y_dtype = DType::f8e4m3;
-  const Plan quant = detail::plan_problem(p, Strategy::cluster_row, 9);
-  EXPECT_FALSE(quant.shared_slices) << "the quantised store";
-  EXPECT_EQ(quant.cluster_grid, 0) << "the quantised store";
+  EXPECT_FALSE(detail::plan_problem(p, Strategy::cluster_row, 9).shared_slices) << "the quantised store";
 }
 
 void expect_serves(Strategy s, const Views& v, const std::string& w) {
@@ -528,9 +524,11 @@ TEST(Plan, ResidualAddClusterRowsHaveTheirOwnBlocks) {
     }
     EXPECT_EQ(add_quant.threads_per_block, 512) << where(DType::bf16, cols) << ": " << show(add_quant);
     EXPECT_EQ(add_quant.items_per_thread, 8) << where(DType::bf16, cols) << ": " << show(add_quant);
-    // The plain store's rows: 512 x 8 blocks in registers at every cluster size
-    // (PlainClusterRowsInRegistersAClusterARow above); unaligned rows the same blocks.
-    EXPECT_FALSE(plain.shared_slices) << where(DType::bf16, cols) << ": " << show(plain);
+    // The plain store's aligned rows on wide clusters keep their slices in shared memory, in
+    // 512 x 8 blocks (ClusterRowSlicesInSharedMemory below); unaligned rows the same blocks.
+    const bool wide = plain.cluster_size >= detail::kWideClusterBlocks;
+    EXPECT_EQ(wide, cols > 65536) << where(DType::bf16, cols) << ": " << show(plain);
+    EXPECT_EQ(plain.shared_slices, wide) << where(DType::bf16, cols) << ": " << show(plain);
     EXPECT_EQ(plain.threads_per_block, 512) << where(DType::bf16, cols) << ": " << show(plain);
     EXPECT_EQ(plain.items_per_thread, 8) << where(DType::bf16, cols) << ": " << show(plain);
     p.residual = p.residual_out = nullptr;

@@ -497,13 +497,12 @@ inline constexpr bool kClusterStages =
 inline constexpr int kStageFromBlocks = 4;
 // The dynamic shared memory of a cluster row's slice: its pieces past the first (a row of
 // more than one piece a block, cluster_shape in kernel_configs.h), else the staged next
-// row (clusters of kStageFromBlocks blocks or more on a grid whose clusters may take more
-// than a row each: `loops`, the launcher's), else none.
+// row (clusters of kStageFromBlocks blocks or more), else none.
 template <bool ALIGNED, class STEPS, class TX, int VEC, int ITEMS, int BLOCK>
-constexpr std::size_t cluster_slice_bytes(int cluster_size, int pieces, bool loops) {
+constexpr std::size_t cluster_slice_bytes(int cluster_size, int pieces) {
   constexpr std::size_t kPiece = sizeof(Vec<TX, VEC>) * ITEMS * BLOCK;
   if (pieces > 1) return STEPS::kQuant ? 0 : kPiece * static_cast<std::size_t>(pieces - 1);
-  return kClusterStages<ALIGNED, STEPS, TX> && cluster_size >= kStageFromBlocks && loops ? kPiece : 0;
+  return kClusterStages<ALIGNED, STEPS, TX> && cluster_size >= kStageFromBlocks ? kPiece : 0;
 }
 
 // The shared memory of a block's slice of the weight, where the cluster rows may keep it
@@ -634,10 +633,7 @@ __global__ void __launch_bounds__(BLOCK, SHARED ? shared_slice_blocks<ITEMS, BLO
     }
     w = reinterpret_cast<const TW*>(slice - begin);
   }
-  // The mailboxes' set-up only arrives at the cluster barrier here; the first send waits
-  // there, just before its stores into the other blocks, so that the first row's loads are
-  // in flight while the barrier completes (on a cluster a row, the only row's).
-  Sum::arrive(temp);
+  Sum::init(temp);
   QuantConstants qc;
   if constexpr (STEPS::kQuant) qc = QuantConstants(a);
   const bool dynamic = STEPS::kQuant && a.dynamic;
@@ -652,17 +648,12 @@ __global__ void __launch_bounds__(BLOCK, SHARED ? shared_slice_blocks<ITEMS, BLO
   // Sum::send, which needs this row's chunks in registers: the slots have been read before
   // they are written again. Chunks past the slice read as zero, as load_row's do, so the
   // row is summed the same way staged or not. Dynamic shared memory: ITEMS x BLOCK chunks
-  // (cluster_slice_bytes), on clusters of kStageFromBlocks blocks or more whose grid loops
-  // over the rows.
+  // (cluster_slice_bytes), on clusters of kStageFromBlocks blocks or more.
   constexpr bool kStage = kClusterStages<ALIGNED, STEPS, TX>;
   static_assert(sizeof(Vec<TX, VEC>) == 16, "cp.async copies, and pieces hold, 16-byte chunks");
   // Uniform over the grid. Pieces take the shared memory staging would.
   const int pieces = STEPS::kQuant ? 1 : a.pieces;
-  // Only where the clusters take more than a row each: a cluster a row (Plan::cluster_grid)
-  // has no next row, and its one row's loads go straight to registers. Where this holds,
-  // the launcher's `loops` held too (cluster_slice_bytes gave the stage its memory).
-  const bool staging =
-      kStage && pieces == 1 && place.size >= static_cast<unsigned>(kStageFromBlocks) && place.clusters < a.total_rows;
+  const bool staging = kStage && pieces == 1 && place.size >= static_cast<unsigned>(kStageFromBlocks);
   Vec<TX, VEC>* stage = reinterpret_cast<Vec<TX, VEC>*>(cluster_dynamic) + threadIdx.x;
   const std::int64_t first = begin + threadIdx.x;  // this thread's chunk i: first + i * BLOCK
   const std::int64_t in_slice = first < end ? (end - first + BLOCK - 1) / BLOCK : 0;  // chunks below end
@@ -733,7 +724,7 @@ __global__ void __launch_bounds__(BLOCK, SHARED ? shared_slice_blocks<ITEMS, BLO
           for (int i = 0; i < ITEMS; ++i) held(p, i) = v[i];
       }
     }
-    Sum::template send<true>(temp, ss, step);
+    Sum::send(temp, ss, step);
     if (staging) stage_row(row + place.clusters);
     Sum::receive(temp, ss, step);
     if (a.row_sums) ss[0] = a.row_sums[row];  // given sums replace the result, as above
@@ -783,10 +774,7 @@ __global__ void __launch_bounds__(BLOCK, SHARED ? shared_slice_blocks<ITEMS, BLO
       }
     }
   }
-  // Only the dynamic scales read other blocks' shared memory (their group maxima): no block
-  // may leave before the others have read its cells. Otherwise a block leaves once its own
-  // mailbox has filled (its last wait), so no store can reach a block that has left.
-  if (dynamic) Sum::finish();
+  Sum::finish();
 #endif
 }
 

@@ -168,9 +168,7 @@ void launch_shared_slices(const ForwardArgs& a, const Plan& plan, const Queue& q
 }
 
 // The cluster configuration the plan names (the op's table, cluster_table_of). The grid
-// is twice the clusters the device holds at once, each looping over its share of the rows,
-// unless the plan names another (Plan::cluster_grid; the planner's plain store of rows in
-// one piece takes a cluster a row, kPlainClusterGrid in kernel_configs.h).
+// is twice the clusters the device holds at once, each looping over its share of the rows.
 // Timed alone on the H200 (bf16, 2026-12-03, bench/results/...-290102e-cluster-configs.txt),
 // 512 x 8 on rows of 65536 / 131072 / 262144 columns: 89.1 / 87.4 / 78.1 % of the copy,
 // against 89.4 / 76.0 / 74.1 % on cluster_count's grid (SMs x 4 blocks) and 87.9 / 85.6 /
@@ -203,13 +201,8 @@ void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const
                                       " blocks a cluster (2 to " + std::to_string(kMaxNonPortableClusterSize) + ")");
     ForwardArgs args = a;
     args.pieces = plan.pieces;
-    // A cluster a row (Plan::cluster_grid): each block takes one row, so it stages no next
-    // row (the kernel stages only where its clusters take more than a row) and copies no
-    // weight into shared memory (a copy a row, where the row reads its weight once).
-    const std::int64_t most = 0x7fffffff / plan.cluster_size;
-    const bool loops = plan.cluster_grid != kClusterPerRow || a.total_rows > most;
-    const std::size_t slice_bytes = cluster_slice_bytes<ALIGNED, STEPS, TX, VEC, c.items, c.threads_per_block>(
-        plan.cluster_size, plan.pieces, loops);
+    const std::size_t slice_bytes =
+        cluster_slice_bytes<ALIGNED, STEPS, TX, VEC, c.items, c.threads_per_block>(plan.cluster_size, plan.pieces);
     LaunchShape shape{dim3(1), c.threads_per_block, plan.cluster_size,
                       slice_bytes > 0 ? slice_bytes : dynamic_scale_bytes(a, 1)};
     int resident = resident_clusters(kernel, shape);
@@ -223,7 +216,7 @@ void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const
     // (a 16-bit weight), the staged rows of larger clusters would fall to one.
     const std::size_t weight_bytes =
         a.weight ? cluster_weight_bytes<STEPS, TW, VEC, c.items, c.threads_per_block>(plan.pieces) : 0;
-    if (weight_bytes > 0 && resident > 0 && loops) {
+    if (weight_bytes > 0 && resident > 0) {
       LaunchShape with_weight = shape;
       with_weight.shared_bytes = shape.shared_bytes + weight_bytes;
       const int resident_with = resident_clusters(kernel, with_weight);
@@ -235,6 +228,7 @@ void launch_clusters(const ForwardArgs& a, const Plan& plan, int sm_count, const
     }
     // Plan::cluster_grid, where a benchmark asks for another grid: multiples of the resident
     // clusters, or one a row (the hardware then starts each cluster as another retires).
+    const std::int64_t most = 0x7fffffff / plan.cluster_size;
     const std::int64_t waves = plan.cluster_grid > 0 ? plan.cluster_grid : 2;
     const std::int64_t clusters = plan.cluster_grid == kClusterPerRow ? std::min(a.total_rows, most)
                                   : resident > 0
