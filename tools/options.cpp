@@ -562,9 +562,7 @@ options:
   --grid K|rows     CUDA, with --strategy cluster_row and --config (not backward): launch
                     K times the clusters the device holds at once (1..16), each looping
                     over its share of the rows, or one cluster a row (rows), instead of
-                    the launcher's twice the resident clusters (Plan::cluster_grid), which
-                    a forced --config runs without --grid (the planner's own plain store
-                    of rows in one piece runs a cluster a row)
+                    twice the resident clusters (Plan::cluster_grid)
   --slices shared|registers
                     CUDA, --op forward with --strategy cluster_row and --config (512x8 or
                     256x8 for shared): each block's slice of the row copied to shared

@@ -494,16 +494,14 @@ struct Plan {
   int pieces = 1;
   // cluster_row, forward: the clusters launched, each looping over its share of the rows, in
   // multiples of the clusters the device holds at once, or kClusterPerRow for one a row; 0 is
-  // the launcher's choice (twice the resident clusters). The planner gives the plain store's
-  // rows of one piece kClusterPerRow and leaves the others 0; `rmsnorm bench --grid` times
-  // the grids against each other. The grid never changes the bits.
+  // the launcher's choice (twice the resident clusters). The planner leaves it 0: it is there
+  // to time grids against each other (`rmsnorm bench --grid`).
   int cluster_grid = 0;
   // cluster_row, forward, the plain store of aligned rows in one piece: each block's slice
   // copied to shared memory (cp.async) and read back from there, rather than held in
   // registers, so that shared memory decides how many blocks an SM holds (three of 512 x 8
   // where registers hold two), with one cluster a row unless cluster_grid says otherwise.
-  // The planner leaves it false (`rmsnorm bench --slices shared` asks for it); the bits are
-  // the registers'.
+  // The planner takes it for clusters of 4 blocks or more; the bits are the registers'.
   bool shared_slices = false;
   // Elements per memory access: vector_width when every row start is 16-byte aligned and
   // cols a multiple of it, else 1. It changes how chunks are loaded, never the order in
