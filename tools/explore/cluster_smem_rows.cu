@@ -105,7 +105,7 @@ enum class Xchg {
   total,  // block totals through st.async and the mbarrier
 };
 
-// The `vec` and `total` exchanges: what the library's ClusterSum would become. Slots
+// The `vec` and `total` exchanges, two shapes the library's ClusterSum could take. Slots
 // rank * kWarps + warp (vec) or rank (total), two mailboxes in turn, each counted on its
 // mbarrier; set up as ClusterSum::arrive does (a cluster barrier's arrival after the first
 // row's loads, its wait before the first store into another block).
@@ -172,7 +172,7 @@ struct BlockSum {
   }
 };
 
-// LIB etc.: the exchange (Xchg); PDL: the library's wait for the previous grid at the start
+// X: how the row's sums cross the cluster; PDL: the library's wait for the previous grid at the start
 // (a no-op unless launched with the programmatic attribute); PAD: bytes of static shared
 // memory the kernel holds and does not use.
 template <int THREADS, int CHUNKS, bool SMEM, Xchg X = Xchg::bar, bool PDL = false, int PAD = 0>
