@@ -14,7 +14,9 @@
 #                                            PART): keep its files in /root/peer-wheels
 #   tools/peer-wheels.sh install PART SITE   there, with the last part (carry it): join the parts,
 #                                            install them into SITE (pip --target, no
-#                                            dependencies) and print the PYTHONPATH to export
+#                                            dependencies) and print the PYTHONPATH to export:
+#                                            eval "$(tools/peer-wheels.sh install .whl/d SITE)"
+#                                            (its ${PYTHONPATH...} must be expanded by the shell)
 #
 # Installed with --target, the CuTe DSL is found only with SITE/nvidia_cutlass_dsl/
 # dsl_packages on the path too (its .pth file is not read from a target folder).
